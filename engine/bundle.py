@@ -1,0 +1,118 @@
+"""Model bundles: a directory with everything prediction needs, and nothing pickled.
+
+Layout (``BUNDLE/``)::
+
+    bundle.json          arch, classifier params, input size/channels, normalization chain, aggregation,
+                         fusion (plugin, params, fitted state), threshold, initialisation, training summary,
+                         package versions, the pipeline's extraction hash, sha256 of every file, and ``hash``
+    model.safetensors    the network weights (safetensors: tensors only, no code)
+    pipeline.json        the pipeline the bundle was trained with (extraction + learning sections)
+
+``hash`` is the sha256 of the canonical bundle.json without ``hash`` (which lists the files' sha256), so
+``load`` detects a changed weight file, pipeline file or bundle.json. A bundle refuses a patch store or a
+pipeline whose extraction sections differ from its own (patches cut differently from those it learned).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import config, registry
+from .errors import ConfigError
+
+FORMAT = 1
+FILES = ("model.safetensors", "pipeline.json")
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_hash(meta: dict[str, Any]) -> str:
+    return config.digest({k: v for k, v in meta.items() if k != "hash"})
+
+
+def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write a bundle for ``model`` trained with ``pipeline``; ``meta`` must hold at least ``arch``,
+    ``in_channels``, ``input_size``. Returns the bundle directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"))
+    (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1, sort_keys=True))
+    doc = {"format": FORMAT, **meta, "extraction_hash": config.extraction_hash(pipeline),
+           "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions(),
+           "files": {f: _sha(out / f) for f in FILES}}
+    doc["hash"] = _meta_hash(doc)
+    tmp = out / ".bundle.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    os.replace(tmp, out / "bundle.json")
+    return out
+
+
+def resolve(path: str | Path) -> Path:
+    """The bundle directory at ``path``, or the single bundle inside a ``slidestream train --out`` directory."""
+    p = Path(path)
+    if (p / "bundle.json").is_file():
+        return p
+    inner = sorted(d for d in p.glob("*/bundle.json")) if p.is_dir() else []
+    if len(inner) == 1:
+        return inner[0].parent
+    if inner:
+        names = ", ".join(str(d.parent) for d in inner)
+        raise ConfigError(f"{p} holds several model bundles ({names}); give one of them")
+    raise ConfigError(f"{p} is not a model bundle (no bundle.json); give the --out of `slidestream train` or a bundle in it")
+
+
+class Bundle:
+    """A loaded, verified bundle: ``model`` (eval mode), ``meta`` (bundle.json), ``pipeline``."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], pipeline: dict[str, Any], model: torch.nn.Module):
+        self.path, self.meta, self.pipeline, self.model = path, meta, pipeline, model
+
+    def check_extraction(self, extraction_hash: str | None, what: str) -> None:
+        """Refuse patches extracted by another pipeline (one-line ConfigError)."""
+        own = self.meta["extraction_hash"]
+        if extraction_hash and extraction_hash != own:
+            raise ConfigError(f"bundle {self.path} was trained on patches of pipeline {self.meta.get('pipeline_name')!r} "
+                              f"(extraction hash {own[:12]}) but {what} has extraction hash {extraction_hash[:12]}; "
+                              f"extract with the bundle's own {self.path / 'pipeline.json'}")
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", pipeline: dict[str, Any] | None = None) -> Bundle:
+    """Load and verify a bundle. ``pipeline``, when given, must have the bundle's extraction sections."""
+    from safetensors.torch import load_file
+
+    p = resolve(path)
+    try:
+        meta = json.loads((p / "bundle.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"bundle {p}: cannot read bundle.json ({e})") from None
+    for f in FILES:
+        if not (p / f).is_file():
+            raise ConfigError(f"bundle {p} is incomplete: {f} is missing; copy the whole bundle directory")
+        if _sha(p / f) != meta.get("files", {}).get(f):
+            raise ConfigError(f"bundle {p}: {f} does not match its recorded sha256 (modified or corrupt); re-copy or retrain")
+    if meta.get("hash") != _meta_hash(meta):
+        raise ConfigError(f"bundle {p}: bundle.json does not match its hash (edited by hand?); re-copy or retrain")
+    bpipe = json.loads((p / "pipeline.json").read_text())
+    b = Bundle(p, meta, bpipe, None)  # type: ignore[arg-type]
+    if pipeline is not None:
+        b.check_extraction(config.extraction_hash(pipeline), "the given pipeline")
+    plugin = registry.get("classifier", meta["arch"])
+    model = plugin.build(num_classes=2, in_channels=int(meta["in_channels"]), dropout=float(meta.get("dropout", 0.5)),
+                         **meta.get("classifier_params", {}))
+    model.load_state_dict(load_file(str(p / "model.safetensors")))
+    b.model = model.to(device).eval()
+    return b

@@ -1,0 +1,1 @@
+"""Sub-command groups of the `slidestream` CLI, one module per area."""

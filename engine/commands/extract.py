@@ -1,0 +1,128 @@
+"""Commands of the extraction engine: plugins, schema, validate, tissue, extract."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import config, registry
+from ..errors import ConfigError
+from ..hookspecs import KINDS
+
+console = Console()
+
+
+def plugins_cmd(kind: Optional[str] = typer.Option(None, "--kind", help=f"Only this kind: {', '.join(KINDS)}.")):
+    """List installed plugins (built-in and from other packages), by kind."""
+    table = Table("kind", "name", "source", "summary")
+    for k in [kind] if kind else KINDS:
+        for name, p in sorted(registry.plugins(k).items()):
+            table.add_row(k, name, registry.source(k, name), p.summary or (p.__doc__ or "").split("\n")[0])
+    console.print(table)
+
+
+def schema_cmd():
+    """Print the JSON Schema of pipeline files, assembled from the installed plugins."""
+    sys.stdout.write(json.dumps(config.schema(), indent=2) + "\n")
+
+
+def validate_cmd(pipeline: Path = typer.Argument(..., help="Pipeline JSON file.")):
+    """Check a pipeline file; print every error with its JSON path. Exit 2 when invalid."""
+    if not pipeline.is_file():
+        raise ConfigError(f"pipeline file {pipeline} not found")
+    try:
+        doc = json.loads(pipeline.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{pipeline} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    errors = config.validation_errors(doc)
+    for e in errors:
+        typer.echo(e, err=True)
+    if errors:
+        raise typer.Exit(2)
+    typer.echo(f"{pipeline}: valid")
+
+
+def _pipeline(path: Optional[Path]) -> dict:
+    return config.load(path) if path else config.load(config.example("liu2020"))
+
+
+def tissue_cmd(
+    input: Path = typer.Argument(..., help="A slide, or with --thumbnail an image used as the thumbnail."),
+    out: str = typer.Option(..., "--out", help="Output prefix: writes PREFIX_mask.png and PREFIX_overlay.png."),
+    pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline whose filters to use (default: liu2020)."),
+    thumbnail: bool = typer.Option(False, "--thumbnail", help="INPUT is already the low-resolution thumbnail."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
+):
+    """Segment tissue on a slide's thumbnail (1/32 by default) and write the mask and an overlay."""
+    import numpy as np
+    from PIL import Image
+
+    from ..runner import overlay, tissue_mask
+    from ..slide import open_slide
+
+    p = _pipeline(pipeline)
+    if thumbnail:
+        if not input.is_file():
+            raise ConfigError(f"{input}: file not found")
+        try:
+            rgb = np.asarray(Image.open(input).convert("RGB"))
+        except OSError as e:
+            raise ConfigError(f"{input}: not an image ({e})") from None
+    else:
+        slide = open_slide(input, order=p["reader"].get("order"), mpp=mpp if mpp else float("nan"))
+        rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
+        slide.close()
+    mask = tissue_mask(p, rgb)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((mask * 255).astype(np.uint8)).save(f"{out}_mask.png")
+    Image.fromarray(overlay(rgb, mask)).save(f"{out}_overlay.png")
+    typer.echo(f"tissue {100 * mask.mean():.1f}% of {mask.shape[1]}x{mask.shape[0]}: {out}_mask.png, {out}_overlay.png")
+
+
+def extract_cmd(
+    pipeline: Path = typer.Argument(..., help="Pipeline JSON file (e.g. schemas/examples/liu2020.json)."),
+    slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp]) or a folder of slides."),
+    out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel (dask worker processes)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
+    qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE/qa/<slide>.png: mask overlay and kept tiles."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress goes to stderr)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """Extract patches from slides into a zarr patch store.
+
+    Exit status: 0 all slides done (slides without tissue are recorded, not errors), 1 some slides
+    failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input.
+    """
+    from ..runner import extract, read_cohort
+
+    p = config.load(pipeline)
+    cohort = read_cohort(slides, default_mpp=mpp)
+    summary = extract(p, cohort, out, workers=workers, scheduler=scheduler, threads=threads, qa=qa,
+                      progress=not (quiet or as_json), pipeline_path=str(pipeline))
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        table = Table("slide", "status", "tiles", "patches", "seconds", "note", title=f"{out}: {summary['rows']} patches")
+        for s in summary["slides"]:
+            color = {"done": "green", "skipped": "dim", "empty": "yellow", "error": "red"}.get(s["status"], "")
+            table.add_row(s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
+                          str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80])
+        console.print(table)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins_cmd)
+    app.command("schema")(schema_cmd)
+    app.command("validate")(validate_cmd)
+    app.command("tissue")(tissue_cmd)
+    app.command("extract")(extract_cmd)

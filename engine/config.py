@@ -1,0 +1,205 @@
+"""Pipeline files: JSON validated by a JSON Schema (draft 2020-12) assembled from the registered plugins.
+
+A pipeline names plugins and their parameters for each stage; ``schema()`` builds the schema from the
+plugins' own fragments, so a wrong parameter of a third-party plugin is caught before any slide is read.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from . import registry
+from .errors import ConfigError
+
+SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
+
+# Sections of a pipeline used by extraction: their hash decides whether a store can be resumed.
+EXTRACTION_SECTIONS = ("seed", "magnification", "reader", "thumbnail", "filters", "tiling", "patches", "store")
+
+DEFAULTS: dict[str, Any] = {
+    "name": "pipeline",
+    "seed": 0,
+    "device": "auto",
+    "magnification": 10,
+    "reader": {"order": None},
+    "thumbnail": {"scale": 32},
+    "filters": [],
+    "tiling": {"name": "grid", "params": {}},
+    "patches": {"size": 256, "mode": "random", "per_tile": 8, "min_tissue": 0.0},
+    "store": {"codec": "zstd", "level": 1, "chunk": 32, "batch_tiles": 4},
+}
+
+
+def _plugin_ref(kind: str) -> dict[str, Any]:
+    """Schema of ``{"name": ..., "params": {...}}`` for one plugin of ``kind``."""
+    table = registry.plugins(kind)
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "enum": sorted(table), "description": f"a registered {kind} plugin"},
+            "params": {"type": "object"},
+        },
+        "required": ["name"],
+        "additionalProperties": False,
+        "allOf": [
+            {"if": {"properties": {"name": {"const": n}}, "required": ["name"]},
+             "then": {"properties": {"params": p.param_schema()}}}
+            for n, p in sorted(table.items())
+        ],
+    }
+
+
+def _one_or_many(kind: str) -> dict[str, Any]:
+    ref = _plugin_ref(kind)
+    return {"oneOf": [ref, {"type": "array", "items": ref}]}
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of a pipeline file, with every registered plugin's parameters."""
+    num = {"type": "number"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "slidestream pipeline",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "$schema": {"type": "string"},
+            "name": {"type": "string", "description": "a label for runs and manifests"},
+            "description": {"type": "string"},
+            "seed": {"type": "integer", "minimum": 0, "description": "seed of every random choice"},
+            "device": {"enum": ["auto", "cpu", "cuda"], "description": "auto uses a GPU when present"},
+            "magnification": {"type": "number", "exclusiveMinimum": 0,
+                              "description": "objective magnification tiles and patches are cut at (paper: 10); 10x = 1 µm/px"},
+            "reader": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"order": {"type": ["array", "null"], "items": {"enum": sorted(registry.plugins("reader"))},
+                                         "description": "readers to try, in order (default: by priority)"}},
+            },
+            "thumbnail": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"scale": {"type": "number", "exclusiveMinimum": 1,
+                                         "description": "level-0 pixels per thumbnail pixel (DPW: 32)"}},
+            },
+            "filters": {"type": "array", "items": _plugin_ref("filter"),
+                        "description": "tissue filters, applied in order to the thumbnail"},
+            "tiling": _plugin_ref("tiling"),
+            "patches": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "size": {"type": "integer", "minimum": 8, "description": "patch side in pixels (paper: 256)"},
+                    "mode": {"enum": ["random", "grid"], "description": "random: per_tile seeded positions; grid: all non-overlapping"},
+                    "per_tile": {"type": "integer", "minimum": 1, "description": "patches per tile in random mode"},
+                    "min_tissue": {"type": "number", "minimum": 0, "maximum": 1,
+                                   "description": "drop patches whose own tissue fraction is lower"},
+                },
+            },
+            "store": {
+                "type": "object", "additionalProperties": False,
+                "properties": {
+                    "codec": {"enum": ["zstd", "lz4", "blosc-zstd", "blosc-lz4", "jpeg", "none"],
+                              "description": "patch compression (jpeg is lossy)"},
+                    "level": {"type": "integer", "minimum": 0, "maximum": 100,
+                              "description": "compression level (zstd 1-22, jpeg quality 1-100)"},
+                    "chunk": {"type": "integer", "minimum": 1, "description": "patches per stored chunk"},
+                    "batch_tiles": {"type": "integer", "minimum": 1,
+                                    "description": "tiles read per batch (bounds worker memory)"},
+                },
+            },
+            # ---- learning (issue: learning and evaluation) ----
+            "normalization": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"gan": _one_or_many("normalization"), "classifier": _one_or_many("normalization")},
+                "description": "normalization chains: 'gan' for GAN training input, 'classifier' for the classifier",
+            },
+            "classifier": _plugin_ref("classifier"),
+            "training": {"type": "object", "description": "classifier training settings (see docs)"},
+            "fusion": _plugin_ref("fusion"),
+            "evaluation": {"type": "object"},
+            # ---- augmentation (issue: GAN augmentation) ----
+            "augmenter": _plugin_ref("augmenter"),
+        },
+        "$defs": {"number": num},
+    }
+
+
+def validation_errors(doc: Any) -> list[str]:
+    """Every problem in a pipeline document, each as ``$.json.path: message``, sorted by path."""
+    validator = jsonschema.Draft202012Validator(schema())
+    out = []
+    for err in validator.iter_errors(doc):
+        out.extend(_flatten(err))
+    return sorted(set(out))
+
+
+def _flatten(err: jsonschema.ValidationError) -> list[str]:
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        # report the branch that got furthest (e.g. a single plugin ref rather than "not an array")
+        best = jsonschema.exceptions.best_match(err.context)
+        return _flatten(best)
+    path = err.json_path
+    if err.validator == "enum" and path.endswith(".name"):
+        return [f"{path}: unknown plugin {err.instance!r}; installed: {', '.join(err.validator_value)}"]
+    return [f"{path}: {err.message}"]
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a pipeline file; raise ConfigError with the first problem (all via ``validate``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"pipeline file {p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    return parse(doc, source=str(p))
+
+
+def parse(doc: Any, source: str = "pipeline") -> dict[str, Any]:
+    errors = validation_errors(doc)
+    if errors:
+        more = f" (and {len(errors) - 1} more; run `slidestream validate {source}`)" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {errors[0]}{more}")
+    return with_defaults(doc)
+
+
+def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(DEFAULTS)
+    for k, v in doc.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and "name" not in v:
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()
+
+
+def extraction_hash(pipeline: dict[str, Any]) -> str:
+    """Hash of the sections that determine a patch store's contents."""
+    return digest({k: pipeline.get(k) for k in EXTRACTION_SECTIONS})
+
+
+def refs(section: Any) -> list[dict[str, Any]]:
+    """A plugin reference or list of them, as a list."""
+    if section is None:
+        return []
+    return list(section) if isinstance(section, list) else [section]
+
+
+def example(name: str = "liu2020") -> Path:
+    """Path of a bundled example pipeline (``schemas/examples/NAME.json``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("slidestream.schemas") / "examples" / f"{name}.json"))

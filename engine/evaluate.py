@@ -1,0 +1,380 @@
+"""Patient-level evaluation of IDH predictions, laid out like Liu et al. 2020 (Tables 3 and 4, Fig. 4).
+
+Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 = IDH-mutant, the positive class;
+0 = IDH-wildtype; split train/val/test; image_prob = the patient's aggregated image probability of mutant).
+
+* Predictors (paper, "Combining age- and image-based prediction"): ``image``; with a fusion plugin (fitted on
+  the train split) also its outputs, for ``age_gda`` ``age`` and ``age+image``.
+* Metrics (paper, "Performance evaluation"): sensitivity, specificity, accuracy and ROC AUC, all from
+  scikit-learn (``confusion_matrix``, ``accuracy_score``, ``roc_auc_score``, ``roc_curve``), on val and test.
+  A patient is called mutant when its probability is >= the threshold: a fixed one (0.5), or ``youden``:
+  per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
+  unchanged to test.
+* 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
+  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it).
+* Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
+  the paper's Table 4 counts 68 patients, i.e. its validation and test patients together
+  (``age_group_splits=("val", "test")``). Patients without an age are left out of the groups.
+
+``evaluate()`` returns the dict written to ``metrics.json``; ``write_report()`` writes it with ROC figures and a
+Markdown report. Undefined values (AUC of a one-class split, sensitivity without mutants) are ``null``, with a
+line in ``meta.notes``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+COLUMNS = ("patient_id", "label", "age", "split", "image_prob")
+SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+PREDICTORS = ("age", "image", "age+image")  # the paper's order (Table 3)
+NAMES = {"age": "Age", "image": "Image", "age+image": "Age & image"}
+METRICS = ("sensitivity", "specificity", "accuracy", "auc")
+AGE_CUT = 55.0
+AGE_GROUPS = ("<55", ">=55")
+MISSING = ("", "na", "nan", "none", "null")
+
+
+# ---------------------------------------------------------------------------------------------- input
+def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a predictions CSV into columns: ``patient_id``/``split`` (str), ``label`` (int), ``age`` (float, NaN
+    when empty), ``image_prob`` (float); other columns are kept as strings. Raises ConfigError on bad input."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"predictions file {p} not found")
+    with p.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in fields]
+        if missing:
+            raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    if not rows:
+        raise ConfigError(f"{p}: no rows")
+    cols: dict[str, list] = {c: [] for c in fields}
+    for line, r in enumerate(rows, start=2):
+        for c in fields:
+            cols[c].append(_parse(c, r.get(c, ""), f"{p} line {line}"))
+    table = {c: np.asarray(v, dtype=_DTYPES.get(c, object)) for c, v in cols.items()}
+    return check_table(table, source=str(p))
+
+
+_DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object, "split": object}
+
+
+def _parse(col: str, raw: str, where: str) -> Any:
+    if col == "label":
+        if raw not in ("0", "1", "0.0", "1.0"):
+            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}")
+        return int(float(raw))
+    if col in ("age", "image_prob"):
+        if raw.lower() in MISSING:
+            if col == "image_prob":
+                raise ConfigError(f"{where}: image_prob is empty")
+            return math.nan
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: {col} must be a number, got {raw!r}") from None
+    if col == "split":
+        return raw.lower()
+    return raw
+
+
+def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str, np.ndarray]:
+    """Validate a predictions table (dict of equal-length columns) and return it as numpy columns."""
+    missing = [c for c in COLUMNS if c not in table]
+    if missing:
+        raise ConfigError(f"{source}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
+    t = {k: np.asarray(v) for k, v in table.items()}
+    n = len(t["label"])
+    if any(len(v) != n for v in t.values()):
+        raise ConfigError(f"{source}: columns have different lengths")
+    t["patient_id"] = t["patient_id"].astype(str)
+    t["split"] = np.char.lower(t["split"].astype(str))
+    t["age"] = t["age"].astype(float)
+    t["image_prob"] = t["image_prob"].astype(float)
+    label = t["label"]
+    if not np.all(np.isin(label, (0, 1))):
+        bad = label[~np.isin(label, (0, 1))][0]
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {bad!r}")
+    t["label"] = label.astype(int)
+    bad_split = sorted(set(t["split"]) - set(SPLITS))
+    if bad_split:
+        raise ConfigError(f"{source}: split must be train, val or test, got {bad_split[0]!r}")
+    prob = t["image_prob"]
+    if not np.all(np.isfinite(prob) & (prob >= 0) & (prob <= 1)):
+        raise ConfigError(f"{source}: image_prob must be a probability in [0, 1] for every patient")
+    ids, counts = np.unique(t["patient_id"], return_counts=True)
+    if np.any(counts > 1):
+        raise ConfigError(f"{source}: patient {ids[counts > 1][0]!r} appears {counts.max()} times; give one row per "
+                          "patient (aggregate patch probabilities with slidestream.engine.aggregate first)")
+    if not np.any(t["split"] == "test"):
+        raise ConfigError(f"{source}: no test rows (split column must contain 'test')")
+    return t
+
+
+def _subset(t: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[mask] for k, v in t.items()}
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def metrics_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """Sensitivity, specificity, accuracy (called mutant when ``p >= threshold``) and AUC; None where undefined."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
+
+    pred = (p >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    two = len(np.unique(y)) == 2
+    return {
+        "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
+        "specificity": float(tn / (tn + fp)) if tn + fp else None,
+        "accuracy": float(accuracy_score(y, pred)),
+        "auc": float(roc_auc_score(y, p)) if two else None,
+    }
+
+
+def youden_threshold(y: np.ndarray, p: np.ndarray) -> float | None:
+    """Threshold maximizing Youden's J = sensitivity + specificity - 1 on (y, p); None when undefined."""
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y)) < 2:
+        return None
+    fpr, tpr, thr = roc_curve(y, p)
+    j = tpr - fpr
+    best = int(np.argmax(j))
+    if j[best] <= 0 or not np.isfinite(thr[best]):
+        return None
+    return float(thr[best])
+
+
+def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarray) -> dict[str, list | None]:
+    samples: dict[str, list[float]] = {m: [] for m in METRICS}
+    for row in idx:
+        for m, v in metrics_at(y[row], p[row], threshold).items():
+            if v is not None:
+                samples[m].append(v)
+    return {m: ([float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))] if s else None)
+            for m, s in samples.items()}
+
+
+def _roc_points(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(y)) < 2:
+        return None
+    fpr, tpr, _ = roc_curve(y, p)
+    return {"fpr": [round(float(v), 6) for v in fpr], "tpr": [round(float(v), 6) for v in tpr]}
+
+
+def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,
+             bootstrap: int = 1000, seed: int = 0, fusion_params: dict | None = None,
+             age_group_splits: Sequence[str] = ("test",)) -> dict[str, Any]:
+    """Evaluate a predictions table; returns the ``metrics.json`` dict (see the module docstring)."""
+    t = check_table(table)
+    notes: list[str] = []
+    preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
+    meta: dict[str, Any] = {"positive_class": "IDH-mutant (label 1)", "bootstrap": int(bootstrap), "seed": int(seed)}
+    if fusion:
+        from . import registry
+
+        plugin = registry.get("fusion", fusion)
+        train = t["split"] == "train"
+        if not train.any():
+            raise ConfigError(f"fusion {fusion!r} is fitted on the train split, but there are no train rows")
+        state = plugin.fit(_subset(t, train), **(fusion_params or {}))
+        out = plugin.predict(state, t)
+        preds.update({k: np.asarray(v, dtype=float) for k, v in out.items()})
+        meta["fusion"] = {"name": fusion, "params": fusion_params or {}, "state": state}
+    order = [p for p in PREDICTORS if p in preds] + sorted(p for p in preds if p not in PREDICTORS)
+
+    val = t["split"] == "val"
+    if threshold == "youden":
+        if not val.any():
+            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows")
+        thresholds = {}
+        for name in order:
+            thr = youden_threshold(t["label"][val], preds[name][val])
+            if thr is None:
+                notes.append(f"{name}: Youden threshold undefined on val (one class, or no better than chance); used 0.5")
+                thr = 0.5
+            thresholds[name] = thr
+    else:
+        try:
+            thr = float(threshold)
+        except (TypeError, ValueError):
+            raise ConfigError(f"threshold must be a number in (0, 1) or 'youden', got {threshold!r}") from None
+        if not 0 < thr < 1:
+            raise ConfigError(f"threshold must be in (0, 1), got {thr}")
+        thresholds = {name: thr for name in order}
+    meta["threshold"] = threshold if threshold == "youden" else float(threshold)
+    meta["thresholds"] = thresholds
+
+    result: dict[str, Any] = {}
+    roc: dict[str, Any] = {}
+    for s_i, split in enumerate(EVAL_SPLITS):
+        mask = t["split"] == split
+        if not mask.any():
+            notes.append(f"{split}: no rows; not evaluated")
+            continue
+        y = t["label"][mask]
+        if len(np.unique(y)) < 2:
+            notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; AUC undefined (null)")
+        rng = np.random.default_rng([seed, s_i])
+        idx = rng.integers(0, len(y), size=(int(bootstrap), len(y)))
+        result[split], roc[split] = {}, {}
+        for name in order:
+            p = preds[name][mask]
+            block: dict[str, Any] = metrics_at(y, p, thresholds[name])
+            block["n"] = int(mask.sum())
+            block["ci"] = _bootstrap_ci(y, p, thresholds[name], idx)
+            result[split][name] = block
+            roc[split][name] = _roc_points(y, p)
+    result["age_groups"] = age_groups(t, preds, thresholds, age_group_splits, notes)
+    meta["age_group_splits"] = list(age_group_splits)
+    meta["predictors"] = order
+    meta["roc"] = roc
+    meta["notes"] = notes
+    result["meta"] = meta
+    return result
+
+
+def age_groups(t: dict[str, np.ndarray], preds: dict[str, np.ndarray], thresholds: dict[str, float],
+               splits: Sequence[str] = ("test",), notes: list[str] | None = None) -> dict[str, Any]:
+    """Paper's Table 4: patients < 55 and >= 55 years: counts, misclassified mutant/wildtype, accuracy."""
+    from sklearn.metrics import accuracy_score
+
+    mask = np.isin(t["split"], list(splits))
+    no_age = mask & ~np.isfinite(t["age"])
+    if no_age.any() and notes is not None:
+        notes.append(f"age groups: {int(no_age.sum())} patient(s) without an age left out")
+    age, y = t["age"], t["label"]
+    out: dict[str, Any] = {}
+    for group, in_group in (("<55", age < AGE_CUT), (">=55", age >= AGE_CUT)):  # NaN is in neither
+        g = mask & in_group
+        yg = y[g]
+        errors, accuracy = {}, {}
+        for name, p in preds.items():
+            pred = (p[g] >= thresholds[name]).astype(int)
+            errors[name] = {"mutant": int(np.sum((yg == 1) & (pred == 0))),
+                            "wildtype": int(np.sum((yg == 0) & (pred == 1)))}
+            accuracy[name] = float(accuracy_score(yg, pred)) if len(yg) else None
+        out[group] = {"n": int(g.sum()), "mutant": int(np.sum(yg == 1)), "wildtype": int(np.sum(yg == 0)),
+                      "errors": errors, "accuracy": accuracy}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _fmt_ci(block: dict, m: str) -> str:
+    ci = block.get("ci", {}).get(m)
+    return _fmt(block[m]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _predictors(metrics: dict) -> list[str]:
+    names = metrics.get("meta", {}).get("predictors")
+    if names:
+        return names
+    first = next((metrics[s] for s in EVAL_SPLITS if s in metrics), {})
+    return [p for p in PREDICTORS if p in first] + sorted(p for p in first if p not in PREDICTORS)
+
+
+def plot_roc(metrics: dict, split: str, path: Path) -> None:
+    """All predictors' ROC curves of one split in one figure (paper, Fig. 4)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), dpi=120)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1)
+    curves = metrics.get("meta", {}).get("roc", {}).get(split, {})
+    for name in _predictors(metrics):
+        pts, auc = curves.get(name), metrics[split][name]["auc"]
+        if pts:
+            ax.plot(pts["fpr"], pts["tpr"], lw=1.8, label=f"{NAMES.get(name, name)} (AUC = {auc:.3f})")
+    if not any(curves.values()):
+        ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity",
+           title=f"ROC, {'validation' if split == 'val' else 'test'} set (n = {_n(metrics, split)})")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _n(metrics: dict, split: str) -> int:
+    return next(iter(metrics[split].values()))["n"]
+
+
+def report_markdown(metrics: dict) -> str:
+    """Tables 3 and 4 of the paper, filled with these metrics."""
+    names = _predictors(metrics)
+    meta = metrics.get("meta", {})
+    lines = ["# IDH prediction: evaluation", ""]
+    thr = meta.get("threshold")
+    if thr == "youden":
+        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" for k, v in meta.get("thresholds", {}).items())
+        lines.append(f"Threshold: Youden's J on the validation set ({picked}), applied to the test set.")
+    elif thr is not None:
+        lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
+    if meta.get("bootstrap"):
+        lines.append(f"Brackets: 95% bootstrap confidence intervals ({meta['bootstrap']} patient resamples, seed {meta['seed']}).")
+    lines += ["", "## Classification performance by predictor (cf. Liu et al. 2020, Table 3)", "",
+              "| Predictor | Sensitivity | Specificity | Accuracy | AUC |", "|---|---|---|---|---|"]
+    for split in EVAL_SPLITS:
+        if split not in metrics:
+            continue
+        lines.append(f"| **On {'validation' if split == 'val' else 'test'} set** (n = {_n(metrics, split)}) | | | | |")
+        for name in names:
+            b = metrics[split][name]
+            lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(_fmt_ci(b, m) for m in METRICS) + " |")
+    groups = metrics.get("age_groups", {})
+    splits = " and ".join(meta.get("age_group_splits", ["test"]))
+    g1, g2 = groups.get("<55", {}), groups.get(">=55", {})
+    lines += ["", f"## Performance on different age groups, {splits} set (cf. Liu et al. 2020, Table 4)", "",
+              "| Age group | Group I: < 55 | Group II: >= 55 |", "|---|---|---|",
+              f"| Number of patients (mutant:wildtype) | {_count(g1)} | {_count(g2)} |",
+              "| **Error incidences (mutant:wildtype)** | | |"]
+    for name in names:
+        lines.append(f"| {NAMES.get(name, name)} | {_errors(g1, name)} | {_errors(g2, name)} |")
+    lines.append("| **Accuracy** | | |")
+    for name in names:
+        lines.append(f"| {NAMES.get(name, name)} | {_fmt(g1.get('accuracy', {}).get(name))} | "
+                     f"{_fmt(g2.get('accuracy', {}).get(name))} |")
+    lines += ["", "ROC curves: `roc_val.png`, `roc_test.png`."]
+    if meta.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in meta["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _count(g: dict) -> str:
+    return f"{g.get('n', 0)} ({g.get('mutant', 0)}:{g.get('wildtype', 0)})"
+
+
+def _errors(g: dict, name: str) -> str:
+    e = g.get("errors", {}).get(name, {"mutant": 0, "wildtype": 0})
+    return f"{e['mutant'] + e['wildtype']} ({e['mutant']}:{e['wildtype']})"
+
+
+def write_report(metrics: dict, out_dir: str | Path) -> list[Path]:
+    """Write ``metrics.json``, ``roc_val.png`` / ``roc_test.png`` (splits present) and ``report.md``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json"]
+    written[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    for split in EVAL_SPLITS:
+        if split in metrics:
+            plot_roc(metrics, split, out / f"roc_{split}.png")
+            written.append(out / f"roc_{split}.png")
+    (out / "report.md").write_text(report_markdown(metrics))
+    written.append(out / "report.md")
+    return written

@@ -1,0 +1,246 @@
+"""The plugin contract of slidestream: read this file and one example plugin, and you can write one.
+
+A plugin is a Python module (or object) that implements one or more of the hooks below, each
+returning a list of small dataclasses that describe what it provides. Register it through the
+entry-point group ``slidestream.plugins`` in your package's ``pyproject.toml``::
+
+    [project.entry-points."slidestream.plugins"]
+    mylab = "mylab_filters"            # a module with @hookimpl functions
+
+    # mylab_filters.py
+    import numpy as np
+    from slidestream.engine.hookspecs import hookimpl, FilterPlugin
+
+    def _dark(rgb, mask, max_mean=40):
+        return mask & (rgb.mean(axis=2) > max_mean)
+
+    @hookimpl
+    def slidestream_filters():
+        return [FilterPlugin(name="mylab.dark", apply=_dark,
+                             params={"max_mean": {"type": "number", "minimum": 0, "maximum": 255}})]
+
+The built-in plugins in ``plugins/`` register exactly this way (see ``plugins/filters/otsu.py`` for a
+short one). A pipeline file then names the plugin, ``{"name": "mylab.dark", "params": {"max_mean": 30}}``,
+and ``slidestream validate`` checks the params against the fragment you declared before any slide is read.
+
+Rules every kind follows:
+
+* ``name`` is unique per kind; dotted names (``lab.thing``) keep third-party plugins apart.
+* ``params`` is a JSON-Schema (draft 2020-12) ``properties`` mapping for the keyword arguments of the
+  callable; ``required`` lists the ones without default. Unknown keys are refused.
+* Plugins take and return plain arrays (numpy on CPU; CuPy/torch on a GPU) and these dataclasses.
+  They never touch the patch store or the scheduler: the engine does.
+* Callables must be importable top-level functions (they are sent to dask workers by reference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import pluggy
+
+PROJECT = "slidestream"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+KINDS = ("reader", "filter", "tiling", "normalization", "augmenter", "classifier", "fusion")
+
+
+# --------------------------------------------------------------------------------------------
+# What a plugin declares
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plugin:
+    """Fields common to every kind: a unique name, a parameter schema, and a one-line summary."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)  # JSON-Schema "properties"
+    required: Sequence[str] = ()
+    summary: str = ""
+    kind: str = ""  # set by each subclass
+
+    def param_schema(self) -> dict[str, Any]:
+        """The JSON-Schema object for this plugin's ``params`` (closed: unknown keys are errors)."""
+        return {"type": "object", "properties": dict(self.params), "required": list(self.required),
+                "additionalProperties": False}
+
+
+class SlideReader(Protocol):
+    """An open slide. Level 0 is the full resolution; coordinates are level-0 pixels (x, y)."""
+
+    path: str
+    level_dimensions: Sequence[tuple[int, int]]  # (width, height) per level
+    level_downsamples: Sequence[float]
+    mpp: float | None  # micrometres per level-0 pixel, None when the file does not say
+    objective_power: float | None  # scanner objective (e.g. 40), None when unknown
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 array (h, w, 3) of ``size`` pixels at ``level``, top-left at level-0 ``location``.
+        Areas outside the slide or transparent come back white (255)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReaderPlugin(Plugin):
+    """Opens slide files. ``open(path) -> SlideReader`` raises on a file it cannot read; the engine
+    then tries the next reader, in ascending ``priority`` (the pipeline's ``reader.order`` overrides).
+    ``suffixes`` lists the file endings it is meant for (lower case, with dot; empty = any)."""
+
+    open: Callable[[str], SlideReader] | None = None
+    priority: int = 100
+    suffixes: Sequence[str] = ()
+    kind: str = "reader"
+
+
+@dataclass(frozen=True)
+class FilterPlugin(Plugin):
+    """One tissue-segmentation step on the low-resolution thumbnail.
+
+    ``apply(rgb, mask, **params) -> mask``: ``rgb`` is the (h, w, 3) uint8 thumbnail, ``mask`` the bool
+    (h, w) mask so far (True = tissue, all True before the first filter). Return the new mask: a colour
+    filter usually returns ``mask & keep(rgb)``; a clean-up filter (small objects) works on ``mask``.
+    Filters run in the order the pipeline lists them.
+    """
+
+    apply: Callable[..., np.ndarray] | None = None
+    kind: str = "filter"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile chosen for patch extraction, in level-0 pixels (``w``/``h`` are its level-0 extent)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    row: int
+    col: int
+    tissue: float  # fraction of the tile's footprint that is tissue in the mask, 0..1
+    score: float  # what tiles were ranked by
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What tiling needs to know about a slide: its level-0 size, the thumbnail's scale, and the
+    level-0 size of one output pixel at the pipeline's magnification (``factor``; 4.0 for a 40x slide
+    tiled at 10x)."""
+
+    width: int
+    height: int
+    thumb_scale: float  # level-0 pixels per thumbnail pixel
+    factor: float  # level-0 pixels per output pixel
+
+
+@dataclass(frozen=True)
+class TilingPlugin(Plugin):
+    """Chooses tiles. ``select(mask, rgb, geometry, **params) -> list[Tile]``: ``mask`` is the bool tissue
+    mask of the thumbnail, ``rgb`` the thumbnail (uint8, masked pixels kept as they are), ``geometry`` a
+    :class:`Geometry`. Tiles are returned best first; the engine reads them in that order."""
+
+    select: Callable[..., list[Tile]] | None = None
+    kind: str = "tiling"
+
+
+@dataclass(frozen=True)
+class NormalizationPlugin(Plugin):
+    """Normalizes a batch of patches. ``apply(batch, **params) -> batch``: ``batch`` is (n, h, w, 3)
+    uint8 (numpy, or a CuPy array on the GPU path); it returns (n, h, w, c) uint8 with ``c`` = 3 or 1.
+    ``channels`` tells the classifier which ``c`` to expect."""
+
+    apply: Callable[..., Any] | None = None
+    channels: int = 3
+    kind: str = "normalization"
+
+
+@dataclass(frozen=True)
+class AugmenterPlugin(Plugin):
+    """A generative model of one class's patches (e.g. a GAN or a diffusion model).
+
+    ``train(patches, out_dir, **params) -> None``: ``patches`` is an iterable-of-batches source
+    (see ``PatchSource`` in the augmenter's docs) of uint8 (n, h, w, 3) real training patches of one
+    class; it writes a self-contained model directory ``out_dir`` and must resume when ``out_dir``
+    already holds a checkpoint.
+    ``sample(model_dir, n, seed) -> np.ndarray``: n synthetic uint8 (n, h, w, 3) patches.
+    """
+
+    train: Callable[..., Any] | None = None
+    sample: Callable[..., np.ndarray] | None = None
+    kind: str = "augmenter"
+
+
+@dataclass(frozen=True)
+class ClassifierPlugin(Plugin):
+    """A patch classifier architecture. ``build(num_classes, in_channels, dropout, **params) ->
+    torch.nn.Module`` returns a network mapping (n, in_channels, s, s) float tensors to (n, num_classes)
+    logits, with a dropout layer before its output layer. ``input_size`` is its native patch size;
+    ``backbone_keys`` a prefix the ImageNet weights file's keys match (for local initialisation)."""
+
+    build: Callable[..., Any] | None = None
+    input_size: int = 224
+    kind: str = "classifier"
+
+
+@dataclass(frozen=True)
+class FusionPlugin(Plugin):
+    """Combines the patient-level image probability with clinical variables.
+
+    ``fit(table, **params) -> state`` learns from the training patients, ``table`` being a dict of
+    equal-length numpy columns (``label``, ``age``, ``image_prob``, ...); ``state`` must be a JSON-able
+    dict. ``predict(state, table) -> dict[str, np.ndarray]`` returns one probability column per
+    predictor it defines (e.g. ``{"age": ..., "age+image": ...}``)."""
+
+    fit: Callable[..., dict] | None = None
+    predict: Callable[..., dict] | None = None
+    kind: str = "fusion"
+
+
+# --------------------------------------------------------------------------------------------
+# The hooks: one per kind. Each returns the plugins of that kind a module provides.
+# --------------------------------------------------------------------------------------------
+@hookspec
+def slidestream_readers() -> list[ReaderPlugin]:
+    """Slide readers this module provides."""
+
+
+@hookspec
+def slidestream_filters() -> list[FilterPlugin]:
+    """Tissue filters this module provides."""
+
+
+@hookspec
+def slidestream_tiling() -> list[TilingPlugin]:
+    """Tile selectors this module provides."""
+
+
+@hookspec
+def slidestream_normalization() -> list[NormalizationPlugin]:
+    """Patch normalizers this module provides."""
+
+
+@hookspec
+def slidestream_augmenters() -> list[AugmenterPlugin]:
+    """Generative augmenters this module provides."""
+
+
+@hookspec
+def slidestream_classifiers() -> list[ClassifierPlugin]:
+    """Classifier architectures this module provides."""
+
+
+@hookspec
+def slidestream_fusion() -> list[FusionPlugin]:
+    """Fusion models (image probability + clinical data) this module provides."""
+
+
+HOOK_OF_KIND = {
+    "reader": "slidestream_readers",
+    "filter": "slidestream_filters",
+    "tiling": "slidestream_tiling",
+    "normalization": "slidestream_normalization",
+    "augmenter": "slidestream_augmenters",
+    "classifier": "slidestream_classifiers",
+    "fusion": "slidestream_fusion",
+}

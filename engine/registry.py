@@ -1,0 +1,84 @@
+"""The plugin registry: a pluggy PluginManager filled from the ``slidestream.plugins`` entry points.
+
+Built-in plugins are registered through the same entry-point group as third-party packages, so
+``slidestream plugins`` shows both, and a lab's package can add a filter without touching ours.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, UnknownPlugin
+from .hookspecs import HOOK_OF_KIND, KINDS, Plugin
+
+ENTRY_POINT_GROUP = "slidestream.plugins"
+
+
+@functools.lru_cache(maxsize=1)
+def manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    return pm
+
+
+def register(module: object, name: str | None = None) -> None:
+    """Register a plugin module at run time (tests, notebooks); clears the lookup cache."""
+    manager().register(module, name=name)
+    _table.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _table(kind: str) -> dict[str, tuple[Plugin, str]]:
+    pm = manager()
+    hook = getattr(pm.hook, HOOK_OF_KIND[kind])
+    out: dict[str, tuple[Plugin, str]] = {}
+    for impl in hook.get_hookimpls():
+        source = pm.get_name(impl.plugin) or repr(impl.plugin)
+        for p in impl.function() or []:
+            if p.kind != kind:
+                raise ConfigError(f"plugin {p.name!r} from {source} is a {p.kind} but was returned by {HOOK_OF_KIND[kind]}")
+            if p.name in out:
+                raise ConfigError(f"two {kind} plugins are named {p.name!r} ({out[p.name][1]} and {source}); "
+                                  "uninstall one or rename it")
+            out[p.name] = (p, source)
+    return out
+
+
+def plugins(kind: str) -> dict[str, Plugin]:
+    """All registered plugins of ``kind`` by name."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown plugin kind {kind!r}; kinds are {', '.join(KINDS)}")
+    return {n: p for n, (p, _) in _table(kind).items()}
+
+
+def source(kind: str, name: str) -> str:
+    """Where a plugin came from (its entry point name)."""
+    return _table(kind)[name][1]
+
+
+def get(kind: str, name: str) -> Plugin:
+    """The plugin of ``kind`` called ``name``; a one-line error lists the ones that exist."""
+    table = plugins(kind)
+    if name not in table:
+        known = ", ".join(sorted(table)) or "none"
+        raise UnknownPlugin(f"unknown {kind} plugin {name!r}; installed: {known} "
+                            f"(install the package that provides it, or run `slidestream plugins`)")
+    return table[name]
+
+
+def distribution_versions() -> dict[str, str]:
+    """Versions of the packages that shape results, for manifests."""
+    names = ["slidestream", "numpy", "zarr", "numcodecs", "dask", "scikit-image", "scikit-learn", "torch",
+             "torchvision", "cucim-cu13", "nvidia-dali-cuda130", "openslide-python", "openslide-bin",
+             "tifffile", "pillow", "pluggy"]
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,212 @@
+"""The patch store: one zarr v3 group per run, plus a JSON manifest beside the arrays.
+
+Layout (``STORE/``)::
+
+    zarr.json                 group; attrs["slidestream"] = {format, extraction_hash, label_names}
+    patches/                  (N, S, S, 3) uint8, chunked along N, compressed (pipeline ``store``)
+    meta/<column>/            one 1-D array per column, N rows (see COLUMNS)
+    manifest.json             pipeline + hash, versions, seed, committed rows, per-slide records
+    qa/<slide_id>.png         thumbnail with tissue mask and kept tiles (extraction QA)
+
+Atomicity: rows are written first, then ``manifest.json`` is replaced atomically with the new row
+count and the slide's record. Rows past the manifest's count are junk from an interrupted commit and
+are cut off when the store is opened again, so a slide is in the store completely or not at all.
+Only one process (the driver) writes a store; workers hand over patches through ``staging/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import zarr
+
+from .errors import StoreError
+
+FORMAT = 1
+LABEL_NAMES = {-1: "unknown", 0: "wildtype", 1: "mutant"}
+
+# column -> (dtype, fill for rows without a value)
+COLUMNS: dict[str, tuple[Any, Any]] = {
+    "slide_id": (str, ""),
+    "patient_id": (str, ""),
+    "label": ("int8", -1),  # 1 = IDH-mutant, 0 = IDH-wildtype, -1 = unknown
+    "age": ("float32", np.nan),
+    "x": ("int64", -1),  # level-0 top-left of the patch
+    "y": ("int64", -1),
+    "size0": ("int32", 0),  # level-0 extent of the patch (side)
+    "tile_id": ("int32", -1),  # index of the tile within its slide (rank order)
+    "tile_tissue": ("float32", np.nan),  # tissue fraction of the tile, 0..1
+    "tissue": ("float32", np.nan),  # tissue fraction of the patch itself, 0..1
+    "synthetic": ("bool", False),
+    "generator": (str, ""),  # id of the generator that made a synthetic patch
+    "split": (str, ""),  # train / val / test, set by `slidestream train` or `split`
+}
+
+
+def codec(cfg: Mapping[str, Any]) -> list:
+    """zarr v3 compressors for the pipeline's ``store`` section."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    name, level = cfg.get("codec", "zstd"), int(cfg.get("level", 1))
+    if name == "zstd":
+        return [ZstdCodec(level=max(level, 1))]
+    if name in ("blosc-zstd", "blosc-lz4", "lz4"):
+        cname = "zstd" if name == "blosc-zstd" else "lz4"
+        return [BloscCodec(cname=cname, clevel=min(max(level, 1), 9), shuffle="noshuffle", typesize=1)]
+    if name == "none":
+        return []
+    raise StoreError(f"unknown store codec {name!r}; use zstd, lz4, blosc-zstd, blosc-lz4 or none")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class PatchStore:
+    """A patch store on disk. Open with :meth:`create` (new or resumable) or :meth:`open` (existing)."""
+
+    def __init__(self, path: Path, group: zarr.Group, manifest: dict[str, Any], mode: str):
+        self.path = path
+        self.group = group
+        self.manifest = manifest
+        self.mode = mode
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | Path, patch_size: int, store_cfg: Mapping[str, Any], manifest: dict[str, Any]) -> "PatchStore":
+        """Open ``path`` for writing: create it, or resume it when its extraction hash matches."""
+        path = Path(path)
+        if (path / "manifest.json").exists():
+            st = cls.open(path, mode="r+")
+            old, new = st.manifest.get("extraction_hash"), manifest.get("extraction_hash")
+            if old != new:
+                raise StoreError(f"store {path} was made by a different extraction pipeline (hash {old[:12]} vs "
+                                 f"{new[:12]}); use a new --out, or delete the store to start over")
+            return st
+        if path.exists() and any(p for p in path.iterdir() if p.name != "qa"):
+            raise StoreError(f"{path} exists and is not a slidestream store; choose an empty or new --out directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise StoreError(f"cannot write the store at {path}: {e.strerror}; choose a writable --out") from None
+        g = zarr.open_group(str(path), mode="w")
+        g.attrs["slidestream"] = {"format": FORMAT, "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
+                                  "extraction_hash": manifest.get("extraction_hash")}
+        chunk = int(store_cfg.get("chunk", 32))
+        g.create_array("patches", shape=(0, patch_size, patch_size, 3), chunks=(chunk, patch_size, patch_size, 3),
+                       dtype="uint8", compressors=codec(store_cfg), fill_value=0)
+        for name, (dtype, fill) in COLUMNS.items():
+            g.create_array(f"meta/{name}", shape=(0,), chunks=(65536,), dtype=dtype,
+                           fill_value=fill if dtype is not str else "")
+        manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": 0,
+                    "slides": {}, "synthetic": {}, **manifest}
+        _atomic_write(path / "manifest.json", json.dumps(manifest, indent=1))
+        return cls(path, g, manifest, "r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "PatchStore":
+        """Open an existing store (``r`` read-only, ``r+`` to append or set columns)."""
+        path = Path(path)
+        mf = path / "manifest.json"
+        if not mf.is_file():
+            raise StoreError(f"{path} is not a slidestream patch store (no manifest.json); run `slidestream extract` first")
+        try:
+            manifest = json.loads(mf.read_text())
+            group = zarr.open_group(str(path), mode="r+" if mode != "r" else "r")
+        except (OSError, ValueError) as e:
+            raise StoreError(f"cannot open the store {path}: {e}") from None
+        st = cls(path, group, manifest, mode)
+        if mode != "r":
+            st._truncate_to_manifest()
+        return st
+
+    def _truncate_to_manifest(self) -> None:
+        """Cut rows an interrupted commit wrote beyond the manifest's count."""
+        n = int(self.manifest["rows"])
+        for arr in self._arrays():
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+    def _arrays(self) -> Iterable[zarr.Array]:
+        yield self.group["patches"]
+        for name in COLUMNS:
+            yield self.group[f"meta/{name}"]
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def patches(self) -> zarr.Array:
+        return self.group["patches"]
+
+    def __len__(self) -> int:
+        return int(self.manifest["rows"])
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[f"meta/{name}"][: len(self)])
+
+    def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Metadata as a dict of equal-length numpy columns."""
+        return {c: self.column(c) for c in (columns or COLUMNS)}
+
+    def done(self, key: str, section: str = "slides") -> bool:
+        return key in self.manifest.get(section, {})
+
+    # ------------------------------------------------------------------ writing (driver only)
+    def append(self, key: str, patches: np.ndarray, meta: Mapping[str, Any], record: dict[str, Any],
+               section: str = "slides") -> tuple[int, int]:
+        """Append ``patches`` (n, S, S, 3) with their metadata and commit ``record`` under ``section/key``.
+
+        ``meta`` maps column names to length-n arrays or scalars; missing columns get their fill.
+        Returns the committed row range. Safe against a kill at any moment (see module docs).
+        """
+        if self.mode == "r":
+            raise StoreError(f"store {self.path} is open read-only")
+        if self.done(key, section):
+            raise StoreError(f"{section} {key!r} is already in store {self.path}")
+        n = int(patches.shape[0])
+        n0 = len(self)
+        n1 = n0 + n
+        if n:
+            arr = self.patches
+            if patches.shape[1:] != arr.shape[1:]:
+                raise StoreError(f"patch shape {patches.shape[1:]} does not match store {self.path} ({arr.shape[1:]})")
+            arr.resize((n1, *arr.shape[1:]))
+            step = arr.chunks[0] * 8
+            for i in range(0, n, step):  # bounded memory; a memmap streams from disk
+                arr[n0 + i: n0 + min(i + step, n)] = np.asarray(patches[i: i + step])
+            for name, (dtype, fill) in COLUMNS.items():
+                col = self.group[f"meta/{name}"]
+                col.resize((n1,))
+                v = meta.get(name, fill)
+                values = np.asarray(v) if np.ndim(v) else np.full(n, v, dtype=object if dtype is str else dtype)
+                if dtype is str:
+                    values = values.astype(str)
+                col[n0:n1] = values
+        record = {**record, "rows": [n0, n1]}
+        self.manifest.setdefault(section, {})[key] = record
+        self.manifest["rows"] = n1
+        self.save_manifest()
+        return n0, n1
+
+    def set_column(self, name: str, values: np.ndarray) -> None:
+        """Overwrite a whole metadata column (e.g. ``split``)."""
+        if name not in COLUMNS:
+            raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
+        values = np.asarray(values)
+        if values.shape != (len(self),):
+            raise StoreError(f"column {name!r} needs {len(self)} values, got {values.shape}")
+        self.group[f"meta/{name}"][:] = values.astype(str) if COLUMNS[name][0] is str else values
+
+    def save_manifest(self) -> None:
+        _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1, default=str))

@@ -1,0 +1,1 @@
+"""Built-in slidestream plugins, one folder per kind."""

@@ -1,0 +1,92 @@
+"""cuCIM reader: the fastest reader here (decodes on the CPU; on a GPU with ``device='cuda'`` too).
+
+Reads generic tiled TIFF, Aperio SVS (JPEG and JPEG 2000) and Philips TIFF. Refuses files whose TIFF
+data is truncated (cuCIM would decode garbage) and OME/SubIFD pyramids whose levels it does not see,
+so the engine falls back to the next reader.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
+
+from .common import check_tiff_complete, read_clipped
+
+
+_quiet_done = False
+
+
+def _cuimage(path: str):
+    """CuImage(path); the first call silences cuFile's 'libcuda.so.1' chatter on machines without a GPU."""
+    global _quiet_done
+    if _quiet_done:
+        from cucim import CuImage
+
+        return CuImage(path)
+    _quiet_done = True
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+            from cucim import CuImage
+
+            return CuImage(path)
+    finally:
+        for fd, s in zip((1, 2), saved):
+            os.dup2(s, fd)
+            os.close(s)
+
+
+class CucimSlide:
+    def __init__(self, path: str):
+        check_tiff_complete(path)
+        self.path = path
+        self._img = _cuimage(path)
+        res = self._img.resolutions
+        self.level_dimensions = [tuple(int(v) for v in d) for d in res["level_dimensions"]]
+        self.level_downsamples = [float(d) for d in res["level_downsamples"]]
+        self._check_levels()
+        md = self._img.metadata
+        aperio = md.get("aperio", {}) if isinstance(md, dict) else {}
+        self.mpp = _float(aperio.get("MPP"))
+        self.objective_power = _float(aperio.get("AppMag"))
+        if self.mpp is None:
+            units = self._img.spacing_units()
+            if units and units[0] in ("micrometer", "micron", "um", "µm"):
+                self.mpp = float(self._img.spacing()[0])
+
+    def _check_levels(self) -> None:
+        import tifffile
+
+        with tifffile.TiffFile(self.path) as tf:
+            levels = len(tf.series[0].levels) if tf.series else 1
+        if levels > len(self.level_dimensions):
+            raise ValueError(f"cuCIM sees {len(self.level_dimensions)} of {levels} pyramid levels")
+
+    def read_region(self, location, level, size):
+        def read(x, y, w, h):
+            ds = self.level_downsamples[level]
+            loc = (int(round(x * ds)), int(round(y * ds)))
+            return np.asarray(self._img.read_region(location=loc, size=(w, h), level=level))
+
+        return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])
+
+    def close(self) -> None:
+        self._img.close() if hasattr(self._img, "close") else None
+
+
+def _float(v) -> float | None:
+    try:
+        f = float(v)
+        return f if f > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+@hookimpl
+def slidestream_readers():
+    return [ReaderPlugin(name="cucim", open=CucimSlide, priority=10, suffixes=(".svs", ".tif", ".tiff"),
+                         summary="cuCIM CuImage: SVS, generic tiled TIFF, Philips TIFF (fastest)")]

@@ -1,0 +1,59 @@
+"""OpenSlide reader: SVS, NDPI, MRXS, SCN, BIF, DICOM-WSI and the other formats OpenSlide knows.
+
+A DICOM-WSI slide is a folder of ``.dcm`` files: give any one of them, or the folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
+
+from .common import read_clipped, to_rgb
+
+
+class OpenSlideSlide:
+    def __init__(self, path: str):
+        import openslide
+
+        p = Path(path)
+        if p.is_dir():
+            dcm = sorted(p.glob("*.dcm"))
+            if not dcm:
+                raise ValueError("folder holds no .dcm files")
+            p = dcm[0]
+        self.path = path
+        self._s = openslide.OpenSlide(str(p))
+        self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._s.level_downsamples]
+        props = self._s.properties
+        self.mpp = _float(props.get("openslide.mpp-x"))
+        self.objective_power = _float(props.get("openslide.objective-power"))
+
+    def read_region(self, location, level, size):
+        ds = self.level_downsamples[level]
+
+        def read(x, y, w, h):
+            return np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+
+        return read_clipped(read, location, level, size, self.level_dimensions[level], ds)
+
+    def close(self) -> None:
+        self._s.close()
+
+
+def _float(v) -> float | None:
+    try:
+        f = float(v)
+        return f if f > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+@hookimpl
+def slidestream_readers():
+    return [ReaderPlugin(
+        name="openslide", open=OpenSlideSlide, priority=20,
+        suffixes=(".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ""),
+        summary="OpenSlide: SVS, NDPI, MRXS, SCN, BIF, DICOM-WSI, ...")]
