@@ -43,7 +43,8 @@ def _meta_hash(meta: dict[str, Any]) -> str:
 
 def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write a bundle for ``model`` trained with ``pipeline``; ``meta`` must hold at least ``arch``,
-    ``in_channels``, ``input_size``. Returns the bundle directory."""
+    ``in_channels``, ``input_size``, ``aggregation``; ``meta["extraction_hash"]`` (the training store's)
+    overrides the hash of ``pipeline``'s extraction sections. Returns the bundle directory."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -51,7 +52,7 @@ def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1, sort_keys=True))
-    doc = {"format": FORMAT, **meta, "extraction_hash": config.extraction_hash(pipeline),
+    doc = {"format": FORMAT, "extraction_hash": config.extraction_hash(pipeline), **meta,
            "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions(),
            "files": {f: _sha(out / f) for f in FILES}}
     doc["hash"] = _meta_hash(doc)

@@ -31,7 +31,7 @@ def norm_chain(pipeline: dict[str, Any], which: str = "classifier") -> tuple[lis
     for ref in config.refs((pipeline.get("normalization") or {}).get(which)):
         plugin = registry.get("normalization", ref["name"])
         steps.append((plugin.apply, dict(ref.get("params") or {})))
-        channels = plugin.channels
+        channels = min(channels, plugin.channels)  # once gray, later steps keep one channel
     return steps, channels
 
 

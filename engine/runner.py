@@ -73,7 +73,7 @@ def _slide_id(p: Path) -> str:
     for suf in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(suf):
             return name[: -len(suf)]
-    return p.stem if p.is_file() else name
+    return name if p.is_dir() else p.stem
 
 
 def _scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:

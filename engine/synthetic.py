@@ -59,13 +59,14 @@ def _tissue(rng: np.random.Generator, hs: int, ws: int) -> np.ndarray:
     return field
 
 
-def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, pen: bool = False) -> np.ndarray:
-    """The level-0 RGB image (h, w, 3) uint8 of a synthetic slide."""
+def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, pen: bool = False,
+           full: bool = False) -> np.ndarray:
+    """The level-0 RGB image (h, w, 3) uint8 of a synthetic slide (``full``: tissue everywhere, no glass)."""
     w, h = size
     rng = np.random.default_rng([seed, 7919 + int(label)])
     g = 16  # design grid: level-0 px per low-res px
     hs, ws = -(-h // g), -(-w // g)
-    low = _tissue(rng, hs, ws)
+    low = np.ones((hs, ws), np.float32) if full else _tissue(rng, hs, ws)
     alpha = np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR), np.float32)
 
     # nuclei: stamp soft sprites at random tissue positions until the area fraction is reached
@@ -152,3 +153,31 @@ def make_cohort(out_dir: str | Path, n_patients: int = 24, seed: int = 0, size: 
         wr.writeheader()
         wr.writerows(rows)
     return csv_path
+
+
+def make_store(path: str | Path, n_patients: int = 16, per_patient: int = 16, patch: int = 32, seed: int = 0,
+               chunk: int = 16, shuffle_labels: bool = False):
+    """A small patch store cut straight from rendered 10x images (no slide files, no extraction): for unit
+    tests of splitting, loading and training. Returns the open PatchStore (``r+``)."""
+    from . import config
+    from .store import PatchStore
+
+    rng = np.random.default_rng(seed)
+    labels = np.array([1, 0] * (n_patients // 2) + [1] * (n_patients % 2))
+    rng.shuffle(labels)
+    train_labels = rng.permutation(labels) if shuffle_labels else labels
+    side = int(np.ceil(np.sqrt(per_patient))) * patch
+    pipe = config.with_defaults({"name": "synthetic-store", "magnification": 10, "patches": {"size": patch},
+                                 "store": {"codec": "zstd", "level": 1, "chunk": chunk}})
+    st = PatchStore.create(path, patch, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    patches, meta = [], {"slide_id": [], "patient_id": [], "label": [], "age": []}
+    for i, lab in enumerate(labels):
+        img = render((side, side), int(lab), seed=seed * 7919 + i, mpp=1.0, full=True)
+        tiles = [img[y:y + patch, x:x + patch] for y in range(0, side, patch) for x in range(0, side, patch)]
+        mu, sd = AGE[int(lab)]
+        age = float(rng.normal(mu, sd))
+        patches += tiles[:per_patient]
+        for k, v in (("slide_id", f"P{i:03d}"), ("patient_id", f"P{i:03d}"), ("label", int(train_labels[i])), ("age", age)):
+            meta[k] += [v] * per_patient
+    st.append("all", np.stack(patches), {k: np.asarray(v) for k, v in meta.items()}, {"status": "done"})
+    return st

@@ -41,6 +41,16 @@ def _run_chain(rgb: np.ndarray, names=CHAIN) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # A literal transcription of deephistopath/wsi/filter.py (bool output), used as the oracle.
 # --------------------------------------------------------------------------------------------
+# The pen triples as written in the spec (dpw-filters.md 1.2), independent of dpw.py's constants.
+SPEC_RED = [(150, 80, 90), (110, 20, 30), (185, 65, 105), (195, 85, 125), (220, 115, 145), (125, 40, 70),
+            (200, 120, 150), (100, 50, 65), (85, 25, 45)]
+SPEC_GREEN = [(150, 160, 140), (70, 110, 110), (45, 115, 100), (30, 75, 60), (195, 220, 210), (225, 230, 225),
+              (170, 210, 200), (20, 30, 20), (50, 60, 40), (30, 50, 35), (65, 70, 60), (100, 110, 105),
+              (165, 180, 180), (140, 140, 150), (185, 195, 195)]
+SPEC_BLUE = [(60, 120, 190), (120, 170, 200), (175, 210, 230), (145, 180, 210), (37, 95, 160), (30, 65, 130),
+             (130, 155, 180), (40, 35, 85), (30, 20, 65), (90, 90, 140), (60, 60, 120), (110, 110, 175)]
+
+
 def _orig_mask_percent(m):
     return 100 - np.count_nonzero(m) / m.size * 100
 
@@ -145,9 +155,9 @@ def test_colour_filters_equal_the_original(image):
     ones = _ones(rgb)
     assert np.array_equal(dpw.green_channel(rgb, ones), _orig_green_channel(rgb))
     assert np.array_equal(dpw.grays(rgb, ones), _orig_grays(rgb))
-    assert np.array_equal(dpw.red_pen(rgb, ones), _orig_pen(rgb, dpw.RED_PEN, "><<"))
-    assert np.array_equal(dpw.green_pen(rgb, ones), _orig_pen(rgb, dpw.GREEN_PEN, "<>>"))
-    assert np.array_equal(dpw.blue_pen(rgb, ones), _orig_pen(rgb, dpw.BLUE_PEN, "<<>"))
+    assert np.array_equal(dpw.red_pen(rgb, ones), _orig_pen(rgb, SPEC_RED, "><<"))
+    assert np.array_equal(dpw.green_pen(rgb, ones), _orig_pen(rgb, SPEC_GREEN, "<>>"))
+    assert np.array_equal(dpw.blue_pen(rgb, ones), _orig_pen(rgb, SPEC_BLUE, "<<>"))
 
 
 def test_grays_equal_original_on_every_colour_cube_corner_case():
@@ -158,15 +168,21 @@ def test_grays_equal_original_on_every_colour_cube_corner_case():
         assert np.array_equal(dpw.grays(rgb, _ones(rgb), tolerance=tol), _orig_grays(rgb, tol))
 
 
+def test_pen_triples_are_the_spec():
+    assert list(dpw.RED_PEN) == SPEC_RED
+    assert list(dpw.GREEN_PEN) == SPEC_GREEN
+    assert list(dpw.BLUE_PEN) == SPEC_BLUE
+
+
 def test_pen_filters_equal_original_on_whole_colour_cube():
     v = np.arange(0, 256, 5, dtype=np.uint8)  # includes values on and beside many thresholds
-    v = np.unique(np.concatenate([v, np.array([t + d for tr in dpw.RED_PEN + dpw.GREEN_PEN + dpw.BLUE_PEN
+    v = np.unique(np.concatenate([v, np.array([t + d for tr in SPEC_RED + SPEC_GREEN + SPEC_BLUE
                                                for t in tr for d in (-1, 0, 1)]).clip(0, 255).astype(np.uint8)]))
     rgb = np.stack(np.meshgrid(v, v, v, indexing="ij"), axis=-1).reshape(len(v), -1, 3)
     ones = _ones(rgb)
-    assert np.array_equal(dpw.red_pen(rgb, ones), _orig_pen(rgb, dpw.RED_PEN, "><<"))
-    assert np.array_equal(dpw.green_pen(rgb, ones), _orig_pen(rgb, dpw.GREEN_PEN, "<>>"))
-    assert np.array_equal(dpw.blue_pen(rgb, ones), _orig_pen(rgb, dpw.BLUE_PEN, "<<>"))
+    assert np.array_equal(dpw.red_pen(rgb, ones), _orig_pen(rgb, SPEC_RED, "><<"))
+    assert np.array_equal(dpw.green_pen(rgb, ones), _orig_pen(rgb, SPEC_GREEN, "<>>"))
+    assert np.array_equal(dpw.blue_pen(rgb, ones), _orig_pen(rgb, SPEC_BLUE, "<<>"))
 
 
 def test_small_objects_equals_skimage_original(red_img, thumb):
@@ -381,6 +397,12 @@ def test_otsu_agrees_with_dpw_background_removal(red_img):
     # tissue is the darker side
     o = otsu.otsu(rgb, _ones(rgb))
     assert rgb[o].mean() < rgb[~o].mean() - 30
+
+
+def test_otsu_blank_slide_has_no_tissue():
+    white = np.full((40, 40, 3), 250, np.uint8)
+    for channel in ("gray", "saturation"):
+        assert not otsu.otsu(white, _ones(white), channel=channel).any()
 
 
 def test_otsu_is_a_self_contained_plugin():

@@ -21,8 +21,8 @@ Every quirk of the original (spec section 1.4) that touches these filters, and w
 * Q6 skimage 0.26 deprecating ``min_size``: own labelling (scipy.ndimage) with the same ``size < min_size``
   rule, so results do not depend on the scikit-image version.
 
-Speed: everything is uint8 comparisons, 256-entry lookup tables and one labelling; about 0.3 s for a
-3000x3000 thumbnail on one core.
+Speed: uint8 comparisons, 256-entry lookup tables and one labelling pass; the whole chain takes about
+0.22 s on a 3000x3000 thumbnail (one idle CPU core; 0.45 s on a loaded one).
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def small_objects(rgb, mask, min_size: float = 500, avoid_overmask: bool = True,
         if not (avoid_overmask and size >= 1 and _masked_percent(kept, mask.size) >= overmask_thresh):
             break
         size /= 2
-    keep_label = sizes > size
+    keep_label = sizes >= size
     keep_label[0] = False
     return keep_label[labels]
 

@@ -46,12 +46,30 @@ def check_tiff_complete(path: str) -> None:
     """
     import tifffile
 
+    import logging
+
     size = os.path.getsize(path)
-    with tifffile.TiffFile(path) as tf:
-        for page in tf.pages:
-            offs, counts = page.dataoffsets, page.databytecounts
-            if len(offs) and max(o + c for o, c in zip(offs, counts)) > size:
-                raise ValueError("truncated file: image data runs past the end of the file")
+    problems: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            problems.append(record.getMessage())
+
+    log = logging.getLogger("tifffile")
+    handler, propagate = Catch(level=logging.ERROR), log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tifffile.TiffFile(path) as tf:
+            for page in tf.pages:
+                offs, counts = page.dataoffsets, page.databytecounts
+                if len(offs) and max(o + c for o, c in zip(offs, counts)) > size:
+                    raise ValueError("truncated file: image data runs past the end of the file")
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+    if any("invalid page offset" in p or "truncated" in p.lower() for p in problems):
+        raise ValueError("truncated file: TIFF directories point past the end of the file")
 
 
 def mpp_from_tiff_tags(page) -> float | None:
@@ -69,3 +87,38 @@ def mpp_from_tiff_tags(page) -> float | None:
         return None
     mpp = um / px_per_unit
     return mpp if 0.05 <= mpp <= 20 else None  # 72-dpi photos etc. are not a resolution
+
+
+JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"
+
+
+def tiff_jfif_marked_rgb(path: str) -> bool:
+    """True when a JPEG TIFF says Photometric=RGB but its tiles are JFIF (YCbCr) streams.
+
+    Decoders that trust the Photometric tag (cuCIM) then skip the YCbCr->RGB conversion and return
+    false colours; libjpeg via tifffile/imagecodecs honours the JFIF marker and decodes correctly.
+    """
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        if page.compression != 7 or page.photometric != 2 or not len(page.dataoffsets):
+            return False
+        tf.filehandle.seek(page.dataoffsets[0])
+        return tf.filehandle.read(len(JFIF)) == JFIF
+
+
+def dicom_jfif_marked_rgb(path: str) -> bool:
+    """True when a DICOM-WSI file says RGB but its JPEG frames are JFIF (YCbCr) streams."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    i = head.find(b"\xff\xd8\xff")
+    return i >= 0 and head[i:i + len(JFIF)] == JFIF
+
+
+def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
+    """JPEG (JFIF, full-range BT.601) YCbCr to RGB, uint8."""
+    f = a.astype(np.float32)
+    y, cb, cr = f[..., 0], f[..., 1] - 128.0, f[..., 2] - 128.0
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)

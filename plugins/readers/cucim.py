@@ -1,8 +1,9 @@
 """cuCIM reader: the fastest reader here (decodes on the CPU; on a GPU with ``device='cuda'`` too).
 
-Reads generic tiled TIFF, Aperio SVS (JPEG and JPEG 2000) and Philips TIFF. Refuses files whose TIFF
-data is truncated (cuCIM would decode garbage) and OME/SubIFD pyramids whose levels it does not see,
-so the engine falls back to the next reader.
+Reads generic tiled TIFF, Aperio SVS (JPEG and JPEG 2000) and Philips TIFF. Refuses, so the engine
+falls back to the next reader: files whose TIFF data is truncated (cuCIM would decode garbage),
+OME/SubIFD pyramids whose levels it does not see, and JPEG tiles coded as JFIF/YCbCr but tagged RGB
+(cuCIM trusts the tag and returns false colours; e.g. QuPath's OS-1-detail.ome.tif).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, read_clipped
+from .common import check_tiff_complete, read_clipped, tiff_jfif_marked_rgb
 
 
 _quiet_done = False
@@ -43,6 +44,8 @@ def _cuimage(path: str):
 class CucimSlide:
     def __init__(self, path: str):
         check_tiff_complete(path)
+        if tiff_jfif_marked_rgb(path):
+            raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
         self.path = path
         self._img = _cuimage(path)
         res = self._img.resolutions

@@ -1,6 +1,7 @@
 """OpenSlide reader: SVS, NDPI, MRXS, SCN, BIF, DICOM-WSI and the other formats OpenSlide knows.
 
-A DICOM-WSI slide is a folder of ``.dcm`` files: give any one of them, or the folder.
+A DICOM-WSI slide is a folder of ``.dcm`` files: give any one of them, or the folder. DICOM frames
+coded as JFIF (YCbCr) but tagged RGB, which OpenSlide returns unconverted, are converted here.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import read_clipped, to_rgb
+from .common import dicom_jfif_marked_rgb, read_clipped, ycbcr_to_rgb
 
 
 class OpenSlideSlide:
@@ -30,12 +31,18 @@ class OpenSlideSlide:
         props = self._s.properties
         self.mpp = _float(props.get("openslide.mpp-x"))
         self.objective_power = _float(props.get("openslide.objective-power"))
+        # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
+        self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"
+                       and dicom_jfif_marked_rgb(str(p)))
 
     def read_region(self, location, level, size):
         ds = self.level_downsamples[level]
 
         def read(x, y, w, h):
-            return np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+            rgba = np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+            if self._ycbcr:
+                rgba = np.concatenate([ycbcr_to_rgb(rgba[..., :3]), rgba[..., 3:]], axis=-1)
+            return rgba
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], ds)
 

@@ -5,6 +5,8 @@ Resolution comes from OME ``PhysicalSizeX`` or the TIFF resolution tags (centime
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
@@ -31,14 +33,15 @@ class TiffSlide:
         dims = [(int(lv.shape[axes.index("X")]), int(lv.shape[axes.index("Y")])) for lv in series.levels]
         self.level_dimensions = dims
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
-        self.mpp = self._ome_mpp() or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0])
-        self.objective_power = None
+        desc = self._tf.pages[0].description or ""
+        aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([0-9.]+)", desc)) if desc.startswith("Aperio") else {}
+        self.mpp = (_pos(aperio.get("MPP")) or self._ome_mpp()
+                    or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0]))
+        self.objective_power = _pos(aperio.get("AppMag"))
 
     def _ome_mpp(self) -> float | None:
         if not self._tf.is_ome:
             return None
-        import re
-
         m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', self._tf.ome_metadata or "")
         unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', self._tf.ome_metadata or "")
         if not m:
@@ -64,6 +67,14 @@ class TiffSlide:
 
     def close(self) -> None:
         self._tf.close()
+
+
+def _pos(v) -> float | None:
+    try:
+        f = float(v)
+        return f if f > 0 else None
+    except (TypeError, ValueError):
+        return None
 
 
 @hookimpl

@@ -1,0 +1,4 @@
+"""`python -m slidestream.engine` runs the CLI."""
+from .cli import main
+
+main()

@@ -1,0 +1,108 @@
+"""``slidestream demo``: the whole method on a synthetic cohort, on a CPU, in a few minutes.
+
+synthetic slides (``engine/synthetic``: mutant = dense small round nuclei, wildtype = sparse large elongated
+ones, same colours; ages from the paper's Table 5) -> extraction with the real runner (the paper's DPW
+filters, smaller tiles and patches) -> patient split -> small CNN training on grayscale + CLAHE + gamma
+patches (the paper's classifier normalization) -> predictions -> evaluation with age GDA fusion -> report,
+plus a heatmap of one test slide. Deviations from the paper for speed are listed in ``demo_pipeline``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import config
+
+
+def demo_pipeline(epochs: int = 8, patch: int = 64, seed: int = 0) -> dict[str, Any]:
+    """The paper's pipeline (``schemas/examples/liu2020.json``) scaled down for a CPU demo."""
+    doc = json.loads(config.example("liu2020").read_text())
+    doc.update({
+        "name": "demo",
+        "description": "liu2020 scaled down: 128 px tiles, 64 px patches at 10x, small CNN, few epochs",
+        "seed": seed,
+        "thumbnail": {"scale": 16},
+        "filters": [f if f["name"] != "dpw.small_objects" else {"name": f["name"], "params": {"min_size": 50}}
+                    for f in doc.get("filters", [])],
+        "tiling": {"name": "grid", "params": {"size": 128, "min_tissue": 0.5, "max_tiles": 50, "scorer": "tissue"}},
+        "patches": {"size": patch, "mode": "random", "per_tile": 6},
+        "store": {"codec": "zstd", "level": 1, "chunk": 32, "batch_tiles": 8},
+        "classifier": {"name": "small_cnn", "params": {"width": 16}},
+        "training": {"epochs": epochs, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-6, "dropout": 0.3,
+                     "augment": True, "seed": seed, "num_workers": 2,
+                     "split": {"ratios": [2, 1, 1], "seed": seed}, "aggregation": {"method": "mean"}},
+        "fusion": {"name": "age_gda"},
+    })
+    doc.setdefault("normalization", {})["classifier"] = [
+        {"name": "gray_clahe_gamma"}]
+    return config.parse(doc, source="demo pipeline")
+
+
+def _shuffle_labels(csv_path: Path, seed: int) -> None:
+    """Permute the labels across patients (the null model of the shuffled-label check)."""
+    rows = list(csv.DictReader(open(csv_path)))
+    labels = np.random.default_rng([seed, 99]).permutation([r["label"] for r in rows])
+    for r, lab in zip(rows, labels):
+        r["label"] = lab
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run(out: str | Path = "slidestream-demo", n_patients: int = 32, size: tuple[int, int] = (2048, 1536),
+        epochs: int = 8, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
+        mpp: float = 0.25, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run the demo into ``out``; returns ``{"report", "metrics", "seconds", ...}``."""
+    from . import evaluate as ev
+    from . import predict, runner, splits, synthetic, train
+    from .store import PatchStore
+
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
+    out = Path(out)
+    pipe = demo_pipeline(epochs, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.json").write_text(json.dumps(pipe, indent=1))
+    cohort = synthetic.make_cohort(out / "slides", n_patients=n_patients, seed=seed, size=size, mpp=mpp,
+                                   objective=10 / mpp, levels=(1, 4) if mpp >= 1 else (1, 4, 16))
+    if shuffle_labels:
+        _shuffle_labels(cohort, seed)
+    say(f"[demo] {n_patients} synthetic slides in {out / 'slides'} ({time.perf_counter() - t0:.0f} s)")
+    store = out / "store"
+    summary = runner.extract(pipe, runner.read_cohort(cohort), store, progress=False)
+    say(f"[demo] extracted {summary['rows']} patches into {store} ({time.perf_counter() - t0:.0f} s)")
+    st = PatchStore.open(store, mode="r+")
+    sp = pipe["training"]["split"]
+    parts = splits.split_store(st, sp["ratios"], sp["seed"])
+    say("[demo] split (patients): " + ", ".join(f"{k} {v['patients']}" for k, v in parts.items()))
+    res = train.train_many(pipe, store, out / "model", log=say)
+    bundle = Path(res["results"][0]["bundle"])
+    preds = out / "predictions.csv"
+    predict.predict_store(bundle, store, preds)
+    metrics = ev.evaluate(ev.load_predictions(preds), fusion="age_gda", bootstrap=bootstrap, seed=seed)
+    report_dir = out / "report"
+    ev.write_report(metrics, report_dir)
+    result = {"report": str(report_dir / "report.md"), "metrics": metrics, "bundle": str(bundle),
+              "comparison": str(res["comparison"]["markdown"])}
+    if heatmap:
+        test = [r for r in csv.DictReader(open(cohort)) if r["patient_id"] in
+                set(st.column("patient_id")[st.column("split") == "test"])]
+        if test:
+            r = predict.predict_slides(bundle, [test[0]["slide_path"]], age=float(test[0]["age"]), out_dir=out / "heatmaps")[0]
+            result["heatmap"] = r.get("heatmap")
+            say(f"[demo] {Path(test[0]['slide_path']).name} (label {test[0]['label']}): P(mutant) image "
+                f"{r['image_prob']:.3f}" + (f", age+image {r['age+image']:.3f}" if "age+image" in r else "")
+                + f"; heatmap {r.get('heatmap')}")
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def test_auc(metrics: dict[str, Any], predictor: str = "image") -> float | None:
+    """The test-split AUC of ``predictor`` in an ``evaluate`` metrics dict."""
+    return (metrics.get("test", {}).get(predictor) or {}).get("auc")

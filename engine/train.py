@@ -1,0 +1,360 @@
+"""Classifier training (Liu et al. 2020, "ResNet50 for image classification"), with resume and model selection.
+
+Paper defaults (``training`` section; see ``DEFAULTS``): Adam (beta1 = 0.9, the paper's "momentum"),
+batch 16, learning rate 1e-5, decay 1e-6, 100 epochs, ImageNet initialisation, dropout before the output
+layer; each patch carries its slide's label and patients are classified by their mean patch probability.
+The paper's "decay rate" is the Keras ``decay`` argument; we apply it as ``weight_decay`` (the brief's
+reading) and offer ``lr_decay`` for the Keras time-based schedule ``lr / (1 + lr_decay * step)``.
+
+* Model selection: after every epoch the validation split is scored at the patient level (aggregated
+  patch probabilities, ``aggregation``). The best epoch has the highest validation patient AUC, ties
+  broken by the lower validation patch cross-entropy; ``select: "loss"`` uses the loss alone (also the
+  fallback when the validation split holds one class, where the AUC is undefined).
+* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, RNG state, history; tensors only, loaded
+  with ``weights_only=True``) is replaced atomically after every epoch. Run the same command again after
+  a kill and training continues from the last finished epoch; batch order depends only on
+  (seed, epoch), so the resumed run sees the batches the uninterrupted one would have.
+* Output per architecture: ``OUT/<arch>/`` is a model bundle (``engine/bundle.py``) plus ``history.json``,
+  ``train.log``, ``metrics.json`` and ``predictions.csv`` (patient_id,label,age,split,image_prob: the
+  format ``slidestream evaluate`` reads). ``OUT/comparison.{md,json}`` and ``OUT/roc.png`` compare the
+  architectures on the validation and test splits (the paper's Table 1 and Fig. 2).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import bundle as bundle_mod
+from . import config, registry
+from .aggregate import aggregate
+from .errors import ConfigError
+from .loader import PatchLoader, norm_chain, to_tensor
+from .store import PatchStore
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 100, "batch_size": 16, "lr": 1e-5, "weight_decay": 1e-6, "lr_decay": 0.0, "betas": [0.9, 0.999],
+    "dropout": 0.5, "weights": None, "input_size": None, "augment": False, "seed": 0,
+    "split": {"ratios": [6, 1, 1], "seed": 0, "kfold": None, "fold": 0},
+    "aggregation": {"method": "mean", "k_frac": 0.2}, "synthetic": 0, "select": "auc", "threshold": 0.5,
+    "fusion_split": "train", "num_workers": 2, "device": "auto",
+}
+
+
+def settings(pipeline: dict[str, Any], **overrides) -> dict[str, Any]:
+    """The pipeline's ``training`` section over ``DEFAULTS``, then non-None ``overrides``."""
+    t = copy.deepcopy(DEFAULTS)
+    for k, v in (pipeline.get("training") or {}).items():
+        t[k] = {**t[k], **v} if isinstance(t.get(k), dict) and isinstance(v, dict) else v
+    t.update({k: v for k, v in overrides.items() if v is not None})
+    return t
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Sensitivity (mutant = positive), specificity, accuracy, AUC (None with one class), ROC points."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
+    pred = p >= threshold
+    tp, tn = int(np.sum(pred & (y == 1))), int(np.sum(~pred & (y == 0)))
+    npos, nneg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    out = {"n": int(len(y)), "mutant": npos, "wildtype": nneg,
+           "sensitivity": tp / npos if npos else None, "specificity": tn / nneg if nneg else None,
+           "accuracy": (tp + tn) / len(y) if len(y) else None, "auc": None, "roc": None}
+    if npos and nneg:
+        out["auc"] = float(roc_auc_score(y, p))
+        fpr, tpr, _ = roc_curve(y, p)
+        out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- inference
+@torch.no_grad()
+def infer(model: torch.nn.Module, batches, size: int | None, device: torch.device) -> np.ndarray:
+    """P(mutant) for every patch of ``batches`` (an iterable of uint8 (n,h,w,c) arrays), in order."""
+    model.eval()
+    out = []
+    for xb in batches:
+        out.append(torch.softmax(model(to_tensor(xb, size, device)).float(), 1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def store_probs(model, store: PatchStore, rows: np.ndarray, chain, size, device, batch_size=64, workers=2) -> np.ndarray:
+    """Patch probabilities for store ``rows`` (sorted), streamed in store order."""
+    loader = PatchLoader(store, rows, batch_size, chain, shuffle=False, workers=workers)
+    return infer(model, (xb for xb, _, _ in loader.epoch(0)), size, device)
+
+
+def patient_table(store_tab: dict[str, np.ndarray], rows: np.ndarray, probs: np.ndarray, agg: dict) -> dict[str, np.ndarray]:
+    """Per patient: patient_id, label, age, split, image_prob (aggregated patch probabilities)."""
+    pids, pp = aggregate(store_tab["patient_id"][rows], probs, agg.get("method", "mean"), agg.get("k_frac", 0.2))
+    first = {p: r for r, p in zip(rows[::-1], store_tab["patient_id"][rows][::-1])}
+    idx = np.array([first[p] for p in pids], np.int64)
+    return {"patient_id": pids, "label": store_tab["label"][idx].astype(int), "age": store_tab["age"][idx].astype(float),
+            "split": store_tab["split"][idx], "image_prob": pp}
+
+
+def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:
+    cols = ["patient_id", "label", "age", "split", "image_prob"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i in range(len(table["patient_id"])):
+            age = table["age"][i]
+            w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else f"{age:g}",
+                        table["split"][i], f"{float(table['image_prob'][i]):.6f}"])
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def training_rows(tab: dict[str, np.ndarray], synthetic: int, seed: int) -> np.ndarray:
+    """Real train-split rows plus ``synthetic`` synthetic rows (half per class when possible, seeded)."""
+    syn = tab["synthetic"].astype(bool)
+    real = np.nonzero((tab["split"] == "train") & ~syn)[0]
+    if not synthetic:
+        return real
+    rng = np.random.default_rng([seed, 1])
+    pools = [rng.permutation(np.nonzero(syn & (tab["label"] == c))[0]) for c in (1, 0)]
+    want = [synthetic - synthetic // 2, synthetic // 2]
+    if want[0] > len(pools[0]):  # not enough of one class: take the rest from the other
+        want = [len(pools[0]), synthetic - len(pools[0])]
+    elif want[1] > len(pools[1]):
+        want = [synthetic - len(pools[1]), len(pools[1])]
+    if want[0] > len(pools[0]) or want[1] > len(pools[1]):
+        raise ConfigError(f"training.synthetic asks for {synthetic} synthetic patches but the store holds "
+                          f"{len(pools[0])} mutant + {len(pools[1])} wildtype; run `slidestream gan sample` first")
+    return np.sort(np.concatenate([real, pools[0][:want[0]], pools[1][:want[1]]]))
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _better(m: dict, best: dict | None, select: str) -> bool:
+    if best is None:
+        return True
+    if select == "auc" and m["val_auc"] is not None and best["val_auc"] is not None:
+        if m["val_auc"] != best["val_auc"]:
+            return m["val_auc"] > best["val_auc"]
+    return m["val_loss"] < best["val_loss"]
+
+
+def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: str | None = None, *,
+          synthetic: int | None = None, seed: int | None = None, epochs: int | None = None,
+          device: str | None = None, log: Callable[[str], None] | None = print, **overrides) -> dict[str, Any]:
+    """Train one architecture on the store's splits; write the bundle to ``OUT/<arch>``; return a summary.
+
+    ``arch`` defaults to the pipeline's ``classifier``; ``synthetic`` = number of synthetic (GAN) patches to
+    add to the training split (GAN sweep); ``seed`` fixes initialisation, batch order and dropout;
+    ``overrides`` replace other ``training`` keys (``batch_size``, ``lr``, ...). Resumes from
+    ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
+    """
+    t0 = time.perf_counter()
+    cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
+    cref = pipeline.get("classifier") or {"name": "resnet50"}
+    arch = arch or cref["name"]
+    cparams = dict(cref.get("params") or {}) if cref["name"] == arch else {}
+    plugin = registry.get("classifier", arch)
+    st = PatchStore.open(store)
+    tab = st.table()
+    if not np.any(tab["split"] == "train"):
+        raise ConfigError(f"store {store} has no split yet; run `slidestream split PIPELINE --store {store}` first")
+    out_dir = Path(out) / arch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logf = open(out_dir / "train.log", "a")
+
+    def say(msg: str) -> None:
+        line = f"[{arch}] {msg}"
+        logf.write(time.strftime("%H:%M:%S ") + line + "\n")
+        logf.flush()
+        if log:
+            log(line)
+
+    dev = pick_device(cfg["device"])
+    chain, channels = norm_chain(pipeline)
+    size = cfg["input_size"] or int(st.patches.shape[1])
+    train_rows = training_rows(tab, int(cfg["synthetic"] or 0), int(cfg["seed"]))
+    val_rows = np.nonzero(tab["split"] == "val")[0]
+    if not len(val_rows):
+        raise ConfigError("the store's validation split is empty; use split ratios with a val part (e.g. 6:1:1)")
+    run_id = config.digest({"pipeline": {k: v for k, v in pipeline.items() if k not in ("evaluation", "description")},
+                            "store": st.manifest.get("extraction_hash"), "rows": len(st),
+                            "split": st.manifest.get("split"), "arch": arch,
+                            "cfg": {k: v for k, v in cfg.items() if k not in ("epochs", "num_workers", "device")}})
+
+    torch.manual_seed(int(cfg["seed"]))
+    model = plugin.build(num_classes=2, in_channels=channels, dropout=float(cfg["dropout"]), **cparams)
+    if cfg["weights"]:
+        from slidestream.plugins.classifiers.nets import load_imagenet
+
+        counts = load_imagenet(model, cfg["weights"])
+        init = {"kind": "imagenet", "file": str(cfg["weights"]), "sha256": bundle_mod._sha(Path(cfg["weights"])), **counts}
+        say(f"initialised from ImageNet weights {cfg['weights']} ({counts['loaded']} tensors, "
+            f"{counts['adapted']} adapted to {channels} channel(s), {counts['skipped']} left random)")
+    else:
+        init = {"kind": "scratch"}
+        say("no training.weights given: training FROM SCRATCH (random initialisation, not ImageNet as in the paper)")
+    model.to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
+                           weight_decay=float(cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + float(cfg["lr_decay"]) * step))
+    history: list[dict] = []
+    best: dict | None = None
+    start = 0
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.is_file():
+        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if c.get("run_id") != run_id:
+            raise ConfigError(f"{out_dir} holds a checkpoint of a different training run (other pipeline, store, split "
+                              "or settings); use a new --out or delete it to start over")
+        model.load_state_dict(c["model"])
+        opt.load_state_dict(c["optim"])
+        sched.load_state_dict(c["sched"])
+        torch.set_rng_state(c["rng"])
+        history, start = json.loads(c["history"]), int(c["epoch"]) + 1
+        best = json.loads(c["best"]) if c.get("best") else None
+        say(f"resuming after epoch {start} of {cfg['epochs']} from {ckpt}")
+
+    loader = PatchLoader(st, train_rows, int(cfg["batch_size"]), chain, shuffle=True, seed=int(cfg["seed"]),
+                         workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]))
+    say(f"{len(train_rows)} training patches ({int(np.sum(tab['synthetic'][train_rows]))} synthetic), "
+        f"{len(val_rows)} validation patches; input {channels}x{size}x{size}; device {dev}; "
+        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g}")
+    for epoch in range(start, int(cfg["epochs"])):
+        te = time.perf_counter()
+        model.train()
+        losses = []
+        for x, y, _ in loader.tensors(epoch, size, dev):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        vp = store_probs(model, st, val_rows, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
+        vy = tab["label"][val_rows].astype(int)
+        vloss = float(-np.mean(np.log(np.clip(np.where(vy == 1, vp, 1 - vp), 1e-7, 1))))
+        ptab = patient_table(tab, val_rows, vp, cfg["aggregation"])
+        vm = binary_metrics(ptab["label"], ptab["image_prob"], float(cfg["threshold"]))
+        m = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": vloss,
+             "val_auc": vm["auc"], "val_accuracy": vm["accuracy"], "seconds": round(time.perf_counter() - te, 2)}
+        history.append(m)
+        if _better(m, best, cfg["select"]):
+            best = m
+            from safetensors.torch import save_file
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / ".best.tmp"))
+            os.replace(out_dir / ".best.tmp", out_dir / "best.safetensors")
+        _atomic_torch_save({"run_id": run_id, "epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
+                            "sched": sched.state_dict(), "rng": torch.get_rng_state(), "history": json.dumps(history),
+                            "best": json.dumps(best)}, ckpt)
+        auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
+        say(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "
+            f"val patient AUC {auc} ({m['seconds']:.1f} s){'  *best' if best is m else ''}")
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+
+    # ---- the best epoch: score every split, fit fusion, write bundle + predictions
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
+    real = np.nonzero(~tab["synthetic"].astype(bool))[0]
+    probs = store_probs(model, st, real, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
+    ptab = patient_table(tab, real, probs, cfg["aggregation"])
+    write_predictions(out_dir / "predictions.csv", ptab)
+    fusion = None
+    fref = pipeline.get("fusion")
+    if fref:
+        fplug = registry.get("fusion", fref["name"])
+        sel = ptab["split"] == cfg["fusion_split"]
+        state = fplug.fit({k: v[sel] for k, v in ptab.items()}, **(fref.get("params") or {}))
+        fusion = {"name": fref["name"], "params": fref.get("params") or {}, "state": state, "fit_on": cfg["fusion_split"]}
+    metrics = {}
+    for split in ("val", "test"):
+        sel = ptab["split"] == split
+        if np.any(sel):
+            metrics[split] = binary_metrics(ptab["label"][sel], ptab["image_prob"][sel], float(cfg["threshold"]))
+    meta = {"arch": arch, "classifier_params": cparams, "in_channels": channels, "input_size": size,
+            "patch_size": int(st.patches.shape[1]), "dropout": float(cfg["dropout"]),
+            "normalization": (pipeline.get("normalization") or {}).get("classifier"), "aggregation": cfg["aggregation"],
+            "threshold": float(cfg["threshold"]), "fusion": fusion, "init": init, "training": cfg,
+            "best_epoch": best["epoch"] if best else None, "selection": cfg["select"],
+            "metrics": {s: {k: v for k, v in m.items() if k != "roc"} for s, m in metrics.items()}}
+    # the bundle's pipeline: the store's extraction sections (how its patches were cut) + this run's learning ones
+    spipe = st.manifest.get("pipeline") or {}
+    bpipe = {**pipeline, **{k: spipe[k] for k in config.EXTRACTION_SECTIONS if k in spipe}}
+    meta["extraction_hash"] = st.manifest.get("extraction_hash") or config.extraction_hash(bpipe)
+    bundle_mod.save(out_dir, model, bpipe, meta)
+    summary = {"arch": arch, "bundle": str(out_dir), "best_epoch": meta["best_epoch"], "epochs": int(cfg["epochs"]),
+               "init": init["kind"], "metrics": metrics, "history": history, "seconds": round(time.perf_counter() - t0, 1)}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    say(f"best epoch {summary['best_epoch'] + 1 if best else '-'}; "
+        + "; ".join(f"{s} AUC {m['auc']:.3f}" if m["auc"] is not None else f"{s} AUC n/a" for s, m in metrics.items())
+        + f"; bundle {out_dir}")
+    logf.close()
+    return summary
+
+
+def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Path]:
+    """Table 1-like comparison (markdown + JSON) and a Fig. 2-like ROC figure of several trained architectures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    rows = []
+    lines = ["| split | model | sensitivity | specificity | accuracy | AUC | best epoch | init |",
+             "|---|---|---|---|---|---|---|---|"]
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for split in ("val", "test"):
+        for r in results:
+            m = r["metrics"].get(split)
+            if not m:
+                continue
+            rows.append({"split": split, "model": r["arch"], **{k: m[k] for k in ("sensitivity", "specificity", "accuracy", "auc", "n")},
+                         "best_epoch": r["best_epoch"], "init": r["init"]})
+            lines.append(f"| {split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
+                         f"{f(m['auc'])} | {r['best_epoch'] + 1} | {r['init']} |")
+    md = out / "comparison.md"
+    md.write_text("# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"
+                  + "\n".join(lines) + "\n")
+    js = out / "comparison.json"
+    js.write_text(json.dumps(rows, indent=1))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, split, title in zip(axes, ("val", "test"), ("(a) validation set", "(b) test set")):
+        for r in results:
+            m = r["metrics"].get(split)
+            if m and m["roc"]:
+                ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], label=f"{r['arch']} (AUC = {m['auc']:.3f})")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    roc = out / "roc.png"
+    fig.savefig(roc, dpi=120)
+    plt.close(fig)
+    return {"markdown": md, "json": js, "roc": roc}
+
+
+def train_many(pipeline: dict[str, Any], store: str | Path, out: str | Path, archs: Sequence[str] | None = None,
+               **kw) -> dict[str, Any]:
+    """Train each architecture in ``archs`` (default: the pipeline's classifier) and compare them."""
+    archs = list(archs or [(pipeline.get("classifier") or {"name": "resnet50"})["name"]])
+    results = [train(pipeline, store, out, a, **kw) for a in archs]
+    return {"results": results, "comparison": compare(results, out)}

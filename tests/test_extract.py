@@ -1,0 +1,205 @@
+"""End-to-end extraction on real and synthetic slides: store contents, resume, errors, kill safety."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import EXAMPLE, WSI
+from slidestream.engine import config
+from slidestream.engine.runner import extract, read_cohort
+from slidestream.engine.store import PatchStore
+from slidestream.engine.synthetic import make_slide
+
+
+def _cohort(tmp_path, rows):
+    f = tmp_path / "cohort.csv"
+    with open(f, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slide_path", "patient_id", "label", "age", "mpp"])
+        w.writerows(rows)
+    return f
+
+
+def _small_pipeline(tmp_path, **patches):
+    doc = json.loads(EXAMPLE.read_text())
+    doc["tiling"]["params"].update(size=256, min_tissue=0.3, max_tiles=6)
+    doc["patches"] = {"size": 64, "mode": "random", "per_tile": 4, **patches}
+    doc["thumbnail"] = {"scale": 16}
+    f = tmp_path / "small.json"
+    f.write_text(json.dumps(doc))
+    return f
+
+
+def test_liu2020_on_real_slides(cli, tmp_path):
+    csvf = _cohort(tmp_path, [
+        [WSI / "CMU-1-Small-Region.svs", "P1", "mutant", 44, ""],
+        [WSI / "tcga-cr-7395-01a-01-ts1.svs", "P2", "wildtype", 61, 0.5],  # JPEG 2000 SVS without mpp
+        [WSI / "OS-1-detail.ome.tif", "P3", 1, 38, ""],
+        [WSI / "dicom-cmu-1-small-region", "P4", 0, 70, ""],
+    ])
+    out = tmp_path / "store"
+    code, stdout, err = cli("extract", EXAMPLE, "--slides", csvf, "--out", out, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    by = {s["slide_id"]: s for s in summary["slides"]}
+    assert by["tcga-cr-7395-01a-01-ts1"]["status"] == "done" and by["tcga-cr-7395-01a-01-ts1"]["patches"] > 0
+    assert by["OS-1-detail"]["status"] in ("done", "empty")  # 1101 px at 0.227 µm/px < one 10x tile: recorded
+    assert by["OS-1-detail"]["status"] == "empty" and "tile" in by["OS-1-detail"]["reason"]
+
+    g = zarr.open_group(str(out), mode="r")
+    n = summary["rows"]
+    assert g["patches"].shape == (n, 256, 256, 3) and g["patches"].dtype == np.uint8
+    slide_ids = g["meta/slide_id"][:]
+    assert set(slide_ids) <= set(by)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["rows"] == n and m["pipeline"]["name"] == "liu2020" and len(m["pipeline_hash"]) == 64
+    assert m["slides"]["OS-1-detail"]["reason"]
+    tc = m["slides"]["tcga-cr-7395-01a-01-ts1"]
+    assert tc["mpp_source"] == "cohort" and tc["n_tiles"] <= 50
+    assert all(t["tissue"] >= 0.5 for t in tc["tiles"])
+    tissues = [t["tissue"] for t in tc["tiles"]]
+    assert tissues == sorted(tissues, reverse=True)
+    rows = slice(*tc["rows"])
+    assert (g["meta/patient_id"][rows] == "P2").all() and (g["meta/label"][rows] == 0).all()
+    assert np.allclose(g["meta/age"][rows], 61)
+    assert (g["meta/size0"][rows] == 512).all()  # 256 px at 10x from a 0.5 µm/px slide
+    patches = g["patches"][rows]
+    assert patches.std() > 10  # real pixels, not blanks
+    assert (out / "qa" / "tcga-cr-7395-01a-01-ts1.png").exists()
+
+    # a rerun skips everything and leaves the store as it was
+    before = g["patches"][:]
+    code, stdout, _ = cli("extract", EXAMPLE, "--slides", csvf, "--out", out, "--json")
+    summary2 = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and summary2["rows"] == n and summary2["skipped"] == 4
+    assert np.array_equal(zarr.open_group(str(out), mode="r")["patches"][:], before)
+
+
+def test_bad_slides_are_reported_and_retried(cli, tmp_path):
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes((WSI / "CMU-1-Small-Region.svs").read_bytes()[:900_000])
+    csvf = _cohort(tmp_path, [
+        [WSI / "tcga-cr-7395-01a-01-ts1.svs", "P1", 1, 50, ""],  # no resolution
+        [broken, "P2", 0, 50, ""],
+        [tmp_path / "missing.svs", "P3", 0, 50, ""],
+        [WSI / "CMU-1-Small-Region.svs", "P4", 0, 50, ""],
+    ])
+    out = tmp_path / "store"
+    code, stdout, err = cli("extract", EXAMPLE, "--slides", csvf, "--out", out, "--json")
+    assert code == 1
+    s = {x["slide_id"]: x for x in json.loads(stdout.strip().splitlines()[-1])["slides"]}
+    assert "--mpp" in s["tcga-cr-7395-01a-01-ts1"]["reason"]
+    assert "broken.svs" in s["broken"]["reason"] and "not found" in s["missing"]["reason"]
+    assert s["CMU-1-Small-Region"]["status"] in ("done", "empty")
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["errors"]) == {"tcga-cr-7395-01a-01-ts1", "broken", "missing"}
+    # fix one slide's resolution; the rerun retries the failed ones and keeps the finished one
+    csvf = _cohort(tmp_path, [[WSI / "tcga-cr-7395-01a-01-ts1.svs", "P1", 1, 50, 0.25],
+                              [WSI / "CMU-1-Small-Region.svs", "P4", 0, 50, ""]])
+    code, stdout, _ = cli("extract", EXAMPLE, "--slides", csvf, "--out", out, "--json")
+    assert code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert "tcga-cr-7395-01a-01-ts1" in m["slides"] and "tcga-cr-7395-01a-01-ts1" not in m["errors"]
+
+
+def test_bad_invocations(cli, tmp_path):
+    code, _, err = cli("extract", EXAMPLE, "--slides", tmp_path / "nope.csv", "--out", tmp_path / "s")
+    assert code == 2 and "nope.csv" in err
+    bad = tmp_path / "c.csv"
+    bad.write_text("path,label\nx.svs,1\n")
+    code, _, err = cli("extract", EXAMPLE, "--slides", bad, "--out", tmp_path / "s")
+    assert code == 2 and "slide_path" in err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.geteuid() != 0:  # root can write anywhere
+        code, _, err = cli("extract", EXAMPLE, "--slides", WSI / "CMU-1-Small-Region.svs", "--out", ro / "s")
+        assert code == 2 and "writable" in err
+    other = tmp_path / "notastore"
+    other.mkdir()
+    (other / "file.txt").write_text("mine")
+    code, _, err = cli("extract", EXAMPLE, "--slides", WSI / "CMU-1-Small-Region.svs", "--out", other)
+    assert code == 2 and "not a slidestream store" in err and (other / "file.txt").read_text() == "mine"
+
+
+def test_store_refuses_other_pipeline(tmp_path):
+    slide = make_slide(tmp_path / "a.svs", size=(1024, 768), label=1, seed=1)
+    p1 = config.load(_small_pipeline(tmp_path))
+    extract(p1, read_cohort(slide), tmp_path / "st", progress=False)
+    p2 = dict(p1, patches={**p1["patches"], "size": 32})
+    from slidestream.engine.errors import StoreError
+
+    with pytest.raises(StoreError, match="different extraction pipeline"):
+        extract(p2, read_cohort(slide), tmp_path / "st", progress=False)
+
+
+def _synthetic_cohort(tmp_path, n=6):
+    rows = []
+    for i in range(n):
+        p = make_slide(tmp_path / f"s{i}.svs", size=(1536, 1024), label=i % 2, seed=i)
+        rows.append([p, f"P{i // 2}", i % 2, 40 + i, ""])
+    return _cohort(tmp_path, rows)
+
+
+def test_parallel_matches_sequential(tmp_path):
+    csvf = _synthetic_cohort(tmp_path, 4)
+    p = config.load(_small_pipeline(tmp_path))
+    a = extract(p, read_cohort(csvf), tmp_path / "seq", progress=False)
+    b = extract(p, read_cohort(csvf), tmp_path / "par", workers=2, progress=False)
+    assert a["rows"] == b["rows"] > 0
+    sa, sb = PatchStore.open(tmp_path / "seq"), PatchStore.open(tmp_path / "par")
+    assert np.array_equal(sa.patches[:], sb.patches[:])
+    for c in ("slide_id", "x", "y", "tile_id", "tissue"):
+        assert np.array_equal(sa.column(c), sb.column(c))
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_store(tmp_path):
+    csvf = _synthetic_cohort(tmp_path, 6)
+    pipe = _small_pipeline(tmp_path, per_tile=8)
+    ref = tmp_path / "ref"
+    extract(config.load(pipe), read_cohort(csvf), ref, progress=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "slidestream.engine", "extract", str(pipe), "--slides", str(csvf), "--out", str(out), "--quiet"]
+    rng = np.random.default_rng(0)
+    kills = 0
+    for attempt in range(12):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(1.2, 3.0)))  # interpreter start-up is ~1 s; kill somewhere in the work
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if proc.returncode == 0:
+            break
+    else:
+        assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert kills >= 1
+    a, b = PatchStore.open(ref), PatchStore.open(out)
+    assert len(a) == len(b) > 0
+    assert np.array_equal(a.patches[:], b.patches[:])
+    for c in ("slide_id", "patient_id", "label", "x", "y", "tile_id", "tissue"):
+        assert np.array_equal(a.column(c), b.column(c))
+    assert sorted(a.manifest["slides"]) == sorted(b.manifest["slides"])
+    assert not (out / "staging").exists() or not any((out / "staging").iterdir())
+
+
+def test_tissue_command(cli, tmp_path):
+    code, out, err = cli("tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "cmu")
+    assert code == 0, err
+    from PIL import Image
+
+    m = np.asarray(Image.open(tmp_path / "cmu_mask.png"))
+    assert m.shape == (2967 // 32, 2220 // 32) and set(np.unique(m)) <= {0, 255}
+    assert 0.1 < (m == 255).mean() < 0.7
+    assert (tmp_path / "cmu_overlay.png").exists()
+    code, out, err = cli("tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "t", "--thumbnail")
+    assert code == 2 or code == 0  # an SVS is a TIFF Pillow may or may not open as a picture

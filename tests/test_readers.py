@@ -1,0 +1,110 @@
+"""Readers on real slides: levels, resolution, regions, fallback and bad files."""
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import WSI
+from slidestream.engine.errors import SlideError
+from slidestream.engine.slide import open_slide
+
+CMU = WSI / "CMU-1-Small-Region.svs"
+TCGA = WSI / "tcga-cr-7395-01a-01-ts1.svs"
+OME = WSI / "OS-1-detail.ome.tif"
+DICOM = WSI / "dicom-cmu-1-small-region"
+
+
+@pytest.mark.parametrize("reader", ["cucim", "openslide", "tifffile"])
+def test_svs_same_pixels_with_every_reader(reader):
+    s = open_slide(CMU, order=[reader])
+    assert s.reader_name == reader
+    assert s.dimensions == (2220, 2967)
+    assert s.mpp == pytest.approx(0.499, abs=1e-3)
+    a = s.reader.read_region((1000, 1200), 0, (64, 48))
+    assert a.shape == (48, 64, 3) and a.dtype == np.uint8
+    ref = open_slide(CMU, order=["openslide"]).reader.read_region((1000, 1200), 0, (64, 48))
+    assert np.abs(a.astype(int) - ref).mean() < 3  # same JPEG tiles, decoders may round differently
+
+
+def test_default_order_prefers_cucim_and_edges_are_white():
+    s = open_slide(CMU)
+    assert s.reader_name == "cucim"
+    a = s.reader.read_region((2200, 2950), 0, (64, 64))
+    assert (a[30:, 30:] == 255).all()  # outside the slide
+    assert s.factor(10) == pytest.approx(10 * 1.0 / 10 / 0.499 * 1.0, rel=1e-6)  # 20x slide -> 2 level-0 px per 10x px
+
+
+def test_ome_tiff_resolution_from_ome_metadata():
+    s = open_slide(OME)
+    assert s.mpp == pytest.approx(0.2271, abs=1e-3)
+    t = open_slide(OME, order=["tifffile"])
+    assert t.mpp == pytest.approx(0.2271, abs=1e-3)
+    assert np.array_equal(s.reader.read_region((100, 100), 0, (32, 32)), t.reader.read_region((100, 100), 0, (32, 32)))
+
+
+def test_dicom_folder_and_file():
+    for p in (DICOM, DICOM / "level-0-frames-0-30.dcm"):
+        s = open_slide(p)
+        assert s.reader_name == "openslide"
+        assert s.dimensions == (2220, 2967) and len(s.reader.level_dimensions) == 12
+        assert s.mpp == pytest.approx(0.499, abs=1e-3)
+
+
+def test_jpeg2000_svs_without_resolution_is_refused_with_the_fix():
+    with pytest.raises(SlideError, match=r"no resolution metadata.*--mpp.*`mpp` column"):
+        open_slide(TCGA)
+    s = open_slide(TCGA, mpp=0.5)
+    assert s.mpp_source == "cohort" and len(s.reader.level_dimensions) == 2
+    thumb = s.thumbnail(32)
+    assert thumb.shape == (3567 // 32, 4443 // 32, 3)
+    assert thumb.std() > 5  # decoded JPEG 2000, not a blank
+
+
+def test_plain_image_needs_mpp(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "crop.png"
+    Image.fromarray(np.full((300, 400, 3), 200, np.uint8)).save(png)
+    with pytest.raises(SlideError, match="--mpp"):
+        open_slide(png)
+    s = open_slide(png, mpp=0.5)
+    assert s.reader_name == "image" and s.dimensions == (400, 300)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated"])
+def test_bad_files_give_one_line_errors(tmp_path, kind):
+    p = tmp_path / "broken.svs"
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("this is not a slide\n")
+    elif kind == "truncated":
+        p.write_bytes(CMU.read_bytes()[:1_500_000])
+    with pytest.raises(SlideError) as e:
+        open_slide(p)
+    msg = str(e.value)
+    assert str(p) in msg and "\n" not in msg
+    if kind == "truncated":
+        assert "truncated" in msg
+
+
+def test_thumbnail_in_strips_matches_whole(monkeypatch):
+    import slidestream.engine.slide as sl
+
+    s = open_slide(CMU)
+    whole = s.thumbnail(32)
+    monkeypatch.setattr(sl, "STRIP_PIXELS", 2220 * 200)  # force ~15 strips
+    strips = s.thumbnail(32)
+    assert whole.shape == strips.shape
+    assert np.abs(whole.astype(int) - strips).mean() < 2
+
+
+def test_false_colour_jpeg_files_are_decoded_right():
+    """OS-1 (JFIF tiles tagged RGB) must not go through cuCIM; the DICOM copy of CMU-1 (JFIF frames
+    tagged RGB) must come out close to the SVS it was made from, not in YCbCr false colours."""
+    assert open_slide(OME).reader_name == "tifffile"
+    dcm = open_slide(DICOM).thumbnail(8).astype(int)
+    svs = open_slide(CMU).thumbnail(8).astype(int)
+    assert dcm.shape == svs.shape
+    assert np.abs(dcm - svs).mean() < 20
+    assert dcm[:20, :20].mean() > 220  # glass is white, not pink
