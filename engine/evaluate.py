@@ -51,7 +51,7 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictions file {p} not found")
-    with p.open(newline="") as f:
+    with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate an Excel BOM
         reader = csv.DictReader(f)
         fields = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in COLUMNS if c not in fields]
@@ -371,7 +371,7 @@ def report_markdown(metrics: dict) -> str:
     for name in names:
         lines.append(f"| {NAMES.get(name, name)} | {_fmt(g1.get('accuracy', {}).get(name))} | "
                      f"{_fmt(g2.get('accuracy', {}).get(name))} |")
-    lines += ["", "ROC curves: `roc_val.png`, `roc_test.png`."]
+    lines += ["", "ROC curves (cf. Fig. 4): " + ", ".join(f"`roc_{s}.png`" for s in EVAL_SPLITS if s in metrics) + "."]
     if meta.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in meta["notes"]]
     return "\n".join(lines) + "\n"

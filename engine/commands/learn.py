@@ -1,5 +1,120 @@
-"""(being written)"""
+"""Commands of the learning side: split, train, predict, demo."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import ConfigError
 
 
-def register(app) -> None:
-    pass
+def split_command(
+    pipeline: Path = typer.Argument(..., help="Pipeline JSON; its training.split gives ratios, seed and k-fold."),
+    store: Path = typer.Option(..., "--store", help="Patch store whose `split` column is (re)written."),
+    ratios: Optional[str] = typer.Option(None, help="train:val:test patient ratios, e.g. 6:1:1 (default: the pipeline's)."),
+    seed: Optional[int] = typer.Option(None, help="Split seed (default: the pipeline's training.split.seed)."),
+    kfold: Optional[int] = typer.Option(None, help="Stratified k-fold instead of ratios: fold --fold is test, the next val."),
+    fold: int = typer.Option(0, help="With --kfold: the test fold (0-based)."),
+):
+    """Assign patients to train/val/test (label-stratified, patient-level; synthetic patches -> train)."""
+    from .. import config, splits
+    from ..store import PatchStore
+    from ..train import settings
+
+    sp = settings(config.load(pipeline))["split"]
+    r = [float(v) for v in ratios.split(":")] if ratios else sp["ratios"]
+    st = PatchStore.open(store, mode="r+")
+    out = splits.split_store(st, r, sp["seed"] if seed is None else seed, kfold or sp.get("kfold"),
+                             fold if kfold else sp.get("fold", 0))
+    for name, v in out.items():
+        typer.echo(f"{name}: {v['patients']} patients ({v['mutant']} mutant, {v['wildtype']} wildtype), {v['patches']} patches"
+                   + (f" + {v['synthetic']} synthetic" if v.get("synthetic") else ""))
+
+
+def train_command(
+    pipeline: Path = typer.Argument(..., help="Pipeline JSON (classifier, normalization, training, fusion sections)."),
+    store: Path = typer.Option(..., "--store", help="Patch store with a split (see `slidestream split`)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: one model bundle per architecture in OUT/<arch>, "
+                                                "plus comparison.md/.json and roc.png."),
+    arch: Optional[List[str]] = typer.Option(None, "--arch", help="Architecture(s) to train, repeatable "
+                                             "(resnet50, inception_v3, inception_resnet_v2, vgg19, resnet18, small_cnn); "
+                                             "default: the pipeline's classifier."),
+    epochs: Optional[int] = typer.Option(None, help="Override training.epochs."),
+    synthetic: Optional[int] = typer.Option(None, help="Add this many synthetic (GAN) patches of the store to training."),
+    seed: Optional[int] = typer.Option(None, help="Override training.seed (initialisation, batch order, dropout)."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: training.device)."),
+    split: bool = typer.Option(False, "--split", help="Split the store first when it has no split yet."),
+):
+    """Train classifier(s) with per-epoch checkpoints; rerun the same command to resume after an interruption."""
+    from .. import config, splits, train
+    from ..store import PatchStore
+
+    p = config.load(pipeline)
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if split:
+        st = PatchStore.open(store, mode="r+")
+        if "train" not in set(st.column("split").tolist()):
+            sp = train.settings(p)["split"]
+            splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0))
+    res = train.train_many(p, store, out, arch, epochs=epochs, synthetic=synthetic, seed=seed, device=device,
+                           log=typer.echo)
+    typer.echo(f"comparison: {res['comparison']['markdown']}, ROC: {res['comparison']['roc']}")
+
+
+def predict_command(
+    bundle: Path = typer.Argument(..., help="Model bundle (OUT/<arch> of `slidestream train`, or OUT with one bundle)."),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Slides or photos to classify (omit with --store)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Score every patient of this patch store instead."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --store: predictions CSV (default predictions.csv); "
+                                                            "with slides: folder for the heatmaps (default .)."),
+    age: Optional[float] = typer.Option(None, "--age", help="Patient age in years: adds the age+image probability "
+                                                             "when the bundle has a fusion model."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for inputs without resolution metadata (photos)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+):
+    """Predict IDH-mutant probability: per patient of a store (CSV for `slidestream evaluate`), or per slide/photo
+    with a heatmap of patch probabilities."""
+    from .. import predict
+
+    if store and inputs:
+        raise ConfigError("give either --store or slide files, not both")
+    if store:
+        r = predict.predict_store(bundle, store, out or Path("predictions.csv"), device)
+        typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
+        return
+    if not inputs:
+        raise ConfigError("give slide/photo files to classify, or --store STORE")
+    for r in predict.predict_slides(bundle, inputs, age, mpp, out or Path("."), device):
+        if r["image_prob"] is None:
+            typer.echo(f"{r['input']}: {r['note']}")
+            continue
+        line = f"{r['input']}: P(IDH-mutant) = {r['image_prob']:.3f} from {r['patches']} patches"
+        if "age+image" in r:
+            line += f"; with age {age:g}: {r['age+image']:.3f}"
+        typer.echo(line + f"; heatmap {r['heatmap']}")
+
+
+def demo_command(
+    out: Path = typer.Option(Path("slidestream-demo"), "--out", help="Folder for the synthetic cohort, store, model and report."),
+    patients: int = typer.Option(32, min=8, help="Synthetic patients (one slide each)."),
+    epochs: int = typer.Option(8, min=1, help="Training epochs of the small CNN."),
+    seed: int = typer.Option(0, help="Seed of the cohort, split and training."),
+):
+    """Run the whole method on a synthetic cohort on the CPU (a few minutes): slides -> extract -> split -> train ->
+    predict -> evaluate with age fusion -> report."""
+    from .. import demo
+
+    r = demo.run(out, n_patients=patients, epochs=epochs, seed=seed, log=typer.echo)
+    auc, fused = demo.test_auc(r["metrics"]), demo.test_auc(r["metrics"], "age+image")
+    f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    typer.echo(f"test AUC: image {f(auc)}, age+image {f(fused)} ({r['seconds']:.0f} s)")
+    typer.echo(f"report: {r['report']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("split")(split_command)
+    app.command("train")(train_command)
+    app.command("predict")(predict_command)
+    app.command("demo")(demo_command)

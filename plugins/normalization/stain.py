@@ -69,14 +69,17 @@ def reinhard(batch: Any, target: str | None = None, target_means: Sequence[float
         target_means, target_stds = reinhard_target(str(target))
     means = xp.asarray(target_means if target_means is not None else REINHARD_MEANS, dtype=xp.float64)
     stds = xp.asarray(target_stds if target_stds is not None else REINHARD_STDS, dtype=xp.float64)
-    lab = b.ski.color.rgb2lab(arr)
-    mu = lab.mean(axis=(1, 2), keepdims=True)
-    sd = lab.std(axis=(1, 2), keepdims=True)
-    lab = (lab - mu) / xp.where(sd > 0, sd, 1) * stds + means
-    with warnings.catch_warnings():  # lab2rgb warns when it clips out-of-gamut colours; clipping is intended
-        warnings.simplefilter("ignore")
-        rgb = b.ski.color.lab2rgb(lab)
-    return restore(to_uint8(xp, rgb))
+    out = xp.empty_like(arr)
+    step = len(arr) if b.gpu else 1  # whole batch on the GPU; patch by patch on the CPU (3x faster: cache)
+    for i in range(0, len(arr), step):
+        lab = b.ski.color.rgb2lab(arr[i:i + step])
+        mu = lab.mean(axis=(1, 2), keepdims=True)
+        sd = lab.std(axis=(1, 2), keepdims=True)
+        lab = (lab - mu) / xp.where(sd > 0, sd, 1) * stds + means
+        with warnings.catch_warnings():  # lab2rgb warns when it clips out-of-gamut colours; clipping is intended
+            warnings.simplefilter("ignore")
+            out[i:i + step] = to_uint8(xp, b.ski.color.lab2rgb(lab))
+    return restore(out)
 
 
 # ---------------------------------------------------------------------------------------------- Macenko

@@ -1,0 +1,55 @@
+"""A lab's filter plugin, built and installed as its own package, used by a pipeline from the CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLE, WSI
+
+PKG = Path(__file__).parent / "plugin_pkg"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(target), str(PKG)], check=True, cwd=build)
+    assert (target / "mylab_filters.py").exists()
+    return target
+
+
+def _run(site, *args):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "slidestream.engine", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+def test_out_of_tree_filter_plugin(site, tmp_path):
+    r = _run(site, "plugins", "--kind", "filter")
+    assert r.returncode == 0 and "mylab.dark" in r.stdout
+    doc = json.loads(EXAMPLE.read_text())
+    doc["filters"].append({"name": "mylab.dark", "params": {"max_mean": "dark"}})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    r = _run(site, "validate", bad)
+    assert r.returncode == 2 and "$.filters[6].params.max_mean: 'dark' is not of type 'number'" in r.stderr
+
+    doc["filters"][-1]["params"]["max_mean"] = 250  # drops almost everything: proves the plugin ran
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(doc))
+    r = _run(site, "tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "lab", "--pipeline", good)
+    assert r.returncode == 0, r.stderr
+    r0 = _run(site, "tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "base")
+    from PIL import Image
+
+    lab = np.asarray(Image.open(tmp_path / "lab_mask.png")) > 0
+    base = np.asarray(Image.open(tmp_path / "base_mask.png")) > 0
+    assert lab.sum() < base.sum() and not (lab & ~base).any()
+    r = _run(site, "extract", good, "--slides", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "st", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["slides"][0]["status"] == "empty"  # the lab filter removed the tissue: recorded, not an error
