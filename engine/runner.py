@@ -24,6 +24,7 @@ import numpy as np
 
 from . import config, registry
 from .errors import ConfigError, SlidestreamError
+from .progress import ExtractProgress
 from .slide import Slide, open_slide
 from .store import PatchStore
 
@@ -209,11 +210,13 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
 
 
 def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir: str | None = None,
-                  threads: int = 1, reader_order=None, progress: Callable[[int, int], None] | None = None) -> dict:
+                  threads: int = 1, reader_order=None, progress: Callable[[int, int], None] | None = None,
+                  store: PatchStore | None = None) -> dict:
     """Extract one slide into ``staging/<slide_id>.npy`` (+ ``.json``); return its record.
 
     Runs on a dask worker. Errors come back as a record with ``status: "error"`` so one bad slide does
-    not stop the cohort.
+    not stop the cohort. In-process (``store`` given) the patches stream straight into the store,
+    compressed while the next tiles decode, and the slide is committed here.
     """
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"slide_path": row.slide_path, "patient_id": row.patient_id}
@@ -242,23 +245,34 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
             rec.update(status="empty", reason=reason, n_patches=0, seconds=time.perf_counter() - t0)
             return rec
         s = int(pipeline["patches"]["size"])
-        tmp = final.with_name(f".{row.slide_id}.{os.getpid()}.tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
+        if store is not None:
+            writer = store.begin(row.slide_id, len(rows))
+            sink = writer.write
+        else:
+            tmp = final.with_name(f".{row.slide_id}.{os.getpid()}.tmp.npy")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
+            sink = lambda off, p: arr.__setitem__(slice(off, off + len(p)), p)  # noqa: E731
         done = 0
         for idx, patches in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
-            arr[idx[0]: idx[-1] + 1] = patches  # a tile's patches are consecutive rows
+            sink(idx[0], patches)  # a tile's patches are consecutive rows
             done += len(idx)
             if progress:
                 progress(done, len(rows))
-        arr.flush()
-        del arr
         meta = {
             "tile_id": [r[0] for r in rows], "x": [r[3] for r in rows], "y": [r[4] for r in rows],
             "size0": [r[5] for r in rows], "tissue": [r[6] for r in rows],
             "tile_tissue": [tiles[r[0]].tissue for r in rows],
         }
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,
-                   tiles=[asdict(t) for t in tiles], meta=meta)
+                   tiles=[asdict(t) for t in tiles])
+        if store is not None:
+            full = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label, "age": row.age}
+            writer.commit(full, _record(rec, row))
+            rec["seconds"] = time.perf_counter() - t0
+            return {**rec, "committed": True}
+        rec["meta"] = meta
+        arr.flush()
+        del arr
         os.replace(tmp, final)
         tmpj = done_json.with_name(f".{done_json.name}.{os.getpid()}.tmp")
         tmpj.write_text(json.dumps(rec))
@@ -296,12 +310,16 @@ def manifest_base(pipeline: dict[str, Any], pipeline_path: str | None = None) ->
             "versions": registry.distribution_versions()}
 
 
+def _record(rec: dict[str, Any], row: SlideRow) -> dict[str, Any]:
+    return {**rec, "label": row.label, "age": None if math.isnan(row.age) else row.age}
+
+
 def commit(store: PatchStore, row: SlideRow, rec: dict[str, Any], staging: Path) -> None:
     """Move a finished slide from staging into the store (driver only)."""
     s = store.patches.shape[1]
     npy = staging / f"{row.slide_id}.npy"
     meta = rec.pop("meta", {}) or {}
-    rec = {**rec, "label": row.label, "age": None if math.isnan(row.age) else row.age}
+    rec = _record(rec, row)
     if rec["status"] == "done":
         patches = np.load(npy, mmap_mode="r")
         meta = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label, "age": row.age}
@@ -333,13 +351,14 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
         threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     results: dict[str, dict] = {}
 
-    from .progress import ExtractProgress
-
     with ExtractProgress(len(cohort), skipped, enabled=progress) as bar:
         def finish(row: SlideRow, rec: dict) -> None:
             if rec["status"] == "error":
                 store.manifest.setdefault("errors", {})[row.slide_id] = rec["reason"]
                 store.save_manifest()
+            elif rec.get("committed"):
+                if store.manifest.get("errors", {}).pop(row.slide_id, None):
+                    store.save_manifest()
             else:
                 commit(store, row, dict(rec), staging)
             results[row.slide_id] = rec
@@ -351,7 +370,7 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
             for row in todo:
                 cb = bar.slide_started(row.slide_id)
                 finish(row, process_slide(pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
-                                          threads=threads, progress=cb))
+                                          threads=threads, progress=cb, store=store))
         else:
             _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish)
     if not any(staging.iterdir()):

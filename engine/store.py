@@ -62,6 +62,18 @@ def codec(cfg: Mapping[str, Any]) -> list:
     raise StoreError(f"unknown store codec {name!r}; use zstd, lz4, blosc-zstd, blosc-lz4 or none")
 
 
+def _gather(coros) -> list:
+    """Run zarr coroutines concurrently on zarr's event loop."""
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def run():
+        return await asyncio.gather(*coros)
+
+    return sync(run())
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
@@ -105,11 +117,11 @@ class PatchStore:
         g.attrs["slidestream"] = {"format": FORMAT, "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
                                   "extraction_hash": manifest.get("extraction_hash")}
         chunk = int(store_cfg.get("chunk", 32))
-        g.create_array("patches", shape=(0, patch_size, patch_size, 3), chunks=(chunk, patch_size, patch_size, 3),
-                       dtype="uint8", compressors=codec(store_cfg), fill_value=0)
-        for name, (dtype, fill) in COLUMNS.items():
-            g.create_array(f"meta/{name}", shape=(0,), chunks=(65536,), dtype=dtype,
-                           fill_value=fill if dtype is not str else "")
+        ag = g._async_group
+        _gather([ag.create_array("patches", shape=(0, patch_size, patch_size, 3), dtype="uint8", fill_value=0,
+                                 chunks=(chunk, patch_size, patch_size, 3), compressors=codec(store_cfg))]
+                + [ag.create_array(f"meta/{name}", shape=(0,), chunks=(65536,), dtype=dtype,
+                                   fill_value=fill if dtype is not str else "") for name, (dtype, fill) in COLUMNS.items()])
         manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": 0,
                     "slides": {}, "synthetic": {}, **manifest}
         _atomic_write(path / "manifest.json", json.dumps(manifest, indent=1))
@@ -170,29 +182,34 @@ class PatchStore:
         ``meta`` maps column names to length-n arrays or scalars; missing columns get their fill.
         Returns the committed row range. Safe against a kill at any moment (see module docs).
         """
+        writer = self.begin(key, int(patches.shape[0]), section)
+        step = self.patches.chunks[0] * 8
+        for i in range(0, len(patches), step):  # bounded memory; a memmap streams from disk
+            writer.write(i, np.asarray(patches[i: i + step]))
+        return writer.commit(meta, record)
+
+    def begin(self, key: str, n: int, section: str = "slides") -> "RowWriter":
+        """Reserve ``n`` rows after the committed ones for ``key``; fill them with ``RowWriter.write``."""
         if self.mode == "r":
             raise StoreError(f"store {self.path} is open read-only")
         if self.done(key, section):
             raise StoreError(f"{section} {key!r} is already in store {self.path}")
-        n = int(patches.shape[0])
-        n0 = len(self)
+        return RowWriter(self, key, n, section)
+
+    def _commit(self, key: str, n0: int, n: int, meta: Mapping[str, Any], record: dict[str, Any], section: str):
         n1 = n0 + n
         if n:
-            arr = self.patches
-            if patches.shape[1:] != arr.shape[1:]:
-                raise StoreError(f"patch shape {patches.shape[1:]} does not match store {self.path} ({arr.shape[1:]})")
-            arr.resize((n1, *arr.shape[1:]))
-            step = arr.chunks[0] * 8
-            for i in range(0, n, step):  # bounded memory; a memmap streams from disk
-                arr[n0 + i: n0 + min(i + step, n)] = np.asarray(patches[i: i + step])
+            columns = []
             for name, (dtype, fill) in COLUMNS.items():
-                col = self.group[f"meta/{name}"]
-                col.resize((n1,))
                 v = meta.get(name, fill)
                 values = np.asarray(v) if np.ndim(v) else np.full(n, v, dtype=object if dtype is str else dtype)
-                if dtype is str:
-                    values = values.astype(str)
-                col[n0:n1] = values
+                columns.append((self.group[f"meta/{name}"], values.astype(str) if dtype is str else values))
+
+            async def write(col, values):  # all columns at once: one round of zarr I/O, not fourteen
+                await col._async_array.resize((n1,))
+                await col._async_array.setitem(slice(n0, n1), values)
+
+            _gather(write(c, v) for c, v in columns)
         record = {**record, "rows": [n0, n1]}
         self.manifest.setdefault(section, {})[key] = record
         self.manifest["rows"] = n1
@@ -210,3 +227,62 @@ class PatchStore:
 
     def save_manifest(self) -> None:
         _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
+
+
+class RowWriter:
+    """Writes one slide's (or batch's) patches into reserved rows, chunk-aligned, compressing in a
+    background thread so decoding and compression overlap. Nothing is visible until ``commit``."""
+
+    def __init__(self, store: PatchStore, key: str, n: int, section: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store, self.key, self.n, self.section = store, key, n, section
+        self.n0 = len(store)
+        arr = store.patches
+        arr.resize((self.n0 + n, *arr.shape[1:]))
+        self.chunk = arr.chunks[0]
+        self._buf: list[np.ndarray] = []
+        self._buf_start = 0  # offset (within this writer) of the first buffered row
+        self._buffered = 0
+        self._pool = ThreadPoolExecutor(1)
+        self._pending = []
+
+    def write(self, offset: int, patches: np.ndarray) -> None:
+        """Write rows ``offset .. offset+len(patches)`` (offsets must arrive in increasing order)."""
+        if offset != self._buf_start + self._buffered:
+            self._flush(final=True)
+            self._buf_start = offset
+        self._buf.append(np.asarray(patches))
+        self._buffered += len(patches)
+        self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._buffered:
+            return
+        start = self.n0 + self._buf_start
+        end = start + self._buffered
+        if not final:  # write only whole chunks, so no chunk is compressed twice
+            end = (end // self.chunk) * self.chunk
+            if end <= start:
+                return
+        block = np.concatenate(self._buf) if len(self._buf) > 1 else self._buf[0]
+        k = end - start
+        self._pending.append(self._pool.submit(_write_block, self.store.patches, start, block[:k]))
+        rest = block[k:]
+        self._buf = [rest] if len(rest) else []
+        self._buf_start += k
+        self._buffered = len(rest)
+        while len(self._pending) > 2:  # bound memory: at most a few blocks in flight
+            self._pending.pop(0).result()
+
+    def commit(self, meta: Mapping[str, Any], record: dict[str, Any]) -> tuple[int, int]:
+        self._flush(final=True)
+        for f in self._pending:
+            f.result()
+        self._pool.shutdown()
+        return self.store._commit(self.key, self.n0, self.n, meta, record, self.section)
+
+
+def _write_block(arr: zarr.Array, start: int, block: np.ndarray) -> None:
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        arr[start:start + len(block)] = block

@@ -86,24 +86,31 @@ def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, 
         np.maximum(nuc[y0:y1, x0:x1], sub, out=nuc[y0:y1, x0:x1])
 
     # stain colours (same distribution for both classes), fine stromal texture from a tiled noise patch
-    eosin = np.array([236, 150, 196], np.float32) + rng.normal(0, 8, 3)
-    hema = np.array([88, 52, 140], np.float32) + rng.normal(0, 8, 3)
+    eosin = (np.array([236, 150, 196]) + rng.normal(0, 8, 3)).astype(np.float32)
+    hema = (np.array([88, 52, 140]) + rng.normal(0, 8, 3)).astype(np.float32)
     tex = rng.normal(0, 1, (256, 256)).astype(np.float32)
-    tex = np.tile(tex, (-(-h // 256), -(-w // 256)))[:h, :w]
     shade = np.asarray(Image.fromarray(rng.normal(0, 1, (hs, ws)).astype(np.float32)).resize((w, h), Image.BILINEAR))
-    stroma = eosin[None, None, :] * (1 + 0.04 * shade[..., None] + 0.05 * tex[..., None])
-    cell = stroma + nuc[..., None] * (hema - eosin)[None, None, :]
-    a = alpha[..., None]
-    rgb = GLASS * (1 - a) + cell * a + rng.normal(0, 2, 3)
+    offset = rng.normal(0, 2, 3).astype(np.float32)
+    ink = None
     if pen:
-        ink = Image.new("L", (ws, hs), 0)
-        draw = ImageDraw.Draw(ink)
-        color = list(INK)[int(rng.integers(0, 3))]
-        pts = [(rng.uniform(0, ws), rng.uniform(0, hs)) for _ in range(4)]
-        draw.line(pts, fill=255, width=max(2, ws // 60))
-        m = np.asarray(ink.resize((w, h), Image.BILINEAR), np.float32)[..., None] / 255 * 0.8
-        rgb = rgb * (1 - m) + np.array(INK[color], np.float32) * m
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+        pen_img = Image.new("L", (ws, hs), 0)
+        draw = ImageDraw.Draw(pen_img)
+        color = np.array(INK[list(INK)[int(rng.integers(0, 3))]], np.float32)
+        draw.line([(rng.uniform(0, ws), rng.uniform(0, hs)) for _ in range(4)], fill=255, width=max(2, ws // 60))
+        ink = np.asarray(pen_img.resize((w, h), Image.BILINEAR), np.float32) / 255 * 0.8
+    out = np.empty((h, w, 3), np.uint8)
+    for y0 in range(0, h, 256):  # compose in strips: small temporaries, no GB of page faults
+        y1 = min(y0 + 256, h)
+        t = np.tile(tex[: y1 - y0], (1, -(-w // 256)))[:, :w, None]
+        stroma = eosin * (1 + 0.04 * shade[y0:y1, :, None] + 0.05 * t)
+        cell = stroma + nuc[y0:y1, :, None] * (hema - eosin)
+        a = alpha[y0:y1, :, None]
+        rgb = GLASS * (1 - a) + cell * a + offset
+        if ink is not None:
+            m = ink[y0:y1, :, None]
+            rgb = rgb * (1 - m) + color * m
+        out[y0:y1] = np.clip(rgb, 0, 255)
+    return out
 
 
 def make_slide(path: str | Path, size: tuple[int, int] = (4096, 3072), label: int = 0, seed: int = 0,

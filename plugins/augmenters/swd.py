@@ -74,8 +74,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator, r
     for _ in range(repeats):
         dirs = torch.randn(a.shape[1], directions, generator=gen).to(a)
         dirs = dirs / dirs.norm(dim=0, keepdim=True)
-        pa, _ = torch.sort(a @ dirs, dim=0)
-        pb, _ = torch.sort(b @ dirs, dim=0)
+        pa, _ = torch.sort((a @ dirs).T.contiguous(), dim=1)  # sorting along rows is much faster on CPU
+        pb, _ = torch.sort((b @ dirs).T.contiguous(), dim=1)
         out.append((pa - pb).abs().mean().item())
     return float(np.mean(out))
 

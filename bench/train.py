@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Training and inference throughput per classifier architecture, store loader vs in-memory tensors.
+
+For each architecture: training images/s (forward + backward + Adam step) fed (a) by the streaming store
+loader (``engine/loader.py``: zarr chunk reads + normalization + conversion) and (b) from a tensor already
+in memory (the compute-only ceiling), then inference patches/s. One JSON line per architecture on stdout.
+
+  python bench/train.py --arch small_cnn --arch resnet18 --arch resnet50 --size 128 --steps 4
+Runs on CUDA when present (the loader then uses its DALI path), else CPU. A synthetic store is built once
+in --work (patches cut from ``engine/synthetic`` renders).
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slidestream.engine import registry
+from slidestream.engine.loader import PatchLoader, norm_chain
+from slidestream.engine.store import PatchStore
+from slidestream.engine.synthetic import make_store
+
+
+def timed_train(model, batches, opt, steps):
+    n, t0 = 0, None
+    for i, (x, y) in enumerate(batches):
+        if i == 1:  # first step is warm-up
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            t0, n = time.perf_counter(), 0
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(x) if i >= 1 else 0
+        if i >= steps:
+            break
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", action="append")
+    ap.add_argument("--size", type=int, default=128, help="patch side (paper: 256)")
+    ap.add_argument("--batch", type=int, default=16, help="batch size (paper: 16)")
+    ap.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
+    ap.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1 = gray_clahe_gamma input (paper)")
+    ap.add_argument("--work", default="/tmp/slidestream-bench-train")
+    a = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    store_path = os.path.join(a.work, f"store{a.size}")
+    if not os.path.exists(os.path.join(store_path, "manifest.json")):
+        make_store(store_path, n_patients=8, per_patient=a.batch * (a.steps + 2) // 8 + 1, patch=a.size, chunk=32)
+    st = PatchStore.open(store_path)
+    pipe = {"normalization": {"classifier": {"name": "gray_clahe_gamma"}}} if a.channels == 1 else {}
+    chain, ch = norm_chain(pipe)
+    for arch in a.arch or ["small_cnn", "resnet18", "resnet50"]:
+        torch.manual_seed(0)
+        model = registry.get("classifier", arch).build(num_classes=2, in_channels=ch, dropout=0.5).to(dev).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-6)
+        loader = PatchLoader(st, np.arange(len(st)), a.batch, chain, seed=0, workers=2)
+        streamed = timed_train(model, ((x, y) for x, y, _ in loader.tensors(0, a.size, dev)), opt, a.steps)
+        x = torch.randn(a.batch, ch, a.size, a.size, device=dev)
+        y = torch.randint(0, 2, (a.batch,), device=dev)
+        memory = timed_train(model, ((x, y) for _ in range(a.steps + 2)), opt, a.steps)
+        model.eval()
+        xb = torch.randn(64, ch, a.size, a.size, device=dev)
+        with torch.no_grad():
+            model(xb[:8])
+            t0 = time.perf_counter()
+            reps = 2
+            for _ in range(reps):
+                model(xb)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            infer = reps * len(xb) / (time.perf_counter() - t0)
+        print(json.dumps({"arch": arch, "device": str(dev), "threads": torch.get_num_threads(), "size": a.size,
+                          "channels": ch, "batch": a.batch, "train_img_s_store_loader": round(streamed, 1),
+                          "train_img_s_in_memory": round(memory, 1), "infer_patches_s": round(infer, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Model bundles (safetensors, hashes, pipeline check) and prediction."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slidestream.engine import bundle, config, predict, splits, train
+from slidestream.engine.cli import app
+from slidestream.engine.errors import ConfigError
+from slidestream.engine.synthetic import make_store
+
+PIPE = {"name": "b", "classifier": {"name": "small_cnn", "params": {"width": 8}}, "fusion": {"name": "age_gda"},
+        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bundle")
+    st = make_store(d / "s", n_patients=12, per_patient=6, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    train.train(config.parse(PIPE), st.path, d / "model", log=None)
+    return st.path, d / "model" / "small_cnn"
+
+
+def test_roundtrip_no_pickle(trained):
+    _, path = trained
+    assert not list(path.glob("*.pkl")) and (path / "model.safetensors").is_file()
+    b = bundle.load(path.parent)  # the train --out folder with a single bundle resolves to it
+    assert b.path == path and b.meta["arch"] == "small_cnn" and not b.model.training
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(b.model(x), bundle.load(path).model(x))
+    assert b.meta["versions"]["torch"] and len(b.meta["hash"]) == 64
+
+
+def test_tampering_detected(trained, tmp_path):
+    import shutil
+
+    _, path = trained
+    for victim, edit in (("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-4] + b"abcd")),
+                         ("bundle.json", lambda p: p.write_text(p.read_text().replace('"threshold": 0.5', '"threshold": 0.4')))):
+        copy = tmp_path / victim
+        shutil.copytree(path, copy)
+        edit(copy / victim)
+        with pytest.raises(ConfigError, match="sha256|hash"):
+            bundle.load(copy)
+
+
+def test_refuses_other_pipeline(trained):
+    store, path = trained
+    other = config.parse({"name": "other", "patches": {"size": 128}})
+    with pytest.raises(ConfigError) as e:
+        bundle.load(path, pipeline=other)
+    assert "\n" not in str(e.value) and "extraction hash" in str(e.value)
+
+
+def test_predict_store_csv_and_cli(trained, tmp_path):
+    store, path = trained
+    out = tmp_path / "p.csv"
+    r = predict.predict_store(path, store, out)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "patient_id,label,age,split,image_prob" and len(lines) == 1 + r["patients"] == 13
+    res = CliRunner().invoke(app, ["predict", str(path), "--store", str(store), "--out", str(tmp_path / "q.csv")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "q.csv").read_text() == out.read_text()
+
+
+def test_fused_probability(trained):
+    _, path = trained
+    b = bundle.load(path)
+    young, old = predict.fused(b, 0.5, 30.0), predict.fused(b, 0.5, 75.0)
+    assert set(young) == {"age", "age+image"} and young["age"] > old["age"]
+    assert predict.fused(b, 0.5, None) == {}
