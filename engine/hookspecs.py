@@ -84,9 +84,11 @@ class SlideReader(Protocol):
 
 @dataclass(frozen=True)
 class ReaderPlugin(Plugin):
-    """Opens slide files. ``open(path) -> SlideReader`` raises on a file it cannot read; the engine
-    then tries the next reader, in ascending ``priority`` (the pipeline's ``reader.order`` overrides).
-    ``suffixes`` lists the file endings it is meant for (lower case, with dot; empty = any)."""
+    """Opens slide files. ``open(path, device="cpu") -> SlideReader`` raises on a file it cannot read;
+    the engine then tries the next reader, in ascending ``priority`` (the pipeline's ``reader.order``
+    overrides). ``device`` is ``"cpu"`` or ``"cuda"``: a reader that can decode on the GPU does so
+    (regions still come back as numpy arrays); others ignore it. ``suffixes`` lists the file endings
+    it is meant for (lower case, with dot; empty = any)."""
 
     open: Callable[[str], SlideReader] | None = None
     priority: int = 100

@@ -25,7 +25,7 @@ import numpy as np
 from . import config, registry
 from .errors import ConfigError, SlidestreamError
 from .progress import ExtractProgress
-from .slide import Slide, open_slide
+from .slide import Slide, open_slide, resolve_device
 from .store import PatchStore
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
@@ -225,7 +225,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
     if done_json.exists() and final.exists():  # finished by an earlier, interrupted run
         return json.loads(done_json.read_text())
     try:
-        slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp)
+        slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
+                           device=resolve_device(pipeline.get("device", "auto")))
     except SlidestreamError as e:
         return {**rec, "status": "error", "reason": str(e)}
     except Exception as e:  # pragma: no cover - defensive: a reader crashed in an unexpected way
@@ -288,7 +289,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
 
 def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None = None, threads: int = 1):
     """In-memory extraction of one slide (for prediction): (patches, table, thumbnail, tiles, geometry)."""
-    slide = open_slide(path, order=pipeline["reader"].get("order"), mpp=mpp)
+    slide = open_slide(path, order=pipeline["reader"].get("order"), mpp=mpp,
+                       device=resolve_device(pipeline.get("device", "auto")))
     try:
         thumb, mask, geometry, tiles, rows = plan_slide(pipeline, slide, _slide_id(Path(path)))
         s = int(pipeline["patches"]["size"])

@@ -90,7 +90,22 @@ class Slide:
             pass
 
 
-def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None) -> Slide:
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``."""
+    if device != "auto":
+        return device
+    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no driver, no GPU: skip importing torch
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "cpu"
+
+
+def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,
+               device: str = "cpu") -> Slide:
     """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause."""
     path = str(path)
     p = Path(path)
@@ -107,7 +122,7 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         if plugin.suffixes and suffix not in plugin.suffixes:
             continue
         try:
-            reader = plugin.open(path)
+            reader = plugin.open(path, device=device)
         except Exception as e:  # a reader that cannot read this file: try the next one
             failures.append(f"{name}: {_short(e)}")
             continue

@@ -108,3 +108,10 @@ def test_false_colour_jpeg_files_are_decoded_right():
     assert dcm.shape == svs.shape
     assert np.abs(dcm - svs).mean() < 20
     assert dcm[:20, :20].mean() > 220  # glass is white, not pink
+
+
+@pytest.mark.gpu
+def test_cucim_gpu_decode_matches_cpu():
+    cpu = open_slide(CMU, order=["cucim"], device="cpu").reader.read_region((500, 700), 0, (512, 512))
+    gpu = open_slide(CMU, order=["cucim"], device="cuda").reader.read_region((500, 700), 0, (512, 512))
+    assert gpu.shape == cpu.shape and np.abs(gpu.astype(int) - cpu).mean() < 2

@@ -42,11 +42,14 @@ def _cuimage(path: str):
 
 
 class CucimSlide:
-    def __init__(self, path: str):
+    """With ``device="cuda"`` regions are decoded on the GPU (nvJPEG via cuCIM) and copied back."""
+
+    def __init__(self, path: str, device: str = "cpu"):
         check_tiff_complete(path)
         if tiff_jfif_marked_rgb(path):
             raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
         self.path = path
+        self.device = device
         self._img = _cuimage(path)
         res = self._img.resolutions
         self.level_dimensions = [tuple(int(v) for v in d) for d in res["level_dimensions"]]
@@ -73,6 +76,11 @@ class CucimSlide:
         def read(x, y, w, h):
             ds = self.level_downsamples[level]
             loc = (int(round(x * ds)), int(round(y * ds)))
+            if self.device == "cuda":
+                import cupy
+
+                return cupy.asnumpy(cupy.asarray(self._img.read_region(location=loc, size=(w, h), level=level,
+                                                                       device="cuda")))
             return np.asarray(self._img.read_region(location=loc, size=(w, h), level=level))
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])

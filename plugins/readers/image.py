@@ -11,7 +11,7 @@ from .common import read_clipped, to_rgb
 
 
 class ImageSlide:
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu"):
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = None

@@ -15,7 +15,7 @@ from .common import dicom_jfif_marked_rgb, read_clipped, ycbcr_to_rgb
 
 
 class OpenSlideSlide:
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu"):
         import openslide
 
         p = Path(path)

@@ -15,7 +15,7 @@ from .common import check_tiff_complete, mpp_from_tiff_tags, read_clipped
 
 
 class TiffSlide:
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu"):
         import tifffile
         import zarr
 
