@@ -21,14 +21,14 @@ class ExtractProgress:
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
-    def slide_started(self, slide_id: str, indeterminate: bool = False):
+    def slide_started(self, slide_id: str):
         task = self.progress.add_task(f"  {slide_id}", total=None)
         self.tasks[slide_id] = task
 
         def update(done: int, total: int) -> None:
             self.progress.update(task, completed=done, total=total)
 
-        return None if indeterminate else update
+        return update
 
     def slide_done(self, slide_id: str, rec: dict) -> None:
         task = self.tasks.pop(slide_id, None)

@@ -381,32 +381,50 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
 
 
 def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    """One task per slide on a local cluster or at ``scheduler``; commit in cohort order.
+
+    Workers report tile progress through small files in ``staging/`` (works on any shared filesystem)."""
+    from distributed import Client, LocalCluster, wait
 
     if scheduler:
-        client = Client(scheduler)
-        cluster = None
+        client, cluster = Client(scheduler), None
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=40)
         client = Client(cluster)
     try:
         futures = {}
+        updates = {}
         for row in todo:
             fut = client.submit(process_slide, pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
-                                threads, key=f"slide-{row.slide_id}-{config.extraction_hash(pipeline)[:8]}", pure=False)
+                                threads, None, _FileProgress(str(staging / f"{row.slide_id}.progress")),
+                                key=f"slide-{row.slide_id}-{config.extraction_hash(pipeline)[:8]}", pure=False)
             futures[fut] = row
-            bar.slide_started(row.slide_id, indeterminate=True)
+            updates[row.slide_id] = bar.slide_started(row.slide_id)
         pending: dict[str, tuple] = {}
         order = [r.slide_id for r in todo]
         nxt = 0
-        for fut in as_completed(futures):
-            row = futures[fut]
+        running = set(futures)
+        while running:
             try:
-                rec = fut.result()
-            except Exception as e:
-                rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
-            pending[row.slide_id] = (row, rec)
+                done, running = wait(running, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in this half second: just refresh the bars
+                done = set()
+            for row in (futures[f] for f in running):
+                prog = staging / f"{row.slide_id}.progress"
+                try:
+                    d, n = map(int, prog.read_text().split())
+                    updates[row.slide_id](d, n)
+                except (OSError, ValueError):
+                    pass
+            for fut in done:
+                row = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as e:
+                    rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
+                (staging / f"{row.slide_id}.progress").unlink(missing_ok=True)
+                pending[row.slide_id] = (row, rec)
             while nxt < len(order) and order[nxt] in pending:  # commit in cohort order
                 finish(*pending.pop(order[nxt]))
                 nxt += 1
@@ -414,6 +432,19 @@ def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar,
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+class _FileProgress:
+    """Progress callback for remote workers: writes "done total" to a small file."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __call__(self, done: int, total: int) -> None:
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{done} {total}")
+        os.replace(tmp, self.path)
 
 
 def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict], skipped: int,
