@@ -180,16 +180,20 @@ def _flatten(err: jsonschema.ValidationError) -> list[str]:
     return [f"{path}: {err.message}"]
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read and validate a pipeline file; raise ConfigError with the first problem (all via ``validate``)."""
+def read_json(path: str | Path) -> Any:
+    """The JSON document of a pipeline file, or a one-line ConfigError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        doc = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    return parse(doc, source=str(p))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a pipeline file; raise ConfigError with the first problem (all via ``validate``)."""
+    return parse(read_json(path), source=str(path))
 
 
 def parse(doc: Any, source: str = "pipeline") -> dict[str, Any]:

@@ -33,13 +33,7 @@ def schema_cmd():
 
 def validate_cmd(pipeline: Path = typer.Argument(..., help="Pipeline JSON file.")):
     """Check a pipeline file; print every error with its JSON path. Exit 2 when invalid."""
-    if not pipeline.is_file():
-        raise ConfigError(f"pipeline file {pipeline} not found")
-    try:
-        doc = json.loads(pipeline.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{pipeline} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    errors = config.validation_errors(doc)
+    errors = config.validation_errors(config.read_json(pipeline))
     for e in errors:
         typer.echo(e, err=True)
     if errors:

@@ -7,6 +7,15 @@ from typing import Callable
 import numpy as np
 
 
+def positive_float(v) -> float | None:
+    """``float(v)`` when it is a positive number, else None (metadata values are often missing or '')."""
+    try:
+        f = float(v)
+        return f if f > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
 def to_rgb(a: np.ndarray) -> np.ndarray:
     """uint8 RGB from gray, RGB or RGBA (alpha composited over white, as glass looks)."""
     a = np.asarray(a)

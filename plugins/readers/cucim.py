@@ -13,7 +13,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, read_clipped, tiff_jfif_marked_rgb
+from .common import check_tiff_complete, positive_float, read_clipped, tiff_jfif_marked_rgb
 
 
 _quiet_done = False
@@ -57,8 +57,8 @@ class CucimSlide:
         self._check_levels()
         md = self._img.metadata
         aperio = md.get("aperio", {}) if isinstance(md, dict) else {}
-        self.mpp = _float(aperio.get("MPP"))
-        self.objective_power = _float(aperio.get("AppMag"))
+        self.mpp = positive_float(aperio.get("MPP"))
+        self.objective_power = positive_float(aperio.get("AppMag"))
         if self.mpp is None:
             units = self._img.spacing_units()
             if units and units[0] in ("micrometer", "micron", "um", "µm"):
@@ -88,13 +88,6 @@ class CucimSlide:
     def close(self) -> None:
         self._img.close() if hasattr(self._img, "close") else None
 
-
-def _float(v) -> float | None:
-    try:
-        f = float(v)
-        return f if f > 0 else None
-    except (TypeError, ValueError):
-        return None
 
 
 @hookimpl

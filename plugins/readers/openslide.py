@@ -11,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import dicom_jfif_marked_rgb, read_clipped, ycbcr_to_rgb
+from .common import dicom_jfif_marked_rgb, positive_float, read_clipped, ycbcr_to_rgb
 
 
 class OpenSlideSlide:
@@ -29,8 +29,8 @@ class OpenSlideSlide:
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
         self.level_downsamples = [float(d) for d in self._s.level_downsamples]
         props = self._s.properties
-        self.mpp = _float(props.get("openslide.mpp-x"))
-        self.objective_power = _float(props.get("openslide.objective-power"))
+        self.mpp = positive_float(props.get("openslide.mpp-x"))
+        self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
         self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"
                        and dicom_jfif_marked_rgb(str(p)))
@@ -49,13 +49,6 @@ class OpenSlideSlide:
     def close(self) -> None:
         self._s.close()
 
-
-def _float(v) -> float | None:
-    try:
-        f = float(v)
-        return f if f > 0 else None
-    except (TypeError, ValueError):
-        return None
 
 
 @hookimpl

@@ -11,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, mpp_from_tiff_tags, read_clipped
+from .common import check_tiff_complete, mpp_from_tiff_tags, positive_float, read_clipped
 
 
 class TiffSlide:
@@ -35,9 +35,9 @@ class TiffSlide:
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
         desc = self._tf.pages[0].description or ""
         aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([0-9.]+)", desc)) if desc.startswith("Aperio") else {}
-        self.mpp = (_pos(aperio.get("MPP")) or self._ome_mpp()
+        self.mpp = (positive_float(aperio.get("MPP")) or self._ome_mpp()
                     or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0]))
-        self.objective_power = _pos(aperio.get("AppMag"))
+        self.objective_power = positive_float(aperio.get("AppMag"))
 
     def _ome_mpp(self) -> float | None:
         if not self._tf.is_ome:
@@ -68,13 +68,6 @@ class TiffSlide:
     def close(self) -> None:
         self._tf.close()
 
-
-def _pos(v) -> float | None:
-    try:
-        f = float(v)
-        return f if f > 0 else None
-    except (TypeError, ValueError):
-        return None
 
 
 @hookimpl
