@@ -203,3 +203,15 @@ def test_tissue_command(cli, tmp_path):
     assert (tmp_path / "cmu_overlay.png").exists()
     code, out, err = cli("tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "t", "--thumbnail")
     assert code == 2 or code == 0  # an SVS is a TIFF Pillow may or may not open as a picture
+
+
+def test_existing_dask_cluster(tmp_path):
+    from distributed import LocalCluster
+
+    csvf = _synthetic_cohort(tmp_path, 2)
+    p = config.load(_small_pipeline(tmp_path))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        s = extract(p, read_cohort(csvf), tmp_path / "st", scheduler=cluster.scheduler_address, progress=False)
+    assert s["failed"] == 0 and s["rows"] > 0
+    ref = extract(p, read_cohort(csvf), tmp_path / "ref", progress=False)
+    assert np.array_equal(PatchStore.open(tmp_path / "st").patches[:], PatchStore.open(tmp_path / "ref").patches[:])
