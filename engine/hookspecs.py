@@ -47,6 +47,33 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 KINDS = ("reader", "filter", "tiling", "normalization", "augmenter", "classifier", "fusion")
 
 
+class lazy:
+    """A callable standing for ``"package.module:function"``, imported on first call.
+
+    Declare a plugin without importing its heavy libraries (torch, CuPy, ...), so that listing
+    plugins and validating pipelines stays fast: ``build=lazy("mylab.nets:build_net")``.
+    It pickles by name, so it also travels to dask workers.
+    """
+
+    def __init__(self, target: str):
+        self.target = target
+        self._fn: Callable | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self._fn is None:
+            import importlib
+
+            module, _, attr = self.target.partition(":")
+            self._fn = getattr(importlib.import_module(module), attr)
+        return self._fn(*args, **kwargs)
+
+    def __reduce__(self):
+        return (lazy, (self.target,))
+
+    def __repr__(self) -> str:
+        return f"lazy({self.target!r})"
+
+
 # --------------------------------------------------------------------------------------------
 # What a plugin declares
 # --------------------------------------------------------------------------------------------

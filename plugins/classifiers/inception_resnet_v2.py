@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slidestream.engine.hookspecs import ClassifierPlugin
 
 
 class BasicConv2d(nn.Module):
@@ -136,8 +135,3 @@ class InceptionResNetV2(nn.Module):
 
 def build(num_classes: int = 2, in_channels: int = 3, dropout: float = 0.5) -> nn.Module:
     return InceptionResNetV2(num_classes, in_channels, dropout)
-
-
-def slidestream_classifiers():
-    return [ClassifierPlugin(name="inception_resnet_v2", build=build, input_size=299,
-                             summary="Inception-ResNet-v2 (Szegedy et al. 2017), Table 1 comparison; input >= 75 px")]

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slidestream.engine.hookspecs import ClassifierPlugin
 
 
 def replace_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
@@ -120,19 +119,13 @@ def load_imagenet(model: nn.Module, path: str | Path) -> dict[str, int]:
 _DROPOUT = {"dropout": {"type": "number", "minimum": 0, "maximum": 1}}
 
 
-def slidestream_classifiers():
-    from torchvision.models import resnet18, resnet50
+def build_resnet50(num_classes: int = 2, in_channels: int = 3, dropout: float = 0.5) -> nn.Module:
+    from torchvision.models import resnet50
 
-    return [
-        ClassifierPlugin(name="resnet50", build=_resnet(resnet50), input_size=224,
-                         summary="ResNet50 (He et al. 2016), the paper's classifier; dropout before fc"),
-        ClassifierPlugin(name="resnet18", build=_resnet(resnet18), input_size=224,
-                         summary="ResNet18: a lighter ResNet for quick runs"),
-        ClassifierPlugin(name="inception_v3", build=_inception_v3, input_size=299,
-                         summary="Inception-v3 (Szegedy et al. 2016), Table 1 comparison; input >= 75 px"),
-        ClassifierPlugin(name="vgg19", build=_vgg19, input_size=224,
-                         summary="VGG19 (Simonyan & Zisserman 2015), Table 1 comparison"),
-        ClassifierPlugin(name="small_cnn", build=_small_cnn, input_size=64,
-                         params={"width": {"type": "integer", "minimum": 1, "description": "channels of the first block"}},
-                         summary="4-block CNN for tests, the demo and CPU-only runs"),
-    ]
+    return _resnet(resnet50)(num_classes, in_channels, dropout)
+
+
+def build_resnet18(num_classes: int = 2, in_channels: int = 3, dropout: float = 0.5) -> nn.Module:
+    from torchvision.models import resnet18
+
+    return _resnet(resnet18)(num_classes, in_channels, dropout)
