@@ -27,7 +27,7 @@ def schedule_kimg(cfg: dict, step_kimg: float = 1.0) -> dict[int, float]:
     out: dict[int, float] = {}
     k = 0.0
     while k < cfg["total_kimg"]:
-        res = pggan.schedule(int(k * 1000), cfg).resolution
+        res = pggan.schedule(int((k + step_kimg / 2) * 1000), cfg).resolution  # the bin's midpoint
         out[res] = out.get(res, 0.0) + step_kimg
         k += step_kimg
     return out

@@ -292,7 +292,9 @@ def train_command(
 @gan_app.command("sample")
 def sample_command(
     gan: Path = typer.Argument(..., help="GAN directory of `slidestream gan train`."),
-    n: int = typer.Option(3000, "--n", min=1, help="Patches to generate (paper: 3,000 in total helped most)."),
+    n: int = typer.Option(3000, "--n", min=1, help="Patches to generate from this one-class generator. The paper's "
+                                                   "counts (3,000 helped most) are totals; `training.synthetic` and "
+                                                   "gan-sweep take them half per class, so sample count/2 per class."),
     into: Path = typer.Option(..., "--into", help="Patch store to append the synthetic patches to."),
     seed: int = typer.Option(0, "--seed", help="Latent seed (same seed, same patches)."),
 ):
