@@ -12,7 +12,7 @@ from slidestream.plugins.augmenters.pggan_nets import nf
 @pytest.fixture(scope="module")
 def trainer():
     n = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # predictable on shared CI cores
     yield pggan.Trainer(pggan.resolve({"device": "cpu"}), torch.device("cpu"))
     torch.set_num_threads(n)
 
