@@ -188,15 +188,19 @@ class NormalizationPlugin(Plugin):
 class AugmenterPlugin(Plugin):
     """A generative model of one class's patches (e.g. a GAN or a diffusion model).
 
-    ``train(patches, out_dir, **params) -> None``: ``patches`` is an iterable-of-batches source
-    (see ``PatchSource`` in the augmenter's docs) of uint8 (n, h, w, 3) real training patches of one
-    class; it writes a self-contained model directory ``out_dir`` and must resume when ``out_dir``
-    already holds a checkpoint.
-    ``sample(model_dir, n, seed) -> np.ndarray``: n synthetic uint8 (n, h, w, 3) patches.
+    ``train(patches, out_dir, progress=True, **params) -> dict``: ``patches`` is a uint8 (n, h, w, 3)
+    array-like (numpy, memmap or zarr) of one class's real, already normalized training patches; it
+    writes a self-contained model directory ``out_dir``, resumes when ``out_dir`` holds a checkpoint,
+    shows a progress bar when ``progress`` is true, and returns a JSON-able summary (e.g. a quality
+    score such as ``{"swd": ...}``) that the engine records in the model's manifest.
+    ``sample(model_dir, n, seed) -> np.ndarray``: n synthetic uint8 (n, h, w, 3) patches, deterministic
+    for a seed. Optional ``stages(model_dir, n, seed) -> [(label, patches)]``: samples from coarse to
+    fine training stages, for ``slidestream gan grid``.
     """
 
     train: Callable[..., Any] | None = None
     sample: Callable[..., np.ndarray] | None = None
+    stages: Callable[..., list] | None = None
     kind: str = "augmenter"
 
 

@@ -15,7 +15,6 @@ class ``label`` and the ``generator`` id; the classifier adds them with ``traini
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import time
@@ -158,8 +157,7 @@ def train_gan(pipeline: dict[str, Any], store: str | Path, label: str, out: str 
     if log:
         log(f"{gid}: {len(rows)} {label} training patches of {store} -> {out}")
     patches = normalized_rows(st, rows, chain)
-    kw = {"progress": progress} if "progress" in inspect.signature(plugin.train).parameters else {}
-    result = plugin.train(patches, out, **kw, **params)
+    result = plugin.train(patches, out, progress=progress, **params)
     manifest["status"] = "done"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if isinstance(result, dict) and result.get("swd"):

@@ -1,12 +1,18 @@
-"""Built-in augmenters plugins. Each module lists its plugins in its own ``slidestream_augmenters()``; this package
-registers them all through the ``slidestream.plugins`` entry point (see pyproject.toml)."""
-from slidestream.engine.hookspecs import hookimpl
+"""Built-in augmenter plugins: ``pggan``, the paper's progressive-growing GAN (one per IDH class).
 
-from . import pggan
+The GAN lives in ``pggan.py``/``pggan_nets.py`` (torch); it is declared here with lazy callables so that
+torch is imported only when a GAN trains or samples.
+"""
+from slidestream.engine.hookspecs import AugmenterPlugin, hookimpl, lazy
 
-MODULES: list = [pggan]  # modules of this package that provide slidestream_augmenters()
+from .pggan_params import PARAMS
+
+_PGGAN = "slidestream.plugins.augmenters.pggan"
 
 
 @hookimpl
 def slidestream_augmenters():
-    return [p for m in MODULES for p in m.slidestream_augmenters()]
+    return [AugmenterPlugin(
+        name="pggan", params=PARAMS,
+        train=lazy(f"{_PGGAN}:train"), sample=lazy(f"{_PGGAN}:sample"), stages=lazy(f"{_PGGAN}:stages"),
+        summary="progressive-growing GAN (Karras et al. 2018), one per class, as in Liu et al. 2020")]
