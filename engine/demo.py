@@ -57,8 +57,12 @@ def _shuffle_labels(csv_path: Path, seed: int) -> None:
 
 def run(out: str | Path = "slidestream-demo", n_patients: int = 32, size: tuple[int, int] = (2048, 1536),
         epochs: int = 8, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
-        mpp: float = 0.25, log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run the demo into ``out``; returns ``{"report", "metrics", "seconds", ...}``."""
+        mpp: float = 0.25, gan: bool = False, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run the demo into ``out``; returns ``{"report", "metrics", "seconds", ...}``.
+
+    With ``gan``, also the paper's augmentation experiment in miniature: one tiny PG-GAN per class on the
+    training patches, synthetic patches sampled into the store, a sample sheet, and a sweep retraining the
+    classifier with 0, n and 2n synthetic patches (``OUT/gan-sweep/table.md``, Table 2-like)."""
     from . import evaluate as ev
     from . import predict, runner, splits, synthetic, train
     from .store import PatchStore
@@ -99,8 +103,31 @@ def run(out: str | Path = "slidestream-demo", n_patients: int = 32, size: tuple[
             say(f"[demo] {Path(test[0]['slide_path']).name} (label {test[0]['label']}): P(mutant) image "
                 f"{r['image_prob']:.3f}" + (f", age+image {r['age+image']:.3f}" if "age+image" in r else "")
                 + f"; heatmap {r.get('heatmap')}")
+    if gan:
+        result.update(_gan_experiment(pipe, store, out, epochs, seed, say))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+DEMO_GAN = {"resolution": 64, "start_resolution": 8, "fmap_base": 256, "fmap_max": 64, "total_kimg": 6,
+            "training_kimg": 1, "transition_kimg": 1, "minibatch": {"8": 32, "16": 32, "32": 16, "64": 16},
+            "n_train": 600, "swd_images": 128, "checkpoint_kimg": 2}
+
+
+def _gan_experiment(pipe: dict[str, Any], store: Path, out: Path, epochs: int, seed: int, say) -> dict[str, Any]:
+    from .commands.gan import sample_into_store, sample_sheet, train_gan
+    from .experiment import gan_sweep
+
+    pipe = {**pipe, "augmenter": {"name": "pggan", "params": {**DEMO_GAN, "seed": seed}}}
+    n = 100
+    for label in ("mutant", "wildtype"):
+        train_gan(pipe, store, label, out / "gan" / label, progress=False, log=None)
+        sample_into_store(out / "gan" / label, n, store, seed=seed)
+    sheet = sample_sheet(out / "gan" / "mutant", out / "gan" / "sheet.png", seed=seed)
+    say(f"[demo] two PG-GANs trained, {2 * n} synthetic patches added; sample sheet {sheet}")
+    sweep = gan_sweep(pipe, store, [0, n, 2 * n], out / "gan-sweep", epochs=max(2, epochs // 2), log=None)
+    say(f"[demo] GAN sweep (Table 2-like): {sweep['markdown']}")
+    return {"gan_sheet": str(sheet), "gan_table": str(sweep["markdown"])}
 
 
 def test_auc(metrics: dict[str, Any], predictor: str = "image") -> float | None:

@@ -101,12 +101,13 @@ def demo_command(
     patients: int = typer.Option(32, min=8, help="Synthetic patients (one slide each)."),
     epochs: int = typer.Option(8, min=1, help="Training epochs of the small CNN."),
     seed: int = typer.Option(0, help="Seed of the cohort, split and training."),
+    gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (adds ~1-2 min)."),
 ):
     """Run the whole method on a synthetic cohort on the CPU (a few minutes): slides -> extract -> split -> train ->
     predict -> evaluate with age fusion -> report."""
     from .. import demo
 
-    r = demo.run(out, n_patients=patients, epochs=epochs, seed=seed, log=typer.echo)
+    r = demo.run(out, n_patients=patients, epochs=epochs, seed=seed, gan=gan, log=typer.echo)
     auc, fused = demo.test_auc(r["metrics"]), demo.test_auc(r["metrics"], "age+image")
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     typer.echo(f"test AUC: image {f(auc)}, age+image {f(fused)} ({r['seconds']:.0f} s)")
