@@ -117,6 +117,7 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
     names = list(order) if order else sorted(table, key=lambda n: (table[n].priority, n))
     suffix = "".join(s.lower() for s in p.suffixes[-1:]) if p.is_file() else ""
     failures = []
+    unresolved: SlideError | None = None  # first reader that opened the file but found no resolution
     for name in names:
         plugin = registry.get("reader", name)
         if plugin.suffixes and suffix not in plugin.suffixes:
@@ -128,10 +129,13 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
             continue
         try:
             level_mpp, source = _resolution(reader, mpp)
-        except SlideError:
+        except SlideError as e:  # another reader may find the resolution in metadata this one ignores
             reader.close()
-            raise
+            unresolved = unresolved or e
+            continue
         return Slide(path=path, reader=reader, reader_name=name, mpp=level_mpp, mpp_source=source)
+    if unresolved is not None:
+        raise unresolved
     if not failures:
         raise SlideError(f"{path}: no reader handles '{suffix or 'folder'}' files; readers: {', '.join(names)}")
     raise SlideError(f"{path}: not a readable slide or image ({'; '.join(failures)})")

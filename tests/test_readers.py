@@ -115,3 +115,24 @@ def test_cucim_gpu_decode_matches_cpu():
     cpu = open_slide(CMU, order=["cucim"], device="cpu").reader.read_region((500, 700), 0, (512, 512))
     gpu = open_slide(CMU, order=["cucim"], device="cuda").reader.read_region((500, 700), 0, (512, 512))
     assert gpu.shape == cpu.shape and np.abs(gpu.astype(int) - cpu).mean() < 2
+
+
+def test_ome_subifd_pyramid_goes_to_tifffile(tmp_path):
+    """An OME-TIFF whose reduced levels are SubIFDs: cuCIM sees one level, tifffile all three."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    base = (rng.integers(120, 230, (1024, 1536, 3))).astype(np.uint8)
+    p = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(p, bigtiff=False) as tw:
+        opts = dict(tile=(256, 256), photometric="rgb", compression="zlib",
+                    metadata={"PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.5, "PhysicalSizeYUnit": "µm"})
+        tw.write(base, subifds=2, **opts)
+        tw.write(base[::2, ::2], subfiletype=1, tile=(256, 256), photometric="rgb", compression="zlib")
+        tw.write(base[::4, ::4], subfiletype=1, tile=(256, 256), photometric="rgb", compression="zlib")
+    s = open_slide(p)
+    assert s.reader_name == "tifffile"
+    assert [tuple(d) for d in s.reader.level_dimensions] == [(1536, 1024), (768, 512), (384, 256)]
+    assert s.mpp == pytest.approx(0.5)
+    assert np.array_equal(s.reader.read_region((512, 256), 1, (64, 32)), base[::2, ::2][128:160, 256:320])
+    assert s.best_level(4.2) == 2

@@ -131,3 +131,14 @@ def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
     y, cb, cr = f[..., 0], f[..., 1] - 128.0, f[..., 2] - 128.0
     rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def tiff_level_count(path: str) -> int:
+    """Pyramid levels tifffile finds in a TIFF's first series (SubIFDs included); 0 if not a TIFF."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return len(tf.series[0].levels) if tf.series else 1
+    except Exception:
+        return 0

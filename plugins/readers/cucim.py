@@ -13,7 +13,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, positive_float, read_clipped, tiff_jfif_marked_rgb
+from .common import check_tiff_complete, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
 
 
 _quiet_done = False
@@ -65,10 +65,7 @@ class CucimSlide:
                 self.mpp = float(self._img.spacing()[0])
 
     def _check_levels(self) -> None:
-        import tifffile
-
-        with tifffile.TiffFile(self.path) as tf:
-            levels = len(tf.series[0].levels) if tf.series else 1
+        levels = tiff_level_count(self.path)
         if levels > len(self.level_dimensions):
             raise ValueError(f"cuCIM sees {len(self.level_dimensions)} of {levels} pyramid levels")
 

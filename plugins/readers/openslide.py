@@ -11,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import dicom_jfif_marked_rgb, positive_float, read_clipped, ycbcr_to_rgb
+from .common import dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count, ycbcr_to_rgb
 
 
 class OpenSlideSlide:
@@ -29,6 +29,8 @@ class OpenSlideSlide:
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
         self.level_downsamples = [float(d) for d in self._s.level_downsamples]
         props = self._s.properties
+        if props.get("openslide.vendor") == "generic-tiff" and tiff_level_count(str(p)) > len(self.level_dimensions):
+            raise ValueError("OpenSlide misses this TIFF's SubIFD pyramid levels")
         self.mpp = positive_float(props.get("openslide.mpp-x"))
         self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
