@@ -73,7 +73,7 @@ def get(kind: str, name: str) -> Plugin:
 def distribution_versions() -> dict[str, str]:
     """Versions of the packages that shape results, for manifests."""
     names = ["slidestream", "numpy", "zarr", "numcodecs", "dask", "scikit-image", "scikit-learn", "torch",
-             "torchvision", "cucim-cu13", "nvidia-dali-cuda130", "openslide-python", "openslide-bin",
+             "torchvision", "cucim-cu13", "nvidia-dali-cuda130", "openslide-python", "openslide-bin", "pydicom",
              "tifffile", "pillow", "pluggy"]
     out = {}
     for n in names:

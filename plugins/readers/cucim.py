@@ -22,6 +22,7 @@ _quiet_done = False
 def _cuimage(path: str):
     """CuImage(path); the first call silences cuFile's 'libcuda.so.1' chatter on machines without a GPU."""
     global _quiet_done
+    os.environ.setdefault("CUFILE_LOGFILE_PATH", os.devnull)  # else cuFile writes cufile.log into the cwd
     if _quiet_done:
         from cucim import CuImage
 

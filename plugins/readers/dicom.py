@@ -1,0 +1,393 @@
+"""DICOM reader: VL Whole Slide Microscopy images that OpenSlide cannot open (pydicom + imagecodecs).
+
+Give one ``.dcm`` file or a folder. The slide is the series (SeriesInstanceUID) of that file, or the
+one series with whole-slide images in the folder; its levels are the VOLUME instances (those without an
+ImageType, too) sorted by TotalPixelMatrixColumns, largest first. LABEL, OVERVIEW and THUMBNAIL
+instances are skipped. A DICOM file without a total pixel matrix is refused (the engine moves on).
+
+Frame positions, in this order:
+
+* PerFrameFunctionalGroupsSequence / PlanePositionSlideSequence (Column/RowPositionInTotalImagePixelMatrix,
+  TILED_SPARSE; first frame at a position wins, so only one focal plane / optical path is read);
+* DimensionOrganizationType TILED_FULL: row-major, as the standard defines;
+* no DimensionOrganizationType (older converters, e.g. the pathml test file, which is column-major):
+  both orders are tried on a few frame borders along the grid's diagonal, and the one with the
+  smaller mean absolute difference across the seams (pixels either side of a border) wins; a tie (blank
+  glass) keeps row-major.
+
+Frames are read with ``os.pread`` and decoded only when a region touches them (a small LRU cache keeps
+the last ones). JPEG frames go through libjpeg (imagecodecs), which honours the JFIF marker: frames
+coded as JFIF (YCbCr) but tagged RGB come out right; RGB-tagged frames without a JFIF/Adobe marker are
+decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, JPEG-LS, JPEG XL) go
+through ``imagecodecs.imread``; uncompressed frames are read as they are.
+
+Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm), else
+ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with ImagedVolumeHeight/TotalPixelMatrixRows
+within 5 %; either must lie in 0.05..20 µm/px, otherwise mpp is None (the engine asks for --mpp).
+Objective power: OpticalPathSequence ObjectiveLensPower. Not supported: concatenations (an instance
+split over several files), RLE and deflated transfer syntaxes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
+
+from .common import positive_float, read_clipped, to_rgb, ycbcr_to_rgb
+
+SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
+NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+JPEG8 = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
+OTHER_CODECS = {  # decoded by imagecodecs.imread (format sniffed from the stream)
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",  # JPEG lossless
+    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS
+    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112",  # JPEG XL
+}
+COLOUR_MARKER = re.compile(rb"\xff\xe0..JFIF|\xff\xee..Adobe", re.S)  # APP0 JFIF (YCbCr) / APP14 Adobe
+CACHE_FRAMES = 32  # decoded frames kept (32 x 500² RGB = 24 MB)
+SEAM_SAMPLES = 4  # grid positions sampled per order when detecting the frame order
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+@contextmanager
+def _lenient():
+    """Read headers without warnings: over-long UIDs and names are common in converted slides (pydicom
+    checks values when they are first used, so the whole header walk runs inside this)."""
+    from pydicom import config
+
+    mode = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        config.settings.reading_validation_mode = mode
+
+
+def _header(path: Path):
+    import pydicom
+
+    return pydicom.dcmread(str(path), defer_size=256)
+
+
+def _image_type(ds) -> str:
+    t = ds.get("ImageType")
+    return str(t[2]).upper() if t is not None and len(t) > 2 else ""
+
+
+def _is_wsi_level(ds) -> bool:
+    return ("TotalPixelMatrixColumns" in ds and "TotalPixelMatrixRows" in ds and "Rows" in ds and "Columns" in ds
+            and _image_type(ds) not in SKIP_TYPES)
+
+
+class _Level:
+    """One instance: frame byte ranges in its file and frame positions in the total pixel matrix."""
+
+    def __init__(self, path: Path, ds):
+        self.path = str(path)
+        self.width, self.height = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+        self.tw, self.th = int(ds.Columns), int(ds.Rows)
+        self.n = int(ds.get("NumberOfFrames", 1) or 1)
+        self.spp = int(ds.get("SamplesPerPixel", 1))
+        self.photometric = str(ds.get("PhotometricInterpretation", "RGB")).upper()
+        self.planar = int(ds.get("PlanarConfiguration", 0) or 0)
+        self.syntax = str(ds.file_meta.TransferSyntaxUID)
+        if self.syntax not in NATIVE | JPEG8 | OTHER_CODECS:
+            raise ValueError(f"DICOM transfer syntax {self.syntax} is not supported")
+        if self.syntax in NATIVE and int(ds.get("BitsAllocated", 8)) != 8:
+            raise ValueError("only 8-bit uncompressed DICOM frames are supported")
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self.frames = self._frame_ranges(ds)
+        self.cols, self.rows = -(-self.width // self.tw), -(-self.height // self.th)
+        self.px = self.py = None  # per-frame positions (level pixels), when the file gives them
+        self.order = "row"
+        pos = self._sparse_positions(ds)
+        if pos is not None:
+            self.order = "sparse"
+            self.px, self.py = pos
+        elif len(self.frames) < self.cols * self.rows:
+            raise ValueError(f"{len(self.frames)} frames cannot tile a {self.width}x{self.height} matrix "
+                             f"of {self.tw}x{self.th} frames")
+
+    # -- where the frames are
+    def _frame_ranges(self, ds) -> list[tuple[int, int]]:
+        el = ds.get_item(0x7FE00010, keep_deferred=True)
+        if el is None or getattr(el, "value_tell", None) is None:
+            raise ValueError("DICOM file has no pixel data")
+        start = el.value_tell
+        if self.syntax in NATIVE:
+            size = self.tw * self.th * self.spp
+            return [(start + i * size, size) for i in range(self.n)]
+        frags, pos = [], start
+        bot = None
+        while True:  # encapsulated: items (FFFE,E000) until the sequence delimiter (FFFE,E0DD)
+            head = os.pread(self.fd, 8, pos)
+            if len(head) < 8:
+                raise ValueError("truncated DICOM pixel data")
+            tag, length = head[:4], int.from_bytes(head[4:], "little")
+            if tag == b"\xfe\xff\xdd\xe0":
+                break
+            if tag != b"\xfe\xff\x00\xe0":
+                raise ValueError("malformed encapsulated DICOM pixel data")
+            if bot is None:  # the first item is the basic offset table
+                raw = os.pread(self.fd, length, pos + 8)
+                bot = np.frombuffer(raw, "<u4").astype(np.int64) if length else np.zeros(0, np.int64)
+                first = pos + 8 + length
+            else:
+                frags.append((pos, length))
+            pos += 8 + length
+        if len(frags) == self.n:  # one fragment per frame: the usual case
+            return [(p + 8, n) for p, n in frags]
+        if len(bot) == self.n:  # offsets (from the first fragment's item tag) to each frame's first fragment
+            starts = [first + int(o) for o in bot]
+        else:  # JPEG-family frames start with an SOI marker
+            starts = [p for p, n in frags if os.pread(self.fd, 2, p + 8) == b"\xff\xd8"]
+            if len(starts) != self.n:
+                raise ValueError(f"cannot split {len(frags)} fragments into {self.n} frames")
+        starts.append(pos)
+        ranges = []
+        for a, b in zip(starts[:-1], starts[1:]):
+            ranges.append([(p + 8, n) for p, n in frags if a <= p < b])
+        return ranges  # lists of fragments; see _bytes
+
+    def _sparse_positions(self, ds):
+        per = ds.get("PerFrameFunctionalGroupsSequence")
+        if not per or len(per) != self.n:
+            return None
+        xs, ys = np.empty(self.n, np.int64), np.empty(self.n, np.int64)
+        for i, item in enumerate(per):
+            plane = item.get("PlanePositionSlideSequence")
+            if not plane or "ColumnPositionInTotalImagePixelMatrix" not in plane[0]:
+                return None
+            xs[i] = int(plane[0].ColumnPositionInTotalImagePixelMatrix) - 1  # 1-based in DICOM
+            ys[i] = int(plane[0].RowPositionInTotalImagePixelMatrix) - 1
+        return xs, ys
+
+    # -- frames
+    def _bytes(self, i: int) -> bytes:
+        r = self.frames[i]
+        if isinstance(r, tuple):
+            return os.pread(self.fd, r[1], r[0])
+        return b"".join(os.pread(self.fd, n, p) for p, n in r)
+
+    def decode(self, i: int) -> np.ndarray:
+        import imagecodecs
+
+        data = self._bytes(i)
+        if self.syntax in NATIVE:
+            a = np.frombuffer(data, np.uint8)
+            if self.spp == 1:
+                return a.reshape(self.th, self.tw)
+            a = a.reshape(self.spp, self.th, self.tw).transpose(1, 2, 0) if self.planar else \
+                a.reshape(self.th, self.tw, self.spp)
+            return ycbcr_to_rgb(a) if self.photometric == "YBR_FULL" else a
+        if self.syntax in JPEG8:
+            if self.photometric == "RGB" and self.spp == 3 and not COLOUR_MARKER.search(data[:4096]):
+                return imagecodecs.jpeg8_decode(data, colorspace="RGB", outcolorspace="RGB")
+            return imagecodecs.jpeg8_decode(data)
+        return imagecodecs.imread(data)
+
+    def grid(self, order: str) -> tuple[np.ndarray, np.ndarray]:
+        """Level-pixel positions of the frames for a ``row``- or ``column``-major full tiling."""
+        i = np.arange(self.cols * self.rows)
+        c, r = (i % self.cols, i // self.cols) if order == "row" else (i // self.rows, i % self.rows)
+        return c * self.tw, r * self.th
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class DicomSlide:
+    def __init__(self, path: str, device: str = "cpu"):
+        with _lenient():
+            self._open(path)
+
+    def _open(self, path: str) -> None:
+        p = Path(path)
+        self.path = path
+        if p.is_dir():
+            candidates = sorted(f for f in p.iterdir() if f.is_file() and _is_dicom(f))
+            if not candidates:
+                raise ValueError("folder holds no DICOM files")
+            headers = [(f, _header(f)) for f in candidates]
+        else:
+            if not _is_dicom(p):
+                raise ValueError("not a DICOM file (no DICM marker)")
+            own = _header(p)
+            if not _is_wsi_level(own):
+                raise ValueError("DICOM file is not a whole-slide image (no TotalPixelMatrixColumns)")
+            series = own.get("SeriesInstanceUID")
+            siblings = [f for f in sorted(p.parent.glob("*.dcm")) if f != p] if series else []
+            headers = [(p, own)]
+            tag = str(series).encode()
+            for f in siblings:  # the other levels of the same series, as OpenSlide does
+                try:
+                    with open(f, "rb") as fh:  # cheap pre-check, so a flat folder of slides stays fast
+                        if tag not in fh.read(1 << 16):
+                            continue
+                    ds = _header(f)
+                except Exception:
+                    continue
+                if ds.get("SeriesInstanceUID") == series:
+                    headers.append((f, ds))
+        levels = [(f, ds) for f, ds in headers if _is_wsi_level(ds)]
+        if not levels:
+            raise ValueError("no whole-slide image among the DICOM files (no TotalPixelMatrixColumns)")
+        series = {ds.get("SeriesInstanceUID") for _, ds in levels}
+        if len(series) > 1:
+            raise ValueError(f"folder holds {len(series)} DICOM slide series; give one file or one series' folder")
+        by_width = {}
+        for f, ds in sorted(levels, key=lambda t: (-int(t[1].TotalPixelMatrixColumns), int(t[1].get("InstanceNumber") or 0))):
+            by_width.setdefault(int(ds.TotalPixelMatrixColumns), (f, ds))  # one instance per level
+        self._levels: list[_Level] = []
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        try:
+            for i, (f, ds) in enumerate(by_width.values()):
+                lv = _Level(f, ds)
+                self._levels.append(lv)
+                if lv.order != "sparse":
+                    org = str(ds.get("DimensionOrganizationType", "")).upper()
+                    lv.order = "row" if org == "TILED_FULL" else self.detect_order(i)
+                    lv.px, lv.py = lv.grid(lv.order)
+        except Exception:
+            self.close()
+            raise
+        ds0 = next(iter(by_width.values()))[1]
+        w0 = self._levels[0].width
+        self.level_dimensions = [(lv.width, lv.height) for lv in self._levels]
+        self.level_downsamples = [w0 / lv.width for lv in self._levels]
+        self.mpp = _mpp(ds0)
+        self.objective_power = _objective(ds0)
+
+    # -- frame order
+    def seam_score(self, level: int, order: str) -> float:
+        """Mean absolute difference across frame borders (the pixel rows/columns either side), frames placed
+        in ``order`` ("row" or "column" major), at up to SEAM_SAMPLES grid positions along the diagonal, each
+        with its right and lower neighbour; lower = more continuous. NaN when there are no borders."""
+        lv = self._levels[level]
+        if lv.cols < 2 and lv.rows < 2:
+            return float("nan")
+
+        def frame_at(c, r):
+            k = r * lv.cols + c if order == "row" else c * lv.rows + r
+            return self._frame(level, k).astype(np.int16)
+
+        cs = np.unique(np.linspace(0, max(lv.cols - 2, 0), SEAM_SAMPLES).round().astype(int))
+        rs = np.unique(np.linspace(0, max(lv.rows - 2, 0), SEAM_SAMPLES).round().astype(int))
+        diffs = []
+        for c, r in zip(np.resize(cs, max(len(cs), len(rs))), np.resize(rs, max(len(cs), len(rs)))):
+            a = frame_at(c, r)
+            if c + 1 < lv.cols:  # vertical border with the right neighbour
+                diffs.append(np.abs(a[:, -1] - frame_at(c + 1, r)[:, 0]).mean())
+            if r + 1 < lv.rows:  # horizontal border with the frame below
+                diffs.append(np.abs(a[-1] - frame_at(c, r + 1)[0]).mean())
+        return float(np.mean(diffs)) if diffs else float("nan")
+
+    def detect_order(self, level: int) -> str:
+        lv = self._levels[level]
+        if lv.cols < 2 or lv.rows < 2:
+            return "row"  # a single row or column: both orders are the same
+        row, col = self.seam_score(level, "row"), self.seam_score(level, "column")
+        return "column" if col < row else "row"
+
+    @property
+    def frame_order(self) -> list[str]:
+        """Per level: "row", "column" (major) or "sparse" (per-frame positions)."""
+        return [lv.order for lv in self._levels]
+
+    def _frame(self, level: int, k: int) -> np.ndarray:
+        key = (level, k)
+        with self._lock:
+            a = self._cache.get(key)
+            if a is not None:
+                self._cache.move_to_end(key)
+                return a
+        a = self._levels[level].decode(k)
+        with self._lock:
+            self._cache[key] = a
+            while len(self._cache) > CACHE_FRAMES:
+                self._cache.popitem(last=False)
+        return a
+
+    # -- regions
+    def read_region(self, location, level, size):
+        lv = self._levels[level]
+
+        def read(x, y, w, h):
+            out = np.full((h, w, 3), 255, np.uint8)
+            hit = np.flatnonzero((lv.px < x + w) & (lv.px + lv.tw > x) & (lv.py < y + h) & (lv.py + lv.th > y))
+            seen = set()
+            for k in hit:
+                fx, fy = int(lv.px[k]), int(lv.py[k])
+                if (fx, fy) in seen:  # several focal planes / optical paths: the first frame wins
+                    continue
+                seen.add((fx, fy))
+                f = to_rgb(self._frame(level, int(k)))
+                x0, y0 = max(x, fx), max(y, fy)
+                x1, y1 = min(x + w, fx + lv.tw, lv.width), min(y + h, fy + lv.th, lv.height)
+                if x1 > x0 and y1 > y0:
+                    out[y0 - y:y1 - y, x0 - x:x1 - x] = f[y0 - fy:y1 - fy, x0 - fx:x1 - fx]
+            return out
+
+        return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])
+
+    def close(self) -> None:
+        for lv in getattr(self, "_levels", []):
+            lv.close()
+        if hasattr(self, "_cache"):
+            self._cache.clear()
+
+
+def _plausible(um: float | None) -> float | None:
+    return um if um is not None and 0.05 <= um <= 20 else None
+
+
+def _mpp(ds) -> float | None:
+    try:
+        spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        col = positive_float(spacing[1])  # PixelSpacing is (row, column) spacing in mm
+        if col and _plausible(col * 1000):
+            return col * 1000
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass
+    w, h = positive_float(ds.get("ImagedVolumeWidth")), positive_float(ds.get("ImagedVolumeHeight"))
+    if not w or not h:
+        return None
+    mx, my = w * 1000 / int(ds.TotalPixelMatrixColumns), h * 1000 / int(ds.TotalPixelMatrixRows)
+    return _plausible(mx) if abs(mx - my) <= 0.05 * max(mx, my) else None
+
+
+def _objective(ds) -> float | None:
+    for item in ds.get("OpticalPathSequence") or []:
+        power = positive_float(item.get("ObjectiveLensPower"))
+        if power:
+            return power
+    return None
+
+
+@hookimpl
+def slidestream_readers():
+    return [ReaderPlugin(name="dicom", open=DicomSlide, priority=25, suffixes=(".dcm", ""),
+                         summary="pydicom: DICOM-WSI files and folders OpenSlide cannot open")]
