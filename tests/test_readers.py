@@ -136,3 +136,16 @@ def test_ome_subifd_pyramid_goes_to_tifffile(tmp_path):
     assert s.mpp == pytest.approx(0.5)
     assert np.array_equal(s.reader.read_region((512, 256), 1, (64, 32)), base[::2, ::2][128:160, 256:320])
     assert s.best_level(4.2) == 2
+
+
+def test_nearly_matching_level_is_used_not_level_0(tmp_path):
+    """A typical Aperio 40x slide (0.2527 µm/px): 10x tiles come from level 1 (downsample 4), resized 1 %."""
+    from slidestream.engine.synthetic import make_slide
+
+    p = make_slide(tmp_path / "a.svs", size=(4096, 3072), label=1, seed=3, mpp=0.2527)
+    s = open_slide(p)
+    f = s.factor(10)
+    assert f == pytest.approx(3.957, abs=1e-3)
+    assert s.best_level(f) == 1
+    tile = s.read(0, 0, 1024 * f, 1024)
+    assert tile.shape == (1024, 1024, 3)
