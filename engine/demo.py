@@ -115,7 +115,7 @@ DEMO_GAN = {"resolution": 64, "start_resolution": 8, "fmap_base": 256, "fmap_max
 
 
 def _gan_experiment(pipe: dict[str, Any], store: Path, out: Path, epochs: int, seed: int, say) -> dict[str, Any]:
-    from .commands.gan import sample_into_store, sample_sheet, train_gan
+    from .augment import sample_into_store, sample_sheet, train_gan
     from .experiment import gan_sweep
 
     pipe = {**pipe, "augmenter": {"name": "pggan", "params": {**DEMO_GAN, "seed": seed}}}

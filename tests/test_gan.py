@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from slidestream.engine import config, registry, splits
-from slidestream.engine.commands import gan as gancmd
+from slidestream.engine import augment
 from slidestream.engine.errors import ConfigError
 from slidestream.engine.store import PatchStore
 from slidestream.engine.synthetic import make_store
@@ -48,7 +48,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("gan") / "mutant"
-    manifest = gancmd.train_gan(config.parse(PIPE), store, "mutant", out, progress=False, log=None)
+    manifest = augment.train_gan(config.parse(PIPE), store, "mutant", out, progress=False, log=None)
     return out, manifest
 
 
@@ -112,9 +112,9 @@ def test_checkpoint_round_trip_restores_adam_and_rng(tmp_path):
 # ----------------------------------------------------------------------------------- SWD
 def test_swd_real_vs_heldout_far_below_real_vs_noise(store):
     st = PatchStore.open(store)
-    chain, _ = gancmd.gan_chain(PIPE)
-    tr = gancmd.normalized_rows(st, gancmd.class_rows(st, 1)[:72], chain)
-    held = gancmd.normalized_rows(st, gancmd.class_rows(st, 1, ("val", "test"))[:72], chain)
+    chain, _ = augment.gan_chain(PIPE)
+    tr = augment.normalized_rows(st, augment.class_rows(st, 1)[:72], chain)
+    held = augment.normalized_rows(st, augment.class_rows(st, 1, ("val", "test"))[:72], chain)
     noise = np.random.default_rng(0).integers(0, 256, tr.shape, dtype=np.uint8)
     real = swd(tr, held, seed=0)
     fake = swd(tr, noise, seed=0)
@@ -135,14 +135,14 @@ def test_train_writes_manifest_checkpoint_snapshots_and_log(trained):
     assert {r["resolution"] for r in log} == {8, 16, 32} and any(r["alpha"] < 1 for r in log)
     # only training-split patients of the class were used
     st = PatchStore.open(m["store"])
-    assert m["rows"] == len(gancmd.class_rows(st, 1))
+    assert m["rows"] == len(augment.class_rows(st, 1))
 
 
 def test_trained_gan_beats_its_initialization(trained, store):
     out, m = trained
     st = PatchStore.open(store)
-    chain, _ = gancmd.gan_chain(PIPE)
-    reals = gancmd.normalized_rows(st, gancmd.class_rows(st, 1), chain)[:200]
+    chain, _ = augment.gan_chain(PIPE)
+    reals = augment.normalized_rows(st, augment.class_rows(st, 1), chain)[:200]
     cfg = pggan.resolve(TINY)
     torch.manual_seed(cfg["seed"])
     G0 = pggan.build_generator(cfg).eval()  # the trainer's initial generator (same seed)
@@ -161,7 +161,7 @@ def test_sample_into_store_appends_flagged_rows(trained, store, tmp_path):
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
     n0 = len(PatchStore.open(copy))
-    r = gancmd.sample_into_store(out, 40, copy, seed=3)
+    r = augment.sample_into_store(out, 40, copy, seed=3)
     st = PatchStore.open(copy)
     assert len(st) == n0 + 40 and r["rows"] == [n0, n0 + 40]
     t = st.table()
@@ -170,7 +170,7 @@ def test_sample_into_store_appends_flagged_rows(trained, store, tmp_path):
     assert set(t["generator"][new]) == {m["generator_id"]} and not t["synthetic"][:n0].any()
     assert np.array_equal(st.patches[n0:n0 + 5], pggan.sample(out, 5, seed=3))  # same seed, same patches
     with pytest.raises(ConfigError, match="another --seed"):
-        gancmd.sample_into_store(out, 40, copy, seed=3)
+        augment.sample_into_store(out, 40, copy, seed=3)
 
 
 def test_grid_sheet_has_a_row_per_resolution(trained, tmp_path, cli):
@@ -188,21 +188,21 @@ def test_eval_prints_swd_and_writes_manifest(trained, store, cli):
     code, stdout, err = cli("gan", "eval", out, "--store", store, "--n", "128")
     assert code == 0, err
     assert "fake_vs_train" in stdout and "heldout_vs_train" in stdout
-    m = gancmd.read_manifest(out)
+    m = augment.read_manifest(out)
     assert m["swd"]["fake_vs_train"]["n_images"] == 128 and "32" in m["swd"]["fake_vs_train"]["levels"]
 
 
 def test_train_refuses_store_without_split(tmp_path):
     make_store(tmp_path / "s", n_patients=4, per_patient=4, patch=32)
     with pytest.raises(ConfigError, match="slidestream split"):
-        gancmd.train_gan(config.parse(PIPE), tmp_path / "s", "mutant", tmp_path / "g", log=None)
+        augment.train_gan(config.parse(PIPE), tmp_path / "s", "mutant", tmp_path / "g", log=None)
 
 
 def test_other_settings_in_same_gan_dir_refused(trained, store):
     out, _ = trained
     pipe = {**PIPE, "augmenter": {"name": "pggan", "params": {**TINY, "lr": 0.001}}}
     with pytest.raises(ConfigError, match="new --out"):
-        gancmd.train_gan(config.parse(pipe), store, "mutant", out, log=None)
+        augment.train_gan(config.parse(pipe), store, "mutant", out, log=None)
 
 
 def test_gan_sweep_writes_table_and_roc(trained, store, tmp_path):
@@ -212,7 +212,7 @@ def test_gan_sweep_writes_table_and_roc(trained, store, tmp_path):
 
     copy = tmp_path / "store"
     shutil.copytree(store, copy)
-    gancmd.sample_into_store(trained[0], 24, copy, seed=0)
+    augment.sample_into_store(trained[0], 24, copy, seed=0)
     r = experiment.gan_sweep(config.parse(PIPE), copy, [0, 16], tmp_path / "sweep", log=None)
     rows = json.loads((tmp_path / "sweep" / "table.json").read_text())
     assert {(x["split"], x["synthetic"]) for x in rows} == {("val", 0), ("val", 16), ("test", 0), ("test", 16)}

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from slidestream.engine import config, splits
-from slidestream.engine.commands import gan as gancmd
+from slidestream.engine import augment
 from slidestream.engine.synthetic import make_store
 from slidestream.plugins.augmenters import pggan
 
@@ -61,9 +61,9 @@ def test_sigkill_mid_training_then_rerun_continues_from_checkpoint(tmp_path):
     state = json.loads(state_file.read_text())
     assert state["status"] == "training" and 1500 <= state["nimg"] < 6000
     killed_at = state["nimg"]
-    assert gancmd.read_manifest(out)["status"] == "training"
+    assert augment.read_manifest(out)["status"] == "training"
 
-    m = gancmd.train_gan(config.parse(pipe), tmp_path / "store", "wildtype", out, progress=False, log=None)
+    m = augment.train_gan(config.parse(pipe), tmp_path / "store", "wildtype", out, progress=False, log=None)
     state = json.loads(state_file.read_text())
     assert m["status"] == "done" and state["status"] == "done" and state["nimg"] >= 6000
     assert [r["resumed_at_kimg"] for r in state["runs"]] == [0.0, killed_at / 1000]
