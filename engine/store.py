@@ -104,6 +104,8 @@ class PatchStore:
                 raise StoreError(f"store {path} was made by a different extraction pipeline (hash {old[:12]} vs "
                                  f"{new[:12]}); use a new --out, or delete the store to start over")
             return st
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a store directory; choose a new --out directory")
         if path.exists() and any(p for p in path.iterdir() if p.name != "qa"):
             raise StoreError(f"{path} exists and is not a slidestream store; choose an empty or new --out directory")
         try:

@@ -58,6 +58,9 @@ def test_refusals(tmp_path):
         PatchStore.open(tmp_path / "s").append("s9", np.zeros((1, 16, 16, 3), np.uint8), {}, {})
     with pytest.raises(StoreError, match="not a slidestream patch store"):
         PatchStore.open(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        PatchStore.create(tmp_path / "file", 16, {}, {"extraction_hash": "h"})
     with pytest.raises(StoreError, match="different extraction pipeline"):
         PatchStore.create(tmp_path / "s", 16, {}, {"extraction_hash": "other"})
     with pytest.raises(StoreError, match="needs 2 values"):
