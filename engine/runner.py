@@ -184,6 +184,14 @@ def _frac(integral, shape, x, y, side) -> float:
     return float((integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) / ((x1 - x0) * (y1 - y0)))
 
 
+def patch_table(rows, tiles) -> dict[str, np.ndarray]:
+    """Store columns of planned patches (``plan_slide`` rows)."""
+    return {"tile_id": np.array([r[0] for r in rows], np.int32), "x": np.array([r[3] for r in rows], np.int64),
+            "y": np.array([r[4] for r in rows], np.int64), "size0": np.array([r[5] for r in rows], np.int32),
+            "tissue": np.array([r[6] for r in rows], np.float32),
+            "tile_tissue": np.array([tiles[r[0]].tissue for r in rows], np.float32)}
+
+
 def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1):
     """Yield (row indices, patches) per batch of tiles; tiles are decoded by ``threads`` threads."""
     s = int(pipeline["patches"]["size"])
@@ -259,11 +267,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
             done += len(idx)
             if progress:
                 progress(done, len(rows))
-        meta = {
-            "tile_id": [r[0] for r in rows], "x": [r[3] for r in rows], "y": [r[4] for r in rows],
-            "size0": [r[5] for r in rows], "tissue": [r[6] for r in rows],
-            "tile_tissue": [tiles[r[0]].tissue for r in rows],
-        }
+        meta = {k: v.tolist() for k, v in patch_table(rows, tiles).items()}
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,
                    tiles=[asdict(t) for t in tiles])
         if store is not None:
@@ -297,10 +301,7 @@ def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None
         patches = np.empty((len(rows), s, s, 3), np.uint8)
         for idx, p in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
             patches[idx[0]: idx[-1] + 1] = p
-        table = {"tile_id": np.array([r[0] for r in rows], np.int32), "x": np.array([r[3] for r in rows], np.int64),
-                 "y": np.array([r[4] for r in rows], np.int64), "size0": np.array([r[5] for r in rows], np.int32),
-                 "tissue": np.array([r[6] for r in rows], np.float32)}
-        return patches, table, thumb, tiles, geometry
+        return patches, patch_table(rows, tiles), thumb, tiles, geometry
     finally:
         slide.close()
 
