@@ -78,18 +78,42 @@ def _slide_id(p: Path) -> str:
 
 
 def _scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
-    rows, dicom_dirs = [], set()
-    for p in sorted(d.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES or p.name.startswith("."):
-            continue
-        if p.suffix.lower() == ".dcm":  # a DICOM-WSI slide is a folder of .dcm files: one slide per folder
-            if p.parent in dicom_dirs:
-                continue
-            dicom_dirs.add(p.parent)
-            rows.append(SlideRow(str(p.parent), _slide_id(p.parent), _slide_id(p.parent), mpp=default_mpp))
-            continue
-        rows.append(SlideRow(str(p), _slide_id(p), _slide_id(p), mpp=default_mpp))
-    return rows
+    files = [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
+             and not p.name.startswith(".")]
+    rows, dicom = [], {}
+    for p in files:
+        if p.suffix.lower() == ".dcm":
+            dicom.setdefault(p.parent, []).append(p)
+        else:
+            rows.append(SlideRow(str(p), _slide_id(p), _slide_id(p), mpp=default_mpp))
+    for folder, dcms in dicom.items():  # a DICOM-WSI slide is a series; its levels are separate files
+        series = _dicom_series(dcms)
+        for first in series:
+            whole_folder = len(series) == 1 and len(dcms) > 1
+            path, sid = (folder, _slide_id(folder)) if whole_folder else (first, _slide_id(first))
+            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp))
+    return sorted(rows, key=lambda r: r.slide_path)
+
+
+def _dicom_series(files: list[Path]) -> list[Path]:
+    """The first file of each DICOM series among ``files`` (one slide per series)."""
+    try:
+        import pydicom
+    except ImportError:
+        return files[:1]
+    import warnings
+
+    first: dict[str, Path] = {}
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. over-long UIDs written by converters
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+            uid = str(ds.SeriesInstanceUID)
+        except Exception:
+            uid = str(f)  # unreadable: its own "series", so the readers report it
+        first.setdefault(uid, f)
+    return list(first.values())
 
 
 def _read_csv(path: Path, default_mpp: float | None) -> list[SlideRow]:

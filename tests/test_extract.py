@@ -223,3 +223,13 @@ def test_existing_dask_cluster(tmp_path):
     assert s["failed"] == 0 and s["rows"] > 0
     ref = extract(p, read_cohort(csvf), tmp_path / "ref", progress=False)
     assert np.array_equal(PatchStore.open(tmp_path / "st").patches[:], PatchStore.open(tmp_path / "ref").patches[:])
+
+
+def test_folder_cohort_finds_each_slide_once():
+    rows = read_cohort(WSI)
+    ids = sorted(r.slide_id for r in rows)
+    assert ids == sorted(["CMU-1-Small-Region", "OS-1-detail", "dicom-cmu-1-small-region",
+                          "pathml_small_dicom_TCGA-XK-AAJU_pen", "tcga-cr-7395-01a-01-ts1"])
+    by = {r.slide_id: r for r in rows}
+    assert by["dicom-cmu-1-small-region"].slide_path.endswith("dicom-cmu-1-small-region")  # 12 level files, one slide
+    assert by["pathml_small_dicom_TCGA-XK-AAJU_pen"].slide_path.endswith(".dcm")
