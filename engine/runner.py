@@ -283,8 +283,10 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
             sink = writer.write
         else:
             tmp = final.with_name(f".{row.slide_id}.{os.getpid()}.tmp.npy")
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
-            sink = lambda off, p: arr.__setitem__(slice(off, off + len(p)), p)  # noqa: E731
+            staged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
+
+            def sink(off: int, p: np.ndarray) -> None:
+                staged[off: off + len(p)] = p
         done = 0
         for idx, patches in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
             sink(idx[0], patches)  # a tile's patches are consecutive rows
@@ -300,8 +302,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
             rec["seconds"] = time.perf_counter() - t0
             return {**rec, "committed": True}
         rec["meta"] = meta
-        arr.flush()
-        del arr
+        staged.flush()
         os.replace(tmp, final)
         tmpj = done_json.with_name(f".{done_json.name}.{os.getpid()}.tmp")
         tmpj.write_text(json.dumps(rec))

@@ -1,7 +1,5 @@
 """Model bundles (safetensors, hashes, pipeline check) and prediction."""
-import json
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner

@@ -221,7 +221,7 @@ def test_existing_dask_cluster(tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         s = extract(p, read_cohort(csvf), tmp_path / "st", scheduler=cluster.scheduler_address, progress=False)
     assert s["failed"] == 0 and s["rows"] > 0
-    ref = extract(p, read_cohort(csvf), tmp_path / "ref", progress=False)
+    extract(p, read_cohort(csvf), tmp_path / "ref", progress=False)
     assert np.array_equal(PatchStore.open(tmp_path / "st").patches[:], PatchStore.open(tmp_path / "ref").patches[:])
 
 

@@ -43,7 +43,7 @@ def test_out_of_tree_filter_plugin(site, tmp_path):
     good.write_text(json.dumps(doc))
     r = _run(site, "tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "lab", "--pipeline", good)
     assert r.returncode == 0, r.stderr
-    r0 = _run(site, "tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "base")
+    assert _run(site, "tissue", WSI / "CMU-1-Small-Region.svs", "--out", tmp_path / "base").returncode == 0
     from PIL import Image
 
     lab = np.asarray(Image.open(tmp_path / "lab_mask.png")) > 0

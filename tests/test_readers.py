@@ -1,5 +1,4 @@
 """Readers on real slides: levels, resolution, regions, fallback and bad files."""
-import shutil
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """A third-party tissue filter: drops very dark pixels (debris, ink) from the mask."""
-import numpy as np
 
 from slidestream.engine.hookspecs import FilterPlugin, hookimpl
 
