@@ -241,30 +241,45 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
                 yield idx, out
 
 
+def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None):
+    """Open and plan one slide (thumbnail, mask, tiles, patch positions; no tile pixels yet).
+
+    Returns ``(slide, plan, seconds)``; raises on a slide that cannot be used."""
+    t0 = time.perf_counter()
+    slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
+                       device=resolve_device(pipeline.get("device", "auto")))
+    try:
+        plan = plan_slide(pipeline, slide, row.slide_id)
+    except BaseException:
+        slide.close()
+        raise
+    return slide, plan, time.perf_counter() - t0
+
+
 def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir: str | None = None,
                   threads: int = 1, reader_order=None, progress: Callable[[int, int], None] | None = None,
-                  store: PatchStore | None = None) -> dict:
+                  store: PatchStore | None = None, prepared: Callable[[], tuple] | None = None) -> dict:
     """Extract one slide into ``staging/<slide_id>.npy`` (+ ``.json``); return its record.
 
     Runs on a dask worker. Errors come back as a record with ``status: "error"`` so one bad slide does
     not stop the cohort. In-process (``store`` given) the patches stream straight into the store,
-    compressed while the next tiles decode, and the slide is committed here.
+    compressed while the next tiles decode, and the slide is committed here. ``prepared`` returns
+    ``prepare_slide``'s result when the slide was opened and planned ahead (while the previous one ran).
     """
-    t0 = time.perf_counter()
     rec: dict[str, Any] = {"slide_path": row.slide_path, "patient_id": row.patient_id}
     final = Path(staging) / f"{row.slide_id}.npy"
     done_json = final.with_suffix(".json")
-    if done_json.exists() and final.exists():  # finished by an earlier, interrupted run
-        return json.loads(done_json.read_text())
+    prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order))
     try:
-        slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
-                           device=resolve_device(pipeline.get("device", "auto")))
+        slide, (thumb, mask, geometry, tiles, rows), plan_s = prepared()
     except SlidestreamError as e:
         return {**rec, "status": "error", "reason": str(e)}
-    except Exception as e:  # pragma: no cover - defensive: a reader crashed in an unexpected way
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {type(e).__name__}: {e}"}
+    except Exception as e:  # a reader or plugin failed in an unexpected way
+        return {**rec, "status": "error", "reason": f"{row.slide_path}: {type(e).__name__}: {str(e)[:200]}"}
+    t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
     try:
-        thumb, mask, geometry, tiles, rows = plan_slide(pipeline, slide, row.slide_id)
+        if done_json.exists() and final.exists():  # finished by an earlier, interrupted run
+            return json.loads(done_json.read_text())
         rec.update(reader=slide.reader_name, mpp=slide.mpp, mpp_source=slide.mpp_source,
                    dimensions=list(slide.dimensions), factor=geometry.factor,
                    tissue_fraction=float(mask.mean()) if mask.size else 0.0, n_tiles=len(tiles))
@@ -318,10 +333,9 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
 
 def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None = None, threads: int = 1):
     """In-memory extraction of one slide (for prediction): (patches, table, thumbnail, tiles, geometry)."""
-    slide = open_slide(path, order=pipeline["reader"].get("order"), mpp=mpp,
-                       device=resolve_device(pipeline.get("device", "auto")))
+    sid = _slide_id(Path(path))
+    slide, (thumb, mask, geometry, tiles, rows), _ = prepare_slide(pipeline, SlideRow(str(path), sid, sid, mpp=mpp))
     try:
-        thumb, mask, geometry, tiles, rows = plan_slide(pipeline, slide, _slide_id(Path(path)))
         s = int(pipeline["patches"]["size"])
         patches = np.empty((len(rows), s, s, 3), np.uint8)
         for idx, p in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
@@ -395,10 +409,15 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                 on_slide(row, rec)
 
         if workers <= 1 and not scheduler:
-            for row in todo:
-                cb = bar.slide_started(row.slide_id)
-                finish(row, process_slide(pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
-                                          threads=threads, progress=cb, store=store))
+            # open and plan slide k+1 in a thread while slide k decodes and compresses
+            with ThreadPoolExecutor(1) as planner:
+                ahead = planner.submit(prepare_slide, pipeline, todo[0]) if todo else None
+                for k, row in enumerate(todo):
+                    current = ahead
+                    ahead = planner.submit(prepare_slide, pipeline, todo[k + 1]) if k + 1 < len(todo) else None
+                    cb = bar.slide_started(row.slide_id)
+                    finish(row, process_slide(pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
+                                              threads=threads, progress=cb, store=store, prepared=current.result))
         else:
             _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish)
     if not any(staging.iterdir()):
