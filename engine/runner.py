@@ -109,7 +109,7 @@ def _dicom_series(files: list[Path]) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. over-long UIDs written by converters
                 ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-            uid = str(ds.SeriesInstanceUID)
+                uid = str(ds.SeriesInstanceUID)
         except Exception:
             uid = str(f)  # unreadable: its own "series", so the readers report it
         first.setdefault(uid, f)
