@@ -16,7 +16,6 @@ class ``label`` and the ``generator`` id; the classifier adds them with ``traini
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +23,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ConfigError
+from .store import atomic_write_text
 
 LABELS = {"mutant": 1, "wildtype": 0}
-# generator parameters that do not change the model; a resumed training may change them
-RUNTIME_PARAMS = ("device", "amp", "compile", "checkpoint_kimg", "tick_kimg", "swd_images", "total_kimg")
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -43,10 +41,7 @@ def read_manifest(gan_dir: str | Path) -> dict[str, Any]:
 
 
 def write_manifest(gan_dir: str | Path, manifest: dict[str, Any]) -> None:
-    p = _manifest_path(Path(gan_dir))
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=str))
-    os.replace(tmp, p)
+    atomic_write_text(_manifest_path(Path(gan_dir)), json.dumps(manifest, indent=1, default=str))
 
 
 def read_rows(arr, rows: np.ndarray) -> np.ndarray:
@@ -135,7 +130,7 @@ def train_gan(pipeline: dict[str, Any], store: str | Path, label: str, out: str 
     if len(rows) > n_train:  # the paper: 12,000 random patches per class
         rows = np.sort(np.random.default_rng([seed, LABELS[label]]).choice(rows, n_train, replace=False))
     chain, refs = gan_chain(pipeline)
-    learned = {k: v for k, v in params.items() if k not in RUNTIME_PARAMS}
+    learned = {k: v for k, v in params.items() if k not in plugin.runtime_params}
     key = {"generator": ref["name"], "params": learned, "label": label, "store": st.manifest.get("extraction_hash"),
            "split": st.manifest.get("split"), "rows": config.digest(rows.tolist()), "normalization": refs}
     gid = f"{ref['name']}-{label}-{config.digest(key)[:8]}"

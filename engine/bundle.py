@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 
 from . import config, registry
 from .errors import ConfigError
+from .store import atomic_write_text
 
 FORMAT = 1
 FILES = ("model.safetensors", "pipeline.json")
@@ -56,9 +56,7 @@ def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta
            "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions(),
            "files": {f: _sha(out / f) for f in FILES}}
     doc["hash"] = _meta_hash(doc)
-    tmp = out / ".bundle.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, out / "bundle.json")
+    atomic_write_text(out / "bundle.json", json.dumps(doc, indent=1, default=str))
     return out
 
 

@@ -195,12 +195,14 @@ class AugmenterPlugin(Plugin):
     score such as ``{"swd": ...}``) that the engine records in the model's manifest.
     ``sample(model_dir, n, seed) -> np.ndarray``: n synthetic uint8 (n, h, w, 3) patches, deterministic
     for a seed. Optional ``stages(model_dir, n, seed) -> [(label, patches)]``: samples from coarse to
-    fine training stages, for ``slidestream gan grid``.
+    fine training stages, for ``slidestream gan grid``. ``runtime_params`` names the params that do not
+    change what is learned (device, checkpoint interval, ...): a resumed training may change them.
     """
 
     train: Callable[..., Any] | None = None
     sample: Callable[..., np.ndarray] | None = None
     stages: Callable[..., list] | None = None
+    runtime_params: Sequence[str] = ()
     kind: str = "augmenter"
 
 

@@ -1,10 +1,11 @@
 """Extraction: slides to a patch store, one dask task per slide.
 
-Per slide (``process_slide``, runs on a worker, opens its own reader): thumbnail -> filters -> tissue
-mask -> tiling -> tiles read in batches -> patches written to a staging file. The driver (``extract``)
-commits finished slides into the store in cohort order, so the store does not depend on scheduling,
-and an interrupted run resumes from the manifest. Memory per worker is one batch of tiles plus a
-memory-mapped staging file, whatever the slide's size.
+Per slide (``process_slide``, opens its own reader): thumbnail -> filters -> tissue mask -> tiling ->
+tiles read in batches -> patches. In-process they stream straight into the store (the next slide is
+planned meanwhile); on dask workers they go to a staging file and the driver (``extract``) commits
+finished slides in cohort order. Either way the store does not depend on scheduling, and an interrupted
+run resumes from the manifest. Memory per worker is one batch of tiles (plus a memory-mapped staging
+file on dask workers), whatever the slide's size.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ import numpy as np
 from . import config, registry
 from .errors import ConfigError, SlidestreamError
 from .progress import ExtractProgress
-from .slide import Slide, open_slide, resolve_device
-from .store import PatchStore
+from .device import resolve_device
+from .slide import MaskArea, Slide, open_slide
+from .store import PatchStore, atomic_write_text
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
                   ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
@@ -187,25 +189,17 @@ def plan_slide(pipeline: dict[str, Any], slide: Slide, slide_id: str):
     geometry = slide.geometry(scale, float(pipeline.get("magnification", 10)))
     tiling = pipeline["tiling"]
     tiles = registry.get("tiling", tiling["name"]).select(mask, thumb, geometry, **tiling.get("params", {}))
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    area = MaskArea(mask, scale)
     s = int(pipeline["patches"]["size"])
     rows = []  # (tile index, px, py, level-0 x, y, size0, patch tissue)
     for ti, t in enumerate(tiles):
         tile_px = int(round(t.w / geometry.factor))
         for px, py in _patch_offsets(pipeline, tile_px, f"{slide_id}/{ti}"):
             x0, y0, side = t.x + px * geometry.factor, t.y + py * geometry.factor, s * geometry.factor
-            rows.append((ti, px, py, int(round(x0)), int(round(y0)), int(round(side)),
-                         _frac(integral, mask.shape, x0 / scale, y0 / scale, side / scale)))
+            rows.append((ti, px, py, int(round(x0)), int(round(y0)), int(round(side)), area.fraction(x0, y0, side)))
     min_t = float(pipeline["patches"].get("min_tissue", 0.0))
     rows = [r for r in rows if r[6] >= min_t]
     return thumb, mask, geometry, tiles, rows
-
-
-def _frac(integral, shape, x, y, side) -> float:
-    h, w = shape
-    x0, y0 = min(int(x), w - 1), min(int(y), h - 1)
-    x1, y1 = min(max(int(math.ceil(x + side)), x0 + 1), w), min(max(int(math.ceil(y + side)), y0 + 1), h)
-    return float((integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]) / ((x1 - x0) * (y1 - y0)))
 
 
 def patch_table(rows, tiles) -> dict[str, np.ndarray]:
@@ -319,9 +313,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
         rec["meta"] = meta
         staged.flush()
         os.replace(tmp, final)
-        tmpj = done_json.with_name(f".{done_json.name}.{os.getpid()}.tmp")
-        tmpj.write_text(json.dumps(rec))
-        os.replace(tmpj, done_json)
+        atomic_write_text(done_json, json.dumps(rec))
         return rec
     except SlidestreamError as e:
         return {**rec, "status": "error", "reason": str(e)}
@@ -486,10 +478,7 @@ class _FileProgress:
         self.path = path
 
     def __call__(self, done: int, total: int) -> None:
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{done} {total}")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, f"{done} {total}")
 
 
 def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict], skipped: int,

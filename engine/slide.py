@@ -6,6 +6,7 @@ or its objective power; a slide with none of them is refused.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,18 +95,24 @@ class Slide:
             pass
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``."""
-    if device != "auto":
-        return device
-    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no driver, no GPU: skip importing torch
-        return "cpu"
-    try:
-        import torch
+class MaskArea:
+    """Tissue fraction of level-0 boxes, read off a thumbnail mask through a summed-area table built once."""
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:
-        return "cpu"
+    def __init__(self, mask: np.ndarray, scale: float):
+        self.scale = float(scale)
+        self.shape = mask.shape
+        self.table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+
+    def box(self, x: float, y: float, side: float) -> tuple[int, int, int, int]:
+        """Thumbnail pixels (x0, y0, x1, y1) covering the level-0 square at (x, y); never empty."""
+        s, (h, w) = self.scale, self.shape
+        x0, y0 = min(int(x / s), w - 1), min(int(y / s), h - 1)
+        return (x0, y0, min(max(math.ceil((x + side) / s), x0 + 1), w), min(max(math.ceil((y + side) / s), y0 + 1), h))
+
+    def fraction(self, x: float, y: float, side: float) -> float:
+        x0, y0, x1, y1 = self.box(x, y, side)
+        t = self.table
+        return float((t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0)))
 
 
 def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,

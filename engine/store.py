@@ -74,7 +74,9 @@ def _gather(coros) -> list:
     return sync(run())
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so readers (and a rerun after a kill) see the old or the new file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -126,7 +128,7 @@ class PatchStore:
                                    fill_value=fill if dtype is not str else "") for name, (dtype, fill) in COLUMNS.items()])
         manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": 0,
                     "slides": {}, "synthetic": {}, **manifest}
-        _atomic_write(path / "manifest.json", json.dumps(manifest, indent=1))
+        atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=1))
         return cls(path, g, manifest, "r+")
 
     @classmethod
@@ -228,7 +230,7 @@ class PatchStore:
         self.group[f"meta/{name}"][:] = values.astype(str) if COLUMNS[name][0] is str else values
 
     def save_manifest(self) -> None:
-        _atomic_write(self.path / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
+        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
 
 
 class RowWriter:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from . import bundle as bundle_mod
 from . import config, registry
 from .aggregate import aggregate
+from .device import resolve_device
 from .errors import ConfigError
 from .loader import PatchLoader, norm_chain, to_tensor
 from .store import PatchStore
@@ -59,9 +60,7 @@ def settings(pipeline: dict[str, Any], **overrides) -> dict[str, Any]:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    return torch.device(resolve_device(name))
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -5,7 +5,7 @@ torch is imported only when a GAN trains or samples.
 """
 from slidestream.engine.hookspecs import AugmenterPlugin, hookimpl, lazy
 
-from .pggan_params import PARAMS
+from .pggan_params import PARAMS, RUNTIME_KEYS
 
 _PGGAN = "slidestream.plugins.augmenters.pggan"
 
@@ -13,6 +13,6 @@ _PGGAN = "slidestream.plugins.augmenters.pggan"
 @hookimpl
 def slidestream_augmenters():
     return [AugmenterPlugin(
-        name="pggan", params=PARAMS,
+        name="pggan", params=PARAMS, runtime_params=RUNTIME_KEYS,
         train=lazy(f"{_PGGAN}:train"), sample=lazy(f"{_PGGAN}:sample"), stages=lazy(f"{_PGGAN}:stages"),
         summary="progressive-growing GAN (Karras et al. 2018), one per class, as in Liu et al. 2020")]

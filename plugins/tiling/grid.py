@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from slidestream.engine.hookspecs import Geometry, Tile, TilingPlugin, hookimpl
+from slidestream.engine.slide import MaskArea
 
 
 def tile_grid(mask: np.ndarray, rgb: np.ndarray, geometry: Geometry, size: int = 1024, min_tissue: float = 0.5,
@@ -27,27 +28,23 @@ def tile_grid(mask: np.ndarray, rgb: np.ndarray, geometry: Geometry, size: int =
     rows = int(math.floor((geometry.height - side0) / step0)) + 1 if geometry.height >= side0 else 0
     if rows == 0 or cols == 0:
         return []
-    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    s = geometry.thumb_scale
-    hm, wm = mask.shape
+    area = MaskArea(mask, geometry.thumb_scale)
     tiles = []
     for r in range(rows):
         for c in range(cols):
             x0, y0 = c * step0, r * step0
-            tx0, ty0 = min(int(x0 / s), wm), min(int(y0 / s), hm)
-            tx1, ty1 = min(max(int(math.ceil((x0 + side0) / s)), tx0 + 1), wm), min(max(int(math.ceil((y0 + side0) / s)), ty0 + 1), hm)
-            area = max((tx1 - tx0) * (ty1 - ty0), 1)
-            tissue = (integral[ty1, tx1] - integral[ty0, tx1] - integral[ty1, tx0] + integral[ty0, tx0]) / area
+            tissue = area.fraction(x0, y0, side0)
             if tissue < min_tissue or tissue == 0:
                 continue
-            score = float(tissue)
+            score = tissue
             if scorer == "dpw":
                 from .dpw_score import dpw_score
 
+                tx0, ty0, tx1, ty1 = area.box(x0, y0, side0)
                 m = mask[ty0:ty1, tx0:tx1]
                 score = float(dpw_score(rgb[ty0:ty1, tx0:tx1] * m[..., None])["score"])
             tiles.append(Tile(x=int(round(x0)), y=int(round(y0)), w=int(round(side0)), h=int(round(side0)),
-                              row=r, col=c, tissue=float(tissue), score=score))
+                              row=r, col=c, tissue=tissue, score=score))
     tiles.sort(key=lambda t: (-t.score, t.row, t.col))
     return tiles[:max_tiles] if max_tiles else tiles
 
