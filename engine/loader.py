@@ -73,19 +73,21 @@ class PatchLoader:
         self.buffer_chunks, self.augment, self.drop_last = max(1, buffer_chunks), augment, drop_last
         self.rows = np.sort(np.asarray(rows, np.int64))
         self.labels = store.column("label").astype(np.int64)
-        self.chunk = int(store.patches.chunks[0])
-        cid = self.rows // self.chunk
+        blocks = store.blocks()
+        self.chunk = int(max(1, (blocks[:, 1] - blocks[:, 0]).max())) if len(blocks) else 1
+        cid = np.searchsorted(blocks[:, 1], self.rows, side="right")  # block of each row
         self.chunks, starts = np.unique(cid, return_index=True)
-        self.groups = np.split(self.rows, starts[1:])  # rows of each chunk
+        self.blocks = blocks
+        self.groups = np.split(self.rows, starts[1:])  # rows of each block
 
     def __len__(self) -> int:
         n = len(self.rows)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _read(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        c, rows = int(self.chunks[k]), self.groups[k]
-        block = self.store.patches[c * self.chunk: (c + 1) * self.chunk]  # one chunk: one decompression
-        return apply_chain(block[rows - c * self.chunk], self.chain), rows
+        (r0, r1), rows = self.blocks[int(self.chunks[k])], self.groups[k]
+        block = self.store.read(int(r0), int(r1))  # one block: one decompression
+        return apply_chain(block[rows - r0], self.chain), rows
 
     def _chunks(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Chunk results in ``order``, read ahead by a thread pool (bounded look-ahead)."""

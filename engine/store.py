@@ -175,6 +175,19 @@ class PatchStore:
         """Metadata as a dict of equal-length numpy columns."""
         return {c: self.column(c) for c in (columns or COLUMNS)}
 
+    def blocks(self) -> np.ndarray:
+        """Committed rows as ``(k, 2)`` ``[row0, row1)`` ranges, each one storage chunk: reading one block
+        costs one decompression. Loaders shuffle and read by block; they never assume a chunk grid."""
+        n, c = len(self), int(self.patches.chunks[0])
+        starts = np.arange(0, n, c, dtype=np.int64)
+        return np.stack([starts, np.minimum(starts + c, n)], axis=1) if n else np.zeros((0, 2), np.int64)
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        """Patches of the committed rows ``row0 .. row1`` (uint8, (n, S, S, 3))."""
+        if not 0 <= row0 <= row1 <= len(self):
+            raise StoreError(f"rows {row0}..{row1} are outside the store's {len(self)} committed rows")
+        return np.asarray(self.patches[row0:row1])
+
     def done(self, key: str, section: str = "slides") -> bool:
         return key in self.manifest.get(section, {})
 
