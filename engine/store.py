@@ -188,6 +188,11 @@ class PatchStore:
             raise StoreError(f"rows {row0}..{row1} are outside the store's {len(self)} committed rows")
         return np.asarray(self.patches[row0:row1])
 
+    def records(self, section: str = "slides") -> dict[str, dict[str, Any]]:
+        """Committed records of ``section`` (``slides`` or ``synthetic``) by key: what a slide's or a
+        generator batch's commit said about it (reader, tiles, rows, patient_source, ...)."""
+        return dict(self.manifest.get(section, {}))
+
     def done(self, key: str, section: str = "slides") -> bool:
         return key in self.manifest.get(section, {})
 
