@@ -146,7 +146,8 @@ def schema() -> dict[str, Any]:
                     "synthetic": {"type": "integer", "minimum": 0, "description": "synthetic (GAN) patches added to training"},
                     "select": {"enum": ["auc", "loss"], "description": "best epoch: validation patient AUC (ties: loss) or loss"},
                     "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "P(mutant) cut for sens/spec/acc"},
-                    "fusion_split": {"enum": ["train", "val"], "description": "patients the fusion model is fitted on"},
+                    "fusion_split": {"enum": ["val", "train"], "description": "patients the fusion is fitted on: "
+                                     "val (default, out of sample) or train (in sample); never test"},
                     "num_workers": {"type": "integer", "minimum": 0, "description": "loader threads"},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },
