@@ -24,7 +24,8 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   fusion fit) are named in ``meta.selection`` and the report, which labels their metrics as selection-set
   (optimistic) metrics; the test split makes no choice.
 
-``evaluate()`` returns the dict written to ``metrics.json`` (plus the per-patient ``patients`` columns);
+``evaluate()`` returns the dict written to ``metrics.json`` (plus ``patients``: patient_id, split, label, age and
+one ``<predictor>_prob`` column per predictor, e.g. ``age+image_prob``);
 ``write_report()`` writes it with ``patients.csv``, ROC figures and a Markdown report that names the best
 epoch, the threshold rule and the fusion's patients (split, n, ids digest). Undefined values (AUC of a
 one-class split, sensitivity without mutants) are ``null``, with a line in ``meta.notes``.
@@ -335,7 +336,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     result["meta"] = meta
     result["patients"] = {"patient_id": t["patient_id"].tolist(), "split": t["split"].tolist(),
                           "label": t["label"].tolist(), "age": [None if np.isnan(a) else float(a) for a in t["age"]],
-                          **{name: preds[name].tolist() for name in order}}
+                          **{f"{name}_prob": preds[name].tolist() for name in order}}
     return result
 
 
