@@ -487,7 +487,7 @@ def _write_patients(cols: dict[str, list], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(names)
         for row in zip(*(cols[c] for c in names)):
-            w.writerow(["" if v is None else f"{v:.10g}" if isinstance(v, float) else v for v in row])
+            w.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])  # exact floats
 
 
 def write_report(metrics: dict, out_dir: str | Path) -> list[Path]:
