@@ -40,7 +40,7 @@ def _refusal(store) -> ConfigError:
 
 def tcga_patients(slide_ids: Sequence[str]) -> np.ndarray:
     """The patient barcode (first 12 characters, e.g. TCGA-CS-4938) of each TCGA slide id."""
-    ids = np.asarray(slide_ids).astype(str)
+    ids = [str(sid) for sid in slide_ids]
     for sid in ids:
         if not TCGA.match(sid):
             raise ConfigError(f"--patient-from tcga: slide id {sid!r} is not a TCGA barcode (TCGA-XX-XXXX...); "
@@ -122,10 +122,10 @@ def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold
     t = store.table(["patient_id", "slide_id", "label", "synthetic"])
     real = ~t["synthetic"].astype(bool)
     if patient_from in ("slide", "tcga"):
-        sids = t["slide_id"][real].astype(str)
-        pid = t["patient_id"].astype(object)
+        sids = [str(s) for s in t["slide_id"][real]]
+        pid = np.array([str(p) for p in t["patient_id"]], dtype=object)
         pid[real] = sids if patient_from == "slide" else tcga_patients(sids)
-        store.set_column("patient_id", pid.astype(str))
+        store.set_column("patient_id", pid)
         t["patient_id"] = store.column("patient_id")
     elif fell_back(store):  # patient ids from the table, but some are slide ids
         raise _refusal(store)
