@@ -268,6 +268,10 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             raise ConfigError(f"the bundle's fusion was fitted on {len(leaked)} patient(s) of this table's test split "
                               f"(e.g. {leaked[0]}); evaluate predictions of the store split the bundle was trained on")
         meta["fusion"] = {**fitted, "source": "bundle"}
+        own = sorted(str(p) for p in t["patient_id"][t["split"] == fitted.get("fit_on")])
+        if "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:
+            notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
+                         f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")
     elif fusion:
         meta["fusion"] = {**fit_fusion(t, fusion, fusion_params, fusion_split), "source": "fitted by evaluate"}
     if "fusion" in meta:

@@ -332,7 +332,7 @@ def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Pat
                 continue
             rows.append({"split": split, "model": r["arch"], **{k: m[k] for k in ("sensitivity", "specificity", "accuracy", "auc", "n")},
                          "best_epoch": r["best_epoch"], "init": r["init"]})
-            lines.append(f"| {split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
+            lines.append(f"| {'val (selection set)' if split == 'val' else split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
                          f"{f(m['auc'])} | {r['best_epoch'] + 1} | {r['init']} |")
     md = out / "comparison.md"
     md.write_text("# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"

@@ -117,6 +117,9 @@ def test_bundle_fusion_used_as_fitted_and_test_overlap_refused(csv_path):
     want = ev.apply_fusion(fitted, table)["age+image"]
     assert m["patients"]["age+image_prob"] == want.tolist()  # no refit: exactly the fitted model's outputs
     assert m["meta"]["selection"] == {"train": ["fusion fit"], "val": ["best epoch"], "test": []}
+    assert not any("other patients" in n for n in m["meta"]["notes"])
+    other = {**fitted, "fit_on": "val"}  # a bundle from another split of the cohort: said, not hidden
+    assert any("fitted on other patients" in n for n in ev.evaluate(table, fitted=other, bootstrap=0)["meta"]["notes"])
     leaky = {**fitted, "patients": fitted["patients"] + ["s3"]}
     with pytest.raises(ConfigError, match="test split") as e:
         ev.evaluate(table, fitted=leaky, bootstrap=0)
@@ -211,7 +214,7 @@ def test_write_report(csv_path, tmp_path):
                                                                                    if k != "patients"}))
     rows = (out / "patients.csv").read_text().splitlines()
     assert rows[0] == "patient_id,split,label,age,age_prob,image_prob,age+image_prob" and len(rows) == 1 + 20
-    assert rows[1].startswith("t1,train,1,35,") and rows[-1].startswith("s8,test,1,,")
+    assert rows[1].startswith("t1,train,1,35.0,") and rows[-1].startswith("s8,test,1,,")
     for split in ("val", "test"):
         with Image.open(out / f"roc_{split}.png") as im:
             assert im.size[0] > 300
