@@ -495,7 +495,8 @@ def _write_patients(cols: dict[str, list], path: Path) -> None:
 
 
 def write_report(metrics: dict, out_dir: str | Path) -> list[Path]:
-    """Write ``metrics.json``, ``patients.csv`` (every patient's predictor values), ``roc_val.png`` / ``roc_test.png`` (splits present) and ``report.md``."""
+    """Write ``metrics.json``, ``patients.csv`` (every patient's predictor values), ``roc_val.png`` /
+    ``roc_test.png`` (splits present) and ``report.md``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "patients.csv"]
