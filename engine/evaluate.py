@@ -470,9 +470,8 @@ def _choices(meta: dict) -> list[str]:
     if f:
         out.append(f"- Fusion `{f['name']}` ({f.get('source', '')}): fitted on the {f.get('fit_on')} split, "
                    f"n = {f.get('n')} patients, ids digest `{f.get('ids_digest')}`.")
-    out.append("- The test split was used for no choice; val" + (" and train" if meta.get("selection", {}).get("train")
-                                                                  else "") + " metrics of the predictors chosen on "
-               "them are selection-set metrics.")
+    out.append("- The test split was used for no choice; metrics on a split that made one are selection-set "
+               "metrics (optimistic).")
     return out
 
 

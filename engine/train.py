@@ -298,11 +298,13 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
                "init": init["kind"], "metrics": metrics, "history": history, "seconds": round(time.perf_counter() - t0, 1)}
     # training.json: settings, best epoch (chosen on val), fusion fit, image metrics at the best epoch; val metrics
     # are selection-set metrics (val chose the epoch). Only `slidestream evaluate` writes metrics.json.
+    val_role = "selection set (chose the best epoch" + (", fitted the fusion)" if fusion and fusion["fit_on"] == "val"
+                                                        else ")")
     doc = {"arch": arch, "settings": cfg, "init": init, "best_epoch": meta["best_epoch"],
            "best_epoch_chosen_on": "val", "selection": cfg["select"], "epochs": int(cfg["epochs"]),
            "fusion": {k: fusion[k] for k in ("name", "params", "fit_on", "n", "ids_digest")} if fusion else None,
            "metrics": {s_: {**{k: v for k, v in m.items() if k != "roc"},
-                            "role": "selection set (chose the best epoch)" if s_ == "val" else "held out"}
+                            "role": val_role if s_ == "val" else "held out"}
                        for s_, m in metrics.items()},
            "seconds": summary["seconds"], "bundle": str(out_dir)}
     (out_dir / "training.json").write_text(json.dumps(doc, indent=1, default=str))

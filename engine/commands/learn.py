@@ -81,7 +81,8 @@ def predict_command(
     out: Optional[Path] = typer.Option(None, "--out", help="With --store: predictions CSV (default predictions.csv); "
                                                             "with slides: folder for the heatmaps (default .)."),
     age: Optional[float] = typer.Option(None, "--age", help="Patient age in years: adds the age+image probability "
-                                                             "when the bundle has a fusion model."),
+                                                             "with the bundle's fusion model (fitted on the val "
+                                                             "patients; the one `evaluate --bundle` uses)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for inputs without resolution metadata (photos)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
