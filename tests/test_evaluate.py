@@ -265,6 +265,8 @@ def test_cli_pipeline_fusion_split(csv_path, tmp_path):
     both = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(tmp_path / "o"), "--bundle", str(tmp_path),
                                        "--fusion", "age_gda"])
     assert isinstance(both.exception, ConfigError) and "--bundle" in str(both.exception)
+    alone = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(tmp_path / "o"), "--fusion-split", "train"])
+    assert isinstance(alone.exception, ConfigError) and "needs a fusion" in str(alone.exception)
 
 
 def test_cli_main_prints_one_line_error(tmp_path, monkeypatch, capsys):

@@ -65,6 +65,8 @@ def evaluate_command(
         fusion = fusion or fref.get("name")
         params = fref.get("params") if fusion == fref.get("name") else None
         fusion_split = fusion_split or settings(p)["fusion_split"]
+    if fusion_split and not fusion:
+        raise ConfigError("--fusion-split needs a fusion to fit: give --fusion age_gda or a --pipeline with a fusion section")
     if fusion_split not in (None, *ev.FUSION_SPLITS):
         raise ConfigError(f"--fusion-split must be val or train (the test split makes no choice), not {fusion_split!r}")
     table = ev.load_predictions(predictions)
