@@ -89,18 +89,24 @@ def extract_cmd(
     qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE/qa/<slide>.png: mask overlay and kept tiles."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress goes to stderr)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="Accept a cohort CSV without label/patient_id/age "
+                                   "columns (each slide its own patient; such a store cannot be split or trained on)."),
+    allow_corrupt_tiles: bool = typer.Option(False, "--allow-corrupt-tiles", help="Drop tiles whose image data the "
+                                             "decoder reports corrupt (listed per slide) instead of failing the slide."),
 ):
     """Extract patches from slides into a zarr patch store.
 
     Exit status: 0 all slides done (slides without tissue are recorded, not errors), 1 some slides
     failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input.
     """
-    from ..runner import extract, read_cohort
+    from ..cohort import read_cohort
+    from ..runner import extract
 
     p = config.load(pipeline)
-    cohort = read_cohort(slides, default_mpp=mpp)
+    cohort = read_cohort(slides, default_mpp=mpp, unlabeled=unlabeled)
     summary = extract(p, cohort, out, workers=workers, scheduler=scheduler, threads=threads, qa=qa,
-                      progress=not (quiet or as_json), pipeline_path=str(pipeline))
+                      progress=not (quiet or as_json), pipeline_path=str(pipeline),
+                      allow_corrupt_tiles=allow_corrupt_tiles)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import struct
 from typing import Callable
 
 import numpy as np
+
+from slidestream.engine.errors import BrokenFile
 
 
 def positive_float(v) -> float | None:
@@ -48,14 +51,44 @@ def read_clipped(read: Callable[[int, int, int, int], np.ndarray], location: tup
     return out
 
 
-def check_tiff_complete(path: str) -> None:
-    """Raise ValueError when a TIFF's strips/tiles point past the end of the file (a truncated copy).
+MAX_LEVEL_PIXELS = 2 ** 36  # 262144² px: no scanner writes more; larger claims are broken headers
+MAX_TILE_BYTES = 2 ** 28  # decompressed bytes of one tile or strip
 
-    Some decoders (cuCIM among them) read such files silently, returning garbage for the missing tiles.
+
+def file_kind(path: str) -> str:
+    """"tiff", "dicom" or "" from the first bytes (suffixes lie)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return ""
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return "dicom" if head[128:132] == b"DICM" else ""
+
+
+def check_claims(path: str) -> None:
+    """Refuse a file whose header claims do not add up, before any pixel is read (BrokenFile, one line).
+
+    The shared gate of every reader: TIFFs are checked here (:func:`check_tiff`); DICOM frame tables are
+    checked by the DICOM reader as it indexes the frames (``dicom._Level``); plain images by Pillow's
+    decompression-bomb limit (``image.ImageSlide``)."""
+    if os.path.isfile(path) and file_kind(path) == "tiff":
+        check_tiff(path)
+
+
+def check_tiff(path: str) -> None:
+    """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies.
+
+    * level size at most ``MAX_LEVEL_PIXELS`` and one tile/strip at most ``MAX_TILE_BYTES`` decompressed;
+    * as many tile (strip) offsets and byte counts as the size needs: ceil(W/tw) x ceil(H/th) (x samples
+      when planar);
+    * every tile's bytes inside the file (a truncated copy), uncompressed tiles exactly their raw size;
+    * no directory pointing past the end of the file (tifffile logs those; collected, not printed).
     """
-    import tifffile
-
     import logging
+
+    import tifffile
 
     size = os.path.getsize(path)
     problems: list[str] = []
@@ -65,20 +98,56 @@ def check_tiff_complete(path: str) -> None:
             problems.append(record.getMessage())
 
     log = logging.getLogger("tifffile")
-    handler, propagate = Catch(level=logging.ERROR), log.propagate
+    handler, propagate = Catch(level=logging.WARNING), log.propagate
     log.addHandler(handler)
     log.propagate = False
     try:
         with tifffile.TiffFile(path) as tf:
-            for page in tf.pages:
-                offs, counts = page.dataoffsets, page.databytecounts
-                if len(offs) and max(o + c for o, c in zip(offs, counts)) > size:
-                    raise ValueError("truncated file: image data runs past the end of the file")
+            pages = list(tf.pages)
+            for series in tf.series[:1]:
+                for lv in series.levels[1:]:  # SubIFD pyramid levels are not in tf.pages
+                    pages += [p for p in lv.pages if p is not None and p not in pages]
+            for k, page in enumerate(pages):
+                _check_page(page, k, size)
+    except BrokenFile:
+        raise
+    except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
+        raise BrokenFile(f"not a readable TIFF: {e}") from None
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
-    if any("invalid page offset" in p or "truncated" in p.lower() for p in problems):
-        raise ValueError("truncated file: TIFF directories point past the end of the file")
+    if any("invalid page offset" in p or "truncated" in p.lower() or "invalid offset" in p for p in problems):
+        raise BrokenFile("truncated file: TIFF directories point past the end of the file")
+
+
+def _check_page(page, k: int, file_size: int) -> None:
+    import math
+
+    w, h = int(page.imagewidth), int(page.imagelength)
+    what = f"image {k} ({w} x {h} px)"
+    spp = int(page.samplesperpixel)
+    item = int(page.bitspersample) * spp // 8 or 1
+    planes = spp if page.planarconfig == 2 else 1
+    if page.is_tiled:
+        tw, th, td = int(page.tilewidth), int(page.tilelength), int(page.tiledepth or 1)
+        need = math.ceil(w / tw) * math.ceil(h / th) * math.ceil(int(page.imagedepth or 1) / td) * planes
+        raw, unit = tw * th * td * item // planes, f"{tw} x {th} tiles"
+    else:
+        rps = min(int(page.rowsperstrip or h), h) or h
+        need = math.ceil(h / rps) * planes
+        raw, unit = w * rps * item // planes, f"strips of {rps} rows"
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) != need or len(counts) != need:
+        raise BrokenFile(f"{what} in {unit} needs {need:,} data offsets but the file lists {len(offsets):,}: "
+                         "a broken or patched header")
+    if w * h > MAX_LEVEL_PIXELS:
+        raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
+    if raw > MAX_TILE_BYTES:
+        raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
+    if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
+        raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
+    if page.compression == 1 and any(0 < int(c) < raw for c in counts):
+        raise BrokenFile(f"{what}: uncompressed {unit} hold fewer bytes than their size needs")
 
 
 def mpp_from_tiff_tags(page) -> float | None:

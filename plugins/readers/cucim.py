@@ -13,7 +13,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
+from .common import check_claims, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
 
 
 _quiet_done = False
@@ -46,7 +46,7 @@ class CucimSlide:
     """With ``device="cuda"`` regions are decoded on the GPU (nvJPEG via cuCIM) and copied back."""
 
     def __init__(self, path: str, device: str = "cpu"):
-        check_tiff_complete(path)
+        check_claims(path)
         if tiff_jfif_marked_rgb(path):
             raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
         self.path = path

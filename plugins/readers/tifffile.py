@@ -11,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, mpp_from_tiff_tags, positive_float, read_clipped
+from .common import check_claims, mpp_from_tiff_tags, positive_float, read_clipped
 
 
 class TiffSlide:
@@ -19,7 +19,7 @@ class TiffSlide:
         import tifffile
         import zarr
 
-        check_tiff_complete(path)
+        check_claims(path)
         self.path = path
         self._tf = tifffile.TiffFile(path)
         series = self._tf.series[0]
