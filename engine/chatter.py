@@ -176,4 +176,7 @@ def complaint(text: str) -> str:
     """The decoder's complaint about damaged data in ``text``, as one line ('' when there is none)."""
     lines = [ln.strip() for ln in text.splitlines() if CORRUPT.search(ln)]
     lines = [ln for ln in lines if not ln.startswith("ERROR in line")] or lines  # cuCIM's own preamble
-    return "; ".join(dict.fromkeys(lines))[:300]
+    lines = list(dict.fromkeys(lines))
+    if not lines:
+        return ""
+    return lines[0][:200] + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else "")

@@ -83,7 +83,7 @@ def check_tiff(path: str) -> None:
     * level size at most ``MAX_LEVEL_PIXELS`` and one tile/strip at most ``MAX_TILE_BYTES`` decompressed;
     * as many tile (strip) offsets and byte counts as the size needs: ceil(W/tw) x ceil(H/th) (x samples
       when planar);
-    * every tile's bytes inside the file (a truncated copy), uncompressed tiles exactly their raw size;
+    * every tile's bytes inside the file (a truncated copy);
     * no directory pointing past the end of the file (tifffile logs those; collected, not printed).
     """
     import logging
@@ -146,8 +146,6 @@ def _check_page(page, k: int, file_size: int) -> None:
         raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
     if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
         raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
-    if page.compression == 1 and any(0 < int(c) < raw for c in counts):
-        raise BrokenFile(f"{what}: uncompressed {unit} hold fewer bytes than their size needs")
 
 
 def mpp_from_tiff_tags(page) -> float | None:
