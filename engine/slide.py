@@ -77,13 +77,20 @@ class Slide:
 
     def read_checked(self, x: int, y: int, size0: float, out_size: int) -> tuple[np.ndarray, str]:
         """``read`` and the decoder's complaint about damaged data in it ('' when none)."""
-        rgb, said = checked_read(lambda: self.read(x, y, size0, out_size))
+        try:
+            rgb, said = checked_read(lambda: self.read(x, y, size0, out_size))
+        except BrokenFile as e:  # the reader saw a damaged tile before decoding it
+            self.log.append(str(e))
+            return None, str(e)
         if said:
             self.log.append(said)
         return rgb, complaint(said)
 
     def _region(self, location, level, size) -> np.ndarray:
-        rgb, said = checked_read(lambda: self.reader.read_region(location, level, size))
+        try:
+            rgb, said = checked_read(lambda: self.reader.read_region(location, level, size))
+        except BrokenFile as e:
+            raise SlideError(f"{self.path}: {e} (read for the thumbnail); the file is damaged, copy it again") from None
         if said:
             self.log.append(said)
             if complaint(said) and not self.allow_corrupt:

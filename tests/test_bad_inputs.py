@@ -96,26 +96,26 @@ def test_flipped_jpeg_bytes_are_never_silently_done(corpus):
 
 def test_allow_corrupt_tiles_drops_and_lists_them(corpus):
     c = corpus  # 10 flipped bytes (100 hit every tile of this small slide): some tiles survive
-    # seed 1 is left out: cuCIM itself segfaults on one of its damaged tiles (a known gap, see README)
-    few = [B.flip_jpeg_bytes(c["good"], c["d"] / f"flip{s}.svs", 10, seed=s) for s in (0, 2, 3)]
+    # seed 1 damages a tile's JPEG header (288 px wide in a 256 px tile), on which cuCIM would segfault
+    few = [B.flip_jpeg_bytes(c["good"], c["d"] / f"flip{s}.svs", 10, seed=s) for s in (0, 1, 2)]
     rows = [[c["good"], "P0", 1, 50]] + [[p, f"F{s}", 0, 60] for s, p in enumerate(few)]
     code, summary, err, _ = _extract(c["pipe"], _csv(c["d"] / "allow.csv", rows), c["d"] / "allow",
                                      "--allow-corrupt-tiles")
     by = {s["slide_id"]: s for s in summary["slides"]}
-    for s in (0, 2, 3):  # a `done` slide with dropped tiles says so (its flips may also lie in tiles not read)
+    for s in (0, 1, 2):  # a `done` slide with dropped tiles says so (its flips may also lie in tiles not read)
         x = by[f"flip{s}"]
         assert x["status"] in ("done", "error") and (x["corrupt_tiles"] > 0) == ("dropped" in x["reason"]), x
     m = PatchStore.open(c["d"] / "allow").records("slides")
-    done = [k for k in ("flip0", "flip2", "flip3") if k in m and m[k]["status"] == "done" and m[k].get("corrupt_tiles")]
+    done = [k for k in ("flip0", "flip1", "flip2") if k in m and m[k]["status"] == "done" and m[k].get("corrupt_tiles")]
     assert done, "no flipped slide kept its good tiles with the corrupt ones listed"
     for k in done:
         rec = m[k]
-        assert rec["corrupt_tiles"] and all("Corrupt JPEG" in t["reason"] for t in rec["corrupt_tiles"])
-        assert "Corrupt JPEG" in rec["log"]  # the decoder's words are kept for debugging
+        assert rec["corrupt_tiles"] and all("corrupt jpeg" in t["reason"].lower() for t in rec["corrupt_tiles"])
+        assert "corrupt jpeg" in rec["log"].lower()  # the decoder's (or the check's) words are kept for debugging
         kept = {t for t in PatchStore.open(c["d"] / "allow").column("tile_id")[slice(*rec["rows"])]}
         assert not kept & {t["tile"] for t in rec["corrupt_tiles"]}
     assert np.array_equal(_good_patches(c["d"] / "allow"), _good_patches(c["d"] / "ref"))
-    assert code == (1 if any(by[f"flip{s}"]["status"] == "error" for s in (0, 2, 3)) else 0)
+    assert code == (1 if any(by[f"flip{s}"]["status"] == "error" for s in (0, 1, 2)) else 0)
 
 
 def test_header_claims_are_refused_fast(tmp_path):
@@ -123,6 +123,7 @@ def test_header_claims_are_refused_fast(tmp_path):
     from slidestream.engine.slide import open_slide
 
     good = B.good_slide(tmp_path / "g.svs")
+    open_slide(good).close()  # the readers' libraries are imported once, not timed
     for w in (10 ** 6, 2 ** 31):
         p = B.claim_size(good, tmp_path / f"c{w}.svs", w, w)
         t0 = time.perf_counter()
