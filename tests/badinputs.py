@@ -116,7 +116,7 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     odd.write_bytes(good.read_bytes())
     out["slide é ü (copy)"] = (odd, "done", r"^$")
     dcm = WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
-    out["dicom_trunc"] = (truncate(dcm, d / "dicom_trunc.dcm", 0.5), "error", r"truncated|not a readable")
+    out["dicom_trunc"] = (truncate(dcm, d / "dicom_trunc.dcm", 0.5), "error", r"truncated or damaged")
     (d / "text.svs").write_text("this is not a slide\n")
     out["text"] = (d / "text.svs", "error", r"not a readable slide")
     return out

@@ -148,7 +148,7 @@ class _Level:
     def _frame_ranges(self, ds) -> list[tuple[int, int]]:
         el = ds.get_item(0x7FE00010, keep_deferred=True)
         if el is None or getattr(el, "value_tell", None) is None:
-            raise ValueError("DICOM file has no pixel data")
+            raise BrokenFile("a DICOM file without pixel data: truncated or damaged (or not an image)")
         start = el.value_tell
         if self.syntax in NATIVE:
             size = self.tw * self.th * self.spp
@@ -255,6 +255,8 @@ class DicomSlide:
             if not _is_dicom(p):
                 raise ValueError("not a DICOM file (no DICM marker)")
             own = _header(p)
+            if "PixelData" not in own:  # pydicom stops quietly where a cut-short header ends
+                raise BrokenFile("a DICOM file without pixel data: truncated or damaged (or not an image)")
             if not _is_wsi_level(own):
                 raise ValueError("DICOM file is not a whole-slide image (no TotalPixelMatrixColumns)")
             series = own.get("SeriesInstanceUID")
