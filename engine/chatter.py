@@ -147,10 +147,15 @@ class _FileHandler(logging.Handler):
             pass
 
 
+_LIBC: list = []
+
+
 def _flush_c() -> None:
     """Flush C stdio buffers, so text a library printf'ed lands in the file now."""
     try:
-        ctypes.CDLL(None).fflush(None)
+        if not _LIBC:
+            _LIBC.append(ctypes.CDLL(None))
+        _LIBC[0].fflush(None)
     except Exception:
         pass
 

@@ -242,7 +242,7 @@ RAW = {"error": "malformed file structure", "IndexError": "malformed file struct
 
 def plain(e: Exception) -> str:
     """One line in plain words; a raw library message comes after a colon, behind what it means."""
-    text = " ".join(str(e).split())[:160]
+    text = " ".join(str(e).split())[:240]
     plain = RAW.get(type(e).__name__)
     if plain:
         return f"{plain}: {text}" if text else plain

@@ -72,7 +72,9 @@ def corpus(tmp_path_factory):
 def test_bad_slides_beside_a_good_one(corpus):
     c = corpus
     assert c["code"] == 1  # README: 1 = some slides failed
-    assert c["seconds"] < 30 * len(c["cases"])
+    # time bound: the whole batch (~30 cases, most refused in milliseconds) well under 30 s per case, and no
+    # slide that got as far as reading pixels took 30 s
+    assert c["seconds"] < 120 and all(x["seconds"] < 30 for x in c["summary"]["slides"])
     by = {s["slide_id"]: s for s in c["summary"]["slides"]}
     failures = []
     for name, (path, status, pattern) in c["cases"].items():

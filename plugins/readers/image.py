@@ -32,7 +32,8 @@ class ImageSlide:
                     dpi = im.info.get("dpi")
         except Image.DecompressionBombError as e:
             raise BrokenFile(f"the image claims more pixels than Pillow's decompression-bomb limit "
-                             f"({2 * Image.MAX_IMAGE_PIXELS:,} px): {e}; convert it to a tiled pyramidal TIFF") from None
+                             f"({2 * Image.MAX_IMAGE_PIXELS:,} px); convert it to a tiled pyramidal TIFF: "
+                             f"{str(e).split(', could be')[0]}") from None
         except OSError as e:
             if "truncated" in str(e):
                 raise BrokenFile(f"truncated image: {e}") from None
