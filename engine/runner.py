@@ -143,13 +143,18 @@ def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, al
     t0 = time.perf_counter()
     with CAPTURE.on():
         p0 = CAPTURE.position()
-        slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
-                           device=resolve_device(pipeline.get("device", "auto")))
+        try:
+            slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
+                               device=resolve_device(pipeline.get("device", "auto")))
+        except Exception as e:
+            e.log = CAPTURE.text(p0).strip()  # what the libraries said, for the slide's record
+            raise
         slide.allow_corrupt = allow_corrupt
         try:
             plan = plan_slide(pipeline, slide, row.slide_id)
-        except BaseException:
+        except BaseException as e:
             slide.close()
+            e.log = "\n".join([CAPTURE.text(p0).strip()] + slide.log).strip()
             raise
         said = CAPTURE.text(p0).strip()
         if said:
@@ -176,10 +181,10 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
     prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order, allow_corrupt))
     try:
         slide, (thumb, mask, geometry, tiles, rows), plan_s = prepared()
-    except SlidestreamError as e:
-        return {**rec, "status": "error", "reason": str(e)}
-    except Exception as e:  # a reader or plugin failed in an unexpected way
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {_plain(e)}"}
+    except Exception as e:  # SlidestreamError: our words; else a reader or plugin failed in an unexpected way
+        reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
+        log = getattr(e, "log", "")
+        return {**rec, "status": "error", "reason": reason, **({"log": log[-4000:]} if log else {})}
     t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
     try:
         if done_json.exists() and final.exists():  # finished by an earlier, interrupted run
