@@ -188,3 +188,14 @@ def test_errors_are_one_unwrapped_line_when_piped(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(f) in lines[0] and "\x1b" not in lines[0]
+
+
+def test_unreadable_tables_and_links_are_named(tmp_path):
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("slide_path,patient_id,label,age\nsch\xf6n.svs,P1,1,40\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.csv: not UTF-8 text .*save the table as CSV UTF-8"):
+        read_cohort(latin)
+    loop = tmp_path / "cohort.csv"
+    loop.symlink_to(loop.name)
+    with pytest.raises(ConfigError, match=r"cohort.csv: broken symbolic link \(or a link loop\)"):
+        read_cohort(loop)
