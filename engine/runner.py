@@ -24,9 +24,9 @@ import numpy as np
 
 from . import config, registry
 from .chatter import CAPTURE
+from .cohort import SLIDE_SUFFIXES, SlideRow, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
 from .errors import ConfigError, SlideError, SlidestreamError
 from .progress import ExtractProgress
-from .cohort import SLIDE_SUFFIXES, SlideRow, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
 from .device import resolve_device
 from .slide import MaskArea, Slide, open_slide, plain as _plain
 from .store import PatchStore, atomic_write_text
