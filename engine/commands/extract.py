@@ -68,9 +68,14 @@ def tissue_cmd(
         except OSError as e:
             raise ConfigError(f"{input}: not an image ({e})") from None
     else:
-        slide = open_slide(input, order=p["reader"].get("order"), mpp=mpp if mpp else float("nan"))
-        rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
-        slide.close()
+        from ..chatter import CAPTURE
+
+        with CAPTURE.on():  # decoders' chatter off the terminal; a damaged thumbnail level is an error
+            slide = open_slide(input, order=p["reader"].get("order"), mpp=mpp if mpp else float("nan"))
+            try:
+                rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
+            finally:
+                slide.close()
     mask = tissue_mask(p, rgb)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((mask * 255).astype(np.uint8)).save(f"{out}_mask.png")
