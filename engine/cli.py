@@ -28,5 +28,18 @@ def main() -> None:
     try:
         app()
     except SlidestreamError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
+        print_error(e)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print_error("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+def print_error(e) -> None:
+    """``error: <one line>`` on stderr: red on a terminal, never wrapped (plain text when piped)."""
+    line = "error: " + " ".join(str(e).split())
+    if sys.stderr.isatty():
+        typer.secho(line, err=True, fg="red")
+    else:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()

@@ -9,7 +9,6 @@ file on dask workers), whatever the slide's size.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -17,130 +16,20 @@ import shutil
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from . import config, registry
-from .errors import ConfigError, SlidestreamError
+from .chatter import CAPTURE
+from .cohort import SLIDE_SUFFIXES, SlideRow, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
+from .errors import ConfigError, SlideError, SlidestreamError
 from .progress import ExtractProgress
 from .device import resolve_device
-from .slide import MaskArea, Slide, open_slide
+from .slide import MaskArea, Slide, open_slide, plain as _plain
 from .store import PatchStore, atomic_write_text
-
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
-                  ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
-LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
-          "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
-
-
-@dataclass(frozen=True)
-class SlideRow:
-    """One slide of a cohort."""
-
-    slide_path: str
-    slide_id: str
-    patient_id: str
-    label: int = -1
-    age: float = math.nan
-    mpp: float | None = None
-
-
-# ------------------------------------------------------------------------------------ cohorts
-def read_cohort(source: str | Path, default_mpp: float | None = None) -> list[SlideRow]:
-    """Slides from a CSV (slide_path, patient_id, label, age[, mpp][, slide_id]) or a folder of slides."""
-    src = Path(source)
-    if src.is_file() and (src.suffix.lower() in SLIDE_SUFFIXES):  # a single slide
-        rows = [SlideRow(str(src), _slide_id(src), _slide_id(src), mpp=default_mpp)]
-    elif src.is_dir():
-        rows = _scan_dir(src, default_mpp)
-    elif src.is_file():
-        rows = _read_csv(src, default_mpp)
-    else:
-        raise ConfigError(f"--slides {src}: no such file or folder; give a cohort CSV or a folder of slides")
-    if not rows:
-        raise ConfigError(f"--slides {src}: no slides found")
-    seen: dict[str, str] = {}
-    for r in rows:
-        if r.slide_id in seen:
-            raise ConfigError(f"--slides {src}: slide id {r.slide_id!r} is used by {seen[r.slide_id]} and {r.slide_path}; "
-                              "add a unique `slide_id` column")
-        seen[r.slide_id] = r.slide_path
-    return rows
-
-
-def _slide_id(p: Path) -> str:
-    name = p.name
-    for suf in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name if p.is_dir() else p.stem
-
-
-def _scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
-    files = [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
-             and not p.name.startswith(".")]
-    rows, dicom = [], {}
-    for p in files:
-        if p.suffix.lower() == ".dcm":
-            dicom.setdefault(p.parent, []).append(p)
-        else:
-            rows.append(SlideRow(str(p), _slide_id(p), _slide_id(p), mpp=default_mpp))
-    for folder, dcms in dicom.items():  # a DICOM-WSI slide is a series; its levels are separate files
-        series = _dicom_series(dcms)
-        for first in series:
-            whole_folder = len(series) == 1 and len(dcms) > 1
-            path, sid = (folder, _slide_id(folder)) if whole_folder else (first, _slide_id(first))
-            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp))
-    return sorted(rows, key=lambda r: r.slide_path)
-
-
-def _dicom_series(files: list[Path]) -> list[Path]:
-    """The first file of each DICOM series among ``files`` (one slide per series)."""
-    try:
-        import pydicom
-    except ImportError:
-        return files[:1]
-    import warnings
-
-    first: dict[str, Path] = {}
-    for f in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. over-long UIDs written by converters
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-                uid = str(ds.SeriesInstanceUID)
-        except Exception:
-            uid = str(f)  # unreadable: its own "series", so the readers report it
-        first.setdefault(uid, f)
-    return list(first.values())
-
-
-def _read_csv(path: Path, default_mpp: float | None) -> list[SlideRow]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        if "slide_path" not in cols:
-            raise ConfigError(f"{path}: no `slide_path` column; columns must be slide_path,patient_id,label,age[,mpp]")
-        out = []
-        for i, raw in enumerate(reader, start=2):
-            r = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
-            sp = Path(r["slide_path"])
-            if not sp.is_absolute():
-                sp = path.parent / sp
-            label = r.get("label", "").lower()
-            if label not in LABELS:
-                raise ConfigError(f"{path} line {i}: label {r.get('label')!r} is not 1/0, mutant/wildtype or empty")
-            try:
-                age = float(r["age"]) if r.get("age") else math.nan
-                mpp = float(r["mpp"]) if r.get("mpp") else default_mpp
-            except ValueError as e:
-                raise ConfigError(f"{path} line {i}: {e}; age and mpp must be numbers") from None
-            sid = r.get("slide_id") or _slide_id(sp)
-            out.append(SlideRow(str(sp), sid, r.get("patient_id") or sid, LABELS[label], age, mpp))
-    return out
 
 
 # ------------------------------------------------------------------------------------ tissue
@@ -210,8 +99,12 @@ def patch_table(rows, tiles) -> dict[str, np.ndarray]:
             "tile_tissue": np.array([tiles[r[0]].tissue for r in rows], np.float32)}
 
 
-def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1):
-    """Yield (row indices, patches) per batch of tiles; tiles are decoded by ``threads`` threads."""
+def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1,
+                       problems: dict[int, str] | None = None):
+    """Yield (row indices, patches) per tile, batches of tiles decoded by ``threads`` threads.
+
+    A tile its decoder complained about (``Slide.read_checked``) is not yielded: its index and the
+    complaint go into ``problems`` (pass a dict), or, without one, it raises SlideError."""
     s = int(pipeline["patches"]["size"])
     batch = int(pipeline["store"].get("batch_tiles", 4))
     by_tile: dict[int, list[int]] = {}
@@ -221,12 +114,19 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
 
     def read(ti):
         t = tiles[ti]
-        return slide.read(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
+        return slide.read_checked(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for b0 in range(0, len(order), batch):
             chunk = order[b0:b0 + batch]
-            for ti, rgb in zip(chunk, pool.map(read, chunk)):
+            for ti, (rgb, said) in zip(chunk, pool.map(read, chunk)):
+                if said:
+                    if problems is None:
+                        t = tiles[ti]
+                        raise SlideError(f"{slide.path}: corrupt image data in tile {ti} (level-0 x={t.x}, y={t.y}): "
+                                         f"{said}; copy the slide again, or pass --allow-corrupt-tiles to drop such tiles")
+                    problems[ti] = said
+                    continue
                 idx = by_tile[ti]
                 out = np.empty((len(idx), s, s, 3), np.uint8)
                 for j, i in enumerate(idx):
@@ -235,41 +135,56 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
                 yield idx, out
 
 
-def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None):
+def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, allow_corrupt: bool = False):
     """Open and plan one slide (thumbnail, mask, tiles, patch positions; no tile pixels yet).
 
-    Returns ``(slide, plan, seconds)``; raises on a slide that cannot be used."""
+    Returns ``(slide, plan, seconds)``; raises on a slide that cannot be used. Library chatter goes to
+    ``slide.log``, not the terminal."""
     t0 = time.perf_counter()
-    slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
-                       device=resolve_device(pipeline.get("device", "auto")))
-    try:
-        plan = plan_slide(pipeline, slide, row.slide_id)
-    except BaseException:
-        slide.close()
-        raise
+    with CAPTURE.on():
+        p0 = CAPTURE.position()
+        try:
+            slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
+                               device=resolve_device(pipeline.get("device", "auto")))
+        except Exception as e:
+            e.log = CAPTURE.text(p0).strip()  # what the libraries said, for the slide's record
+            raise
+        slide.allow_corrupt = allow_corrupt
+        try:
+            plan = plan_slide(pipeline, slide, row.slide_id)
+        except BaseException as e:
+            slide.close()
+            e.log = "\n".join([CAPTURE.text(p0).strip()] + slide.log).strip()
+            raise
+        said = CAPTURE.text(p0).strip()
+        if said:
+            slide.log.insert(0, said)
     return slide, plan, time.perf_counter() - t0
 
 
 def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir: str | None = None,
                   threads: int = 1, reader_order=None, progress: Callable[[int, int], None] | None = None,
-                  store: PatchStore | None = None, prepared: Callable[[], tuple] | None = None) -> dict:
+                  store: PatchStore | None = None, prepared: Callable[[], tuple] | None = None,
+                  allow_corrupt: bool = False) -> dict:
     """Extract one slide into ``staging/<slide_id>.npy`` (+ ``.json``); return its record.
 
     Runs on a dask worker. Errors come back as a record with ``status: "error"`` so one bad slide does
     not stop the cohort. In-process (``store`` given) the patches stream straight into the store,
     compressed while the next tiles decode, and the slide is committed here. ``prepared`` returns
     ``prepare_slide``'s result when the slide was opened and planned ahead (while the previous one ran).
+    A tile its decoder complains about fails the slide; with ``allow_corrupt`` such tiles are dropped
+    (listed in ``record["corrupt_tiles"]``; the slide's other tiles are read again without them).
     """
     rec: dict[str, Any] = {"slide_path": row.slide_path, "patient_id": row.patient_id}
     final = Path(staging) / f"{row.slide_id}.npy"
     done_json = final.with_suffix(".json")
-    prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order))
+    prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order, allow_corrupt))
     try:
         slide, (thumb, mask, geometry, tiles, rows), plan_s = prepared()
-    except SlidestreamError as e:
-        return {**rec, "status": "error", "reason": str(e)}
-    except Exception as e:  # a reader or plugin failed in an unexpected way
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {type(e).__name__}: {str(e)[:200]}"}
+    except Exception as e:  # SlidestreamError: our words; else a reader or plugin failed in an unexpected way
+        reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
+        log = getattr(e, "log", "")
+        return {**rec, "status": "error", "reason": reason, **({"log": log[-4000:]} if log else {})}
     t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
     try:
         if done_json.exists() and final.exists():  # finished by an earlier, interrupted run
@@ -287,21 +202,44 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
             rec.update(status="empty", reason=reason, n_patches=0, seconds=time.perf_counter() - t0)
             return rec
         s = int(pipeline["patches"]["size"])
-        if store is not None:
-            writer = store.begin(row.slide_id, len(rows))
-            sink = writer.write
-        else:
-            tmp = final.with_name(f".{row.slide_id}.{os.getpid()}.tmp.npy")
-            staged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
+        corrupt: dict[int, str] = {}
+        for attempt in range(2):  # a second pass only to leave out corrupt tiles (--allow-corrupt-tiles)
+            if store is not None:
+                writer = store.begin(row.slide_id, len(rows))
+                sink = writer.write
+            else:
+                tmp = final.with_name(f".{row.slide_id}.{os.getpid()}.tmp.npy")
+                staged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
 
-            def sink(off: int, p: np.ndarray) -> None:
-                staged[off: off + len(p)] = p
-        done = 0
-        for idx, patches in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
-            sink(idx[0], patches)  # a tile's patches are consecutive rows
-            done += len(idx)
-            if progress:
-                progress(done, len(rows))
+                def sink(off: int, p: np.ndarray) -> None:
+                    staged[off: off + len(p)] = p
+            done = 0
+            found: dict[int, str] = {}
+            with CAPTURE.on():
+                for idx, patches in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads,
+                                                       found if allow_corrupt and not attempt else None):
+                    if not found:
+                        sink(idx[0], patches)  # a tile's patches are consecutive rows
+                    done += len(idx)
+                    if progress:
+                        progress(done, len(rows))
+            if not found:
+                break
+            corrupt = found
+            rows = [r for r in rows if r[0] not in corrupt]
+            if store is not None:  # let the abandoned pass's background writes finish before rewriting its rows
+                for f in getattr(writer, "_pending", []):
+                    f.result()
+            if not rows:
+                raise SlideError(f"{row.slide_path}: every kept tile has corrupt image data "
+                                 f"({next(iter(corrupt.values()))}); copy the slide again")
+        if corrupt:
+            rec["corrupt_tiles"] = [{"tile": ti, "x": tiles[ti].x, "y": tiles[ti].y, "reason": why}
+                                    for ti, why in sorted(corrupt.items())]
+            rec["reason"] = (f"{len(corrupt)} tile{'s' if len(corrupt) > 1 else ''} with corrupt image data "
+                             f"dropped (--allow-corrupt-tiles): {next(iter(corrupt.values()))}")
+        if slide.log:
+            rec["log"] = "\n".join(slide.log)[-4000:]
         meta = {k: v.tolist() for k, v in patch_table(rows, tiles).items()}
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,
                    tiles=[asdict(t) for t in tiles])
@@ -316,9 +254,10 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
         atomic_write_text(done_json, json.dumps(rec))
         return rec
     except SlidestreamError as e:
-        return {**rec, "status": "error", "reason": str(e)}
+        return {**rec, "status": "error", "reason": str(e), **({"log": "\n".join(slide.log)[-4000:]} if slide.log else {})}
     except Exception as e:
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {type(e).__name__}: {str(e)[:200]}"}
+        return {**rec, "status": "error", "reason": f"{row.slide_path}: {_plain(e)}",
+                **({"log": "\n".join(slide.log)[-4000:]} if slide.log else {})}
     finally:
         slide.close()
 
@@ -330,8 +269,9 @@ def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None
     try:
         s = int(pipeline["patches"]["size"])
         patches = np.empty((len(rows), s, s, 3), np.uint8)
-        for idx, p in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
-            patches[idx[0]: idx[-1] + 1] = p
+        with CAPTURE.on():  # a tile the decoder complains about raises SlideError
+            for idx, p in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
+                patches[idx[0]: idx[-1] + 1] = p
         return patches, patch_table(rows, tiles), thumb, tiles, geometry
     finally:
         slide.close()
@@ -368,7 +308,8 @@ def commit(store: PatchStore, row: SlideRow, rec: dict[str, Any], staging: Path)
 def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, workers: int = 1,
             scheduler: str | None = None, threads: int | None = None, qa: bool = True,
             progress: bool = True, pipeline_path: str | None = None,
-            on_slide: Callable[[SlideRow, dict], None] | None = None) -> dict[str, Any]:
+            on_slide: Callable[[SlideRow, dict], None] | None = None,
+            allow_corrupt_tiles: bool = False) -> dict[str, Any]:
     """Extract ``cohort`` into the store at ``out``; resume if it exists. Returns a summary dict."""
     t0 = time.perf_counter()
     out = Path(out)
@@ -403,21 +344,23 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
         if workers <= 1 and not scheduler:
             # open and plan slide k+1 in a thread while slide k decodes and compresses
             with ThreadPoolExecutor(1) as planner:
-                ahead = planner.submit(prepare_slide, pipeline, todo[0]) if todo else None
+                ahead = planner.submit(prepare_slide, pipeline, todo[0], None, allow_corrupt_tiles) if todo else None
                 for k, row in enumerate(todo):
                     current = ahead
-                    ahead = planner.submit(prepare_slide, pipeline, todo[k + 1]) if k + 1 < len(todo) else None
+                    ahead = (planner.submit(prepare_slide, pipeline, todo[k + 1], None, allow_corrupt_tiles)
+                             if k + 1 < len(todo) else None)
                     cb = bar.slide_started(row.slide_id)
                     finish(row, process_slide(pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
-                                              threads=threads, progress=cb, store=store, prepared=current.result))
+                                              threads=threads, progress=cb, store=store, prepared=current.result,
+                                              allow_corrupt=allow_corrupt_tiles))
         else:
-            _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish)
+            _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish, allow_corrupt_tiles)
     if not any(staging.iterdir()):
         shutil.rmtree(staging, ignore_errors=True)
     return summarize(store, cohort, results, skipped, time.perf_counter() - t0)
 
 
-def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish) -> None:
+def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish, allow_corrupt=False) -> None:
     """One task per slide on a local cluster or at ``scheduler``; commit in cohort order.
 
     Workers report tile progress through small files in ``staging/`` (works on any shared filesystem)."""
@@ -435,6 +378,7 @@ def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar,
         for row in todo:
             fut = client.submit(process_slide, pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
                                 threads, None, _FileProgress(str(staging / f"{row.slide_id}.progress")),
+                                allow_corrupt=allow_corrupt,
                                 key=f"slide-{row.slide_id}-{config.extraction_hash(pipeline)[:8]}", pure=False)
             futures[fut] = row
             updates[row.slide_id] = bar.slide_started(row.slide_id)
@@ -491,6 +435,7 @@ def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict
             status = "skipped"
         slides.append({"slide_id": r.slide_id, "status": status, "tiles": rec.get("n_tiles", 0),
                        "patches": rec.get("n_patches", 0), "reason": rec.get("reason", ""),
+                       "corrupt_tiles": len(rec.get("corrupt_tiles", [])),
                        "seconds": round(rec.get("seconds", 0.0), 3)})
     failed = [s for s in slides if s["status"] == "error"]
     return {"store": str(store.path), "rows": len(store), "slides": slides, "failed": len(failed),

@@ -144,7 +144,7 @@ def _synthetic_cohort(tmp_path, n=6):
     rows = []
     for i in range(n):
         p = make_slide(tmp_path / f"s{i}.svs", size=(1536, 1024), label=i % 2, seed=i)
-        rows.append([p, f"P{i // 2}", i % 2, 40 + i, ""])
+        rows.append([p, f"P{i // 2}", (i // 2) % 2, 40 + i // 2, ""])  # two slides per patient, one label/age
     return _cohort(tmp_path, rows)
 
 
