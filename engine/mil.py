@@ -164,6 +164,7 @@ def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: d
     t0 = time.process_time()
     for epoch in range(start, cfg["epochs"]):
         model.train()
+        torch.manual_seed(cfg["seed"] * 100_003 + epoch)  # dropout depends on (seed, epoch) only: resume = no kill
         rng = np.random.default_rng([cfg["seed"], epoch])
         losses = []
         for i in rng.permutation(tr):

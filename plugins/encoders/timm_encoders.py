@@ -103,11 +103,11 @@ def read_weights(path: str | Path, preset: str) -> dict:
     return sd
 
 
-def load_weights(model, path: str | Path, preset: str, ignore: tuple = ()) -> None:
+def load_state(model, sd: dict, path: str | Path, preset: str, ignore: tuple = ()) -> None:
     """Load a state dict strictly: a one-line error names the first missing, unexpected or mis-shaped key."""
     from slidestream.engine.errors import ConfigError
 
-    sd = {k: v for k, v in read_weights(path, preset).items() if not k.startswith(ignore)}
+    sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
     own = model.state_dict()
     for k, v in own.items():
         if k not in sd:
@@ -143,9 +143,10 @@ def _wrap(model, dim: int, input_size: int, pool: Callable | None = None):
 
 def _preset(name: str, weights: str | None = None):
     p = PRESETS[name]
+    sd = read_weights(weights, name) if weights is not None else None  # a missing file fails before building
     m = create(name)
-    if weights is not None:
-        load_weights(m, weights, name, p.ignore)
+    if sd is not None:
+        load_state(m, sd, weights, name, p.ignore)
     pool = None
     if name == "resnet50_trunc":
         return _wrap(_Trunc(m), p.dim, p.input_size)
@@ -208,7 +209,7 @@ def build_timm(model: str, kwargs: dict | None = None, weights: str | None = Non
     except TypeError as e:
         raise ConfigError(f"encoder 'timm': {model} does not take these kwargs: {e}") from None
     if weights is not None:
-        load_weights(m, weights, "timm")
+        load_state(m, read_weights(weights, "timm"), weights, "timm")
     enc = _wrap(m, int(m.num_features), input_size)
     if mean is not None:
         enc.mean = tuple(mean)
