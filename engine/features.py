@@ -55,14 +55,18 @@ def file_sha256(path: str | Path | None) -> str | None:
 
 
 def load_encoder(ref: dict[str, Any]):
-    """Build the encoder a pipeline's ``encoder`` section names. Returns ``(module, spec)``, ``spec`` being
+    """Build the encoder a pipeline's ``encoder`` section names (random init seeded with 0 when it has no weights). Returns ``(module, spec)``, ``spec`` being
     ``{name, params, dim, input_size, mean, std}`` (module attributes override the plugin's declaration)."""
     if not ref or "name" not in ref:
         raise ConfigError("the pipeline has no encoder section; add e.g. "
                           '"encoder": {"name": "resnet50_trunc", "params": {"weights": "resnet50.pth"}}')
+    import torch
+
     plugin = registry.get("encoder", ref["name"])
     params = dict(ref.get("params") or {})
-    module = plugin.build(**params)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # an encoder without weights (tests, the demo) is the same random net every time
+        module = plugin.build(**params)
     spec = {"name": plugin.name, "params": params}
     for k in ("dim", "input_size", "mean", "std"):
         v = getattr(module, k, None)
@@ -176,7 +180,8 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     summary = {"out": str(out), "encoder": spec["name"], "dim": header["dim"], "rows": n, "encoded": total,
                "skipped": len(done) - len(todo), "seconds": round(seconds, 3),
                "patches_per_s": round(total / seconds, 1) if total and seconds > 0 else None, "device": str(dev)}
-    log(f"features: {total} patches encoded ({summary['patches_per_s']} /s on {dev}), {n} rows in {out}")
+    if log:
+        log(f"features: {total} patches encoded ({summary['patches_per_s']} /s on {dev}), {n} rows in {out}")
     return summary
 
 

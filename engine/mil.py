@@ -81,8 +81,8 @@ def kfold_splits(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     """Per fold an array of split names per patient: fold i test, fold i+1 val, the rest train (stratified)."""
     from sklearn.model_selection import StratifiedKFold
 
-    if k < 2:
-        raise ConfigError(f"--folds must be at least 2, got {k}")
+    if k < 3:
+        raise ConfigError(f"--folds must be at least 3 (a test, a validation and a training fold), got {k}")
     if np.bincount(labels, minlength=2).min() < k:
         raise ConfigError(f"--folds {k}: a class has fewer than {k} patients; use fewer folds")
     fold_of = np.empty(len(labels), int)
@@ -131,7 +131,22 @@ def _better(m: dict, best: dict | None) -> bool:
 
 def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: dict[str, Any], cfg: dict[str, Any],
               out: Path, header: dict[str, Any], log=print) -> dict[str, Any]:
-    """Train one aggregator on the ``split`` (train/val/test per patient) and write its bundle to ``out``."""
+    """Train one aggregator on the ``split`` (train/val/test per patient) and write its bundle to ``out``.
+
+    On the CPU it runs on one thread: a bag is a small matrix, and thread hand-offs cost more than they gain
+    (measured: 3 epochs of 48 bags, 10.7 s on 2 threads of a busy machine vs 0.11 s on one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if resolve_device(cfg["device"]) == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _train_one(feats, bags, split, agg, cfg, out, header, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from safetensors.torch import save_file

@@ -58,7 +58,7 @@ def mil_train_command(
     out: Path = typer.Option(..., "--out", help="Output folder: MIL bundle, predictions.csv (for `slidestream evaluate`)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Patch store whose split column is used "
                                                                 "(default: the one the features were computed from)."),
-    folds: Optional[int] = typer.Option(None, "--folds", min=2, help="Patient-level stratified k-fold CV instead of the "
+    folds: Optional[int] = typer.Option(None, "--folds", min=3, help="Patient-level stratified k-fold CV instead of the "
                                                                      "store's split; reports mean ± sd test AUC."),
     aggregator: Optional[str] = typer.Option(None, help="Aggregator plugin instead of the pipeline's (abmil, clam_sb)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Override mil.epochs."),
