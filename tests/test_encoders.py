@@ -29,11 +29,15 @@ def test_preset_parameter_count_and_dim_on_meta(name):
 
 def test_preset_output_dims_on_meta():
     """Virchow's features are its class token and mean patch token side by side (2 x 1280)."""
-    from slidestream.plugins.encoders.timm_encoders import _Trunc, _wrap
+    from slidestream.plugins.encoders.timm_encoders import _Trunc, _wrap, virchow_pool
 
     m = create("virchow", device="meta")
     tokens = m(torch.empty(2, 3, 224, 224, device="meta"))
     assert tokens.shape == (2, 257, 1280)
+    t = torch.rand(2, 257, 1280)
+    emb = virchow_pool(t)
+    assert emb.shape == (2, 2560) and torch.equal(emb[:, :1280], t[:, 0])
+    assert torch.allclose(emb[:, 1280:], t[:, 1:].mean(1))
     r = _wrap(_Trunc(create("resnet50_trunc", device="meta")), 1024, 224)
     assert r(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, 1024)
 

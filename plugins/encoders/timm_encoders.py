@@ -150,12 +150,14 @@ def _preset(name: str, weights: str | None = None):
     pool = None
     if name == "resnet50_trunc":
         return _wrap(_Trunc(m), p.dim, p.input_size)
-    if name == "virchow":
-        import torch
+    return _wrap(m, p.dim, p.input_size, virchow_pool if name == "virchow" else None)
 
-        def pool(tokens):  # class token + mean of the patch tokens (Virchow's model card)
-            return torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], dim=-1)
-    return _wrap(m, p.dim, p.input_size, pool)
+
+def virchow_pool(tokens):
+    """Virchow's embedding (model card): its class token and the mean of its patch tokens, side by side."""
+    import torch
+
+    return torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], dim=-1)
 
 
 def _Trunc(m):
