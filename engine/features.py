@@ -68,26 +68,33 @@ def load_encoder(ref: dict[str, Any]):
         torch.manual_seed(0)  # an encoder without weights (tests, the demo) is the same random net every time
         module = plugin.build(**params)
     spec = {"name": plugin.name, "params": params}
-    for k in ("dim", "input_size", "mean", "std"):
+    for k in ("dim", "input_size", "mean", "std", "resize", "interpolation"):
         v = getattr(module, k, None)
         spec[k] = list(v) if isinstance(v, tuple) else v
         if not v:
             v = getattr(plugin, k)
             spec[k] = list(v) if isinstance(v, tuple) else v
+    spec["interpolation"] = spec["interpolation"] or "bilinear"
     if not spec["dim"] or not spec["input_size"]:
         raise ConfigError(f"encoder {plugin.name!r} declares no output dim / input size")
     return module, spec
 
 
 def preprocess(batch: np.ndarray, spec: dict[str, Any], device):
-    """uint8 (n, S, S, 3) -> normalized float (n, 3, s, s) on ``device``."""
+    """uint8 (n, S, S, 3) -> normalized float (n, 3, s, s) on ``device``: resized (to ``resize`` then
+    centre-cropped to ``input_size``, or straight to ``input_size``), scaled to 0..1, ``(x - mean) / std``."""
     import torch
     import torch.nn.functional as F
 
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device).permute(0, 3, 1, 2).float().div_(255)
-    s = int(spec["input_size"])
-    if x.shape[-1] != s or x.shape[-2] != s:
-        x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+    s, r = int(spec["input_size"]), int(spec.get("resize") or 0)
+    side = r if r > s else s
+    if x.shape[-1] != side or x.shape[-2] != side:
+        x = F.interpolate(x, size=(side, side), mode=spec.get("interpolation", "bilinear"), antialias=True,
+                          align_corners=False).clamp_(0, 1)
+    if side > s:  # centre crop
+        o = (side - s) // 2
+        x = x[..., o:o + s, o:o + s]
     mean = torch.tensor(spec["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(spec["std"], device=device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -123,7 +130,8 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     weights = spec["params"].get("weights")
     header = {"encoder": spec["name"], "params": spec["params"], "weights_sha256": file_sha256(weights),
               "dim": int(spec["dim"]), "dtype": cfg["dtype"], "input_size": int(spec["input_size"]),
-              "mean": spec["mean"], "std": spec["std"], "patch_store": str(Path(store_path).resolve()),
+              "mean": spec["mean"], "std": spec["std"], "resize": spec["resize"], "interpolation": spec["interpolation"],
+              "patch_store": str(Path(store_path).resolve()),
               "extraction_hash": store.manifest.get("extraction_hash"), "rows": n}
     out = Path(out)
     if (out / "zarr.json").exists():

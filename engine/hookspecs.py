@@ -238,7 +238,7 @@ class EncoderPlugin(Plugin):
 
     ``build(**params) -> torch.nn.Module`` returns a network in eval mode mapping (n, 3, s, s) float tensors
     (RGB scaled to 0..1, then ``(x - mean) / std``) to (n, dim) float features; ``s`` = ``input_size``
-    (patches of another size are resized by the engine). Weights come only from a local file the user names
+    (the engine resizes patches of another size: to ``resize`` then centre-cropped, or straight to ``s``). Weights come only from a local file the user names
     (a ``weights`` param); nothing is downloaded. A plugin whose size or dim depends on its params declares
     0 here and sets ``input_size`` / ``dim`` attributes on the module it builds (they take precedence)."""
 
@@ -247,6 +247,8 @@ class EncoderPlugin(Plugin):
     mean: Sequence[float] = (0.485, 0.456, 0.406)  # ImageNet
     std: Sequence[float] = (0.229, 0.224, 0.225)
     dim: int = 0
+    resize: int = 0  # > input_size: resize to this side, then centre-crop input_size (0: resize to input_size)
+    interpolation: str = "bilinear"  # or "bicubic" (antialiased either way)
     kind: str = "encoder"
 
 

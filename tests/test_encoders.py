@@ -106,3 +106,18 @@ def test_resnet50_trunc_from_torchvision_weights(tmp_path):
 def test_unknown_timm_model():
     with pytest.raises(ConfigError, match="unknown timm model 'no_such_net'"):
         registry.get("encoder", "timm").build(model="no_such_net")
+
+
+def test_input_transform_resize_then_centre_crop():
+    """Prov-GigaPath's transform: resize to 256, centre-crop 224 (others resize straight to their input size)."""
+    from slidestream.engine.features import preprocess
+
+    g = registry.get("encoder", "gigapath")
+    assert (g.resize, g.input_size, g.interpolation) == (256, 224, "bicubic")
+    assert registry.get("encoder", "uni").resize == 0
+    img = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(1, 8, 8, 3)
+    spec = {"input_size": 4, "resize": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"}
+    x = preprocess(img, spec, "cpu")
+    want = (torch.from_numpy(img[0, 2:6, 2:6]).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    assert x.shape == (1, 3, 4, 4) and torch.allclose(x[0], want)
+    assert preprocess(img, {**spec, "resize": 0}, "cpu").shape == (1, 3, 4, 4)  # resized, not cropped

@@ -204,3 +204,12 @@ def test_commands_features_mil_evaluate_export(made, cli, tmp_path):
     assert cv["folds"] == 3 and len(cv["test_auc"]) == 3 and "mean ± sd" in out
     code, out, err = cli("export", st.path, "--format", "shp", "--out", tmp_path / "x")
     assert code == 2 and "--format must be one of geojson, h5" in err
+
+
+@pytest.mark.gpu
+def test_features_on_gpu_match_cpu(made, tmp_path):
+    root, st, pipe = made
+    features.extract_features(pipe, st.path, tmp_path / "g.zarr", device="cuda", progress=False, log=None)
+    cpu = np.asarray(zarr.open_group(str(root / "f.zarr"), mode="r")["features"][:], np.float32)
+    gpu = np.asarray(zarr.open_group(str(tmp_path / "g.zarr"), mode="r")["features"][:], np.float32)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-2, atol=1e-2)

@@ -26,6 +26,7 @@ _TIMM = {
 def slidestream_encoders():
     out = [EncoderPlugin(name=name, build=lazy(f"slidestream.plugins.encoders.timm_encoders:build_{name}"),
                          params=dict(_WEIGHTS), input_size=p.input_size, mean=p.mean, std=p.std, dim=p.dim,
+                         resize=p.resize, interpolation=p.interpolation,
                          summary=p.summary) for name, p in PRESETS.items()]
     out.append(EncoderPlugin(name="timm", build=lazy("slidestream.plugins.encoders.timm_encoders:build_timm"),
                              params=_TIMM, required=("model",), input_size=0, dim=0,

@@ -24,6 +24,8 @@ class Preset:
     input_size: int = 224
     mean: tuple = IMAGENET[0]
     std: tuple = IMAGENET[1]
+    resize: int = 0  # resize to this side, then centre-crop input_size (0: straight to input_size)
+    interpolation: str = "bilinear"
     ignore: tuple = ()  # key prefixes of the weights file not used by the encoder
     extra: dict[str, Any] = field(default_factory=dict)  # kwargs needing torch/timm objects, filled lazily
 
@@ -39,7 +41,7 @@ PRESETS: dict[str, Preset] = {
         summary="UNI (Chen et al. 2024), ViT-L/16, 1024-d; weights: UNI's pytorch_model.bin"),
     "virchow": Preset(
         "vit_huge_patch14_224", {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "mlp_ratio": 5.3375,
-                                 "global_pool": "", "dynamic_img_size": True}, 2560, 631_229_184,
+                                 "global_pool": "", "dynamic_img_size": True}, 2560, 631_229_184, interpolation="bicubic",
         extra={"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"},
         summary="Virchow (Vorontsov et al. 2024), ViT-H/14 SwiGLU; class token + mean patch token, 2560-d"),
     "h_optimus_0": Preset(
@@ -50,7 +52,7 @@ PRESETS: dict[str, Preset] = {
     "gigapath": Preset(
         "vit_giant_patch14_dinov2", {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1536,
                                      "depth": 40, "num_heads": 24, "init_values": 1e-5, "mlp_ratio": 5.33334,
-                                     "num_classes": 0}, 1536, 1_134_953_984,
+                                     "num_classes": 0}, 1536, 1_134_953_984, resize=256, interpolation="bicubic",
         summary="Prov-GigaPath tile encoder (Xu et al. 2024), ViT-g/14 layout with 16 px patches, 1536-d"),
 }
 
