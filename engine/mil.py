@@ -8,7 +8,8 @@ of the feature store:
   are never in a bag. With ``--folds K``: patient-level stratified K-fold cross-validation instead (fold i
   is test, fold i+1 validation, the rest train; ``OUT/fold<i>/``), reported as mean ± sd test AUC in
   ``OUT/cv.json``/``cv.md``, as the MIL literature reports.
-* Training: Adam, one bag per step (optionally ``max_patches`` random patches of it), binary cross-entropy
+* Training: features standardized per dimension with the training patches' mean/sd (kept in the bundle);
+  Adam, one bag per step (optionally ``max_patches`` random patches of it), binary cross-entropy
   of the bag logit (+ the model's ``instance_loss`` if it has one, e.g. CLAM's). The order of bags and the
   patch subsets depend only on (seed, epoch).
 * Model selection: after each epoch the validation patients are scored; the best epoch has the highest
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import registry
 from .device import resolve_device
@@ -98,6 +100,20 @@ def kfold_splits(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- training
+class Standardized(torch.nn.Module):
+    """An aggregator behind per-feature standardization with the training patches' mean and sd (saved with
+    the weights as ``mean``/``std`` buffers): encoders' feature scales differ by orders of magnitude."""
+
+    def __init__(self, net, mean: np.ndarray, std: np.ndarray):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, bag):
+        return self.net((bag - self.mean) / self.std)
+
+
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
     from sklearn.metrics import roc_auc_score
 
@@ -159,7 +175,10 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     device = torch.device(resolve_device(cfg["device"]))
     plugin = registry.get("aggregator", agg["name"])
     torch.manual_seed(cfg["seed"])
-    model = plugin.build(in_dim=feats.shape[1], **agg["params"]).to(device)
+    rows = np.concatenate([bags["rows"][i] for i in tr])
+    mean = feats[rows].astype(np.float64).mean(0)
+    std = feats[rows].astype(np.float64).std(0) + 1e-6
+    model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     ident = {"aggregator": agg, "split": split.tolist(), **{k: cfg[k] for k in ("lr", "weight_decay", "seed", "max_patches")},
              "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
@@ -190,8 +209,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             y = torch.tensor(float(bags["label"][i]), device=device)
             logit, a = model(bag)
             loss = F.binary_cross_entropy_with_logits(logit, y)
-            if hasattr(model, "instance_loss"):
-                loss = loss + model.instance_loss(bag, y, a)
+            if hasattr(model.net, "instance_loss"):
+                loss = loss + model.net.instance_loss(bag, y, a)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -249,7 +268,8 @@ def load_bundle(path: str | Path):
     if not (path / "mil.json").is_file():
         raise ConfigError(f"{path} is not a MIL bundle (no mil.json); give OUT of `slidestream mil train`")
     meta = json.loads((path / "mil.json").read_text())
-    model = registry.get("aggregator", meta["aggregator"]).build(in_dim=meta["in_dim"], **meta["params"])
+    net = registry.get("aggregator", meta["aggregator"]).build(in_dim=meta["in_dim"], **meta["params"])
+    model = Standardized(net, np.zeros(meta["in_dim"]), np.ones(meta["in_dim"]))
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model.eval(), meta
 
