@@ -87,7 +87,7 @@ def key_instance_bags(n_patients=48, n=20, d=16, seed=0):
     for i, y in enumerate(labels):
         f = rng.normal(size=(n, d)).astype(np.float32)
         if y:
-            f[:2, 0] += 4.0
+            f[:2, 0] += 6.0
             key[i * n: i * n + 2] = True
         feats.append(f)
         rows.append(np.arange(i * n, (i + 1) * n))
@@ -103,7 +103,7 @@ def test_attention_mil_finds_key_instances(name, tmp_path):
     the 64 mutant/wildtype pairs misordered), so this needs learning; attention must also single out the
     key patches (uniform attention would give them 1/20 each)."""
     feats, bags, key = key_instance_bags()
-    cfg = {**mil.DEFAULTS, "epochs": 15, "lr": 1e-3, "device": "cpu"}
+    cfg = {**mil.DEFAULTS, "epochs": 20, "lr": 1e-3, "device": "cpu"}
     res = mil.train_one(feats, bags, bags["split"], {"name": name, "params": {"hidden": 32, "attention": 16}}, cfg,
                         tmp_path, {"encoder": "synthetic"}, log=None)
     assert res["metrics"]["test"]["auc"] >= 0.9
