@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths (1: CPU time is not "
+                    "inflated by threads waiting on a busy machine)")
     ap.add_argument("--throughput", action="store_true")
     a = ap.parse_args()
 
@@ -42,7 +44,9 @@ def main() -> None:
     from slidestream.engine.store import PatchStore
 
     import timm  # noqa: F401 - imported before the clocks start: both paths are timed warm
-    import torch  # noqa: F401
+    import torch
+
+    torch.set_num_threads(a.threads)
 
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-mil-"))
     pipe = demo.demo_pipeline(a.epochs, seed=a.seed)

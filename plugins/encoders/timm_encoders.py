@@ -74,7 +74,7 @@ def create(name: str, device: str | None = None):
     with torch.device(device or "cpu"):
         m = timm.create_model(p.model, pretrained=False, **p.kwargs, **_extra(p.extra))
     if name == "resnet50_trunc":
-        del m.layer4  # cut after layer3; forward() below skips it
+        del m.layer4  # cut after layer3 (see _Trunc)
     return m
 
 
@@ -149,7 +149,6 @@ def _preset(name: str, weights: str | None = None):
     m = create(name)
     if sd is not None:
         load_state(m, sd, weights, name, p.ignore)
-    pool = None
     if name == "resnet50_trunc":
         return _wrap(_Trunc(m), p.dim, p.input_size)
     return _wrap(m, p.dim, p.input_size, virchow_pool if name == "virchow" else None)
