@@ -12,6 +12,10 @@ bag) and ``probability`` (the patient's predicted probability of IDH-mutant), al
 magnification), ``patch_size_level0``, ``patch_level`` (0: coordinates are level-0), ``downsample``,
 ``target_magnification``, ``level0_magnification``, ``overlap`` and ``name``; with ``--features`` also
 dataset ``features`` (n, dim) float32, as CLAM's ``extract_features_fp.py`` writes it.
+
+``--format png`` (with ``--mil`` and ``--features``) writes ``DIR/<slide_id>.png``: the attention heatmap over
+the slide's thumbnail (the store's QA picture, ``STORE/qa/<slide_id>.png``; white when there is none), each
+patch's square filled with its attention relative to the slide's highest (matplotlib ``inferno``), 60 % opaque.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from .errors import ConfigError
 from .features import FeatureStore, as_str
 from .store import PatchStore
 
-FORMATS = ("geojson", "h5")
+FORMATS = ("geojson", "h5", "png")
 
 
 def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
@@ -67,6 +71,8 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
     if mil and fs is None:
         raise ConfigError("--mil needs --features (the feature store the MIL model was trained on)")
+    if fmt == "png" and not mil:
+        raise ConfigError("--format png draws attention: give --mil (a MIL bundle) and --features")
     att, prob = mil_scores(mil, fs) if mil else (None, None)
     tab = store.table(["slide_id", "patient_id", "x", "y", "size0"])
     pipe = store.manifest.get("pipeline") or {}
@@ -95,6 +101,9 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
                 feats.append({"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": [
                     [[xi, yi], [xi + si, yi], [xi + si, yi + si], [xi, yi + si], [xi, yi]]]}})
             path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+        elif fmt == "png":
+            path = out / f"{name}.png"
+            heatmap(store, slide, x, y, s0, att[r0:r1]).save(path)
         else:
             import h5py
 
@@ -111,3 +120,27 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
                     h.create_dataset("attention", data=att[r0:r1])
         written.append(path)
     return written
+
+
+def heatmap(store: PatchStore, slide: str, x: np.ndarray, y: np.ndarray, size0: np.ndarray, attention: np.ndarray):
+    """PIL image: the slide's QA thumbnail with each patch's square coloured by its attention."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rec = store.records("slides").get(slide, {})
+    width0 = (rec.get("dimensions") or [None])[0]
+    qa = store.path / "qa" / f"{slide}.png"
+    if qa.is_file() and width0:
+        base = Image.open(qa).convert("RGB")
+        scale = width0 / base.size[0]  # level-0 px per thumbnail px
+    else:
+        scale = float((store.manifest.get("pipeline") or {}).get("thumbnail", {}).get("scale", 32))
+        base = Image.new("RGB", (int(np.max(x + size0) / scale) + 1, int(np.max(y + size0) / scale) + 1), "white")
+    img = np.asarray(base).astype(np.float32)
+    a = np.nan_to_num(attention / np.nanmax(attention)) if np.nanmax(attention) > 0 else np.zeros(len(attention))
+    colors = colormaps["inferno"](a)[:, :3] * 255
+    for i in np.argsort(a):  # the most attended drawn last
+        x0, y0 = int(x[i] / scale), int(y[i] / scale)
+        x1, y1 = max(x0 + 1, int((x[i] + size0[i]) / scale)), max(y0 + 1, int((y[i] + size0[i]) / scale))
+        img[y0:y1, x0:x1] = 0.4 * img[y0:y1, x0:x1] + 0.6 * colors[i]
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))

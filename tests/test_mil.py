@@ -202,8 +202,22 @@ def test_commands_features_mil_evaluate_export(made, cli, tmp_path):
     assert code == 0, err
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert cv["folds"] == 3 and len(cv["test_auc"]) == 3 and "mean ± sd" in out
+    code, out, err = cli("export", st.path, "--format", "png", "--out", tmp_path / "png", "--features", tmp_path / "f.zarr",
+                         "--mil", tmp_path / "m")
+    assert code == 0, err
+    from PIL import Image
+
+    from matplotlib import colormaps
+
+    img = np.asarray(Image.open(tmp_path / "png" / "S3.png")).astype(int)
+    # no QA picture: a white canvas at the thumbnail scale 1/32; patch r covers x 4r..4r+3, y 6..9
+    assert img.shape == (11, 25, 3) and (img[:6] == 255).all() and (img[10:] == 255).all()
+    assert not (img[6:10, :24] == 255).all(axis=-1).any()  # every patch painted
+    top = int(np.argmax(att))
+    want = 0.4 * 255 + 0.6 * 255 * np.array(colormaps["inferno"](1.0)[:3])  # the most attended: the hottest colour
+    np.testing.assert_allclose(img[7, 4 * top + 1], want, atol=1.5)
     code, out, err = cli("export", st.path, "--format", "shp", "--out", tmp_path / "x")
-    assert code == 2 and "--format must be one of geojson, h5" in err
+    assert code == 2 and "--format must be one of geojson, h5, png" in err
 
 
 @pytest.mark.gpu

@@ -76,14 +76,15 @@ def mil_train_command(
 
 def export_command(
     store: Path = typer.Argument(..., help="Patch store (from `slidestream extract`)."),
-    fmt: str = typer.Option(..., "--format", help="geojson (QuPath: one polygon per patch, level-0 px) or h5 "
-                                                 "(CLAM/TRIDENT: coords [+ features])."),
-    out: Path = typer.Option(..., "--out", help="Folder: one <slide_id>.geojson / .h5 per slide."),
+    fmt: str = typer.Option(..., "--format", help="geojson (QuPath: one polygon per patch, level-0 px), h5 "
+                                                 "(CLAM/TRIDENT: coords [+ features]) or png (attention heatmap "
+                                                 "over the thumbnail; needs --mil)."),
+    out: Path = typer.Option(..., "--out", help="Folder: one <slide_id>.geojson / .h5 / .png per slide."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature store: adds `features` to the h5."),
     mil: Optional[Path] = typer.Option(None, "--mil", help="MIL bundle (OUT of `slidestream mil train`, with --features): "
                                                            "adds per-patch attention and the patient probability."),
 ):
-    """Export patch coordinates (+ features, attention) per slide for QuPath, CLAM or TRIDENT."""
+    """Export patch coordinates (+ features, attention) per slide for QuPath, CLAM or TRIDENT, or attention heatmaps."""
     from ..export import export
 
     paths = export(store, fmt, out, features=features, mil=mil)
