@@ -1,13 +1,14 @@
 """Encoder -> feature store -> attention-MIL vs the paper's patch-CNN path, on the demo cohort, same run.
 
     python bench/mil.py [--patients 32] [--epochs 8] [--encoder-model resnet18] [--mil-epochs 20] [--folds 5]
+    python bench/mil.py --encoders resnet50_trunc,uni --threads 2
 
 Both paths start from the same extracted, split store (the demo's pipeline and synthetic cohort). Timed:
 the patch-CNN path = ``train.train_many`` (small CNN, the demo's settings) + scoring; the MIL path =
 ``features`` (encoder over every patch) + ``mil train`` (ABMIL). CPU seconds are ``time.process_time``
 (all threads of this process), wall seconds ``time.perf_counter``. The encoder is random-init (no weights
 can be downloaded here): its features are random convolutional texture statistics. Also prints features/s
-for each preset-sized encoder on a batch of 224 px patches (CPU; GPU when present) with ``--throughput``.
+of presets on 224 px patches (CPU; GPU when present) with ``--encoders resnet50_trunc,uni``.
 """
 from __future__ import annotations
 
@@ -37,8 +38,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths (1: CPU time is not "
                     "inflated by threads waiting on a busy machine)")
-    ap.add_argument("--throughput", action="store_true")
+    ap.add_argument("--encoders", default=None, help="only measure features/s of these presets (comma-separated), "
+                    "random init, 224 px, then exit")
     a = ap.parse_args()
+    if a.encoders:
+        return throughput(a.encoders.split(","), a.threads)
 
     from slidestream.engine import config, demo, features, mil, runner, splits, synthetic, train
     from slidestream.engine.store import PatchStore
@@ -77,19 +81,18 @@ def main() -> None:
         cv, cv_cpu, _ = timed(lambda: mil.train(mpipe, out / "f.zarr", out / "mil-cv", folds=a.folds, log=None))
         print(json.dumps({"path": f"ABMIL {a.folds}-fold CV", "test_auc": cv["cv"]["test_auc"], "mean": cv["cv"]["mean"],
                           "sd": cv["cv"]["sd"], "cpu_s": round(cv_cpu, 1)}))
-    if a.throughput:
-        throughput()
 
 
-def throughput(n: int = 8) -> None:
-    """Features/s of each preset (random init) on n 224 px patches; GPU (fp16 autocast) when present."""
+def throughput(names: list[str], threads: int, n: int = 8) -> None:
+    """Features/s of presets (random init) on n 224 px patches, after a warm-up call; GPU (fp16 autocast)
+    when present, else the CPU with ``threads`` threads."""
     import torch
 
     from slidestream.engine import registry
-    from slidestream.plugins.encoders.timm_encoders import PRESETS
 
+    torch.set_num_threads(threads)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    for name in PRESETS:
+    for name in names:
         enc = registry.get("encoder", name).build().to(dev)
         x = torch.rand(n, 3, 224, 224, device=dev)
         with torch.autocast(dev, enabled=dev == "cuda"):
