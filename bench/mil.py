@@ -31,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--encoder-model", default="resnet18")
+    ap.add_argument("--encoder-model", default="resnet10t")
     ap.add_argument("--mil-epochs", type=int, default=20)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
