@@ -227,3 +227,12 @@ def test_features_on_gpu_match_cpu(made, tmp_path):
     cpu = np.asarray(zarr.open_group(str(root / "f.zarr"), mode="r")["features"][:], np.float32)
     gpu = np.asarray(zarr.open_group(str(tmp_path / "g.zarr"), mode="r")["features"][:], np.float32)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-2, atol=1e-2)
+
+
+def test_example_pipeline_extends_liu2020():
+    """schemas/examples/uni_abmil.json validates and extracts exactly like liu2020.json (same store)."""
+    uni = config.load(config.example("uni_abmil"))
+    assert uni["encoder"]["name"] == "uni" and uni["aggregator"]["name"] == "abmil"
+    assert config.extraction_hash(uni) == config.extraction_hash(config.load(config.example("liu2020")))
+    errs = config.validation_errors({"encoder": {"name": "uni", "params": {"weigths": "x"}}, "mil": {"epochs": 0}})
+    assert any("weigths" in e for e in errs) and any("epochs" in e for e in errs)
