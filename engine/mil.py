@@ -317,3 +317,49 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")
     return res
+
+
+# ---------------------------------------------------------------------------------------------- demo
+DEMO_ENCODER = {"name": "timm", "params": {"model": "resnet10t", "input_size": 64}}
+
+
+def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: tuple[int, int] = (2048, 1536),
+         epochs: int = 20, seed: int = 0, bootstrap: int = 200, log=print) -> dict[str, Any]:
+    """The encoder path on the demo's synthetic cohort, on a CPU: slides -> extract (the demo pipeline) ->
+    split -> features (a seeded random-init resnet10t at 64 px: no weights can be downloaded) -> ABMIL ->
+    evaluate with age fusion -> report, plus an attention heatmap of one test slide."""
+    from . import config
+    from . import demo as demo_mod
+    from . import evaluate as ev
+    from . import runner, splits, synthetic
+    from .export import export
+    from .features import extract_features
+    from .store import PatchStore
+
+    say = log or (lambda s: None)
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = config.parse({**demo_mod.demo_pipeline(seed=seed), "encoder": DEMO_ENCODER, "aggregator": {"name": "abmil"},
+                         "mil": {"epochs": epochs, "lr": 5e-4, "seed": seed}}, source="MIL demo pipeline")
+    (out / "pipeline.json").write_text(json.dumps(pipe, indent=1))
+    cohort = synthetic.make_cohort(out / "slides", n_patients=n_patients, seed=seed, size=size, mpp=0.25,
+                                   objective=40, levels=(1, 4, 16))
+    summary = runner.extract(pipe, runner.read_cohort(cohort), out / "store", progress=False)
+    st = PatchStore.open(out / "store", mode="r+")
+    sp = pipe["training"]["split"]
+    splits.split_store(st, sp["ratios"], sp["seed"])
+    say(f"[mil demo] {n_patients} slides, {summary['rows']} patches ({time.perf_counter() - t0:.0f} s)")
+    extract_features(pipe, out / "store", out / "features.zarr", progress=False, log=say)
+    res = train(pipe, out / "features.zarr", out / "mil", log=None)
+    metrics = ev.evaluate(ev.load_predictions(out / "mil" / "predictions.csv"), fusion="age_gda", bootstrap=bootstrap,
+                          seed=seed)
+    ev.write_report(metrics, out / "report")
+    test_slides = sorted(set(st.column("slide_id")[st.column("split") == "test"].tolist()))
+    heat = export(out / "store", "png", out / "heatmaps", features=out / "features.zarr", mil=out / "mil")
+    result = {"report": str(out / "report" / "report.md"), "metrics": metrics, "best_epoch": res["best_epoch"],
+              "heatmaps": [str(p) for p in heat if p.stem in test_slides][:1], "seconds": round(time.perf_counter() - t0, 1)}
+    auc = (metrics.get("test", {}).get("image") or {}).get("auc")
+    say(f"[mil demo] ABMIL test AUC {auc if auc is None else round(auc, 3)}; report {result['report']}; "
+        f"{result['seconds']} s")
+    return result

@@ -236,3 +236,12 @@ def test_example_pipeline_extends_liu2020():
     assert config.extraction_hash(uni) == config.extraction_hash(config.load(config.example("liu2020")))
     errs = config.validation_errors({"encoder": {"name": "uni", "params": {"weigths": "x"}}, "mil": {"epochs": 0}})
     assert any("weigths" in e for e in errs) and any("epochs" in e for e in errs)
+
+
+@pytest.mark.slow
+def test_mil_demo_end_to_end(tmp_path):
+    """`slidestream mil demo` in miniature: synthetic slides -> extract -> features -> ABMIL -> evaluate -> heatmap."""
+    r = mil.demo(tmp_path, n_patients=8, epochs=3, bootstrap=0, log=None)
+    assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "mil" / "model.safetensors").is_file()
+    assert "image" in r["metrics"]["test"] and "age+image" in r["metrics"]["test"]
+    assert len(r["heatmaps"]) == 1 and r["heatmaps"][0].endswith(".png")

@@ -74,6 +74,20 @@ def mil_train_command(
               seed=seed, device=device, log=typer.echo)
 
 
+@mil_app.command("demo")
+def mil_demo_command(
+    out: Path = typer.Option(Path("slidestream-mil-demo"), "--out", help="Output folder."),
+    patients: int = typer.Option(32, min=8, help="Synthetic patients (one slide each)."),
+    epochs: int = typer.Option(20, min=1, help="ABMIL epochs."),
+    seed: int = typer.Option(0, help="Cohort, split and training seed."),
+):
+    """The encoder path on the synthetic demo cohort (CPU, about a minute): extract -> features -> ABMIL ->
+    evaluate with age fusion -> report + attention heatmaps. The encoder is a random-init resnet10t."""
+    from .. import mil
+
+    mil.demo(out, n_patients=patients, epochs=epochs, seed=seed, log=typer.echo)
+
+
 def export_command(
     store: Path = typer.Argument(..., help="Patch store (from `slidestream extract`)."),
     fmt: str = typer.Option(..., "--format", help="geojson (QuPath: one polygon per patch, level-0 px), h5 "
