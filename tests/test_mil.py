@@ -187,6 +187,10 @@ def test_commands_features_mil_evaluate_export(made, cli, tmp_path):
         assert ring[0] == [128 * r, 64 * 3] and ring[2] == [128 * r + 128, 64 * 3 + 128]  # level-0 px
     att = [f["properties"]["attention"] for f in doc["features"]]
     assert abs(sum(att) - 1) < 1e-5 and len({f["properties"]["probability"] for f in doc["features"]}) == 1
+    # the reloaded bundle (weights + standardization) gives what the trained model gave
+    np.testing.assert_allclose(att, np.load(tmp_path / "m" / "attention.npy")[18:24], rtol=1e-4, atol=1e-6)
+    prob = {r.split(",")[0]: float(r.split(",")[-1]) for r in (tmp_path / "m" / "predictions.csv").read_text().split()[1:]}
+    assert abs(doc["features"][0]["properties"]["probability"] - prob["P3"]) < 1e-5
 
     code, out, err = cli("export", st.path, "--format", "h5", "--out", tmp_path / "h5", "--features", tmp_path / "f.zarr")
     assert code == 0, err
