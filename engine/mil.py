@@ -23,7 +23,6 @@ of the feature store:
 """
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import zarr
 
 from slidestream.engine import config, features, mil, registry, splits
