@@ -62,3 +62,13 @@ def test_imagenet_init_refuses_other_architecture(tmp_path):
         load_imagenet(model, tmp_path / "r18.pth")
     with pytest.raises(ConfigError, match="not found"):
         load_imagenet(model, tmp_path / "missing.pth")
+
+
+def test_inception_resnet_v2_parameter_count():
+    """timm's Inception-ResNet-v2 with the 1000-class ImageNet head has 55,843,464 parameters (timm's model
+    card: 55.8 M); with the paper's 2-class head 1536 * 998 + 998 fewer."""
+    with torch.device("meta"):
+        model = registry.get("classifier", "inception_resnet_v2").build(num_classes=1000, in_channels=3, dropout=0.5)
+        two = registry.get("classifier", "inception_resnet_v2").build(num_classes=2, in_channels=3, dropout=0.5)
+    assert sum(p.numel() for p in model.parameters()) == 55_843_464
+    assert sum(p.numel() for p in two.parameters()) == 55_843_464 - 1537 * 998
