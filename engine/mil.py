@@ -323,7 +323,8 @@ DEMO_ENCODER = {"name": "timm", "params": {"model": "resnet10t", "input_size": 6
 
 
 def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: tuple[int, int] = (2048, 1536),
-         epochs: int = 20, seed: int = 0, bootstrap: int = 200, log=print) -> dict[str, Any]:
+         epochs: int = 20, seed: int = 0, bootstrap: int = 200, fusion_split: str = "val",
+         log=print) -> dict[str, Any]:
     """The encoder path on the demo's synthetic cohort, on a CPU: slides -> extract (the demo pipeline) ->
     split -> features (a seeded random-init resnet10t at 64 px: no weights can be downloaded) -> ABMIL ->
     evaluate with age fusion -> report, plus an attention heatmap of one test slide."""
@@ -352,7 +353,7 @@ def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: t
     extract_features(pipe, out / "store", out / "features.zarr", progress=False, log=say)
     res = train(pipe, out / "features.zarr", out / "mil", log=None)
     metrics = ev.evaluate(ev.load_predictions(out / "mil" / "predictions.csv"), fusion="age_gda", bootstrap=bootstrap,
-                          seed=seed)
+                          seed=seed, fusion_split=fusion_split)
     ev.write_report(metrics, out / "report")
     test_slides = sorted(set(st.column("slide_id")[st.column("split") == "test"].tolist()))
     heat = export(out / "store", "png", out / "heatmaps", features=out / "features.zarr", mil=out / "mil")
