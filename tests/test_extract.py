@@ -53,26 +53,30 @@ def test_liu2020_on_real_slides(cli, tmp_path):
     assert by["OS-1-detail"]["status"] in ("done", "empty")  # 1101 px at 0.227 µm/px < one 10x tile: recorded
     assert by["OS-1-detail"]["status"] == "empty" and "tile" in by["OS-1-detail"]["reason"]
 
-    g = zarr.open_group(str(out), mode="r")
+    st = PatchStore.open(out)
     n = summary["rows"]
-    assert g["patches"].shape == (n, 256, 256, 3) and g["patches"].dtype == np.uint8
-    slide_ids = g["meta/slide_id"][:]
-    assert set(slide_ids) <= set(by)
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["rows"] == n and m["pipeline"]["name"] == "liu2020" and len(m["pipeline_hash"]) == 64
-    assert m["slides"]["OS-1-detail"]["reason"]
-    tc = m["slides"]["tcga-cr-7395-01a-01-ts1"]
-    assert tc["mpp_source"] == "cohort" and tc["n_tiles"] <= 50
+    assert len(st) == n and st.patches.shape == (n, 256, 256, 3) and st.patches.dtype == np.uint8
+    assert set(st.column("slide_id")) <= set(by)
+    recs = st.records()
+    assert st.manifest["pipeline"]["name"] == "liu2020" and len(st.manifest["pipeline_hash"]) == 64
+    assert recs["OS-1-detail"]["reason"]
+    tc = recs["tcga-cr-7395-01a-01-ts1"]
+    assert tc["mpp_source"] == "cohort" and tc["n_tiles"] <= 50 and tc["patient_source"] == "table"
     assert all(t["tissue"] >= 0.5 for t in tc["tiles"])
     tissues = [t["tissue"] for t in tc["tiles"]]
     assert tissues == sorted(tissues, reverse=True)
     rows = slice(*tc["rows"])
-    assert (g["meta/patient_id"][rows] == "P2").all() and (g["meta/label"][rows] == 0).all()
-    assert np.allclose(g["meta/age"][rows], 61)
-    assert (g["meta/size0"][rows] == 512).all()  # 256 px at 10x from a 0.5 µm/px slide
-    patches = g["patches"][rows]
+    t = st.table()
+    assert (t["patient_id"][rows] == "P2").all() and (t["label"][rows] == 0).all()
+    assert np.allclose(t["age"][rows], 61)
+    assert (t["size0"][rows] == 512).all()  # 256 px at 10x from a 0.5 µm/px slide
+    patches = st.patches[rows]
     assert patches.std() > 10  # real pixels, not blanks
-    assert (out / "qa" / "tcga-cr-7395-01a-01-ts1.png").exists()
+    assert (tmp_path / "store.qa" / "tcga-cr-7395-01a-01-ts1.png").exists()
+    g = zarr.open_group(str(out), mode="r")  # plain zarr: the slide's region, padding after it
+    p0, k = tc["region"]
+    assert np.array_equal(g["patches"][p0:p0 + k], patches) and (g["slide_id"][p0:p0 + k] == "tcga-cr-7395-01a-01-ts1").all()
+    assert not (tmp_path / "store.lock").exists() and not (tmp_path / "store.partial").exists()
 
     # a rerun skips everything and leaves the store as it was
     before = g["patches"][:]
@@ -80,6 +84,11 @@ def test_liu2020_on_real_slides(cli, tmp_path):
     summary2 = json.loads(stdout.strip().splitlines()[-1])
     assert code == 0 and summary2["rows"] == n and summary2["skipped"] == 4
     assert np.array_equal(zarr.open_group(str(out), mode="r")["patches"][:], before)
+    # plain zarr and xarray read it without a warning
+    probe = ("import zarr, xarray; g = zarr.open_group(%r, mode='r'); list(g.members(max_depth=None)); "
+             "ds = xarray.open_zarr(%r); assert ds.patches.dims == ('patch', 'py', 'px', 'channel')" % (str(out), str(out)))
+    r = subprocess.run([sys.executable, "-W", "error", "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_bad_slides_are_reported_and_retried(cli, tmp_path):
@@ -98,15 +107,14 @@ def test_bad_slides_are_reported_and_retried(cli, tmp_path):
     assert "--mpp" in s["tcga-cr-7395-01a-01-ts1"]["reason"]
     assert "broken.svs" in s["broken"]["reason"] and "not found" in s["missing"]["reason"]
     assert s["CMU-1-Small-Region"]["status"] in ("done", "empty")
-    m = json.loads((out / "manifest.json").read_text())
-    assert set(m["errors"]) == {"tcga-cr-7395-01a-01-ts1", "broken", "missing"}
+    assert set(PatchStore.open(out).records("errors")) == {"tcga-cr-7395-01a-01-ts1", "broken", "missing"}
     # fix one slide's resolution; the rerun retries the failed ones and keeps the finished one
     csvf = _cohort(tmp_path, [[WSI / "tcga-cr-7395-01a-01-ts1.svs", "P1", 1, 50, 0.25],
                               [WSI / "CMU-1-Small-Region.svs", "P4", 0, 50, ""]])
     code, stdout, _ = cli("extract", EXAMPLE, "--slides", csvf, "--out", out, "--json")
     assert code == 0
-    m = json.loads((out / "manifest.json").read_text())
-    assert "tcga-cr-7395-01a-01-ts1" in m["slides"] and "tcga-cr-7395-01a-01-ts1" not in m["errors"]
+    st = PatchStore.open(out)
+    assert "tcga-cr-7395-01a-01-ts1" in st.records() and "tcga-cr-7395-01a-01-ts1" not in st.records("errors")
 
 
 def test_bad_invocations(cli, tmp_path):
