@@ -201,7 +201,8 @@ class RowWriter:
 
         self.stage, self.n, self.store, self.key, self.section = Path(stage), n, store, key, section
         shutil.rmtree(self.stage, ignore_errors=True)
-        self.arr = zarr.create_array(str(self.stage), shape=(n, size, size, 3), **_patch_array_kwargs(size, store_cfg))
+        self.arr = zarr.create_array(str(self.stage), shape=(n, size, size, 3), **_patch_array_kwargs(size, store_cfg),
+                                     config={"write_empty_chunks": True})  # every shard exists: the commit moves all
         self.chunk = self.arr.chunks[0]
         self._buf: list[np.ndarray] = []
         self._buf_start = 0  # offset (within this writer) of the first buffered row
@@ -253,8 +254,7 @@ class RowWriter:
 
 
 def _write_block(arr: zarr.Array, start: int, block: np.ndarray) -> None:
-    with zarr.config.set({"array.write_empty_chunks": True}):  # every shard exists, so the commit moves all
-        arr[start:start + len(block)] = block
+    arr[start:start + len(block)] = block
 
 
 def stage_name(section: str, key: str) -> str:
