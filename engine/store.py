@@ -363,17 +363,45 @@ class PatchStore:
         committed regions in row order."""
         self._records: dict[str, dict[str, dict[str, Any]]] = {}
         self._seq: dict[tuple[str, str], int] = {}
+        self._runs: list[tuple[int, int]] = []  # (first physical row, patches), in row order
+        self._starts = [0]  # first logical row of each run, then the total
+        self._logical: dict[tuple[str, str], tuple[int, int]] = {}
+        self._phys_cache = None
+        current = {}
         for i, rec in enumerate(self._log):
             self._records.setdefault(rec["section"], {})[rec["key"]] = rec
             self._seq[rec["section"], rec["key"]] = i
-        runs = sorted((r["region"][0], r["region"][1], s, k) for s in ("slides", "synthetic")
-                      for k, r in self._records.get(s, {}).items() if r.get("region") and r["region"][1] > 0)
-        self._runs = [(p0, n) for p0, n, _, _ in runs]
-        starts = np.cumsum([0] + [n for _, n in self._runs])
-        self._starts = starts
-        self._logical = {(s, k): (int(l0), int(l0 + n)) for (_, n, s, k), l0 in zip(runs, starts[:-1])}
-        self._phys = (np.concatenate([np.arange(p0, p0 + n, dtype=np.int64) for p0, n in self._runs])
-                      if self._runs else np.zeros(0, np.int64))
+            current[rec["section"], rec["key"]] = rec
+        for rec in sorted((r for r in current.values() if r["section"] in ("slides", "synthetic") and r.get("region")
+                           and r["region"][1] > 0), key=lambda r: r["region"][0]):
+            self._add_run(rec)
+
+    def _add_run(self, rec: dict[str, Any]) -> None:
+        p0, n = rec["region"]
+        l0 = self._starts[-1]
+        self._runs.append((p0, n))
+        self._starts.append(l0 + n)
+        self._logical[rec["section"], rec["key"]] = (l0, l0 + n)
+        self._phys_cache = None
+
+    def _add(self, rec: dict[str, Any]) -> None:
+        """Index a new record without rereading the log: a new key's region lies after all others."""
+        self._log.append(rec)
+        if rec["key"] in self._records.get(rec["section"], {}):
+            self._index()  # a replaced record (rare): index again
+            return
+        self._records.setdefault(rec["section"], {})[rec["key"]] = rec
+        self._seq[rec["section"], rec["key"]] = len(self._log) - 1
+        if rec["section"] in ("slides", "synthetic") and rec.get("region") and rec["region"][1] > 0:
+            self._add_run(rec)
+
+    @property
+    def _phys(self) -> np.ndarray:
+        """Physical row of each committed row."""
+        if self._phys_cache is None:
+            self._phys_cache = (np.concatenate([np.arange(p0, p0 + n, dtype=np.int64) for p0, n in self._runs])
+                                if self._runs else np.zeros(0, np.int64))
+        return self._phys_cache
 
     # ------------------------------------------------------------------ reading
     @property
@@ -397,7 +425,7 @@ class PatchStore:
     def blocks(self) -> np.ndarray:
         """Committed rows as ``(k, 2)`` ``[row0, row1)`` ranges, each within one storage chunk: reading one
         block costs one decompression. Loaders shuffle and read by block; they never assume a chunk grid."""
-        out = [(l0 + c, l0 + min(c + self.chunk, n)) for (_, n), l0 in zip(self._runs, self._starts[:-1])
+        out = [(l0 + c, l0 + min(c + self.chunk, n)) for (_, n), l0 in zip(self._runs, self._starts)
                for c in range(0, n, self.chunk)]
         return np.array(out, np.int64).reshape(-1, 2)
 
@@ -499,8 +527,7 @@ class PatchStore:
         self._arrays["records"][i:i + 1] = np.array([json.dumps(rec, default=str)], dtype=object).astype(str)
         _consolidate(self.path)  # the commit point
         self._rows, self._n_records = p1, i + 1
-        self._log.append(rec)
-        self._index()
+        self._add(rec)
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
         if old and old.get("region") and replace:
@@ -512,17 +539,22 @@ class PatchStore:
         self.commit_staged(key, None, 0, {}, record, section, replace=True)
 
     def _grow(self, rows: int, n_records: int) -> None:
-        for name, arr in self._arrays.items():
-            n = n_records if name == "records" else rows
+        def grow(name: str) -> None:
+            arr, n = self._arrays[name], n_records if name == "records" else rows
             if arr.shape[0] != n:
                 arr.resize((n, *arr.shape[1:]))
 
+        list(_pool().map(grow, self._arrays))  # fifteen small files: concurrently
+
     def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> None:
-        for name, (dtype, fill) in COLUMNS.items():
+        def write(name: str) -> None:
+            dtype, fill = COLUMNS[name]
             v = meta.get(name, fill)
             vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
             vals[:n] = np.asarray(v) if np.ndim(v) else v
             self._arrays[name][p0:p1] = vals.astype(str) if dtype is str else vals
+
+        list(_pool().map(write, COLUMNS))
 
     def _blank(self, p0: int, n: int) -> None:
         """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
@@ -548,8 +580,7 @@ class PatchStore:
         self._arrays["records"][self._n_records:self._n_records + 1] = np.array([json.dumps(rec, default=str)])
         _consolidate(self.path)
         self._n_records += 1
-        self._log.append(rec)
-        self._index()
+        self._add(rec)
 
     def set_column(self, name: str, values: np.ndarray) -> None:
         """Overwrite a whole metadata column (e.g. ``split``)."""
@@ -573,6 +604,19 @@ class PatchStore:
         g = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
         g.attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
         _consolidate(self.path)
+
+
+_POOL = None
+
+
+def _pool():
+    """Threads for the per-array writes of a commit (each a small file)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(8, thread_name_prefix="store-commit")
+    return _POOL
 
 
 def _codec_cfg(arr: zarr.Array) -> dict[str, Any]:
