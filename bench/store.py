@@ -5,6 +5,10 @@ Each slide is shaped like a liu2020 slide (50 tiles, 8 patches per tile = 400 pa
 mean commit time (wall and CPU) of the first and the last 100 slides, their ratio (goal <= 1.2), and the store's file count.
 
     python bench/store.py --slides 10000 [--out /tmp/bench-store]
+
+With ``--cohort N`` it instead extracts a synthetic cohort of N slides (``synthetic.make_cohort``, liu2020)
+with ``--workers 1`` and ``--workers 2`` alternately (``--repeat`` times each, dask cluster start-up
+included) and prints slides/s of each.
 """
 from __future__ import annotations
 
@@ -26,7 +30,12 @@ def main() -> None:
     ap.add_argument("--per-tile", type=int, default=8)
     ap.add_argument("--size", type=int, default=16)
     ap.add_argument("--out", default=None, help="store path (default: a temporary folder, removed after)")
+    ap.add_argument("--cohort", type=int, default=0, help="extract N synthetic slides with 1 and 2 workers instead")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--slide-size", type=int, nargs=2, default=(4096, 3072))
     a = ap.parse_args()
+    if a.cohort:
+        return workers(a)
     tmp = None if a.out else tempfile.mkdtemp(prefix="bench-store-")
     path = a.out or os.path.join(tmp, "store")
     n = a.tiles * a.per_tile
@@ -64,6 +73,32 @@ def main() -> None:
     print(f"files in the store: {files} ({files / a.slides:.1f} per slide); open (read-only): {t_open:.2f} s")
     st.close()
     if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def workers(a) -> None:
+    from slidestream.engine import config
+    from slidestream.engine.runner import extract, read_cohort
+    from slidestream.engine.synthetic import make_cohort
+
+    tmp = tempfile.mkdtemp(prefix="bench-workers-")
+    try:
+        cohort = read_cohort(make_cohort(os.path.join(tmp, "slides"), n_patients=a.cohort, size=tuple(a.slide_size)))
+        pipeline = config.load(config.example("liu2020"))
+        times: dict[int, list[float]] = {1: [], 2: []}
+        for r in range(a.repeat):
+            for w in (1, 2):
+                out = os.path.join(tmp, f"store-{w}-{r}")
+                t0 = time.perf_counter()
+                s = extract(pipeline, cohort, out, workers=w, qa=False, progress=False)
+                times[w].append(time.perf_counter() - t0)
+                print(f"  workers {w}: {times[w][-1]:.2f} s, {s['rows']} patches, {len(cohort) / times[w][-1]:.2f} slides/s",
+                      flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+        for w, t in times.items():
+            print(f"workers {w}: median {np.median(t):.2f} s, {len(cohort) / np.median(t):.2f} slides/s "
+                  f"(runs: {', '.join(f'{x:.2f}' for x in t)})")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 

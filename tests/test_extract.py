@@ -330,3 +330,13 @@ def test_folder_cohort_finds_each_slide_once():
     by = {r.slide_id: r for r in rows}
     assert by["dicom-cmu-1-small-region"].slide_path.endswith("dicom-cmu-1-small-region")  # 12 level files, one slide
     assert by["pathml_small_dicom_TCGA-XK-AAJU_pen"].slide_path.endswith(".dcm")
+
+
+def test_second_writer_exits_2_naming_the_first(tmp_path):
+    slide = make_slide(tmp_path / "a.svs", size=(1024, 768), label=1, seed=1)
+    pipe = _small_pipeline(tmp_path)
+    first = PatchStore.create(tmp_path / "st", 64, {"chunk": 32}, {"extraction_hash": "x"})  # this process writes it
+    r = subprocess.run([sys.executable, "-m", "slidestream.engine", "extract", str(pipe), "--slides", str(slide),
+                        "--out", str(tmp_path / "st"), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2 and f"pid {os.getpid()}" in r.stderr and "being written" in r.stderr
+    assert first.append("s", np.zeros((2, 64, 64, 3), np.uint8), {}, {}) == (0, 2)  # the first goes on

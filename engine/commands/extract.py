@@ -86,7 +86,7 @@ def extract_cmd(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
-    qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE/qa/<slide>.png: mask overlay and kept tiles."),
+    qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE.qa/<slide>.png beside the store: mask overlay and kept tiles."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress goes to stderr)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
