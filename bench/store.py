@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="store path (default: a temporary folder, removed after)")
     ap.add_argument("--cohort", type=int, default=0, help="extract N synthetic slides with 1 and 2 workers instead")
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--slide-size", type=int, nargs=2, default=(4096, 3072))
+    ap.add_argument("--slide-size", type=int, nargs=2, default=(6144, 4096))
     a = ap.parse_args()
     if a.cohort:
         return workers(a)
@@ -83,7 +83,8 @@ def workers(a) -> None:
 
     tmp = tempfile.mkdtemp(prefix="bench-workers-")
     try:
-        cohort = read_cohort(make_cohort(os.path.join(tmp, "slides"), n_patients=a.cohort, size=tuple(a.slide_size)))
+        cohort = read_cohort(make_cohort(os.path.join(tmp, "slides"), n_patients=a.cohort, size=tuple(a.slide_size),
+                                         mpp=1.0, objective=10))  # 10x native: liu2020's 1024 px tiles fit
         pipeline = config.load(config.example("liu2020"))
         times: dict[int, list[float]] = {1: [], 2: []}
         for r in range(a.repeat):

@@ -424,26 +424,50 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
 
 
 def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, threads, bar, finish) -> None:
-    """One task per slide on a local cluster or at ``scheduler``; commit in cohort order.
+    """One task per slide, on local worker processes or at a ``dask.distributed`` ``scheduler``; commit in
+    cohort order.
 
-    Workers write their slide's shards into ``STORE.partial`` (a shared filesystem) and report tile
-    progress through small files there; the driver only renames finished shards into the store. A task
-    whose worker dies is run again by dask on another worker, into a new staging folder."""
-    from distributed import Client, LocalCluster, wait
+    Workers write their slide's shards into ``STORE.partial`` (a shared filesystem for a cluster) and
+    report tile progress through small files there; the driver only renames finished shards into the
+    store. Local workers are forked from this process (they start at once, with everything imported); on
+    a cluster a task whose worker dies is run again by dask on another worker, into a new staging folder."""
+    import concurrent.futures as cf
 
     if scheduler:
-        client, cluster = Client(scheduler), None
+        from distributed import Client, wait as dask_wait
+
+        client = Client(scheduler)
+
+        def submit(row, *args):
+            return client.submit(process_slide, *args, key=f"slide-{row.slide_id}-{os.getpid()}-{time.monotonic_ns()}",
+                                 pure=False)
+
+        def wait(futs):
+            try:
+                return dask_wait(futs, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in this half second: just refresh the bars
+                return set(), futs
+
+        close = client.close
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
-        client = Client(cluster)
+        import multiprocessing
+
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+        def submit(row, *args):
+            return pool.submit(process_slide, *args)
+
+        def wait(futs):
+            return cf.wait(futs, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+
+        def close():
+            pool.shutdown(cancel_futures=True)
     try:
         futures = {}
         updates = {}
         for row in todo:
-            fut = client.submit(process_slide, pipeline, row, str(stage_dir), store_cfg, str(qa_dir) if qa_dir else None,
-                                threads, None, _FileProgress(str(stage_dir / f"{row.slide_id}.progress")),
-                                key=f"slide-{row.slide_id}-{config.extraction_hash(pipeline)[:8]}-{os.getpid()}", pure=False)
+            fut = submit(row, pipeline, row, str(stage_dir), store_cfg, str(qa_dir) if qa_dir else None, threads, None,
+                         _FileProgress(str(stage_dir / f"{row.slide_id}.progress")))
             futures[fut] = row
             updates[row.slide_id] = bar.slide_started(row.slide_id)
         pending: dict[str, tuple] = {}
@@ -451,10 +475,7 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
         nxt = 0
         running = set(futures)
         while running:
-            try:
-                done, running = wait(running, timeout=0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # nothing finished in this half second: just refresh the bars
-                done = set()
+            done, running = wait(running)
             for row in (futures[f] for f in running):
                 prog = stage_dir / f"{row.slide_id}.progress"
                 try:
@@ -474,9 +495,7 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                 finish(*pending.pop(order[nxt]))
                 nxt += 1
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        close()
 
 
 class _FileProgress:
