@@ -326,8 +326,7 @@ class PatchStore:
     def open(cls, path: str | Path, mode: str = "r") -> "PatchStore":
         """Open an existing store (``r`` read-only, ``r+`` to append or set columns: takes the lock)."""
         path = Path(path)
-        if (path / "manifest.json").is_file() and not (path / "zarr.json").is_file() or \
-                (path / "manifest.json").is_file() and (path / "meta").is_dir():
+        if (path / "manifest.json").is_file():  # format 1 kept its records there; this layout has none inside
             raise StoreError(f"{path} is a patch store of an older slidestream (one manifest.json); re-extract it into a "
                              "new folder: slidestream extract PIPELINE --slides COHORT --out NEW_STORE")
         if not (path / "zarr.json").is_file():

@@ -82,7 +82,7 @@ def extract_cmd(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON file (e.g. schemas/examples/liu2020.json)."),
     slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp]) or a folder of slides."),
     out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel (dask worker processes)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel by worker processes on this machine (each compresses its own slides)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
