@@ -81,9 +81,15 @@ def main() -> None:
             if killed:
                 proc.send_signal(signal.SIGKILL)
             proc.wait()
-            committed = len(PatchStore.open(out).records()) if (out / "zarr.json").exists() else "no store"
+            try:
+                committed = len(PatchStore.open(out).records()) if (out / "zarr.json").exists() else "no store"
+            except Exception as e:  # a broken store is a failed trial
+                committed = f"unreadable ({e})"
             r = subprocess.run(cmd(out), capture_output=True, text=True)
-            same = r.returncode == 0 and per_slide(out) == ref
+            try:
+                same = r.returncode == 0 and per_slide(out) == ref
+            except Exception:
+                same = False
             ok += same
             print(f"trial {trial + 1}: kill {at:.2f} s after the lock (run: {full:.2f} s) ({'killed' if killed else 'had finished'}, "
                   f"committed slides then: {committed}), rerun exit {r.returncode}: {'identical' if same else 'DIFFERENT'}",
