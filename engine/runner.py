@@ -11,7 +11,6 @@ tiles, whatever the slide's size.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shutil

@@ -27,6 +27,7 @@ completely or not at all; rows past them are cut off when a writer opens the sto
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -181,8 +182,6 @@ def _release_all() -> None:
         lock.unlink(missing_ok=True)
     _HELD.clear()
 
-
-import atexit  # noqa: E402
 
 atexit.register(_release_all)
 
