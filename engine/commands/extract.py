@@ -93,7 +93,11 @@ def extract_cmd(
     """Extract patches from slides into a zarr patch store.
 
     Exit status: 0 all slides done (slides without tissue are recorded, not errors), 1 some slides
-    failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input.
+    failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input or the
+    store is being written by another process (STORE.lock names it).
+
+    A rerun updates the label, age and patient_id columns of finished slides whose cohort values
+    changed, and extracts again a slide whose mpp changed.
     """
     from ..runner import extract, read_cohort
 
@@ -106,7 +110,7 @@ def extract_cmd(
     else:
         table = Table("slide", "status", "tiles", "patches", "seconds", "note", title=f"{out}: {summary['rows']} patches")
         for s in summary["slides"]:
-            color = {"done": "green", "skipped": "dim", "empty": "yellow", "error": "red"}.get(s["status"], "")
+            color = {"done": "green", "skipped": "dim", "updated": "cyan", "empty": "yellow", "error": "red"}.get(s["status"], "")
             table.add_row(s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
                           str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80])
         console.print(table)
