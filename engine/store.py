@@ -514,9 +514,10 @@ class PatchStore:
         if n:
             stage = Path(stage)
             src = zarr.open_array(str(stage), mode="r")
-            if src.shape[0] != n or src.shape[1] != self.size or src.chunks[0] != self.chunk:
-                raise StoreError(f"staged {stage} does not match the store ({src.shape}, chunks {src.chunks})")
             dst = self._arrays["patches"]
+            if src.shape[0] != n or src.shape[1:] != dst.shape[1:] or src.chunks != dst.chunks or src.shards != dst.shards:
+                raise StoreError(f"staged {stage} does not match the store ({src.shape}, chunks {src.chunks}, "
+                                 f"shards {src.shards}); extract that slide again")
             for j in range(k):
                 target = self.path / "patches" / dst.metadata.encode_chunk_key((p0 // self.shard + j, 0, 0, 0))
                 target.parent.mkdir(parents=True, exist_ok=True)
