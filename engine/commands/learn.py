@@ -45,6 +45,8 @@ def train_command(
     seed: Optional[int] = typer.Option(None, help="Override training.seed (initialisation, batch order, dropout)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: training.device)."),
     split: bool = typer.Option(False, "--split", help="Split the store first when it has no split yet."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse synthetic patches of generators that learned from "
+                                "patients outside the current train split (default: leave them out with a warning)."),
 ):
     """Train classifier(s) with per-epoch checkpoints; rerun the same command to resume after an interruption."""
     from .. import config, splits, train
@@ -59,7 +61,7 @@ def train_command(
             sp = train.settings(p)["split"]
             splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0))
     res = train.train_many(p, store, out, arch, epochs=epochs, synthetic=synthetic, seed=seed, device=device,
-                           log=typer.echo)
+                           strict=strict, log=typer.echo)
     typer.echo(f"comparison: {res['comparison']['markdown']}, ROC: {res['comparison']['roc']}")
 
 
