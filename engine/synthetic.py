@@ -2,14 +2,23 @@
 
 ``make_slide`` writes a pyramidal tiled-JPEG TIFF with an Aperio-style ImageDescription (cuCIM, OpenSlide
 and tifffile all read it): pink/purple tissue blobs on near-white glass. The two classes differ only in
-nuclear *texture*, not in colour: both have the same nuclear area fraction (so the same mean colour), but
+nuclear *texture*, not in colour: both have the same nuclear area fraction (so the same mean colour), made
+of two nuclear shapes,
 
-* label 1 (IDH-mutant): many small round nuclei (radius ~4 um),
-* label 0 (IDH-wildtype): few large elongated nuclei (semi-axes ~10 x 4 um),
+* small round nuclei (radius ~4 um), IDH-mutant-like,
+* large elongated nuclei (semi-axes ~10 x 4 um), IDH-wildtype-like,
 
-which a CNN sees at 10x (1 um/px: 8 px round vs 20 x 8 px elongated nuclei). Stain colour, nuclear
-darkness and tissue layout are jittered per slide from the same distribution for both classes.
-Everything is deterministic from ``seed``. A 4096 x 3072 slide takes well under a second.
+which a CNN sees at 10x (1 um/px: 8 px round vs 20 x 8 px elongated nuclei).
+
+* ``subtle=True`` (cohorts, ``make_cohort``, the demo): every slide mixes both shapes; its fraction of round
+  nuclei comes from a per-patient phenotype ``z ~ N(+-SIGNAL, 1)`` (``round_fraction``), so the classes
+  overlap and even a perfect reader of the slides reaches a patient AUC of ~0.91, not 1.0. Ages are drawn
+  per class from the paper's Table 5 (``draw_patients``; age-only AUC ~0.73, as in its Table 3).
+* ``subtle=False`` (default of ``render``/``make_slide``/``make_store``, for unit tests that need a signal a
+  tiny model learns in seconds): mutant slides have only round nuclei, wildtype only elongated ones.
+
+Stain colour, nuclear darkness and tissue layout are jittered per slide from the same distribution for both
+classes. Everything is deterministic from ``seed``. A 4096 x 3072 slide takes well under a second.
 """
 from __future__ import annotations
 

@@ -189,8 +189,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     ``arch`` defaults to the pipeline's ``classifier``; ``synthetic`` = number of synthetic (GAN) patches to
     add to the training split (GAN sweep); ``seed`` fixes initialisation, batch order and dropout;
     ``strict`` refuses synthetic rows of generators that learned from patients outside the current train split
-    (default: leave them out with a warning); ``overrides`` replace other ``training`` keys (``batch_size``, ``lr``, ...). Resumes from
-    ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
+    (default: leave them out with a warning); ``overrides`` replace other ``training`` keys (``batch_size``,
+    ``lr``, ...). Resumes from ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
     """
     t0 = time.perf_counter()
     cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
