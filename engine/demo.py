@@ -22,7 +22,7 @@ import numpy as np
 from . import config
 
 
-def demo_pipeline(epochs: int = 5, patch: int = 64, seed: int = 0) -> dict[str, Any]:
+def demo_pipeline(epochs: int = 3, patch: int = 64, seed: int = 0) -> dict[str, Any]:
     """The paper's pipeline (``schemas/examples/liu2020.json``) scaled down for a CPU demo."""
     doc = json.loads(config.example("liu2020").read_text())
     doc.update({
@@ -59,7 +59,7 @@ def _shuffle_labels(csv_path: Path, seed: int) -> None:
 
 
 def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
-        epochs: int = 5, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
+        epochs: int = 3, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
         mpp: float = 0.25, gan: bool = False, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"report", "metrics", "seconds", ...}``.
 

@@ -102,9 +102,9 @@ def demo_command(
     out: Path = typer.Option(Path("slidestream-demo"), "--out", help="Folder for the synthetic cohort, store, model and report."),
     patients: int = typer.Option(160, min=8, help="Synthetic patients (one slide each); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
-    epochs: int = typer.Option(5, min=1, help="Training epochs of the small CNN."),
+    epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN."),
     seed: int = typer.Option(0, help="Seed of the cohort, split and training."),
-    gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (adds ~1-2 min)."),
+    gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (three more short trainings: adds several minutes)."),
 ):
     """Run the whole method on a synthetic cohort on the CPU (a few minutes): slides -> extract -> split -> train ->
     predict -> evaluate with age fusion -> report."""
