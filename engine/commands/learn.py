@@ -104,7 +104,7 @@ def demo_command(
                                  "test patients."),
     epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN."),
     seed: int = typer.Option(0, help="Seed of the cohort, split and training."),
-    gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (three more short trainings: adds several minutes)."),
+    gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (adds ~7 min on 2 shared cores)."),
 ):
     """Run the whole method on a synthetic cohort on the CPU (a few minutes): slides -> extract -> split -> train ->
     predict -> evaluate with age fusion -> report."""
