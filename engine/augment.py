@@ -7,11 +7,17 @@ normalization, ``rgb_histogram``). The generator is any ``augmenter`` plugin (``
 GAN directory holds the plugin's files plus ``manifest.json``, written here::
 
     {"generator": "pggan", "generator_id": "pggan-mutant-1a2b3c4d", "label": "mutant", "params": {...},
-     "store": ..., "rows": n, "normalization": [...], "status": "training" | "done", "swd": {...}}
+     "store": ..., "rows": n, "patients": ["P003", ...], "patients_digest": "...", "normalization": [...],
+     "status": "training" | "done", "swd": {...}}
 
-Synthetic patches go into the same store as rows flagged ``synthetic=True`` with ``split="train"``, the
-class ``label`` and the ``generator`` id; the classifier adds them with ``training.synthetic`` (see
-``engine/train.py``), which is what ``experiment gan-sweep`` varies (paper Table 2, Fig. 3).
+``patients`` is the sorted list of the patients whose patches the generator learned from (``patients_digest``
+its ``config.digest``). Synthetic patches go into the same store as rows flagged ``synthetic=True`` with
+``split="train"``, the class ``label`` and the ``generator`` id; each ``gan sample`` batch's record in the
+store's ``synthetic`` section repeats the generator's ``patients`` and ``patients_digest``. The classifier adds
+synthetic rows with ``training.synthetic`` (see ``engine/train.py``), which is what ``experiment gan-sweep``
+varies (paper Table 2, Fig. 3), and only from generators whose patients are all in the store's *current*
+train split: after a re-split that moved one of them to val or test, that generator's rows are left out
+(``train_synthetic_rows``), so no validation or test patient reaches training through a GAN.
 """
 from __future__ import annotations
 
@@ -129,6 +135,7 @@ def train_gan(pipeline: dict[str, Any], store: str | Path, label: str, out: str 
     n_train = int(params.get("n_train", (plugin.params.get("n_train") or {}).get("default", len(rows))))
     if len(rows) > n_train:  # the paper: 12,000 random patches per class
         rows = np.sort(np.random.default_rng([seed, LABELS[label]]).choice(rows, n_train, replace=False))
+    patients = sorted(set(st.column("patient_id")[rows].tolist()))
     chain, refs = gan_chain(pipeline)
     learned = {k: v for k, v in params.items() if k not in plugin.runtime_params}
     key = {"generator": ref["name"], "params": learned, "label": label, "store": st.manifest.get("extraction_hash"),
@@ -140,12 +147,13 @@ def train_gan(pipeline: dict[str, Any], store: str | Path, label: str, out: str 
         if old.get("generator_id") != gid:
             raise ConfigError(f"{out} holds a generator trained with other settings, class or patches "
                               f"({old.get('generator_id')}); use a new --out")
-        manifest = {**old, "params": params}
+        manifest = {**old, "params": params, "patients": patients, "patients_digest": config.digest(patients)}
     else:
         out.mkdir(parents=True, exist_ok=True)
         manifest = {"generator": ref["name"], "generator_id": gid, "label": label, "label_value": LABELS[label],
                     "params": params, "store": str(Path(store).resolve()), "store_hash": key["store"],
-                    "split": key["split"], "rows": int(len(rows)), "rows_digest": key["rows"], "normalization": refs,
+                    "split": key["split"], "rows": int(len(rows)), "rows_digest": key["rows"], "patients": patients,
+                    "patients_digest": config.digest(patients), "normalization": refs,
                     "status": "training", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_manifest(out, manifest)
     if log:
@@ -168,6 +176,9 @@ def sample_into_store(gan_dir: str | Path, n: int, store: str | Path, seed: int 
     m = read_manifest(gan_dir)
     if m.get("status") != "done":
         raise ConfigError(f"the generator in {gan_dir} has not finished training; rerun `slidestream gan train` to resume it")
+    if not m.get("patients"):
+        raise ConfigError(f"the generator in {gan_dir} does not record which patients it learned from (made by an older "
+                          "slidestream); retrain it with `slidestream gan train` into a new --out")
     st = PatchStore.open(store, mode="r+")
     key = f"{m['generator_id']}/seed-{seed}/n-{n}"
     if st.done(key, "synthetic"):
@@ -176,7 +187,8 @@ def sample_into_store(gan_dir: str | Path, n: int, store: str | Path, seed: int 
     x = np.asarray(_plugin(m).sample(str(gan_dir), int(n), int(seed)))
     size = int(st.patches.shape[1])
     record = {"generator": m["generator"], "generator_id": m["generator_id"], "gan_dir": str(Path(gan_dir).resolve()),
-              "label": m["label"], "n": int(n), "seed": int(seed), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "label": m["label"], "n": int(n), "seed": int(seed), "patients": m["patients"],
+              "patients_digest": m["patients_digest"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if x.shape[1] != size:
         record["resized_from"] = int(x.shape[1])
         x = _resize(x, size)
@@ -184,6 +196,36 @@ def sample_into_store(gan_dir: str | Path, n: int, store: str | Path, seed: int 
             "slide_id": m["generator_id"]}
     n0, n1 = st.append(key, x, meta, record, section="synthetic")
     return {**record, "rows": [n0, n1]}
+
+
+# ------------------------------------------------------------------------------------------- leakage
+def train_synthetic_rows(store, split: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Synthetic rows whose generator learned only from patients of the current train split, and
+    ``{generator_id: [its patients now in val/test, or "unknown"]}`` for the generators left out.
+
+    ``split`` is the store's split column (read when not given). A generator is known by the
+    ``patients`` of its ``gan sample`` records in the store's ``synthetic`` section; rows of a
+    generator with no such record are left out too (nothing says where they came from)."""
+    t = store.table(["patient_id", "synthetic", "generator"])
+    split = store.column("split") if split is None else split
+    syn = t["synthetic"].astype(bool)
+    real = ~syn
+    train_patients = set(t["patient_id"][real & (split == "train")].tolist())
+    seen: dict[str, set[str]] = {}
+    for rec in store.records("synthetic").values():
+        if rec.get("patients") is not None:
+            seen.setdefault(rec["generator_id"], set()).update(rec["patients"])
+    ok, bad = [], {}
+    for gid in sorted(set(t["generator"][syn].tolist())):
+        if gid not in seen:
+            bad[gid] = ["unknown"]
+            continue
+        outside = sorted(seen[gid] - train_patients)
+        if outside:
+            bad[gid] = outside
+        else:
+            ok.append(gid)
+    return np.nonzero(syn & np.isin(t["generator"], ok))[0], bad
 
 
 # ------------------------------------------------------------------------------------------- grid

@@ -2,14 +2,23 @@
 
 ``make_slide`` writes a pyramidal tiled-JPEG TIFF with an Aperio-style ImageDescription (cuCIM, OpenSlide
 and tifffile all read it): pink/purple tissue blobs on near-white glass. The two classes differ only in
-nuclear *texture*, not in colour: both have the same nuclear area fraction (so the same mean colour), but
+nuclear *texture*, not in colour: both have the same nuclear area fraction (so the same mean colour), made
+of two nuclear shapes,
 
-* label 1 (IDH-mutant): many small round nuclei (radius ~4 um),
-* label 0 (IDH-wildtype): few large elongated nuclei (semi-axes ~10 x 4 um),
+* small round nuclei (radius ~4 um), IDH-mutant-like,
+* large elongated nuclei (semi-axes ~10 x 4 um), IDH-wildtype-like,
 
-which a CNN sees at 10x (1 um/px: 8 px round vs 20 x 8 px elongated nuclei). Stain colour, nuclear
-darkness and tissue layout are jittered per slide from the same distribution for both classes.
-Everything is deterministic from ``seed``. A 4096 x 3072 slide takes well under a second.
+which a CNN sees at 10x (1 um/px: 8 px round vs 20 x 8 px elongated nuclei).
+
+* ``subtle=True`` (cohorts, ``make_cohort``, the demo): every slide mixes both shapes; its fraction of round
+  nuclei comes from a per-patient phenotype ``z ~ N(+-SIGNAL, 1)`` (``round_fraction``), so the classes
+  overlap and even a perfect reader of the slides reaches a patient AUC of ~0.91, not 1.0. Ages are drawn
+  per class from the paper's Table 5 (``draw_patients``; age-only AUC ~0.73, as in its Table 3).
+* ``subtle=False`` (default of ``render``/``make_slide``/``make_store``, for unit tests that need a signal a
+  tiny model learns in seconds): mutant slides have only round nuclei, wildtype only elongated ones.
+
+Stain colour, nuclear darkness and tissue layout are jittered per slide from the same distribution for both
+classes. Everything is deterministic from ``seed``. A 4096 x 3072 slide takes well under a second.
 """
 from __future__ import annotations
 
@@ -21,15 +30,26 @@ from PIL import Image, ImageDraw
 
 GLASS = np.array([242, 241, 244], np.float32)
 AGE = {1: (44.2, 12.7), 0: (55.5, 13.3)}  # Liu et al. 2020, Table 5: mean, SD per class (1 = mutant)
+SIGNAL = 0.95  # cohort slides: class means +-SIGNAL of the per-patient phenotype (sd 1), see round_fraction
 NUC_FRACTION = 0.16  # nuclear area fraction of tissue, the same for both classes
 INK = {"green": (113, 194, 183), "blue": (45, 95, 200), "red": (205, 45, 65)}
 
 
-def _sprites(rng: np.random.Generator, label: int, px_per_um: float, k: int = 16) -> list[np.ndarray]:
-    """k soft nucleus masks (float32 0..1) with the class's shape distribution."""
+def round_fraction(label: int, rng: np.random.Generator, signal: float = SIGNAL) -> float:
+    """A patient's fraction of small round (mutant-like) nuclei: ``sigmoid(2 z)`` with a per-patient
+    phenotype ``z ~ N(+signal, 1)`` for mutant and ``N(-signal, 1)`` for wildtype. The classes overlap: a
+    classifier that read ``z`` exactly would reach a patient AUC of ``Phi(2 signal / sqrt(2))`` (0.91 at 0.95)."""
+    z = rng.normal(signal if label == 1 else -signal, 1.0)
+    return float(1.0 / (1.0 + np.exp(-2.0 * z)))
+
+
+def _sprites(rng: np.random.Generator, label: int, px_per_um: float, k: int = 16,
+             round_frac: float | None = None) -> list[np.ndarray]:
+    """k soft nucleus masks (float32 0..1): the class's shape, or with ``round_frac`` that fraction of small round
+    nuclei and the rest large elongated ones."""
     out = []
-    for _ in range(k):
-        if label == 1:
+    for i in range(k):
+        if (label == 1) if round_frac is None else i < round(round_frac * k):
             a = b = rng.uniform(3.2, 4.8) * px_per_um
         else:
             a, b = rng.uniform(8.5, 11.5) * px_per_um, rng.uniform(3.2, 4.5) * px_per_um
@@ -60,8 +80,10 @@ def _tissue(rng: np.random.Generator, hs: int, ws: int) -> np.ndarray:
 
 
 def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, pen: bool = False,
-           full: bool = False) -> np.ndarray:
-    """The level-0 RGB image (h, w, 3) uint8 of a synthetic slide (``full``: tissue everywhere, no glass)."""
+           full: bool = False, subtle: bool = False) -> np.ndarray:
+    """The level-0 RGB image (h, w, 3) uint8 of a synthetic slide (``full``: tissue everywhere, no glass;
+    ``subtle``: the overlapping per-patient mix of nuclear shapes of ``round_fraction`` instead of the
+    textbook one-shape-per-class)."""
     w, h = size
     rng = np.random.default_rng([seed, 7919 + int(label)])
     g = 16  # design grid: level-0 px per low-res px
@@ -71,7 +93,7 @@ def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, 
 
     # nuclei: stamp soft sprites at random tissue positions until the area fraction is reached
     px_per_um = 1.0 / mpp
-    sprites = _sprites(rng, label, px_per_um)
+    sprites = _sprites(rng, label, px_per_um, 32, round_fraction(label, rng)) if subtle else _sprites(rng, label, px_per_um)
     mean_area = float(np.mean([s.sum() for s in sprites]))
     n = int(NUC_FRACTION * float(alpha.sum()) / mean_area)
     nuc = np.zeros((h, w), np.float32)
@@ -115,14 +137,14 @@ def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, 
 
 def make_slide(path: str | Path, size: tuple[int, int] = (4096, 3072), label: int = 0, seed: int = 0,
                mpp: float = 0.25, objective: float = 40, levels: tuple[int, ...] = (1, 4, 16), tile: int = 256,
-               pen: bool = False) -> Path:
+               pen: bool = False, subtle: bool = False) -> Path:
     """Write a synthetic pyramidal slide (Aperio-style tiled JPEG TIFF) to ``path``; returns the path."""
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
-    img = render(size, label, seed, mpp, pen)
+    img = render(size, label, seed, mpp, pen, subtle=subtle)
     head = "Aperio Image Library v12.0.0\r\n"
     opts = dict(tile=(tile, tile), compression="jpeg", photometric="rgb", subsampling=(2, 2),
                 compressionargs={"level": 85, "outcolorspace": "ycbcr"}, metadata=None, software=False,
@@ -138,22 +160,30 @@ def make_slide(path: str | Path, size: tuple[int, int] = (4096, 3072), label: in
     return path
 
 
-def make_cohort(out_dir: str | Path, n_patients: int = 24, seed: int = 0, size: tuple[int, int] = (4096, 3072),
-                **slide_kw) -> Path:
-    """Write ``n_patients`` slides (half mutant, half wildtype, one per patient) and ``cohort.csv``
-    (slide_path,patient_id,label,age) with ages drawn per class from the paper's Table 5. Returns the csv."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def draw_patients(n_patients: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (half mutant, half wildtype, shuffled) and ages for ``n_patients``: ages drawn per class from the
+    paper's Table 5 (``AGE``), clipped to 18..90 years. An age-only classifier scores AUC ~0.73 on them (Table 3)."""
     rng = np.random.default_rng(seed)
     labels = np.array([1, 0] * (n_patients // 2) + [1] * (n_patients % 2))
     rng.shuffle(labels)
+    ages = np.array([np.clip(rng.normal(*AGE[int(lab)]), 18, 90) for lab in labels], float)
+    return labels, ages
+
+
+def make_cohort(out_dir: str | Path, n_patients: int = 24, seed: int = 0, size: tuple[int, int] = (4096, 3072),
+                subtle: bool = True, **slide_kw) -> Path:
+    """Write ``n_patients`` slides (one per patient; labels and ages of ``draw_patients``) and ``cohort.csv``
+    (slide_path,patient_id,label,age). ``subtle`` (default): the classes differ by an overlapping per-patient mix
+    of nuclear shapes (``round_fraction``), so image AUCs are high but not perfect. Returns the csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels, ages = draw_patients(n_patients, seed)
     rows = []
-    for i, lab in enumerate(labels):
-        mu, sd = AGE[int(lab)]
-        age = float(np.clip(rng.normal(mu, sd), 18, 90))
+    for i, (lab, age) in enumerate(zip(labels, ages)):
         pid = f"P{i:03d}"
-        slide = make_slide(out / f"{pid}.svs", size=size, label=int(lab), seed=seed * 100003 + i, **slide_kw)
-        rows.append({"slide_path": str(slide), "patient_id": pid, "label": int(lab), "age": round(age, 1)})
+        slide = make_slide(out / f"{pid}.svs", size=size, label=int(lab), seed=seed * 100003 + i, subtle=subtle,
+                           **slide_kw)
+        rows.append({"slide_path": str(slide), "patient_id": pid, "label": int(lab), "age": round(float(age), 1)})
     csv_path = out / "cohort.csv"
     with open(csv_path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["slide_path", "patient_id", "label", "age"])

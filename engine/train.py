@@ -107,12 +107,16 @@ def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- rows
-def training_rows(tab: dict[str, np.ndarray], synthetic: int, seed: int) -> np.ndarray:
-    """Real train-split rows plus ``synthetic`` synthetic rows (half per class when possible, seeded)."""
+def training_rows(tab: dict[str, np.ndarray], synthetic: int, seed: int, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Real train-split rows plus ``synthetic`` synthetic rows (half per class when possible, seeded), drawn
+    from the synthetic rows in ``eligible`` (default: all; ``train`` passes only those of generators that
+    learned from current train-split patients, see ``synthetic_pool``)."""
     syn = tab["synthetic"].astype(bool)
     real = np.nonzero((tab["split"] == "train") & ~syn)[0]
     if not synthetic:
         return real
+    if eligible is not None:
+        syn = syn & np.isin(np.arange(len(syn)), eligible)
     rng = np.random.default_rng([seed, 1])
     pools = [rng.permutation(np.nonzero(syn & (tab["label"] == c))[0]) for c in (1, 0)]
     want = [synthetic - synthetic // 2, synthetic // 2]
@@ -122,8 +126,29 @@ def training_rows(tab: dict[str, np.ndarray], synthetic: int, seed: int) -> np.n
         want = [synthetic - len(pools[1]), len(pools[1])]
     if want[0] > len(pools[0]) or want[1] > len(pools[1]):
         raise ConfigError(f"training.synthetic asks for {synthetic} synthetic patches but the store holds "
-                          f"{len(pools[0])} mutant + {len(pools[1])} wildtype; run `slidestream gan sample` first")
+                          f"{len(pools[0])} mutant + {len(pools[1])} wildtype usable ones (from generators trained on "
+                          "current train-split patients); run `slidestream gan sample` first")
     return np.sort(np.concatenate([real, pools[0][:want[0]], pools[1][:want[1]]]))
+
+
+def synthetic_pool(st: PatchStore, strict: bool = False, log: Callable[[str], None] | None = None) -> np.ndarray:
+    """Synthetic rows training may use: those of generators whose patients are all in the current train split.
+    Rows of other generators (a re-split moved one of their patients to val/test) are dropped with a one-line
+    warning, or refused with ``strict``."""
+    from .augment import train_synthetic_rows
+
+    rows, bad = train_synthetic_rows(st)
+    if bad:
+        n = int(np.sum(np.isin(st.column("generator"), list(bad)) & st.column("synthetic").astype(bool)))
+        what = "; ".join(f"{g} ({', '.join(p[:3])}{' ...' if len(p) > 3 else ''})" for g, p in bad.items())
+        msg = (f"{n} synthetic patches of {len(bad)} generator(s) learned from patients outside the current train "
+               f"split: {what}")
+        if strict:
+            raise ConfigError(msg + "; retrain those generators on this split (`slidestream gan train`), or drop --strict "
+                              "to train without their patches")
+        if log:
+            log("warning: " + msg + "; left out of training")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -144,14 +169,16 @@ def _better(m: dict, best: dict | None, select: str) -> bool:
 
 def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: str | None = None, *,
           synthetic: int | None = None, seed: int | None = None, epochs: int | None = None,
-          device: str | None = None, log: Callable[[str], None] | None = print, patient_from: str | None = None,
+          device: str | None = None, strict: bool = False, log: Callable[[str], None] | None = print,
+          patient_from: str | None = None,
           **overrides) -> dict[str, Any]:
     """Train one architecture on the store's splits; write the bundle to ``OUT/<arch>``; return a summary.
 
     ``arch`` defaults to the pipeline's ``classifier``; ``synthetic`` = number of synthetic (GAN) patches to
     add to the training split (GAN sweep); ``seed`` fixes initialisation, batch order and dropout;
-    ``overrides`` replace other ``training`` keys (``batch_size``, ``lr``, ...). Resumes from
-    ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
+    ``strict`` refuses synthetic rows of generators that learned from patients outside the current train split
+    (default: leave them out with a warning); ``overrides`` replace other ``training`` keys (``batch_size``,
+    ``lr``, ...). Resumes from ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
     ``patient_from``: "slide" or "tcga" to accept a store whose patient ids are slide ids (see splits.py).
     """
     from .evaluate import fit_fusion, metrics_at, roc_points
@@ -187,7 +214,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     dev = pick_device(cfg["device"])
     chain, channels = norm_chain(pipeline)
     size = cfg["input_size"] or int(st.patches.shape[1])
-    train_rows = training_rows(tab, int(cfg["synthetic"] or 0), int(cfg["seed"]))
+    pool = synthetic_pool(st, strict, say) if cfg["synthetic"] else None
+    train_rows = training_rows(tab, int(cfg["synthetic"] or 0), int(cfg["seed"]), pool)
     val_rows = np.nonzero(tab["split"] == "val")[0]
     if not len(val_rows):
         raise ConfigError("the store's validation split is empty; use split ratios with a val part (e.g. 6:1:1)")
@@ -295,6 +323,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     meta["extraction_hash"] = st.manifest.get("extraction_hash") or config.extraction_hash(bpipe)
     bundle_mod.save(out_dir, model, bpipe, meta)
     summary = {"arch": arch, "bundle": str(out_dir), "best_epoch": meta["best_epoch"], "epochs": int(cfg["epochs"]),
+               "train_rows": {"n": int(len(train_rows)), "synthetic": int(np.sum(tab["synthetic"][train_rows])),
+                              "digest": config.digest(train_rows.tolist())},
                "init": init["kind"], "metrics": metrics, "history": history, "seconds": round(time.perf_counter() - t0, 1)}
     # training.json: settings, best epoch (chosen on val), fusion fit, image metrics at the best epoch; val metrics
     # are selection-set metrics (val chose the epoch). Only `slidestream evaluate` writes metrics.json.
@@ -306,7 +336,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
            "metrics": {s_: {**{k: v for k, v in m.items() if k != "roc"},
                             "role": val_role if s_ == "val" else "held out"}
                        for s_, m in metrics.items()},
-           "seconds": summary["seconds"], "bundle": str(out_dir)}
+           "train_rows": summary["train_rows"], "seconds": summary["seconds"], "bundle": str(out_dir)}
     (out_dir / "training.json").write_text(json.dumps(doc, indent=1, default=str))
     say(f"best epoch {summary['best_epoch'] + 1 if best else '-'}; "
         + "; ".join(f"{s} AUC {m['auc']:.3f}" if m["auc"] is not None else f"{s} AUC n/a" for s, m in metrics.items())

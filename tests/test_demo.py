@@ -1,18 +1,32 @@
-"""The demo pipeline end to end (real extraction runner), and the shuffled-label null check: the test AUC must
-come from the model learning the images, so with patient labels permuted it falls to chance."""
+"""The demo pipeline end to end (real extraction runner) on a tiny cohort: every output a user is promised. No AUC
+claims here: 6 test patients cannot support one (tests/test_power.py measures the cohort's signals on 120-4000
+patients instead); the full demo's numbers are in the README."""
+import inspect
+
 import pytest
 
-from slidestream.engine import demo
+from slidestream.engine import demo, splits
+from slidestream.engine.synthetic import draw_patients
 
-TINY = dict(n_patients=24, size=(512, 384), mpp=1.0, epochs=4, bootstrap=0, log=None)  # 10x slides, ~20 s a run
+TINY = dict(n_patients=24, size=(512, 384), mpp=1.0, epochs=2, bootstrap=0, log=None)  # 10x slides, ~20 s
+
+
+def test_default_demo_has_at_least_40_test_patients():
+    n = inspect.signature(demo.run).parameters["n_patients"].default
+    sp = demo.demo_pipeline()["training"]["split"]
+    labels, _ = draw_patients(n, seed=0)
+    parts = splits.assign([f"P{i:03d}" for i in range(n)], labels.tolist(), sp["ratios"], sp["seed"])
+    assert sum(v == "test" for v in parts.values()) >= 40
 
 
 @pytest.mark.slow
-def test_demo_learns_and_shuffled_labels_fall_to_chance(tmp_path):
-    real = demo.run(tmp_path / "real", heatmap=True, **TINY)
-    assert demo.test_auc(real["metrics"]) >= 0.9
-    assert (tmp_path / "real" / "report" / "report.md").is_file()
-    assert real["heatmap"] and (tmp_path / "real" / "heatmaps").is_dir()
-    null = demo.run(tmp_path / "null", heatmap=False, shuffle_labels=True, **TINY)
-    aucs = [null["metrics"][s]["image"]["auc"] for s in ("val", "test")]
-    assert all(abs(a - 0.5) <= 0.3 for a in aucs), aucs
+def test_demo_writes_report_rocs_fusion_rows_and_heatmap(tmp_path):
+    r = demo.run(tmp_path / "d", heatmap=True, **TINY)
+    res = demo.results(r["metrics"])
+    assert set(res) >= {"image", "age", "age+image"} and res["image"]["n"] == 6
+    assert all(v["auc"] is None or 0 <= v["auc"] <= 1 for v in res.values())
+    report = (tmp_path / "d" / "report" / "report.md").read_text()
+    assert "| Age |" in report and "| Age & image |" in report
+    for split in ("val", "test"):
+        assert (tmp_path / "d" / "report" / f"roc_{split}.png").stat().st_size > 1000
+    assert r["heatmap"] and (tmp_path / "d" / "heatmaps").is_dir()

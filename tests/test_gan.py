@@ -221,3 +221,66 @@ def test_gan_sweep_writes_table_and_roc(trained, store, tmp_path):
     assert r["results"][1]["metrics"]["test"]["n"] == r["results"][0]["metrics"]["test"]["n"]
     with pytest.raises(ConfigError, match="gan sample"):
         experiment.gan_sweep(config.parse(PIPE), copy, [0, 100], tmp_path / "sweep2", log=None)
+
+
+# ----------------------------------------------------------------------------------- leakage
+def test_resplit_keeps_generators_of_val_and_test_patients_out_of_training(trained, store, tmp_path):
+    """gan train + gan sample, then `split` with another seed: a generator that learned from a patient who is now
+    in val or test must not put a single patch into training (warning, or refusal with strict); a generator whose
+    patients all stayed in train still contributes."""
+    import shutil
+
+    from slidestream.engine import train
+
+    out, m = trained
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    st = PatchStore.open(copy)
+    t0 = st.table(["patient_id", "label", "split", "synthetic"])
+    learned = {lab: set(t0["patient_id"][(t0["split"] == "train") & (t0["label"] == v)].tolist())
+               for lab, v in augment.LABELS.items()}  # ground truth: the patients the generators were shown
+    assert m["patients"] == sorted(learned["mutant"]) and m["patients_digest"] == config.digest(sorted(learned["mutant"]))
+    wt_pipe = {**PIPE, "augmenter": {"name": "pggan", "params": {**TINY, "resolution": 16, "total_kimg": 2}}}
+    wt = augment.train_gan(config.parse(wt_pipe), copy, "wildtype", tmp_path / "wildtype", progress=False, log=None)
+    assert wt["patients"] == sorted(learned["wildtype"])
+    augment.sample_into_store(out, 24, copy, seed=0)
+    augment.sample_into_store(tmp_path / "wildtype", 24, copy, seed=0)
+    recs = PatchStore.open(copy).records("synthetic")
+    assert sorted(r["patients_digest"] for r in recs.values()) == sorted([m["patients_digest"], wt["patients_digest"]])
+
+    # a re-split (another seed) that keeps the mutant generator's patients in train but moves wildtype ones out
+    pids, first = np.unique(t0["patient_id"], return_index=True)
+    labels = t0["label"][first]
+    seed = next(s for s in range(1, 500) if (lambda a: {p for p, v in a.items() if v == "train"} >= learned["mutant"]
+                                              and not {p for p, v in a.items() if v == "train"} >= learned["wildtype"])
+                (splits.assign(pids.tolist(), labels.tolist(), (6, 1, 1), s)))
+    splits.split_store(PatchStore.open(copy, mode="r+"), (6, 1, 1), seed)
+    st = PatchStore.open(copy)
+    tab = st.table()
+    held_out = set(tab["patient_id"][np.isin(tab["split"], ["val", "test"]) & ~tab["synthetic"]].tolist())
+    leaky = {g for g, pts in ((m["generator_id"], learned["mutant"]), (wt["generator_id"], learned["wildtype"]))
+             if pts & held_out}
+    assert leaky == {wt["generator_id"]}
+
+    logs: list[str] = []
+    r = train.train(config.parse(PIPE), copy, tmp_path / "run", synthetic=20, log=logs.append)
+    used = train.training_rows(tab, 20, 0, train.synthetic_pool(st))
+    assert r["train_rows"]["digest"] == config.digest(used.tolist())  # the rows training recorded it used
+    gens = set(tab["generator"][used][tab["synthetic"][used]].tolist())
+    assert gens == {m["generator_id"]} and r["train_rows"]["synthetic"] == 20  # no leak; the clean generator helps
+    assert sum("warning" in line and wt["generator_id"] in line for line in logs) == 1
+    with pytest.raises(ConfigError, match="outside the current train split"):
+        train.train(config.parse(PIPE), copy, tmp_path / "strict", synthetic=20, strict=True, log=None)
+
+
+def test_sample_refuses_generator_without_patient_record(trained, store, tmp_path):
+    import shutil
+
+    out, _ = trained
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    m = augment.read_manifest(old)
+    del m["patients"]
+    augment.write_manifest(old, m)
+    with pytest.raises(ConfigError, match="retrain"):
+        augment.sample_into_store(old, 4, store, seed=9)
