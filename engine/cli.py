@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from .commands import evaluate, extract, gan, learn
+from .commands import bench, evaluate, extract, gan, learn
 
 app = typer.Typer(
     name="slidestream",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (extract, learn, evaluate, gan):
+for module in (extract, learn, evaluate, gan, bench):
     module.register(app)
 
 
