@@ -2,7 +2,8 @@
 
 A 40x (0.25 um/px) pyramidal tiled TIFF: levels at downsample 1, 4, 16, 64, 256x256 JPEG tiles (YCbCr
 2x2), an Aperio ``ImageDescription`` (``AppMag = 40|MPP = 0.25``) and resolution tags, so cuCIM,
-OpenSlide and tifffile read its magnification and pixel size. Content, all from ``seed``:
+OpenSlide and tifffile read its magnification and pixel size; page 1 is a stripped thumbnail, as in
+real SVS files (readers skip it as a level). Content, all from ``seed``:
 
 * tissue: a few irregular smooth-edged blobs plus small fragments, covering ``tissue`` of the slide
   (default 0.62: a 98304x65536 slide then has >= 200 10x tiles of 1024 px with >= 50 % tissue);
@@ -295,6 +296,9 @@ def make_slide(out: str | os.PathLike, size: tuple[int, int] = DEFAULT_SIZE, see
                       description=f"{head}{W}x{H} [0,0 {W}x{H}] ({TILE}x{TILE}) JPEG/RGB Q={quality}|AppMag = {MAG}"
                                   f"|MPP = {MPP}|Filename = {name}|Title = slidestream benchmark slide, seed {seed}",
                       **opts)
+            th = _box(lvl16, 4)  # page 1: a stripped thumbnail, as Aperio writes it (readers skip it as a level)
+            tw_.write(th, description=f"{head}{W}x{H} -> {th.shape[1]}x{th.shape[0]} - ", rowsperstrip=16,
+                      compression="jpeg", photometric="rgb", metadata=None, software=False)
             tw_.write(rows(nty // 4, ntx // 4, tile1), shape=(H // 4, W // 4, 3), resolution=(1e4 / (MPP * 4),) * 2,
                       description=f"{head}{W}x{H} [0,0 {W}x{H}] ({TILE}x{TILE}) -> {W // 4}x{H // 4} JPEG/RGB Q={quality}",
                       **opts)
