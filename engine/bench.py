@@ -255,3 +255,40 @@ def features_bench(slide: str, device: str = "cpu", encoder: str | None = None, 
     n = int(s.get("rows", s.get("n", 0)) or 0)
     return {"bench": "features", "available": True, "device": dev, "encoder": name, "batch": batch, "patches": n,
             "seconds": round(dt, 3), "patches_per_s": round(n / dt, 1) if n else None, **_memory(dev)}
+
+
+# ------------------------------------------------------------------------------------- decoders
+def decode_bench(slide: str, level: int = 1, size: int = 1024, n: int = 32, threads: int | None = None,
+                 device: str = "cpu", repeat: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Region reads of ``n`` random ``size``-px squares at ``level``: cuCIM vs DALI tile decoding
+    (engine/dali_decode.py), interleaved, same regions, same thread count; medians of ``repeat``."""
+    from .dali_decode import DaliTiles
+    from .slide import open_slide
+
+    dev = _device(device)
+    threads = threads or os.cpu_count() or 1
+    s = open_slide(slide, order=["cucim"], device=dev)
+    r = s.reader
+    W, H = r.level_dimensions[level]
+    ds = r.level_downsamples[level]
+    rng = np.random.default_rng(seed)
+    regs = [(int(rng.integers(0, W - size + 1) * ds), int(rng.integers(0, H - size + 1) * ds)) for _ in range(n)]
+    d = DaliTiles(slide, device="mixed" if dev == "cuda" else "cpu", threads=threads, batch=64)
+    d.read_region(regs[0], level, (size, size))  # build the DALI pipeline outside the timing
+    tc, td = [], []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            list(pool.map(lambda loc: r.read_region(loc, level, (size, size)), regs))
+            tc.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            d.read_regions([(loc, level, (size, size)) for loc in regs])
+            td.append(time.perf_counter() - t0)
+    s.close()
+    d.close()
+    mp = n * size * size / 1e6
+    c, g = float(np.median(tc)), float(np.median(td))
+    return {"bench": "decode", "device": dev, "slide": os.path.basename(slide), "level": level, "regions": n,
+            "region_px": size, "threads": threads, "cucim_s": round(c, 3), "dali_s": round(g, 3),
+            "cucim_mp_per_s": round(mp / c, 1), "dali_mp_per_s": round(mp / g, 1),
+            "dali_over_cucim_speed": round(c / g, 2), **_memory(dev)}

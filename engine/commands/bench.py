@@ -88,6 +88,23 @@ def extract_command(
     _show(extract_bench(_slides(slides, size, seed), pipe, _check_device(device), repeat, threads), as_json)
 
 
+@bench_app.command("decode")
+def decode_command(
+    slides: Optional[List[Path]] = typer.Argument(None, help="One JPEG-tiled slide (default: the built-in one)."),
+    device: str = DEVICE,
+    level: int = typer.Option(1, "--level", min=0, help="Pyramid level read (1 = 10x on a 40x slide)."),
+    n: int = typer.Option(32, "--n", min=1, help="Random square regions read."),
+    region: int = typer.Option(1024, "--region", min=16, help="Region side in pixels."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads (default: all cores)."),
+    size: tuple[int, int] = SIZE,
+    as_json: bool = JSON,
+):
+    """Region reads: cuCIM against DALI tile decoding (same regions, same threads, one run)."""
+    from ..bench import decode_bench
+
+    _show(decode_bench(_slides(slides, size, 0)[0], level, region, n, threads, _check_device(device)), as_json)
+
+
 @bench_app.command("train")
 def train_command(
     device: str = DEVICE,
