@@ -167,3 +167,23 @@ def test_bench_make_slide_and_errors(tmp_path):
     assert r.returncode != 0 and "multiples of 1024" in r.stderr and "Traceback" not in r.stderr
     r = _cli(["bench", "extract", "--device", "tpu"], cwd=tmp_path)
     assert r.returncode != 0 and "use cpu or cuda" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gpu_check_script_dry_run_on_cpu(tmp_path):
+    """bench/gpu_check.sh --cpu-dry-run: gpu tests run (and skip), a benchmark runs, cuda steps are
+    recorded as skipped, one JSON file. (The full dry run, all benchmarks, takes ~2.5 min here.)"""
+    script = Path(__file__).parent.parent / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {**os.environ, "OUT": str(tmp_path), "GPU_CHECK_TESTS": str(Path(__file__).parent / "test_bench.py"),
+           "GPU_CHECK_ONLY": "features", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(script), "--cpu-dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "gpu_check.json").read_text())
+    s = out["steps"]
+    assert out["dry_run"] is True
+    assert s["gpu_tests"]["exit"] == 0 and s["gpu_tests"]["skipped"] >= 1 and not s["gpu_tests"]["failed"]
+    assert s["features_cpu"]["bench"] == "features"
+    assert s["extract_cpu"] == {"skipped": "not in GPU_CHECK_ONLY"}
+    for b in ("extract", "decode", "train", "gan", "features"):
+        assert "skipped" in s[f"{b}_cuda"], b
