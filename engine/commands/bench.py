@@ -96,13 +96,15 @@ def decode_command(
     n: int = typer.Option(32, "--n", min=1, help="Random square regions read."),
     region: int = typer.Option(1024, "--region", min=16, help="Region side in pixels."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads (default: all cores)."),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Interleaved runs of each; medians."),
     size: tuple[int, int] = SIZE,
     as_json: bool = JSON,
 ):
     """Region reads: cuCIM against DALI tile decoding (same regions, same threads, one run)."""
     from ..bench import decode_bench
 
-    _show(decode_bench(_slides(slides, size, 0)[0], level, region, n, threads, _check_device(device)), as_json)
+    _show(decode_bench(_slides(slides, size, 0)[0], level, region, n, threads, _check_device(device), repeat),
+          as_json)
 
 
 @bench_app.command("train")
