@@ -260,8 +260,9 @@ def features_bench(slide: str, device: str = "cpu", encoder: str | None = None, 
 # ------------------------------------------------------------------------------------- decoders
 def decode_bench(slide: str, level: int = 1, size: int = 1024, n: int = 32, threads: int | None = None,
                  device: str = "cpu", repeat: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Region reads of ``n`` random ``size``-px squares at ``level``: cuCIM vs DALI tile decoding
-    (engine/dali_decode.py), interleaved, same regions, same thread count; medians of ``repeat``."""
+    """Region reads of ``n`` random, non-overlapping ``size``-px squares of ``level``'s grid (like
+    extraction's tiles): cuCIM vs DALI tile decoding (engine/dali_decode.py), interleaved, same regions,
+    same thread count; medians of ``repeat``."""
     from .dali_decode import DaliTiles
     from .slide import open_slide
 
@@ -271,8 +272,9 @@ def decode_bench(slide: str, level: int = 1, size: int = 1024, n: int = 32, thre
     r = s.reader
     W, H = r.level_dimensions[level]
     ds = r.level_downsamples[level]
-    rng = np.random.default_rng(seed)
-    regs = [(int(rng.integers(0, W - size + 1) * ds), int(rng.integers(0, H - size + 1) * ds)) for _ in range(n)]
+    rng = np.random.default_rng(seed)  # distinct cells of the level's size x size grid (as extraction tiles)
+    cells = rng.permutation((W // size) * (H // size))[:n]
+    regs = [(int(c % (W // size) * size * ds), int(c // (W // size) * size * ds)) for c in cells]
     d = DaliTiles(slide, device="mixed" if dev == "cuda" else "cpu", threads=threads, batch=64)
     d.read_region(regs[0], level, (size, size))  # build the DALI pipeline outside the timing
     tc, td = [], []
@@ -286,6 +288,7 @@ def decode_bench(slide: str, level: int = 1, size: int = 1024, n: int = 32, thre
             td.append(time.perf_counter() - t0)
     s.close()
     d.close()
+    n = len(regs)
     mp = n * size * size / 1e6
     c, g = float(np.median(tc)), float(np.median(td))
     return {"bench": "decode", "device": dev, "slide": os.path.basename(slide), "level": level, "regions": n,
