@@ -29,12 +29,12 @@ def _memory(device: str) -> dict[str, Any]:
     return out
 
 
-def _read_cohort(source: str):
+def _read_cohort(source: str, default_mpp: float | None = None):
     try:  # cohort reading may live in engine/cohort.py
         from .cohort import read_cohort
     except ImportError:
         from .runner import read_cohort
-    return read_cohort(source)
+    return read_cohort(source, default_mpp=default_mpp)
 
 
 def _device(device: str) -> str:
