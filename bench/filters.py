@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """DPW filter chain: the fused pass the engine runs against the one-by-one chain, in one run.
 
-    python bench/filters.py [IMAGE ...] [--size 1024 768] [--repeat 21]
+    python bench/filters.py [IMAGE ...] [--repeat 21] [--baseline OLD_dpw.py]
 
-Each image (default: the real thumbnails in tests/data/pen, plus the 1/32 thumbnail of a made bench
-slide resized to ``--size``) is filtered both ways, interleaved; prints one JSON line per image with the
-median milliseconds and whether the masks are equal.
+Each image (default: the real thumbnails in tests/data/pen) is filtered both ways, interleaved; prints
+one JSON line per image with the median milliseconds and whether the masks are equal. ``--baseline``
+runs the one-by-one chain with the filter functions of another dpw.py (e.g. the version before the
+fused pass: ``git show 6c7dc76:plugins/filters/dpw.py > /tmp/dpw_before.py``).
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ CHAIN = ["dpw.green_channel", "dpw.grays", "dpw.red_pen", "dpw.green_pen", "dpw.
 PEN = Path(__file__).resolve().parent.parent / "tests" / "data" / "pen"
 
 
-def one_by_one(rgb, refs):
+def one_by_one(rgb, refs, module=None):
     mask = np.ones(rgb.shape[:2], bool)
     for r in refs:
-        mask = registry.get("filter", r["name"]).apply(rgb, mask, **r.get("params", {}))
+        fn = getattr(module, r["name"].split(".", 1)[1]) if module else registry.get("filter", r["name"]).apply
+        mask = fn(rgb, mask, **r.get("params", {}))
     return mask
 
 
@@ -36,7 +38,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("images", nargs="*")
     ap.add_argument("--repeat", type=int, default=21)
+    ap.add_argument("--baseline", help="another dpw.py whose filters make the one-by-one side")
     a = ap.parse_args()
+    base = None
+    if a.baseline:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("dpw_baseline", a.baseline)
+        base = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(base)
     paths = a.images or sorted(str(p) for p in PEN.glob("*.png") if not p.stem.endswith("_mask"))
     refs = [{"name": n} for n in CHAIN]
     for p in paths:
@@ -44,7 +54,7 @@ def main() -> None:
         seq, fus = [], []
         for _ in range(a.repeat):
             t0 = time.perf_counter()
-            m0 = one_by_one(rgb, refs)
+            m0 = one_by_one(rgb, refs, base)
             t1 = time.perf_counter()
             m1 = dpw.apply_chain(rgb, refs)
             fus.append(time.perf_counter() - t1)

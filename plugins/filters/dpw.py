@@ -161,7 +161,7 @@ def small_objects(rgb, mask, min_size: float = 500, avoid_overmask: bool = True,
     """
     mask = np.asarray(mask, dtype=bool)
     structure = ndimage.generate_binary_structure(2, connectivity)
-    labels, n = ndimage.label(mask, structure=structure)
+    labels, n = ndimage.label(mask, structure=structure, output=np.intp)  # intp: bincount/take copy nothing
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
     fg = sizes[1:]
@@ -231,17 +231,23 @@ def fused(rgb, mask, steps: list[dict]) -> np.ndarray:
         luts[0] |= _GREEN_BIT
         luts[2] |= _GREEN_BIT
         luts[1][green] |= _GREEN_BIT
-    if green is not None or bit:
-        word = np.take(luts[0], a[..., 0])  # np.take: several times faster than luts[0][a[..., 0]]
-        word &= np.take(luts[1], a[..., 1])
-        word &= np.take(luts[2], a[..., 2])
-        mask = mask & (word == (_GREEN_BIT if green is not None else 0))
-    if tolerances:
-        r, g, b = a[..., 0], a[..., 1], a[..., 2]
-        spread = np.maximum(np.maximum(r, g), b)
-        spread -= np.minimum(np.minimum(r, g), b)
-        mask &= spread > max(tolerances)  # all of them must keep the pixel
-    return mask
+    want = _GREEN_BIT if green is not None else np.uint64(0)
+    tol = max(tolerances) if tolerances else None
+    out = mask.copy()
+    rows = max(1, (1 << 16) // max(1, a.shape[1]))  # blocks of ~64k pixels stay in the CPU cache
+    for y in range(0, a.shape[0], rows):
+        blk, keep = a[y:y + rows], out[y:y + rows]
+        if green is not None or bit:
+            word = np.take(luts[0], blk[..., 0])  # np.take: several times faster than luts[0][...]
+            word &= np.take(luts[1], blk[..., 1])
+            word &= np.take(luts[2], blk[..., 2])
+            keep &= word == want
+        if tol is not None:  # all grays filters must keep the pixel: the largest tolerance decides
+            r, g, b = blk[..., 0], blk[..., 1], blk[..., 2]
+            spread = np.maximum(np.maximum(r, g), b)
+            spread -= np.minimum(np.minimum(r, g), b)
+            keep &= spread > tol
+    return out
 
 
 def apply_chain(rgb, refs: list[dict], mask=None) -> np.ndarray:
