@@ -241,7 +241,7 @@ def features_bench(slide: str, device: str = "cpu", encoder: str | None = None, 
 
     dev = _device(device)
     names = sorted(registry.plugins("encoder"))
-    name = encoder or ("resnet50" if "resnet50" in names else names[0])
+    name = encoder or ("resnet50_trunc" if "resnet50_trunc" in names else names[0])  # CLAM's baseline
     pipeline = dict(config.load(config.example("liu2020")), device=dev, encoder={"name": name})
     tmp = Path(tempfile.mkdtemp(prefix="ss-bench-feat-"))
     try:
@@ -252,7 +252,7 @@ def features_bench(slide: str, device: str = "cpu", encoder: str | None = None, 
         dt = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    n = int(s.get("rows", s.get("n", 0)) or 0)
+    n = int(s.get("encoded", s.get("rows", 0)) or 0)
     return {"bench": "features", "available": True, "device": dev, "encoder": name, "batch": batch, "patches": n,
             "seconds": round(dt, 3), "patches_per_s": round(n / dt, 1) if n else None, **_memory(dev)}
 

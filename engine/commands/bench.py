@@ -139,7 +139,8 @@ def gan_command(
 def features_command(
     slides: Optional[List[Path]] = typer.Argument(None, help="One slide (default: the built-in benchmark slide)."),
     device: str = DEVICE,
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder plugin (default resnet50)."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder plugin (default resnet50_trunc; random "
+                                                                  "init: throughput only)."),
     size: tuple[int, int] = SIZE,
     as_json: bool = JSON,
 ):
