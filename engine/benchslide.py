@@ -300,8 +300,8 @@ def make_slide(out: str | os.PathLike, size: tuple[int, int] = DEFAULT_SIZE, see
             tw_.write(th, description=f"{head}{W}x{H} -> {th.shape[1]}x{th.shape[0]} - ", rowsperstrip=16,
                       compression="jpeg", photometric="rgb", metadata=None, software=False)
             tw_.write(rows(nty // 4, ntx // 4, tile1), shape=(H // 4, W // 4, 3), resolution=(1e4 / (MPP * 4),) * 2,
-                      description=f"{head}{W}x{H} [0,0 {W}x{H}] ({TILE}x{TILE}) -> {W // 4}x{H // 4} JPEG/RGB Q={quality}",
-                      **opts)
+                      description=f"{head}{W}x{H} [0,0 {W}x{H}] ({TILE}x{TILE}) -> {W // 4}x{H // 4} "
+                                  f"JPEG/RGB Q={quality}", **opts)
             small4.clear()
             for ds, lv in ((16, lvl16), (64, _box(lvl16, 4))):
                 tw_.write(array_tiles(lv), shape=lv.shape, resolution=(1e4 / (MPP * ds),) * 2,
