@@ -278,7 +278,7 @@ def decode_bench(slide: str, level: int = 1, size: int = 1024, n: int = 32, thre
     rng = np.random.default_rng(seed)  # distinct cells of the level's size x size grid (as extraction tiles)
     cells = rng.permutation((W // size) * (H // size))[:n]
     regs = [(int(c % (W // size) * size * ds), int(c // (W // size) * size * ds)) for c in cells]
-    d = DaliTiles(slide, device="mixed" if dev == "cuda" else "cpu", threads=threads, batch=64)
+    d = DaliTiles(slide, device="mixed" if dev == "cuda" else "cpu", threads=threads, batch=32)
     d.read_region(regs[0], level, (size, size))  # build the DALI pipeline outside the timing
     tc, td = [], []
     with ThreadPoolExecutor(threads) as pool:

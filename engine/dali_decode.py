@@ -113,10 +113,11 @@ class DaliTiles:
             self._pipe.build()
         return self._pipe
 
-    def decode(self, streams: Sequence[bytes], on_device: bool = False) -> list:
-        """Decode JPEG streams in batches: NumPy arrays, or with ``mixed`` and ``on_device`` CuPy arrays
-        (else one host copy per batch)."""
-        pipe, out = self._pipeline(), []
+    def batches(self, streams: Sequence[bytes], on_device: bool = False):
+        """Decode JPEG streams in batches; yields ``(first index, tiles)`` where the tiles are views into
+        DALI's output, valid until the next batch: NumPy arrays, or with ``mixed`` and ``on_device`` CuPy
+        arrays on the GPU (else one host copy per batch)."""
+        pipe = self._pipeline()
         for i in range(0, len(streams), self.batch):
             chunk = [np.frombuffer(s, np.uint8) for s in streams[i:i + self.batch]]
             pipe.feed_input("jpeg", chunk)
@@ -124,50 +125,47 @@ class DaliTiles:
             if self.device == "mixed" and on_device:
                 import cupy
 
-                out += [cupy.asarray(tl[k]) for k in range(len(chunk))]
+                yield i, [cupy.asarray(tl[k]) for k in range(len(chunk))]
             else:
                 tl = tl.as_cpu() if self.device == "mixed" else tl
-                out += [np.array(tl[k]) for k in range(len(chunk))]
-        return out
+                yield i, [np.asarray(tl[k]) for k in range(len(chunk))]
+
+    def decode(self, streams: Sequence[bytes], on_device: bool = False) -> list:
+        """Decoded tiles (copies), in order."""
+        return [t.copy() for _, tiles in self.batches(streams, on_device) for t in tiles]
 
     # ---------------------------------------------------------------- regions
     def read_regions(self, requests: Sequence[tuple[tuple[int, int], int, tuple[int, int]]],
                      keep_on_device: bool = False) -> list:
         """Regions ``(location, level, (w, h))`` (level-0 location, like the readers), every tile they
-        need decoded once, in batches. Pixels outside the level are 0."""
+        need decoded once, in batches, and copied straight from DALI's output into the regions. Pixels
+        outside the level are 0."""
         on_device = self.device == "mixed" and keep_on_device
         xp = np
         if on_device:
             import cupy as xp  # noqa: N813
-        need: dict[tuple[int, int], int] = {}
-        boxes = []
+        need: dict[tuple[int, int], list] = {}  # tile -> [(region, destination slices, source slices)]
+        out = []
         for (x0, y0), level, (w, h) in requests:
             lv, ds = self.levels[level], self.level_downsamples[level]
             x, y = int(round(x0 / ds)), int(round(y0 / ds))
             nx, ny = lv.grid
-            c0, c1 = max(0, x // lv.tile_w), min(nx, -(-(x + w) // lv.tile_w))
-            r0, r1 = max(0, y // lv.tile_h), min(ny, -(-(y + h) // lv.tile_h))
-            for r in range(r0, r1):
-                for c in range(c0, c1):
-                    need.setdefault((level, r * nx + c), len(need))
-            boxes.append((level, x, y, w, h, r0, r1, c0, c1))
-        keys = list(need)
-        tiles = self.decode([self.stream(lv, i) for lv, i in keys], on_device)
-        out = []
-        for level, x, y, w, h, r0, r1, c0, c1 in boxes:
-            lv = self.levels[level]
-            nx = lv.grid[0]
-            img = xp.zeros((h, w, 3), np.uint8)
-            for r in range(r0, r1):
-                for c in range(c0, c1):
-                    t = tiles[need[level, r * nx + c]]
+            out.append(xp.zeros((h, w, 3), np.uint8))
+            for r in range(max(0, y // lv.tile_h), min(ny, -(-(y + h) // lv.tile_h))):
+                for c in range(max(0, x // lv.tile_w), min(nx, -(-(x + w) // lv.tile_w))):
                     tx, ty = c * lv.tile_w, r * lv.tile_h
                     # the part of this tile inside both the region and the level
                     a0, a1 = max(ty, y, 0), min(ty + lv.tile_h, y + h, lv.height)
                     b0, b1 = max(tx, x, 0), min(tx + lv.tile_w, x + w, lv.width)
                     if a0 < a1 and b0 < b1:
-                        img[a0 - y:a1 - y, b0 - x:b1 - x] = t[a0 - ty:a1 - ty, b0 - tx:b1 - tx, :3]
-            out.append(img)
+                        need.setdefault((level, r * nx + c), []).append(
+                            (len(out) - 1, (slice(a0 - y, a1 - y), slice(b0 - x, b1 - x)),
+                             (slice(a0 - ty, a1 - ty), slice(b0 - tx, b1 - tx))))
+        keys = list(need)
+        for i0, tiles in self.batches([self.stream(lv, i) for lv, i in keys], on_device):
+            for key, t in zip(keys[i0:i0 + len(tiles)], tiles):
+                for k, dst, src in need[key]:
+                    out[k][dst] = t[src][..., :3]
         return out
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]):
