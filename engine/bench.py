@@ -68,15 +68,21 @@ def bare_decode(path: str, tiles: list[dict], scale: float, factor: float, threa
 
 
 def extract_bench(slides: list[str], pipeline: dict[str, Any] | None = None, device: str = "cpu", repeat: int = 3,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, reader: str | None = None) -> dict[str, Any]:
     """Extract ``slides`` (a cohort, one store) ``repeat`` times, interleaved with the bare cuCIM decode of
-    the same pixels (the thumbnail's level plus the kept tiles); medians."""
+    the same pixels (the thumbnail's level plus the kept tiles); medians. ``reader`` is tried first
+    (e.g. ``dali``)."""
     from . import config
     from .runner import extract
     from .store import PatchStore
 
     pipeline = dict(pipeline or config.load(config.example("liu2020")))
     pipeline["device"] = dev = _device(device)
+    if reader:  # tried first, then the others in their usual order
+        from . import registry
+
+        rest = sorted(registry.plugins("reader").items(), key=lambda kv: kv[1].priority)
+        pipeline["reader"] = {**pipeline.get("reader", {}), "order": [reader] + [n for n, _ in rest if n != reader]}
     threads = threads or os.cpu_count() or 1
     cohort = [row for s in slides for row in _read_cohort(s)]
     for s in slides:  # warm the page cache so neither side pays for the first disk read
@@ -106,7 +112,8 @@ def extract_bench(slides: list[str], pipeline: dict[str, Any] | None = None, dev
     engine_s, bare_s = float(np.median(runs)), float(np.median(bares))
     n = int(summary.get("rows", 0))
     mp = n_tiles * out_px * out_px / 1e6
-    return {"bench": "extract", "device": dev, "slides": len(cohort), "threads": threads, "repeat": repeat,
+    readers = sorted({r.get("reader", "?") for r in recs.values()})
+    return {"bench": "extract", "device": dev, "reader": ",".join(readers), "slides": len(cohort), "threads": threads, "repeat": repeat,
             "tiles": n_tiles, "patches": n, "engine_s": round(engine_s, 3), "engine_s_min": round(min(runs), 3),
             "tiles_per_s": round(n_tiles / engine_s, 2), "patches_per_s": round(n / engine_s, 1),
             "decode_mp_per_s": round(mp / bare_s, 1) if bare_s else None, "bare_decode_s": round(bare_s, 3),

@@ -187,3 +187,26 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     assert s["extract_cpu"] == {"skipped": "not in GPU_CHECK_ONLY"}
     for b in ("extract", "decode", "train", "gan", "features"):
         assert "skipped" in s[f"{b}_cuda"], b
+
+
+def test_dali_reader_extracts_the_same_patches_as_cucim(slide):
+    """The opt-in `dali` reader (reader.order: ["dali", ...]): same thumbnail and patches as cuCIM (+-2)."""
+    from slidestream.engine import config
+    from slidestream.engine.runner import extract_slide_patches
+    from slidestream.engine.slide import open_slide
+
+    p = config.load(config.example("liu2020"))
+    got = {}
+    for name in ("cucim", "dali"):
+        p["reader"]["order"] = [name]
+        patches, _, thumb, tiles, _ = extract_slide_patches(p, str(slide), threads=2)
+        got[name] = patches, thumb
+    assert len(got["dali"][0]) == len(got["cucim"][0]) > 0
+    for a, b in zip(got["dali"], got["cucim"]):
+        assert np.abs(a.astype(int) - b).max() <= 2
+    s = open_slide(slide, order=["dali"])
+    assert s.reader_name == "dali"
+    s.close()
+    s = open_slide(WSI / "tcga-cr-7395-01a-01-ts1.svs", order=["dali", "cucim"], mpp=0.5)  # JPEG 2000
+    assert s.reader_name == "cucim"
+    s.close()

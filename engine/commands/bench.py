@@ -76,6 +76,7 @@ def extract_command(
     pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline JSON (default: liu2020 example)."),
     repeat: int = typer.Option(3, "--repeat", min=1, help="Runs (interleaved with the bare decode); medians."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads (default: all cores)."),
+    reader: Optional[str] = typer.Option(None, "--reader", help="Reader tried first, e.g. dali (DALI tile decoding)."),
     size: tuple[int, int] = SIZE,
     seed: int = typer.Option(0, "--seed", help="Seed of the built-in slide."),
     as_json: bool = JSON,
@@ -85,7 +86,8 @@ def extract_command(
     from ..bench import extract_bench
 
     pipe = config.load(pipeline) if pipeline else None
-    _show(extract_bench(_slides(slides, size, seed), pipe, _check_device(device), repeat, threads), as_json)
+    _show(extract_bench(_slides(slides, size, seed), pipe, _check_device(device), repeat, threads, reader),
+          as_json)
 
 
 @bench_app.command("decode")

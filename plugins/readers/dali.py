@@ -1,0 +1,47 @@
+"""DALI reader (opt-in): cuCIM's reader for the slide's metadata, DALI for its pixels.
+
+Region reads decode the level's raw JPEG tiles with ``engine/dali_decode.py`` (batched; nvJPEG on the GPU
+when ``device`` is ``cuda``, DALI's CPU decoder otherwise). It is never picked by default (priority after
+every other reader): name it first in the pipeline, ``"reader": {"order": ["dali", "cucim", ...]}``. A
+slide it cannot decode (JPEG 2000, LZW, a file cuCIM refuses) is refused, so the next reader takes it.
+"""
+from __future__ import annotations
+
+import threading
+
+from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
+
+from .common import read_clipped
+from .cucim import CucimSlide
+
+
+class DaliSlide(CucimSlide):
+    def __init__(self, path: str, device: str = "cpu"):
+        from slidestream.engine.dali_decode import DaliTiles
+
+        super().__init__(path, device="cpu")
+        self._tiles = DaliTiles(path, device="mixed" if device == "cuda" else "cpu")
+        if self._tiles.level_dimensions != self.level_dimensions:
+            self._tiles.close()
+            raise ValueError(f"DALI sees levels {self._tiles.level_dimensions}, cuCIM {self.level_dimensions}")
+        self.device = device
+        self._lock = threading.Lock()  # one DALI pipeline: the engine's decode threads take turns feeding it
+
+    def read_region(self, location, level, size):
+        ds = self.level_downsamples[level]
+
+        def read(x, y, w, h):
+            with self._lock:
+                return self._tiles.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+
+        return read_clipped(read, location, level, size, self.level_dimensions[level], ds)
+
+    def close(self) -> None:
+        self._tiles.close()
+        super().close()
+
+
+@hookimpl
+def slidestream_readers():
+    return [ReaderPlugin(name="dali", open=DaliSlide, priority=1000, suffixes=(".svs", ".tif", ".tiff"),
+                         summary="opt-in: cuCIM metadata + DALI batched JPEG tile decoding (nvJPEG on a GPU)")]
