@@ -20,24 +20,37 @@ class DaliSlide(CucimSlide):
         from slidestream.engine.dali_decode import DaliTiles
 
         super().__init__(path, device="cpu")
-        self._tiles = DaliTiles(path, device="mixed" if device == "cuda" else "cpu")
-        if self._tiles.level_dimensions != self.level_dimensions:
-            self._tiles.close()
-            raise ValueError(f"DALI sees levels {self._tiles.level_dimensions}, cuCIM {self.level_dimensions}")
         self.device = device
-        self._lock = threading.Lock()  # one DALI pipeline: the engine's decode threads take turns feeding it
+        self._open = lambda: DaliTiles(path, device="mixed" if device == "cuda" else "cpu", threads=1)
+        first = self._open()
+        if first.level_dimensions != self.level_dimensions:
+            first.close()
+            raise ValueError(f"DALI sees levels {first.level_dimensions}, cuCIM {self.level_dimensions}")
+        self._all = [first]  # one DALI pipeline per engine decode thread (a pipeline is not thread-safe)
+        self._local = threading.local()
+        self._local.tiles = first
+        self._lock = threading.Lock()
+
+    def _tiles(self):
+        t = getattr(self._local, "tiles", None)
+        if t is None:
+            t = self._local.tiles = self._open()
+            with self._lock:
+                self._all.append(t)
+        return t
 
     def read_region(self, location, level, size):
         ds = self.level_downsamples[level]
+        tiles = self._tiles()
 
         def read(x, y, w, h):
-            with self._lock:
-                return self._tiles.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
+            return tiles.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], ds)
 
     def close(self) -> None:
-        self._tiles.close()
+        for t in self._all:
+            t.close()
         super().close()
 
 
