@@ -4,6 +4,7 @@ Region reads decode the level's raw JPEG tiles with ``engine/dali_decode.py`` (b
 when ``device`` is ``cuda``, DALI's CPU decoder otherwise). It is never picked by default (priority after
 every other reader): name it first in the pipeline, ``"reader": {"order": ["dali", "cucim", ...]}``. A
 slide it cannot decode (JPEG 2000, LZW, a file cuCIM refuses) is refused, so the next reader takes it.
+Each of the engine's decode threads gets its own DALI pipeline (a pipeline is not thread-safe).
 """
 from __future__ import annotations
 
