@@ -6,7 +6,8 @@
 Prints one JSON line (medians of ``--repeat`` interleaved runs): engine seconds, tiles/s, patches/s, MP/s decoded, bytes per stored patch, peak RSS,
 and the bare-decode seconds of the same pixels (the thumbnail's level plus the kept tiles' regions,
 read with the fastest reader, cuCIM, with the same number of threads and with one).
-Make a realistic slide with ``python ../shared/bench/make_bench_slide.py bench40x.svs``.
+Make a realistic slide with ``slidestream bench make-slide bench40x.svs --size 32768 24576`` (or
+``--size 98304 65536`` for a TCGA-size one). ``slidestream bench extract`` is the installed version.
 """
 from __future__ import annotations
 
@@ -18,36 +19,14 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from slidestream.engine import config
-from slidestream.engine.runner import extract, read_cohort
-from slidestream.engine.slide import open_slide
+from slidestream.engine.bench import _read_cohort as read_cohort, bare_decode
+from slidestream.engine.runner import extract
 from slidestream.engine.store import PatchStore
-
-
-def bare_decode(path: str, tiles: list[dict], scale: float, factor: float, out_px: int, threads: int) -> float:
-    """Seconds to decode the thumbnail's level and the kept tiles' regions with cuCIM, nothing else."""
-    s = open_slide(path, order=["cucim"], mpp=None)
-    r = s.reader
-    t0 = time.perf_counter()
-    lvl = s.best_level(scale)
-    r.read_region((0, 0), lvl, r.level_dimensions[lvl])
-    tl = s.best_level(factor)
-    ds = r.level_downsamples[tl]
-
-    def read(t):
-        n = int(round(t["w"] / ds))
-        return r.read_region((t["x"], t["y"]), tl, (n, n)).shape
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(read, tiles))
-    dt = time.perf_counter() - t0
-    s.close()
-    return dt
 
 
 def main() -> None:
@@ -88,11 +67,11 @@ def main() -> None:
             summary = extract(pipeline, cohort, tmp / "store", threads=a.threads, qa=False, progress=False,
                               workers=a.workers)
             runs.append(time.perf_counter() - t0)
-            rec = next(iter(PatchStore.open(tmp / "store").records().values()))
+            rec = next(iter(PatchStore.open(tmp / "store").records("slides").values()))
             tiles = rec.get("tiles", [])
             factor = rec.get("factor", 1.0)
-            bares.append(bare_decode(a.slide, tiles, scale, factor, out_px, a.threads))
-            bares1.append(bare_decode(a.slide, tiles, scale, factor, out_px, 1))
+            bares.append(bare_decode(a.slide, tiles, scale, factor, a.threads))
+            bares1.append(bare_decode(a.slide, tiles, scale, factor, 1))
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         engine_s, bare_n, bare_1 = float(np.median(runs)), float(np.median(bares)), float(np.median(bares1))
         bare_n, bare_1 = bare_n * len(cohort), bare_1 * len(cohort)  # the same pixels, once per slide

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from .commands import encode, evaluate, extract, gan, learn
+from .commands import bench, encode, evaluate, extract, gan, learn
 
 app = typer.Typer(
     name="slidestream",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (extract, learn, evaluate, gan, encode):
+for module in (extract, learn, evaluate, gan, encode, bench):
     module.register(app)
 
 

@@ -34,12 +34,11 @@ from .store import PatchStore, RowWriter, atomic_write_text, beside, stage_name
 
 # ------------------------------------------------------------------------------------ tissue
 def tissue_mask(pipeline: dict[str, Any], rgb: np.ndarray) -> np.ndarray:
-    """Apply the pipeline's filters in order to a thumbnail; True = tissue."""
-    mask = np.ones(rgb.shape[:2], bool)
-    for ref in pipeline.get("filters", []):
-        plugin = registry.get("filter", ref["name"])
-        mask = np.asarray(plugin.apply(rgb, mask, **ref.get("params", {})), dtype=bool)
-    return mask
+    """Apply the pipeline's filters in order to a thumbnail; True = tissue. Consecutive DPW colour
+    filters run in one fused pass (same mask, see plugins/filters/dpw.py)."""
+    from slidestream.plugins.filters.dpw import apply_chain
+
+    return apply_chain(rgb, pipeline.get("filters", []))
 
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, tiles: Iterable = (), scale: float = 1.0) -> np.ndarray:

@@ -408,3 +408,58 @@ def test_otsu_blank_slide_has_no_tissue():
 def test_otsu_is_a_self_contained_plugin():
     (p,) = otsu.slidestream_filters()
     assert p.name == "otsu" and p.apply is otsu.otsu
+
+
+# --------------------------------------------------------------------------------------------
+# The fused pass (what the engine runs) gives the one-by-one chain's mask, pixel for pixel
+# --------------------------------------------------------------------------------------------
+PEN_IMAGES = ["histoqc-1k-pen_red.png", "histoqc-model-pen_green.png", "wsi-blue-pen.png",
+              "histolab-diagnostic-slide-thumb-rgb.png"]
+
+
+@pytest.mark.parametrize("image", PEN_IMAGES)
+def test_fused_chain_equals_one_by_one_on_real_thumbnails(image):
+    """Stated tolerance: none. The fused mask must equal the sequential chain's on every pixel."""
+    rgb = _rgb(image)
+    refs = [{"name": n} for n in CHAIN]
+    fused = dpw.apply_chain(rgb, refs)
+    assert fused.dtype == bool
+    np.testing.assert_array_equal(fused, _run_chain(rgb))
+    assert 0 < fused.sum() < fused.size  # the test means something: some tissue, some background
+
+
+@pytest.mark.parametrize("params", [
+    {"dpw.green_channel": {"thresh": 120}, "dpw.grays": {"tolerance": 40}},
+    {"dpw.green_channel": {"quirk_green_zero": False, "avoid_overmask": False}},
+    {"dpw.green_channel": {"thresh": 20, "overmask_thresh": 50}},  # forces the retry series
+])
+def test_fused_chain_honours_params(params, red_img):
+    rgb = red_img[0]
+    refs = [{"name": n, "params": params.get(n, {})} for n in CHAIN]
+    np.testing.assert_array_equal(dpw.apply_chain(rgb, refs), _run_chain_refs(rgb, refs))
+
+
+def test_fused_chain_any_order_and_subsets_on_the_colour_cube():
+    v = np.arange(0, 256, 5, dtype=np.uint8)
+    cube = np.stack(np.meshgrid(v, v, v, indexing="ij"), -1).reshape(-1, 1, 3)
+    for names in (["dpw.blue_pen", "dpw.grays"], ["dpw.red_pen", "dpw.green_pen", "dpw.green_channel"],
+                  ["dpw.grays", "dpw.grays", "dpw.red_pen", "dpw.red_pen"], list(reversed(CHAIN[:5]))):
+        refs = [{"name": n, "params": {"tolerance": 30} if n == "dpw.grays" and i else {}} for i, n in
+                enumerate(names)]
+        np.testing.assert_array_equal(dpw.apply_chain(cube, refs), _run_chain_refs(cube, refs), err_msg=str(names))
+
+
+def test_engine_tissue_mask_uses_the_fused_chain(red_img, monkeypatch):
+    from slidestream.engine.runner import tissue_mask
+
+    calls = []
+    monkeypatch.setattr(dpw, "fused", lambda rgb, mask, steps: calls.append(len(steps)) or mask)
+    tissue_mask({"filters": [{"name": n} for n in CHAIN]}, red_img[0])
+    assert calls == [5]
+
+
+def _run_chain_refs(rgb, refs):
+    mask = _ones(rgb)
+    for r in refs:
+        mask = registry.get("filter", r["name"]).apply(rgb, mask, **r.get("params", {}))
+    return mask

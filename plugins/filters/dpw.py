@@ -21,8 +21,11 @@ Every quirk of the original (spec section 1.4) that touches these filters, and w
 * Q6 skimage 0.26 deprecating ``min_size``: own labelling (scipy.ndimage) with the same ``size < min_size``
   rule, so results do not depend on the scikit-image version.
 
-Speed: uint8 comparisons, 256-entry lookup tables and one labelling pass; the whole chain takes about
-0.22 s on a 3000x3000 thumbnail (one idle CPU core; 0.45 s on a loaded one).
+Speed: uint8 comparisons, 256-entry lookup tables and one labelling pass. The engine runs any run of
+consecutive DPW colour filters (green channel, grays, pens) in one fused pass (``fused``): one 64-bit
+lookup table per channel holds every pen box and the green threshold, so the colour part is three
+lookups, two ANDs and one comparison, plus the gray spread; the mask equals the one-by-one chain's
+(tests/test_filters.py). Times in bench/README.md.
 """
 from __future__ import annotations
 
@@ -103,14 +106,7 @@ def green_channel(rgb, mask, thresh: int = 200, avoid_overmask: bool = True, ove
     """
     g = _rgb(rgb)[..., 1]
     mask = _check_mask(mask, g.shape)
-    hist = np.bincount(g.ravel(), minlength=256)
-    cum = np.concatenate([[0], np.cumsum(hist)])  # cum[t] = #pixels with G < t
-    lo = int(hist[0]) if quirk_green_zero else 0
-    t = int(thresh)
-    while True:
-        if not (avoid_overmask and t < 255 and _masked_percent(int(cum[t] - lo), g.size) >= overmask_thresh):
-            break
-        t = math.ceil((255 - t) / 2 + t)
+    t = _green_thresh(g, thresh, avoid_overmask, overmask_thresh, quirk_green_zero)
     keep = g < t
     if quirk_green_zero:
         keep &= g > 0
@@ -165,7 +161,7 @@ def small_objects(rgb, mask, min_size: float = 500, avoid_overmask: bool = True,
     """
     mask = np.asarray(mask, dtype=bool)
     structure = ndimage.generate_binary_structure(2, connectivity)
-    labels, n = ndimage.label(mask, structure=structure)
+    labels, n = ndimage.label(mask, structure=structure, output=np.intp)  # intp: bincount/take copy nothing
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
     fg = sizes[1:]
@@ -177,7 +173,100 @@ def small_objects(rgb, mask, min_size: float = 500, avoid_overmask: bool = True,
         size /= 2
     keep_label = sizes >= size
     keep_label[0] = False
-    return keep_label[labels]
+    return np.take(keep_label, labels)  # faster than keep_label[labels]
+
+
+# --------------------------------------------------------------------------------------------
+# fused pass
+# --------------------------------------------------------------------------------------------
+COLOUR_FILTERS = ("dpw.green_channel", "dpw.grays", "dpw.red_pen", "dpw.green_pen", "dpw.blue_pen")
+_PENS = {"dpw.red_pen": (RED_PEN, "><<"), "dpw.green_pen": (GREEN_PEN, "<>>"), "dpw.blue_pen": (BLUE_PEN, "<<>")}
+_GREEN_BIT = np.uint64(1 << 63)
+
+
+def _green_thresh(g: np.ndarray, thresh: int = 200, avoid_overmask: bool = True, overmask_thresh: float = 90,
+                  quirk_green_zero: bool = True) -> int:
+    """``green_channel``'s final threshold after its overmask retries (one histogram of G)."""
+    hist = np.bincount(g.ravel(), minlength=256)
+    cum = np.concatenate([[0], np.cumsum(hist)])
+    lo = int(hist[0]) if quirk_green_zero else 0
+    t = int(thresh)
+    while avoid_overmask and t < 255 and _masked_percent(int(cum[t] - lo), g.size) >= overmask_thresh:
+        t = math.ceil((255 - t) / 2 + t)
+    return t
+
+
+def fused(rgb, mask, steps: list[dict]) -> np.ndarray:
+    """``mask`` AND the keep-masks of consecutive DPW colour filters, computed in one pass.
+
+    ``steps`` are pipeline filter refs (``{"name": ..., "params": {...}}``) naming only
+    ``COLOUR_FILTERS``. Each of them keeps a pixel by a test on the original RGB, so their AND does not
+    depend on their order; the result equals applying them one by one.
+    """
+    a = _rgb(rgb)
+    mask = _check_mask(mask, a.shape[:2])
+    v = np.arange(256)
+    luts = [np.zeros(256, np.uint64) for _ in range(3)]
+    bit, green, tolerances, pens = 0, None, [], set()
+    for ref in steps:
+        name, params = ref["name"], ref.get("params", {})
+        if name in _PENS:
+            if name in pens:  # the same box test twice keeps the same pixels
+                continue
+            pens.add(name)
+            triples, ops = _PENS[name]
+            for t in triples:
+                for c, op in enumerate(ops):
+                    luts[c][(v > t[c]) if op == ">" else (v < t[c])] |= np.uint64(1 << bit)
+                bit += 1
+        elif name == "dpw.green_channel":
+            t = _green_thresh(a[..., 1], **params)
+            g_keep = v < t if green is None else (v < t) & green
+            green = g_keep & (v > 0) if params.get("quirk_green_zero", True) else g_keep
+        elif name == "dpw.grays":
+            tolerances.append(int(params.get("tolerance", 15)))
+        else:
+            raise ValueError(f"{name} is not a DPW colour filter; fuse only {', '.join(COLOUR_FILTERS)}")
+    if green is not None:  # bit 63 set in R's and B's tables always, in G's where G passes
+        luts[0] |= _GREEN_BIT
+        luts[2] |= _GREEN_BIT
+        luts[1][green] |= _GREEN_BIT
+    want = _GREEN_BIT if green is not None else np.uint64(0)
+    tol = max(tolerances) if tolerances else None
+    out = mask.copy()
+    rows = max(1, (1 << 16) // max(1, a.shape[1]))  # blocks of ~64k pixels stay in the CPU cache
+    for y in range(0, a.shape[0], rows):
+        blk, keep = a[y:y + rows], out[y:y + rows]
+        if green is not None or bit:
+            word = np.take(luts[0], blk[..., 0])  # np.take: several times faster than luts[0][...]
+            word &= np.take(luts[1], blk[..., 1])
+            word &= np.take(luts[2], blk[..., 2])
+            keep &= word == want
+        if tol is not None:  # all grays filters must keep the pixel: the largest tolerance decides
+            r, g, b = blk[..., 0], blk[..., 1], blk[..., 2]
+            spread = np.maximum(np.maximum(r, g), b)
+            spread -= np.minimum(np.minimum(r, g), b)
+            keep &= spread > tol
+    return out
+
+
+def apply_chain(rgb, refs: list[dict], mask=None) -> np.ndarray:
+    """Apply pipeline filter refs in order, fusing each run of consecutive DPW colour filters."""
+    from slidestream.engine import registry
+
+    mask = np.ones(np.asarray(rgb).shape[:2], bool) if mask is None else mask
+    i = 0
+    while i < len(refs):
+        j = i
+        while j < len(refs) and refs[j]["name"] in COLOUR_FILTERS:
+            j += 1
+        if j - i >= 2:
+            mask, i = fused(rgb, mask, refs[i:j]), j
+            continue
+        ref = refs[i]
+        mask = np.asarray(registry.get("filter", ref["name"]).apply(rgb, mask, **ref.get("params", {})), dtype=bool)
+        i += 1
+    return mask
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 registers them all through the ``slidestream.plugins`` entry point (see pyproject.toml)."""
 from slidestream.engine.hookspecs import hookimpl
 
-from . import cucim, dicom, image, openslide, tifffile
+from . import cucim, dali, dicom, image, openslide, tifffile
 
-MODULES: list = [cucim, openslide, dicom, tifffile, image]  # modules that provide slidestream_readers()
+MODULES: list = [cucim, openslide, dicom, tifffile, image, dali]  # modules that provide slidestream_readers()
 
 
 @hookimpl
