@@ -76,21 +76,24 @@ def bench_loader(a):
     if a.ab:
         versions[f"at {a.ab}"] = loader_at(a.ab)
     times: dict[str, list] = {k: [] for k in versions}
+    cpu: dict[str, list] = {k: [] for k in versions}
     mix: dict[str, float] = {}
     for rep in range(a.repeat):
-        for name, mod in versions.items():
-            loader = mod.PatchLoader(st, rows, a.batch, chain, seed=0, workers=2)
-            t0, n, per = time.perf_counter(), 0, []
+        for name in (list(versions) if rep % 2 == 0 else list(versions)[::-1]):  # ABBA: drifting load hits both
+            loader = versions[name].PatchLoader(st, rows, a.batch, chain, seed=0, workers=2)
+            t0, c0, n, per = time.perf_counter(), time.process_time(), 0, []
             for x, _, r in loader.tensors(rep, a.input, "cpu"):
                 n += len(x)
                 if len(r) == a.batch:
                     per.append(len(set(slide[r])))
             times[name].append(n / (time.perf_counter() - t0))
+            cpu[name].append(1000 * (time.process_time() - c0) / n)
             mix[name] = float(np.mean(per))
     for name in versions:
         print(json.dumps({"loader": name, "slides": a.slides, "patches": len(st), "blocks": len(st.blocks()),
                           "size": a.size, "input": a.input, "img_s_median": round(float(np.median(times[name])), 1),
                           "img_s_runs": [round(t, 1) for t in times[name]],
+                          "cpu_ms_per_img_median": round(float(np.median(cpu[name])), 2),
                           "slides_per_batch_mean": round(mix[name], 2)}), flush=True)
 
 

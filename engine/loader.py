@@ -11,8 +11,10 @@
   a batch of 16 holds rows of ~14 different blocks, i.e. ~14 slides (16 draws from 64 blocks:
   64 * (1 - (63/64)**16) = 14.3); the earlier loader mixed 8 blocks (~7). Memory: one pool of blocks.
 * ``PatchLoader``: the three together, with ``workers`` threads reading and normalizing blocks ahead of the
-  consumer (zarr codecs, numpy and the normalization plugins release the GIL for most of their work; at
-  most ``2 * workers`` blocks in flight). This is what the trainer and inference use.
+  consumer (zarr codecs, numpy and the normalization plugins release the GIL for most of their work). While
+  one pool is cut into batches the threads read the next (up to ``pool_blocks`` blocks ahead), so the
+  consumer never waits for a whole pool; memory: two pools. Inference (``shuffle=False``) pools nothing
+  and reads ``2 * workers`` blocks ahead. This is what the trainer and inference use.
 * The same pieces with a ``torch.utils.data.DataLoader`` (worker processes instead of threads), e.g. for
   Lightning or MONAI::
 
@@ -185,7 +187,8 @@ class PatchLoader:
         self.dataset = BlockDataset(store, rows, chain)
         self.sampler = BlockSampler(self.dataset, seed, shuffle)
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)
-        self.workers, self.pool_blocks = max(1, int(workers)), max(1, int(pool_blocks))
+        self.workers, self.pool_blocks = max(1, int(workers)), max(1, int(pool_blocks)) if shuffle else 1
+        self.ahead = max(2 * self.workers, self.pool_blocks)  # blocks read ahead: the next pool
         self.augment, self.drop_last = augment, drop_last
 
     def __len__(self) -> int:
@@ -199,7 +202,7 @@ class PatchLoader:
             it = iter(order)
             for k in it:
                 pending.put(pool.submit(self.dataset.__getitem__, int(k)))
-                if pending.qsize() >= 2 * self.workers:
+                if pending.qsize() >= self.ahead:
                     break
             while not pending.empty():
                 yield pending.get().result()

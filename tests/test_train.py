@@ -85,6 +85,7 @@ def test_train_learns_and_writes_bundle(learnable, tmp_path):
     # 0.5 + 2.326 * 0.149 = 0.846 with probability 1 % (one-sided), so 0.85 is a claim chance passes < 1 %.
     assert r["metrics"]["test"]["n"] == 16 and r["metrics"]["test"]["auc"] >= 0.85
     hist = json.loads((out / "history.json").read_text())
+    hist = hist["history"] if isinstance(hist, dict) else hist
     assert len(hist) == 3 and r["best_epoch"] == max(hist, key=lambda m: (m["val_auc"], -m["val_loss"]))["epoch"]
     steps = 3 * -(-16 * 8 // 16)  # 3 epochs of 16 train patients x 8 patches in batches of 16
     assert hist[-1]["lr"] == pytest.approx(3e-3 / (1 + 0.01 * steps))  # Keras decay, once per step
