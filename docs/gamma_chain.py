@@ -40,7 +40,7 @@ def main() -> None:
     out = g.gamma(eq, device="cpu")  # default gamma: "auto"
     fig, axes = plt.subplots(len(files), 4, figsize=(7.2, 1.9 * len(files)))
     for i, f in enumerate(files):
-        gam = g.auto_gamma(np, eq[i] / 255.0)
+        gam = g.auto_gamma(eq[i] / 255.0)
         panels = [(batch[i], f"{f.stem[:22]}"), (gray[i, ..., 0], f"gray, mean {gray[i].mean() / 255:.2f}"),
                   (eq[i, ..., 0], f"+ CLAHE, mean {eq[i].mean() / 255:.2f}"),
                   (out[i, ..., 0], f"+ gamma {gam:.2f}, mean {out[i].mean() / 255:.2f}")]

@@ -122,7 +122,7 @@ def test_auto_gamma_default_takes_each_patch_mean_to_mid_gray(batch):
     one = grayscale.gray_clahe_gamma(batch, device="cpu")
     assert np.abs(one.astype(int) - out).max() <= 2  # the one-pass plugin does the same by default
     assert not np.array_equal(out, eq)  # not the identity
-    assert grayscale.auto_gamma(np, np.full((4, 4), 0.999)) == grayscale.GAMMA_BOUNDS[1]  # near-blank: bounded
+    assert grayscale.auto_gamma(np.full((4, 4), 0.999)) == grayscale.GAMMA_BOUNDS[1]  # near-blank: bounded
 
 
 def test_gamma_param_schema_takes_auto_or_a_number():

@@ -59,7 +59,7 @@ def clahe(batch: Any, kernel_size: int | None = None, clip_limit: float = 0.01, 
 GAMMA_BOUNDS = (0.25, 4.0)
 
 
-def auto_gamma(xp: Any, img01: Any) -> float:
+def auto_gamma(img01: Any) -> float:
     """The gamma mapping the mean of ``img01`` (floats in 0..1) to 0.5: ``log(0.5) / log(mean)``, in GAMMA_BOUNDS."""
     m = min(max(float(img01.mean()), 1e-6), 1 - 1e-6)
     return min(max(float(np.log(0.5) / np.log(m)), GAMMA_BOUNDS[0]), GAMMA_BOUNDS[1])
@@ -73,7 +73,7 @@ def gamma(batch: Any, gamma: float | str = "auto", gain: float = 1.0, device: st
         return restore(b.ski.exposure.adjust_gamma(arr, gamma=gamma, gain=gain))
     out = b.xp.empty_like(arr)
     for i in range(arr.shape[0]):
-        out[i] = b.ski.exposure.adjust_gamma(arr[i], gamma=auto_gamma(b.xp, arr[i] / 255.0), gain=gain)
+        out[i] = b.ski.exposure.adjust_gamma(arr[i], gamma=auto_gamma(arr[i] / 255.0), gain=gain)
     return restore(out)
 
 
@@ -87,7 +87,7 @@ def gray_clahe_gamma(batch: Any, kernel_size: int | None = None, clip_limit: flo
     for i in range(arr.shape[0]):
         eq = _clahe_float(b, gray[i], kernel_size, clip_limit, nbins)
         eq = xp.clip(eq, 0, 1)
-        out[i, ..., 0] = to_uint8(xp, eq ** (auto_gamma(xp, eq) if gamma == "auto" else gamma) * gain)
+        out[i, ..., 0] = to_uint8(xp, eq ** (auto_gamma(eq) if gamma == "auto" else gamma) * gain)
     return restore(out)
 
 
