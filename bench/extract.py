@@ -26,6 +26,7 @@ import numpy as np
 from slidestream.engine import config
 from slidestream.engine.runner import extract, read_cohort
 from slidestream.engine.slide import open_slide
+from slidestream.engine.store import PatchStore
 
 
 def bare_decode(path: str, tiles: list[dict], scale: float, factor: float, out_px: int, threads: int) -> float:
@@ -87,8 +88,7 @@ def main() -> None:
             summary = extract(pipeline, cohort, tmp / "store", threads=a.threads, qa=False, progress=False,
                               workers=a.workers)
             runs.append(time.perf_counter() - t0)
-            m = json.loads((tmp / "store" / "manifest.json").read_text())
-            rec = next(iter(m["slides"].values()))
+            rec = next(iter(PatchStore.open(tmp / "store").records().values()))
             tiles = rec.get("tiles", [])
             factor = rec.get("factor", 1.0)
             bares.append(bare_decode(a.slide, tiles, scale, factor, out_px, a.threads))

@@ -3,7 +3,8 @@
 Layout (``BUNDLE/``)::
 
     bundle.json          arch, classifier params, input size/channels, normalization chain, aggregation,
-                         fusion (plugin, params, fitted state), threshold, initialisation, training summary,
+                         fusion (plugin, params, fitted state, and the patients that fitted it: split,
+                         n, sorted ids, ids digest), threshold, initialisation, best epoch, training summary,
                          package versions, the pipeline's extraction hash, sha256 of every file, and ``hash``
     model.safetensors    the network weights (safetensors: tensors only, no code)
     pipeline.json        the pipeline the bundle was trained with (extraction + learning sections)
@@ -89,10 +90,8 @@ class Bundle:
                               f"extract with the bundle's own {self.path / 'pipeline.json'}")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", pipeline: dict[str, Any] | None = None) -> Bundle:
-    """Load and verify a bundle. ``pipeline``, when given, must have the bundle's extraction sections."""
-    from safetensors.torch import load_file
-
+def read(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Verify a bundle's files and hashes without building its network: (directory, bundle.json, pipeline)."""
     p = resolve(path)
     try:
         meta = json.loads((p / "bundle.json").read_text())
@@ -105,7 +104,14 @@ def load(path: str | Path, device: str | torch.device = "cpu", pipeline: dict[st
             raise ConfigError(f"bundle {p}: {f} does not match its recorded sha256 (modified or corrupt); re-copy or retrain")
     if meta.get("hash") != _meta_hash(meta):
         raise ConfigError(f"bundle {p}: bundle.json does not match its hash (edited by hand?); re-copy or retrain")
-    bpipe = json.loads((p / "pipeline.json").read_text())
+    return p, meta, json.loads((p / "pipeline.json").read_text())
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", pipeline: dict[str, Any] | None = None) -> Bundle:
+    """Load and verify a bundle. ``pipeline``, when given, must have the bundle's extraction sections."""
+    from safetensors.torch import load_file
+
+    p, meta, bpipe = read(path)
     b = Bundle(p, meta, bpipe, None)  # type: ignore[arg-type]
     if pipeline is not None:
         b.check_extraction(config.extraction_hash(pipeline), "the given pipeline")

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from .commands import evaluate, extract, gan, learn
+from .commands import encode, evaluate, extract, gan, learn
 
 app = typer.Typer(
     name="slidestream",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (extract, learn, evaluate, gan):
+for module in (extract, learn, evaluate, gan, encode):
     module.register(app)
 
 
@@ -28,5 +28,18 @@ def main() -> None:
     try:
         app()
     except SlidestreamError as e:
-        typer.secho(f"error: {e}", err=True, fg="red")
+        print_error(e)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print_error("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+def print_error(e) -> None:
+    """``error: <one line>`` on stderr: red on a terminal, never wrapped (plain text when piped)."""
+    line = "error: " + " ".join(str(e).split())
+    if sys.stderr.isatty():
+        typer.secho(line, err=True, fg="red")
+    else:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from . import registry
+from . import aggregate, registry
 from .errors import ConfigError
 
 SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
@@ -145,12 +145,13 @@ def schema() -> dict[str, Any]:
                         "kfold": {"type": ["integer", "null"], "minimum": 2, "description": "k-fold instead of ratios"},
                         "fold": {"type": "integer", "minimum": 0, "description": "test fold (val = next fold)"}}},
                     "aggregation": {"type": "object", "additionalProperties": False, "properties": {
-                        "method": {"enum": ["mean", "median", "topk"], "description": "patch -> patient (paper: mean)"},
+                        "method": {"enum": aggregate.methods(), "description": "patch -> patient aggregator plugin (paper: mean)"},
                         "k_frac": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}},
                     "synthetic": {"type": "integer", "minimum": 0, "description": "synthetic (GAN) patches added to training"},
                     "select": {"enum": ["auc", "loss"], "description": "best epoch: validation patient AUC (ties: loss) or loss"},
                     "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "P(mutant) cut for sens/spec/acc"},
-                    "fusion_split": {"enum": ["train", "val"], "description": "patients the fusion model is fitted on"},
+                    "fusion_split": {"enum": ["val", "train"], "description": "patients the fusion is fitted on: "
+                                     "val (default, out of sample) or train (in sample); never test"},
                     "num_workers": {"type": "integer", "minimum": 0, "description": "loader threads"},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },
@@ -159,6 +160,32 @@ def schema() -> dict[str, Any]:
             "evaluation": {"type": "object"},
             # ---- augmentation (issue: GAN augmentation) ----
             "augmenter": _plugin_ref("augmenter"),
+            # ---- encoders, feature store, attention-MIL (issue 8) ----
+            "encoder": _plugin_ref("encoder"),
+            "features": {  # defaults: slidestream.engine.features.DEFAULTS
+                "type": "object", "additionalProperties": False,
+                "description": "feature store written by `slidestream features`",
+                "properties": {
+                    "batch_size": {"type": "integer", "minimum": 1, "description": "patches per encoder call"},
+                    "dtype": {"enum": ["float16", "float32"], "description": "stored feature type (default float16)"},
+                    "device": {"enum": ["auto", "cpu", "cuda"]},
+                },
+            },
+            "aggregator": _plugin_ref("aggregator"),
+            "mil": {  # defaults: slidestream.engine.mil.DEFAULTS
+                "type": "object", "additionalProperties": False,
+                "description": "attention-MIL training on the feature store (`slidestream mil train`)",
+                "properties": {
+                    "epochs": {"type": "integer", "minimum": 1},
+                    "lr": {"type": "number", "exclusiveMinimum": 0, "description": "Adam learning rate (default 2e-4)"},
+                    "weight_decay": {"type": "number", "minimum": 0},
+                    "seed": {"type": "integer", "minimum": 0},
+                    "max_patches": {"type": ["integer", "null"], "minimum": 1,
+                                    "description": "random patches per training bag and epoch (null = all)"},
+                    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                    "device": {"enum": ["auto", "cpu", "cuda"]},
+                },
+            },
         },
         "$defs": {"number": num},
     }

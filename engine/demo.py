@@ -89,7 +89,11 @@ def run(out: str | Path = "slidestream-demo", n_patients: int = 32, size: tuple[
     bundle = Path(res["results"][0]["bundle"])
     preds = out / "predictions.csv"
     predict.predict_store(bundle, store, preds)
-    metrics = ev.evaluate(ev.load_predictions(preds), fusion="age_gda", bootstrap=bootstrap, seed=seed)
+    from .bundle import read
+
+    bmeta = read(bundle)[1]  # the bundle's fusion, fitted by train on the val patients (as predict uses it)
+    metrics = ev.evaluate(ev.load_predictions(preds), fitted=bmeta["fusion"], best_epoch=bmeta["best_epoch"],
+                          bootstrap=bootstrap, seed=seed)
     report_dir = out / "report"
     ev.write_report(metrics, report_dir)
     result = {"report": str(report_dir / "report.md"), "metrics": metrics, "bundle": str(bundle),

@@ -24,3 +24,8 @@ class SlideError(SlidestreamError):
 
 class StoreError(SlidestreamError):
     """The patch store cannot be opened or written."""
+
+
+class BrokenFile(ValueError):
+    """Raised by a reader when the file itself is broken (truncated, header claims that do not add up,
+    corrupt compressed data): no other reader is tried, and the message is the cause, in plain words."""

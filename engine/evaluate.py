@@ -3,8 +3,12 @@
 Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 = IDH-mutant, the positive class;
 0 = IDH-wildtype; split train/val/test; image_prob = the patient's aggregated image probability of mutant).
 
-* Predictors (paper, "Combining age- and image-based prediction"): ``image``; with a fusion plugin (fitted on
-  the train split) also its outputs, for ``age_gda`` ``age`` and ``age+image``.
+* Predictors (paper, "Combining age- and image-based prediction"): ``image``; with a fusion plugin also its
+  outputs, for ``age_gda`` ``age`` and ``age+image``. The fusion is fitted out of sample: on the *val* patients
+  (default; their image scores come from a network that never trained on them), or on ``train`` when asked
+  (in sample: near-perfect image scores there leave age almost no weight), never on test. Given a model
+  bundle, its fitted fusion is used exactly as it is (``predict`` gives the same fused probabilities).
+  ``--fusion-cv`` (out-of-fold fusion, K networks) is not implemented.
 * Metrics (paper, "Performance evaluation"): sensitivity, specificity, accuracy and ROC AUC, all from
   scikit-learn (``confusion_matrix``, ``accuracy_score``, ``roc_auc_score``, ``roc_curve``), on val and test
   (the bootstrap uses vectorized NumPy equivalents, tested against scikit-learn).
@@ -16,10 +20,15 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
 * Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
   the paper's Table 4 counts 68 patients, i.e. its validation and test patients together
   (``age_group_splits=("val", "test")``). Patients without an age are left out of the groups.
+* Selection set: the patients that made a choice (val: best epoch when a bundle is given, Youden threshold,
+  fusion fit) are named in ``meta.selection`` and the report, which labels their metrics as selection-set
+  (optimistic) metrics; the test split makes no choice.
 
-``evaluate()`` returns the dict written to ``metrics.json``; ``write_report()`` writes it with ROC figures and a
-Markdown report. Undefined values (AUC of a one-class split, sensitivity without mutants) are ``null``, with a
-line in ``meta.notes``.
+``evaluate()`` returns the dict written to ``metrics.json`` (plus ``patients``: patient_id, split, label, age and
+one ``<predictor>_prob`` column per predictor, e.g. ``age+image_prob``);
+``write_report()`` writes it with ``patients.csv``, ROC figures and a Markdown report that names the best
+epoch, the threshold rule and the fusion's patients (split, n, ids digest). Undefined values (AUC of a
+one-class split, sensitivity without mutants) are ``null``, with a line in ``meta.notes``.
 """
 from __future__ import annotations
 
@@ -128,17 +137,20 @@ def _subset(t: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def metrics_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """Sensitivity, specificity, accuracy (called mutant when ``p >= threshold``) and AUC; None where undefined."""
+def metrics_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The one metrics implementation (training and evaluation): patient counts, sensitivity (mutant =
+    positive), specificity, accuracy (called mutant when ``p >= threshold``) and AUC; None where undefined."""
     from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
+    y, p = np.asarray(y).astype(int), np.asarray(p, float)
     pred = (p >= threshold).astype(int)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     two = len(np.unique(y)) == 2
     return {
+        "n": int(len(y)), "mutant": int(tp + fn), "wildtype": int(tn + fp),
         "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
         "specificity": float(tn / (tn + fp)) if tn + fp else None,
-        "accuracy": float(accuracy_score(y, pred)),
+        "accuracy": float(accuracy_score(y, pred)) if len(y) else None,
         "auc": float(roc_auc_score(y, p)) if two else None,
     }
 
@@ -187,7 +199,7 @@ def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarra
     return out
 
 
-def _roc_points(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:
+def roc_points(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:
     from sklearn.metrics import roc_curve
 
     if len(np.unique(y)) < 2:
@@ -196,25 +208,74 @@ def _roc_points(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:
     return {"fpr": [round(float(v), 6) for v in fpr], "tpr": [round(float(v), 6) for v in tpr]}
 
 
+FUSION_SPLITS = ("val", "train")  # never "test": the test split makes no choice
+
+
+def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, split: str = "val") -> dict[str, Any]:
+    """Fit fusion plugin ``name`` on the ``split`` patients of a predictions table; returns the fitted fusion
+    as stored in a bundle: name, params, state, and which patients fitted it (``fit_on``, ``n``, sorted
+    ``patients``, ``ids_digest``)."""
+    from . import registry
+
+    if split not in FUSION_SPLITS:
+        raise ConfigError(f"the fusion is fitted on the val (default) or train split, not {split!r}: "
+                          "the test split is never used for a choice")
+    plugin = registry.get("fusion", name)
+    t = {k: np.asarray(v) for k, v in table.items()}
+    sel = t["split"] == split
+    if not sel.any():
+        raise ConfigError(f"fusion {name!r} is fitted on the {split} split, but it has no patients; "
+                          "use split ratios with a val part (e.g. 6:1:1) or training.fusion_split")
+    state = plugin.fit(_subset(t, sel), **(params or {}))
+    ids = sorted(str(p) for p in t["patient_id"][sel])
+    return {"name": name, "params": params or {}, "state": state, "fit_on": split, "n": len(ids),
+            "patients": ids, "ids_digest": ids_digest(ids)}
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """Short sha256 of a sorted patient id list (one id a line): names a patient set in reports."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+def apply_fusion(fitted: dict[str, Any], table: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The fitted fusion's predictors (e.g. ``age``, ``age+image``) for every row of ``table``."""
+    from . import registry
+
+    out = registry.get("fusion", fitted["name"]).predict(fitted["state"], table)
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
 def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,
              bootstrap: int = 1000, seed: int = 0, fusion_params: dict | None = None,
-             age_group_splits: Sequence[str] = ("test",)) -> dict[str, Any]:
-    """Evaluate a predictions table; returns the ``metrics.json`` dict (see the module docstring)."""
+             age_group_splits: Sequence[str] = ("test",), fusion_split: str = "val",
+             fitted: dict[str, Any] | None = None, best_epoch: int | None = None) -> dict[str, Any]:
+    """Evaluate a predictions table; returns the ``metrics.json`` dict (see the module docstring), plus
+    ``patients`` (every patient's predictor values; ``write_report`` writes it to ``patients.csv``).
+
+    Fusion: ``fitted`` (a bundle's fitted fusion, used exactly as it is) or ``fusion`` (a plugin name, fitted
+    here on the ``fusion_split`` patients, val by default). ``best_epoch``: the bundle's, chosen on val
+    (recorded, and it makes val a selection set).
+    """
     t = check_table(table)
     notes: list[str] = []
     preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
     meta: dict[str, Any] = {"positive_class": "IDH-mutant (label 1)", "bootstrap": int(bootstrap), "seed": int(seed)}
-    if fusion:
-        from . import registry
-
-        plugin = registry.get("fusion", fusion)
-        train = t["split"] == "train"
-        if not train.any():
-            raise ConfigError(f"fusion {fusion!r} is fitted on the train split, but there are no train rows")
-        state = plugin.fit(_subset(t, train), **(fusion_params or {}))
-        out = plugin.predict(state, t)
-        preds.update({k: np.asarray(v, dtype=float) for k, v in out.items()})
-        meta["fusion"] = {"name": fusion, "params": fusion_params or {}, "state": state}
+    if fitted:
+        leaked = sorted(set(fitted.get("patients", [])) & set(t["patient_id"][t["split"] == "test"]))
+        if leaked:
+            raise ConfigError(f"the bundle's fusion was fitted on {len(leaked)} patient(s) of this table's test split "
+                              f"(e.g. {leaked[0]}); evaluate predictions of the store split the bundle was trained on")
+        meta["fusion"] = {**fitted, "source": "bundle"}
+        own = sorted(str(p) for p in t["patient_id"][t["split"] == fitted.get("fit_on")])
+        if "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:
+            notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
+                         f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")
+    elif fusion:
+        meta["fusion"] = {**fit_fusion(t, fusion, fusion_params, fusion_split), "source": "fitted by evaluate"}
+    if "fusion" in meta:
+        preds.update(apply_fusion(meta["fusion"], t))
     order = [p for p in PREDICTORS if p in preds] + sorted(p for p in preds if p not in PREDICTORS)
 
     val = t["split"] == "val"
@@ -238,6 +299,19 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
         thresholds = {name: thr for name in order}
     meta["threshold"] = threshold if threshold == "youden" else float(threshold)
     meta["thresholds"] = thresholds
+    meta["threshold_rule"] = ("Youden's J per predictor on the val split" if threshold == "youden"
+                              else f"fixed at {float(threshold):g} (not chosen on data)")
+    # every choice made on patients, by split: metrics on those patients are selection-set metrics (optimistic);
+    # the test split makes no choice
+    selection: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    if best_epoch is not None:
+        selection["val"].append("best epoch")
+    if threshold == "youden":
+        selection["val"].append("threshold")
+    if "fusion" in meta:
+        selection[meta["fusion"]["fit_on"]].append("fusion fit")
+    meta["best_epoch"] = best_epoch
+    meta["selection"] = selection
 
     result: dict[str, Any] = {}
     roc: dict[str, Any] = {}
@@ -255,16 +329,18 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
         for name in order:
             p = preds[name][mask]
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
-            block["n"] = int(mask.sum())
             block["ci"] = _bootstrap_ci(y, p, thresholds[name], idx)
             result[split][name] = block
-            roc[split][name] = _roc_points(y, p)
+            roc[split][name] = roc_points(y, p)
     result["age_groups"] = age_groups(t, preds, thresholds, age_group_splits, notes)
     meta["age_group_splits"] = list(age_group_splits)
     meta["predictors"] = order
     meta["roc"] = roc
     meta["notes"] = notes
     result["meta"] = meta
+    result["patients"] = {"patient_id": t["patient_id"].tolist(), "split": t["split"].tolist(),
+                          "label": t["label"].tolist(), "age": [None if np.isnan(a) else float(a) for a in t["age"]],
+                          **{f"{name}_prob": preds[name].tolist() for name in order}}
     return result
 
 
@@ -349,12 +425,13 @@ def report_markdown(metrics: dict) -> str:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
     if meta.get("bootstrap"):
         lines.append(f"Brackets: 95% bootstrap confidence intervals ({meta['bootstrap']} patient resamples, seed {meta['seed']}).")
+    lines += ["", "## Choices, and the patients that made them", ""] + _choices(meta)
     lines += ["", "## Classification performance by predictor (cf. Liu et al. 2020, Table 3)", "",
               "| Predictor | Sensitivity | Specificity | Accuracy | AUC |", "|---|---|---|---|---|"]
     for split in EVAL_SPLITS:
         if split not in metrics:
             continue
-        lines.append(f"| **On {'validation' if split == 'val' else 'test'} set** (n = {_n(metrics, split)}) | | | | |")
+        lines.append(f"| **On {_split_title(meta, split)}** (n = {_n(metrics, split)}) | | | | |")
         for name in names:
             b = metrics[split][name]
             lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(_fmt_ci(b, m) for m in METRICS) + " |")
@@ -377,6 +454,27 @@ def report_markdown(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _split_title(meta: dict, split: str) -> str:
+    used = meta.get("selection", {}).get(split)
+    name = "validation set" if split == "val" else "test set"
+    return f"{name}: selection-set metrics (it chose the {', '.join(used)}; optimistic)" if used else name
+
+
+def _choices(meta: dict) -> list[str]:
+    """Report lines: best epoch, threshold, fusion fit, and which split made each choice."""
+    out = []
+    if meta.get("best_epoch") is not None:
+        out.append(f"- Best epoch: {meta['best_epoch'] + 1}, chosen on the validation split (the bundle's training).")
+    out.append(f"- Threshold: {meta.get('threshold_rule', meta.get('threshold'))}.")
+    f = meta.get("fusion")
+    if f:
+        out.append(f"- Fusion `{f['name']}` ({f.get('source', '')}): fitted on the {f.get('fit_on')} split, "
+                   f"n = {f.get('n')} patients, ids digest `{f.get('ids_digest')}`.")
+    out.append("- The test split was used for no choice; metrics on a split that made one are selection-set "
+               "metrics (optimistic).")
+    return out
+
+
 def _count(g: dict) -> str:
     return f"{g.get('n', 0)} ({g.get('mutant', 0)}:{g.get('wildtype', 0)})"
 
@@ -386,12 +484,28 @@ def _errors(g: dict, name: str) -> str:
     return f"{e['mutant'] + e['wildtype']} ({e['mutant']}:{e['wildtype']})"
 
 
+def _write_patients(cols: dict[str, list], path: Path) -> None:
+    names = list(cols)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for row in zip(*(cols[c] for c in names)):
+            w.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])  # exact floats
+
+
 def write_report(metrics: dict, out_dir: str | Path) -> list[Path]:
-    """Write ``metrics.json``, ``roc_val.png`` / ``roc_test.png`` (splits present) and ``report.md``."""
+    """Write ``metrics.json``, ``patients.csv`` (every patient's predictor values), ``roc_val.png`` /
+    ``roc_test.png`` (splits present) and ``report.md``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "metrics.json"]
+    written = [out / "metrics.json", out / "patients.csv"]
+    patients = metrics.get("patients")
+    metrics = {k: v for k, v in metrics.items() if k != "patients"}
     written[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    if patients:
+        _write_patients(patients, written[1])
+    else:
+        written.pop()
     for split in EVAL_SPLITS:
         if split in metrics:
             plot_roc(metrics, split, out / f"roc_{split}.png")

@@ -44,7 +44,7 @@ PROJECT = "slidestream"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-KINDS = ("reader", "filter", "tiling", "normalization", "augmenter", "classifier", "fusion")
+KINDS = ("reader", "filter", "tiling", "normalization", "augmenter", "classifier", "fusion", "encoder", "aggregator")
 
 
 class lazy:
@@ -232,6 +232,47 @@ class FusionPlugin(Plugin):
     kind: str = "fusion"
 
 
+@dataclass(frozen=True)
+class EncoderPlugin(Plugin):
+    """A frozen patch encoder (ImageNet CNN, pathology foundation model): patches -> feature vectors.
+
+    ``build(**params) -> torch.nn.Module`` returns a network in eval mode mapping (n, 3, s, s) float tensors
+    (RGB scaled to 0..1, then ``(x - mean) / std``) to (n, dim) float features; ``s`` = ``input_size``
+    (the engine resizes patches of another size: to ``resize`` then centre-cropped, or straight to ``s``). Weights come only from a local file the user names
+    (a ``weights`` param); nothing is downloaded. A plugin whose size or dim depends on its params declares
+    0 here and sets ``input_size`` / ``dim`` attributes on the module it builds (they take precedence)."""
+
+    build: Callable[..., Any] | None = None
+    input_size: int = 224
+    mean: Sequence[float] = (0.485, 0.456, 0.406)  # ImageNet
+    std: Sequence[float] = (0.229, 0.224, 0.225)
+    dim: int = 0
+    resize: int = 0  # > input_size: resize to this side, then centre-crop input_size (0: resize to input_size)
+    interpolation: str = "bilinear"  # or "bicubic" (antialiased either way)
+    kind: str = "encoder"
+
+
+@dataclass(frozen=True)
+class AggregatorPlugin(Plugin):
+    """Turns a patient's bag of patches into one patient probability (of the positive class, IDH-mutant).
+
+    ``input`` says what the bag holds:
+
+    * ``"probs"``: ``aggregate(probs, **params) -> (prob, attention)``: ``probs`` the (n,) patch
+      probabilities of one patient; ``attention`` an (n,) weight per patch, or None (mean, median, top-k).
+    * ``"features"``: a trainable attention-MIL model. ``build(in_dim, **params) -> torch.nn.Module`` whose
+      ``forward(bag)`` maps one (n, in_dim) float bag of patch features to ``(logit, attention)``: a scalar
+      logit of the patient being positive and (n,) attention weights summing to 1. It may define
+      ``instance_loss(bag, label, attention)`` (an extra loss, e.g. CLAM's instance clustering), which
+      training adds.
+    """
+
+    input: str = "probs"
+    aggregate: Callable[..., Any] | None = None
+    build: Callable[..., Any] | None = None
+    kind: str = "aggregator"
+
+
 # --------------------------------------------------------------------------------------------
 # The hooks: one per kind. Each returns the plugins of that kind a module provides.
 # --------------------------------------------------------------------------------------------
@@ -270,6 +311,16 @@ def slidestream_fusion() -> list[FusionPlugin]:
     """Fusion models (image probability + clinical data) this module provides."""
 
 
+@hookspec
+def slidestream_encoders() -> list[EncoderPlugin]:
+    """Patch encoders (patches -> feature vectors) this module provides."""
+
+
+@hookspec
+def slidestream_aggregators() -> list[AggregatorPlugin]:
+    """Patient aggregators (bag of patch probabilities or features -> patient probability) this module provides."""
+
+
 HOOK_OF_KIND = {
     "reader": "slidestream_readers",
     "filter": "slidestream_filters",
@@ -278,4 +329,6 @@ HOOK_OF_KIND = {
     "augmenter": "slidestream_augmenters",
     "classifier": "slidestream_classifiers",
     "fusion": "slidestream_fusion",
+    "encoder": "slidestream_encoders",
+    "aggregator": "slidestream_aggregators",
 }

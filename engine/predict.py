@@ -2,7 +2,8 @@
 or new slides / photos (extract in-process with the bundle's own pipeline -> probability + heatmap).
 
 The patient / slide probability is the bundle's aggregation (paper: mean) of its patch probabilities.
-With a fusion model in the bundle (``age_gda``) and an age, the fused age+image probability is printed too.
+With a fusion model in the bundle (``age_gda``, fitted by ``train`` on the val patients) and an age, the fused
+age+image probability is printed too: the bundle's fitted fusion, the same one ``evaluate --bundle`` uses.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import registry
 from .aggregate import aggregate
 from .bundle import Bundle, load
 from .errors import ConfigError
@@ -41,12 +41,13 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:
     """The bundle fusion's outputs (e.g. ``age``, ``age+image``) for one patient; {} without fusion or age."""
+    from .evaluate import apply_fusion
+
     f = b.meta.get("fusion")
     if not f or age is None:
         return {}
-    plugin = registry.get("fusion", f["name"])
-    out = plugin.predict(f["state"], {"age": np.array([age], float), "image_prob": np.array([image_prob], float)})
-    return {k: float(np.asarray(v)[0]) for k, v in out.items()}
+    out = apply_fusion(f, {"age": np.array([age], float), "image_prob": np.array([image_prob], float)})
+    return {k: float(v[0]) for k, v in out.items()}
 
 
 def heatmap(thumb: np.ndarray, table: dict[str, np.ndarray], probs: np.ndarray, thumb_scale: float, path: Path) -> Path:

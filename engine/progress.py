@@ -36,7 +36,9 @@ class ExtractProgress:
             self.progress.remove_task(task)
         status = rec.get("status")
         if status == "error":
-            self.progress.console.print(f"[red]error[/red] {rec.get('reason')}")
-        elif status == "empty":
-            self.progress.console.print(f"[yellow]empty[/yellow] {slide_id}: {rec.get('reason')}")
+            self.progress.console.print(f"[red]error[/red] {rec.get('reason')}", soft_wrap=True, markup=True,
+                                        highlight=False)
+        elif status == "empty" or rec.get("corrupt_tiles"):
+            self.progress.console.print(f"[yellow]{status}[/yellow] {slide_id}: {rec.get('reason')}", soft_wrap=True,
+                                        highlight=False)
         self.progress.advance(self.overall)

@@ -1,146 +1,35 @@
-"""Extraction: slides to a patch store, one dask task per slide.
+"""Extraction: slides to a patch store, one task per slide.
 
 Per slide (``process_slide``, opens its own reader): thumbnail -> filters -> tissue mask -> tiling ->
-tiles read in batches -> patches. In-process they stream straight into the store (the next slide is
-planned meanwhile); on dask workers they go to a staging file and the driver (``extract``) commits
-finished slides in cohort order. Either way the store does not depend on scheduling, and an interrupted
-run resumes from the manifest. Memory per worker is one batch of tiles (plus a memory-mapped staging
-file on dask workers), whatever the slide's size.
+tiles read in batches -> patches, compressed into a staging array beside the store (``STORE.partial``)
+by whichever process runs the slide: the driver itself (the next slide is planned meanwhile) or a dask
+worker. The driver then commits finished slides in cohort order -- a rename of the staged shards plus the
+slide's column rows and record, constant time (see ``store``) -- so the store does not depend on
+scheduling, and an interrupted run resumes from the committed records. Memory per worker is one batch of
+tiles, whatever the slide's size.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import shutil
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from . import config, registry
-from .errors import ConfigError, SlidestreamError
+from .chatter import CAPTURE
+from .cohort import SLIDE_SUFFIXES, SlideRow, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
+from .errors import ConfigError, SlideError, SlidestreamError
 from .progress import ExtractProgress
 from .device import resolve_device
-from .slide import MaskArea, Slide, open_slide
-from .store import PatchStore, atomic_write_text
-
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
-                  ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
-LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
-          "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
-
-
-@dataclass(frozen=True)
-class SlideRow:
-    """One slide of a cohort."""
-
-    slide_path: str
-    slide_id: str
-    patient_id: str
-    label: int = -1
-    age: float = math.nan
-    mpp: float | None = None
-
-
-# ------------------------------------------------------------------------------------ cohorts
-def read_cohort(source: str | Path, default_mpp: float | None = None) -> list[SlideRow]:
-    """Slides from a CSV (slide_path, patient_id, label, age[, mpp][, slide_id]) or a folder of slides."""
-    src = Path(source)
-    if src.is_file() and (src.suffix.lower() in SLIDE_SUFFIXES):  # a single slide
-        rows = [SlideRow(str(src), _slide_id(src), _slide_id(src), mpp=default_mpp)]
-    elif src.is_dir():
-        rows = _scan_dir(src, default_mpp)
-    elif src.is_file():
-        rows = _read_csv(src, default_mpp)
-    else:
-        raise ConfigError(f"--slides {src}: no such file or folder; give a cohort CSV or a folder of slides")
-    if not rows:
-        raise ConfigError(f"--slides {src}: no slides found")
-    seen: dict[str, str] = {}
-    for r in rows:
-        if r.slide_id in seen:
-            raise ConfigError(f"--slides {src}: slide id {r.slide_id!r} is used by {seen[r.slide_id]} and {r.slide_path}; "
-                              "add a unique `slide_id` column")
-        seen[r.slide_id] = r.slide_path
-    return rows
-
-
-def _slide_id(p: Path) -> str:
-    name = p.name
-    for suf in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return name if p.is_dir() else p.stem
-
-
-def _scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
-    files = [p for p in sorted(d.rglob("*")) if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
-             and not p.name.startswith(".")]
-    rows, dicom = [], {}
-    for p in files:
-        if p.suffix.lower() == ".dcm":
-            dicom.setdefault(p.parent, []).append(p)
-        else:
-            rows.append(SlideRow(str(p), _slide_id(p), _slide_id(p), mpp=default_mpp))
-    for folder, dcms in dicom.items():  # a DICOM-WSI slide is a series; its levels are separate files
-        series = _dicom_series(dcms)
-        for first in series:
-            whole_folder = len(series) == 1 and len(dcms) > 1
-            path, sid = (folder, _slide_id(folder)) if whole_folder else (first, _slide_id(first))
-            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp))
-    return sorted(rows, key=lambda r: r.slide_path)
-
-
-def _dicom_series(files: list[Path]) -> list[Path]:
-    """The first file of each DICOM series among ``files`` (one slide per series)."""
-    try:
-        import pydicom
-    except ImportError:
-        return files[:1]
-    import warnings
-
-    first: dict[str, Path] = {}
-    for f in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. over-long UIDs written by converters
-                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-                uid = str(ds.SeriesInstanceUID)
-        except Exception:
-            uid = str(f)  # unreadable: its own "series", so the readers report it
-        first.setdefault(uid, f)
-    return list(first.values())
-
-
-def _read_csv(path: Path, default_mpp: float | None) -> list[SlideRow]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in reader.fieldnames or []]
-        if "slide_path" not in cols:
-            raise ConfigError(f"{path}: no `slide_path` column; columns must be slide_path,patient_id,label,age[,mpp]")
-        out = []
-        for i, raw in enumerate(reader, start=2):
-            r = {k.strip(): (v or "").strip() for k, v in raw.items() if k}
-            sp = Path(r["slide_path"])
-            if not sp.is_absolute():
-                sp = path.parent / sp
-            label = r.get("label", "").lower()
-            if label not in LABELS:
-                raise ConfigError(f"{path} line {i}: label {r.get('label')!r} is not 1/0, mutant/wildtype or empty")
-            try:
-                age = float(r["age"]) if r.get("age") else math.nan
-                mpp = float(r["mpp"]) if r.get("mpp") else default_mpp
-            except ValueError as e:
-                raise ConfigError(f"{path} line {i}: {e}; age and mpp must be numbers") from None
-            sid = r.get("slide_id") or _slide_id(sp)
-            out.append(SlideRow(str(sp), sid, r.get("patient_id") or sid, LABELS[label], age, mpp))
-    return out
+from .slide import MaskArea, Slide, open_slide, plain as _plain
+from .store import PatchStore, RowWriter, atomic_write_text, beside, stage_name
 
 
 # ------------------------------------------------------------------------------------ tissue
@@ -210,8 +99,12 @@ def patch_table(rows, tiles) -> dict[str, np.ndarray]:
             "tile_tissue": np.array([tiles[r[0]].tissue for r in rows], np.float32)}
 
 
-def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1):
-    """Yield (row indices, patches) per batch of tiles; tiles are decoded by ``threads`` threads."""
+def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1,
+                       problems: dict[int, str] | None = None):
+    """Yield (row indices, patches) per tile, batches of tiles decoded by ``threads`` threads.
+
+    A tile its decoder complained about (``Slide.read_checked``) is not yielded: its index and the
+    complaint go into ``problems`` (pass a dict), or, without one, it raises SlideError."""
     s = int(pipeline["patches"]["size"])
     batch = int(pipeline["store"].get("batch_tiles", 4))
     by_tile: dict[int, list[int]] = {}
@@ -221,12 +114,19 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
 
     def read(ti):
         t = tiles[ti]
-        return slide.read(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
+        return slide.read_checked(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for b0 in range(0, len(order), batch):
             chunk = order[b0:b0 + batch]
-            for ti, rgb in zip(chunk, pool.map(read, chunk)):
+            for ti, (rgb, said) in zip(chunk, pool.map(read, chunk)):
+                if said:
+                    if problems is None:
+                        t = tiles[ti]
+                        raise SlideError(f"{slide.path}: corrupt image data in tile {ti} (level-0 x={t.x}, y={t.y}): "
+                                         f"{said}; copy the slide again, or pass --allow-corrupt-tiles to drop such tiles")
+                    problems[ti] = said
+                    continue
                 idx = by_tile[ti]
                 out = np.empty((len(idx), s, s, 3), np.uint8)
                 for j, i in enumerate(idx):
@@ -235,45 +135,57 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
                 yield idx, out
 
 
-def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None):
+def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, allow_corrupt: bool = False):
     """Open and plan one slide (thumbnail, mask, tiles, patch positions; no tile pixels yet).
 
-    Returns ``(slide, plan, seconds)``; raises on a slide that cannot be used."""
+    Returns ``(slide, plan, seconds)``; raises on a slide that cannot be used. Library chatter goes to
+    ``slide.log``, not the terminal."""
     t0 = time.perf_counter()
-    slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
-                       device=resolve_device(pipeline.get("device", "auto")))
-    try:
-        plan = plan_slide(pipeline, slide, row.slide_id)
-    except BaseException:
-        slide.close()
-        raise
+    with CAPTURE.on():
+        p0 = CAPTURE.position()
+        try:
+            slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
+                               device=resolve_device(pipeline.get("device", "auto")))
+        except Exception as e:
+            e.log = CAPTURE.text(p0).strip()  # what the libraries said, for the slide's record
+            raise
+        slide.allow_corrupt = allow_corrupt
+        try:
+            plan = plan_slide(pipeline, slide, row.slide_id)
+        except BaseException as e:
+            slide.close()
+            e.log = "\n".join([CAPTURE.text(p0).strip()] + slide.log).strip()
+            raise
+        said = CAPTURE.text(p0).strip()
+        if said:
+            slide.log.insert(0, said)
     return slide, plan, time.perf_counter() - t0
 
 
-def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir: str | None = None,
-                  threads: int = 1, reader_order=None, progress: Callable[[int, int], None] | None = None,
-                  store: PatchStore | None = None, prepared: Callable[[], tuple] | None = None) -> dict:
-    """Extract one slide into ``staging/<slide_id>.npy`` (+ ``.json``); return its record.
+def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store_cfg: dict[str, Any],
+                  qa_dir: str | None = None, threads: int = 1, reader_order=None,
+                  progress: Callable[[int, int], None] | None = None, prepared: Callable[[], tuple] | None = None,
+                  allow_corrupt: bool = False) -> dict:
+    """Extract one slide into a staging array in ``stage_dir`` (``STORE.partial``); return its record.
 
-    Runs on a dask worker. Errors come back as a record with ``status: "error"`` so one bad slide does
-    not stop the cohort. In-process (``store`` given) the patches stream straight into the store,
-    compressed while the next tiles decode, and the slide is committed here. ``prepared`` returns
+    Runs in the driver or on a dask worker (any process that sees the store's filesystem): the patches
+    are compressed here, with the store's chunks, shards and codec (``store_cfg``), while the next tiles
+    decode; the driver's commit only renames the finished shards into the store. Errors come back as a
+    record with ``status: "error"`` so one bad slide does not stop the cohort. ``prepared`` returns
     ``prepare_slide``'s result when the slide was opened and planned ahead (while the previous one ran).
+    A tile its decoder complains about fails the slide; with ``allow_corrupt`` such tiles are dropped
+    (listed in ``record["corrupt_tiles"]``; the slide's other tiles are read again without them).
     """
     rec: dict[str, Any] = {"slide_path": row.slide_path, "patient_id": row.patient_id}
-    final = Path(staging) / f"{row.slide_id}.npy"
-    done_json = final.with_suffix(".json")
-    prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order))
+    prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order, allow_corrupt))
     try:
         slide, (thumb, mask, geometry, tiles, rows), plan_s = prepared()
-    except SlidestreamError as e:
-        return {**rec, "status": "error", "reason": str(e)}
-    except Exception as e:  # a reader or plugin failed in an unexpected way
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {type(e).__name__}: {str(e)[:200]}"}
+    except Exception as e:  # SlidestreamError: our words; else a reader or plugin failed in an unexpected way
+        reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
+        log = getattr(e, "log", "")
+        return {**rec, "status": "error", "reason": reason, **({"log": log[-4000:]} if log else {})}
     t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
     try:
-        if done_json.exists() and final.exists():  # finished by an earlier, interrupted run
-            return json.loads(done_json.read_text())
         rec.update(reader=slide.reader_name, mpp=slide.mpp, mpp_source=slide.mpp_source,
                    dimensions=list(slide.dimensions), factor=geometry.factor,
                    tissue_fraction=float(mask.mean()) if mask.size else 0.0, n_tiles=len(tiles))
@@ -287,38 +199,44 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, staging: str, qa_dir:
             rec.update(status="empty", reason=reason, n_patches=0, seconds=time.perf_counter() - t0)
             return rec
         s = int(pipeline["patches"]["size"])
-        if store is not None:
-            writer = store.begin(row.slide_id, len(rows))
-            sink = writer.write
-        else:
-            tmp = final.with_name(f".{row.slide_id}.{os.getpid()}.tmp.npy")
-            staged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), s, s, 3))
-
-            def sink(off: int, p: np.ndarray) -> None:
-                staged[off: off + len(p)] = p
-        done = 0
-        for idx, patches in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
-            sink(idx[0], patches)  # a tile's patches are consecutive rows
-            done += len(idx)
-            if progress:
-                progress(done, len(rows))
-        meta = {k: v.tolist() for k, v in patch_table(rows, tiles).items()}
+        corrupt: dict[int, str] = {}
+        for attempt in range(2):  # a second pass only to leave out corrupt tiles (--allow-corrupt-tiles)
+            writer = RowWriter(Path(stage_dir) / stage_name("slides", row.slide_id), len(rows), s, store_cfg)
+            done = 0
+            found: dict[int, str] = {}
+            with CAPTURE.on():
+                for idx, patches in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads,
+                                                       found if allow_corrupt and not attempt else None):
+                    if not found:
+                        writer.write(idx[0], patches)  # a tile's patches are consecutive rows
+                    done += len(idx)
+                    if progress:
+                        progress(done, len(rows))
+            staged = writer.close()
+            if not found:
+                break
+            shutil.rmtree(staged, ignore_errors=True)  # the abandoned pass
+            corrupt = found
+            rows = [r for r in rows if r[0] not in corrupt]
+            if not rows:
+                raise SlideError(f"{row.slide_path}: every kept tile has corrupt image data "
+                                 f"({next(iter(corrupt.values()))}); copy the slide again")
+        if corrupt:
+            rec["corrupt_tiles"] = [{"tile": ti, "x": tiles[ti].x, "y": tiles[ti].y, "reason": why}
+                                    for ti, why in sorted(corrupt.items())]
+            rec["reason"] = (f"{len(corrupt)} tile{'s' if len(corrupt) > 1 else ''} with corrupt image data "
+                             f"dropped (--allow-corrupt-tiles): {next(iter(corrupt.values()))}")
+        if slide.log:
+            rec["log"] = "\n".join(slide.log)[-4000:]
+        rec["staged"] = staged
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,
-                   tiles=[asdict(t) for t in tiles])
-        if store is not None:
-            full = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label, "age": row.age}
-            writer.commit(full, _record(rec, row))
-            rec["seconds"] = time.perf_counter() - t0
-            return {**rec, "committed": True}
-        rec["meta"] = meta
-        staged.flush()
-        os.replace(tmp, final)
-        atomic_write_text(done_json, json.dumps(rec))
+                   tiles=[asdict(t) for t in tiles], meta={k: v.tolist() for k, v in patch_table(rows, tiles).items()})
         return rec
     except SlidestreamError as e:
-        return {**rec, "status": "error", "reason": str(e)}
+        return {**rec, "status": "error", "reason": str(e), **({"log": "\n".join(slide.log)[-4000:]} if slide.log else {})}
     except Exception as e:
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {type(e).__name__}: {str(e)[:200]}"}
+        return {**rec, "status": "error", "reason": f"{row.slide_path}: {_plain(e)}",
+                **({"log": "\n".join(slide.log)[-4000:]} if slide.log else {})}
     finally:
         slide.close()
 
@@ -330,8 +248,9 @@ def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None
     try:
         s = int(pipeline["patches"]["size"])
         patches = np.empty((len(rows), s, s, 3), np.uint8)
-        for idx, p in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
-            patches[idx[0]: idx[-1] + 1] = p
+        with CAPTURE.on():  # a tile the decoder complains about raises SlideError
+            for idx, p in iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads):
+                patches[idx[0]: idx[-1] + 1] = p
         return patches, patch_table(rows, tiles), thumb, tiles, geometry
     finally:
         slide.close()
@@ -345,97 +264,154 @@ def manifest_base(pipeline: dict[str, Any], pipeline_path: str | None = None) ->
 
 
 def _record(rec: dict[str, Any], row: SlideRow) -> dict[str, Any]:
-    return {**rec, "label": row.label, "age": None if math.isnan(row.age) else row.age}
+    """What the store keeps about a slide: the worker's record plus the cohort's values for it."""
+    return {**rec, "patient_id": row.patient_id, "label": row.label, "age": None if math.isnan(row.age) else row.age,
+            "cohort_mpp": row.mpp, "patient_source": getattr(row, "patient_source", "table")}
 
 
-def commit(store: PatchStore, row: SlideRow, rec: dict[str, Any], staging: Path) -> None:
-    """Move a finished slide from staging into the store (driver only)."""
-    s = store.patches.shape[1]
-    npy = staging / f"{row.slide_id}.npy"
-    meta = rec.pop("meta", {}) or {}
-    rec = _record(rec, row)
-    if rec["status"] == "done":
-        patches = np.load(npy, mmap_mode="r")
-        meta = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label, "age": row.age}
-    else:
-        patches = np.empty((0, s, s, 3), np.uint8)
-    store.manifest.get("errors", {}).pop(row.slide_id, None)
-    store.append(row.slide_id, patches, meta, rec)
-    for f in (npy, npy.with_suffix(".json")):
-        f.unlink(missing_ok=True)
+def commit(store: PatchStore, row: SlideRow, rec: dict[str, Any]) -> None:
+    """Record a finished slide in the store (driver only): its staged shards are renamed into place."""
+    rec = dict(rec)
+    if rec["status"] == "error":
+        store.commit_record(row.slide_id, _record(rec, row), "errors")
+        return
+    meta, staged = rec.pop("meta", {}) or {}, rec.pop("staged", None)
+    n = int(rec.get("n_patches", 0)) if rec["status"] == "done" else 0
+    meta = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label, "age": row.age}
+    store.commit_staged(row.slide_id, staged if n else None, n, meta, _record(rec, row), replace=True)
+
+
+def _cohort_changes(rec: dict[str, Any], row: SlideRow) -> tuple[bool, dict[str, Any], list[str]]:
+    """Compare a committed slide's record with its cohort row: (re-extract?, columns to update, notes)."""
+    if "cohort_mpp" in rec and rec["cohort_mpp"] != row.mpp:
+        return True, {}, [f"mpp {rec['cohort_mpp']} -> {row.mpp}: re-extracted"]
+    age = None if math.isnan(row.age) else row.age
+    new = {"patient_id": row.patient_id, "label": row.label, "age": age}
+    changed = {k: v for k, v in new.items() if k in rec and rec[k] != v}
+    notes = [f"{k} {rec[k]} -> {v}" for k, v in changed.items()]
+    if "patient_source" in rec and rec["patient_source"] != getattr(row, "patient_source", "table"):
+        changed["patient_source"] = getattr(row, "patient_source", "table")
+    return False, changed, notes
 
 
 def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, workers: int = 1,
             scheduler: str | None = None, threads: int | None = None, qa: bool = True,
             progress: bool = True, pipeline_path: str | None = None,
-            on_slide: Callable[[SlideRow, dict], None] | None = None) -> dict[str, Any]:
-    """Extract ``cohort`` into the store at ``out``; resume if it exists. Returns a summary dict."""
+            on_slide: Callable[[SlideRow, dict], None] | None = None,
+            allow_corrupt_tiles: bool = False) -> dict[str, Any]:
+    """Extract ``cohort`` into the store at ``out``; resume if it exists. Returns a summary dict.
+
+    A finished slide whose cohort ``mpp`` changed is extracted again; one whose label, age or
+    patient_id changed gets those columns updated (summary status ``updated``). ``allow_corrupt_tiles``:
+    tiles whose decoder complains are dropped and listed in the slide's record instead of failing it."""
     t0 = time.perf_counter()
     out = Path(out)
     store = PatchStore.create(out, int(pipeline["patches"]["size"]), pipeline["store"],
                               manifest_base(pipeline, pipeline_path))
-    staging = out / "staging"
-    staging.mkdir(exist_ok=True)
-    qa_dir = out / "qa" if qa else None
-    if qa_dir:
-        qa_dir.mkdir(exist_ok=True)
-    todo = [r for r in cohort if not store.done(r.slide_id)]
-    skipped = len(cohort) - len(todo)
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
-    results: dict[str, dict] = {}
+    try:
+        stage_dir = store.stage_dir()
+        qa_dir = beside(out, "qa") if qa else None
+        if qa_dir:
+            qa_dir.mkdir(exist_ok=True)
+        results: dict[str, dict] = {}
+        done = store.records("slides")
+        todo, notes = [], {}
+        for r in cohort:
+            if r.slide_id not in done:
+                todo.append(r)
+                continue
+            again, changed, why = _cohort_changes(done[r.slide_id], r)
+            if again:
+                todo.append(r)
+                notes[r.slide_id] = "; ".join(why)
+            elif changed:
+                cols = {k: (np.nan if v is None else v) for k, v in changed.items() if k != "patient_source"}
+                store.update_rows(r.slide_id, cols, changed)
+                results[r.slide_id] = {**store.records("slides")[r.slide_id], "status": "updated",
+                                       "reason": "; ".join(why) or "patient_source updated", "seconds": 0.0}
+        skipped = len(cohort) - len(todo) - len(results)
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+        cfg = store.store_cfg()
 
-    with ExtractProgress(len(cohort), skipped, enabled=progress) as bar:
-        def finish(row: SlideRow, rec: dict) -> None:
-            if rec["status"] == "error":
-                store.manifest.setdefault("errors", {})[row.slide_id] = rec["reason"]
-                store.save_manifest()
-            elif rec.get("committed"):
-                if store.manifest.get("errors", {}).pop(row.slide_id, None):
-                    store.save_manifest()
+        with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar:
+            def finish(row: SlideRow, rec: dict) -> None:
+                commit(store, row, rec)
+                rec = {k: v for k, v in rec.items() if k not in ("meta", "staged")}
+                if row.slide_id in notes and rec["status"] != "error":
+                    rec["reason"] = notes[row.slide_id]
+                results[row.slide_id] = rec
+                bar.slide_done(row.slide_id, rec)
+                if on_slide:
+                    on_slide(row, rec)
+
+            if workers <= 1 and not scheduler:
+                # open and plan slide k+1 in a thread while slide k decodes and compresses
+                with ThreadPoolExecutor(1) as planner:
+                    ahead = planner.submit(prepare_slide, pipeline, todo[0], None, allow_corrupt_tiles) if todo else None
+                    for k, row in enumerate(todo):
+                        current = ahead
+                        ahead = (planner.submit(prepare_slide, pipeline, todo[k + 1], None, allow_corrupt_tiles)
+                                 if k + 1 < len(todo) else None)
+                        cb = bar.slide_started(row.slide_id)
+                        finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,
+                                                  threads=threads, progress=cb, prepared=current.result,
+                                                  allow_corrupt=allow_corrupt_tiles))
             else:
-                commit(store, row, dict(rec), staging)
-            results[row.slide_id] = rec
-            bar.slide_done(row.slide_id, rec)
-            if on_slide:
-                on_slide(row, rec)
-
-        if workers <= 1 and not scheduler:
-            # open and plan slide k+1 in a thread while slide k decodes and compresses
-            with ThreadPoolExecutor(1) as planner:
-                ahead = planner.submit(prepare_slide, pipeline, todo[0]) if todo else None
-                for k, row in enumerate(todo):
-                    current = ahead
-                    ahead = planner.submit(prepare_slide, pipeline, todo[k + 1]) if k + 1 < len(todo) else None
-                    cb = bar.slide_started(row.slide_id)
-                    finish(row, process_slide(pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
-                                              threads=threads, progress=cb, store=store, prepared=current.result))
-        else:
-            _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish)
-    if not any(staging.iterdir()):
-        shutil.rmtree(staging, ignore_errors=True)
-    return summarize(store, cohort, results, skipped, time.perf_counter() - t0)
+                _run_dask(pipeline, todo, stage_dir, cfg, qa_dir, workers, scheduler, threads, bar, finish,
+                          allow_corrupt_tiles)
+        shutil.rmtree(stage_dir, ignore_errors=True)  # leftovers of killed workers
+        return summarize(store, cohort, results, skipped, time.perf_counter() - t0)
+    finally:
+        store.close()
 
 
-def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar, finish) -> None:
-    """One task per slide on a local cluster or at ``scheduler``; commit in cohort order.
+def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, threads, bar, finish,
+              allow_corrupt: bool = False) -> None:
+    """One task per slide, on local worker processes or at a ``dask.distributed`` ``scheduler``; commit in
+    cohort order.
 
-    Workers report tile progress through small files in ``staging/`` (works on any shared filesystem)."""
-    from distributed import Client, LocalCluster, wait
+    Workers write their slide's shards into ``STORE.partial`` (a shared filesystem for a cluster) and
+    report tile progress through small files there; the driver only renames finished shards into the
+    store. Local workers are forked from this process (they start at once, with everything imported); on
+    a cluster a task whose worker dies is run again by dask on another worker, into a new staging folder."""
+    import concurrent.futures as cf
 
     if scheduler:
-        client, cluster = Client(scheduler), None
+        from distributed import Client, wait as dask_wait
+
+        client = Client(scheduler)
+
+        def submit(row, *args):
+            return client.submit(process_slide, *args, key=f"slide-{row.slide_id}-{os.getpid()}-{time.monotonic_ns()}",
+                                 pure=False)
+
+        def wait(futs):
+            try:
+                return dask_wait(futs, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # nothing finished in this half second: just refresh the bars
+                return set(), futs
+
+        close = client.close
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
-        client = Client(cluster)
+        import multiprocessing
+
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+
+        def submit(row, *args):
+            return pool.submit(process_slide, *args)
+
+        def wait(futs):
+            return cf.wait(futs, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+
+        def close():
+            pool.shutdown(cancel_futures=True)
     try:
         futures = {}
         updates = {}
         for row in todo:
-            fut = client.submit(process_slide, pipeline, row, str(staging), str(qa_dir) if qa_dir else None,
-                                threads, None, _FileProgress(str(staging / f"{row.slide_id}.progress")),
-                                key=f"slide-{row.slide_id}-{config.extraction_hash(pipeline)[:8]}", pure=False)
+            fut = submit(row, pipeline, row, str(stage_dir), store_cfg, str(qa_dir) if qa_dir else None, threads, None,
+                         _FileProgress(str(stage_dir / f"{row.slide_id}.progress")), None, allow_corrupt)
             futures[fut] = row
             updates[row.slide_id] = bar.slide_started(row.slide_id)
         pending: dict[str, tuple] = {}
@@ -443,12 +419,9 @@ def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar,
         nxt = 0
         running = set(futures)
         while running:
-            try:
-                done, running = wait(running, timeout=0.5, return_when="FIRST_COMPLETED")
-            except TimeoutError:  # nothing finished in this half second: just refresh the bars
-                done = set()
+            done, running = wait(running)
             for row in (futures[f] for f in running):
-                prog = staging / f"{row.slide_id}.progress"
+                prog = stage_dir / f"{row.slide_id}.progress"
                 try:
                     d, n = map(int, prog.read_text().split())
                     updates[row.slide_id](d, n)
@@ -460,15 +433,13 @@ def _run_dask(pipeline, todo, staging, qa_dir, workers, scheduler, threads, bar,
                     rec = fut.result()
                 except Exception as e:
                     rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
-                (staging / f"{row.slide_id}.progress").unlink(missing_ok=True)
+                (stage_dir / f"{row.slide_id}.progress").unlink(missing_ok=True)
                 pending[row.slide_id] = (row, rec)
             while nxt < len(order) and order[nxt] in pending:  # commit in cohort order
                 finish(*pending.pop(order[nxt]))
                 nxt += 1
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        close()
 
 
 class _FileProgress:
@@ -483,14 +454,16 @@ class _FileProgress:
 
 def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict], skipped: int,
               seconds: float) -> dict[str, Any]:
+    slides_done, errors = store.records("slides"), store.records("errors")
     slides = []
     for r in cohort:
-        rec = results.get(r.slide_id) or store.manifest["slides"].get(r.slide_id) or {}
-        status = rec.get("status", "error" if r.slide_id in store.manifest.get("errors", {}) else "pending")
-        if r.slide_id not in results and r.slide_id in store.manifest["slides"]:
+        rec = results.get(r.slide_id) or errors.get(r.slide_id) or slides_done.get(r.slide_id) or {}
+        status = rec.get("status", "pending")
+        if r.slide_id not in results and r.slide_id in slides_done and r.slide_id not in errors:
             status = "skipped"
         slides.append({"slide_id": r.slide_id, "status": status, "tiles": rec.get("n_tiles", 0),
                        "patches": rec.get("n_patches", 0), "reason": rec.get("reason", ""),
+                       "corrupt_tiles": len(rec.get("corrupt_tiles", [])),
                        "seconds": round(rec.get("seconds", 0.0), 3)})
     failed = [s for s in slides if s["status"] == "error"]
     return {"store": str(store.path), "rows": len(store), "slides": slides, "failed": len(failed),

@@ -3,12 +3,18 @@
 Magnification is resolution: ``mpp = 10 / magnification`` (40x = 0.25 µm/px, 10x = 1.0 µm/px). A slide's
 level-0 resolution comes, in this order, from the cohort's ``mpp`` column / ``--mpp``, the file's mpp,
 or its objective power; a slide with none of them is refused.
+
+Reads are bounded by what is asked for: a thumbnail is read in strips from the smallest level that is
+detailed enough, and refused when that level has more than ``MAX_THUMBNAIL_SOURCE`` px (a slide without a
+pyramid, or a broken header). Reads go through ``chatter.checked_read``: when the decoder complains about
+damaged data (libjpeg's ``Corrupt JPEG data``), the thumbnail fails the slide and a tile read reports it.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -16,12 +22,14 @@ import numpy as np
 from PIL import Image
 
 from . import registry
-from .errors import SlideError
+from .chatter import checked_read, complaint
+from .errors import BrokenFile, SlideError
 from .hookspecs import Geometry, SlideReader
 
 REFERENCE_MPP_AT_10X = 1.0  # µm per pixel at 10x objective
 LEVEL_SLACK = 1.05  # a level may be this much coarser than asked for (then resized up a little)
 STRIP_PIXELS = 64_000_000  # level pixels read at once when building a thumbnail
+MAX_THUMBNAIL_SOURCE = 2 ** 32  # level pixels a thumbnail may be built from (a 65536² level without pyramid)
 
 
 @dataclass
@@ -33,6 +41,8 @@ class Slide:
     reader_name: str
     mpp: float  # level-0 µm/px used for all geometry
     mpp_source: str  # "cohort", "file mpp", "objective power"
+    allow_corrupt: bool = False  # a thumbnail the decoder complained about is kept (the complaint is logged)
+    log: list = field(default_factory=list)  # what decoders said while this slide was read
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -65,6 +75,29 @@ class Slide:
             rgb = np.asarray(Image.fromarray(rgb).resize((out_size, out_size), Image.BILINEAR))
         return rgb
 
+    def read_checked(self, x: int, y: int, size0: float, out_size: int) -> tuple[np.ndarray, str]:
+        """``read`` and the decoder's complaint about damaged data in it ('' when none)."""
+        try:
+            rgb, said = checked_read(lambda: self.read(x, y, size0, out_size))
+        except BrokenFile as e:  # the reader saw a damaged tile before decoding it
+            self.log.append(str(e))
+            return None, str(e)
+        if said:
+            self.log.append(said)
+        return rgb, complaint(said)
+
+    def _region(self, location, level, size) -> np.ndarray:
+        try:
+            rgb, said = checked_read(lambda: self.reader.read_region(location, level, size))
+        except BrokenFile as e:
+            raise SlideError(f"{self.path}: {e} (read for the thumbnail); the file is damaged, copy it again") from None
+        if said:
+            self.log.append(said)
+            if complaint(said) and not self.allow_corrupt:
+                raise SlideError(f"{self.path}: corrupt image data in level {level} (read for the thumbnail): "
+                                 f"{complaint(said)}; the file is damaged, copy it again")
+        return rgb
+
     def thumbnail(self, scale: float) -> np.ndarray:
         """The whole slide at ``1/scale`` of level 0 (DPW: floor(W/32) x floor(H/32), bilinear)."""
         w0, h0 = self.dimensions
@@ -72,15 +105,19 @@ class Slide:
         level = self.best_level(scale)
         lw, lh = self.reader.level_dimensions[level]
         ds = self.reader.level_downsamples[level]
+        if lw * lh > MAX_THUMBNAIL_SOURCE:
+            raise SlideError(f"{self.path}: the 1/{scale:g} thumbnail would be read from level {level} of {lw} x {lh} px "
+                             f"(more than {MAX_THUMBNAIL_SOURCE:,}); the slide has no smaller level: "
+                             "save it as a pyramidal TIFF")
         if (lw, lh) == (tw, th):
-            return self.reader.read_region((0, 0), level, (lw, lh))
+            return self._region((0, 0), level, (lw, lh))
         # read in strips so memory stays bounded on slides without a pyramid
         out = np.empty((th, tw, 3), np.uint8)
         rows = max(1, int(STRIP_PIXELS // max(lw, 1) * th / max(lh, 1)))  # thumbnail rows per strip
         for t0 in range(0, th, rows):
             t1 = min(th, t0 + rows)
             l0, l1 = int(round(t0 * lh / th)), min(lh, int(round(t1 * lh / th)))
-            strip = self.reader.read_region((0, int(round(l0 * ds))), level, (lw, max(1, l1 - l0)))
+            strip = self._region((0, int(round(l0 * ds))), level, (lw, max(1, l1 - l0)))
             out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), Image.BILINEAR))
         return out
 
@@ -115,15 +152,39 @@ class MaskArea:
         return float((t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0)))
 
 
+def _check_path(path: str) -> Path:
+    """The path exists and is something a reader can open; else SlideError in plain words."""
+    p = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SlideError(f"{path}: symbolic link loop (the link points back to itself); fix the link") from None
+        if e.errno == errno.EACCES:
+            raise SlideError(f"{path}: permission denied; make the slide readable") from None
+        if os.path.islink(path):
+            raise SlideError(f"{path}: broken symbolic link (its target is missing); fix the link") from None
+        raise SlideError(f"{path}: file not found; check slide_path in the cohort table") from None
+    if p.is_dir():
+        if p.suffix.lower() not in ("", ".dcm") and not any(p.glob("*.dcm")):
+            raise SlideError(f"{path}: a folder, not a slide file (only a DICOM slide is a folder); "
+                             "check slide_path in the cohort table")
+    elif not p.is_file():
+        raise SlideError(f"{path}: not a regular file (a device, pipe or socket); give the slide file")
+    elif st.st_size == 0:
+        raise SlideError(f"{path}: empty file (0 bytes); copy the slide again")
+    elif not os.access(path, os.R_OK):
+        raise SlideError(f"{path}: permission denied; make the slide readable")
+    return p
+
+
 def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,
                device: str = "cpu") -> Slide:
-    """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause."""
+    """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause.
+
+    A reader raising ``BrokenFile`` (the file itself is broken) ends the search: no reader would do better."""
     path = str(path)
-    p = Path(path)
-    if not p.exists():
-        raise SlideError(f"{path}: file not found; check slide_path in the cohort table")
-    if p.is_file() and p.stat().st_size == 0:
-        raise SlideError(f"{path}: empty file (0 bytes); copy the slide again")
+    p = _check_path(path)
     table = registry.plugins("reader")
     names = list(order) if order else sorted(table, key=lambda n: (table[n].priority, n))
     suffix = "".join(s.lower() for s in p.suffixes[-1:]) if p.is_file() else ""
@@ -135,8 +196,12 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
             continue
         try:
             reader = plugin.open(path, device=device)
+        except BrokenFile as e:
+            raise SlideError(f"{path}: {plain(e)}") from None
+        except MemoryError:
+            raise SlideError(f"{path}: the header claims more memory than there is ({name}); the file is broken") from None
         except Exception as e:  # a reader that cannot read this file: try the next one
-            failures.append(f"{name}: {_short(e)}")
+            failures.append(f"{name}: {plain(e)}")
             continue
         try:
             level_mpp, source = _resolution(reader, mpp)
@@ -149,6 +214,8 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         raise unresolved
     if not failures:
         raise SlideError(f"{path}: no reader handles '{suffix or 'folder'}' files; readers: {', '.join(names)}")
+    if len({f.split(": ", 1)[1] for f in failures}) == 1:  # every reader said the same
+        failures = [f"{', '.join(f.split(': ', 1)[0] for f in failures)}: {failures[0].split(': ', 1)[1]}"]
     raise SlideError(f"{path}: not a readable slide or image ({'; '.join(failures)})")
 
 
@@ -165,6 +232,20 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
                      "give it with --mpp or an `mpp` column in the cohort CSV")
 
 
-def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:160]
+# library exceptions whose text alone means nothing to a user ("unpack requires a buffer of 4 bytes")
+RAW = {"error": "malformed file structure", "IndexError": "malformed file structure",
+       "KeyError": "a required field is missing", "TypeError": "malformed file structure",
+       "AttributeError": "a required field is missing", "UnicodeDecodeError": "malformed text in the header",
+       "EOFError": "the file ends early (truncated?)", "OverflowError": "a header value is out of range",
+       "ZeroDivisionError": "a header value is zero"}
+
+
+def plain(e: Exception) -> str:
+    """One line in plain words; a raw library message comes after a colon, behind what it means."""
+    text = " ".join(str(e).split())[:240]
+    plain = RAW.get(type(e).__name__)
+    if plain:
+        return f"{plain}: {text}" if text else plain
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror.lower()}: {text}"
+    return text or type(e).__name__

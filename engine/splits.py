@@ -4,9 +4,17 @@ Every patch of a patient lands in the same split, so no patient is in two splits
 patients are shuffled with the seed and cut by the ratios (largest-remainder rounding, at least one
 patient per non-zero part when a class has enough patients). Synthetic rows (GAN patches) always go to
 ``train``: they were generated from training patches only.
+
+Patient identity: slides without a ``patient_id`` in the cohort fall back to their slide id (the slide record
+says ``patient_source: "slide"``), so two slides of one patient could land in train and test. ``split`` and
+``train`` refuse such a store unless told where patients come from (``patient_from``): ``"slide"`` (each
+slide is its own patient, explicitly) or ``"tcga"`` (the patient is the first 12 characters of a TCGA slide
+barcode, e.g. ``TCGA-CS-4938``). Both rewrite the store's ``patient_id`` column, and the split records the
+choice in the manifest (``split.patient_from``; ``"table"`` = the cohort's own patient ids).
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +22,44 @@ import numpy as np
 from .errors import ConfigError
 
 NAMES = ("train", "val", "test")
+PATIENT_FROM = ("table", "slide", "tcga")
+TCGA = re.compile(r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)  # project-TSS-participant: the patient
+
+
+def fell_back(store) -> bool:
+    """True when some slide's patient id is its slide id (no patient_id in the cohort). Records written before
+    slide records carried ``patient_source`` count as ``"table"``."""
+    return any(r.get("patient_source") == "slide" for r in store.records("slides").values())
+
+
+def _refusal(store) -> ConfigError:
+    return ConfigError(f"store {store.path}: some patient ids fell back to slide ids (no patient_id in the cohort), "
+                       "so slides of one patient could land in different splits; give patient_id in the slides CSV, "
+                       "or re-split with --patient-from tcga (TCGA barcodes) or --patient-from slide (one patient a slide)")
+
+
+def tcga_patients(slide_ids: Sequence[str]) -> np.ndarray:
+    """The patient barcode (first 12 characters, e.g. TCGA-CS-4938) of each TCGA slide id."""
+    ids = [str(sid) for sid in slide_ids]
+    for sid in ids:
+        if not TCGA.match(sid):
+            raise ConfigError(f"--patient-from tcga: slide id {sid!r} is not a TCGA barcode (TCGA-XX-XXXX...); "
+                              "give patient_id in the slides CSV or use --patient-from slide")
+    return np.array([sid[:12].upper() for sid in ids], dtype=str)
+
+
+def check_patients(store, patient_from: str | None = None) -> None:
+    """Refuse to train on a store whose patients are slide ids nobody chose (see the module docstring);
+    ``patient_from`` must match how the store was split."""
+    recorded = (store.manifest.get("split") or {}).get("patient_from")
+    if patient_from not in (None, *PATIENT_FROM):
+        raise ConfigError(f"--patient-from must be one of {', '.join(PATIENT_FROM)}, not {patient_from!r}")
+    if recorded is None and patient_from != "tcga":  # split before splits recorded it: the ids as they are
+        if patient_from != "slide" and fell_back(store):
+            raise _refusal(store)
+    elif patient_from and patient_from != recorded:
+        raise ConfigError(f"store {store.path} was split with --patient-from {recorded or 'table'}, not "
+                          f"{patient_from}; re-run `slidestream split ... --patient-from {patient_from}` first")
 
 
 def _cut(n: int, ratios: Sequence[float]) -> list[int]:
@@ -66,11 +112,23 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
 
 
 def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold: int | None = None,
-                fold: int = 0) -> dict[str, dict[str, int]]:
+                fold: int = 0, patient_from: str | None = None) -> dict[str, dict[str, int]]:
     """Assign splits for every patient in ``store`` (a PatchStore open ``r+``) and write the ``split``
-    column. Returns ``{split: {"patients": n, "patches": n, "mutant": n_patients, "wildtype": n_patients}}``."""
-    t = store.table(["patient_id", "label", "synthetic"])
+    column. ``patient_from`` (``slide``/``tcga``) first rewrites ``patient_id`` from the slide ids; without it
+    a store whose patient ids fell back to slide ids is refused.
+    Returns ``{split: {"patients": n, "patches": n, "mutant": n_patients, "wildtype": n_patients}}``."""
+    if patient_from not in (None, *PATIENT_FROM):
+        raise ConfigError(f"--patient-from must be one of {', '.join(PATIENT_FROM)}, not {patient_from!r}")
+    t = store.table(["patient_id", "slide_id", "label", "synthetic"])
     real = ~t["synthetic"].astype(bool)
+    if patient_from in ("slide", "tcga"):
+        sids = [str(s) for s in t["slide_id"][real]]
+        pid = np.array([str(p) for p in t["patient_id"]], dtype=object)
+        pid[real] = sids if patient_from == "slide" else tcga_patients(sids)
+        store.set_column("patient_id", pid)
+        t["patient_id"] = store.column("patient_id")
+    elif fell_back(store):  # patient ids from the table, but some are slide ids
+        raise _refusal(store)
     pids, first = np.unique(t["patient_id"][real], return_index=True)
     labels = t["label"][real][first]
     if np.any(labels < 0):
@@ -82,7 +140,8 @@ def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold
     split = np.array([mapping.get(p, "train") for p in t["patient_id"]], dtype=object)
     split[~real] = "train"
     store.set_column("split", split.astype(str))
-    store.manifest["split"] = {"ratios": list(ratios), "seed": seed, "kfold": kfold, "fold": fold}
+    store.manifest["split"] = {"ratios": list(ratios), "seed": seed, "kfold": kfold, "fold": fold,
+                               "patient_from": patient_from or "table"}
     store.save_manifest()
     summary = {}
     for name in NAMES:

@@ -1,33 +1,56 @@
-"""The patch store: one zarr v3 group per run, plus a JSON manifest beside the arrays.
+"""The patch store: one zarr v3 hierarchy per run, committed slide by slide in constant time.
 
-Layout (``STORE/``)::
+Layout (``STORE`` is the ``--out`` folder; it is a plain zarr v3 group, nothing else lives in it)::
 
-    zarr.json                 group; attrs["slidestream"] = {format, extraction_hash, label_names}
-    patches/                  (N, S, S, 3) uint8, chunked along N, compressed (pipeline ``store``)
-    meta/<column>/            one 1-D array per column, N rows (see COLUMNS)
-    manifest.json             pipeline + hash, versions, seed, committed rows, per-slide records
-    qa/<slide_id>.png         thumbnail with tissue mask and kept tiles (extraction QA)
+    STORE/zarr.json        root group: attrs["slidestream"] = the manifest (pipeline, hashes, versions, seed,
+                           split; small, fixed size) and consolidated metadata of the arrays below
+    STORE/patches/         (rows, S, S, 3) uint8, dims (patch, py, px, channel); chunks of ``store.chunk``
+                           rows, sharded by 8 chunks: one file per shard
+    STORE/<column>/        one 1-D array per column (see COLUMNS), dims (patch,), chunks of 4,096 rows
+    STORE/records/         1-D strings, dims (record,): one JSON record per commit (a slide, a synthetic
+                           batch, an error), written once
+    STORE.lock             beside it: host and pid of the one process writing the store
+    STORE.partial/         beside it: slides being written (never read); emptied when a writer opens
+    STORE.qa/              beside it: QA pictures of `extract`
 
-Atomicity: rows are written first, then ``manifest.json`` is replaced atomically with the new row
-count and the slide's record. Rows past the manifest's count are junk from an interrupted commit and
-are cut off when the store is opened again, so a slide is in the store completely or not at all.
-Only one process (the driver) writes a store; workers hand over patches through ``staging/``.
+Regions: a commit owns whole shards, so a slide's rows start at a shard boundary and the rows up to the
+next boundary are padding (``slide_id`` "", pixels 0, no file on disk). Its record says where:
+``region = [first row, patches]``. :class:`PatchStore` hides padding: its rows (``len``, ``table``,
+``read``, ``blocks``, ``patches``) are the committed patches only, in commit order.
+
+Writing: a slide's patches go into a staging array in ``STORE.partial/`` with the store's chunks, shards
+and codec (any process may do this: dask workers on a shared filesystem do). The commit (one process, the
+lock holder) renames the staging shards into place after the last region, writes the region's column
+rows and its record (each touches only its own chunks), grows the arrays and rewrites the root
+``zarr.json`` -- the commit point. A reader opening the group sees the consolidated shapes: a slide is in
+completely or not at all; rows past them are cut off when a writer opens the store again.
 """
 from __future__ import annotations
 
+import atexit
 import json
+import math
 import os
+import shutil
+import socket
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from urllib.parse import quote
 
 import numpy as np
 import zarr
 
 from .errors import StoreError
 
-FORMAT = 1
+FORMAT = 2
 LABEL_NAMES = {-1: "unknown", 0: "wildtype", 1: "mutant"}
+SHARD_CHUNKS = 8  # chunks per shard file along rows: a commit owns whole shards
+META_CHUNK = 4096  # rows per chunk of a metadata column
+RECORD_CHUNK = 16  # records per chunk
+PATCH_DIMS = ("patch", "py", "px", "channel")
 
 # column -> (dtype, fill for rows without a value)
 COLUMNS: dict[str, tuple[Any, Any]] = {
@@ -45,6 +68,7 @@ COLUMNS: dict[str, tuple[Any, Any]] = {
     "generator": (str, ""),  # id of the generator that made a synthetic patch
     "split": (str, ""),  # train / val / test, set by `slidestream train` or `split`
 }
+ARRAYS = ("patches", *COLUMNS, "records")
 
 
 def codec(cfg: Mapping[str, Any]) -> list:
@@ -62,18 +86,6 @@ def codec(cfg: Mapping[str, Any]) -> list:
     raise StoreError(f"unknown store codec {name!r}; use zstd, lz4, blosc-zstd, blosc-lz4 or none")
 
 
-def _gather(coros) -> list:
-    """Run zarr coroutines concurrently on zarr's event loop."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def run():
-        return await asyncio.gather(*coros)
-
-    return sync(run())
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers (and a rerun after a kill) see the old or the new file."""
     path = Path(path)
@@ -85,184 +97,112 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class PatchStore:
-    """A patch store on disk. Open with :meth:`create` (new or resumable) or :meth:`open` (existing)."""
+def beside(path: str | Path, what: str) -> Path:
+    """``STORE.lock``, ``STORE.partial``, ``STORE.qa``: files a store keeps next to its zarr hierarchy."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{what}")
 
-    def __init__(self, path: Path, group: zarr.Group, manifest: dict[str, Any], mode: str):
-        self.path = path
-        self.group = group
-        self.manifest = manifest
-        self.mode = mode
 
-    # ------------------------------------------------------------------ opening
-    @classmethod
-    def create(cls, path: str | Path, patch_size: int, store_cfg: Mapping[str, Any], manifest: dict[str, Any]) -> "PatchStore":
-        """Open ``path`` for writing: create it, or resume it when its extraction hash matches."""
-        path = Path(path)
-        if (path / "manifest.json").exists():
-            st = cls.open(path, mode="r+")
-            old, new = st.manifest.get("extraction_hash"), manifest.get("extraction_hash")
-            if old != new:
-                raise StoreError(f"store {path} was made by a different extraction pipeline (hash {old[:12]} vs "
-                                 f"{new[:12]}); use a new --out, or delete the store to start over")
-            return st
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"{path} is a file, not a store directory; choose a new --out directory")
-        if path.exists() and any(p for p in path.iterdir() if p.name != "qa"):
-            raise StoreError(f"{path} exists and is not a slidestream store; choose an empty or new --out directory")
+def _patch_array_kwargs(size: int, store_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    chunk = int(store_cfg.get("chunk", 32))
+    return dict(dtype="uint8", fill_value=0, chunks=(chunk, size, size, 3), shards=(chunk * SHARD_CHUNKS, size, size, 3),
+                compressors=codec(store_cfg), dimension_names=PATCH_DIMS)
+
+
+def _consolidate(path: Path) -> None:
+    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_HELD: set[Path] = set()
+
+
+def acquire_lock(path: Path) -> None:
+    """Make this process the one writer of the store at ``path`` (``STORE.lock``: host and pid).
+
+    A live holder is refused with its name; a dead one on this host is taken over, with a message."""
+    lock = beside(path, "lock")
+    if lock in _HELD:
+        return
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(3):
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise StoreError(f"cannot write the store at {path}: {e.strerror}; choose a writable --out") from None
-        g = zarr.open_group(str(path), mode="w")
-        g.attrs["slidestream"] = {"format": FORMAT, "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
-                                  "extraction_hash": manifest.get("extraction_hash")}
-        chunk = int(store_cfg.get("chunk", 32))
-        ag = g._async_group
-        _gather([ag.create_array("patches", shape=(0, patch_size, patch_size, 3), dtype="uint8", fill_value=0,
-                                 chunks=(chunk, patch_size, patch_size, 3), compressors=codec(store_cfg))]
-                + [ag.create_array(f"meta/{name}", shape=(0,), chunks=(65536,), dtype=dtype,
-                                   fill_value=fill if dtype is not str else "") for name, (dtype, fill) in COLUMNS.items()])
-        manifest = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": 0,
-                    "slides": {}, "synthetic": {}, **manifest}
-        atomic_write_text(path / "manifest.json", json.dumps(manifest, indent=1))
-        return cls(path, g, manifest, "r+")
-
-    @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "PatchStore":
-        """Open an existing store (``r`` read-only, ``r+`` to append or set columns)."""
-        path = Path(path)
-        mf = path / "manifest.json"
-        if not mf.is_file():
-            raise StoreError(f"{path} is not a slidestream patch store (no manifest.json); run `slidestream extract` first")
-        try:
-            manifest = json.loads(mf.read_text())
-            group = zarr.open_group(str(path), mode="r+" if mode != "r" else "r")
-        except (OSError, ValueError) as e:
-            raise StoreError(f"cannot open the store {path}: {e}") from None
-        st = cls(path, group, manifest, mode)
-        if mode != "r":
-            st._truncate_to_manifest()
-        return st
-
-    def _truncate_to_manifest(self) -> None:
-        """Cut rows an interrupted commit wrote beyond the manifest's count."""
-        n = int(self.manifest["rows"])
-        for arr in self._arrays():
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
-
-    def _arrays(self) -> Iterable[zarr.Array]:
-        yield self.group["patches"]
-        for name in COLUMNS:
-            yield self.group[f"meta/{name}"]
-
-    # ------------------------------------------------------------------ reading
-    @property
-    def patches(self) -> zarr.Array:
-        return self.group["patches"]
-
-    def __len__(self) -> int:
-        return int(self.manifest["rows"])
-
-    def column(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[f"meta/{name}"][: len(self)])
-
-    def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Metadata as a dict of equal-length numpy columns."""
-        return {c: self.column(c) for c in (columns or COLUMNS)}
-
-    def blocks(self) -> np.ndarray:
-        """Committed rows as ``(k, 2)`` ``[row0, row1)`` ranges, each one storage chunk: reading one block
-        costs one decompression. Loaders shuffle and read by block; they never assume a chunk grid."""
-        n, c = len(self), int(self.patches.chunks[0])
-        starts = np.arange(0, n, c, dtype=np.int64)
-        return np.stack([starts, np.minimum(starts + c, n)], axis=1) if n else np.zeros((0, 2), np.int64)
-
-    def read(self, row0: int, row1: int) -> np.ndarray:
-        """Patches of the committed rows ``row0 .. row1`` (uint8, (n, S, S, 3))."""
-        if not 0 <= row0 <= row1 <= len(self):
-            raise StoreError(f"rows {row0}..{row1} are outside the store's {len(self)} committed rows")
-        return np.asarray(self.patches[row0:row1])
-
-    def records(self, section: str = "slides") -> dict[str, dict[str, Any]]:
-        """Committed records of ``section`` (``slides`` or ``synthetic``) by key: what a slide's or a
-        generator batch's commit said about it (reader, tiles, rows, patient_source, ...)."""
-        return dict(self.manifest.get(section, {}))
-
-    def done(self, key: str, section: str = "slides") -> bool:
-        return key in self.manifest.get(section, {})
-
-    # ------------------------------------------------------------------ writing (driver only)
-    def append(self, key: str, patches: np.ndarray, meta: Mapping[str, Any], record: dict[str, Any],
-               section: str = "slides") -> tuple[int, int]:
-        """Append ``patches`` (n, S, S, 3) with their metadata and commit ``record`` under ``section/key``.
-
-        ``meta`` maps column names to length-n arrays or scalars; missing columns get their fill.
-        Returns the committed row range. Safe against a kill at any moment (see module docs).
-        """
-        writer = self.begin(key, int(patches.shape[0]), section)
-        step = self.patches.chunks[0] * 8
-        for i in range(0, len(patches), step):  # bounded memory; a memmap streams from disk
-            writer.write(i, np.asarray(patches[i: i + step]))
-        return writer.commit(meta, record)
-
-    def begin(self, key: str, n: int, section: str = "slides") -> "RowWriter":
-        """Reserve ``n`` rows after the committed ones for ``key``; fill them with ``RowWriter.write``."""
-        if self.mode == "r":
-            raise StoreError(f"store {self.path} is open read-only")
-        if self.done(key, section):
-            raise StoreError(f"{section} {key!r} is already in store {self.path}")
-        return RowWriter(self, key, n, section)
-
-    def _commit(self, key: str, n0: int, n: int, meta: Mapping[str, Any], record: dict[str, Any], section: str):
-        n1 = n0 + n
-        if n:
-            columns = []
-            for name, (dtype, fill) in COLUMNS.items():
-                v = meta.get(name, fill)
-                values = np.asarray(v) if np.ndim(v) else np.full(n, v, dtype=object if dtype is str else dtype)
-                columns.append((self.group[f"meta/{name}"], values.astype(str) if dtype is str else values))
-
-            async def write(col, values):  # all columns at once: one round of zarr I/O, not fourteen
-                await col._async_array.resize((n1,))
-                await col._async_array.setitem(slice(n0, n1), values)
-
-            _gather(write(c, v) for c, v in columns)
-        record = {**record, "rows": [n0, n1]}
-        self.manifest.setdefault(section, {})[key] = record
-        self.manifest["rows"] = n1
-        self.save_manifest()
-        return n0, n1
-
-    def set_column(self, name: str, values: np.ndarray) -> None:
-        """Overwrite a whole metadata column (e.g. ``split``)."""
-        if name not in COLUMNS:
-            raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
-        values = np.asarray(values)
-        if values.shape != (len(self),):
-            raise StoreError(f"column {name!r} needs {len(self)} values, got {values.shape}")
-        self.group[f"meta/{name}"][:] = values.astype(str) if COLUMNS[name][0] is str else values
-
-    def save_manifest(self) -> None:
-        atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=1, default=str))
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+                host, pid = str(holder["host"]), int(holder["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                host, pid = "?", -1
+            if host == me["host"] and pid == me["pid"]:
+                _HELD.add(lock)
+                return
+            if host == me["host"] and not _pid_alive(pid) or pid == -1 and time.time() - _mtime(lock) > 60:
+                print(f"slidestream: taking over the stale lock {lock} of pid {pid} on {host} (no longer running)",
+                      file=sys.stderr)
+                lock.unlink(missing_ok=True)
+                continue
+            raise StoreError(f"store {path} is being written by pid {pid} on host {host} (lock {lock}); wait for "
+                             "it to finish, or delete the lock if that process is gone")
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        _HELD.add(lock)
+        return
+    raise StoreError(f"cannot take the lock {lock}; delete it if no slidestream process writes {path}")
 
 
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def release_lock(path: Path) -> None:
+    lock = beside(path, "lock")
+    if lock in _HELD:
+        _HELD.discard(lock)
+        lock.unlink(missing_ok=True)
+
+
+def _release_all() -> None:
+    for lock in list(_HELD):
+        lock.unlink(missing_ok=True)
+    _HELD.clear()
+
+
+atexit.register(_release_all)
+
+
+# ---------------------------------------------------------------------------------------------- staging
 class RowWriter:
-    """Writes one slide's (or batch's) patches into reserved rows, chunk-aligned, compressing in a
-    background thread so decoding and compression overlap. Nothing is visible until ``commit``."""
+    """Writes one slide's (or batch's) ``n`` patches into a staging array (``STORE.partial/<name>``),
+    chunk-aligned, compressing in a background thread so decoding and compression overlap.
 
-    def __init__(self, store: PatchStore, key: str, n: int, section: str):
+    Any process may write one (dask workers do); only the store's writer commits it. Nothing is
+    visible in the store before the commit."""
+
+    def __init__(self, stage: str | Path, n: int, size: int, store_cfg: Mapping[str, Any], store: "PatchStore | None" = None,
+                 key: str = "", section: str = "slides"):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.store, self.key, self.n, self.section = store, key, n, section
-        self.n0 = len(store)
-        arr = store.patches
-        arr.resize((self.n0 + n, *arr.shape[1:]))
-        self.chunk = arr.chunks[0]
+        self.stage, self.n, self.store, self.key, self.section = Path(stage), n, store, key, section
+        shutil.rmtree(self.stage, ignore_errors=True)
+        self.arr = zarr.create_array(str(self.stage), shape=(n, size, size, 3), **_patch_array_kwargs(size, store_cfg),
+                                     config={"write_empty_chunks": True})  # every shard exists: the commit moves all
+        self.chunk = self.arr.chunks[0]
         self._buf: list[np.ndarray] = []
         self._buf_start = 0  # offset (within this writer) of the first buffered row
         self._buffered = 0
@@ -281,15 +221,16 @@ class RowWriter:
     def _flush(self, final: bool) -> None:
         if not self._buffered:
             return
-        start = self.n0 + self._buf_start
+        start = self._buf_start
         end = start + self._buffered
-        if not final:  # write only whole chunks, so no chunk is compressed twice
-            end = (end // self.chunk) * self.chunk
+        if not final:  # write only whole shards, so no shard is compressed twice
+            step = self.chunk * SHARD_CHUNKS
+            end = (end // step) * step
             if end <= start:
                 return
         block = np.concatenate(self._buf) if len(self._buf) > 1 else self._buf[0]
         k = end - start
-        self._pending.append(self._pool.submit(_write_block, self.store.patches, start, block[:k]))
+        self._pending.append(self._pool.submit(_write_block, self.arr, start, block[:k]))
         rest = block[k:]
         self._buf = [rest] if len(rest) else []
         self._buf_start += k
@@ -297,14 +238,425 @@ class RowWriter:
         while len(self._pending) > 2:  # bound memory: at most a few blocks in flight
             self._pending.pop(0).result()
 
-    def commit(self, meta: Mapping[str, Any], record: dict[str, Any]) -> tuple[int, int]:
+    def close(self) -> str:
+        """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""
         self._flush(final=True)
         for f in self._pending:
             f.result()
+        self._pending = []
         self._pool.shutdown()
-        return self.store._commit(self.key, self.n0, self.n, meta, record, self.section)
+        return str(self.stage)
+
+    def commit(self, meta: Mapping[str, Any], record: dict[str, Any]) -> tuple[int, int]:
+        self.close()
+        return self.store.commit_staged(self.key, self.stage, self.n, meta, record, self.section)
 
 
 def _write_block(arr: zarr.Array, start: int, block: np.ndarray) -> None:
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        arr[start:start + len(block)] = block
+    arr[start:start + len(block)] = block
+
+
+def stage_name(section: str, key: str) -> str:
+    return f"{section}-{quote(key, safe='')}.{os.getpid()}.{time.monotonic_ns()}"
+
+
+# ---------------------------------------------------------------------------------------------- the store
+class PatchStore:
+    """A patch store on disk. Open with :meth:`create` (new or resumable) or :meth:`open` (existing)."""
+
+    def __init__(self, path: Path, mode: str):
+        self.path = path
+        self.mode = mode
+        root = zarr.open_group(str(path), mode="r")  # consolidated: the committed shapes
+        self.manifest: dict[str, Any] = dict(root.attrs.get("slidestream") or {})
+        self._rows = int(root["patches"].shape[0])  # physical rows, padding included
+        self._n_records = int(root["records"].shape[0])
+        self._arrays = {name: zarr.open_array(str(path / name), mode="r+" if mode != "r" else "r") for name in ARRAYS}
+        self.size = int(self._arrays["patches"].shape[1])
+        self.chunk = int(self._arrays["patches"].chunks[0])
+        self.shard = self.chunk * SHARD_CHUNKS
+        raw = self._arrays["records"][: self._n_records] if self._n_records else []
+        self._log = [json.loads(s) for s in np.asarray(raw).tolist()]
+        self._index()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | Path, patch_size: int, store_cfg: Mapping[str, Any], manifest: dict[str, Any]) -> "PatchStore":
+        """Open ``path`` for writing: create it, or resume it when its extraction hash matches.
+
+        Creation is atomic: the store is built in ``STORE.partial/`` and renamed into place."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not a store directory; choose a new --out directory")
+        if (path / "zarr.json").is_file() or (path / "manifest.json").is_file():
+            st = cls.open(path, mode="r+")
+            old, new = st.manifest.get("extraction_hash"), manifest.get("extraction_hash")
+            if old != new:
+                raise StoreError(f"store {path} was made by a different extraction pipeline (hash {str(old)[:12]} vs "
+                                 f"{str(new)[:12]}); use a new --out, or delete the store to start over")
+            return st
+        if path.exists() and any(path.iterdir()):
+            raise StoreError(f"{path} exists and is not a slidestream store; choose an empty or new --out directory")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            acquire_lock(path)
+        except OSError as e:
+            raise StoreError(f"cannot write the store at {path}: {e.strerror}; choose a writable --out") from None
+        partial = beside(path, "partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        tmp = partial / "new-store"
+        tmp.mkdir(parents=True)
+        g = zarr.open_group(str(tmp), mode="w")
+        g.attrs["slidestream"] = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "label_names": {str(k): v for k, v in LABEL_NAMES.items()}, **manifest}
+        g.create_array("patches", shape=(0, patch_size, patch_size, 3), **_patch_array_kwargs(patch_size, store_cfg))
+        for name, (dtype, fill) in COLUMNS.items():
+            g.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=fill,
+                           dimension_names=("patch",))
+        g.create_array("records", shape=(0,), chunks=(RECORD_CHUNK,), dtype=str, fill_value="",
+                       dimension_names=("record",))
+        _consolidate(tmp)
+        if path.exists():
+            path.rmdir()  # the empty folder a user made for it
+        os.rename(tmp, path)
+        return cls(path, "r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "PatchStore":
+        """Open an existing store (``r`` read-only, ``r+`` to append or set columns: takes the lock)."""
+        path = Path(path)
+        if (path / "manifest.json").is_file():  # format 1 kept its records there; this layout has none inside
+            raise StoreError(f"{path} is a patch store of an older slidestream (one manifest.json); re-extract it into a "
+                             "new folder: slidestream extract PIPELINE --slides COHORT --out NEW_STORE")
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path} is not a slidestream patch store (no zarr.json); run `slidestream extract` first")
+        if mode != "r":
+            acquire_lock(path)
+        try:
+            st = cls(path, mode)
+        except (OSError, ValueError, KeyError) as e:
+            raise StoreError(f"cannot open the store {path} ({type(e).__name__}: {e}); re-extract it into a new --out") from None
+        if st.manifest.get("format") != FORMAT:
+            raise StoreError(f"{path} has store format {st.manifest.get('format')}, this slidestream reads {FORMAT}; "
+                             "re-extract it into a new --out")
+        if mode != "r":
+            st._cut_uncommitted()
+            shutil.rmtree(beside(path, "partial"), ignore_errors=True)
+        return st
+
+    def close(self) -> None:
+        """Give up the writer's lock (also done when the process exits)."""
+        if self.mode != "r":
+            release_lock(self.path)
+
+    def _cut_uncommitted(self) -> None:
+        """Drop what an interrupted commit wrote past the committed shapes."""
+        for name, arr in self._arrays.items():
+            n = self._n_records if name == "records" else self._rows
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+    def _index(self) -> None:
+        """Current record per (section, key) from the log (a later record replaces an earlier one) and the
+        committed regions in row order."""
+        self._records: dict[str, dict[str, dict[str, Any]]] = {}
+        self._seq: dict[tuple[str, str], int] = {}
+        self._runs: list[tuple[int, int]] = []  # (first physical row, patches), in row order
+        self._starts = [0]  # first logical row of each run, then the total
+        self._logical: dict[tuple[str, str], tuple[int, int]] = {}
+        self._phys_cache = None
+        current = {}
+        for i, rec in enumerate(self._log):
+            self._records.setdefault(rec["section"], {})[rec["key"]] = rec
+            self._seq[rec["section"], rec["key"]] = i
+            current[rec["section"], rec["key"]] = rec
+        for rec in sorted((r for r in current.values() if r["section"] in ("slides", "synthetic") and r.get("region")
+                           and r["region"][1] > 0), key=lambda r: r["region"][0]):
+            self._add_run(rec)
+
+    def _add_run(self, rec: dict[str, Any]) -> None:
+        p0, n = rec["region"]
+        l0 = self._starts[-1]
+        self._runs.append((p0, n))
+        self._starts.append(l0 + n)
+        self._logical[rec["section"], rec["key"]] = (l0, l0 + n)
+        self._phys_cache = None
+
+    def _add(self, rec: dict[str, Any]) -> None:
+        """Index a new record without rereading the log: a new key's region lies after all others."""
+        self._log.append(rec)
+        if rec["key"] in self._records.get(rec["section"], {}):
+            self._index()  # a replaced record (rare): index again
+            return
+        self._records.setdefault(rec["section"], {})[rec["key"]] = rec
+        self._seq[rec["section"], rec["key"]] = len(self._log) - 1
+        if rec["section"] in ("slides", "synthetic") and rec.get("region") and rec["region"][1] > 0:
+            self._add_run(rec)
+
+    @property
+    def _phys(self) -> np.ndarray:
+        """Physical row of each committed row."""
+        if self._phys_cache is None:
+            self._phys_cache = (np.concatenate([np.arange(p0, p0 + n, dtype=np.int64) for p0, n in self._runs])
+                                if self._runs else np.zeros(0, np.int64))
+        return self._phys_cache
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def patches(self) -> "PatchView":
+        """Read-only view of the committed patches by row: ``shape``, ``chunks``, ``[...]``."""
+        return PatchView(self)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in COLUMNS:
+            raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
+        full = np.asarray(self._arrays[name][: self._rows]) if self._rows else np.zeros(0, self._arrays[name].dtype)
+        return full[self._phys]
+
+    def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Metadata as a dict of equal-length numpy columns."""
+        return {c: self.column(c) for c in (columns or COLUMNS)}
+
+    def blocks(self) -> np.ndarray:
+        """Committed rows as ``(k, 2)`` ``[row0, row1)`` ranges, each within one storage chunk: reading one
+        block costs one decompression. Loaders shuffle and read by block; they never assume a chunk grid."""
+        out = [(l0 + c, l0 + min(c + self.chunk, n)) for (_, n), l0 in zip(self._runs, self._starts)
+               for c in range(0, n, self.chunk)]
+        return np.array(out, np.int64).reshape(-1, 2)
+
+    def read(self, row0: int, row1: int) -> np.ndarray:
+        """Patches of the committed rows ``row0 .. row1`` (uint8, (n, S, S, 3))."""
+        if not 0 <= row0 <= row1 <= len(self):
+            raise StoreError(f"rows {row0}..{row1} are outside the store's {len(self)} committed rows")
+        return self._read_phys(self._phys[row0:row1])
+
+    def _read_phys(self, phys: np.ndarray) -> np.ndarray:
+        """Patches at sorted physical rows, one read per contiguous run."""
+        out = np.empty((len(phys), self.size, self.size, 3), np.uint8)
+        if not len(phys):
+            return out
+        breaks = np.flatnonzero(np.diff(phys) != 1) + 1
+        arr = self._arrays["patches"]
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
+            out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
+        return out
+
+    def records(self, section: str = "slides") -> dict[str, dict[str, Any]]:
+        """Current records of ``section`` (``slides``, ``synthetic`` or ``errors``) by key: what a slide's or
+        a generator batch's commit said about it (reader, tiles, ``rows`` (this store's row range),
+        ``region``, patient_source, ...). ``errors`` holds only slides whose last attempt failed."""
+        out = {}
+        for k, r in self._records.get(section, {}).items():
+            if section == "errors" and self._seq.get(("slides", k), -1) > self._seq[section, k]:
+                continue
+            r = {a: b for a, b in r.items() if a not in ("section", "key")}
+            if (section, k) in self._logical:
+                r["rows"] = list(self._logical[section, k])
+            out[k] = r
+        return out
+
+    def done(self, key: str, section: str = "slides") -> bool:
+        return key in self._records.get(section, {})
+
+    # ------------------------------------------------------------------ writing (the lock holder)
+    def _writable(self) -> None:
+        if self.mode == "r":
+            raise StoreError(f"store {self.path} is open read-only")
+
+    def append(self, key: str, patches: np.ndarray, meta: Mapping[str, Any], record: dict[str, Any],
+               section: str = "slides") -> tuple[int, int]:
+        """Append ``patches`` (n, S, S, 3) with their metadata and commit ``record`` under ``section/key``.
+
+        ``meta`` maps column names to length-n arrays or scalars; missing columns get their fill.
+        Returns the committed row range. Safe against a kill at any moment (see module docs).
+        """
+        writer = self.begin(key, int(patches.shape[0]), section)
+        step = self.shard * 2
+        for i in range(0, len(patches), step):  # bounded memory; a memmap streams from disk
+            writer.write(i, np.asarray(patches[i: i + step]))
+        return writer.commit(meta, record)
+
+    def begin(self, key: str, n: int, section: str = "slides") -> RowWriter:
+        """A writer for ``n`` new rows of ``key``; fill them with ``RowWriter.write``, then ``commit``."""
+        self._writable()
+        if self.done(key, section):
+            raise StoreError(f"{section} {key!r} is already in store {self.path}")
+        return RowWriter(self.stage_dir() / stage_name(section, key), n, self.size, self.store_cfg(), self, key, section)
+
+    def stage_dir(self) -> Path:
+        d = beside(self.path, "partial")
+        d.mkdir(exist_ok=True)
+        return d
+
+    def store_cfg(self) -> dict[str, Any]:
+        """What a staging writer needs to match this store's chunks and codec (the pipeline's ``store``)."""
+        return dict((self.manifest.get("pipeline") or {}).get("store") or {}, chunk=self.chunk,
+                    **_codec_cfg(self._arrays["patches"]))
+
+    def commit_staged(self, key: str, stage: str | Path | None, n: int, meta: Mapping[str, Any], record: dict[str, Any],
+                      section: str = "slides", replace: bool = False) -> tuple[int, int]:
+        """Commit a finished staging array (``None`` when ``n`` is 0) under ``section/key``: its shards are
+        renamed into place after the last region, its column rows and record written, then the root
+        metadata (the commit point). Cost does not depend on the store's size. ``replace`` supersedes a
+        committed key (its old rows become padding)."""
+        self._writable()
+        if self.done(key, section) and not replace:
+            raise StoreError(f"{section} {key!r} is already in store {self.path}")
+        old = self._records.get(section, {}).get(key)
+        k = math.ceil(n / self.shard)
+        p0, p1 = self._rows, self._rows + k * self.shard
+        i = self._n_records
+        rec = {**record, "section": section, "key": key, "region": [p0, n] if n else None}
+        self._grow(p1, i + 1)
+        if n:
+            stage = Path(stage)
+            src = zarr.open_array(str(stage), mode="r")
+            dst = self._arrays["patches"]
+            if src.shape[0] != n or src.shape[1:] != dst.shape[1:] or src.chunks != dst.chunks or src.shards != dst.shards:
+                raise StoreError(f"staged {stage} does not match the store ({src.shape}, chunks {src.chunks}, "
+                                 f"shards {src.shards}); extract that slide again")
+            for j in range(k):
+                target = self.path / "patches" / dst.metadata.encode_chunk_key((p0 // self.shard + j, 0, 0, 0))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage / src.metadata.encode_chunk_key((j, 0, 0, 0)), target)
+            self._write_columns(p0, p1, n, meta)
+        self._arrays["records"][i:i + 1] = np.array([json.dumps(rec, default=str)], dtype=object).astype(str)
+        _consolidate(self.path)  # the commit point
+        self._rows, self._n_records = p1, i + 1
+        self._add(rec)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if old and old.get("region") and replace:
+            self._blank(*old["region"])
+        return self._logical.get((section, key), (len(self), len(self)))
+
+    def commit_record(self, key: str, record: dict[str, Any], section: str) -> None:
+        """Commit a record without rows (an error, an updated label)."""
+        self.commit_staged(key, None, 0, {}, record, section, replace=True)
+
+    def _grow(self, rows: int, n_records: int) -> None:
+        def grow(name: str) -> None:
+            arr, n = self._arrays[name], n_records if name == "records" else rows
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+        list(_pool().map(grow, self._arrays))  # fifteen small files: concurrently
+
+    def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> None:
+        def write(name: str) -> None:
+            dtype, fill = COLUMNS[name]
+            v = meta.get(name, fill)
+            vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
+            vals[:n] = np.asarray(v) if np.ndim(v) else v
+            self._arrays[name][p0:p1] = vals.astype(str) if dtype is str else vals
+
+        list(_pool().map(write, COLUMNS))
+
+    def _blank(self, p0: int, n: int) -> None:
+        """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
+        k = math.ceil(n / self.shard)
+        self._write_columns(p0, p0 + k * self.shard, 0, {})
+        dst = self._arrays["patches"]
+        for j in range(k):
+            (self.path / "patches" / dst.metadata.encode_chunk_key((p0 // self.shard + j, 0, 0, 0))).unlink(missing_ok=True)
+
+    def update_rows(self, key: str, values: Mapping[str, Any], record: dict[str, Any], section: str = "slides") -> None:
+        """Set columns of a committed key's rows to ``values`` (scalars) and commit its new ``record``."""
+        self._writable()
+        old = self._records[section][key]
+        if old.get("region"):
+            p0, n = old["region"]
+            for name, v in values.items():
+                arr = self._arrays[name]
+                vals = np.full(n, v, dtype=object if COLUMNS[name][0] is str else COLUMNS[name][0])
+                arr[p0:p0 + n] = vals.astype(str) if COLUMNS[name][0] is str else vals
+        keep = {a: b for a, b in old.items() if a not in ("section", "key")}
+        self._arrays["records"].resize((self._n_records + 1,))
+        rec = {**keep, **record, "section": section, "key": key}
+        self._arrays["records"][self._n_records:self._n_records + 1] = np.array([json.dumps(rec, default=str)])
+        _consolidate(self.path)
+        self._n_records += 1
+        self._add(rec)
+
+    def set_column(self, name: str, values: np.ndarray) -> None:
+        """Overwrite a whole metadata column (e.g. ``split``)."""
+        self._writable()
+        if name not in COLUMNS:
+            raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
+        values = np.asarray(values)
+        if values.shape != (len(self),):
+            raise StoreError(f"column {name!r} needs {len(self)} values, got {values.shape}")
+        arr = self._arrays[name]
+        full = np.asarray(arr[: self._rows]) if self._rows else np.zeros(0, arr.dtype)
+        if COLUMNS[name][0] is str:
+            full = full.astype(object)
+        full[self._phys] = values
+        if self._rows:
+            arr[: self._rows] = full.astype(str) if COLUMNS[name][0] is str else full
+
+    def save_manifest(self) -> None:
+        """Write ``manifest`` (small: pipeline, hashes, split settings) into the root group's attributes."""
+        self._writable()
+        g = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        g.attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
+        _consolidate(self.path)
+
+
+_POOL = None
+
+
+def _pool():
+    """Threads for the per-array writes of a commit (each a small file)."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(8, thread_name_prefix="store-commit")
+    return _POOL
+
+
+def _codec_cfg(arr: zarr.Array) -> dict[str, Any]:
+    """The pipeline ``store`` codec settings that made ``arr`` (so staging arrays compress alike)."""
+    comps = arr.compressors
+    if not comps:
+        return {"codec": "none"}
+    c = comps[0]
+    name = type(c).__name__
+    if name == "ZstdCodec":
+        return {"codec": "zstd", "level": c.level}
+    cname = str(getattr(c.cname, "value", c.cname))
+    return {"codec": f"blosc-{cname}", "level": c.clevel}
+
+
+class PatchView:
+    """The committed patches of a store as one read-only array: ``shape``, ``dtype``, ``chunks`` and
+    ``view[rows]`` with an int, a slice, or an array of row numbers (sorted reads fastest)."""
+
+    def __init__(self, store: PatchStore):
+        self.store = store
+        self.shape = (len(store), store.size, store.size, 3)
+        self.dtype = np.dtype("uint8")
+        self.chunks = (store.chunk, store.size, store.size, 3)
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        rows = np.arange(self.shape[0])[key]
+        scalar = np.ndim(rows) == 0
+        rows = np.atleast_1d(rows)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        out = self.store._read_phys(self.store._phys[uniq])[inv.ravel()]
+        out = out[0] if scalar else out
+        return out[(slice(None),) * (0 if scalar else 1) + rest] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a.astype(dtype) if dtype else a

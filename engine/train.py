@@ -22,10 +22,16 @@ is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 pen
   plain containers only, loaded with ``weights_only=True``) is replaced atomically after every epoch. Run the
   same command again after a kill and training continues from the last finished epoch; batch order depends
   only on (seed, epoch) and the RNG states are restored, so the resumed run reproduces the uninterrupted one.
-* Output per architecture: ``OUT/<arch>/`` is a model bundle (``engine/bundle.py``) plus ``history.json``,
-  ``train.log``, ``metrics.json`` and ``predictions.csv`` (patient_id,label,age,split,image_prob: the
-  format ``slidestream evaluate`` reads). ``OUT/comparison.{md,json}`` and ``OUT/roc.png`` compare the
-  architectures on the validation and test splits (the paper's Table 1 and Fig. 2).
+* Output per architecture: ``OUT/<arch>/`` is a model bundle (``engine/bundle.py``) plus ``history.json``
+  (per epoch), ``training.json`` (settings, best epoch chosen on val, the fusion's patients, image metrics at
+  the best epoch: val as the selection set, test held out), ``train.log`` and ``predictions.csv``
+  (patient_id,label,age,split,image_prob: the format ``slidestream evaluate`` reads); only ``evaluate`` writes
+  ``metrics.json``. ``OUT/comparison.{md,json}`` and ``OUT/roc.png`` compare the architectures on the
+  validation and test splits (the paper's Table 1 and Fig. 2).
+* Fusion (``fusion`` section, e.g. ``age_gda``): fitted at the best epoch on the ``training.fusion_split``
+  patients, by default ``val`` (out of sample: the network never trained on them), and stored fitted in
+  the bundle, so ``evaluate --bundle`` and ``predict`` use exactly the same model. The fusion split is
+  checked before training starts.
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.5, "weights": None, "input_size": None, "augment": False, "pool_blocks": 64, "seed": 0,
     "split": {"ratios": [6, 1, 1], "seed": 0, "kfold": None, "fold": 0},
     "aggregation": {"method": "mean", "k_frac": 0.2}, "synthetic": 0, "select": "auc", "threshold": 0.5,
-    "fusion_split": "train", "num_workers": 2, "device": "auto",
+    "fusion_split": "val", "num_workers": 2, "device": "auto",
 }
 
 
@@ -69,25 +75,6 @@ def settings(pipeline: dict[str, Any], **overrides) -> dict[str, Any]:
 
 def pick_device(name: str = "auto") -> torch.device:
     return torch.device(resolve_device(name))
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Sensitivity (mutant = positive), specificity, accuracy, AUC (None with one class), ROC points."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    y, p = np.asarray(y).astype(int), np.asarray(p, float)
-    pred = p >= threshold
-    tp, tn = int(np.sum(pred & (y == 1))), int(np.sum(~pred & (y == 0)))
-    npos, nneg = int(np.sum(y == 1)), int(np.sum(y == 0))
-    out = {"n": int(len(y)), "mutant": npos, "wildtype": nneg,
-           "sensitivity": tp / npos if npos else None, "specificity": tn / nneg if nneg else None,
-           "accuracy": (tp + tn) / len(y) if len(y) else None, "auc": None, "roc": None}
-    if npos and nneg:
-        out["auc"] = float(roc_auc_score(y, p))
-        fpr, tpr, _ = roc_curve(y, p)
-        out["roc"] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -201,14 +188,19 @@ def _better(m: dict, best: dict | None, select: str) -> bool:
 
 def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: str | None = None, *,
           synthetic: int | None = None, seed: int | None = None, epochs: int | None = None,
-          device: str | None = None, log: Callable[[str], None] | None = print, **overrides) -> dict[str, Any]:
+          device: str | None = None, log: Callable[[str], None] | None = print, patient_from: str | None = None,
+          **overrides) -> dict[str, Any]:
     """Train one architecture on the store's splits; write the bundle to ``OUT/<arch>``; return a summary.
 
     ``arch`` defaults to the pipeline's ``classifier``; ``synthetic`` = number of synthetic (GAN) patches to
     add to the training split (GAN sweep); ``seed`` fixes initialisation, batch order and dropout;
     ``overrides`` replace other ``training`` keys (``batch_size``, ``lr``, ...). Resumes from
     ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
+    ``patient_from``: "slide" or "tcga" to accept a store whose patient ids are slide ids (see splits.py).
     """
+    from .evaluate import fit_fusion, metrics_at, roc_points
+    from .splits import check_patients
+
     t0 = time.perf_counter()
     cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
     cref = pipeline.get("classifier") or {"name": "resnet50"}
@@ -219,6 +211,12 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     tab = st.table()
     if not np.any(tab["split"] == "train"):
         raise ConfigError(f"store {store} has no split yet; run `slidestream split PIPELINE --store {store}` first")
+    check_patients(st, patient_from)
+    fref = pipeline.get("fusion")
+    if fref:  # fail now, not after training: the fusion split must be able to fit the fusion
+        real = np.nonzero(~tab["synthetic"].astype(bool))[0]
+        blank = patient_table(tab, real, np.full(len(real), 0.5), cfg["aggregation"])
+        fit_fusion(blank, fref["name"], fref.get("params"), cfg["fusion_split"])
     out_dir = Path(out) / arch
     out_dir.mkdir(parents=True, exist_ok=True)
     logf = open(out_dir / "train.log", "a")
@@ -294,7 +292,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         vy = tab["label"][val_rows].astype(int)
         vloss = float(-np.mean(np.log(np.clip(np.where(vy == 1, vp, 1 - vp), 1e-7, 1))))
         ptab = patient_table(tab, val_rows, vp, cfg["aggregation"])
-        vm = binary_metrics(ptab["label"], ptab["image_prob"], float(cfg["threshold"]))
+        vm = metrics_at(ptab["label"], ptab["image_prob"], float(cfg["threshold"]))
         m = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": vloss,
              "val_auc": vm["auc"], "val_accuracy": vm["accuracy"], "lr": opt.param_groups[0]["lr"],
              "seconds": round(time.perf_counter() - te, 2)}
@@ -320,23 +318,20 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     probs = store_probs(model, st, real, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
     ptab = patient_table(tab, real, probs, cfg["aggregation"])
     write_predictions(out_dir / "predictions.csv", ptab)
-    fusion = None
-    fref = pipeline.get("fusion")
-    if fref:
-        fplug = registry.get("fusion", fref["name"])
-        sel = ptab["split"] == cfg["fusion_split"]
-        state = fplug.fit({k: v[sel] for k, v in ptab.items()}, **(fref.get("params") or {}))
-        fusion = {"name": fref["name"], "params": fref.get("params") or {}, "state": state, "fit_on": cfg["fusion_split"]}
+    # fusion fitted out of sample by default: on the val patients, whose scores come from a network that never
+    # trained on them (training.fusion_split "train" fits in sample); never on test
+    fusion = fit_fusion(ptab, fref["name"], fref.get("params"), cfg["fusion_split"]) if fref else None
     metrics = {}
     for split in ("val", "test"):
         sel = ptab["split"] == split
         if np.any(sel):
-            metrics[split] = binary_metrics(ptab["label"][sel], ptab["image_prob"][sel], float(cfg["threshold"]))
+            y, p = ptab["label"][sel], ptab["image_prob"][sel]
+            metrics[split] = {**metrics_at(y, p, float(cfg["threshold"])), "roc": roc_points(y, p)}
     meta = {"arch": arch, "classifier_params": cparams, "in_channels": channels, "input_size": size,
             "patch_size": int(st.patches.shape[1]), "dropout": float(cfg["dropout"]),
             "normalization": (pipeline.get("normalization") or {}).get("classifier"), "aggregation": cfg["aggregation"],
             "threshold": float(cfg["threshold"]), "fusion": fusion, "init": init, "training": cfg,
-            "best_epoch": best["epoch"] if best else None, "selection": cfg["select"],
+            "best_epoch": best["epoch"] if best else None, "selection": cfg["select"], "selection_split": "val",
             "metrics": {s: {k: v for k, v in m.items() if k != "roc"} for s, m in metrics.items()}}
     # the bundle's pipeline: the store's extraction sections (how its patches were cut) + this run's learning ones
     spipe = st.manifest.get("pipeline") or {}
@@ -345,7 +340,18 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     bundle_mod.save(out_dir, model, bpipe, meta)
     summary = {"arch": arch, "bundle": str(out_dir), "best_epoch": meta["best_epoch"], "epochs": int(cfg["epochs"]),
                "init": init["kind"], "metrics": metrics, "history": history, "seconds": round(time.perf_counter() - t0, 1)}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    # training.json: settings, best epoch (chosen on val), fusion fit, image metrics at the best epoch; val metrics
+    # are selection-set metrics (val chose the epoch). Only `slidestream evaluate` writes metrics.json.
+    val_role = "selection set (chose the best epoch" + (", fitted the fusion)" if fusion and fusion["fit_on"] == "val"
+                                                        else ")")
+    doc = {"arch": arch, "settings": cfg, "init": init, "best_epoch": meta["best_epoch"],
+           "best_epoch_chosen_on": "val", "selection": cfg["select"], "epochs": int(cfg["epochs"]),
+           "fusion": {k: fusion[k] for k in ("name", "params", "fit_on", "n", "ids_digest")} if fusion else None,
+           "metrics": {s_: {**{k: v for k, v in m.items() if k != "roc"},
+                            "role": val_role if s_ == "val" else "held out"}
+                       for s_, m in metrics.items()},
+           "seconds": summary["seconds"], "bundle": str(out_dir)}
+    (out_dir / "training.json").write_text(json.dumps(doc, indent=1, default=str))
     say(f"best epoch {summary['best_epoch'] + 1 if best else '-'}; "
         + "; ".join(f"{s} AUC {m['auc']:.3f}" if m["auc"] is not None else f"{s} AUC n/a" for s, m in metrics.items())
         + f"; bundle {out_dir}")
@@ -372,7 +378,7 @@ def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Pat
                 continue
             rows.append({"split": split, "model": r["arch"], **{k: m[k] for k in ("sensitivity", "specificity", "accuracy", "auc", "n")},
                          "best_epoch": r["best_epoch"], "init": r["init"]})
-            lines.append(f"| {split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
+            lines.append(f"| {'val (selection set)' if split == 'val' else split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
                          f"{f(m['auc'])} | {r['best_epoch'] + 1} | {r['init']} |")
     md = out / "comparison.md"
     md.write_text("# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"

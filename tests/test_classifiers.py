@@ -90,3 +90,13 @@ def test_resnet50_trains_loss_falls_on_a_learnable_batch():
         torch.set_num_threads(threads)
     # the first loss is near chance (log 2 = 0.69); the last two, averaged against dropout noise, far below
     assert losses[0] > 0.4 and np.mean(losses[-2:]) < 0.25 * losses[0], losses
+
+
+def test_inception_resnet_v2_parameter_count():
+    """timm's Inception-ResNet-v2 with the 1000-class ImageNet head has 55,843,464 parameters (timm's model
+    card: 55.8 M); with the paper's 2-class head 1536 * 998 + 998 fewer."""
+    with torch.device("meta"):
+        model = registry.get("classifier", "inception_resnet_v2").build(num_classes=1000, in_channels=3, dropout=0.5)
+        two = registry.get("classifier", "inception_resnet_v2").build(num_classes=2, in_channels=3, dropout=0.5)
+    assert sum(p.numel() for p in model.parameters()) == 55_843_464
+    assert sum(p.numel() for p in two.parameters()) == 55_843_464 - 1537 * 998

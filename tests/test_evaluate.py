@@ -60,13 +60,13 @@ def _rows(table, split):
 def test_metrics_equal_sklearn(csv_path):
     table = ev.load_predictions(csv_path)
     m = ev.evaluate(table, bootstrap=0)
-    assert set(m) == {"val", "test", "age_groups", "meta"} and set(m["test"]) == {"image"}
+    assert set(m) == {"val", "test", "age_groups", "meta", "patients"} and set(m["test"]) == {"image"}
     for split in ("val", "test"):
         y, p = _rows(table, split)
         want = _sk(y, p, 0.5)
         for k, v in want.items():
             assert m[split]["image"][k] == pytest.approx(v, abs=1e-12), (split, k)
-        assert m[split]["image"]["n"] == len(y)
+        assert (m[split]["image"]["n"], m[split]["image"]["mutant"]) == (len(y), int(y.sum()))
     # and by hand, test: called mutant s1 s3 s5 s6 s8 -> TP 3 (s1 s5 s8), FN 1 (s2), TN 2 (s4 s7), FP 2 (s3 s6)
     t = m["test"]["image"]
     assert (t["sensitivity"], t["specificity"], t["accuracy"]) == (0.75, 0.5, 5 / 8)
@@ -86,13 +86,18 @@ def test_age_groups_by_hand(csv_path):
     assert both["age_groups"]["<55"]["n"] == 4 + 3 and both["age_groups"][">=55"]["n"] == 3 + 3
 
 
-def test_fusion_fitted_on_train(csv_path):
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_fusion_fitted_on_the_fusion_split(csv_path, split):
     table = ev.load_predictions(csv_path)
-    m = ev.evaluate(table, fusion="age_gda", bootstrap=0)
+    kw = {} if split == "val" else {"fusion_split": "train"}  # val is the default
+    m = ev.evaluate(table, fusion="age_gda", bootstrap=0, **kw)
     assert m["meta"]["predictors"] == ["age", "image", "age+image"]
-    train = {k: v[table["split"] == "train"] for k, v in table.items()}
-    state = age_gda.fit(train)
-    assert m["meta"]["fusion"]["state"] == state
+    fit = {k: v[table["split"] == split] for k, v in table.items()}
+    state = age_gda.fit(fit)
+    f = m["meta"]["fusion"]
+    assert f["state"] == state and (f["fit_on"], f["n"]) == (split, 6)
+    assert f["patients"] == sorted(fit["patient_id"]) and f["ids_digest"] == ev.ids_digest(fit["patient_id"])
+    assert m["meta"]["selection"][split] == ["fusion fit"] and m["meta"]["selection"]["test"] == []
     test = {k: v[table["split"] == "test"] for k, v in table.items()}
     out = age_gda.predict(state, test)
     for name in ("age", "age+image"):
@@ -100,6 +105,38 @@ def test_fusion_fitted_on_train(csv_path):
         for k, v in want.items():
             assert m["test"][name][k] == pytest.approx(v, abs=1e-12), (name, k)
         assert set(m["age_groups"]["<55"]["errors"][name]) == {"mutant", "wildtype"}
+    with pytest.raises(ConfigError, match="never used"):
+        ev.evaluate(table, fusion="age_gda", fusion_split="test")
+
+
+def test_bundle_fusion_used_as_fitted_and_test_overlap_refused(csv_path):
+    table = ev.load_predictions(csv_path)
+    fitted = ev.fit_fusion({k: v[table["split"] != "test"] for k, v in table.items()}, "age_gda", split="train")
+    m = ev.evaluate(table, fitted=fitted, best_epoch=4, bootstrap=0)
+    assert m["meta"]["fusion"]["state"] == fitted["state"] and m["meta"]["fusion"]["source"] == "bundle"
+    want = ev.apply_fusion(fitted, table)["age+image"]
+    assert m["patients"]["age+image_prob"] == want.tolist()  # no refit: exactly the fitted model's outputs
+    assert m["meta"]["selection"] == {"train": ["fusion fit"], "val": ["best epoch"], "test": []}
+    assert not any("other patients" in n for n in m["meta"]["notes"])
+    other = {**fitted, "fit_on": "val"}  # a bundle from another split of the cohort: said, not hidden
+    assert any("fitted on other patients" in n for n in ev.evaluate(table, fitted=other, bootstrap=0)["meta"]["notes"])
+    leaky = {**fitted, "patients": fitted["patients"] + ["s3"]}
+    with pytest.raises(ConfigError, match="test split") as e:
+        ev.evaluate(table, fitted=leaky, bootstrap=0)
+    assert "\n" not in str(e.value)
+
+
+def test_selection_set_labelled_in_report(csv_path):
+    m = ev.evaluate(ev.load_predictions(csv_path), fusion="age_gda", threshold="youden", best_epoch=2, bootstrap=0)
+    assert m["meta"]["selection"] == {"train": [], "val": ["best epoch", "threshold", "fusion fit"], "test": []}
+    md = ev.report_markdown(m)
+    assert "On validation set: selection-set metrics (it chose the best epoch, threshold, fusion fit" in md
+    assert "**On test set** (n = 8)" in md
+    assert "Best epoch: 3, chosen on the validation split" in md
+    assert f"fitted on the val split, n = 6 patients, ids digest `{m['meta']['fusion']['ids_digest']}`" in md
+    assert "The test split was used for no choice" in md
+    plain = ev.report_markdown(ev.evaluate(ev.load_predictions(csv_path), bootstrap=0))
+    assert "**On validation set** (n = 6)" in plain and "fixed at 0.5 (not chosen on data)" in plain
 
 
 def test_youden_threshold_from_val_applied_to_test(csv_path):
@@ -122,7 +159,8 @@ def test_bootstrap_metrics_match_sklearn():
     fast = ev.bootstrap_metrics(y, p, 0.5, idx)
     for r in range(len(idx)):
         slow = ev.metrics_at(y[idx[r]], p[idx[r]], 0.5)
-        for k, v in slow.items():
+        for k in ev.METRICS:
+            v = slow[k]
             if v is None:
                 assert np.isnan(fast[k][r])
             else:
@@ -172,7 +210,11 @@ def test_write_report(csv_path, tmp_path):
     m = ev.evaluate(ev.load_predictions(csv_path), fusion="age_gda", bootstrap=100)
     out = tmp_path / "out"
     ev.write_report(m, out)
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps({k: v for k, v in m.items()
+                                                                                   if k != "patients"}))
+    rows = (out / "patients.csv").read_text().splitlines()
+    assert rows[0] == "patient_id,split,label,age,age_prob,image_prob,age+image_prob" and len(rows) == 1 + 20
+    assert rows[1].startswith("t1,train,1,35.0,") and rows[-1].startswith("s8,test,1,,")
     for split in ("val", "test"):
         with Image.open(out / f"roc_{split}.png") as im:
             assert im.size[0] > 300
@@ -202,12 +244,29 @@ def test_cli(csv_path, tmp_path):
     r = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(out), "--fusion", "age_gda",
                                     "--threshold", "youden", "--bootstrap", "50", "--seed", "3"])
     assert r.exit_code == 0, r.output
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "roc_val.png", "roc_test.png", "report.md"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "patients.csv", "roc_val.png", "roc_test.png", "report.md"}
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["test"]) == {"age", "image", "age+image"} and m["meta"]["seed"] == 3
     assert "Age & image" in r.output
+    assert m["meta"]["fusion"]["fit_on"] == "val" and "(selection)" in r.output
     bad = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(out), "--threshold", "high"])
     assert isinstance(bad.exception, ConfigError)
+
+
+def test_cli_pipeline_fusion_split(csv_path, tmp_path):
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps({"name": "p", "fusion": {"name": "age_gda", "params": {"C": 0.5}},
+                                "training": {"fusion_split": "train"}}))
+    r = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(tmp_path / "o"), "--pipeline", str(pipe),
+                                    "--bootstrap", "0"])
+    assert r.exit_code == 0, r.output
+    f = json.loads((tmp_path / "o" / "metrics.json").read_text())["meta"]["fusion"]
+    assert (f["name"], f["fit_on"], f["params"]) == ("age_gda", "train", {"C": 0.5})
+    both = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(tmp_path / "o"), "--bundle", str(tmp_path),
+                                       "--fusion", "age_gda"])
+    assert isinstance(both.exception, ConfigError) and "--bundle" in str(both.exception)
+    alone = CliRunner().invoke(_app(), ["evaluate", str(csv_path), "--out", str(tmp_path / "o"), "--fusion-split", "train"])
+    assert isinstance(alone.exception, ConfigError) and "needs a fusion" in str(alone.exception)
 
 
 def test_cli_main_prints_one_line_error(tmp_path, monkeypatch, capsys):

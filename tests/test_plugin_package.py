@@ -53,3 +53,21 @@ def test_out_of_tree_filter_plugin(site, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout.strip().splitlines()[-1])
     assert s["slides"][0]["status"] == "empty"  # the lab filter removed the tissue: recorded, not an error
+
+
+def test_out_of_tree_encoder_and_aggregator(site, tmp_path):
+    """The lab's encoder writes a feature store from the CLI; its aggregator is accepted by the pipeline schema."""
+    import zarr
+
+    from slidestream.engine.synthetic import make_store
+
+    r = _run(site, "plugins")
+    assert r.returncode == 0 and "mylab.meanrgb" in r.stdout and "mylab.max" in r.stdout
+    st = make_store(tmp_path / "s", n_patients=2, per_patient=4, patch=32)
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps({"encoder": {"name": "mylab.meanrgb"}, "training": {"aggregation": {"method": "mylab.max"}}}))
+    r = _run(site, "features", pipe, "--store", st.path, "--out", tmp_path / "f.zarr", "--quiet")
+    assert r.returncode == 0, r.stderr
+    f = np.asarray(zarr.open_group(str(tmp_path / "f.zarr"), mode="r")["features"][:], np.float32)
+    x = st.read(0, len(st)).astype(np.float32) / 255  # 32 px patches, antialiased to 16 px: the mean is kept
+    np.testing.assert_allclose(f[:, :3], x.mean(axis=(1, 2)), atol=2e-3)

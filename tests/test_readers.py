@@ -148,3 +148,28 @@ def test_nearly_matching_level_is_used_not_level_0(tmp_path):
     assert s.best_level(f) == 1
     tile = s.read(0, 0, 1024 * f, 1024)
     assert tile.shape == (1024, 1024, 3)
+
+
+@pytest.mark.parametrize("reader", ["cucim", "tifffile"])
+def test_damaged_jpeg_tile_header_is_refused_before_decoding(tmp_path, reader):
+    """A tile whose JPEG header says 288 px wide in a 256 px TIFF tile: cuCIM segfaults on it and tifffile
+    decodes it silently; the readers look at the tile first and name it."""
+    import tifffile
+
+    from slidestream.engine.errors import BrokenFile
+    from slidestream.engine.synthetic import make_slide
+
+    p = make_slide(tmp_path / "a.svs", size=(1024, 768), label=1, seed=1, mpp=0.5, levels=(1, 4))
+    data = bytearray(p.read_bytes())
+    with tifffile.TiffFile(p) as tf:
+        off, n = int(tf.pages[0].dataoffsets[5]), int(tf.pages[0].databytecounts[5])  # column 1, row 1
+    sof = data.index(b"\xff\xc0", off, off + n)
+    data[sof + 7:sof + 9] = (288).to_bytes(2, "big")  # frame width
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(bytes(data))
+    s = open_slide(bad, order=[reader])
+    assert s.reader.read_region((0, 0), 0, (256, 256)).shape == (256, 256, 3)  # other tiles read fine
+    with pytest.raises(BrokenFile, match=r"corrupt JPEG tile 5 .*column 1, row 1.*says 288 x 256 px, the TIFF tile is 256 x 256"):
+        s.reader.read_region((300, 300), 0, (64, 64))
+    rgb, said = s.read_checked(256, 256, 512, 256)
+    assert rgb is None and "corrupt JPEG tile 5" in said

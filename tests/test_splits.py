@@ -46,3 +46,117 @@ def test_store_split_no_patient_in_two_splits_synthetic_to_train(tmp_path):
     assert summary["train"]["synthetic"] == 3
     assert sum(v["patients"] for v in summary.values()) == 16
     assert all(v["mutant"] >= 1 and v["wildtype"] >= 1 for v in summary.values())
+
+
+# ---------------------------------------------------------------------------------------------- patient identity
+def _multi_slide_store(path, n_patients=24, source="slide", ids=None):
+    """Patients with 1-4 slides each (TCGA barcodes: TCGA-AB-0000-01Z-00-DX1, ...-DX2, ...), blank patches.
+    ``source="slide"``: the cohort gave no patient_id, so patient_id = slide id (the runner's fallback) and the
+    slide records say so; ``"table"``: patient_id = the patient barcode."""
+    from slidestream.engine import config
+    from slidestream.engine.store import PatchStore
+
+    pipe = config.with_defaults({"name": "multi", "patches": {"size": 8}, "store": {"codec": "zstd", "chunk": 4}})
+    st = PatchStore.create(path, 8, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    slides = []
+    for i in range(n_patients):
+        for k in range(1 + i % 4):
+            slides.append((f"TCGA-AB-{i:04d}-0{k + 1}Z-00-DX{k + 1}" if ids is None else ids(i, k), f"TCGA-AB-{i:04d}", i % 2))
+    if source == "table":  # one commit for all slides (faster; what the records say is all that matters)
+        sid, patient, label = (np.repeat(c, 3) for c in zip(*slides))
+        st.append("all", np.zeros((len(sid), 8, 8, 3), np.uint8),
+                  {"slide_id": sid, "patient_id": patient, "label": label, "age": 50.0}, {"patient_source": "table"})
+        return st
+    for sid, patient, label in slides:  # one commit per slide, as the runner does
+        st.append(sid, np.zeros((3, 8, 8, 3), np.uint8), {"slide_id": sid, "patient_id": sid, "label": label, "age": 50.0},
+                  {"status": "done", "patient_source": "slide"})
+    return st
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """The multi-slide stores, built once (60 slide commits take seconds); tests work on copies."""
+    root = tmp_path_factory.mktemp("multi")
+    return {source: _multi_slide_store(root / source, source=source).path for source in ("slide", "table")}
+
+
+def _copy(made, source, tmp_path):
+    import shutil
+
+    from slidestream.engine.store import PatchStore
+
+    shutil.copytree(made[source], tmp_path / source)
+    return PatchStore.open(tmp_path / source, mode="r+")
+
+
+def _slides_share_split(st) -> bool:
+    t = st.table(["slide_id", "split"])
+    by_patient: dict[str, set] = {}
+    for sid, s in zip(t["slide_id"], t["split"]):
+        by_patient.setdefault(str(sid)[:12], set()).add(str(s))
+    return all(len(v) == 1 for v in by_patient.values())
+
+
+def test_fallback_patient_ids_are_refused_unless_told(made, tmp_path):
+    st = _copy(made, "slide", tmp_path)
+    with pytest.raises(ConfigError, match="--patient-from tcga") as e:
+        splits.split_store(st, (6, 1, 1), seed=0)
+    assert "\n" not in str(e.value) and "fell back to slide ids" in str(e.value)
+    assert set(st.column("split")) == {""}  # nothing written
+    splits.split_store(st, (6, 1, 1), seed=0, patient_from="slide")  # explicit: every slide its own patient
+    assert len(set(st.column("patient_id"))) == len(set(st.column("slide_id"))) == 60
+    assert st.manifest["split"]["patient_from"] == "slide"
+    splits.check_patients(st)  # train accepts the explicit choice; a different one must re-split
+    with pytest.raises(ConfigError, match="re-run `slidestream split"):
+        splits.check_patients(st, "tcga")
+
+
+def test_train_refuses_a_store_split_by_fallback_slide_ids(made, tmp_path):
+    from slidestream.engine import config, train
+
+    st = _copy(made, "slide", tmp_path)
+    st.set_column("split", np.array(["train", "val", "test"] * (len(st) // 3)))  # a split made before this check
+    with pytest.raises(ConfigError, match="fell back to slide ids"):
+        train.train(config.parse({"name": "t", "classifier": {"name": "small_cnn"}}), st.path, tmp_path / "m", log=None)
+    splits.check_patients(st, "slide")  # told explicitly: accepted
+    with pytest.raises(ConfigError, match="--patient-from tcga"):
+        splits.check_patients(st, "tcga")
+
+
+@pytest.mark.parametrize("source", ["slide", "table"])
+def test_all_slides_of_a_patient_share_a_split(made, tmp_path, source):
+    """24 patients with 1-4 slides (60 slides): over seeds and k-fold folds no patient's slides are split apart.
+    Splitting by slide instead puts the slides of some multi-slide patient into two splits in every one of
+    these runs (36 patients' slides would each need to land together by chance)."""
+    st = _copy(made, source, tmp_path)
+    runs = [dict(seed=s) for s in range(4)] + [dict(seed=0, kfold=4, fold=f) for f in range(4)]
+    for kw in runs:
+        summary = splits.split_store(st, (6, 1, 1), patient_from="tcga" if source == "slide" else None, **kw)
+        assert _slides_share_split(st), kw
+        assert sum(v["patients"] for v in summary.values()) == 24
+        assert set(st.column("patient_id")) == {f"TCGA-AB-{i:04d}" for i in range(24)}
+    assert st.manifest["split"]["patient_from"] == ("tcga" if source == "slide" else "table")
+
+
+def test_tcga_refuses_ids_that_are_not_barcodes(tmp_path):
+    st = _multi_slide_store(tmp_path / "s", n_patients=4, ids=lambda i, k: f"slide-{i}-{k}" if i == 2 else
+                            f"TCGA-AB-{i:04d}-0{k + 1}Z")
+    with pytest.raises(ConfigError, match="'slide-2-0' is not a TCGA barcode") as e:
+        splits.split_store(st, (2, 1, 1), patient_from="tcga")
+    assert "\n" not in str(e.value)
+    assert splits.tcga_patients(["tcga-cs-4938-01z-00-dx1"]).tolist() == ["TCGA-CS-4938"]
+
+
+def test_cli_patient_from(made, tmp_path):
+    from typer.testing import CliRunner
+
+    from slidestream.engine.cli import app
+
+    st = _copy(made, "slide", tmp_path)
+    pipe = tmp_path / "p.json"
+    pipe.write_text('{"name": "p"}')
+    r = CliRunner().invoke(app, ["split", str(pipe), "--store", str(st.path)])
+    assert isinstance(r.exception, ConfigError)
+    r = CliRunner().invoke(app, ["split", str(pipe), "--store", str(st.path), "--patient-from", "tcga", "--ratios", "2:1:1"])
+    assert r.exit_code == 0, r.output
+    assert "train: 12 patients" in r.output and "test: 6 patients" in r.output

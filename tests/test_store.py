@@ -1,12 +1,18 @@
-"""The patch store: atomic appends, truncation of uncommitted rows, codecs, columns."""
+"""The patch store: atomic commits, padding hidden, codecs, columns, the writer lock, atomic creation."""
 import json
+import os
+import socket
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
 import zarr
 
+from slidestream.engine import store as store_mod
 from slidestream.engine.errors import StoreError
-from slidestream.engine.store import COLUMNS, PatchStore
+from slidestream.engine.store import COLUMNS, PatchStore, beside
 
 
 def _new(tmp_path, codec="zstd", chunk=8, size=16):
@@ -18,35 +24,52 @@ def test_appends_round_trip_with_every_codec(tmp_path, codec):
     st = _new(tmp_path, codec)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 255, (13, 16, 16, 3), dtype=np.uint8)  # not a multiple of the chunk: partial chunks
-    b = rng.integers(0, 255, (21, 16, 16, 3), dtype=np.uint8)
+    b = rng.integers(0, 255, (81, 16, 16, 3), dtype=np.uint8)  # more than one shard (8 chunks of 8)
     assert st.append("s1", a, {"slide_id": "s1", "label": 1, "x": np.arange(13)}, {"status": "done"}) == (0, 13)
     w = st.begin("s2", len(b))
-    for i in (0, 5, 12):  # uneven batches, streamed
-        w.write(i, b[i: {0: 5, 5: 12, 12: 21}[i]])
-    assert w.commit({"slide_id": "s2", "label": 0, "age": 61.5}, {"status": "done"}) == (13, 34)
-    g = zarr.open_group(str(tmp_path / "s"), mode="r")
-    assert np.array_equal(g["patches"][:], np.concatenate([a, b]))
+    for i, j in ((0, 5), (5, 70), (70, 81)):  # uneven batches, streamed
+        w.write(i, b[i:j])
+    assert w.commit({"slide_id": "s2", "label": 0, "age": 61.5}, {"status": "done"}) == (13, 94)
     ro = PatchStore.open(tmp_path / "s")
+    assert np.array_equal(ro.patches[:], np.concatenate([a, b])) and ro.patches.shape == (94, 16, 16, 3)
+    assert np.array_equal(ro.patches[[2, 13, 90]], np.concatenate([a, b])[[2, 13, 90]])
+    assert np.array_equal(np.concatenate([ro.read(*blk) for blk in ro.blocks()]), ro.patches[:])
+    assert all(b1 - b0 <= 8 for b0, b1 in ro.blocks())
     t = ro.table()
-    assert set(t) == set(COLUMNS) and len(ro) == 34
-    assert list(t["slide_id"][[0, 13]]) == ["s1", "s2"] and list(t["label"][[0, 33]]) == [1, 0]
+    assert set(t) == set(COLUMNS) and len(ro) == 94
+    assert list(t["slide_id"][[0, 13]]) == ["s1", "s2"] and list(t["label"][[0, 93]]) == [1, 0]
     assert np.isnan(t["age"][0]) and t["age"][20] == pytest.approx(61.5) and t["x"][12] == 12 and t["x"][13] == -1
-    assert ro.manifest["slides"]["s2"]["rows"] == [13, 34]
+    assert ro.records()["s2"]["rows"] == [13, 94] and ro.records()["s2"]["region"] == [64, 81]
+    g = zarr.open_group(str(tmp_path / "s"), mode="r")  # plain zarr: each commit starts a shard, padding after
+    assert g["patches"].shape[0] == 64 + 128 and np.array_equal(g["patches"][64:64 + 81], b)
+    assert (g["slide_id"][13:64] == "").all() and (g["patches"][13:64] == 0).all()
+    assert len(os.listdir(tmp_path / "s" / "patches" / "c")) == 3  # one file per shard: 1 + 2
 
 
-def test_uncommitted_rows_vanish_on_reopen(tmp_path):
+def test_uncommitted_rows_are_invisible_and_cut(tmp_path):
     st = _new(tmp_path)
     x = np.full((10, 16, 16, 3), 7, np.uint8)
     st.append("s1", x, {"slide_id": "s1"}, {})
-    w = st.begin("s2", 30)  # a run killed here: rows written, manifest not updated
-    w.write(0, np.full((30, 16, 16, 3), 9, np.uint8))
-    w._flush(final=True)
-    [f.result() for f in w._pending]
-    assert zarr.open_group(str(tmp_path / "s"), mode="r")["patches"].shape[0] == 40
+    stage = st.begin("s2", 30)
+    stage.write(0, np.full((30, 16, 16, 3), 9, np.uint8))
+    stage.close()
+    real = store_mod._consolidate
+    store_mod._consolidate = lambda path: (_ for _ in ()).throw(KeyboardInterrupt())  # killed before the commit point
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            st.commit_staged("s2", stage.stage, 30, {"slide_id": "s2"}, {})
+    finally:
+        store_mod._consolidate = real
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = zarr.open_group(str(tmp_path / "s"), mode="r")
+        assert g["patches"].shape[0] == 64 and g["records"].shape == (1,)  # a plain reader sees s1 only
+    assert zarr.open_array(str(tmp_path / "s" / "patches"), mode="r").shape[0] == 128  # written, uncommitted
     st2 = PatchStore.open(tmp_path / "s", mode="r+")
-    assert len(st2) == 10 and st2.patches.shape[0] == 10 and not st2.done("s2")
+    assert len(st2) == 10 and not st2.done("s2")
+    assert zarr.open_array(str(tmp_path / "s" / "patches"), mode="r").shape[0] == 64  # cut on reopen
     st2.append("s2", np.full((3, 16, 16, 3), 5, np.uint8), {"slide_id": "s2"}, {})
-    assert (st2.patches[10:13] == 5).all() and st2.patches.shape[0] == 13
+    assert (st2.patches[10:13] == 5).all() and st2.patches.shape[0] == 13 and list(st2.column("slide_id")[9:]) == ["s1"] + ["s2"] * 3
 
 
 def test_refusals(tmp_path):
@@ -66,5 +89,51 @@ def test_refusals(tmp_path):
     with pytest.raises(StoreError, match="needs 2 values"):
         st.set_column("split", np.array(["train"]))
     st.set_column("split", np.array(["train", "test"]))
-    assert list(PatchStore.open(tmp_path / "s").column("split")) == ["train", "test"]
-    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["rows"] == 2
+    st.manifest["split"] = {"seed": 3}
+    st.save_manifest()
+    ro = PatchStore.open(tmp_path / "s")
+    assert list(ro.column("split")) == ["train", "test"] and ro.manifest["split"] == {"seed": 3}
+    old = tmp_path / "old"  # the format-1 layout: manifest.json beside meta/ and patches/
+    (old / "meta").mkdir(parents=True)
+    (old / "manifest.json").write_text("{}")
+    (old / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    with pytest.raises(StoreError, match="older slidestream.*re-extract"):
+        PatchStore.open(old)
+
+
+def test_one_writer_per_store(tmp_path):
+    st = _new(tmp_path)
+    lock = beside(tmp_path / "s", "lock")
+    assert json.loads(lock.read_text()) == {"host": socket.gethostname(), "pid": os.getpid()}
+    code = ("import sys; from slidestream.engine.store import PatchStore\n"
+            "from slidestream.engine.errors import StoreError\n"
+            "try: PatchStore.open(sys.argv[1], mode='r+')\n"
+            "except StoreError as e: print(e); sys.exit(2)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 2 and f"pid {os.getpid()}" in r.stdout and socket.gethostname() in r.stdout
+    PatchStore.open(tmp_path / "s")  # readers need no lock
+    st.close()
+    assert not lock.exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))  # a writer that died
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 0 and "stale lock" in r.stderr and f"pid {dead.pid}" in r.stderr
+
+
+def test_creation_is_atomic(tmp_path, monkeypatch):
+    calls = []
+
+    def crash(path):  # killed in the middle of creating the store
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod, "_consolidate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _new(tmp_path)
+    assert calls and not (tmp_path / "s").exists()  # nothing at the store's path
+    store_mod._release_all()
+    monkeypatch.undo()
+    st = _new(tmp_path)  # the rerun starts over
+    st.append("s1", np.ones((3, 16, 16, 3), np.uint8), {}, {})
+    assert len(PatchStore.open(tmp_path / "s")) == 3 and not any(beside(tmp_path / "s", "partial").iterdir())

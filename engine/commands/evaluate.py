@@ -15,9 +15,16 @@ from ..errors import ConfigError
 def evaluate_command(
     predictions: Path = typer.Argument(..., help="CSV with one row per patient: patient_id,label,age,split,image_prob "
                                                  "(label 1 = IDH-mutant, 0 = wildtype; split train/val/test)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, roc_val.png, roc_test.png and report.md."),
-    fusion: Optional[str] = typer.Option(None, help="Fusion plugin fitted on the train split, e.g. age_gda "
-                                                    "(adds the age and age+image predictors); default: image only."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, patients.csv, roc_val.png, roc_test.png "
+                                                      "and report.md."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`): use exactly its "
+                                                                  "fitted fusion (as `predict` does) and record its best epoch."),
+    pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline JSON: fit its fusion section on its "
+                                                                      "training.fusion_split (default val)."),
+    fusion: Optional[str] = typer.Option(None, help="Fusion plugin to fit here, e.g. age_gda (adds the age and age+image "
+                                                    "predictors); default: the --pipeline's, else image only."),
+    fusion_split: Optional[str] = typer.Option(None, "--fusion-split", help="Patients the fusion is fitted on: 'val' "
+                                               "(default: out of sample) or 'train' (in sample); never test."),
     threshold: str = typer.Option("0.5", help="Probability of mutant at or above which a patient is called mutant: "
                                               "a number in (0, 1), or 'youden' (picked per predictor on val, applied to test)."),
     bootstrap: int = typer.Option(1000, min=0, help="Patient resamples for the 95% confidence intervals (0: none)."),
@@ -25,7 +32,8 @@ def evaluate_command(
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
                                                 "(the paper's Table 4 counts validation and test patients)."),
 ) -> None:
-    """Evaluate patient-level IDH predictions: sensitivity, specificity, accuracy, AUC with bootstrap CIs."""
+    """Evaluate patient-level IDH predictions: sensitivity, specificity, accuracy, AUC with bootstrap CIs; the fusion
+    is fitted on val (or the bundle's is used); val metrics of choices made on val are labelled selection-set."""
     from rich.console import Console
     from rich.table import Table
 
@@ -40,8 +48,30 @@ def evaluate_command(
             thr = float(thr)
         except ValueError:
             raise ConfigError(f"--threshold must be a number in (0, 1) or 'youden', got {threshold!r}") from None
+    params, fitted, best_epoch = None, None, None
+    if bundle:
+        if fusion or fusion_split or pipeline:
+            raise ConfigError("--bundle uses the bundle's own fitted fusion; leave out --fusion, --fusion-split and --pipeline")
+        from .. import bundle as bundle_mod
+
+        _, meta, _ = bundle_mod.read(bundle)
+        fitted, best_epoch = meta.get("fusion"), meta.get("best_epoch")
+    elif pipeline:
+        from .. import config
+        from ..train import settings
+
+        p = config.load(pipeline)
+        fref = p.get("fusion") or {}
+        fusion = fusion or fref.get("name")
+        params = fref.get("params") if fusion == fref.get("name") else None
+        fusion_split = fusion_split or settings(p)["fusion_split"]
+    if fusion_split and not fusion:
+        raise ConfigError("--fusion-split needs a fusion to fit: give --fusion age_gda or a --pipeline with a fusion section")
+    if fusion_split not in (None, *ev.FUSION_SPLITS):
+        raise ConfigError(f"--fusion-split must be val or train (the test split makes no choice), not {fusion_split!r}")
     table = ev.load_predictions(predictions)
-    metrics = ev.evaluate(table, fusion=fusion, threshold=thr, bootstrap=bootstrap, seed=seed, age_group_splits=splits)
+    metrics = ev.evaluate(table, fusion=fusion, threshold=thr, bootstrap=bootstrap, seed=seed, age_group_splits=splits,
+                          fusion_params=params, fusion_split=fusion_split or "val", fitted=fitted, best_epoch=best_epoch)
     ev.write_report(metrics, out)
 
     console = Console()
@@ -49,9 +79,13 @@ def evaluate_command(
     for col in ("split", "predictor", "n", *ev.METRICS):
         t.add_column(col, justify="left" if col in ("split", "predictor") else "right")
     for split in ev.EVAL_SPLITS:
+        label = f"{split} (selection)" if metrics["meta"]["selection"].get(split) else split
         for name, b in metrics.get(split, {}).items():
-            t.add_row(split, ev.NAMES.get(name, name), str(b["n"]), *(ev._fmt(b[m]) for m in ev.METRICS))
+            t.add_row(label, ev.NAMES.get(name, name), str(b["n"]), *(ev._fmt(b[m]) for m in ev.METRICS))
     console.print(t)
+    f = metrics["meta"].get("fusion")
+    if f:
+        console.print(f"fusion {f['name']} ({f['source']}): fitted on {f['fit_on']}, n = {f['n']}, ids {f['ids_digest']}")
     for note in metrics["meta"]["notes"]:
         console.print(f"note: {note}")
 

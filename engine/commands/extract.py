@@ -68,9 +68,14 @@ def tissue_cmd(
         except OSError as e:
             raise ConfigError(f"{input}: not an image ({e})") from None
     else:
-        slide = open_slide(input, order=p["reader"].get("order"), mpp=mpp if mpp else float("nan"))
-        rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
-        slide.close()
+        from ..chatter import CAPTURE
+
+        with CAPTURE.on():  # decoders' chatter off the terminal; a damaged thumbnail level is an error
+            slide = open_slide(input, order=p["reader"].get("order"), mpp=mpp if mpp else float("nan"))
+            try:
+                rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
+            finally:
+                slide.close()
     mask = tissue_mask(p, rgb)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((mask * 255).astype(np.uint8)).save(f"{out}_mask.png")
@@ -82,31 +87,41 @@ def extract_cmd(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON file (e.g. schemas/examples/liu2020.json)."),
     slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp]) or a folder of slides."),
     out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel (dask worker processes)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel by worker processes on this machine (each compresses its own slides)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
-    qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE/qa/<slide>.png: mask overlay and kept tiles."),
+    qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE.qa/<slide>.png beside the store: mask overlay and kept tiles."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress goes to stderr)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="Accept a cohort CSV without label/patient_id/age "
+                                   "columns (each slide its own patient; such a store cannot be split or trained on)."),
+    allow_corrupt_tiles: bool = typer.Option(False, "--allow-corrupt-tiles", help="Drop tiles whose image data the "
+                                             "decoder reports corrupt (listed per slide) instead of failing the slide."),
 ):
     """Extract patches from slides into a zarr patch store.
 
     Exit status: 0 all slides done (slides without tissue are recorded, not errors), 1 some slides
-    failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input.
+    failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input or the
+    store is being written by another process (STORE.lock names it).
+
+    A rerun updates the label, age and patient_id columns of finished slides whose cohort values
+    changed, and extracts again a slide whose mpp changed.
     """
-    from ..runner import extract, read_cohort
+    from ..cohort import read_cohort
+    from ..runner import extract
 
     p = config.load(pipeline)
-    cohort = read_cohort(slides, default_mpp=mpp)
+    cohort = read_cohort(slides, default_mpp=mpp, unlabeled=unlabeled)
     summary = extract(p, cohort, out, workers=workers, scheduler=scheduler, threads=threads, qa=qa,
-                      progress=not (quiet or as_json), pipeline_path=str(pipeline))
+                      progress=not (quiet or as_json), pipeline_path=str(pipeline),
+                      allow_corrupt_tiles=allow_corrupt_tiles)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         table = Table("slide", "status", "tiles", "patches", "seconds", "note", title=f"{out}: {summary['rows']} patches")
         for s in summary["slides"]:
-            color = {"done": "green", "skipped": "dim", "empty": "yellow", "error": "red"}.get(s["status"], "")
+            color = {"done": "green", "skipped": "dim", "updated": "cyan", "empty": "yellow", "error": "red"}.get(s["status"], "")
             table.add_row(s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
                           str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80])
         console.print(table)

@@ -16,8 +16,13 @@ def split_command(
     seed: Optional[int] = typer.Option(None, help="Split seed (default: the pipeline's training.split.seed)."),
     kfold: Optional[int] = typer.Option(None, help="Stratified k-fold instead of ratios: fold --fold is test, the next val."),
     fold: int = typer.Option(0, help="With --kfold: the test fold (0-based)."),
+    patient_from: Optional[str] = typer.Option(None, "--patient-from", help="Where patients come from when the cohort "
+                                               "gave no patient_id (the store refuses otherwise): 'tcga' (first 12 "
+                                               "characters of TCGA slide barcodes, e.g. TCGA-CS-4938) or 'slide' (each "
+                                               "slide its own patient). Rewrites the store's patient_id column."),
 ):
-    """Assign patients to train/val/test (label-stratified, patient-level; synthetic patches -> train)."""
+    """Assign patients to train/val/test (label-stratified, patient-level: all slides of a patient share a split;
+    synthetic patches -> train)."""
     from .. import config, splits
     from ..store import PatchStore
     from ..train import settings
@@ -26,7 +31,7 @@ def split_command(
     r = [float(v) for v in ratios.split(":")] if ratios else sp["ratios"]
     st = PatchStore.open(store, mode="r+")
     out = splits.split_store(st, r, sp["seed"] if seed is None else seed, kfold or sp.get("kfold"),
-                             fold if kfold else sp.get("fold", 0))
+                             fold if kfold else sp.get("fold", 0), patient_from=patient_from)
     for name, v in out.items():
         typer.echo(f"{name}: {v['patients']} patients ({v['mutant']} mutant, {v['wildtype']} wildtype), {v['patches']} patches"
                    + (f" + {v['synthetic']} synthetic" if v.get("synthetic") else ""))
@@ -45,8 +50,14 @@ def train_command(
     seed: Optional[int] = typer.Option(None, help="Override training.seed (initialisation, batch order, dropout)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: training.device)."),
     split: bool = typer.Option(False, "--split", help="Split the store first when it has no split yet."),
+    patient_from: Optional[str] = typer.Option(None, "--patient-from", help="Where patients come from when the cohort "
+                                               "gave no patient_id (the store refuses otherwise): 'tcga' (first 12 "
+                                               "characters of TCGA slide barcodes, e.g. TCGA-CS-4938) or 'slide' (each "
+                                               "slide its own patient). Must match the split's (see `slidestream split`)."),
 ):
-    """Train classifier(s) with per-epoch checkpoints; rerun the same command to resume after an interruption."""
+    """Train classifier(s) with per-epoch checkpoints; rerun the same command to resume after an interruption.
+    Per architecture: a bundle with the fusion fitted on training.fusion_split (default val), training.json,
+    history.json, predictions.csv."""
     from .. import config, splits, train
     from ..store import PatchStore
 
@@ -57,9 +68,9 @@ def train_command(
         st = PatchStore.open(store, mode="r+")
         if "train" not in set(st.column("split").tolist()):
             sp = train.settings(p)["split"]
-            splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0))
+            splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0), patient_from)
     res = train.train_many(p, store, out, arch, epochs=epochs, synthetic=synthetic, seed=seed, device=device,
-                           log=typer.echo)
+                           log=typer.echo, patient_from=patient_from)
     typer.echo(f"comparison: {res['comparison']['markdown']}, ROC: {res['comparison']['roc']}")
 
 
@@ -70,7 +81,8 @@ def predict_command(
     out: Optional[Path] = typer.Option(None, "--out", help="With --store: predictions CSV (default predictions.csv); "
                                                             "with slides: folder for the heatmaps (default .)."),
     age: Optional[float] = typer.Option(None, "--age", help="Patient age in years: adds the age+image probability "
-                                                             "when the bundle has a fusion model."),
+                                                             "with the bundle's fusion model (fitted on the val "
+                                                             "patients; the one `evaluate --bundle` uses)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for inputs without resolution metadata (photos)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):

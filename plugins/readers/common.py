@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import struct
 from typing import Callable
 
 import numpy as np
+
+from slidestream.engine.errors import BrokenFile
 
 
 def positive_float(v) -> float | None:
@@ -48,14 +51,44 @@ def read_clipped(read: Callable[[int, int, int, int], np.ndarray], location: tup
     return out
 
 
-def check_tiff_complete(path: str) -> None:
-    """Raise ValueError when a TIFF's strips/tiles point past the end of the file (a truncated copy).
+MAX_LEVEL_PIXELS = 2 ** 36  # 262144² px: no scanner writes more; larger claims are broken headers
+MAX_TILE_BYTES = 2 ** 28  # decompressed bytes of one tile or strip
 
-    Some decoders (cuCIM among them) read such files silently, returning garbage for the missing tiles.
+
+def file_kind(path: str) -> str:
+    """"tiff", "dicom" or "" from the first bytes (suffixes lie)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return ""
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    return "dicom" if head[128:132] == b"DICM" else ""
+
+
+def check_claims(path: str) -> None:
+    """Refuse a file whose header claims do not add up, before any pixel is read (BrokenFile, one line).
+
+    The shared gate of every reader: TIFFs are checked here (:func:`check_tiff`); DICOM frame tables are
+    checked by the DICOM reader as it indexes the frames (``dicom._Level``); plain images by Pillow's
+    decompression-bomb limit (``image.ImageSlide``)."""
+    if os.path.isfile(path) and file_kind(path) == "tiff":
+        check_tiff(path)
+
+
+def check_tiff(path: str) -> None:
+    """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies.
+
+    * level size at most ``MAX_LEVEL_PIXELS`` and one tile/strip at most ``MAX_TILE_BYTES`` decompressed;
+    * as many tile (strip) offsets and byte counts as the size needs: ceil(W/tw) x ceil(H/th) (x samples
+      when planar);
+    * every tile's bytes inside the file (a truncated copy);
+    * no directory pointing past the end of the file (tifffile logs those; collected, not printed).
     """
-    import tifffile
-
     import logging
+
+    import tifffile
 
     size = os.path.getsize(path)
     problems: list[str] = []
@@ -65,20 +98,151 @@ def check_tiff_complete(path: str) -> None:
             problems.append(record.getMessage())
 
     log = logging.getLogger("tifffile")
-    handler, propagate = Catch(level=logging.ERROR), log.propagate
+    handler, propagate = Catch(level=logging.WARNING), log.propagate
     log.addHandler(handler)
     log.propagate = False
     try:
         with tifffile.TiffFile(path) as tf:
-            for page in tf.pages:
-                offs, counts = page.dataoffsets, page.databytecounts
-                if len(offs) and max(o + c for o, c in zip(offs, counts)) > size:
-                    raise ValueError("truncated file: image data runs past the end of the file")
+            pages = list(tf.pages)
+            for series in tf.series[:1]:
+                for lv in series.levels[1:]:  # SubIFD pyramid levels are not in tf.pages
+                    pages += [p for p in lv.pages if p is not None and p not in pages]
+            for k, page in enumerate(pages):
+                _check_page(page, k, size)
+    except BrokenFile:
+        raise
+    except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
+        raise BrokenFile(f"not a readable TIFF: {e}") from None
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
-    if any("invalid page offset" in p or "truncated" in p.lower() for p in problems):
-        raise ValueError("truncated file: TIFF directories point past the end of the file")
+    if any("invalid page offset" in p or "truncated" in p.lower() or "invalid offset" in p for p in problems):
+        raise BrokenFile("truncated file: TIFF directories point past the end of the file")
+
+
+def _check_page(page, k: int, file_size: int) -> None:
+    import math
+
+    w, h = int(page.imagewidth), int(page.imagelength)
+    what = f"image {k} ({w} x {h} px)"
+    spp = int(page.samplesperpixel)
+    item = int(page.bitspersample) * spp // 8 or 1
+    planes = spp if page.planarconfig == 2 else 1
+    if page.is_tiled:
+        tw, th, td = int(page.tilewidth), int(page.tilelength), int(page.tiledepth or 1)
+        need = math.ceil(w / tw) * math.ceil(h / th) * math.ceil(int(page.imagedepth or 1) / td) * planes
+        raw, unit = tw * th * td * item // planes, f"{tw} x {th} tiles"
+    else:
+        rps = min(int(page.rowsperstrip or h), h) or h
+        need = math.ceil(h / rps) * planes
+        raw, unit = w * rps * item // planes, f"strips of {rps} rows"
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) != need or len(counts) != need:
+        raise BrokenFile(f"{what} in {unit} needs {need:,} data offsets but the file lists {len(offsets):,}: "
+                         "a broken or patched header")
+    if w * h > MAX_LEVEL_PIXELS:
+        raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
+    if raw > MAX_TILE_BYTES:
+        raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
+    if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
+        raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
+
+
+SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
+
+
+def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> str:
+    """What is wrong with one JPEG tile's bytes ('' when nothing is seen), without decoding it.
+
+    Checks what a decoder may not report, or may crash on: SOI at the start and EOI at the end, a
+    well-formed chain of header segments, a frame size equal to the TIFF tile size and the right number of
+    colour components, and in the entropy-coded data no marker but byte stuffing (FF 00), restarts
+    (FF D0..D7) and fill bytes. Cost: one pass of numpy over the compressed bytes."""
+    if data[:2] != b"\xff\xd8":
+        return "the tile does not start with a JPEG SOI marker"
+    end = data.rstrip(b"\x00")  # some writers pad tiles with zeros
+    if end[-2:] != b"\xff\xd9":
+        return "the tile does not end with a JPEG EOI marker (cut short or overwritten)"
+    i, n, sof = 2, len(end), False
+    while True:
+        if i + 4 > n or end[i] != 0xFF:
+            return f"malformed JPEG header at byte {i}"
+        m = end[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(end[i + 2:i + 4], "big")
+        if length < 2 or i + 2 + length > n:
+            return f"JPEG header segment at byte {i} has a bad length ({length})"
+        if m in SOF:
+            h, w, nc = int.from_bytes(end[i + 5:i + 7], "big"), int.from_bytes(end[i + 7:i + 9], "big"), end[i + 9]
+            if (w, h) != (width, height):
+                return f"the JPEG header says {w} x {h} px, the TIFF tile is {width} x {height}"
+            if nc != components:
+                return f"the JPEG header says {nc} colour components, the TIFF {components}"
+            sof = True
+        i += 2 + length
+        if m == 0xDA:  # start of scan: entropy-coded data follows
+            break
+    if not sof:
+        return "the JPEG tile has no frame header (SOF)"
+    body = np.frombuffer(end, np.uint8, count=n - 2 - i, offset=i)
+    ff = np.flatnonzero(body[:-1] == 0xFF)
+    nxt = body[ff + 1]
+    bad = (nxt != 0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))
+    if bad.any():
+        k = int(ff[np.argmax(bad)])
+        return f"a stray JPEG marker FF{int(nxt[np.argmax(bad)]):02X} inside the compressed data at byte {i + k}"
+    return ""
+
+
+class TiffTileCheck:
+    """Checks each JPEG tile of a TIFF once, before a decoder sees it (``jpeg_tile_problem``).
+
+    ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
+    ``BrokenFile`` naming the first bad tile the box touches. Pages that are not tiled JPEG are not checked."""
+
+    def __init__(self, path: str):
+        import tifffile
+
+        self.path = path
+        self.pages: dict[tuple[int, int], tuple] = {}
+        with tifffile.TiffFile(path) as tf:
+            pages = list(tf.pages)
+            for series in tf.series[:1]:
+                for lv in series.levels[1:]:
+                    pages += [p for p in lv.pages if p is not None and p not in pages]
+            for page in pages:
+                if page.is_tiled and page.compression == 7 and page.planarconfig != 2:
+                    key = (int(page.imagewidth), int(page.imagelength))
+                    self.pages.setdefault(key, (int(page.tilewidth), int(page.tilelength), int(page.samplesperpixel),
+                                                np.asarray(page.dataoffsets, np.int64),
+                                                np.asarray(page.databytecounts, np.int64)))
+        self._seen: set = set()
+        self._fd = os.open(path, os.O_RDONLY) if self.pages else None
+
+    def check(self, dims, x: int, y: int, w: int, h: int) -> None:
+        dims = (int(dims[0]), int(dims[1]))
+        page = self.pages.get(dims)
+        if page is None or w <= 0 or h <= 0:
+            return
+        tw, th, spp, offs, counts = page
+        cols = -(-int(dims[0]) // tw)
+        for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1):
+            for c in range(max(x, 0) // tw, min(x + w - 1, int(dims[0]) - 1) // tw + 1):
+                k = r * cols + c
+                if (dims, k) in self._seen or not counts[k]:
+                    continue
+                why = jpeg_tile_problem(os.pread(self._fd, int(counts[k]), int(offs[k])), tw, th, spp)
+                if why:
+                    raise BrokenFile(f"corrupt JPEG tile {k} of the {dims[0]} x {dims[1]} px level "
+                                     f"(column {c}, row {r}): {why}")
+                self._seen.add((dims, k))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def mpp_from_tiff_tags(page) -> float | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
+from .common import TiffTileCheck, check_claims, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
 
 
 _quiet_done = False
@@ -46,11 +46,12 @@ class CucimSlide:
     """With ``device="cuda"`` regions are decoded on the GPU (nvJPEG via cuCIM) and copied back."""
 
     def __init__(self, path: str, device: str = "cpu"):
-        check_tiff_complete(path)
+        check_claims(path)
         if tiff_jfif_marked_rgb(path):
             raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
         self.path = path
         self.device = device
+        self._tiles = TiffTileCheck(path)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
         self._img = _cuimage(path)
         res = self._img.resolutions
         self.level_dimensions = [tuple(int(v) for v in d) for d in res["level_dimensions"]]
@@ -72,6 +73,7 @@ class CucimSlide:
 
     def read_region(self, location, level, size):
         def read(x, y, w, h):
+            self._tiles.check(self.level_dimensions[level], x, y, w, h)
             ds = self.level_downsamples[level]
             loc = (int(round(x * ds)), int(round(y * ds)))
             if self.device == "cuda":
@@ -85,6 +87,7 @@ class CucimSlide:
 
     def close(self) -> None:
         self._img.close() if hasattr(self._img, "close") else None
+        self._tiles.close()
 
 
 

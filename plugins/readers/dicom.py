@@ -41,7 +41,9 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import positive_float, read_clipped, to_rgb, ycbcr_to_rgb
+from slidestream.engine.errors import BrokenFile
+
+from .common import MAX_LEVEL_PIXELS, MAX_TILE_BYTES, positive_float, read_clipped, to_rgb, ycbcr_to_rgb
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -114,8 +116,14 @@ class _Level:
             raise ValueError(f"DICOM transfer syntax {self.syntax} is not supported")
         if self.syntax in NATIVE and int(ds.get("BitsAllocated", 8)) != 8:
             raise ValueError("only 8-bit uncompressed DICOM frames are supported")
+        self._check_claims()
         self.fd = os.open(self.path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
         self.frames = self._frame_ranges(ds)
+        last = max((p + n for r in self.frames for p, n in ([r] if isinstance(r, tuple) else r)), default=0)
+        if last > self.size:
+            raise BrokenFile(f"truncated file: the frames of {self.width} x {self.height} px run past the end of "
+                             f"{Path(self.path).name} ({self.size:,} bytes)")
         self.cols, self.rows = -(-self.width // self.tw), -(-self.height // self.th)
         self.px = self.py = None  # per-frame positions (level pixels), when the file gives them
         self.order = "row"
@@ -127,11 +135,20 @@ class _Level:
             raise ValueError(f"{len(self.frames)} frames cannot tile a {self.width}x{self.height} matrix "
                              f"of {self.tw}x{self.th} frames")
 
+    def _check_claims(self) -> None:
+        what = f"{Path(self.path).name}: {self.width} x {self.height} px in {self.tw} x {self.th} frames"
+        if min(self.width, self.height, self.tw, self.th, self.n, self.spp) <= 0:
+            raise BrokenFile(f"{what}, {self.n} frames: sizes must be positive")
+        if self.width * self.height > MAX_LEVEL_PIXELS:
+            raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
+        if self.tw * self.th * self.spp > MAX_TILE_BYTES:
+            raise BrokenFile(f"{what}: one frame would decompress to {self.tw * self.th * self.spp:,} bytes")
+
     # -- where the frames are
     def _frame_ranges(self, ds) -> list[tuple[int, int]]:
         el = ds.get_item(0x7FE00010, keep_deferred=True)
         if el is None or getattr(el, "value_tell", None) is None:
-            raise ValueError("DICOM file has no pixel data")
+            raise BrokenFile("a DICOM file without pixel data: truncated or damaged (or not an image)")
         start = el.value_tell
         if self.syntax in NATIVE:
             size = self.tw * self.th * self.spp
@@ -141,10 +158,13 @@ class _Level:
         while True:  # encapsulated: items (FFFE,E000) until the sequence delimiter (FFFE,E0DD)
             head = os.pread(self.fd, 8, pos)
             if len(head) < 8:
-                raise ValueError("truncated DICOM pixel data")
+                raise BrokenFile("truncated file: the DICOM pixel data ends early")
             tag, length = head[:4], int.from_bytes(head[4:], "little")
             if tag == b"\xfe\xff\xdd\xe0":
                 break
+            if pos + 8 + length > self.size:
+                raise BrokenFile(f"truncated file: a DICOM pixel data item of {length:,} bytes runs past the end "
+                                 f"of the file ({self.size:,} bytes)")
             if tag != b"\xfe\xff\x00\xe0":
                 raise ValueError("malformed encapsulated DICOM pixel data")
             if bot is None:  # the first item is the basic offset table
@@ -235,6 +255,8 @@ class DicomSlide:
             if not _is_dicom(p):
                 raise ValueError("not a DICOM file (no DICM marker)")
             own = _header(p)
+            if "PixelData" not in own:  # pydicom stops quietly where a cut-short header ends
+                raise BrokenFile("a DICOM file without pixel data: truncated or damaged (or not an image)")
             if not _is_wsi_level(own):
                 raise ValueError("DICOM file is not a whole-slide image (no TotalPixelMatrixColumns)")
             series = own.get("SeriesInstanceUID")

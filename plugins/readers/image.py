@@ -1,24 +1,43 @@
 """Plain images: PNG/JPEG/TIFF photos and single cropped tiles (the paper's second cohort was one
 cropped tile per patient). One level; the resolution usually has to come from ``--mpp`` or the
-cohort's ``mpp`` column, since photo DPI values do not describe the microscope."""
+cohort's ``mpp`` column, since photo DPI values do not describe the microscope.
+
+Pillow's decompression-bomb limit stays in force (``Image.MAX_IMAGE_PIXELS``, about 179 Mpx refused): a
+larger picture, or a header claiming one, is refused before it is decoded; convert such an image to a
+tiled pyramidal TIFF. A truncated picture is an error, never a partly grey image."""
 from __future__ import annotations
 
 import numpy as np
 
+from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import read_clipped, to_rgb
+from .common import check_claims, read_clipped, to_rgb
 
 
 class ImageSlide:
     def __init__(self, path: str, device: str = "cpu"):
+        import warnings
+
         from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as im:
-            im.load()
-            self._rgb = to_rgb(np.asarray(im.convert("RGBA") if im.mode in ("P", "LA", "RGBA", "PA") else im.convert("RGB")))
-            dpi = im.info.get("dpi")
+        check_claims(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # between 1x and 2x the limit
+                with Image.open(path) as im:
+                    im.load()
+                    self._rgb = to_rgb(np.asarray(im.convert("RGBA") if im.mode in ("P", "LA", "RGBA", "PA")
+                                                  else im.convert("RGB")))
+                    dpi = im.info.get("dpi")
+        except Image.DecompressionBombError as e:
+            raise BrokenFile(f"the image claims more pixels than Pillow's decompression-bomb limit "
+                             f"({2 * Image.MAX_IMAGE_PIXELS:,} px); convert it to a tiled pyramidal TIFF: "
+                             f"{str(e).split(', could be')[0]}") from None
+        except OSError as e:
+            if "truncated" in str(e):
+                raise BrokenFile(f"truncated image: {e}") from None
+            raise
         self.path = path
         h, w = self._rgb.shape[:2]
         self.level_dimensions = [(w, h)]

@@ -11,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count, ycbcr_to_rgb
+from .common import check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count, ycbcr_to_rgb
 
 
 class OpenSlideSlide:
@@ -24,6 +24,7 @@ class OpenSlideSlide:
             if not dcm:
                 raise ValueError("folder holds no .dcm files")
             p = dcm[0]
+        check_claims(str(p))
         self.path = path
         self._s = openslide.OpenSlide(str(p))
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]

@@ -11,7 +11,7 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_tiff_complete, mpp_from_tiff_tags, positive_float, read_clipped
+from .common import TiffTileCheck, check_claims, mpp_from_tiff_tags, positive_float, read_clipped
 
 
 class TiffSlide:
@@ -19,8 +19,9 @@ class TiffSlide:
         import tifffile
         import zarr
 
-        check_tiff_complete(path)
+        check_claims(path)
         self.path = path
+        self._tiles = TiffTileCheck(path)  # imagecodecs decodes damaged JPEG tiles without a word
         self._tf = tifffile.TiffFile(path)
         series = self._tf.series[0]
         axes = series.axes
@@ -54,6 +55,7 @@ class TiffSlide:
         arr, axes = self._levels[level], self._axes
 
         def read(x, y, w, h):
+            self._tiles.check(self.level_dimensions[level], x, y, w, h)
             idx = []
             for a in axes:
                 idx.append(slice(y, y + h) if a == "Y" else slice(x, x + w) if a == "X" else
@@ -67,6 +69,7 @@ class TiffSlide:
 
     def close(self) -> None:
         self._tf.close()
+        self._tiles.close()
 
 
 

@@ -1,0 +1,208 @@
+"""Cohorts: which slides to extract, with their patient, label and age — read and checked before any work.
+
+A cohort is a CSV (``slide_path,patient_id,label,age[,mpp][,slide_id]``), a folder of slides, or one slide.
+A CSV is checked as a whole and every problem is reported at once, with its line number (one
+``ConfigError``, exit 2): unreadable text, missing columns, bad labels/ages/mpp, duplicate slide paths or
+ids, and a patient with two labels or two ages. Spreadsheet exports are fine: a UTF-8 byte-order mark and
+CRLF line ends are accepted, header names are matched without case or surrounding spaces.
+
+``label``, ``patient_id`` and ``age`` are required, since a store without them cannot be split, trained or
+evaluated. ``unlabeled=True`` (``extract --unlabeled``) allows a CSV without them: labels are unknown (-1),
+ages NaN, and each slide is its own patient (``patient_source="slide"``, as for a folder or a single slide),
+which ``split`` refuses unless told where patients come from.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
+                  ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
+LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
+          "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
+NEEDED = ("patient_id", "label", "age")  # columns a labelled cohort must have (besides slide_path)
+MAX_LISTED = 20  # problems spelled out in one message; the rest are counted
+
+
+@dataclass(frozen=True)
+class SlideRow:
+    """One slide of a cohort. ``patient_source``: "table" when the CSV gave the patient_id, "slide" when the
+    slide id stands in for it (folders, single slides, ``--unlabeled`` CSVs without the column)."""
+
+    slide_path: str
+    slide_id: str
+    patient_id: str
+    label: int = -1
+    age: float = math.nan
+    mpp: float | None = None
+    patient_source: str = "table"
+
+
+def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
+    """Slides from a cohort CSV, a folder of slides or a single slide; ConfigError listing every problem."""
+    src = Path(source)
+    if src.is_file() and src.suffix.lower() in SLIDE_SUFFIXES:  # a single slide
+        rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide")]
+    elif src.is_dir():
+        rows = scan_dir(src, default_mpp)
+    elif src.is_file():
+        rows = read_csv(src, default_mpp, unlabeled)
+    elif src.is_symlink():
+        raise ConfigError(f"--slides {src}: broken symbolic link (or a link loop); point it at a cohort CSV or a folder")
+    else:
+        raise ConfigError(f"--slides {src}: no such file or folder; give a cohort CSV or a folder of slides")
+    if not rows:
+        raise ConfigError(f"--slides {src}: no slides found")
+    seen: dict[str, str] = {}
+    for r in rows:  # CSV ids are checked with line numbers in read_csv; this catches folders
+        if r.slide_id in seen:
+            raise ConfigError(f"--slides {src}: slide id {r.slide_id!r} is used by {seen[r.slide_id]} and {r.slide_path}; "
+                              "give the cohort as a CSV with a unique `slide_id` column")
+        seen[r.slide_id] = r.slide_path
+    return rows
+
+
+def slide_id(p: Path) -> str:
+    name = p.name
+    for suf in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name if p.is_dir() else p.stem
+
+
+def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
+    """Slide files under ``d`` (hidden files skipped; symlinked folders are not followed, so a link loop
+    cannot hang the scan); a folder of DICOM files is one slide per series."""
+    files = []
+    for root, dirs, names in os.walk(d):  # followlinks=False
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        for n in names:
+            p = Path(root) / n
+            if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith(".") and p.is_file():
+                files.append(p)
+    rows, dicom = [], {}
+    for p in sorted(files):
+        if p.suffix.lower() == ".dcm":
+            dicom.setdefault(p.parent, []).append(p)
+        else:
+            rows.append(SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide"))
+    for folder, dcms in dicom.items():  # a DICOM-WSI slide is a series; its levels are separate files
+        series = _dicom_series(dcms)
+        for first in series:
+            whole_folder = len(series) == 1 and len(dcms) > 1
+            path, sid = (folder, slide_id(folder)) if whole_folder else (first, slide_id(first))
+            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide"))
+    return sorted(rows, key=lambda r: r.slide_path)
+
+
+def _dicom_series(files: list[Path]) -> list[Path]:
+    """The first file of each DICOM series among ``files`` (one slide per series)."""
+    try:
+        import pydicom
+    except ImportError:
+        return files[:1]
+    import warnings
+
+    first: dict[str, Path] = {}
+    for f in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. over-long UIDs written by converters
+                ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                uid = str(ds.SeriesInstanceUID)
+        except Exception:
+            uid = str(f)  # unreadable: its own "series", so the readers report it
+        first.setdefault(uid, f)
+    return list(first.values())
+
+
+def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, str | None]:
+    """(value, None) or (None, problem) for a cell that must be a number in [lo, hi] (empty -> None)."""
+    if text == "":
+        return None, None
+    try:
+        v = float(text)
+    except ValueError:
+        return None, f"{what} {text!r} is not a number"
+    if not (lo <= v <= hi):
+        return None, f"{what} {text!r} is outside {lo:g}..{hi:g}"
+    return v, None
+
+
+def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
+    """Rows of a cohort CSV; one ConfigError naming every problem with its line number."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the table as CSV UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
+    reader = csv.DictReader(text.splitlines())
+    cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    if "slide_path" not in cols:
+        raise ConfigError(f"{path}: no `slide_path` column (found: {', '.join(c for c in cols if c) or 'none'}); "
+                          "columns must be slide_path,patient_id,label,age[,mpp][,slide_id]")
+    missing = [c for c in NEEDED if c not in cols]
+    if missing and not unlabeled:
+        raise ConfigError(f"{path}: no {', '.join(f'`{c}`' for c in missing)} column; add "
+                          f"{'it' if len(missing) == 1 else 'them'}, or pass --unlabeled to extract without labels "
+                          "(such a store cannot be split or trained on)")
+    problems: list[str] = []
+    out: list[SlideRow] = []
+    lines: dict[str, list] = {"path": {}, "id": {}}
+    patients: dict[str, list[tuple[int, int, float]]] = {}
+    for raw in reader:
+        i = reader.line_num  # physical line of the row's end (the header is line 1)
+        r = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if not any(r.values()):
+            continue  # blank line
+        if None in raw:
+            problems.append(f"line {i}: {len(raw[None])} more cells than columns")
+        if not r.get("slide_path"):
+            problems.append(f"line {i}: empty slide_path")
+            continue
+        sp = Path(r["slide_path"])
+        if not sp.is_absolute():
+            sp = path.parent / sp
+        label = r.get("label", "").lower()
+        if label not in LABELS:
+            problems.append(f"line {i}: label {r.get('label')!r} is not 1/0, mutant/wildtype or empty")
+            label = ""
+        age, p1 = _number(r.get("age", ""), "age", 0, 130)
+        mpp, p2 = _number(r.get("mpp", ""), "mpp", 1e-3, 1e3)
+        problems += [f"line {i}: {p}" for p in (p1, p2) if p]
+        sid = r.get("slide_id") or slide_id(sp)
+        pid, source = r.get("patient_id", ""), "table"
+        if not pid:
+            if "patient_id" in cols and not unlabeled:
+                problems.append(f"line {i}: empty patient_id")
+            pid, source = sid, "slide"
+        key = os.path.normpath(os.path.abspath(sp))
+        for kind, k in (("path", key), ("id", sid)):
+            if k in lines[kind]:
+                what = f"slide {r['slide_path']!r}" if kind == "path" else f"slide id {sid!r}"
+                problems.append(f"line {i}: {what} is already on line {lines[kind][k]}"
+                                + ("; add a unique `slide_id` column" if kind == "id" else ""))
+            lines[kind].setdefault(k, i)
+        row = SlideRow(str(sp), sid, pid, LABELS[label], math.nan if age is None else age,
+                       default_mpp if mpp is None else mpp, source)
+        patients.setdefault(pid, []).append((i, row.label, row.age))
+        out.append(row)
+    for pid, rs in patients.items():
+        labels = {lab for _, lab, _ in rs if lab >= 0}
+        ages = {a for _, _, a in rs if not math.isnan(a)}
+        where = ", ".join(str(i) for i, _, _ in rs)
+        if len(labels) > 1:
+            problems.append(f"lines {where}: patient {pid!r} has labels {sorted(labels)}; a patient has one IDH status")
+        if len(ages) > 1:
+            problems.append(f"lines {where}: patient {pid!r} has ages {sorted(ages)}; give one age per patient")
+    if problems:
+        shown = "; ".join(problems[:MAX_LISTED])
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise ConfigError(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: {shown}{more}")
+    return out

@@ -1,0 +1,146 @@
+"""Exports of a patch store for the tools of the field: GeoJSON for QuPath, h5 in CLAM/TRIDENT's layout.
+
+``slidestream export STORE --format geojson --out DIR`` writes ``DIR/<slide_id>.geojson`` per slide: a
+FeatureCollection with one Polygon per patch, its level-0 square (x, y) .. (x + size0, y + size0), with
+properties ``objectType: "tile"``, ``slide_id``, ``patient_id``, ``row`` and, given a MIL bundle and its
+feature store (``--mil OUT --features FEATS.zarr``), ``attention`` (the patch's weight in its patient's
+bag) and ``probability`` (the patient's predicted probability of IDH-mutant), also under ``measurements``
+(QuPath shows those as measurements).
+
+``--format h5`` writes ``DIR/<slide_id>.h5`` as CLAM's ``create_patches_fp.py`` / TRIDENT do: dataset
+``coords`` (n, 2) int64 level-0 top-left (x, y) with attributes ``patch_size`` (px at the target
+magnification), ``patch_size_level0``, ``patch_level`` (0: coordinates are level-0), ``downsample``,
+``target_magnification``, ``level0_magnification``, ``overlap`` and ``name``; with ``--features`` also
+dataset ``features`` (n, dim) float32, as CLAM's ``extract_features_fp.py`` writes it.
+
+``--format png`` (with ``--mil`` and ``--features``) writes ``DIR/<slide_id>.png``: the attention heatmap over
+the slide's thumbnail (the store's QA picture, ``STORE/qa/<slide_id>.png``; white when there is none), each
+patch's square filled with its attention relative to the slide's highest (matplotlib ``inferno``), 60 % opaque.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .features import FeatureStore, as_str
+from .store import PatchStore
+
+FORMATS = ("geojson", "h5", "png")
+
+
+def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
+    out = [(k, int(r["rows"][0]), int(r["rows"][1])) for k, r in store.records("slides").items()
+           if r.get("rows") and r["rows"][1] > r["rows"][0]]
+    return sorted(out, key=lambda s: s[1])
+
+
+def mil_scores(bundle: str | Path, fs: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature-store row: attention within its patient's bag and the patient's probability (NaN outside bags)."""
+    import torch
+
+    from .mil import load_bundle, patient_bags
+
+    model, meta = load_bundle(bundle)
+    if meta["in_dim"] != fs.info["dim"] or meta["encoder"]["encoder"] != fs.info["encoder"]:
+        raise ConfigError(f"MIL bundle {bundle} was trained on {meta['encoder']['encoder']} features "
+                          f"({meta['in_dim']}-d), not this feature store's {fs.info['encoder']} ({fs.info['dim']}-d)")
+    bags = patient_bags(fs, None)
+    att = np.full(len(fs), np.nan, np.float32)
+    prob = np.full(len(fs), np.nan, np.float32)
+    feats = fs.features
+    with torch.no_grad():
+        for rows in bags["rows"]:
+            logit, a = model(torch.from_numpy(np.asarray(feats.get_orthogonal_selection((rows, slice(None))))).float())
+            att[rows] = a.numpy()
+            prob[rows] = float(torch.sigmoid(logit))
+    return att, prob
+
+
+def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Path | None = None,
+           mil: str | Path | None = None) -> list[Path]:
+    """Write one file per slide of the store into ``out``; returns their paths."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    store = PatchStore.open(store_path)
+    fs = FeatureStore(features) if features else None
+    if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
+        raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
+    if mil and fs is None:
+        raise ConfigError("--mil needs --features (the feature store the MIL model was trained on)")
+    if fmt == "png" and not mil:
+        raise ConfigError("--format png draws attention: give --mil (a MIL bundle) and --features")
+    att, prob = mil_scores(mil, fs) if mil else (None, None)
+    tab = store.table(["slide_id", "patient_id", "x", "y", "size0"])
+    pipe = store.manifest.get("pipeline") or {}
+    target = float(pipe.get("magnification", 10))
+    patch = int(store.read(0, 0).shape[1]) if len(store) else int((pipe.get("patches") or {}).get("size", 256))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for slide, r0, r1 in _slides(store):
+        x, y, s0 = tab["x"][r0:r1], tab["y"][r0:r1], tab["size0"][r0:r1]
+        if np.any(x < 0) or np.any(s0 <= 0):
+            raise ConfigError(f"slide {slide!r} of {store_path} has patches without level-0 coordinates; "
+                              "export needs a store made by `slidestream extract`")
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)
+        if fmt == "geojson":
+            path = out / f"{name}.geojson"
+            feats = []
+            for i in range(r1 - r0):
+                xi, yi, si = int(x[i]), int(y[i]), int(s0[i])
+                props: dict[str, Any] = {"objectType": "tile", "slide_id": slide,
+                                         "patient_id": str(as_str(tab["patient_id"][r0 + i:r0 + i + 1])[0]), "row": r0 + i}
+                if att is not None:
+                    m = {"attention": float(att[r0 + i]), "probability": float(prob[r0 + i])}
+                    props.update(m)
+                    props["measurements"] = m
+                feats.append({"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": [
+                    [[xi, yi], [xi + si, yi], [xi + si, yi + si], [xi, yi + si], [xi, yi]]]}})
+            path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+        elif fmt == "png":
+            path = out / f"{name}.png"
+            heatmap(store, slide, x, y, s0, att[r0:r1]).save(path)
+        else:
+            import h5py
+
+            path = out / f"{name}.h5"
+            size0 = int(np.median(s0))
+            with h5py.File(path, "w") as h:
+                d = h.create_dataset("coords", data=np.stack([x, y], axis=1).astype(np.int64))
+                d.attrs.update({"patch_size": patch, "patch_size_level0": size0, "patch_level": 0,
+                                "downsample": [size0 / patch, size0 / patch], "target_magnification": target,
+                                "level0_magnification": target * size0 / patch, "overlap": 0, "name": slide})
+                if fs is not None:
+                    h.create_dataset("features", data=np.asarray(fs.features[r0:r1], dtype=np.float32))
+                if att is not None:
+                    h.create_dataset("attention", data=att[r0:r1])
+        written.append(path)
+    return written
+
+
+def heatmap(store: PatchStore, slide: str, x: np.ndarray, y: np.ndarray, size0: np.ndarray, attention: np.ndarray):
+    """PIL image: the slide's QA thumbnail with each patch's square coloured by its attention."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rec = store.records("slides").get(slide, {})
+    width0 = (rec.get("dimensions") or [None])[0]
+    qa = store.path / "qa" / f"{slide}.png"
+    if qa.is_file() and width0:
+        base = Image.open(qa).convert("RGB")
+        scale = width0 / base.size[0]  # level-0 px per thumbnail px
+    else:
+        scale = float((store.manifest.get("pipeline") or {}).get("thumbnail", {}).get("scale", 32))
+        base = Image.new("RGB", (int(np.max(x + size0) / scale) + 1, int(np.max(y + size0) / scale) + 1), "white")
+    img = np.asarray(base).astype(np.float32)
+    a = np.nan_to_num(attention / np.nanmax(attention)) if np.nanmax(attention) > 0 else np.zeros(len(attention))
+    colors = colormaps["inferno"](a)[:, :3] * 255
+    for i in np.argsort(a):  # the most attended drawn last
+        x0, y0 = int(x[i] / scale), int(y[i] / scale)
+        x1, y1 = max(x0 + 1, int((x[i] + size0[i]) / scale)), max(y0 + 1, int((y[i] + size0[i]) / scale))
+        img[y0:y1, x0:x1] = 0.4 * img[y0:y1, x0:x1] + 0.6 * colors[i]
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))

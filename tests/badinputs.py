@@ -1,0 +1,122 @@
+"""A corpus of bad inputs, made at test time from a small synthetic slide and tests/data (nothing big committed).
+
+``slides(folder)`` writes the bad slides and returns ``{name: (path, expected)}``, where ``expected`` is the
+status the extraction must record ("error" or "empty" or "done") and a regular expression its reason must
+match. ``flip_jpeg_bytes`` damages JPEG tile data as a bad disk or a broken copy does.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from conftest import WSI
+from slidestream.engine.cohort import slide_id as slide_id_of  # noqa: F401 (the id a case's path gets)
+from slidestream.engine.synthetic import make_slide
+
+SIZE = (2048, 1536)  # at 0.5 µm/px the 10x tiles are read from level 0 (the flipped bytes are mostly there)
+
+
+def good_slide(path: Path, seed: int = 1) -> Path:
+    return make_slide(path, size=SIZE, label=1, seed=seed, mpp=0.5)
+
+
+def truncate(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: max(1, int(len(data) * fraction))])
+    return dst
+
+
+def flip_jpeg_bytes(src: Path, dst: Path, n: int = 100, seed: int = 0) -> Path:
+    """XOR ``n`` random bytes inside the JPEG tile data (all pyramid levels, chosen by byte)."""
+    import tifffile
+
+    with tifffile.TiffFile(src) as tf:
+        spans = [(int(o), int(c)) for p in tf.pages for o, c in zip(p.dataoffsets, p.databytecounts)]
+    starts = np.array([o for o, _ in spans])
+    ends = np.cumsum([c for _, c in spans])
+    rng = np.random.default_rng(seed)
+    data = bytearray(src.read_bytes())
+    for k in rng.choice(int(ends[-1]), n, replace=False):
+        i = int(np.searchsorted(ends, k, side="right"))
+        pos = int(starts[i] + k - (ends[i - 1] if i else 0))
+        data[pos] ^= int(rng.integers(1, 256))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def claim_size(src: Path, dst: Path, width: int, height: int) -> Path:
+    """A copy whose level-0 header claims ``width`` x ``height`` px (the tile table is left as it is)."""
+    import tifffile
+
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        tags = tf.pages[0].tags
+        for name, v in (("ImageWidth", width), ("ImageLength", height)):
+            off = tags[name].offset  # 12-byte entry: tag, type, count, value
+            data[off + 2:off + 4] = struct.pack("<H", 4)  # LONG
+            data[off + 8:off + 12] = struct.pack("<I", v)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def png_claiming(dst: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims ``width`` x ``height`` px (a decompression bomb, as far as the header says)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    dst.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                    + chunk(b"IEND", b""))
+    return dst
+
+
+def photo_without_resolution(dst: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(100, 200, (300, 400, 3)).astype(np.uint8)).save(dst)
+    return dst
+
+
+def blank_slide(dst: Path) -> Path:
+    import tifffile
+
+    tifffile.imwrite(dst, np.full((1536, 2048, 3), 242, np.uint8), tile=(256, 256), photometric="rgb",
+                     compression="jpeg", description="Aperio Image Library v12.0.0\r\n2048x1536 [0,0 2048x1536] "
+                     "(256x256) JPEG/RGB Q=85|AppMag = 20|MPP = 0.5")
+    return dst
+
+
+def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
+    """Bad slides beside ``good``: {name: (path, expected status, reason pattern)}."""
+    d.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[Path, str, str]] = {}
+    for f in (0.02, 0.3, 0.6, 0.9, 0.999):
+        out[f"trunc{f}"] = (truncate(good, d / f"trunc{f}.svs", f), "error", r"truncated|not a readable")
+    out["claim1e6"] = (claim_size(good, d / "claim1e6.svs", 10 ** 6, 10 ** 6), "error",
+                       r"1000000 x 1000000 px.*needs 15,264,649 data offsets but the file lists 48")
+    out["claim2e31"] = (claim_size(good, d / "claim2e31.svs", 2 ** 31, 2 ** 31), "error",
+                        r"2147483648 x 2147483648 px.*data offsets but the file lists 48")
+    out["bomb"] = (png_claiming(d / "bomb.png", 40000, 40000), "error", r"decompression-bomb limit")
+    out["photo"] = (photo_without_resolution(d / "photo.png"), "error", r"no resolution metadata.*--mpp")
+    out["blank"] = (blank_slide(d / "blank.svs"), "empty", r"no tissue")
+    folder = d / "folder.svs"
+    folder.mkdir(exist_ok=True)
+    out["folder"] = (folder, "error", r"a folder, not a slide file")
+    loop = d / "loop.svs"
+    if not loop.is_symlink():
+        os.symlink(loop.name, loop)  # points at itself
+    out["loop"] = (loop, "error", r"symbolic link loop")
+    odd = d / "odd dir" / "slide é ü (copy).svs"
+    odd.parent.mkdir(exist_ok=True)
+    odd.write_bytes(good.read_bytes())
+    out["slide é ü (copy)"] = (odd, "done", r"^$")
+    dcm = WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
+    out["dicom_trunc"] = (truncate(dcm, d / "dicom_trunc.dcm", 0.5), "error", r"truncated or damaged")
+    (d / "text.svs").write_text("this is not a slide\n")
+    out["text"] = (d / "text.svs", "error", r"not a readable slide")
+    return out
