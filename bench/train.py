@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import time
 
@@ -52,6 +53,16 @@ def timed_train(model, batches, opt, steps):
     return n / (time.perf_counter() - t0)
 
 
+def bench_store(path: str, **kw) -> PatchStore:
+    """The synthetic store at ``path``, (re)built when missing or of another store format."""
+    try:
+        return PatchStore.open(path)
+    except Exception:
+        shutil.rmtree(path, ignore_errors=True)
+        make_store(path, **kw)
+        return PatchStore.open(path)
+
+
 def loader_at(rev: str):
     """``engine/loader.py`` as of git revision ``rev``, imported beside the current one."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,10 +76,8 @@ def loader_at(rev: str):
 def bench_loader(a):
     from slidestream.engine import loader as current
 
-    path = os.path.join(a.work, f"loader{a.size}-{a.slides}x{a.per_slide}")
-    if not os.path.exists(os.path.join(path, "manifest.json")):
-        make_store(path, n_patients=a.slides, per_patient=a.per_slide, patch=a.size, chunk=32)
-    st = PatchStore.open(path)
+    st = bench_store(os.path.join(a.work, f"loader{a.size}-{a.slides}x{a.per_slide}"), n_patients=a.slides,
+                     per_patient=a.per_slide, patch=a.size, chunk=32)
     chain, _ = norm_chain({"normalization": {"classifier": {"name": "gray_clahe_gamma"}}})
     slide = st.column("slide_id")
     rows = np.arange(len(st))
@@ -116,9 +125,7 @@ def main():
         return bench_loader(a)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     store_path = os.path.join(a.work, f"store{a.size}")
-    if not os.path.exists(os.path.join(store_path, "manifest.json")):
-        make_store(store_path, n_patients=8, per_patient=a.batch * (a.steps + 2) // 8 + 1, patch=a.size, chunk=32)
-    st = PatchStore.open(store_path)
+    st = bench_store(store_path, n_patients=8, per_patient=a.batch * (a.steps + 2) // 8 + 1, patch=a.size, chunk=32)
     pipe = {"normalization": {"classifier": {"name": "gray_clahe_gamma"}}} if a.channels == 1 else {}
     chain, ch = norm_chain(pipe)
     for arch in a.arch or ["small_cnn", "resnet18", "resnet50"]:
