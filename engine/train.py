@@ -3,17 +3,25 @@
 Paper defaults (``training`` section; see ``DEFAULTS``): Adam (beta1 = 0.9, the paper's "momentum"),
 batch 16, learning rate 1e-5, decay 1e-6, 100 epochs, ImageNet initialisation, dropout before the output
 layer; each patch carries its slide's label and patients are classified by their mean patch probability.
-The paper's "decay rate" is the Keras ``decay`` argument; we apply it as ``weight_decay`` (the brief's
-reading) and offer ``lr_decay`` for the Keras time-based schedule ``lr / (1 + lr_decay * step)``.
+The paper's "decay rate" is the Keras optimizer's ``decay`` argument: the time-based learning-rate schedule
+``lr / (1 + lr_decay * iterations)``, applied after every optimizer step (``lr_decay``, default 1e-6). There
+is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 penalty).
+
+* Input: patches are resized on the fly to the classifier's ``input_size`` (its plugin's native size, e.g.
+  224 for ResNet50; ``training.input_size`` overrides), identically on the CPU (torch) and GPU (DALI) paths;
+  inference (``store_probs``, ``predict``) uses the same size, recorded in the bundle.
+* Batches come from ``loader.PatchLoader``: a global block shuffle over the whole training split, rows of
+  ``pool_blocks`` random store blocks shuffled together (~14 slides per batch of 16 by default).
 
 * Model selection: after every epoch the validation split is scored at the patient level (aggregated
   patch probabilities, ``aggregation``). The best epoch has the highest validation patient AUC, ties
   broken by the lower validation patch cross-entropy; ``select: "loss"`` uses the loss alone (also the
   fallback when the validation split holds one class, where the AUC is undefined).
-* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, RNG state, history; tensors only, loaded
-  with ``weights_only=True``) is replaced atomically after every epoch. Run the same command again after
-  a kill and training continues from the last finished epoch; batch order depends only on
-  (seed, epoch), so the resumed run sees the batches the uninterrupted one would have.
+* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, lr schedule, history and every RNG state:
+  torch CPU, CUDA on all devices when present, numpy's global generator and Python's ``random``; tensors and
+  plain containers only, loaded with ``weights_only=True``) is replaced atomically after every epoch. Run the
+  same command again after a kill and training continues from the last finished epoch; batch order depends
+  only on (seed, epoch) and the RNG states are restored, so the resumed run reproduces the uninterrupted one.
 * Output per architecture: ``OUT/<arch>/`` is a model bundle (``engine/bundle.py``) plus ``history.json``
   (per epoch), ``training.json`` (settings, best epoch chosen on val, the fusion's patients, image metrics at
   the best epoch: val as the selection set, test held out), ``train.log`` and ``predictions.csv``
@@ -48,8 +56,8 @@ from .loader import PatchLoader, norm_chain, to_tensor
 from .store import PatchStore
 
 DEFAULTS: dict[str, Any] = {
-    "epochs": 100, "batch_size": 16, "lr": 1e-5, "weight_decay": 1e-6, "lr_decay": 0.0, "betas": [0.9, 0.999],
-    "dropout": 0.5, "weights": None, "input_size": None, "augment": False, "seed": 0,
+    "epochs": 100, "batch_size": 16, "lr": 1e-5, "weight_decay": 0.0, "lr_decay": 1e-6, "betas": [0.9, 0.999],
+    "dropout": 0.5, "weights": None, "input_size": None, "augment": False, "pool_blocks": 64, "seed": 0,
     "split": {"ratios": [6, 1, 1], "seed": 0, "kfold": None, "fold": 0},
     "aggregation": {"method": "mean", "k_frac": 0.2}, "synthetic": 0, "select": "auc", "threshold": 0.5,
     "fusion_split": "val", "num_workers": 2, "device": "auto",
@@ -152,6 +160,42 @@ def synthetic_pool(st: PatchStore, strict: bool = False, log: Callable[[str], No
 
 
 # ---------------------------------------------------------------------------------------------- training
+def optimizer(model: torch.nn.Module, cfg: dict[str, Any]):
+    """Adam with the paper's settings and the Keras time-based decay ``lr / (1 + lr_decay * iterations)``
+    (``iterations`` = optimizer steps taken; call ``sched.step()`` after every ``opt.step()``)."""
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
+                           weight_decay=float(cfg["weight_decay"]))
+    decay = float(cfg["lr_decay"])
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0 / (1.0 + decay * it))
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG training may draw from: torch CPU, CUDA (all devices), numpy's global generator, ``random``.
+    Tensors and plain containers only (``torch.load(weights_only=True)`` reads it back)."""
+    import random
+
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
+                      "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])},
+            "python": json.dumps(random.getstate())}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore ``rng_state()``; CUDA states only when the same number of devices is visible."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    v, internal, gauss = json.loads(state["python"])
+    random.setstate((v, tuple(internal), gauss))
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -213,7 +257,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
 
     dev = pick_device(cfg["device"])
     chain, channels = norm_chain(pipeline)
-    size = cfg["input_size"] or int(st.patches.shape[1])
+    size = int(cfg["input_size"] or plugin.input_size)  # the network's input side; patches are resized to it
     pool = synthetic_pool(st, strict, say) if cfg["synthetic"] else None
     train_rows = training_rows(tab, int(cfg["synthetic"] or 0), int(cfg["seed"]), pool)
     val_rows = np.nonzero(tab["split"] == "val")[0]
@@ -237,9 +281,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         init = {"kind": "scratch"}
         say("no training.weights given: training FROM SCRATCH (random initialisation, not ImageNet as in the paper)")
     model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
-                           weight_decay=float(cfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1.0 + float(cfg["lr_decay"]) * step))
+    opt, sched = optimizer(model, cfg)
     history: list[dict] = []
     best: dict | None = None
     start = 0
@@ -252,16 +294,17 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["optim"])
         sched.load_state_dict(c["sched"])
-        torch.set_rng_state(c["rng"])
+        set_rng_state(c["rng"])
         history, start = json.loads(c["history"]), int(c["epoch"]) + 1
         best = json.loads(c["best"]) if c.get("best") else None
         say(f"resuming after epoch {start} of {cfg['epochs']} from {ckpt}")
 
     loader = PatchLoader(st, train_rows, int(cfg["batch_size"]), chain, shuffle=True, seed=int(cfg["seed"]),
-                         workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]))
+                         workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]), pool_blocks=int(cfg["pool_blocks"]))
     say(f"{len(train_rows)} training patches ({int(np.sum(tab['synthetic'][train_rows]))} synthetic), "
         f"{len(val_rows)} validation patches; input {channels}x{size}x{size}; device {dev}; "
-        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g}")
+        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g} / (1 + {cfg['lr_decay']:g} * step), "
+        f"weight decay {cfg['weight_decay']:g}")
     for epoch in range(start, int(cfg["epochs"])):
         te = time.perf_counter()
         model.train()
@@ -279,7 +322,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         ptab = patient_table(tab, val_rows, vp, cfg["aggregation"])
         vm = metrics_at(ptab["label"], ptab["image_prob"], float(cfg["threshold"]))
         m = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": vloss,
-             "val_auc": vm["auc"], "val_accuracy": vm["accuracy"], "seconds": round(time.perf_counter() - te, 2)}
+             "val_auc": vm["auc"], "val_accuracy": vm["accuracy"], "lr": opt.param_groups[0]["lr"],
+             "seconds": round(time.perf_counter() - te, 2)}
         history.append(m)
         if _better(m, best, cfg["select"]):
             best = m
@@ -287,7 +331,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / ".best.tmp"))
             os.replace(out_dir / ".best.tmp", out_dir / "best.safetensors")
         _atomic_torch_save({"run_id": run_id, "epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
-                            "sched": sched.state_dict(), "rng": torch.get_rng_state(), "history": json.dumps(history),
+                            "sched": sched.state_dict(), "rng": rng_state(), "history": json.dumps(history),
                             "best": json.dumps(best)}, ckpt)
         auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
         say(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "

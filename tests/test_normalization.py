@@ -110,6 +110,30 @@ def test_gamma_and_one_pass_chain(batch):
     assert np.abs(one.astype(int) - chain).max() <= 1
 
 
+def test_auto_gamma_default_takes_each_patch_mean_to_mid_gray(batch):
+    batch = np.concatenate([batch, _read("tiatoolbox-source_image.png")[None, :224, :224]])
+    eq = grayscale.clahe(grayscale.grayscale(batch, device="cpu"), device="cpu")
+    out = grayscale.gamma(eq, device="cpu")  # default: "auto"
+    before = eq.reshape(3, -1).mean(1) / 255
+    after = out.reshape(3, -1).mean(1) / 255
+    # CLAHE leaves these patches at means 0.48-0.54; gamma log(0.5)/log(mean) takes each to 0.5 (the mean of
+    # x**g is not exactly (mean x)**g, hence the tolerance, well inside the spread before)
+    assert np.ptp(before) > 0.05 and np.all(np.abs(after - 0.5) < 0.02), (before, after)
+    one = grayscale.gray_clahe_gamma(batch, device="cpu")
+    assert np.abs(one.astype(int) - out).max() <= 2  # the one-pass plugin does the same by default
+    assert not np.array_equal(out, eq)  # not the identity
+    assert grayscale.auto_gamma(np.full((4, 4), 0.999)) == grayscale.GAMMA_BOUNDS[1]  # near-blank: bounded
+
+
+def test_gamma_param_schema_takes_auto_or_a_number():
+    from slidestream.engine import config
+
+    ok = {"normalization": {"classifier": {"name": "gray_clahe_gamma", "params": {"gamma": "auto"}}}}
+    assert not [e for e in config.validation_errors(ok) if "gamma" in e]
+    bad = {"normalization": {"classifier": {"name": "gamma", "params": {"gamma": "bright"}}}}
+    assert any("gamma" in e for e in config.validation_errors(bad))
+
+
 def _lab_stats(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lab = color.rgb2lab(img).reshape(-1, 3)
     return lab.mean(0), lab.std(0)
