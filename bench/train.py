@@ -26,31 +26,12 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from slidestream.engine import registry
+from slidestream.engine.bench import timed_train
 from slidestream.engine.loader import PatchLoader, norm_chain
 from slidestream.engine.store import PatchStore
 from slidestream.engine.synthetic import make_store
-
-
-def timed_train(model, batches, opt, steps):
-    n, t0 = 0, None
-    for i, (x, y) in enumerate(batches):
-        if i == 1:  # first step is warm-up
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            t0, n = time.perf_counter(), 0
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        n += len(x) if i >= 1 else 0
-        if i >= steps:
-            break
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
 
 
 def bench_store(path: str, **kw) -> PatchStore:

@@ -122,11 +122,33 @@ def extract_bench(slides: list[str], pipeline: dict[str, Any] | None = None, dev
 
 
 # ------------------------------------------------------------------------------------- training
+def timed_train(model, batches, opt, steps: int) -> float:
+    """Training images per second over ``steps`` optimizer steps of ``(x, y)`` batches (the first is warm-up)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, t0, x = 0, None, None
+    for i, (x, y) in enumerate(batches):
+        if i == 1:  # the first step is warm-up
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            t0, n = time.perf_counter(), 0
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(x) if i >= 1 else 0
+        if i >= steps:
+            break
+    if x is not None and x.is_cuda:
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
 def train_bench(device: str = "cpu", archs: tuple[str, ...] = ("small_cnn", "resnet18"), size: int = 128,
                 batch: int = 16, steps: int = 4, work: str | None = None) -> dict[str, Any]:
     """Training images/s fed by the store loader and from an in-memory tensor, inference patches/s."""
     import torch
-    import torch.nn.functional as F
 
     from . import registry
     from .loader import PatchLoader, norm_chain
@@ -142,22 +164,7 @@ def train_bench(device: str = "cpu", archs: tuple[str, ...] = ("small_cnn", "res
     chain, ch = norm_chain({"normalization": {"classifier": {"name": "gray_clahe_gamma"}}})
 
     def timed(model, batches, opt):
-        n, t0 = 0, None
-        for i, (x, y) in enumerate(batches):
-            if i == 1:  # the first step is warm-up
-                if x.is_cuda:
-                    torch.cuda.synchronize()
-                t0, n = time.perf_counter(), 0
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            n += len(x) if i >= 1 else 0
-            if i >= steps:
-                break
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return n / (time.perf_counter() - t0)
+        return timed_train(model, batches, opt, steps)
 
     out: dict[str, Any] = {"bench": "train", "device": dev.type, "size": size, "batch": batch, "steps": steps}
     for arch in archs:
