@@ -12,7 +12,6 @@ damaged data (libjpeg's ``Corrupt JPEG data``), the thumbnail fails the slide an
 from __future__ import annotations
 
 import errno
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,23 +144,35 @@ class Slide:
 
 
 class MaskArea:
-    """Tissue fraction of level-0 boxes, read off a thumbnail mask through a summed-area table built once."""
+    """Tissue fraction of level-0 boxes, read off a thumbnail mask through a summed-area table built once;
+    ``fractions`` answers for any number of boxes at once (arrays of x, y)."""
 
     def __init__(self, mask: np.ndarray, scale: float):
         self.scale = float(scale)
-        self.shape = mask.shape
-        self.table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        self.shape = h, w = mask.shape
+        self.table = np.zeros((h + 1, w + 1), np.int32 if mask.size < 2 ** 31 else np.int64)
+        np.cumsum(mask, axis=0, dtype=self.table.dtype, out=self.table[1:, 1:])
+        np.cumsum(self.table[1:, 1:], axis=1, out=self.table[1:, 1:])
+
+    def boxes(self, x, y, side: float) -> tuple[np.ndarray, ...]:
+        """Thumbnail pixels (x0, y0, x1, y1) covering the level-0 squares at (x, y); never empty."""
+        s, (h, w) = self.scale, self.shape
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        x0, y0 = np.minimum((x / s).astype(np.int64), w - 1), np.minimum((y / s).astype(np.int64), h - 1)
+        x1 = np.minimum(np.maximum(np.ceil((x + side) / s).astype(np.int64), x0 + 1), w)
+        y1 = np.minimum(np.maximum(np.ceil((y + side) / s).astype(np.int64), y0 + 1), h)
+        return x0, y0, x1, y1
+
+    def fractions(self, x, y, side: float) -> np.ndarray:
+        x0, y0, x1, y1 = self.boxes(x, y, side)
+        t = self.table
+        return (t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0))
 
     def box(self, x: float, y: float, side: float) -> tuple[int, int, int, int]:
-        """Thumbnail pixels (x0, y0, x1, y1) covering the level-0 square at (x, y); never empty."""
-        s, (h, w) = self.scale, self.shape
-        x0, y0 = min(int(x / s), w - 1), min(int(y / s), h - 1)
-        return (x0, y0, min(max(math.ceil((x + side) / s), x0 + 1), w), min(max(math.ceil((y + side) / s), y0 + 1), h))
+        return tuple(int(v) for v in self.boxes(x, y, side))
 
     def fraction(self, x: float, y: float, side: float) -> float:
-        x0, y0, x1, y1 = self.box(x, y, side)
-        t = self.table
-        return float((t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0)))
+        return float(self.fractions(x, y, side))
 
 
 def _check_path(path: str) -> Path:
