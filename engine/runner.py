@@ -89,7 +89,7 @@ def plan_slide(pipeline: dict[str, Any], slide: Slide, slide_id: str):
     px, py = np.concatenate(off).T
     x0 = np.array([t.x for t in tiles], np.float64)[ti] + px * f
     y0 = np.array([t.y for t in tiles], np.float64)[ti] + py * f
-    tissue = MaskArea(mask, scale).fractions(x0, y0, s * f)
+    tissue = MaskArea.of(mask, scale).fractions(x0, y0, s * f)
     keep = tissue >= float(pipeline["patches"].get("min_tissue", 0.0))
     side = int(round(s * f))
     rows = list(zip(ti[keep].tolist(), px[keep].tolist(), py[keep].tolist(), np.round(x0[keep]).astype(np.int64).tolist(),

@@ -30,7 +30,7 @@ def tile_grid(mask: np.ndarray, rgb: np.ndarray, geometry: Geometry, size: int =
         return []
     r, c = np.divmod(np.arange(rows * cols), cols)
     x0, y0 = c * step0, r * step0  # all candidate tiles at once
-    area = MaskArea(mask, geometry.thumb_scale)
+    area = MaskArea.of(mask, geometry.thumb_scale)
     tissue = area.fractions(x0, y0, side0)
     keep = np.flatnonzero((tissue >= min_tissue) & (tissue > 0))
     score = tissue[keep]
