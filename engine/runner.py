@@ -108,7 +108,8 @@ def patch_table(rows, tiles) -> dict[str, np.ndarray]:
 
 def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1,
                        problems: dict[int, str] | None = None):
-    """Yield (row indices, patches) per tile, batches of tiles decoded by ``threads`` threads.
+    """Yield (row indices, patches) per tile, batches of tiles decoded by ``threads`` threads, the next
+    batch decoding while this one is consumed (at most two batches of tiles in memory).
 
     A tile its decoder complained about (``Slide.read_checked``) is not yielded: its index and the
     complaint go into ``problems`` (pass a dict), or, without one, it raises SlideError."""
@@ -123,10 +124,13 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
         t = tiles[ti]
         return slide.read_checked(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
 
+    chunks = [order[b0:b0 + batch] for b0 in range(0, len(order), batch)]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for b0 in range(0, len(order), batch):
-            chunk = order[b0:b0 + batch]
-            for ti, (rgb, said) in zip(chunk, pool.map(read, chunk)):
+        ahead = [pool.submit(read, ti) for ti in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):  # batch k+1 decodes while batch k is cut and handed on
+            futures = ahead
+            ahead = [pool.submit(read, ti) for ti in chunks[k + 1]] if k + 1 < len(chunks) else []
+            for ti, (rgb, said) in zip(chunk, (f.result() for f in futures)):
                 if said:
                     if problems is None:
                         t = tiles[ti]
