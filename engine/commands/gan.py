@@ -24,7 +24,6 @@ def train_command(
 ):
     """Train one class's generator on its training-split patches (resumes from the last checkpoint)."""
     from .. import config
-
     from ..augment import train_gan
 
     m = train_gan(config.load(pipeline), store, label, out, progress=progress, log=typer.echo)
