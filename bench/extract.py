@@ -3,7 +3,8 @@
 
     python bench/extract.py SLIDE [--pipeline schemas/examples/liu2020.json] [--threads N] [--codec zstd]
 
-Prints one JSON line (medians of ``--repeat`` interleaved runs): engine seconds, tiles/s, patches/s, MP/s decoded, bytes per stored patch, peak RSS,
+Prints one JSON line (medians of ``--repeat`` interleaved runs): the stage timers of one slide run stage by
+stage (``stages_ms``: create, open, thumbnail, filters, plan, decode, compress, commit), engine seconds, tiles/s, patches/s, MP/s decoded, bytes per stored patch, peak RSS,
 and the bare-decode seconds of the same pixels (the thumbnail's level plus the kept tiles' regions,
 read with the fastest reader, cuCIM, with the same number of threads and with one).
 Make a realistic slide with ``slidestream bench make-slide bench40x.svs --size 32768 24576`` (or
@@ -24,9 +25,56 @@ from pathlib import Path
 import numpy as np
 
 from slidestream.engine import config
-from slidestream.engine.bench import _read_cohort as read_cohort, bare_decode
-from slidestream.engine.runner import extract
+from slidestream.engine.bench import bare_decode
+from slidestream.engine.runner import extract, read_cohort
+from slidestream.engine.slide import open_slide
 from slidestream.engine.store import PatchStore
+
+
+def stage_times(pipeline: dict, path: str, mpp, threads: int, tmp: Path) -> dict[str, float]:
+    """Seconds of each extraction stage of one slide, run one after the other (no overlap): store creation,
+    open, thumbnail, filters, plan (tiling and patch positions), decode (tiles read and cut into patches),
+    compress (into the staging array) and commit (into the store)."""
+    from slidestream.engine import runner
+    from slidestream.engine.store import RowWriter, stage_name
+
+    t: dict[str, float] = {}
+
+    def clock(name, f):
+        t0 = time.perf_counter()
+        out = f()
+        t[name] = time.perf_counter() - t0
+        return out
+
+    shutil.rmtree(tmp / "stages", ignore_errors=True)
+    row = read_cohort(path, default_mpp=mpp)[0]
+    size = int(pipeline["patches"]["size"])
+    store = clock("create", lambda: PatchStore.create(tmp / "stages", size, pipeline["store"], runner.manifest_base(pipeline)))
+    slide = clock("open", lambda: open_slide(row.slide_path, order=pipeline["reader"].get("order"), mpp=row.mpp))
+    thumb = clock("thumbnail", lambda: slide.thumbnail(float(pipeline["thumbnail"]["scale"])))
+    mask = clock("filters", lambda: runner.tissue_mask(pipeline, thumb))
+    real = runner.tissue_mask  # plan_slide without the thumbnail and filters timed above
+    runner.tissue_mask, slide.thumbnail = (lambda p, rgb: mask), (lambda scale: thumb)
+    try:
+        _, _, geometry, tiles, rows = clock("plan", lambda: runner.plan_slide(pipeline, slide, row.slide_id))
+    finally:
+        runner.tissue_mask = real
+        del slide.thumbnail
+    batches = clock("decode", lambda: list(runner.iter_patch_batches(pipeline, slide, tiles, rows, geometry, threads)))
+    writer = RowWriter(store.stage_dir() / stage_name("slides", row.slide_id), len(rows), size, store.store_cfg())
+
+    def compress():
+        for idx, patches in batches:
+            writer.write(idx[0], patches)
+        return writer.close()
+
+    staged = clock("compress", compress)
+    rec = {"status": "done", "n_patches": len(rows), "n_tiles": len(tiles), "staged": staged,
+           "meta": {k: v.tolist() for k, v in runner.patch_table(rows, tiles).items()}}
+    clock("commit", lambda: runner.commit(store, row, rec))
+    store.close()
+    slide.close()
+    return t
 
 
 def main() -> None:
@@ -60,18 +108,19 @@ def main() -> None:
                 pass
         scale = float(pipeline["thumbnail"]["scale"])
         out_px = int(pipeline["tiling"]["params"].get("size", 1024))
-        runs, bares, bares1 = [], [], []
+        runs, bares, bares1, stages = [], [], [], []
         for r in range(a.repeat):  # interleaved, so both sides see the same machine state
             shutil.rmtree(tmp / "store", ignore_errors=True)
             t0 = time.perf_counter()
             summary = extract(pipeline, cohort, tmp / "store", threads=a.threads, qa=False, progress=False,
                               workers=a.workers)
             runs.append(time.perf_counter() - t0)
-            rec = next(iter(PatchStore.open(tmp / "store").records("slides").values()))
+            rec = next(iter(PatchStore.open(tmp / "store").records().values()))
             tiles = rec.get("tiles", [])
             factor = rec.get("factor", 1.0)
             bares.append(bare_decode(a.slide, tiles, scale, factor, a.threads))
             bares1.append(bare_decode(a.slide, tiles, scale, factor, 1))
+            stages.append(stage_times(pipeline, a.slide, a.mpp, a.threads, tmp))
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         engine_s, bare_n, bare_1 = float(np.median(runs)), float(np.median(bares)), float(np.median(bares1))
         bare_n, bare_1 = bare_n * len(cohort), bare_1 * len(cohort)  # the same pixels, once per slide
@@ -89,6 +138,7 @@ def main() -> None:
             "bare_decode_1thread_s": round(bare_1, 3), "engine_over_bare": round(engine_s / bare_n, 2),
             "bytes_per_patch": int(patch_bytes / max(n, 1)), "raw_bytes_per_patch": int(np.prod((256, 256, 3))),
             "peak_rss_mb": round(rss_mb, 1),
+            "stages_ms": {k: round(float(np.median([st[k] for st in stages])) * 1e3, 1) for k in stages[0]},
         }))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

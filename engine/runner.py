@@ -57,50 +57,58 @@ def overlay(rgb: np.ndarray, mask: np.ndarray, tiles: Iterable = (), scale: floa
 
 
 # ------------------------------------------------------------------------------------ one slide
-def _patch_offsets(pipeline: dict[str, Any], tile_px: int, key: str) -> list[tuple[int, int]]:
+def _patch_offsets(pipeline: dict[str, Any], tile_px: int, key: str) -> np.ndarray:
+    """(n, 2) patch offsets (x, y) in a tile: a grid, or ``per_tile`` random ones seeded by the tile's key."""
     p = pipeline["patches"]
     s = int(p["size"])
     if s > tile_px:
         raise ConfigError(f"patches.size {s} is larger than the tile ({tile_px} px); lower it or raise tiling size")
     if p["mode"] == "grid":
-        return [(x, y) for y in range(0, tile_px - s + 1, s) for x in range(0, tile_px - s + 1, s)]
+        g = np.arange(0, tile_px - s + 1, s)
+        return np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)  # row by row
     rng = np.random.default_rng([int(pipeline.get("seed", 0)), zlib.crc32(key.encode())])
-    xy = rng.integers(0, tile_px - s + 1, size=(int(p["per_tile"]), 2))
-    return [(int(x), int(y)) for x, y in xy]
+    return rng.integers(0, tile_px - s + 1, size=(int(p["per_tile"]), 2))
 
 
 def plan_slide(pipeline: dict[str, Any], slide: Slide, slide_id: str):
-    """Thumbnail, mask, tiles and patch positions of one slide (cheap: no tile pixels are read)."""
+    """Thumbnail, mask, tiles and patch positions of one slide (cheap: no tile pixels are read).
+
+    Patch rows are ``(tile index, px, py, level-0 x, y, size0, patch tissue)``, all computed at once."""
     scale = float(pipeline["thumbnail"]["scale"])
     thumb = slide.thumbnail(scale)
     mask = tissue_mask(pipeline, thumb)
     geometry = slide.geometry(scale, float(pipeline.get("magnification", 10)))
     tiling = pipeline["tiling"]
     tiles = registry.get("tiling", tiling["name"]).select(mask, thumb, geometry, **tiling.get("params", {}))
-    area = MaskArea(mask, scale)
-    s = int(pipeline["patches"]["size"])
-    rows = []  # (tile index, px, py, level-0 x, y, size0, patch tissue)
-    for ti, t in enumerate(tiles):
-        tile_px = int(round(t.w / geometry.factor))
-        for px, py in _patch_offsets(pipeline, tile_px, f"{slide_id}/{ti}"):
-            x0, y0, side = t.x + px * geometry.factor, t.y + py * geometry.factor, s * geometry.factor
-            rows.append((ti, px, py, int(round(x0)), int(round(y0)), int(round(side)), area.fraction(x0, y0, side)))
-    min_t = float(pipeline["patches"].get("min_tissue", 0.0))
-    rows = [r for r in rows if r[6] >= min_t]
+    if not tiles:
+        return thumb, mask, geometry, tiles, []
+    f, s = geometry.factor, int(pipeline["patches"]["size"])
+    off = [_patch_offsets(pipeline, int(round(t.w / f)), f"{slide_id}/{ti}") for ti, t in enumerate(tiles)]
+    ti = np.repeat(np.arange(len(tiles)), [len(o) for o in off])
+    px, py = np.concatenate(off).T
+    x0 = np.array([t.x for t in tiles], np.float64)[ti] + px * f
+    y0 = np.array([t.y for t in tiles], np.float64)[ti] + py * f
+    tissue = MaskArea.of(mask, scale).fractions(x0, y0, s * f)
+    keep = tissue >= float(pipeline["patches"].get("min_tissue", 0.0))
+    side = int(round(s * f))
+    rows = list(zip(ti[keep].tolist(), px[keep].tolist(), py[keep].tolist(), np.round(x0[keep]).astype(np.int64).tolist(),
+                    np.round(y0[keep]).astype(np.int64).tolist(), [side] * int(keep.sum()), tissue[keep].tolist()))
     return thumb, mask, geometry, tiles, rows
 
 
 def patch_table(rows, tiles) -> dict[str, np.ndarray]:
     """Store columns of planned patches (``plan_slide`` rows)."""
-    return {"tile_id": np.array([r[0] for r in rows], np.int32), "x": np.array([r[3] for r in rows], np.int64),
-            "y": np.array([r[4] for r in rows], np.int64), "size0": np.array([r[5] for r in rows], np.int32),
-            "tissue": np.array([r[6] for r in rows], np.float32),
-            "tile_tissue": np.array([tiles[r[0]].tissue for r in rows], np.float32)}
+    r = list(zip(*rows)) or [()] * 7
+    tile_tissue = np.array([t.tissue for t in tiles], np.float32)
+    return {"tile_id": np.array(r[0], np.int32), "x": np.array(r[3], np.int64), "y": np.array(r[4], np.int64),
+            "size0": np.array(r[5], np.int32), "tissue": np.array(r[6], np.float32),
+            "tile_tissue": tile_tissue[np.array(r[0], np.int64)] if rows else np.array([], np.float32)}
 
 
 def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geometry, threads: int = 1,
                        problems: dict[int, str] | None = None):
-    """Yield (row indices, patches) per tile, batches of tiles decoded by ``threads`` threads.
+    """Yield (row indices, patches) per tile, batches of tiles decoded by ``threads`` threads, the next
+    batch decoding while this one is consumed (at most two batches of tiles in memory).
 
     A tile its decoder complained about (``Slide.read_checked``) is not yielded: its index and the
     complaint go into ``problems`` (pass a dict), or, without one, it raises SlideError."""
@@ -115,10 +123,13 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
         t = tiles[ti]
         return slide.read_checked(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
 
+    chunks = [order[b0:b0 + batch] for b0 in range(0, len(order), batch)]
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for b0 in range(0, len(order), batch):
-            chunk = order[b0:b0 + batch]
-            for ti, (rgb, said) in zip(chunk, pool.map(read, chunk)):
+        ahead = [pool.submit(read, ti) for ti in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):  # batch k+1 decodes while batch k is cut and handed on
+            futures = ahead
+            ahead = [pool.submit(read, ti) for ti in chunks[k + 1]] if k + 1 < len(chunks) else []
+            for ti, (rgb, said) in zip(chunk, (f.result() for f in futures)):
                 if said:
                     if problems is None:
                         t = tiles[ti]

@@ -12,7 +12,6 @@ damaged data (libjpeg's ``Corrupt JPEG data``), the thumbnail fails the slide an
 from __future__ import annotations
 
 import errno
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +98,11 @@ class Slide:
         return rgb
 
     def thumbnail(self, scale: float) -> np.ndarray:
-        """The whole slide at ``1/scale`` of level 0 (DPW: floor(W/32) x floor(H/32), bilinear)."""
+        """The whole slide at ``1/scale`` of level 0: floor(W/scale) x floor(H/scale) px, thumbnail pixel
+        (i, j) the mean of level-0 box [i*scale, (i+1)*scale) (DPW's 1/32 thumbnail).
+
+        Read from the nearest level; an integer factor k between it and the thumbnail is an exact box
+        mean of k x k level pixels (Pillow ``reduce``), any other factor an area-weighted box resize."""
         w0, h0 = self.dimensions
         tw, th = max(1, int(w0 // scale)), max(1, int(h0 // scale))
         level = self.best_level(scale)
@@ -111,14 +114,22 @@ class Slide:
                              "save it as a pyramidal TIFF")
         if (lw, lh) == (tw, th):
             return self._region((0, 0), level, (lw, lh))
-        # read in strips so memory stays bounded on slides without a pyramid
+        k = round(scale / ds)
+        if abs(scale / ds - k) > 0.01 or k * tw > lw or k * th > lh:  # no integer factor: box resize
+            k = 0
         out = np.empty((th, tw, 3), np.uint8)
+        # read in strips so memory stays bounded on slides without a pyramid
         rows = max(1, int(STRIP_PIXELS // max(lw, 1) * th / max(lh, 1)))  # thumbnail rows per strip
         for t0 in range(0, th, rows):
             t1 = min(th, t0 + rows)
+            if k:
+                strip = self._region((0, int(round(t0 * k * ds))), level, (k * tw, (t1 - t0) * k))
+                out[t0:t1] = np.asarray(Image.fromarray(strip).reduce(k)) if k > 1 else strip
+                continue
             l0, l1 = int(round(t0 * lh / th)), min(lh, int(round(t1 * lh / th)))
             strip = self._region((0, int(round(l0 * ds))), level, (lw, max(1, l1 - l0)))
-            out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), Image.BILINEAR))
+            box = Image.BOX if lw >= tw else Image.BILINEAR  # a level a little coarser than asked: upscale
+            out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), box))
         return out
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:
@@ -133,23 +144,49 @@ class Slide:
 
 
 class MaskArea:
-    """Tissue fraction of level-0 boxes, read off a thumbnail mask through a summed-area table built once."""
+    """Tissue fraction of level-0 boxes, read off a thumbnail mask through a summed-area table built once;
+    ``fractions`` answers for any number of boxes at once (arrays of x, y)."""
+
+    _last: tuple = (None, None)  # (mask, area): the tiler and the patch planner share one table
 
     def __init__(self, mask: np.ndarray, scale: float):
         self.scale = float(scale)
-        self.shape = mask.shape
-        self.table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        self.shape = h, w = mask.shape
+        t = np.zeros((h + 1, w + 1), np.int32 if mask.size < 2 ** 31 else np.int64)
+        t[1:, 1:] = mask
+        np.cumsum(t, axis=1, out=t)
+        for i in range(1, h + 1):  # row by row: numpy's cumsum along axis 0 is 10x slower
+            np.add(t[i], t[i - 1], out=t[i])
+        self.table = t
+
+    @classmethod
+    def of(cls, mask: np.ndarray, scale: float) -> "MaskArea":
+        """The area of this very mask array, built once (the mask must not change afterwards)."""
+        m, area = cls._last
+        if m is not mask or area.scale != float(scale):
+            area = cls(mask, scale)
+            cls._last = (mask, area)
+        return area
+
+    def boxes(self, x, y, side: float) -> tuple[np.ndarray, ...]:
+        """Thumbnail pixels (x0, y0, x1, y1) covering the level-0 squares at (x, y); never empty."""
+        s, (h, w) = self.scale, self.shape
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        x0, y0 = np.minimum((x / s).astype(np.int64), w - 1), np.minimum((y / s).astype(np.int64), h - 1)
+        x1 = np.minimum(np.maximum(np.ceil((x + side) / s).astype(np.int64), x0 + 1), w)
+        y1 = np.minimum(np.maximum(np.ceil((y + side) / s).astype(np.int64), y0 + 1), h)
+        return x0, y0, x1, y1
+
+    def fractions(self, x, y, side: float) -> np.ndarray:
+        x0, y0, x1, y1 = self.boxes(x, y, side)
+        t = self.table
+        return (t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0))
 
     def box(self, x: float, y: float, side: float) -> tuple[int, int, int, int]:
-        """Thumbnail pixels (x0, y0, x1, y1) covering the level-0 square at (x, y); never empty."""
-        s, (h, w) = self.scale, self.shape
-        x0, y0 = min(int(x / s), w - 1), min(int(y / s), h - 1)
-        return (x0, y0, min(max(math.ceil((x + side) / s), x0 + 1), w), min(max(math.ceil((y + side) / s), y0 + 1), h))
+        return tuple(int(v) for v in self.boxes(x, y, side))
 
     def fraction(self, x: float, y: float, side: float) -> float:
-        x0, y0, x1, y1 = self.box(x, y, side)
-        t = self.table
-        return float((t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0)))
+        return float(self.fractions(x, y, side))
 
 
 def _check_path(path: str) -> Path:

@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..augment import swd_table, evaluate_gan, sample_into_store, sample_sheet, train_gan
 from ..errors import ConfigError
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -25,6 +24,7 @@ def train_command(
 ):
     """Train one class's generator on its training-split patches (resumes from the last checkpoint)."""
     from .. import config
+    from ..augment import train_gan
 
     m = train_gan(config.load(pipeline), store, label, out, progress=progress, log=typer.echo)
     if m.get("swd_training"):
@@ -43,6 +43,8 @@ def sample_command(
     seed: int = typer.Option(0, "--seed", help="Latent seed (same seed, same patches)."),
 ):
     """Append synthetic patches to a store (synthetic=True, split=train, the GAN's label and generator id)."""
+    from ..augment import sample_into_store
+
     r = sample_into_store(gan, n, into, seed)
     typer.echo(f"{r['n']} {r['label']} patches of {r['generator_id']} -> {into} rows {r['rows'][0]}..{r['rows'][1] - 1}")
 
@@ -55,6 +57,8 @@ def grid_command(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Sample sheet from coarse to fine, one row per resolution (paper Fig. 1)."""
+    from ..augment import sample_sheet
+
     typer.echo(f"sample sheet -> {sample_sheet(gan, out, n, seed)}")
 
 
@@ -66,6 +70,8 @@ def eval_command(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Multi-scale sliced Wasserstein distance of the generator vs real patches (written to the manifest)."""
+    from ..augment import evaluate_gan, swd_table
+
     typer.echo(swd_table(evaluate_gan(gan, store, n, seed)))
 
 

@@ -14,14 +14,15 @@ slide thumbnail the two modes are the bright, grey glass and the darker, coloure
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import rgb2gray, rgb2hsv
-from skimage.filters import threshold_otsu
 
 from slidestream.engine.hookspecs import FilterPlugin, hookimpl
 
 
 def otsu(rgb: np.ndarray, mask: np.ndarray, channel: str = "gray") -> np.ndarray:
     """Keep the tissue side of an Otsu threshold of ``channel``; ANDed with the incoming mask."""
+    from skimage.color import rgb2gray, rgb2hsv   # here, not at the top: the CLI starts without scikit-image
+    from skimage.filters import threshold_otsu
+
     rgb = np.asarray(rgb)[..., :3]                # the (h, w, 3) uint8 thumbnail
     if channel == "gray":
         x = rgb2gray(rgb)                         # float in [0, 1], 1 = white

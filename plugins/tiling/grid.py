@@ -28,25 +28,24 @@ def tile_grid(mask: np.ndarray, rgb: np.ndarray, geometry: Geometry, size: int =
     rows = int(math.floor((geometry.height - side0) / step0)) + 1 if geometry.height >= side0 else 0
     if rows == 0 or cols == 0:
         return []
-    area = MaskArea(mask, geometry.thumb_scale)
-    tiles = []
-    for r in range(rows):
-        for c in range(cols):
-            x0, y0 = c * step0, r * step0
-            tissue = area.fraction(x0, y0, side0)
-            if tissue < min_tissue or tissue == 0:
-                continue
-            score = tissue
-            if scorer == "dpw":
-                from .dpw_score import dpw_score
+    r, c = np.divmod(np.arange(rows * cols), cols)
+    x0, y0 = c * step0, r * step0  # all candidate tiles at once
+    area = MaskArea.of(mask, geometry.thumb_scale)
+    tissue = area.fractions(x0, y0, side0)
+    keep = np.flatnonzero((tissue >= min_tissue) & (tissue > 0))
+    score = tissue[keep]
+    if scorer == "dpw":
+        from .dpw_score import dpw_score
 
-                tx0, ty0, tx1, ty1 = area.box(x0, y0, side0)
-                m = mask[ty0:ty1, tx0:tx1]
-                score = float(dpw_score(rgb[ty0:ty1, tx0:tx1] * m[..., None])["score"])
-            tiles.append(Tile(x=int(round(x0)), y=int(round(y0)), w=int(round(side0)), h=int(round(side0)),
-                              row=r, col=c, tissue=tissue, score=score))
-    tiles.sort(key=lambda t: (-t.score, t.row, t.col))
-    return tiles[:max_tiles] if max_tiles else tiles
+        tx0, ty0, tx1, ty1 = area.boxes(x0[keep], y0[keep], side0)
+        score = np.array([dpw_score(rgb[a:b, e:f] * mask[a:b, e:f, None])["score"]
+                          for a, b, e, f in zip(ty0, ty1, tx0, tx1)], np.float64)
+    order = np.lexsort((c[keep], r[keep], -score))  # best first, ties by row then column
+    if max_tiles:
+        order = order[:max_tiles]
+    w = int(round(side0))
+    return [Tile(x=int(round(float(x0[i]))), y=int(round(float(y0[i]))), w=w, h=w, row=int(r[i]), col=int(c[i]),
+                 tissue=float(tissue[i]), score=float(score[j])) for i, j in zip(keep[order], order)]
 
 
 @hookimpl
