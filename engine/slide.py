@@ -98,11 +98,7 @@ class Slide:
         return rgb
 
     def thumbnail(self, scale: float) -> np.ndarray:
-        """The whole slide at ``1/scale`` of level 0: floor(W/scale) x floor(H/scale) px, thumbnail pixel
-        (i, j) the mean of level-0 box [i*scale, (i+1)*scale) (DPW's 1/32 thumbnail).
-
-        Read from the nearest level; an integer factor k between it and the thumbnail is an exact box
-        mean of k x k level pixels (Pillow ``reduce``), any other factor an area-weighted box resize."""
+        """The whole slide at ``1/scale`` of level 0 (DPW: floor(W/32) x floor(H/32), bilinear)."""
         w0, h0 = self.dimensions
         tw, th = max(1, int(w0 // scale)), max(1, int(h0 // scale))
         level = self.best_level(scale)
@@ -114,22 +110,14 @@ class Slide:
                              "save it as a pyramidal TIFF")
         if (lw, lh) == (tw, th):
             return self._region((0, 0), level, (lw, lh))
-        k = round(scale / ds)
-        if abs(scale / ds - k) > 0.01 or k * tw > lw or k * th > lh:  # no integer factor: box resize
-            k = 0
-        out = np.empty((th, tw, 3), np.uint8)
         # read in strips so memory stays bounded on slides without a pyramid
+        out = np.empty((th, tw, 3), np.uint8)
         rows = max(1, int(STRIP_PIXELS // max(lw, 1) * th / max(lh, 1)))  # thumbnail rows per strip
         for t0 in range(0, th, rows):
             t1 = min(th, t0 + rows)
-            if k:
-                strip = self._region((0, int(round(t0 * k * ds))), level, (k * tw, (t1 - t0) * k))
-                out[t0:t1] = np.asarray(Image.fromarray(strip).reduce(k)) if k > 1 else strip
-                continue
             l0, l1 = int(round(t0 * lh / th)), min(lh, int(round(t1 * lh / th)))
             strip = self._region((0, int(round(l0 * ds))), level, (lw, max(1, l1 - l0)))
-            box = Image.BOX if lw >= tw else Image.BILINEAR  # a level a little coarser than asked: upscale
-            out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), box))
+            out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), Image.BILINEAR))
         return out
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:
