@@ -169,3 +169,16 @@ def test_fusion_cv_out_of_fold(trained_oof, tmp_path):
     train.train(pipe, store, path.parent, log=again.append, fusion_cv=3)
     assert not any("fusion_cv fold" in line or "epoch 1/" in line for line in again), again
     assert bundle.load(path).meta["fusion"]["state"] == f["state"]
+
+
+def test_evaluate_refuses_to_refit_an_oof_pipeline(tmp_path):
+    """evaluate cannot compute out-of-fold scores from a predictions table: a pipeline with training.fusion_cv is
+    refused (one line, naming --bundle) rather than silently fitted on val."""
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps({**PIPE, "training": {**PIPE["training"], "fusion_cv": 3}}))
+    csv = tmp_path / "p.csv"
+    csv.write_text("patient_id,label,age,split,image_prob\n")
+    r = CliRunner().invoke(app, ["evaluate", str(csv), "--out", str(tmp_path / "r"), "--pipeline", str(pipe)])
+    assert isinstance(r.exception, ConfigError), r.output
+    msg = str(r.exception)
+    assert "--bundle" in msg and "fusion_cv" in msg and "\n" not in msg
