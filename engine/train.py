@@ -31,7 +31,10 @@ is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 pen
 * Fusion (``fusion`` section, e.g. ``age_gda``): fitted at the best epoch on the ``training.fusion_split``
   patients, by default ``val`` (out of sample: the network never trained on them), and stored fitted in
   the bundle, so ``evaluate --bundle`` and ``predict`` use exactly the same model. The fusion split is
-  checked before training starts.
+  checked before training starts. ``training.fusion_cv = K`` (``--fusion-cv``) fits it instead on out-of-fold
+  scores of every train+val patient (``fusion_cv_scores``: K fold networks trained like the main one for its
+  best epoch + 1 epochs; checkpoints in ``OUT/<arch>/fusion_cv/fold<f>/``); the bundle records ``fit_on: "oof"``
+  and the folds.
 """
 from __future__ import annotations
 
@@ -437,6 +440,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     if fref and cfg["fusion_cv"]:
         oof, cv = fusion_cv_scores(st, tab, cfg, build, chain, size, dev, run_id, out_dir, best["epoch"] + 1, say)
         fusion = {**fit_fusion(oof, fref["name"], fref.get("params"), "oof"), "cv": cv}
+        say(f"fusion {fref['name']} fitted on the out-of-fold scores of {fusion['n']} train+val patients "
+            f"({cv['k']} folds, {cv['epochs']} epochs each; fold digest {cv['folds_digest']})")
     else:
         fusion = fit_fusion(ptab, fref["name"], fref.get("params"), cfg["fusion_split"]) if fref else None
     metrics = {}
