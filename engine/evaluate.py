@@ -280,8 +280,8 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
                          f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")
     elif fusion:
-        if fusion_split not in FUSION_SPLITS:  # "oof" scores exist only in `train --fusion-cv` (a bundle's fusion)
-            raise ConfigError(f"evaluate fits the fusion on the val or train split, not {fusion_split!r}; an out-of-fold "
+        if fusion_split == "oof":  # out-of-fold scores exist only in `train --fusion-cv` (a bundle's fusion)
+            raise ConfigError("evaluate fits the fusion on the val or train split, not on out-of-fold scores: an out-of-fold "
                               "fusion comes from `slidestream train --fusion-cv K` (use its bundle)")
         meta["fusion"] = {**fit_fusion(t, fusion, fusion_params, fusion_split), "source": "fitted by evaluate"}
     if "fusion" in meta:
