@@ -253,6 +253,9 @@ def fusion_cv_scores(st: PatchStore, tab: dict[str, np.ndarray], cfg: dict[str, 
     pids, first = np.unique(pid[tv], return_index=True)
     folds = cv_folds(pids, tab["label"][np.nonzero(tv)[0][first]], k, int(cfg["seed"]))
     fold_of = np.array([folds[p] if ok else -1 for p, ok in zip(pid, tv)])
+    if cfg["synthetic"]:
+        say(f"fusion_cv: the fold networks train without the {cfg['synthetic']} synthetic patches (their generators "
+            "learned from train patients, held-out ones included)")
     parts, record = [], []
     for f in range(k):
         rows, held = np.nonzero(tv & (fold_of != f))[0], np.nonzero(fold_of == f)[0]

@@ -169,6 +169,13 @@ def test_fusion_cv_out_of_fold(trained_oof, tmp_path):
     train.train(pipe, store, path.parent, log=again.append, fusion_cv=3)
     assert not any("fusion_cv fold" in line or "epoch 1/" in line for line in again), again
     assert bundle.load(path).meta["fusion"]["state"] == f["state"]
+    # a lost fold checkpoint: only that fold is trained again, and it reproduces the same scores and fusion
+    (path / "fusion_cv" / "fold1" / "checkpoint.pt").unlink()
+    again = []
+    train.train(pipe, store, path.parent, log=again.append, fusion_cv=3)
+    folds_trained = {line.split("fold ")[1].split(":")[0] for line in again if "fusion_cv fold" in line}
+    assert folds_trained == {"2/3"}, again
+    assert bundle.load(path).meta["fusion"] == f
 
 
 def test_evaluate_refuses_to_refit_an_oof_pipeline(tmp_path):
