@@ -143,6 +143,11 @@ def test_fusion_cv_out_of_fold(trained_oof, tmp_path):
     assert test and cv["k"] == 3 and len(cv["folds"]) == 3
     held = [p for fold in cv["folds"] for p in fold["held_out"]]
     assert sorted(held) == trainval  # every train+val patient scored exactly once; no test patient
+    # the recorded fold assignment digest names exactly this assignment, and it is the seeded stratified one
+    assert cv["folds_digest"] == config.digest(sorted((p, fd["fold"]) for fd in cv["folds"] for p in fd["held_out"]))
+    lab = {p: int(tab["label"][i]) for i, p in enumerate(pid)}
+    assert splits.cv_folds(trainval, [lab[p] for p in trainval], 3, seed=0) == {
+        p: fd["fold"] for fd in cv["folds"] for p in fd["held_out"]}
     for fold in cv["folds"]:
         assert fold["held_out"]  # stratified folds: none empty
         # the rows this fold's network trained on (its recorded digest) are the train+val rows of the other folds
