@@ -152,6 +152,9 @@ def schema() -> dict[str, Any]:
                     "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "P(mutant) cut for sens/spec/acc"},
                     "fusion_split": {"enum": ["val", "train"], "description": "patients the fusion is fitted on: "
                                      "val (default, out of sample) or train (in sample); never test"},
+                    "fusion_cv": {"type": ["integer", "null"], "minimum": 2, "description": "K: fit the fusion on "
+                                  "out-of-fold image scores of all train+val patients (K extra networks, each trained "
+                                  "on K-1 folds for the main run's best epoch + 1 epochs); null (default): on fusion_split"},
                     "num_workers": {"type": "integer", "minimum": 0, "description": "loader threads"},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },

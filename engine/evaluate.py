@@ -209,20 +209,27 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> dict[str, list[float]] | None:
 
 
 FUSION_SPLITS = ("val", "train")  # never "test": the test split makes no choice
+OOF = ("train", "val")  # fit_on "oof" (training.fusion_cv): out-of-fold scores of every train+val patient
+
+
+def fit_splits(fit_on: str | None) -> tuple[str, ...]:
+    """The splits whose patients fitted a fusion with ``fit_on`` ("val", "train", or "oof" = train + val)."""
+    return OOF if fit_on == "oof" else (fit_on,) if fit_on else ()
 
 
 def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, split: str = "val") -> dict[str, Any]:
     """Fit fusion plugin ``name`` on the ``split`` patients of a predictions table; returns the fitted fusion
     as stored in a bundle: name, params, state, and which patients fitted it (``fit_on``, ``n``, sorted
-    ``patients``, ``ids_digest``)."""
+    ``patients``, ``ids_digest``). ``split="oof"``: the table holds out-of-fold scores of the train+val
+    patients (``train`` with ``training.fusion_cv``); they all fit it."""
     from . import registry
 
-    if split not in FUSION_SPLITS:
+    if split not in (*FUSION_SPLITS, "oof"):
         raise ConfigError(f"the fusion is fitted on the val (default) or train split, not {split!r}: "
                           "the test split is never used for a choice")
     plugin = registry.get("fusion", name)
     t = {k: np.asarray(v) for k, v in table.items()}
-    sel = t["split"] == split
+    sel = np.isin(t["split"], fit_splits(split))
     if not sel.any():
         raise ConfigError(f"fusion {name!r} is fitted on the {split} split, but it has no patients; "
                           "use split ratios with a val part (e.g. 6:1:1) or training.fusion_split")
@@ -268,11 +275,14 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             raise ConfigError(f"the bundle's fusion was fitted on {len(leaked)} patient(s) of this table's test split "
                               f"(e.g. {leaked[0]}); evaluate predictions of the store split the bundle was trained on")
         meta["fusion"] = {**fitted, "source": "bundle"}
-        own = sorted(str(p) for p in t["patient_id"][t["split"] == fitted.get("fit_on")])
+        own = sorted(str(p) for p in t["patient_id"][np.isin(t["split"], fit_splits(fitted.get("fit_on")))])
         if "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:
             notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
                          f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")
     elif fusion:
+        if fusion_split == "oof":  # out-of-fold scores exist only in `train --fusion-cv` (a bundle's fusion)
+            raise ConfigError("evaluate fits the fusion on the val or train split, not on out-of-fold scores: an out-of-fold "
+                              "fusion comes from `slidestream train --fusion-cv K` (use its bundle)")
         meta["fusion"] = {**fit_fusion(t, fusion, fusion_params, fusion_split), "source": "fitted by evaluate"}
     if "fusion" in meta:
         preds.update(apply_fusion(meta["fusion"], t))
@@ -309,7 +319,8 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     if threshold == "youden":
         selection["val"].append("threshold")
     if "fusion" in meta:
-        selection[meta["fusion"]["fit_on"]].append("fusion fit")
+        for s_ in fit_splits(meta["fusion"]["fit_on"]):
+            selection[s_].append("fusion fit" + (" (out-of-fold scores)" if meta["fusion"]["fit_on"] == "oof" else ""))
     meta["best_epoch"] = best_epoch
     meta["selection"] = selection
 
@@ -468,7 +479,10 @@ def _choices(meta: dict) -> list[str]:
     out.append(f"- Threshold: {meta.get('threshold_rule', meta.get('threshold'))}.")
     f = meta.get("fusion")
     if f:
-        out.append(f"- Fusion `{f['name']}` ({f.get('source', '')}): fitted on the {f.get('fit_on')} split, "
+        where = (f"the out-of-fold image scores of the train+val patients ({f['cv']['k']}-fold, fold digest "
+                 f"`{f['cv']['folds_digest']}`; each scored by a network that never trained on it)"
+                 if f.get("fit_on") == "oof" else f"the {f.get('fit_on')} split")
+        out.append(f"- Fusion `{f['name']}` ({f.get('source', '')}): fitted on {where}, "
                    f"n = {f.get('n')} patients, ids digest `{f.get('ids_digest')}`.")
     out.append("- The test split was used for no choice; metrics on a split that made one are selection-set "
                "metrics (optimistic).")

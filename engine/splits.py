@@ -111,6 +111,23 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
     return out
 
 
+def cv_folds(patients: Sequence[str], labels: Sequence[int], k: int, seed: int = 0) -> dict[str, int]:
+    """Patient id -> fold 0..k-1: stratified by label, shuffled with ``seed`` (scikit-learn's StratifiedKFold over
+    the sorted patient ids, so the assignment depends only on the patient set, labels, k and seed). Used by
+    ``training.fusion_cv``: every patient is held out exactly once."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pids = np.array([str(p) for p in patients])
+    order = np.argsort(pids, kind="stable")
+    pids, y = pids[order], np.asarray(labels, int)[order]
+    counts = np.bincount(y, minlength=2)
+    if k < 2 or counts.min() < k:
+        raise ConfigError(f"training.fusion_cv = {k} needs 2 <= K <= the patients of each class among train+val "
+                          f"({counts[1]} mutant, {counts[0]} wildtype); use a smaller --fusion-cv")
+    folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(pids, y)
+    return {str(pids[i]): f for f, (_, held) in enumerate(folds) for i in held}
+
+
 def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold: int | None = None,
                 fold: int = 0, patient_from: str | None = None) -> dict[str, dict[str, int]]:
     """Assign splits for every patient in ``store`` (a PatchStore open ``r+``) and write the ``split``

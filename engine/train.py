@@ -31,7 +31,10 @@ is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 pen
 * Fusion (``fusion`` section, e.g. ``age_gda``): fitted at the best epoch on the ``training.fusion_split``
   patients, by default ``val`` (out of sample: the network never trained on them), and stored fitted in
   the bundle, so ``evaluate --bundle`` and ``predict`` use exactly the same model. The fusion split is
-  checked before training starts.
+  checked before training starts. ``training.fusion_cv = K`` (``--fusion-cv``) fits it instead on out-of-fold
+  scores of every train+val patient (``fusion_cv_scores``: K fold networks trained like the main one for its
+  best epoch + 1 epochs; checkpoints in ``OUT/<arch>/fusion_cv/fold<f>/``); the bundle records ``fit_on: "oof"``
+  and the folds.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.5, "weights": None, "input_size": None, "augment": False, "pool_blocks": 64, "seed": 0,
     "split": {"ratios": [6, 1, 1], "seed": 0, "kfold": None, "fold": 0},
     "aggregation": {"method": "mean", "k_frac": 0.2}, "synthetic": 0, "select": "auc", "threshold": 0.5,
-    "fusion_split": "val", "num_workers": 2, "device": "auto",
+    "fusion_split": "val", "fusion_cv": None, "num_workers": 2, "device": "auto",
 }
 
 
@@ -211,6 +214,90 @@ def _better(m: dict, best: dict | None, select: str) -> bool:
     return m["val_loss"] < best["val_loss"]
 
 
+def train_epoch(model, opt, sched, loader: PatchLoader, epoch: int, size: int, dev: torch.device) -> list[float]:
+    """One epoch of Adam steps (lr schedule stepped after each) over ``loader``'s batches; the batch losses."""
+    model.train()
+    losses = []
+    for x, y, _ in loader.tensors(epoch, size, dev):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def fusion_cv_scores(st: PatchStore, tab: dict[str, np.ndarray], cfg: dict[str, Any], build: Callable, chain,
+                     size: int, dev: torch.device, run_id: str, out_dir: Path, epochs: int,
+                     say: Callable[[str], None]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Out-of-fold image scores of every train+val patient (``training.fusion_cv = K``).
+
+    The real train+val patients are dealt into K stratified folds (``splits.cv_folds``, seeded with
+    ``training.seed``); for each fold a network is built and trained exactly as the main one (same initialisation,
+    settings and seed) on the real patches of the other K-1 folds, for ``epochs`` epochs (the main run's best
+    epoch + 1: no fold is spent on model selection, so every held-out patient is scored by a network that made
+    no choice on it), and it scores its held-out fold. Synthetic patches are left out: their generators learned
+    from train patients, which include held-out ones. Test patients are used nowhere. Checkpoints:
+    ``OUT/<arch>/fusion_cv/fold<f>/checkpoint.pt`` after every epoch; a rerun resumes each fold.
+
+    Returns the out-of-fold patient table (patient_table columns) and the record stored with the fusion
+    (``cv``: k, seed, epochs, folds_digest, per fold its held-out patients with their scores and the digest
+    of the rows its network trained on)."""
+    from .evaluate import ids_digest
+    from .splits import cv_folds
+
+    k = int(cfg["fusion_cv"])
+    tv = ~tab["synthetic"].astype(bool) & np.isin(tab["split"], ("train", "val"))
+    pid = np.array([str(p) for p in tab["patient_id"].tolist()])
+    pids, first = np.unique(pid[tv], return_index=True)
+    folds = cv_folds(pids, tab["label"][np.nonzero(tv)[0][first]], k, int(cfg["seed"]))
+    fold_of = np.array([folds[p] if ok else -1 for p, ok in zip(pid, tv)])
+    if cfg["synthetic"]:
+        say(f"fusion_cv: the fold networks train without the {cfg['synthetic']} synthetic patches (their generators "
+            "learned from train patients, held-out ones included)")
+    parts, record = [], []
+    for f in range(k):
+        rows, held = np.nonzero(tv & (fold_of != f))[0], np.nonzero(fold_of == f)[0]
+        d = out_dir / "fusion_cv" / f"fold{f}"
+        d.mkdir(parents=True, exist_ok=True)
+        rows_digest = config.digest(rows.tolist())
+        fold_id = config.digest({"run": run_id, "k": k, "fold": f, "rows": rows_digest})
+        model, _ = build()
+        opt, sched = optimizer(model, cfg)
+        ckpt, start = d / "checkpoint.pt", 0
+        if ckpt.is_file():
+            c = torch.load(ckpt, map_location="cpu", weights_only=True)
+            if c.get("run_id") == fold_id and int(c["epoch"]) < epochs:
+                model.load_state_dict(c["model"])
+                opt.load_state_dict(c["optim"])
+                sched.load_state_dict(c["sched"])
+                set_rng_state(c["rng"])
+                start = int(c["epoch"]) + 1
+            else:  # another run's (or a longer) fold: start it over
+                say(f"fusion_cv fold {f + 1}/{k}: checkpoint of another run or longer training ignored")
+        loader = PatchLoader(st, rows, int(cfg["batch_size"]), chain, shuffle=True, seed=int(cfg["seed"]),
+                             workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]),
+                             pool_blocks=int(cfg["pool_blocks"]))
+        for epoch in range(start, epochs):
+            losses = train_epoch(model, opt, sched, loader, epoch, size, dev)
+            _atomic_torch_save({"run_id": fold_id, "epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
+                                "sched": sched.state_dict(), "rng": rng_state()}, ckpt)
+            say(f"fusion_cv fold {f + 1}/{k}: epoch {epoch + 1}/{epochs}, train loss "
+                f"{np.mean(losses) if losses else float('nan'):.4f} ({len(rows)} patches)")
+        probs = store_probs(model, st, held, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
+        part = patient_table(tab, held, probs, cfg["aggregation"])
+        parts.append(part)
+        trained_on = sorted(set(pid[rows].tolist()))
+        record.append({"fold": f, "held_out": {str(p): float(v) for p, v in zip(part["patient_id"], part["image_prob"])},
+                       "train_rows": {"n": int(len(rows)), "digest": rows_digest},
+                       "train_patients": {"n": len(trained_on), "ids_digest": ids_digest(trained_on)}})
+    table = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    cv = {"k": k, "seed": int(cfg["seed"]), "epochs": int(epochs), "synthetic": 0,
+          "folds_digest": config.digest(sorted(folds.items())), "folds": record}
+    return table, cv
+
+
 def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: str | None = None, *,
           synthetic: int | None = None, seed: int | None = None, epochs: int | None = None,
           device: str | None = None, strict: bool = False, log: Callable[[str], None] | None = print,
@@ -240,10 +327,18 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         raise ConfigError(f"store {store} has no split yet; run `slidestream split PIPELINE --store {store}` first")
     check_patients(st, patient_from)
     fref = pipeline.get("fusion")
-    if fref:  # fail now, not after training: the fusion split must be able to fit the fusion
+    if cfg["fusion_cv"] and not fref:
+        raise ConfigError("training.fusion_cv (--fusion-cv) fits the pipeline's fusion, but it has no fusion section "
+                          '(e.g. "fusion": {"name": "age_gda"})')
+    if fref:  # fail now, not after training: the fusion split (or the folds) must be able to fit the fusion
         real = np.nonzero(~tab["synthetic"].astype(bool))[0]
         blank = patient_table(tab, real, np.full(len(real), 0.5), cfg["aggregation"])
-        fit_fusion(blank, fref["name"], fref.get("params"), cfg["fusion_split"])
+        fit_fusion(blank, fref["name"], fref.get("params"), "oof" if cfg["fusion_cv"] else cfg["fusion_split"])
+        if cfg["fusion_cv"]:
+            from .splits import cv_folds
+
+            tv = np.isin(blank["split"], ("train", "val"))
+            cv_folds(blank["patient_id"][tv], blank["label"][tv], int(cfg["fusion_cv"]), int(cfg["seed"]))
     out_dir = Path(out) / arch
     out_dir.mkdir(parents=True, exist_ok=True)
     logf = open(out_dir / "train.log", "a")
@@ -266,21 +361,25 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     run_id = config.digest({"pipeline": {k: v for k, v in pipeline.items() if k not in ("evaluation", "description")},
                             "store": st.manifest.get("extraction_hash"), "rows": len(st),
                             "split": st.manifest.get("split"), "arch": arch,
-                            "cfg": {k: v for k, v in cfg.items() if k not in ("epochs", "num_workers", "device")}})
+                            "cfg": {k: v for k, v in cfg.items() if k not in ("epochs", "num_workers", "device", "fusion_cv")}})
 
-    torch.manual_seed(int(cfg["seed"]))
-    model = plugin.build(num_classes=2, in_channels=channels, dropout=float(cfg["dropout"]), **cparams)
-    if cfg["weights"]:
+    def build():  # the initial network (same for the main run and every fusion_cv fold)
+        torch.manual_seed(int(cfg["seed"]))
+        model = plugin.build(num_classes=2, in_channels=channels, dropout=float(cfg["dropout"]), **cparams)
+        if not cfg["weights"]:
+            return model.to(dev), {"kind": "scratch"}
         from slidestream.plugins.classifiers.nets import load_imagenet
 
         counts = load_imagenet(model, cfg["weights"])
-        init = {"kind": "imagenet", "file": str(cfg["weights"]), "sha256": bundle_mod._sha(Path(cfg["weights"])), **counts}
-        say(f"initialised from ImageNet weights {cfg['weights']} ({counts['loaded']} tensors, "
-            f"{counts['adapted']} adapted to {channels} channel(s), {counts['skipped']} left random)")
+        return model.to(dev), {"kind": "imagenet", "file": str(cfg["weights"]),
+                               "sha256": bundle_mod._sha(Path(cfg["weights"])), **counts}
+
+    model, init = build()
+    if init["kind"] == "imagenet":
+        say(f"initialised from ImageNet weights {cfg['weights']} ({init['loaded']} tensors, "
+            f"{init['adapted']} adapted to {channels} channel(s), {init['skipped']} left random)")
     else:
-        init = {"kind": "scratch"}
         say("no training.weights given: training FROM SCRATCH (random initialisation, not ImageNet as in the paper)")
-    model.to(dev)
     opt, sched = optimizer(model, cfg)
     history: list[dict] = []
     best: dict | None = None
@@ -307,15 +406,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         f"weight decay {cfg['weight_decay']:g}")
     for epoch in range(start, int(cfg["epochs"])):
         te = time.perf_counter()
-        model.train()
-        losses = []
-        for x, y, _ in loader.tensors(epoch, size, dev):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+        losses = train_epoch(model, opt, sched, loader, epoch, size, dev)
         vp = store_probs(model, st, val_rows, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
         vy = tab["label"][val_rows].astype(int)
         vloss = float(-np.mean(np.log(np.clip(np.where(vy == 1, vp, 1 - vp), 1e-7, 1))))
@@ -347,8 +438,15 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     ptab = patient_table(tab, real, probs, cfg["aggregation"])
     write_predictions(out_dir / "predictions.csv", ptab)
     # fusion fitted out of sample by default: on the val patients, whose scores come from a network that never
-    # trained on them (training.fusion_split "train" fits in sample); never on test
-    fusion = fit_fusion(ptab, fref["name"], fref.get("params"), cfg["fusion_split"]) if fref else None
+    # trained on them (training.fusion_split "train" fits in sample), or with training.fusion_cv on the
+    # out-of-fold scores of every train+val patient; never on test
+    if fref and cfg["fusion_cv"]:
+        oof, cv = fusion_cv_scores(st, tab, cfg, build, chain, size, dev, run_id, out_dir, best["epoch"] + 1, say)
+        fusion = {**fit_fusion(oof, fref["name"], fref.get("params"), "oof"), "cv": cv}
+        say(f"fusion {fref['name']} fitted on the out-of-fold scores of {fusion['n']} train+val patients "
+            f"({cv['k']} folds, {cv['epochs']} epochs each; fold digest {cv['folds_digest']})")
+    else:
+        fusion = fit_fusion(ptab, fref["name"], fref.get("params"), cfg["fusion_split"]) if fref else None
     metrics = {}
     for split in ("val", "test"):
         sel = ptab["split"] == split
@@ -372,11 +470,14 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
                "init": init["kind"], "metrics": metrics, "history": history, "seconds": round(time.perf_counter() - t0, 1)}
     # training.json: settings, best epoch (chosen on val), fusion fit, image metrics at the best epoch; val metrics
     # are selection-set metrics (val chose the epoch). Only `slidestream evaluate` writes metrics.json.
-    val_role = "selection set (chose the best epoch" + (", fitted the fusion)" if fusion and fusion["fit_on"] == "val"
-                                                        else ")")
+    val_role = "selection set (chose the best epoch" + (
+        ", fitted the fusion)" if fusion and fusion["fit_on"] == "val" else
+        ", fitted the fusion with its out-of-fold scores)" if fusion and fusion["fit_on"] == "oof" else ")")
     doc = {"arch": arch, "settings": cfg, "init": init, "best_epoch": meta["best_epoch"],
            "best_epoch_chosen_on": "val", "selection": cfg["select"], "epochs": int(cfg["epochs"]),
-           "fusion": {k: fusion[k] for k in ("name", "params", "fit_on", "n", "ids_digest")} if fusion else None,
+           "fusion": ({**{k: fusion[k] for k in ("name", "params", "fit_on", "n", "ids_digest")},
+                       **({"cv": {k: fusion["cv"][k] for k in ("k", "seed", "epochs", "folds_digest")}}
+                          if "cv" in fusion else {})} if fusion else None),
            "metrics": {s_: {**{k: v for k, v in m.items() if k != "roc"},
                             "role": val_role if s_ == "val" else "held out"}
                        for s_, m in metrics.items()},

@@ -24,6 +24,18 @@ def trained(tmp_path_factory):
     return st.path, d / "model" / "small_cnn"
 
 
+@pytest.fixture(scope="module")
+def trained_oof(tmp_path_factory):
+    """The same store and settings with --fusion-cv 3 (2 epochs): the fusion fitted on out-of-fold scores."""
+    d = tmp_path_factory.mktemp("bundle_oof")
+    st = make_store(d / "s", n_patients=12, per_patient=6, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    pipe = config.parse({**PIPE, "training": {**PIPE["training"], "epochs": 2}})
+    logs: list[str] = []
+    train.train(pipe, st.path, d / "model", log=logs.append, fusion_cv=3)
+    return st.path, d / "model" / "small_cnn", pipe, logs
+
+
 def test_roundtrip_no_pickle(trained):
     _, path = trained
     assert not list(path.glob("*.pkl")) and (path / "model.safetensors").is_file()
@@ -80,17 +92,18 @@ def test_fused_probability(trained):
     assert predict.fused(b, 0.5, None) == {}
 
 
-def test_fusion_fitted_on_val_and_identical_in_evaluate_and_predict(trained, tmp_path):
+@pytest.mark.parametrize("fit_on", ["val", "oof"])
+def test_fusion_fitted_on_val_and_identical_in_evaluate_and_predict(fit_on, request, tmp_path):
     import csv as csvmod
 
     from slidestream.engine.store import PatchStore
 
-    store, path = trained
+    store, path = request.getfixturevalue("trained" if fit_on == "val" else "trained_oof")[:2]
     b = bundle.load(path)
     f = b.meta["fusion"]
     tab = PatchStore.open(store).table(["patient_id", "split"])
-    val = sorted(set(tab["patient_id"][tab["split"] == "val"]))
-    assert (f["fit_on"], f["n"], f["patients"]) == ("val", len(val), val)  # out of sample by default
+    fit = sorted(set(tab["patient_id"][tab["split"] == "val" if fit_on == "val" else tab["split"] != "test"]))
+    assert (f["fit_on"], f["n"], f["patients"]) == (fit_on, len(fit), fit)  # out of sample: val, or out-of-fold
     assert (path / "training.json").is_file() and not (path / "metrics.json").exists()  # only evaluate writes it
     doc = json.loads((path / "training.json").read_text())
     assert doc["best_epoch"] == b.meta["best_epoch"] and doc["fusion"]["ids_digest"] == f["ids_digest"]
@@ -108,3 +121,76 @@ def test_fusion_fitted_on_val_and_identical_in_evaluate_and_predict(trained, tmp
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["meta"]["fusion"]["state"] == f["state"] and metrics["meta"]["best_epoch"] == b.meta["best_epoch"]
     assert "selection-set metrics (it chose the best epoch, fusion fit" in (out / "report.md").read_text()
+    assert metrics["meta"]["selection"]["test"] == []
+
+
+def test_fusion_cv_out_of_fold(trained_oof, tmp_path):
+    """--fusion-cv 3: every train+val patient gets exactly one out-of-fold score, from a network whose training
+    rows (recorded digest) hold none of the patients it scored; the fusion is the one fitted on those scores;
+    the test patients appear nowhere; a rerun resumes every fold (nothing retrained, same fusion)."""
+    import numpy as np
+
+    from slidestream.engine.evaluate import fit_fusion, ids_digest
+    from slidestream.engine.store import PatchStore
+
+    store, path, pipe, logs = trained_oof
+    f = bundle.load(path).meta["fusion"]
+    cv = f["cv"]
+    tab = PatchStore.open(store).table(["patient_id", "split", "label", "age", "synthetic"])
+    pid = np.array([str(p) for p in tab["patient_id"].tolist()])
+    real_tv = ~tab["synthetic"].astype(bool) & (tab["split"] != "test")
+    trainval, test = sorted(set(pid[real_tv])), set(pid[tab["split"] == "test"])
+    assert test and cv["k"] == 3 and len(cv["folds"]) == 3
+    held = [p for fold in cv["folds"] for p in fold["held_out"]]
+    assert sorted(held) == trainval  # every train+val patient scored exactly once; no test patient
+    # the recorded fold assignment digest names exactly this assignment, and it is the seeded stratified one
+    assert cv["folds_digest"] == config.digest(sorted((p, fd["fold"]) for fd in cv["folds"] for p in fd["held_out"]))
+    lab = {p: int(tab["label"][i]) for i, p in enumerate(pid)}
+    assert splits.cv_folds(trainval, [lab[p] for p in trainval], 3, seed=0) == {
+        p: fd["fold"] for fd in cv["folds"] for p in fd["held_out"]}
+    for fold in cv["folds"]:
+        assert fold["held_out"]  # stratified folds: none empty
+        # the rows this fold's network trained on (its recorded digest) are the train+val rows of the other folds
+        rows = np.nonzero(real_tv & ~np.isin(pid, list(fold["held_out"])))[0]
+        assert fold["train_rows"] == {"n": len(rows), "digest": config.digest(rows.tolist())}
+        trained_on = set(pid[rows])
+        assert fold["train_patients"]["ids_digest"] == ids_digest(sorted(trained_on))
+        assert not trained_on & set(fold["held_out"]) and not trained_on & test
+    # the fusion equals one fitted directly on the pooled out-of-fold scores
+    scores = {p: v for fold in cv["folds"] for p, v in fold["held_out"].items()}
+    first = {p: i for i, p in reversed(list(enumerate(pid)))}
+    direct = fit_fusion({"patient_id": np.array(trainval), "split": np.array(["train"] * len(trainval)),
+                         "label": np.array([int(tab["label"][first[p]]) for p in trainval]),
+                         "age": np.array([float(tab["age"][first[p]]) for p in trainval]),
+                         "image_prob": np.array([scores[p] for p in trainval])}, "age_gda", None, "train")
+    assert f["state"] == direct["state"] and f["fit_on"] == "oof" and f["patients"] == trainval
+    assert not test & set(f["patients"])
+    doc = json.loads((path / "training.json").read_text())
+    assert doc["fusion"]["cv"]["folds_digest"] == cv["folds_digest"] and "out-of-fold" in doc["metrics"]["val"]["role"]
+    assert cv["epochs"] == doc["best_epoch"] + 1
+    assert sum("fusion_cv fold" in line for line in logs) == 3 * cv["epochs"]
+    # rerun: the main run and every fold resume from their checkpoints; nothing is retrained
+    again: list[str] = []
+    train.train(pipe, store, path.parent, log=again.append, fusion_cv=3)
+    assert not any("fusion_cv fold" in line or "epoch 1/" in line for line in again), again
+    assert bundle.load(path).meta["fusion"]["state"] == f["state"]
+    # a lost fold checkpoint: only that fold is trained again, and it reproduces the same scores and fusion
+    (path / "fusion_cv" / "fold1" / "checkpoint.pt").unlink()
+    again = []
+    train.train(pipe, store, path.parent, log=again.append, fusion_cv=3)
+    folds_trained = {line.split("fold ")[1].split(":")[0] for line in again if "fusion_cv fold" in line}
+    assert folds_trained == {"2/3"}, again
+    assert bundle.load(path).meta["fusion"] == f
+
+
+def test_evaluate_refuses_to_refit_an_oof_pipeline(tmp_path):
+    """evaluate cannot compute out-of-fold scores from a predictions table: a pipeline with training.fusion_cv is
+    refused (one line, naming --bundle) rather than silently fitted on val."""
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps({**PIPE, "training": {**PIPE["training"], "fusion_cv": 3}}))
+    csv = tmp_path / "p.csv"
+    csv.write_text("patient_id,label,age,split,image_prob\n")
+    r = CliRunner().invoke(app, ["evaluate", str(csv), "--out", str(tmp_path / "r"), "--pipeline", str(pipe)])
+    assert isinstance(r.exception, ConfigError), r.output
+    msg = str(r.exception)
+    assert "--bundle" in msg and "fusion_cv" in msg and "\n" not in msg

@@ -160,3 +160,26 @@ def test_cli_patient_from(made, tmp_path):
     r = CliRunner().invoke(app, ["split", str(pipe), "--store", str(st.path), "--patient-from", "tcga", "--ratios", "2:1:1"])
     assert r.exit_code == 0, r.output
     assert "train: 12 patients" in r.output and "test: 6 patients" in r.output
+
+
+def test_cv_folds_stratified_seeded_and_checked():
+    """training.fusion_cv's folds: every patient in exactly one fold, each fold with the class mix of the whole,
+    fixed by the seed and independent of the input order; K above a class's patient count is refused."""
+    import numpy as np
+
+    from slidestream.engine.errors import ConfigError
+    from slidestream.engine.splits import cv_folds
+
+    pids = [f"P{i:02d}" for i in range(30)]
+    labels = [1] * 20 + [0] * 10
+    f = cv_folds(pids, labels, 5, seed=0)
+    assert sorted(f) == pids and set(f.values()) == set(range(5))
+    for k in range(5):
+        members = [i for i, p in enumerate(pids) if f[p] == k]
+        assert sum(labels[i] for i in members) == 4 and len(members) == 6
+    assert cv_folds(pids[::-1], labels[::-1], 5, seed=0) == f
+    assert cv_folds(pids, labels, 5, seed=1) != f
+    with pytest.raises(ConfigError, match="fusion_cv = 11") as e:
+        cv_folds(pids, labels, 11)
+    assert "\n" not in str(e.value)
+    assert np.bincount(list(cv_folds(pids, labels, 10).values())).tolist() == [3] * 10

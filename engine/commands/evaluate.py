@@ -18,7 +18,8 @@ def evaluate_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, patients.csv, roc_val.png, roc_test.png "
                                                       "and report.md."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`): use exactly its "
-                                                                  "fitted fusion (as `predict` does) and record its best epoch."),
+                                                                  "fitted fusion (val or out-of-fold, as `predict` does) and "
+                                                                  "record its best epoch."),
     pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline JSON: fit its fusion section on its "
                                                                       "training.fusion_split (default val)."),
     fusion: Optional[str] = typer.Option(None, help="Fusion plugin to fit here, e.g. age_gda (adds the age and age+image "
@@ -61,6 +62,9 @@ def evaluate_command(
         from ..train import settings
 
         p = config.load(pipeline)
+        if settings(p)["fusion_cv"] and not fusion_split:
+            raise ConfigError(f"{pipeline} sets training.fusion_cv: the out-of-fold fusion needs the fold networks, "
+                              "which `slidestream train` fits; evaluate with --bundle OUT/<arch> (or pass --fusion-split val)")
         fref = p.get("fusion") or {}
         fusion = fusion or fref.get("name")
         params = fref.get("params") if fusion == fref.get("name") else None

@@ -54,12 +54,16 @@ def train_command(
                                                "gave no patient_id (the store refuses otherwise): 'tcga' (first 12 "
                                                "characters of TCGA slide barcodes, e.g. TCGA-CS-4938) or 'slide' (each "
                                                "slide its own patient). Must match the split's (see `slidestream split`)."),
+    fusion_cv: Optional[int] = typer.Option(None, "--fusion-cv", min=2, help="K: fit the age fusion on out-of-fold "
+                                            "image scores of every train+val patient instead of the val split: K extra "
+                                            "networks, each trained like the main one (for its best epoch + 1 epochs) on "
+                                            "K-1 folds and scoring the held-out fold; test untouched (training.fusion_cv)."),
     strict: bool = typer.Option(False, "--strict", help="Refuse synthetic patches of generators that learned from "
                                 "patients outside the current train split (default: leave them out with a warning)."),
 ):
     """Train classifier(s) with per-epoch checkpoints; rerun the same command to resume after an interruption.
-    Per architecture: a bundle with the fusion fitted on training.fusion_split (default val), training.json,
-    history.json, predictions.csv."""
+    Per architecture: a bundle with the fusion fitted on training.fusion_split (default val) or, with --fusion-cv K,
+    on out-of-fold scores of the train+val patients; training.json, history.json, predictions.csv."""
     from .. import config, splits, train
     from ..store import PatchStore
 
@@ -72,7 +76,7 @@ def train_command(
             sp = train.settings(p)["split"]
             splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0), patient_from)
     res = train.train_many(p, store, out, arch, epochs=epochs, synthetic=synthetic, seed=seed, device=device,
-                           strict=strict, log=typer.echo, patient_from=patient_from)
+                           strict=strict, log=typer.echo, patient_from=patient_from, fusion_cv=fusion_cv)
     typer.echo(f"comparison: {res['comparison']['markdown']}, ROC: {res['comparison']['roc']}")
 
 
@@ -84,7 +88,8 @@ def predict_command(
                                                             "with slides: folder for the heatmaps (default .)."),
     age: Optional[float] = typer.Option(None, "--age", help="Patient age in years: adds the age+image probability "
                                                              "with the bundle's fusion model (fitted on the val "
-                                                             "patients; the one `evaluate --bundle` uses)."),
+                                                             "patients, or out-of-fold with train --fusion-cv; the "
+                                                             "one `evaluate --bundle` uses)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for inputs without resolution metadata (photos)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ):
