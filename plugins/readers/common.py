@@ -22,7 +22,11 @@ def positive_float(v) -> float | None:
 def to_rgb(a: np.ndarray) -> np.ndarray:
     """uint8 RGB from gray, RGB or RGBA (alpha composited over white, as glass looks)."""
     a = np.asarray(a)
-    if a.dtype != np.uint8:
+    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.dtype.itemsize > 1 and a.max(initial=0) > 255):
+        a = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)  # 16-bit samples: keep the top 8 bits, never clip
+    elif a.dtype.kind == "f":
+        a = np.clip(np.nan_to_num(a) * (255 if a.size and np.nanmax(a) <= 1 else 1), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2)

@@ -27,8 +27,11 @@ class ImageSlide:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # between 1x and 2x the limit
                 with Image.open(path) as im:
                     im.load()
-                    self._rgb = to_rgb(np.asarray(im.convert("RGBA") if im.mode in ("P", "LA", "RGBA", "PA")
-                                                  else im.convert("RGB")))
+                    if im.mode.startswith(("I;16", "I", "F")):  # 16-bit / 32-bit gray: scaled, not clipped
+                        self._rgb = to_rgb(np.asarray(im))
+                    else:
+                        self._rgb = to_rgb(np.asarray(im.convert("RGBA") if im.mode in ("P", "LA", "RGBA", "PA")
+                                                      else im.convert("RGB")))
                     dpi = im.info.get("dpi")
         except Image.DecompressionBombError as e:
             raise BrokenFile(f"the image claims more pixels than Pillow's decompression-bomb limit "
