@@ -117,6 +117,23 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     out["slide é ü (copy)"] = (odd, "done", r"^$")
     dcm = WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
     out["dicom_trunc"] = (truncate(dcm, d / "dicom_trunc.dcm", 0.5), "error", r"truncated or damaged")
+    folder = d / "dicom_dir_flip"  # a DICOM folder with damaged level-0 frames (OpenSlide decoded them silently)
+    folder.mkdir(exist_ok=True)
+    for f in (WSI / "dicom-cmu-1-small-region").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    lv0 = folder / "level-0-frames-0-30.dcm"
+    data = bytearray(lv0.read_bytes())
+    rng = np.random.default_rng(1)
+    for k in rng.choice(np.arange(5000, len(data) - 1000), 100, replace=False):
+        data[int(k)] ^= int(rng.integers(1, 256))
+    lv0.write_bytes(bytes(data))
+    out["dicom_dir_flip"] = (folder, "error", r"truncated|corrupt|damaged")
+    absurd = d / "mpp100.svs"  # the file's own header says 100 µm/px
+    data = bytearray(good.read_bytes())
+    i = data.find(b"MPP = 0.5")
+    data[i:i + 9] = b"MPP = 100"
+    absurd.write_bytes(bytes(data))
+    out["mpp100"] = (absurd, "error", r"says 100 µm/px, not a microscope resolution")
     (d / "text.svs").write_text("this is not a slide\n")
     out["text"] = (d / "text.svs", "error", r"not a readable slide")
     return out

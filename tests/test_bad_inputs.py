@@ -199,3 +199,21 @@ def test_unreadable_tables_and_links_are_named(tmp_path):
     loop.symlink_to(loop.name)
     with pytest.raises(ConfigError, match=r"cohort.csv: broken symbolic link \(or a link loop\)"):
         read_cohort(loop)
+
+
+def test_16bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+    import tifffile
+    from slidestream.engine.slide import open_slide
+
+    a = np.random.default_rng(0).integers(0, 256, (64, 80, 3)).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "a8.png")
+    Image.fromarray(a[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    tifffile.imwrite(tmp_path / "a16.tif", a.astype(np.uint16) * 257, photometric="rgb")
+    tifffile.imwrite(tmp_path / "af.tif", a.astype(np.float32) / 255, photometric="rgb")
+    ref = open_slide(tmp_path / "a8.png", mpp=0.5).reader.read_region((0, 0), 0, (80, 64))
+    for name in ("a16.tif", "af.tif"):
+        got = open_slide(tmp_path / name, mpp=0.5).reader.read_region((0, 0), 0, (80, 64))
+        assert np.abs(got.astype(int) - ref).max() <= 1, name
+    got = open_slide(tmp_path / "g16.png", mpp=0.5).reader.read_region((0, 0), 0, (80, 64))
+    assert np.array_equal(got[..., 0], a[..., 0])
