@@ -301,6 +301,10 @@ class PatchStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             acquire_lock(path)
         except OSError as e:
+            blocker = next((q for q in path.parents if q.is_file()), None)
+            if blocker is not None:
+                raise StoreError(f"cannot write the store at {path}: {blocker} is a file, not a folder; "
+                                 "choose an --out inside a folder") from None
             raise StoreError(f"cannot write the store at {path}: {e.strerror}; choose a writable --out") from None
         partial = beside(path, "partial")
         shutil.rmtree(partial, ignore_errors=True)
