@@ -91,6 +91,47 @@ def blank_slide(dst: Path) -> Path:
     return dst
 
 
+def strip_tiff(dst: Path, width: int, height: int) -> Path:
+    """An uncompressed RGB TIFF in strips of one row, no pyramid, 20000 µm/cm resolution (0.5 µm/px); its
+    pixel data is a hole in a sparse file, so a huge one costs no disk."""
+    n = 11
+    offs = 8 + 2 + 12 * n + 4
+    counts, bps, res = offs + 4 * height, offs + 8 * height, offs + 8 * height + 8
+    data = res + 16
+
+    def e(tag, typ, count, value):
+        return struct.pack("<HHII", tag, typ, count, value)
+
+    with open(dst, "wb") as f:
+        f.write(b"II*\0" + struct.pack("<IH", 8, n))
+        f.write(e(256, 4, 1, width) + e(257, 4, 1, height) + e(258, 3, 3, bps) + e(259, 3, 1, 1) + e(262, 3, 1, 2)
+                + e(273, 4, height, offs) + e(277, 3, 1, 3) + e(278, 4, 1, 1) + e(279, 4, height, counts)
+                + e(282, 5, 1, res) + e(296, 3, 1, 3) + b"\0\0\0\0")
+        f.write(np.arange(height, dtype="<u4").__mul__(width * 3).__add__(data).astype("<u4").tobytes())
+        f.write(np.full(height, width * 3, "<u4").tobytes())
+        f.write(struct.pack("<3H", 8, 8, 8) + b"\0\0" + struct.pack("<II", 20000, 1) + b"\0" * 8)
+        f.truncate(data + width * height * 3)
+    return dst
+
+
+def dicom_folder(d: Path, name: str, damage) -> Path:
+    """A copy of the CMU DICOM series whose level-0 file went through ``damage(bytearray) -> bytes``."""
+    folder = d / name
+    folder.mkdir(exist_ok=True)
+    for f in (WSI / "dicom-cmu-1-small-region").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    lv0 = folder / "level-0-frames-0-30.dcm"
+    lv0.write_bytes(damage(bytearray(lv0.read_bytes())))
+    return folder
+
+
+def _flip(data: bytearray, lo: int, hi: int, n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    for k in rng.choice(np.arange(lo, hi), n, replace=False):
+        data[int(k)] ^= int(rng.integers(1, 256))
+    return bytes(data)
+
+
 def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     """Bad slides beside ``good``: {name: (path, expected status, reason pattern)}."""
     d.mkdir(parents=True, exist_ok=True)
@@ -117,17 +158,16 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     out["slide é ü (copy)"] = (odd, "done", r"^$")
     dcm = WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
     out["dicom_trunc"] = (truncate(dcm, d / "dicom_trunc.dcm", 0.5), "error", r"truncated or damaged")
-    folder = d / "dicom_dir_flip"  # a DICOM folder with damaged level-0 frames (OpenSlide decoded them silently)
-    folder.mkdir(exist_ok=True)
-    for f in (WSI / "dicom-cmu-1-small-region").iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    lv0 = folder / "level-0-frames-0-30.dcm"
-    data = bytearray(lv0.read_bytes())
-    rng = np.random.default_rng(1)
-    for k in rng.choice(np.arange(5000, len(data) - 1000), 100, replace=False):
-        data[int(k)] ^= int(rng.integers(1, 256))
-    lv0.write_bytes(bytes(data))
-    out["dicom_dir_flip"] = (folder, "error", r"truncated|corrupt|damaged")
+    # DICOM series with a damaged level-0 file: OpenSlide decoded flipped frames silently; the dicom reader
+    # skipped a level whose header was cut short or overwritten (the next level became level 0)
+    out["dicom_dir_flip"] = (dicom_folder(d, "dicom_dir_flip", lambda b: _flip(b, 5000, len(b) - 1000, 100, 1)),
+                             "error", r"truncated|corrupt|damaged")
+    out["dicom_dir_trunc"] = (dicom_folder(d, "dicom_dir_trunc", lambda b: bytes(b[:int(len(b) * 0.7)])),
+                              "error", r"level-0-frames-0-30.dcm: .*truncated or damaged")
+    out["dicom_dir_head"] = (dicom_folder(d, "dicom_dir_head", lambda b: _flip(b, 132, 1500, 20, 2)),
+                             "error", r"level-0-frames-0-30.dcm: .*truncated or damaged")
+    out["strips"] = (strip_tiff(d / "strips.tif", 20000, 20000), "error", r"thumbnail would be read from level 0 .*"
+                     r"pyramidal TIFF")
     absurd = d / "mpp100.svs"  # the file's own header says 100 µm/px
     data = bytearray(good.read_bytes())
     i = data.find(b"MPP = 0.5")

@@ -90,6 +90,19 @@ def _header(path: Path):
     return pydicom.dcmread(str(path), defer_size=256)
 
 
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+
+
+def _check_wsi_file(path: Path, ds) -> None:
+    """A file that says it is a whole-slide image but has no readable pixel matrix is damaged (pydicom stops
+    quietly where a header is cut short or overwritten); skipping it would silently drop a pyramid level."""
+    meta = getattr(ds, "file_meta", None)
+    if str(getattr(meta, "MediaStorageSOPClassUID", "")) == WSI_SOP_CLASS and (
+            "PixelData" not in ds or "TotalPixelMatrixColumns" not in ds):
+        raise BrokenFile(f"{path.name}: a whole-slide DICOM file without a readable header or pixel data: "
+                         "truncated or damaged")
+
+
 def _image_type(ds) -> str:
     t = ds.get("ImageType")
     return str(t[2]).upper() if t is not None and len(t) > 2 else ""
@@ -251,6 +264,8 @@ class DicomSlide:
             if not candidates:
                 raise ValueError("folder holds no DICOM files")
             headers = [(f, _header(f)) for f in candidates]
+            for f, ds in headers:
+                _check_wsi_file(f, ds)
         else:
             if not _is_dicom(p):
                 raise ValueError("not a DICOM file (no DICM marker)")
@@ -271,6 +286,7 @@ class DicomSlide:
                     ds = _header(f)
                 except Exception:
                     continue
+                _check_wsi_file(f, ds)  # it names our series: a damaged level is an error, not a level less
                 if ds.get("SeriesInstanceUID") == series:
                     headers.append((f, ds))
         levels = [(f, ds) for f, ds in headers if _is_wsi_level(ds)]
