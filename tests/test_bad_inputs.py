@@ -217,3 +217,37 @@ def test_16bit_and_float_images_are_scaled_not_clipped(tmp_path):
         assert np.abs(got.astype(int) - ref).max() <= 1, name
     got = open_slide(tmp_path / "g16.png", mpp=0.5).reader.read_region((0, 0), 0, (80, 64))
     assert np.array_equal(got[..., 0], a[..., 0])
+
+
+def test_spreadsheet_dialects_and_row_problems(tmp_path):
+    ok = "slide_path{d}patient_id{d}label{d}age\na.svs{d}P1{d}1{d}40\n"
+    (tmp_path / "semi.csv").write_text(ok.format(d=";"))  # locales with a decimal comma
+    (tmp_path / "tab.csv").write_text(ok.format(d="\t"))
+    (tmp_path / "u16.csv").write_text(ok.format(d="\t"), encoding="utf-16")  # "Unicode text" (BOM)
+    (tmp_path / "quoted.csv").write_text('slide_path,patient_id,label,age\n"a.svs","P, 1",1,40\n\n\n')
+    for name in ("semi", "tab", "u16"):
+        assert [(r.slide_id, r.patient_id, r.age) for r in read_cohort(tmp_path / f"{name}.csv")] == [("a", "P1", 40.0)]
+    assert read_cohort(tmp_path / "quoted.csv")[0].patient_id == "P, 1"
+    (tmp_path / "tilde.csv").write_text("slide_path,patient_id,label,age\n~/a.svs,P1,1,40\n")
+    assert read_cohort(tmp_path / "tilde.csv")[0].slide_path == os.path.expanduser("~/a.svs")
+    for text, pattern in (("a.svs,P1,1\n", r"line 2: 1 fewer cells than columns"),  # was: age silently NaN
+                          ('"a.svs,P1,1,40\n', r"line 2: unexpected end of data; check the quotes"),
+                          ('a.svs,P1,1,40\n"b"x.svs,P2,0,50\n', r"line 3: .*check the quotes")):
+        f = tmp_path / "bad.csv"
+        f.write_text("slide_path,patient_id,label,age\n" + text)
+        with pytest.raises(ConfigError, match=pattern):
+            read_cohort(f)
+
+
+def test_bad_pipeline_and_out_are_one_line(cli, tmp_path):
+    slides = _csv(tmp_path / "c.csv", [[tmp_path / "x.svs", "P0", 1, 50]])
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([json.loads(EXAMPLE.read_text())]))
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(bytes(range(128, 256)))
+    (tmp_path / "afile").write_text("x")
+    for args, pattern in (((listed, "--out", tmp_path / "o"), r"a pipeline is a JSON object \(\{...\}\), not a list"),
+                          ((binary, "--out", tmp_path / "o"), r"bin.json is not UTF-8 text"),
+                          ((EXAMPLE, "--out", tmp_path / "afile" / "s"), r"afile is a file, not a folder")):
+        code, _, err = cli("extract", args[0], "--slides", slides, *args[1:])
+        assert code == 2 and "\n" not in err.strip() and len(err) < 300 and re.search(pattern, err), err
