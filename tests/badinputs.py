@@ -48,6 +48,23 @@ def flip_jpeg_bytes(src: Path, dst: Path, n: int = 100, seed: int = 0) -> Path:
     return dst
 
 
+def flip_dicom_frames(src: Path, dst: Path, frames: int = 10, seed: int = 0) -> Path:
+    """XOR one byte in each of ``frames`` random JPEG frames of a single-file DICOM slide (past the frame's
+    first quarter, so mostly the entropy-coded data that libjpeg may decode with only a warning)."""
+    from slidestream.engine.slide import open_slide
+
+    s = open_slide(src, mpp=0.5)
+    spans = [r if isinstance(r, tuple) else r[0] for r in s.reader._levels[0].frames]
+    s.close()
+    rng = np.random.default_rng(seed)
+    data = bytearray(src.read_bytes())
+    for k in rng.choice(len(spans), frames, replace=False):
+        p, n = spans[int(k)]
+        data[p + int(rng.integers(n // 4, n - 2))] ^= int(rng.integers(1, 256))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def claim_size(src: Path, dst: Path, width: int, height: int) -> Path:
     """A copy whose level-0 header claims ``width`` x ``height`` px (the tile table is left as it is)."""
     import tifffile

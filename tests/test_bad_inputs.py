@@ -62,10 +62,16 @@ def corpus(tmp_path_factory):
     for s in range(N_FLIPPED):  # 100 flipped bytes, a different seed each
         cases[f"flip{s}"] = (B.flip_jpeg_bytes(good, d / "bad" / f"flip{s}.svs", 100, seed=s), "error",
                              r"corrupt image data")
+    dcm = B.WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
+    for s in range(N_FLIPPED):  # one flipped byte in each of 10 JPEG frames (imagecodecs and OpenSlide: silent)
+        cases[f"dcmflip{s}"] = (B.flip_dicom_frames(dcm, d / "bad" / f"dcmflip{s}.dcm", 10, seed=s), "error",
+                                r"corrupt JPEG frame \d+ of dcmflip\d.dcm: Corrupt JPEG data")
     code, ref, err, _ = _extract(pipe, _csv(d / "ref.csv", [[good, "P0", 1, 50]]), d / "ref")
     assert code == 0, err
     rows = [[good, "P0", 1, 50]] + [[p, f"Q{i}", 0, 60] for i, (p, _, _) in enumerate(cases.values())]
-    code, summary, err, seconds = _extract(pipe, _csv(d / "all.csv", rows), d / "all")
+    rows = [r + [0.5 if "dcmflip" in str(r[0]) else ""] for r in rows]  # the pathml file has no resolution
+    code, summary, err, seconds = _extract(pipe, _csv(d / "all.csv", rows, header=("slide_path", "patient_id", "label",
+                                                                                   "age", "mpp")), d / "all")
     return dict(d=d, pipe=pipe, good=good, cases=cases, code=code, summary=summary, err=err, seconds=seconds)
 
 
