@@ -109,6 +109,11 @@ def _patch_array_kwargs(size: int, store_cfg: Mapping[str, Any]) -> dict[str, An
                 compressors=codec(store_cfg), dimension_names=PATCH_DIMS)
 
 
+# process-wide too: catch_warnings below is not thread-safe (slides run in threads that also catch warnings
+# per slide), so a concurrent exit can restore the filters while zarr warns, and the note reached the terminal
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+
+
 def _consolidate(path: Path) -> None:
     with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
         warnings.simplefilter("ignore")

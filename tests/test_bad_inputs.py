@@ -62,6 +62,10 @@ def corpus(tmp_path_factory):
     for s in range(N_FLIPPED):  # 100 flipped bytes, a different seed each
         cases[f"flip{s}"] = (B.flip_jpeg_bytes(good, d / "bad" / f"flip{s}.svs", 100, seed=s), "error",
                              r"corrupt image data")
+    ome = B.WSI / "OS-1-detail.ome.tif"
+    for s in range(N_FLIPPED):  # 10 flipped bytes in the OME-TIFF's JPEG tiles (tifffile/imagecodecs: silent)
+        cases[f"omeflip{s}"] = (B.flip_jpeg_bytes(ome, d / "bad" / f"omeflip{s}.ome.tif", 10, seed=s), "error",
+                                r"corrupt JPEG tile \d+ .*(libjpeg: Corrupt JPEG data|stray JPEG marker)")
     dcm = B.WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
     for s in range(N_FLIPPED):  # one flipped byte in each of 10 JPEG frames (imagecodecs and OpenSlide: silent)
         cases[f"dcmflip{s}"] = (B.flip_dicom_frames(dcm, d / "bad" / f"dcmflip{s}.dcm", 10, seed=s), "error",

@@ -200,16 +200,34 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
     return ""
 
 
+def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -> str:
+    """libjpeg-turbo's own warning about one JPEG tile ('' when none): it is decoded once through simplejpeg
+    with warnings as errors ("Corrupt JPEG data: premature end of data segment", which imagecodecs, and so
+    tifffile, swallow). ``tables``: a TIFF's JPEGTables, merged in front of an abbreviated tile."""
+    import simplejpeg
+
+    if tables[:2] == b"\xff\xd8" and tables.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+        data = tables.rstrip(b"\x00")[:-2] + data[2:]
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY" if components == 1 else "RGB", strict=True)
+    except ValueError as e:
+        if "corrupt" in str(e).lower() or "premature" in str(e).lower():
+            return f"libjpeg: {e}"
+    return ""
+
+
 class TiffTileCheck:
     """Checks each JPEG tile of a TIFF once, before a decoder sees it (``jpeg_tile_problem``).
 
     ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
     ``BrokenFile`` naming the first bad tile the box touches. Pages that are not tiled JPEG are not checked."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, decode: bool = False):
         import tifffile
 
         self.path = path
+        self.decode = decode  # also decode each tile once with libjpeg warnings as errors (strict_jpeg_problem)
+        self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)
@@ -222,6 +240,7 @@ class TiffTileCheck:
                     self.pages.setdefault(key, (int(page.tilewidth), int(page.tilelength), int(page.samplesperpixel),
                                                 np.asarray(page.dataoffsets, np.int64),
                                                 np.asarray(page.databytecounts, np.int64)))
+                    self.tables.setdefault(key, bytes(page.jpegtables or b""))
         self._seen: set = set()
         self._fd = os.open(path, os.O_RDONLY) if self.pages else None
 
@@ -237,7 +256,10 @@ class TiffTileCheck:
                 k = r * cols + c
                 if (dims, k) in self._seen or not counts[k]:
                     continue
-                why = jpeg_tile_problem(os.pread(self._fd, int(counts[k]), int(offs[k])), tw, th, spp)
+                data = os.pread(self._fd, int(counts[k]), int(offs[k]))
+                why = jpeg_tile_problem(data, tw, th, spp)
+                if not why and self.decode:
+                    why = strict_jpeg_problem(data, self.tables.get(dims, b""), spp)
                 if why:
                     raise BrokenFile(f"corrupt JPEG tile {k} of the {dims[0]} x {dims[1]} px level "
                                      f"(column {c}, row {r}): {why}")

@@ -21,7 +21,7 @@ class TiffSlide:
 
         check_claims(path)
         self.path = path
-        self._tiles = TiffTileCheck(path)  # imagecodecs decodes damaged JPEG tiles without a word
+        self._tiles = TiffTileCheck(path, decode=True)  # imagecodecs decodes damaged JPEG tiles without a word
         self._tf = tifffile.TiffFile(path)
         series = self._tf.series[0]
         axes = series.axes
