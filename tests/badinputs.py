@@ -65,6 +65,20 @@ def flip_dicom_frames(src: Path, dst: Path, frames: int = 10, seed: int = 0) -> 
     return dst
 
 
+def sparse_tiles(src: Path, dst: Path, every: int = 3) -> Path:
+    """A copy whose level-0 tiles 0, every, 2*every, ... have byte count 0 (absent: sparse TIFF)."""
+    import tifffile
+
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        tag = tf.pages[0].tags["TileByteCounts"]
+        assert tag.dtype == 4  # LONG
+        for k in range(0, tag.count, every):
+            data[tag.valueoffset + 4 * k:tag.valueoffset + 4 * k + 4] = b"\0\0\0\0"
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def claim_size(src: Path, dst: Path, width: int, height: int) -> Path:
     """A copy whose level-0 header claims ``width`` x ``height`` px (the tile table is left as it is)."""
     import tifffile

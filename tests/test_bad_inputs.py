@@ -261,3 +261,13 @@ def test_bad_pipeline_and_out_are_one_line(cli, tmp_path):
                           ((EXAMPLE, "--out", tmp_path / "afile" / "s"), r"afile is a file, not a folder")):
         code, _, err = cli("extract", args[0], "--slides", slides, *args[1:])
         assert code == 2 and "\n" not in err.strip() and len(err) < 300 and re.search(pattern, err), err
+
+
+def test_absent_tiles_of_a_sparse_tiff_are_glass_in_every_reader(tmp_path):
+    from slidestream.engine.slide import open_slide
+
+    p = B.sparse_tiles(B.good_slide(tmp_path / "g.svs"), tmp_path / "sparse.svs")
+    for order in (["cucim"], ["tifffile"], ["openslide"]):  # tifffile filled absent tiles with black (tissue-dark)
+        s = open_slide(p, order=order)
+        assert s.reader_name == order[0] and (s.reader.read_region((0, 0), 0, (256, 256)) == 255).all(), order
+        s.close()

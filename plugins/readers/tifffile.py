@@ -30,7 +30,7 @@ class TiffSlide:
         self._axes = axes
         self._levels = []
         for i, lvl in enumerate(series.levels):
-            self._levels.append(zarr.open(series.aszarr(level=i), mode="r"))
+            self._levels.append(zarr.open(series.aszarr(level=i, fillvalue=255), mode="r"))  # absent tile: glass
         dims = [(int(lv.shape[axes.index("X")]), int(lv.shape[axes.index("Y")])) for lv in series.levels]
         self.level_dimensions = dims
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
