@@ -79,6 +79,20 @@ def sparse_tiles(src: Path, dst: Path, every: int = 3) -> Path:
     return dst
 
 
+def without_jpegtables(src: Path, dst: Path) -> Path:
+    """A copy whose JPEGTables tags are renamed to an unknown tag: abbreviated tiles without their tables."""
+    import tifffile
+
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        for page in tf.pages:
+            if "JPEGTables" in page.tags:
+                off = page.tags["JPEGTables"].offset
+                data[off:off + 2] = struct.pack("<H", 65000)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def claim_size(src: Path, dst: Path, width: int, height: int) -> Path:
     """A copy whose level-0 header claims ``width`` x ``height`` px (the tile table is left as it is)."""
     import tifffile
@@ -205,6 +219,8 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     data[i:i + 9] = b"MPP = 100"
     absurd.write_bytes(bytes(data))
     out["mpp100"] = (absurd, "error", r"says 100 µm/px, not a microscope resolution")
+    out["no_tables"] = (without_jpegtables(WSI / "CMU-1-Small-Region.svs", d / "no_tables.svs"), "error",
+                        r"corrupt JPEG tile 0 .*no quantisation tables and the TIFF no JPEGTables tag")
     (d / "text.svs").write_text("this is not a slide\n")
     out["text"] = (d / "text.svs", "error", r"not a readable slide")
     return out

@@ -155,10 +155,11 @@ def _check_page(page, k: int, file_size: int) -> None:
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
 
 
-def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> str:
+def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tables: bytes | None = None) -> str:
     """What is wrong with one JPEG tile's bytes ('' when nothing is seen), without decoding it.
 
-    Checks what a decoder may not report, or may crash on: SOI at the start and EOI at the end, a
+    Checks what a decoder may not report, or may crash on: SOI at the start and EOI at the end, quantisation
+    tables in the tile or (``tables``, a TIFF's JPEGTables; None: not checked) beside it, a
     well-formed chain of header segments, a frame size equal to the TIFF tile size and the right number of
     colour components, and in the entropy-coded data no marker but byte stuffing (FF 00), restarts
     (FF D0..D7) and fill bytes. Cost: one pass of numpy over the compressed bytes."""
@@ -167,7 +168,7 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
     end = data.rstrip(b"\x00")  # some writers pad tiles with zeros
     if end[-2:] != b"\xff\xd9":
         return "the tile does not end with a JPEG EOI marker (cut short or overwritten)"
-    i, n, sof = 2, len(end), False
+    i, n, sof, dqt = 2, len(end), False, False
     while True:
         if i + 4 > n or end[i] != 0xFF:
             return f"malformed JPEG header at byte {i}"
@@ -178,6 +179,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
         length = int.from_bytes(end[i + 2:i + 4], "big")
         if length < 2 or i + 2 + length > n:
             return f"JPEG header segment at byte {i} has a bad length ({length})"
+        if m == 0xDB:
+            dqt = True
         if m in SOF:
             h, w, nc = int.from_bytes(end[i + 5:i + 7], "big"), int.from_bytes(end[i + 7:i + 9], "big"), end[i + 9]
             if (w, h) != (width, height):
@@ -190,6 +193,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
             break
     if not sof:
         return "the JPEG tile has no frame header (SOF)"
+    if tables is not None and not dqt and b"\xff\xdb" not in tables:
+        return "the JPEG tile has no quantisation tables and the TIFF no JPEGTables tag (a broken or stripped header)"
     body = np.frombuffer(end, np.uint8, count=n - 2 - i, offset=i)
     ff = np.flatnonzero(body[:-1] == 0xFF)
     nxt = body[ff + 1]
@@ -257,7 +262,7 @@ class TiffTileCheck:
                 if (dims, k) in self._seen or not counts[k]:
                     continue
                 data = os.pread(self._fd, int(counts[k]), int(offs[k]))
-                why = jpeg_tile_problem(data, tw, th, spp)
+                why = jpeg_tile_problem(data, tw, th, spp, self.tables.get(dims, b""))
                 if not why and self.decode:
                     why = strict_jpeg_problem(data, self.tables.get(dims, b""), spp)
                 if why:
