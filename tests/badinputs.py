@@ -190,6 +190,11 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     out["bomb"] = (png_claiming(d / "bomb.png", 40000, 40000), "error", r"decompression-bomb limit")
     out["photo"] = (photo_without_resolution(d / "photo.png"), "error", r"no resolution metadata.*--mpp")
     out["blank"] = (blank_slide(d / "blank.svs"), "empty", r"no tissue")
+    from PIL import Image
+
+    gray = Image.open(good).convert("L")  # a grey picture of a slide with tissue: the DPW filters need colour
+    gray.save(d / "gray.png", dpi=(25400 / 0.5, 25400 / 0.5))
+    out["gray"] = (d / "gray.png", "empty", r"grayscale")
     folder = d / "folder.svs"
     folder.mkdir(exist_ok=True)
     out["folder"] = (folder, "error", r"a folder, not a slide file")
