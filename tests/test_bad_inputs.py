@@ -271,3 +271,9 @@ def test_absent_tiles_of_a_sparse_tiff_are_glass_in_every_reader(tmp_path):
         s = open_slide(p, order=order)
         assert s.reader_name == order[0] and (s.reader.read_region((0, 0), 0, (256, 256)) == 255).all(), order
         s.close()
+
+
+def test_mpp_option_out_of_range_is_refused_before_work(tmp_path):
+    for v in (0.0, -1.0, float("nan"), float("inf"), 1e6):
+        with pytest.raises(ConfigError, match=r"--mpp .*: not a resolution; .*0.001..1000"):
+            read_cohort(tmp_path, default_mpp=v)
