@@ -93,6 +93,16 @@ def without_jpegtables(src: Path, dst: Path) -> Path:
     return dst
 
 
+def flip_tail_bytes(src: Path, dst: Path, n: int = 5, seed: int = 0) -> Path:
+    """XOR ``n`` random bytes in the last three quarters of a file (a plain JPEG's entropy-coded data)."""
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    for k in rng.choice(np.arange(len(data) // 4, len(data) - 2), n, replace=False):
+        data[int(k)] ^= int(rng.integers(1, 256))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def claim_size(src: Path, dst: Path, width: int, height: int) -> Path:
     """A copy whose level-0 header claims ``width`` x ``height`` px (the tile table is left as it is)."""
     import tifffile

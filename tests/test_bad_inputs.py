@@ -67,16 +67,22 @@ def corpus(tmp_path_factory):
         cases[f"omeflip{s}"] = (B.flip_jpeg_bytes(ome, d / "bad" / f"omeflip{s}.ome.tif", 10, seed=s), "error",
                                 r"corrupt JPEG tile \d+ .*(libjpeg: Corrupt JPEG data|stray JPEG marker)")
     dcm = B.WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
+    from PIL import Image
+
+    Image.open(good).convert("RGB").save(d / "photo.jpg", quality=90)  # a cropped-tile JPEG (the paper's 2nd cohort)
+    photos = {f"jpgflip{s}": B.flip_tail_bytes(d / "photo.jpg", d / "bad" / f"jpgflip{s}.jpg", 5, seed=s)
+              for s in range(N_FLIPPED)}
     for s in range(N_FLIPPED):  # one flipped byte in each of 10 JPEG frames (imagecodecs and OpenSlide: silent)
         cases[f"dcmflip{s}"] = (B.flip_dicom_frames(dcm, d / "bad" / f"dcmflip{s}.dcm", 10, seed=s), "error",
                                 r"corrupt JPEG frame \d+ of dcmflip\d.dcm: Corrupt JPEG data")
     code, ref, err, _ = _extract(pipe, _csv(d / "ref.csv", [[good, "P0", 1, 50]]), d / "ref")
     assert code == 0, err
     rows = [[good, "P0", 1, 50]] + [[p, f"Q{i}", 0, 60] for i, (p, _, _) in enumerate(cases.values())]
-    rows = [r + [0.5 if "dcmflip" in str(r[0]) else ""] for r in rows]  # the pathml file has no resolution
+    rows += [[p, f"J{i}", 0, 60] for i, p in enumerate(photos.values())]
+    rows = [r + [0.5 if "dcmflip" in str(r[0]) or "jpgflip" in str(r[0]) else ""] for r in rows]  # no resolution
     code, summary, err, seconds = _extract(pipe, _csv(d / "all.csv", rows, header=("slide_path", "patient_id", "label",
                                                                                    "age", "mpp")), d / "all")
-    return dict(d=d, pipe=pipe, good=good, cases=cases, code=code, summary=summary, err=err, seconds=seconds)
+    return dict(d=d, pipe=pipe, good=good, cases=cases, photos=photos, code=code, summary=summary, err=err, seconds=seconds)
 
 
 def test_bad_slides_beside_a_good_one(corpus):
@@ -104,6 +110,16 @@ def test_flipped_jpeg_bytes_are_never_silently_done(corpus):
     by = {s["slide_id"]: s for s in corpus["summary"]["slides"]}
     flipped = [by[f"flip{s}"] for s in range(N_FLIPPED)]
     assert sum(s["status"] == "error" and "corrupt image data" in s["reason"] for s in flipped) == N_FLIPPED
+
+
+def test_flipped_plain_jpegs_are_reported(corpus):
+    """A JPEG photo with 5 flipped bytes: Pillow alone reported 4 of these 10 ("broken data stream"), with
+    libjpeg-turbo's warnings as errors 9 of 10; the tenth keeps the Huffman decoder in step and decodes with no
+    sign at all (any margin below 9 would let the check regress to Pillow's 4)."""
+    by = {s["slide_id"]: s for s in corpus["summary"]["slides"]}
+    got = [by[k] for k in corpus["photos"]]
+    reported = [s for s in got if s["status"] == "error" and re.search(r"corrupt JPEG data|broken data", s["reason"])]
+    assert len(reported) >= 8, [(s["slide_id"], s["status"], s["reason"]) for s in got]
 
 
 def test_allow_corrupt_tiles_drops_and_lists_them(corpus):
