@@ -92,6 +92,9 @@ class Slide:
             rgb, said = checked_read(lambda: self.reader.read_region(location, level, size))
         except BrokenFile as e:
             raise SlideError(f"{self.path}: {e} (read for the thumbnail); the file is damaged, copy it again") from None
+        except (RuntimeError, ValueError, OSError) as e:  # the decoder gave up ("[Error] Failed to decode image")
+            raise SlideError(f"{self.path}: cannot decode the image data of level {level} (read for the thumbnail): "
+                             f"{plain(e)}; the file is damaged, copy it again") from None
         if said:
             self.log.append(said)
             if complaint(said) and not self.allow_corrupt:
