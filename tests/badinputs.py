@@ -199,7 +199,7 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
                         r"2147483648 x 2147483648 px.*data offsets but the file lists 48")
     out["bomb"] = (png_claiming(d / "bomb.png", 40000, 40000), "error", r"decompression-bomb limit")
     out["photo"] = (photo_without_resolution(d / "photo.png"), "error", r"no resolution metadata.*--mpp")
-    out["blank"] = (blank_slide(d / "blank.svs"), "empty", r"no tissue")
+    out["blank"] = (blank_slide(d / "blank.svs"), "empty", r"no tissue found by the filters$")
     from PIL import Image
 
     gray = Image.open(good).convert("L")  # a grey picture of a slide with tissue: the DPW filters need colour
