@@ -45,6 +45,9 @@ class SlideRow:
 
 def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
     """Slides from a cohort CSV, a folder of slides or a single slide; ConfigError listing every problem."""
+    if default_mpp is not None and not 1e-3 <= default_mpp <= 1e3:  # NaN too
+        raise ConfigError(f"--mpp {default_mpp:g}: not a resolution; give level-0 µm per pixel in 0.001..1000 "
+                          "(0.25 for 40x, 0.5 for 20x)")
     src = Path(source)
     if src.is_file() and src.suffix.lower() in SLIDE_SUFFIXES:  # a single slide
         rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide")]
@@ -137,12 +140,18 @@ def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, s
 def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
     """Rows of a cohort CSV; one ConfigError naming every problem with its line number."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a BOM
+        data = path.read_bytes()
+        # a spreadsheet's "CSV UTF-8" starts with a BOM; its "Unicode text" is UTF-16 with a BOM
+        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the table as CSV UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
-    reader = csv.DictReader(text.splitlines())
+    lines_ = text.splitlines()
+    head = lines_[0] if lines_ else ""
+    # semicolons (spreadsheets in locales with a decimal comma) or tabs, when the header has no comma
+    delimiter = next((d for d in (",", ";", "\t") if d in head), ",")
+    reader = csv.DictReader(lines_, delimiter=delimiter, strict=True)
     cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
     if "slide_path" not in cols:
         raise ConfigError(f"{path}: no `slide_path` column (found: {', '.join(c for c in cols if c) or 'none'}); "
@@ -156,17 +165,29 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
     out: list[SlideRow] = []
     lines: dict[str, list] = {"path": {}, "id": {}}
     patients: dict[str, list[tuple[int, int, float]]] = {}
-    for raw in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            raw = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise ConfigError(f"{path}: line {reader.line_num + 1}: {e}; check the quotes on that line") from None
         i = reader.line_num  # physical line of the row's end (the header is line 1)
+        if any("\n" in (v or "") for k, v in raw.items() if k is not None):
+            problems.append(f"line {i}: a quoted cell runs over several lines (a quote not closed?)")
+            continue
         r = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(r.values()):
             continue  # blank line
         if None in raw:
             problems.append(f"line {i}: {len(raw[None])} more cells than columns")
+        if any(v is None for k, v in raw.items() if k is not None):
+            problems.append(f"line {i}: {sum(v is None for v in raw.values())} fewer cells than columns")
         if not r.get("slide_path"):
             problems.append(f"line {i}: empty slide_path")
             continue
-        sp = Path(r["slide_path"])
+        sp = Path(os.path.expanduser(r["slide_path"]))
         if not sp.is_absolute():
             sp = path.parent / sp
         label = r.get("label", "").lower()

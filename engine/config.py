@@ -196,6 +196,9 @@ def schema() -> dict[str, Any]:
 
 def validation_errors(doc: Any) -> list[str]:
     """Every problem in a pipeline document, each as ``$.json.path: message``, sorted by path."""
+    if not isinstance(doc, dict):  # else the schema error quotes the whole document
+        return [f"$: a pipeline is a JSON object ({{...}}), not a {type(doc).__name__}; "
+                "see schemas/examples/liu2020.json"]
     validator = jsonschema.Draft202012Validator(schema())
     out = []
     for err in validator.iter_errors(doc):
@@ -220,7 +223,9 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 

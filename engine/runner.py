@@ -204,7 +204,10 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
 
             Image.fromarray(overlay(thumb, mask, tiles, geometry.thumb_scale)).save(Path(qa_dir) / f"{row.slide_id}.png")
         if not rows:
-            reason = ("no tissue found by the filters" if not mask.any() else
+            gray = (thumb.size and int(thumb.max()) - int(thumb.min()) > 32  # a picture, not blank glass or black
+                    and (thumb[..., 0] == thumb[..., 1]).all() and (thumb[..., 1] == thumb[..., 2]).all())
+            reason = ("no tissue found by the filters" + ("; the slide is grayscale (R = G = B) and the filters need a "
+                                                          "colour H&E image" if gray else "") if not mask.any() else
                       "no tile reaches the tissue threshold" if not tiles else "no patch reaches patches.min_tissue")
             rec.update(status="empty", reason=reason, n_patches=0, seconds=time.perf_counter() - t0)
             return rec

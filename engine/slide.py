@@ -28,7 +28,9 @@ from .hookspecs import Geometry, SlideReader
 REFERENCE_MPP_AT_10X = 1.0  # µm per pixel at 10x objective
 LEVEL_SLACK = 1.05  # a level may be this much coarser than asked for (then resized up a little)
 STRIP_PIXELS = 64_000_000  # level pixels read at once when building a thumbnail
-MAX_THUMBNAIL_SOURCE = 2 ** 32  # level pixels a thumbnail may be built from (a 65536² level without pyramid)
+MAX_THUMBNAIL_SOURCE = 2 ** 28  # level pixels a thumbnail may be built from (16384² without a pyramid: < 30 s)
+FILE_MPP = (0.05, 20.0)  # a resolution a file may claim for a microscope slide, µm/px
+MAX_UPSAMPLE = 16  # a slide may be at most this much coarser than the magnification asked for
 
 
 @dataclass
@@ -90,6 +92,9 @@ class Slide:
             rgb, said = checked_read(lambda: self.reader.read_region(location, level, size))
         except BrokenFile as e:
             raise SlideError(f"{self.path}: {e} (read for the thumbnail); the file is damaged, copy it again") from None
+        except (RuntimeError, ValueError, OSError) as e:  # the decoder gave up ("[Error] Failed to decode image")
+            raise SlideError(f"{self.path}: cannot decode the image data of level {level} (read for the thumbnail): "
+                             f"{plain(e)}; the file is damaged, copy it again") from None
         if said:
             self.log.append(said)
             if complaint(said) and not self.allow_corrupt:
@@ -122,6 +127,9 @@ class Slide:
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:
         w, h = self.dimensions
+        if self.factor(magnification) < 1 / MAX_UPSAMPLE:
+            raise SlideError(f"{self.path}: the slide is {self.mpp:g} µm/px ({self.mpp_source}), more than "
+                             f"{MAX_UPSAMPLE}x coarser than {magnification:g}x asks for; check its mpp")
         return Geometry(width=w, height=h, thumb_scale=float(thumb_scale), factor=self.factor(magnification))
 
     def close(self) -> None:
@@ -250,8 +258,14 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
             raise SlideError(f"{reader.path}: mpp must be positive, got {override}")
         return float(override), "cohort"
     if reader.mpp:
+        if not FILE_MPP[0] <= float(reader.mpp) <= FILE_MPP[1]:
+            raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px, not a microscope resolution "
+                             f"({FILE_MPP[0]:g}..{FILE_MPP[1]:g}); give the right one with --mpp or an `mpp` column")
         return float(reader.mpp), "file mpp"
     if reader.objective_power:
+        if not 1 <= float(reader.objective_power) <= 200:
+            raise SlideError(f"{reader.path}: the file says objective power {float(reader.objective_power):g}x, "
+                             "not a microscope objective; give the resolution with --mpp or an `mpp` column")
         return REFERENCE_MPP_AT_10X * 10.0 / float(reader.objective_power), "objective power"
     raise SlideError(f"{reader.path}: no resolution metadata (neither mpp nor objective power); "
                      "give it with --mpp or an `mpp` column in the cohort CSV")

@@ -109,6 +109,11 @@ def _patch_array_kwargs(size: int, store_cfg: Mapping[str, Any]) -> dict[str, An
                 compressors=codec(store_cfg), dimension_names=PATCH_DIMS)
 
 
+# process-wide too: catch_warnings below is not thread-safe (slides run in threads that also catch warnings
+# per slide), so a concurrent exit can restore the filters while zarr warns, and the note reached the terminal
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+
+
 def _consolidate(path: Path) -> None:
     with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
         warnings.simplefilter("ignore")
@@ -301,6 +306,10 @@ class PatchStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             acquire_lock(path)
         except OSError as e:
+            blocker = next((q for q in path.parents if q.is_file()), None)
+            if blocker is not None:
+                raise StoreError(f"cannot write the store at {path}: {blocker} is a file, not a folder; "
+                                 "choose an --out inside a folder") from None
             raise StoreError(f"cannot write the store at {path}: {e.strerror}; choose a writable --out") from None
         partial = beside(path, "partial")
         shutil.rmtree(partial, ignore_errors=True)

@@ -48,6 +48,61 @@ def flip_jpeg_bytes(src: Path, dst: Path, n: int = 100, seed: int = 0) -> Path:
     return dst
 
 
+def flip_dicom_frames(src: Path, dst: Path, frames: int = 10, seed: int = 0) -> Path:
+    """XOR one byte in each of ``frames`` random JPEG frames of a single-file DICOM slide (past the frame's
+    first quarter, so mostly the entropy-coded data that libjpeg may decode with only a warning)."""
+    from slidestream.engine.slide import open_slide
+
+    s = open_slide(src, mpp=0.5)
+    spans = [r if isinstance(r, tuple) else r[0] for r in s.reader._levels[0].frames]
+    s.close()
+    rng = np.random.default_rng(seed)
+    data = bytearray(src.read_bytes())
+    for k in rng.choice(len(spans), frames, replace=False):
+        p, n = spans[int(k)]
+        data[p + int(rng.integers(n // 4, n - 2))] ^= int(rng.integers(1, 256))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def sparse_tiles(src: Path, dst: Path, every: int = 3) -> Path:
+    """A copy whose level-0 tiles 0, every, 2*every, ... have byte count 0 (absent: sparse TIFF)."""
+    import tifffile
+
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        tag = tf.pages[0].tags["TileByteCounts"]
+        assert tag.dtype == 4  # LONG
+        for k in range(0, tag.count, every):
+            data[tag.valueoffset + 4 * k:tag.valueoffset + 4 * k + 4] = b"\0\0\0\0"
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def without_jpegtables(src: Path, dst: Path) -> Path:
+    """A copy whose JPEGTables tags are renamed to an unknown tag: abbreviated tiles without their tables."""
+    import tifffile
+
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        for page in tf.pages:
+            if "JPEGTables" in page.tags:
+                off = page.tags["JPEGTables"].offset
+                data[off:off + 2] = struct.pack("<H", 65000)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def flip_tail_bytes(src: Path, dst: Path, n: int = 5, seed: int = 0) -> Path:
+    """XOR ``n`` random bytes in the last three quarters of a file (a plain JPEG's entropy-coded data)."""
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(seed)
+    for k in rng.choice(np.arange(len(data) // 4, len(data) - 2), n, replace=False):
+        data[int(k)] ^= int(rng.integers(1, 256))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def claim_size(src: Path, dst: Path, width: int, height: int) -> Path:
     """A copy whose level-0 header claims ``width`` x ``height`` px (the tile table is left as it is)."""
     import tifffile
@@ -91,6 +146,47 @@ def blank_slide(dst: Path) -> Path:
     return dst
 
 
+def strip_tiff(dst: Path, width: int, height: int) -> Path:
+    """An uncompressed RGB TIFF in strips of one row, no pyramid, 20000 µm/cm resolution (0.5 µm/px); its
+    pixel data is a hole in a sparse file, so a huge one costs no disk."""
+    n = 11
+    offs = 8 + 2 + 12 * n + 4
+    counts, bps, res = offs + 4 * height, offs + 8 * height, offs + 8 * height + 8
+    data = res + 16
+
+    def e(tag, typ, count, value):
+        return struct.pack("<HHII", tag, typ, count, value)
+
+    with open(dst, "wb") as f:
+        f.write(b"II*\0" + struct.pack("<IH", 8, n))
+        f.write(e(256, 4, 1, width) + e(257, 4, 1, height) + e(258, 3, 3, bps) + e(259, 3, 1, 1) + e(262, 3, 1, 2)
+                + e(273, 4, height, offs) + e(277, 3, 1, 3) + e(278, 4, 1, 1) + e(279, 4, height, counts)
+                + e(282, 5, 1, res) + e(296, 3, 1, 3) + b"\0\0\0\0")
+        f.write(np.arange(height, dtype="<u4").__mul__(width * 3).__add__(data).astype("<u4").tobytes())
+        f.write(np.full(height, width * 3, "<u4").tobytes())
+        f.write(struct.pack("<3H", 8, 8, 8) + b"\0\0" + struct.pack("<II", 20000, 1) + b"\0" * 8)
+        f.truncate(data + width * height * 3)
+    return dst
+
+
+def dicom_folder(d: Path, name: str, damage) -> Path:
+    """A copy of the CMU DICOM series whose level-0 file went through ``damage(bytearray) -> bytes``."""
+    folder = d / name
+    folder.mkdir(exist_ok=True)
+    for f in (WSI / "dicom-cmu-1-small-region").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    lv0 = folder / "level-0-frames-0-30.dcm"
+    lv0.write_bytes(damage(bytearray(lv0.read_bytes())))
+    return folder
+
+
+def _flip(data: bytearray, lo: int, hi: int, n: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    for k in rng.choice(np.arange(lo, hi), n, replace=False):
+        data[int(k)] ^= int(rng.integers(1, 256))
+    return bytes(data)
+
+
 def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     """Bad slides beside ``good``: {name: (path, expected status, reason pattern)}."""
     d.mkdir(parents=True, exist_ok=True)
@@ -103,7 +199,12 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
                         r"2147483648 x 2147483648 px.*data offsets but the file lists 48")
     out["bomb"] = (png_claiming(d / "bomb.png", 40000, 40000), "error", r"decompression-bomb limit")
     out["photo"] = (photo_without_resolution(d / "photo.png"), "error", r"no resolution metadata.*--mpp")
-    out["blank"] = (blank_slide(d / "blank.svs"), "empty", r"no tissue")
+    out["blank"] = (blank_slide(d / "blank.svs"), "empty", r"no tissue found by the filters$")
+    from PIL import Image
+
+    gray = Image.open(good).convert("L")  # a grey picture of a slide with tissue: the DPW filters need colour
+    gray.save(d / "gray.png", dpi=(25400 / 0.5, 25400 / 0.5))
+    out["gray"] = (d / "gray.png", "empty", r"grayscale")
     folder = d / "folder.svs"
     folder.mkdir(exist_ok=True)
     out["folder"] = (folder, "error", r"a folder, not a slide file")
@@ -117,6 +218,24 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     out["slide é ü (copy)"] = (odd, "done", r"^$")
     dcm = WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm"
     out["dicom_trunc"] = (truncate(dcm, d / "dicom_trunc.dcm", 0.5), "error", r"truncated or damaged")
+    # DICOM series with a damaged level-0 file: OpenSlide decoded flipped frames silently; the dicom reader
+    # skipped a level whose header was cut short or overwritten (the next level became level 0)
+    out["dicom_dir_flip"] = (dicom_folder(d, "dicom_dir_flip", lambda b: _flip(b, 5000, len(b) - 1000, 100, 1)),
+                             "error", r"truncated|corrupt|damaged")
+    out["dicom_dir_trunc"] = (dicom_folder(d, "dicom_dir_trunc", lambda b: bytes(b[:int(len(b) * 0.7)])),
+                              "error", r"level-0-frames-0-30.dcm: .*truncated or damaged")
+    out["dicom_dir_head"] = (dicom_folder(d, "dicom_dir_head", lambda b: _flip(b, 132, 1500, 20, 2)),
+                             "error", r"level-0-frames-0-30.dcm: .*truncated or damaged")
+    out["strips"] = (strip_tiff(d / "strips.tif", 20000, 20000), "error", r"thumbnail would be read from level 0 .*"
+                     r"pyramidal TIFF")
+    absurd = d / "mpp100.svs"  # the file's own header says 100 µm/px
+    data = bytearray(good.read_bytes())
+    i = data.find(b"MPP = 0.5")
+    data[i:i + 9] = b"MPP = 100"
+    absurd.write_bytes(bytes(data))
+    out["mpp100"] = (absurd, "error", r"says 100 µm/px, not a microscope resolution")
+    out["no_tables"] = (without_jpegtables(WSI / "CMU-1-Small-Region.svs", d / "no_tables.svs"), "error",
+                        r"corrupt JPEG tile 0 .*no quantisation tables and the TIFF no JPEGTables tag")
     (d / "text.svs").write_text("this is not a slide\n")
     out["text"] = (d / "text.svs", "error", r"not a readable slide")
     return out

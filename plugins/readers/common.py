@@ -22,7 +22,11 @@ def positive_float(v) -> float | None:
 def to_rgb(a: np.ndarray) -> np.ndarray:
     """uint8 RGB from gray, RGB or RGBA (alpha composited over white, as glass looks)."""
     a = np.asarray(a)
-    if a.dtype != np.uint8:
+    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.dtype.itemsize > 1 and a.max(initial=0) > 255):
+        a = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)  # 16-bit samples: keep the top 8 bits, never clip
+    elif a.dtype.kind == "f":
+        a = np.clip(np.nan_to_num(a) * (255 if a.size and np.nanmax(a) <= 1 else 1), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2)
@@ -151,10 +155,11 @@ def _check_page(page, k: int, file_size: int) -> None:
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
 
 
-def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> str:
+def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tables: bytes | None = None) -> str:
     """What is wrong with one JPEG tile's bytes ('' when nothing is seen), without decoding it.
 
-    Checks what a decoder may not report, or may crash on: SOI at the start and EOI at the end, a
+    Checks what a decoder may not report, or may crash on: SOI at the start and EOI at the end, quantisation
+    tables in the tile or (``tables``, a TIFF's JPEGTables; None: not checked) beside it, a
     well-formed chain of header segments, a frame size equal to the TIFF tile size and the right number of
     colour components, and in the entropy-coded data no marker but byte stuffing (FF 00), restarts
     (FF D0..D7) and fill bytes. Cost: one pass of numpy over the compressed bytes."""
@@ -163,7 +168,7 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
     end = data.rstrip(b"\x00")  # some writers pad tiles with zeros
     if end[-2:] != b"\xff\xd9":
         return "the tile does not end with a JPEG EOI marker (cut short or overwritten)"
-    i, n, sof = 2, len(end), False
+    i, n, sof, dqt = 2, len(end), False, False
     while True:
         if i + 4 > n or end[i] != 0xFF:
             return f"malformed JPEG header at byte {i}"
@@ -174,6 +179,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
         length = int.from_bytes(end[i + 2:i + 4], "big")
         if length < 2 or i + 2 + length > n:
             return f"JPEG header segment at byte {i} has a bad length ({length})"
+        if m == 0xDB:
+            dqt = True
         if m in SOF:
             h, w, nc = int.from_bytes(end[i + 5:i + 7], "big"), int.from_bytes(end[i + 7:i + 9], "big"), end[i + 9]
             if (w, h) != (width, height):
@@ -186,6 +193,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
             break
     if not sof:
         return "the JPEG tile has no frame header (SOF)"
+    if tables is not None and not dqt and b"\xff\xdb" not in tables:
+        return "the JPEG tile has no quantisation tables and the TIFF no JPEGTables tag (a broken or stripped header)"
     body = np.frombuffer(end, np.uint8, count=n - 2 - i, offset=i)
     ff = np.flatnonzero(body[:-1] == 0xFF)
     nxt = body[ff + 1]
@@ -196,16 +205,34 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int) -> 
     return ""
 
 
+def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -> str:
+    """libjpeg-turbo's own warning about one JPEG tile ('' when none): it is decoded once through simplejpeg
+    with warnings as errors ("Corrupt JPEG data: premature end of data segment", which imagecodecs, and so
+    tifffile, swallow). ``tables``: a TIFF's JPEGTables, merged in front of an abbreviated tile."""
+    import simplejpeg
+
+    if tables[:2] == b"\xff\xd8" and tables.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+        data = tables.rstrip(b"\x00")[:-2] + data[2:]
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY" if components == 1 else "RGB", strict=True)
+    except ValueError as e:
+        if "corrupt" in str(e).lower() or "premature" in str(e).lower():
+            return f"libjpeg: {e}"
+    return ""
+
+
 class TiffTileCheck:
     """Checks each JPEG tile of a TIFF once, before a decoder sees it (``jpeg_tile_problem``).
 
     ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
     ``BrokenFile`` naming the first bad tile the box touches. Pages that are not tiled JPEG are not checked."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, decode: bool = False):
         import tifffile
 
         self.path = path
+        self.decode = decode  # also decode each tile once with libjpeg warnings as errors (strict_jpeg_problem)
+        self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)
@@ -218,6 +245,7 @@ class TiffTileCheck:
                     self.pages.setdefault(key, (int(page.tilewidth), int(page.tilelength), int(page.samplesperpixel),
                                                 np.asarray(page.dataoffsets, np.int64),
                                                 np.asarray(page.databytecounts, np.int64)))
+                    self.tables.setdefault(key, bytes(page.jpegtables or b""))
         self._seen: set = set()
         self._fd = os.open(path, os.O_RDONLY) if self.pages else None
 
@@ -233,7 +261,10 @@ class TiffTileCheck:
                 k = r * cols + c
                 if (dims, k) in self._seen or not counts[k]:
                     continue
-                why = jpeg_tile_problem(os.pread(self._fd, int(counts[k]), int(offs[k])), tw, th, spp)
+                data = os.pread(self._fd, int(counts[k]), int(offs[k]))
+                why = jpeg_tile_problem(data, tw, th, spp, self.tables.get(dims, b""))
+                if not why and self.decode:
+                    why = strict_jpeg_problem(data, self.tables.get(dims, b""), spp)
                 if why:
                     raise BrokenFile(f"corrupt JPEG tile {k} of the {dims[0]} x {dims[1]} px level "
                                      f"(column {c}, row {r}): {why}")

@@ -49,6 +49,11 @@ class CucimSlide:
         check_claims(path)
         if tiff_jfif_marked_rgb(path):
             raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            if tf.pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
+                raise ValueError(f"{tf.pages[0].bitspersample}-bit samples: left to the tifffile reader")
         self.path = path
         self.device = device
         self._tiles = TiffTileCheck(path)  # cuCIM crashes on some damaged JPEG tiles: look at each one first

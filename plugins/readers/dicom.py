@@ -16,7 +16,10 @@ Frame positions, in this order:
   glass) keeps row-major.
 
 Frames are read with ``os.pread`` and decoded only when a region touches them (a small LRU cache keeps
-the last ones). JPEG frames go through libjpeg (imagecodecs), which honours the JFIF marker: frames
+the last ones). JPEG frames are checked like TIFF JPEG tiles (``jpeg_tile_problem``) and decoded by
+libjpeg-turbo through simplejpeg with its warnings as errors (``Corrupt JPEG data…`` fails the frame;
+imagecodecs decodes such frames without a word, and OpenSlide too, which is why it leaves DICOM to this
+reader); the pixels equal imagecodecs' on the test slides. libjpeg honours the JFIF marker: frames
 coded as JFIF (YCbCr) but tagged RGB come out right; RGB-tagged frames without a JFIF/Adobe marker are
 decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, JPEG-LS, JPEG XL) go
 through ``imagecodecs.imread``; uncompressed frames are read as they are.
@@ -43,7 +46,7 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from slidestream.engine.errors import BrokenFile
 
-from .common import MAX_LEVEL_PIXELS, MAX_TILE_BYTES, positive_float, read_clipped, to_rgb, ycbcr_to_rgb
+from .common import MAX_LEVEL_PIXELS, MAX_TILE_BYTES, jpeg_tile_problem, positive_float, read_clipped, to_rgb, ycbcr_to_rgb
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -88,6 +91,21 @@ def _header(path: Path):
     import pydicom
 
     return pydicom.dcmread(str(path), defer_size=256)
+
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+
+
+def _check_wsi_file(path: Path, ds) -> None:
+    """A file that says it is a whole-slide image but has no readable pixel matrix is damaged (pydicom stops
+    quietly where a header is cut short or overwritten); skipping it would silently drop a pyramid level.
+    Checked for the files of a folder; a single file given opens with the readable siblings of its series
+    (its own header describes its own level, so a damaged sibling costs a level, not correctness)."""
+    meta = getattr(ds, "file_meta", None)
+    if str(getattr(meta, "MediaStorageSOPClassUID", "")) == WSI_SOP_CLASS and (
+            "PixelData" not in ds or "TotalPixelMatrixColumns" not in ds):
+        raise BrokenFile(f"{path.name}: a whole-slide DICOM file without a readable header or pixel data: "
+                         "truncated or damaged")
 
 
 def _image_type(ds) -> str:
@@ -220,8 +238,19 @@ class _Level:
                 a.reshape(self.th, self.tw, self.spp)
             return ycbcr_to_rgb(a) if self.photometric == "YBR_FULL" else a
         if self.syntax in JPEG8:
+            why = jpeg_tile_problem(data, self.tw, self.th, self.spp)  # what libjpeg may decode without a word
+            if why:
+                raise BrokenFile(f"corrupt JPEG frame {i} of {Path(self.path).name} ({self.width} x {self.height} px): {why}")
             if self.photometric == "RGB" and self.spp == 3 and not COLOUR_MARKER.search(data[:4096]):
                 return imagecodecs.jpeg8_decode(data, colorspace="RGB", outcolorspace="RGB")
+            if self.spp == 3:  # libjpeg-turbo with warnings as errors: imagecodecs decodes damaged data silently
+                import simplejpeg
+
+                try:
+                    return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+                except ValueError as e:
+                    if "corrupt" in str(e).lower() or "premature" in str(e).lower():
+                        raise BrokenFile(f"corrupt JPEG frame {i} of {Path(self.path).name}: {e}") from None
             return imagecodecs.jpeg8_decode(data)
         return imagecodecs.imread(data)
 
@@ -251,6 +280,8 @@ class DicomSlide:
             if not candidates:
                 raise ValueError("folder holds no DICOM files")
             headers = [(f, _header(f)) for f in candidates]
+            for f, ds in headers:
+                _check_wsi_file(f, ds)
         else:
             if not _is_dicom(p):
                 raise ValueError("not a DICOM file (no DICM marker)")

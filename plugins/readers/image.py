@@ -4,7 +4,8 @@ cohort's ``mpp`` column, since photo DPI values do not describe the microscope.
 
 Pillow's decompression-bomb limit stays in force (``Image.MAX_IMAGE_PIXELS``, about 179 Mpx refused): a
 larger picture, or a header claiming one, is refused before it is decoded; convert such an image to a
-tiled pyramidal TIFF. A truncated picture is an error, never a partly grey image."""
+tiled pyramidal TIFF. A truncated picture is an error, never a partly grey image; a JPEG is decoded once by
+libjpeg-turbo with warnings as errors first (Pillow decodes damaged data silently)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_claims, read_clipped, to_rgb
+from .common import check_claims, read_clipped, strict_jpeg_problem, to_rgb
 
 
 class ImageSlide:
@@ -26,9 +27,17 @@ class ImageSlide:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # between 1x and 2x the limit
                 with Image.open(path) as im:
+                    if im.format == "JPEG":  # Pillow decodes damaged JPEG data without a word
+                        with open(path, "rb") as f:
+                            why = strict_jpeg_problem(f.read(), components=len(im.getbands()))
+                        if why:
+                            raise BrokenFile(f"corrupt JPEG data ({why}); the file is damaged, copy it again")
                     im.load()
-                    self._rgb = to_rgb(np.asarray(im.convert("RGBA") if im.mode in ("P", "LA", "RGBA", "PA")
-                                                  else im.convert("RGB")))
+                    if im.mode.startswith(("I;16", "I", "F")):  # 16-bit / 32-bit gray: scaled, not clipped
+                        self._rgb = to_rgb(np.asarray(im))
+                    else:
+                        self._rgb = to_rgb(np.asarray(im.convert("RGBA") if im.mode in ("P", "LA", "RGBA", "PA")
+                                                      else im.convert("RGB")))
                     dpi = im.info.get("dpi")
         except Image.DecompressionBombError as e:
             raise BrokenFile(f"the image claims more pixels than Pillow's decompression-bomb limit "

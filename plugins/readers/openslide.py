@@ -30,6 +30,9 @@ class OpenSlideSlide:
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
         self.level_downsamples = [float(d) for d in self._s.level_downsamples]
         props = self._s.properties
+        if props.get("openslide.vendor") == "dicom":  # OpenSlide decodes damaged DICOM frames silently
+            self._s.close()
+            raise ValueError("DICOM slides are read by the dicom reader, which checks every frame it decodes")
         if props.get("openslide.vendor") == "generic-tiff" and tiff_level_count(str(p)) > len(self.level_dimensions):
             raise ValueError("OpenSlide misses this TIFF's SubIFD pyramid levels")
         self.mpp = positive_float(props.get("openslide.mpp-x"))

@@ -21,7 +21,7 @@ class TiffSlide:
 
         check_claims(path)
         self.path = path
-        self._tiles = TiffTileCheck(path)  # imagecodecs decodes damaged JPEG tiles without a word
+        self._tiles = TiffTileCheck(path, decode=True)  # imagecodecs decodes damaged JPEG tiles without a word
         self._tf = tifffile.TiffFile(path)
         series = self._tf.series[0]
         axes = series.axes
@@ -30,7 +30,7 @@ class TiffSlide:
         self._axes = axes
         self._levels = []
         for i, lvl in enumerate(series.levels):
-            self._levels.append(zarr.open(series.aszarr(level=i), mode="r"))
+            self._levels.append(zarr.open(series.aszarr(level=i, fillvalue=255), mode="r"))  # absent tile: glass
         dims = [(int(lv.shape[axes.index("X")]), int(lv.shape[axes.index("Y")])) for lv in series.levels]
         self.level_dimensions = dims
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
