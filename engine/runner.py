@@ -172,6 +172,11 @@ def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, al
     return slide, plan, time.perf_counter() - t0
 
 
+def _log_field(log: str) -> dict[str, str]:
+    """A record's ``log`` (the last 4,000 characters of what the slide's decoders said), when there is one."""
+    return {"log": log[-4000:]} if log else {}
+
+
 def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store_cfg: dict[str, Any],
                   qa_dir: str | None = None, threads: int = 1, reader_order=None,
                   progress: Callable[[int, int], None] | None = None, prepared: Callable[[], tuple] | None = None,
@@ -192,8 +197,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         slide, (thumb, mask, geometry, tiles, rows), plan_s = prepared()
     except Exception as e:  # SlidestreamError: our words; else a reader or plugin failed in an unexpected way
         reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
-        log = getattr(e, "log", "")
-        return {**rec, "status": "error", "reason": reason, **({"log": log[-4000:]} if log else {})}
+        return {**rec, "status": "error", "reason": reason, **_log_field(getattr(e, "log", ""))}
     t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
     try:
         rec.update(reader=slide.reader_name, mpp=slide.mpp, mpp_source=slide.mpp_source,
@@ -239,17 +243,14 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
                                     for ti, why in sorted(corrupt.items())]
             rec["reason"] = (f"{len(corrupt)} tile{'s' if len(corrupt) > 1 else ''} with corrupt image data "
                              f"dropped (--allow-corrupt-tiles): {next(iter(corrupt.values()))}")
-        if slide.log:
-            rec["log"] = "\n".join(slide.log)[-4000:]
+        rec.update(_log_field("\n".join(slide.log)))
         rec["staged"] = staged
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,
                    tiles=[asdict(t) for t in tiles], meta={k: v.tolist() for k, v in patch_table(rows, tiles).items()})
         return rec
-    except SlidestreamError as e:
-        return {**rec, "status": "error", "reason": str(e), **({"log": "\n".join(slide.log)[-4000:]} if slide.log else {})}
-    except Exception as e:
-        return {**rec, "status": "error", "reason": f"{row.slide_path}: {_plain(e)}",
-                **({"log": "\n".join(slide.log)[-4000:]} if slide.log else {})}
+    except Exception as e:  # as for planning: our words, or an unexpected failure in plain words
+        reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
+        return {**rec, "status": "error", "reason": reason, **_log_field("\n".join(slide.log))}
     finally:
         slide.close()
 

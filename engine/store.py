@@ -349,7 +349,7 @@ class PatchStore:
             raise StoreError(f"{path} has store format {st.manifest.get('format')}, this slidestream reads {FORMAT}; "
                              "re-extract it into a new --out")
         if mode != "r":
-            st._cut_uncommitted()
+            st._grow(st._rows, st._n_records)  # cut what an interrupted commit wrote past the committed shapes
             shutil.rmtree(beside(path, "partial"), ignore_errors=True)
         return st
 
@@ -357,13 +357,6 @@ class PatchStore:
         """Give up the writer's lock (also done when the process exits)."""
         if self.mode != "r":
             release_lock(self.path)
-
-    def _cut_uncommitted(self) -> None:
-        """Drop what an interrupted commit wrote past the committed shapes."""
-        for name, arr in self._arrays.items():
-            n = self._n_records if name == "records" else self._rows
-            if arr.shape[0] != n:
-                arr.resize((n, *arr.shape[1:]))
 
     def _index(self) -> None:
         """Current record per (section, key) from the log (a later record replaces an earlier one) and the
@@ -528,7 +521,7 @@ class PatchStore:
                 raise StoreError(f"staged {stage} does not match the store ({src.shape}, chunks {src.chunks}, "
                                  f"shards {src.shards}); extract that slide again")
             for j in range(k):
-                target = self.path / "patches" / dst.metadata.encode_chunk_key((p0 // self.shard + j, 0, 0, 0))
+                target = self._shard_file(p0 // self.shard + j)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(stage / src.metadata.encode_chunk_key((j, 0, 0, 0)), target)
             self._write_columns(p0, p1, n, meta)
@@ -547,6 +540,7 @@ class PatchStore:
         self.commit_staged(key, None, 0, {}, record, section, replace=True)
 
     def _grow(self, rows: int, n_records: int) -> None:
+        """Resize every array to ``rows`` (``records`` to ``n_records``): grown by a commit, cut back on opening."""
         def grow(name: str) -> None:
             arr, n = self._arrays[name], n_records if name == "records" else rows
             if arr.shape[0] != n:
@@ -568,9 +562,12 @@ class PatchStore:
         """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
         k = math.ceil(n / self.shard)
         self._write_columns(p0, p0 + k * self.shard, 0, {})
-        dst = self._arrays["patches"]
         for j in range(k):
-            (self.path / "patches" / dst.metadata.encode_chunk_key((p0 // self.shard + j, 0, 0, 0))).unlink(missing_ok=True)
+            self._shard_file(p0 // self.shard + j).unlink(missing_ok=True)
+
+    def _shard_file(self, j: int) -> Path:
+        """The file of the ``j``-th shard of ``patches`` (rows ``j * shard ..``)."""
+        return self.path / "patches" / self._arrays["patches"].metadata.encode_chunk_key((j, 0, 0, 0))
 
     def update_rows(self, key: str, values: Mapping[str, Any], record: dict[str, Any], section: str = "slides") -> None:
         """Set columns of a committed key's rows to ``values`` (scalars) and commit its new ``record``."""
