@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("slide")
     ap.add_argument("--repeat", type=int, default=9)
     a = ap.parse_args()
-    p = config.load(Path(__file__).parent.parent / "schemas" / "examples" / "liu2020.json")
+    p = config.load(config.example("liu2020"))
     cohort = read_cohort(a.slide)
     orig = dict(read_checked=sl.Slide.read_checked, start=chatter.CAPTURE.start, stop=chatter.CAPTURE.stop,
                 check=common.TiffTileCheck.check)

@@ -178,9 +178,6 @@ class MaskArea:
         t = self.table
         return (t[y1, x1] - t[y0, x1] - t[y1, x0] + t[y0, x0]) / ((x1 - x0) * (y1 - y0))
 
-    def box(self, x: float, y: float, side: float) -> tuple[int, int, int, int]:
-        return tuple(int(v) for v in self.boxes(x, y, side))
-
     def fraction(self, x: float, y: float, side: float) -> float:
         return float(self.fractions(x, y, side))
 
