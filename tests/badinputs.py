@@ -96,10 +96,7 @@ def without_jpegtables(src: Path, dst: Path) -> Path:
 def flip_tail_bytes(src: Path, dst: Path, n: int = 5, seed: int = 0) -> Path:
     """XOR ``n`` random bytes in the last three quarters of a file (a plain JPEG's entropy-coded data)."""
     data = bytearray(src.read_bytes())
-    rng = np.random.default_rng(seed)
-    for k in rng.choice(np.arange(len(data) // 4, len(data) - 2), n, replace=False):
-        data[int(k)] ^= int(rng.integers(1, 256))
-    dst.write_bytes(bytes(data))
+    dst.write_bytes(_flip(data, len(data) // 4, len(data) - 2, n, seed))
     return dst
 
 
@@ -181,6 +178,7 @@ def dicom_folder(d: Path, name: str, damage) -> Path:
 
 
 def _flip(data: bytearray, lo: int, hi: int, n: int, seed: int) -> bytes:
+    """XOR ``n`` random bytes of ``data[lo:hi]`` (seeded)."""
     rng = np.random.default_rng(seed)
     for k in rng.choice(np.arange(lo, hi), n, replace=False):
         data[int(k)] ^= int(rng.integers(1, 256))
