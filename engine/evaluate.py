@@ -7,8 +7,8 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   outputs, for ``age_gda`` ``age`` and ``age+image``. The fusion is fitted out of sample: on the *val* patients
   (default; their image scores come from a network that never trained on them), or on ``train`` when asked
   (in sample: near-perfect image scores there leave age almost no weight), never on test. Given a model
-  bundle, its fitted fusion is used exactly as it is (``predict`` gives the same fused probabilities).
-  ``--fusion-cv`` (out-of-fold fusion, K networks) is not implemented.
+  bundle, its fitted fusion is used exactly as it is (``predict`` gives the same fused probabilities), also an
+  out-of-fold one (``train --fusion-cv K``); evaluate itself fits no out-of-fold fusion (it has no fold networks).
 * Metrics (paper, "Performance evaluation"): sensitivity, specificity, accuracy and ROC AUC, all from
   scikit-learn (``confusion_matrix``, ``accuracy_score``, ``roc_auc_score``, ``roc_curve``), on val and test
   (the bootstrap uses vectorized NumPy equivalents, tested against scikit-learn).

@@ -214,6 +214,25 @@ def _better(m: dict, best: dict | None, select: str) -> bool:
     return m["val_loss"] < best["val_loss"]
 
 
+def train_loader(st: PatchStore, rows: np.ndarray, chain, cfg: dict[str, Any]) -> PatchLoader:
+    """The shuffled loader of training ``rows`` with the run's settings (the main run and every fusion_cv fold)."""
+    return PatchLoader(st, rows, int(cfg["batch_size"]), chain, shuffle=True, seed=int(cfg["seed"]),
+                       workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]),
+                       pool_blocks=int(cfg["pool_blocks"]))
+
+
+def _state(model, opt, sched) -> dict[str, Any]:
+    """What a checkpoint holds besides its run id and epoch (read back by ``_restore``)."""
+    return {"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(), "rng": rng_state()}
+
+
+def _restore(c: dict[str, Any], model, opt, sched) -> None:
+    model.load_state_dict(c["model"])
+    opt.load_state_dict(c["optim"])
+    sched.load_state_dict(c["sched"])
+    set_rng_state(c["rng"])
+
+
 def train_epoch(model, opt, sched, loader: PatchLoader, epoch: int, size: int, dev: torch.device) -> list[float]:
     """One epoch of Adam steps (lr schedule stepped after each) over ``loader``'s batches; the batch losses."""
     model.train()
@@ -269,20 +288,14 @@ def fusion_cv_scores(st: PatchStore, tab: dict[str, np.ndarray], cfg: dict[str, 
         if ckpt.is_file():
             c = torch.load(ckpt, map_location="cpu", weights_only=True)
             if c.get("run_id") == fold_id and int(c["epoch"]) < epochs:
-                model.load_state_dict(c["model"])
-                opt.load_state_dict(c["optim"])
-                sched.load_state_dict(c["sched"])
-                set_rng_state(c["rng"])
+                _restore(c, model, opt, sched)
                 start = int(c["epoch"]) + 1
             else:  # another run's (or a longer) fold: start it over
                 say(f"fusion_cv fold {f + 1}/{k}: checkpoint of another run or longer training ignored")
-        loader = PatchLoader(st, rows, int(cfg["batch_size"]), chain, shuffle=True, seed=int(cfg["seed"]),
-                             workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]),
-                             pool_blocks=int(cfg["pool_blocks"]))
+        loader = train_loader(st, rows, chain, cfg)
         for epoch in range(start, epochs):
             losses = train_epoch(model, opt, sched, loader, epoch, size, dev)
-            _atomic_torch_save({"run_id": fold_id, "epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
-                                "sched": sched.state_dict(), "rng": rng_state()}, ckpt)
+            _atomic_torch_save({"run_id": fold_id, "epoch": epoch, **_state(model, opt, sched)}, ckpt)
             say(f"fusion_cv fold {f + 1}/{k}: epoch {epoch + 1}/{epochs}, train loss "
                 f"{np.mean(losses) if losses else float('nan'):.4f} ({len(rows)} patches)")
         probs = store_probs(model, st, held, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
@@ -390,16 +403,12 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         if c.get("run_id") != run_id:
             raise ConfigError(f"{out_dir} holds a checkpoint of a different training run (other pipeline, store, split "
                               "or settings); use a new --out or delete it to start over")
-        model.load_state_dict(c["model"])
-        opt.load_state_dict(c["optim"])
-        sched.load_state_dict(c["sched"])
-        set_rng_state(c["rng"])
+        _restore(c, model, opt, sched)
         history, start = json.loads(c["history"]), int(c["epoch"]) + 1
         best = json.loads(c["best"]) if c.get("best") else None
         say(f"resuming after epoch {start} of {cfg['epochs']} from {ckpt}")
 
-    loader = PatchLoader(st, train_rows, int(cfg["batch_size"]), chain, shuffle=True, seed=int(cfg["seed"]),
-                         workers=int(cfg["num_workers"]) or 1, augment=bool(cfg["augment"]), pool_blocks=int(cfg["pool_blocks"]))
+    loader = train_loader(st, train_rows, chain, cfg)
     say(f"{len(train_rows)} training patches ({int(np.sum(tab['synthetic'][train_rows]))} synthetic), "
         f"{len(val_rows)} validation patches; input {channels}x{size}x{size}; device {dev}; "
         f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g} / (1 + {cfg['lr_decay']:g} * step), "
@@ -421,8 +430,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
             from safetensors.torch import save_file
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / ".best.tmp"))
             os.replace(out_dir / ".best.tmp", out_dir / "best.safetensors")
-        _atomic_torch_save({"run_id": run_id, "epoch": epoch, "model": model.state_dict(), "optim": opt.state_dict(),
-                            "sched": sched.state_dict(), "rng": rng_state(), "history": json.dumps(history),
+        _atomic_torch_save({"run_id": run_id, "epoch": epoch, **_state(model, opt, sched), "history": json.dumps(history),
                             "best": json.dumps(best)}, ckpt)
         auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
         say(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "

@@ -62,13 +62,14 @@ def evaluate_command(
         from ..train import settings
 
         p = config.load(pipeline)
-        if settings(p)["fusion_cv"] and not fusion_split:
+        training = settings(p)
+        if training["fusion_cv"] and not fusion_split:
             raise ConfigError(f"{pipeline} sets training.fusion_cv: the out-of-fold fusion needs the fold networks, "
                               "which `slidestream train` fits; evaluate with --bundle OUT/<arch> (or pass --fusion-split val)")
         fref = p.get("fusion") or {}
         fusion = fusion or fref.get("name")
         params = fref.get("params") if fusion == fref.get("name") else None
-        fusion_split = fusion_split or settings(p)["fusion_split"]
+        fusion_split = fusion_split or training["fusion_split"]
     if fusion_split and not fusion:
         raise ConfigError("--fusion-split needs a fusion to fit: give --fusion age_gda or a --pipeline with a fusion section")
     if fusion_split not in (None, *ev.FUSION_SPLITS):
