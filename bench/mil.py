@@ -67,7 +67,7 @@ def main() -> None:
     print(json.dumps({"path": "patch-CNN", "arch": r.get("arch"), "epochs": a.epochs, "test_auc": cnn_auc,
                       "cpu_s": round(cnn_cpu, 1), "wall_s": round(cnn_wall, 1)}))
 
-    mpipe = config.parse({**{k: v for k, v in pipe.items()},
+    mpipe = config.parse({**pipe,
                           "encoder": {"name": "timm", "params": {"model": a.encoder_model, "input_size": 64}},
                           "aggregator": {"name": "abmil"}, "mil": {"epochs": a.mil_epochs, "lr": 5e-4, "seed": a.seed}})
     fs, f_cpu, f_wall = timed(lambda: features.extract_features(mpipe, out / "store", out / "f.zarr", progress=False, log=None))

@@ -29,14 +29,6 @@ def _memory(device: str) -> dict[str, Any]:
     return out
 
 
-def _read_cohort(source: str, default_mpp: float | None = None):
-    try:  # cohort reading may live in engine/cohort.py
-        from .cohort import read_cohort
-    except ImportError:
-        from .runner import read_cohort
-    return read_cohort(source, default_mpp=default_mpp)
-
-
 def _device(device: str) -> str:
     from .device import resolve_device
 
@@ -73,6 +65,7 @@ def extract_bench(slides: list[str], pipeline: dict[str, Any] | None = None, dev
     the same pixels (the thumbnail's level plus the kept tiles); medians. ``reader`` is tried first
     (e.g. ``dali``)."""
     from . import config
+    from .cohort import read_cohort
     from .runner import extract
     from .store import PatchStore
 
@@ -84,7 +77,7 @@ def extract_bench(slides: list[str], pipeline: dict[str, Any] | None = None, dev
         rest = sorted(registry.plugins("reader").items(), key=lambda kv: kv[1].priority)
         pipeline["reader"] = {**pipeline.get("reader", {}), "order": [reader] + [n for n, _ in rest if n != reader]}
     threads = threads or os.cpu_count() or 1
-    cohort = [row for s in slides for row in _read_cohort(s)]
+    cohort = [row for s in slides for row in read_cohort(s)]
     for s in slides:  # warm the page cache so neither side pays for the first disk read
         with open(s, "rb") as f:
             while f.read(1 << 24):
@@ -246,12 +239,8 @@ def gan_bench(device: str = "cpu", steps: int | None = None, max_res: int = 32, 
 def features_bench(slide: str, device: str = "cpu", encoder: str | None = None, batch: int = 64) -> dict[str, Any]:
     """Encoder patches/s over one extracted slide (random-init weights: throughput only): wall-clock
     including the model build, and the feature store's encoding-only rate."""
-    try:
-        from . import features
-    except ImportError:
-        return {"bench": "features", "available": False,
-                "reason": "the encoder feature store (engine/features.py) is not in this installation"}
-    from . import config, registry
+    from . import config, features, registry
+    from .cohort import read_cohort
     from .runner import extract
 
     dev = _device(device)
@@ -260,7 +249,7 @@ def features_bench(slide: str, device: str = "cpu", encoder: str | None = None, 
     pipeline = dict(config.load(config.example("liu2020")), device=dev, encoder={"name": name})
     tmp = Path(tempfile.mkdtemp(prefix="ss-bench-feat-"))
     try:
-        extract(pipeline, _read_cohort(slide), tmp / "store", qa=False, progress=False)
+        extract(pipeline, read_cohort(slide), tmp / "store", qa=False, progress=False)
         t0 = time.perf_counter()
         s = features.extract_features(pipeline, tmp / "store", tmp / "feats.zarr", device=dev, batch_size=batch,
                                       progress=False, log=lambda *a, **k: None)

@@ -130,10 +130,6 @@ class DaliTiles:
                 tl = tl.as_cpu() if self.device == "mixed" else tl
                 yield i, [np.asarray(tl[k]) for k in range(len(chunk))]
 
-    def decode(self, streams: Sequence[bytes], on_device: bool = False) -> list:
-        """Decoded tiles (copies), in order."""
-        return [t.copy() for _, tiles in self.batches(streams, on_device) for t in tiles]
-
     # ---------------------------------------------------------------- regions
     def read_regions(self, requests: Sequence[tuple[tuple[int, int], int, tuple[int, int]]],
                      keep_on_device: bool = False) -> list:

@@ -90,10 +90,11 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         if fmt == "geojson":
             path = out / f"{name}.geojson"
             feats = []
+            pids = as_str(tab["patient_id"][r0:r1])  # once per slide, not per patch
             for i in range(r1 - r0):
                 xi, yi, si = int(x[i]), int(y[i]), int(s0[i])
                 props: dict[str, Any] = {"objectType": "tile", "slide_id": slide,
-                                         "patient_id": str(as_str(tab["patient_id"][r0 + i:r0 + i + 1])[0]), "row": r0 + i}
+                                         "patient_id": str(pids[i]), "row": r0 + i}
                 if att is not None:
                     m = {"attention": float(att[r0 + i]), "probability": float(prob[r0 + i])}
                     props.update(m)

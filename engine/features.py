@@ -69,11 +69,8 @@ def load_encoder(ref: dict[str, Any]):
         module = plugin.build(**params)
     spec = {"name": plugin.name, "params": params}
     for k in ("dim", "input_size", "mean", "std", "resize", "interpolation"):
-        v = getattr(module, k, None)
+        v = getattr(module, k, None) or getattr(plugin, k)
         spec[k] = list(v) if isinstance(v, tuple) else v
-        if not v:
-            v = getattr(plugin, k)
-            spec[k] = list(v) if isinstance(v, tuple) else v
     spec["interpolation"] = spec["interpolation"] or "bilinear"
     if not spec["dim"] or not spec["input_size"]:
         raise ConfigError(f"encoder {plugin.name!r} declares no output dim / input size")

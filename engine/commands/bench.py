@@ -146,14 +146,9 @@ def features_command(
     size: tuple[int, int] = SIZE,
     as_json: bool = JSON,
 ):
-    """Encoder patches/s over one extracted slide ("not available" without the feature store)."""
-    import importlib.util
-
+    """Encoder patches/s over one extracted slide."""
     from ..bench import features_bench
 
-    if importlib.util.find_spec("slidestream.engine.features") is None:
-        _show(features_bench("", device), as_json)  # says "not available" without making a slide
-        return
     _show(features_bench(_slides(slides, size, 0)[0], _check_device(device), encoder), as_json)
 
 

@@ -24,7 +24,7 @@ def _load(pipeline: Path, encoder: Optional[str], weights: Optional[str]) -> dic
             ref = {"name": encoder, "params": {}}
         if weights:
             ref["params"] = {**(ref.get("params") or {}), "weights": weights}
-        p = config.parse({**{k: v for k, v in p.items()}, "encoder": ref}, source=str(pipeline))
+        p = config.parse({**p, "encoder": ref}, source=str(pipeline))
     return p
 
 
