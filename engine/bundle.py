@@ -30,7 +30,8 @@ FORMAT = 1
 FILES = ("model.safetensors", "pipeline.json")
 
 
-def _sha(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (bundle files, local weights)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -55,7 +56,7 @@ def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta
     (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1, sort_keys=True))
     doc = {"format": FORMAT, "extraction_hash": config.extraction_hash(pipeline), **meta,
            "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions(),
-           "files": {f: _sha(out / f) for f in FILES}}
+           "files": {f: sha256_file(out / f) for f in FILES}}
     doc["hash"] = _meta_hash(doc)
     atomic_write_text(out / "bundle.json", json.dumps(doc, indent=1, default=str))
     return out
@@ -100,7 +101,7 @@ def read(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     for f in FILES:
         if not (p / f).is_file():
             raise ConfigError(f"bundle {p} is incomplete: {f} is missing; copy the whole bundle directory")
-        if _sha(p / f) != meta.get("files", {}).get(f):
+        if sha256_file(p / f) != meta.get("files", {}).get(f):
             raise ConfigError(f"bundle {p}: {f} does not match its recorded sha256 (modified or corrupt); re-copy or retrain")
     if meta.get("hash") != _meta_hash(meta):
         raise ConfigError(f"bundle {p}: bundle.json does not match its hash (edited by hand?); re-copy or retrain")

@@ -18,7 +18,6 @@ batches of ``features.batch_size``, on the GPU when there is one.
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,6 @@ def settings(pipeline: dict[str, Any], **overrides) -> dict[str, Any]:
     s = {**DEFAULTS, **(pipeline.get("features") or {})}
     s.update({k: v for k, v in overrides.items() if v is not None})
     return s
-
-
-def file_sha256(path: str | Path | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_encoder(ref: dict[str, Any]):
@@ -124,8 +113,10 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     if n == 0:
         raise StoreError(f"store {store_path} has no patches; run `slidestream extract` first")
     module, spec = load_encoder(pipeline.get("encoder"))
+    from .bundle import sha256_file
+
     weights = spec["params"].get("weights")
-    header = {"encoder": spec["name"], "params": spec["params"], "weights_sha256": file_sha256(weights),
+    header = {"encoder": spec["name"], "params": spec["params"], "weights_sha256": sha256_file(weights) if weights is not None else None,
               "dim": int(spec["dim"]), "dtype": cfg["dtype"], "input_size": int(spec["input_size"]),
               "mean": spec["mean"], "std": spec["std"], "resize": spec["resize"], "interpolation": spec["interpolation"],
               "patch_store": str(Path(store_path).resolve()),

@@ -385,7 +385,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
 
         counts = load_imagenet(model, cfg["weights"])
         return model.to(dev), {"kind": "imagenet", "file": str(cfg["weights"]),
-                               "sha256": bundle_mod._sha(Path(cfg["weights"])), **counts}
+                               "sha256": bundle_mod.sha256_file(Path(cfg["weights"])), **counts}
 
     model, init = build()
     if init["kind"] == "imagenet":
