@@ -50,7 +50,7 @@ def stage_times(pipeline: dict, path: str, mpp, threads: int, tmp: Path) -> dict
     row = read_cohort(path, default_mpp=mpp)[0]
     size = int(pipeline["patches"]["size"])
     store = clock("create", lambda: PatchStore.create(tmp / "stages", size, pipeline["store"], runner.manifest_base(pipeline)))
-    slide = clock("open", lambda: open_slide(row.slide_path, order=pipeline["reader"].get("order"), mpp=row.mpp))
+    slide = clock("open", lambda: open_slide(row.slide_path, order=runner.readers_for(pipeline), mpp=row.mpp))
     thumb = clock("thumbnail", lambda: slide.thumbnail(float(pipeline["thumbnail"]["scale"])))
     mask = clock("filters", lambda: runner.tissue_mask(pipeline, thumb))
     real = runner.tissue_mask  # plan_slide without the thumbnail and filters timed above
@@ -88,11 +88,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="runs of each side (interleaved); medians are reported")
     ap.add_argument("--cohort", type=int, default=1, help="extract N copies of the slide as a cohort (throughput)")
     ap.add_argument("--workers", type=int, default=1, help="dask workers for --cohort")
+    ap.add_argument("--decoder", choices=["cucim", "dali"], default=None,
+                    help="override reader.decoder (dali: batches of tiles decoded by DALI; the bare decode stays cuCIM)")
     a = ap.parse_args()
 
     pipeline = config.load(a.pipeline)
     if a.codec:
         pipeline["store"]["codec"] = a.codec
+    if a.decoder:
+        pipeline["reader"]["decoder"] = a.decoder
     if a.level is not None:
         pipeline["store"]["level"] = a.level
     tmp = Path(tempfile.mkdtemp(prefix="ss-bench-"))
@@ -129,7 +133,7 @@ def main() -> None:
         mp = len(tiles) * len(cohort) * out_px * out_px / 1e6
         print(json.dumps({
             "slide": os.path.basename(a.slide), "dimensions": rec.get("dimensions"), "reader": rec.get("reader"),
-            "slides": len(cohort), "workers": a.workers, "slides_per_s": round(len(cohort) / engine_s, 2),
+            "decoder": pipeline["reader"].get("decoder", "cucim"), "slides": len(cohort), "workers": a.workers, "slides_per_s": round(len(cohort) / engine_s, 2),
             "tiles": len(tiles) * len(cohort), "patches": n, "threads": a.threads, "codec": pipeline["store"]["codec"],
             "level": pipeline["store"]["level"], "repeat": a.repeat, "engine_s": round(engine_s, 3),
             "engine_s_min": round(min(runs), 3),

@@ -79,7 +79,11 @@ def schema() -> dict[str, Any]:
             "reader": {
                 "type": "object", "additionalProperties": False,
                 "properties": {"order": {"type": ["array", "null"], "items": {"enum": sorted(registry.plugins("reader"))},
-                                         "description": "readers to try, in order (default: by priority)"}},
+                                         "description": "readers to try, in order (default: by priority)"},
+                               "decoder": {"enum": ["cucim", "dali"],
+                                           "description": "tile decoding: cucim (default) one region per call, or "
+                                                          "dali: the JPEG tiles of a batch of regions decoded together "
+                                                          "by DALI (nvJPEG on a GPU; other codecs fall back to cuCIM)"}},
             },
             "thumbnail": {
                 "type": "object", "additionalProperties": False,
@@ -263,7 +267,10 @@ def digest(obj: Any) -> str:
 
 def extraction_hash(pipeline: dict[str, Any]) -> str:
     """Hash of the sections that determine a patch store's contents."""
-    return digest({k: pipeline.get(k) for k in EXTRACTION_SECTIONS})
+    sections = {k: pipeline.get(k) for k in EXTRACTION_SECTIONS}
+    if isinstance(sections["reader"], dict) and sections["reader"].get("decoder") == "cucim":  # the default, unnamed
+        sections["reader"] = {k: v for k, v in sections["reader"].items() if k != "decoder"}
+    return digest(sections)
 
 
 def refs(section: Any) -> list[dict[str, Any]]:

@@ -119,16 +119,25 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
         by_tile.setdefault(r[0], []).append(i)
     order = sorted(by_tile)
 
-    def read(ti):
+    def box(ti):
         t = tiles[ti]
-        return slide.read_checked(t.x, t.y, t.w, int(round(t.w / geometry.factor)))
+        return t.x, t.y, t.w, int(round(t.w / geometry.factor))
 
     chunks = [order[b0:b0 + batch] for b0 in range(0, len(order), batch)]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        ahead = [pool.submit(read, ti) for ti in chunks[0]] if chunks else []
+    if hasattr(slide.reader, "read_regions"):  # a reader that decodes a whole batch of tiles per call (DALI)
+        def submit(pool, chunk):
+            f = pool.submit(slide.read_batch_checked, [box(ti) for ti in chunk])
+            return [_Item(f, j) for j in range(len(chunk))]
+        workers = 1  # the reader uses every core itself
+    else:  # one tile per call, ``threads`` at a time
+        def submit(pool, chunk):
+            return [pool.submit(slide.read_checked, *box(ti)) for ti in chunk]
+        workers = max(1, threads)
+    with ThreadPoolExecutor(workers) as pool:
+        ahead = submit(pool, chunks[0]) if chunks else []
         for k, chunk in enumerate(chunks):  # batch k+1 decodes while batch k is cut and handed on
             futures = ahead
-            ahead = [pool.submit(read, ti) for ti in chunks[k + 1]] if k + 1 < len(chunks) else []
+            ahead = submit(pool, chunks[k + 1]) if k + 1 < len(chunks) else []
             for ti, (rgb, said) in zip(chunk, (f.result() for f in futures)):
                 if said:
                     if problems is None:
@@ -145,6 +154,29 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
                 yield idx, out
 
 
+class _Item:
+    """One tile's ``(rgb, complaint)`` out of a batch read's future."""
+
+    def __init__(self, future, j: int):
+        self.future, self.j = future, j
+
+    def result(self):
+        return self.future.result()[self.j]
+
+
+def readers_for(pipeline: dict[str, Any]) -> list[str] | None:
+    """Readers to try for the pipeline: ``reader.order``, with the DALI reader first when ``reader.decoder``
+    is ``dali`` (JPEG-tiled TIFF/SVS; other slides fall through to the next reader)."""
+    section = pipeline.get("reader") or {}
+    order = section.get("order")
+    if section.get("decoder", "cucim") != "dali":
+        return order
+    if order is None:
+        table = registry.plugins("reader")
+        order = sorted(table, key=lambda n: (table[n].priority, n))
+    return ["dali"] + [n for n in order if n != "dali"]
+
+
 def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, allow_corrupt: bool = False):
     """Open and plan one slide (thumbnail, mask, tiles, patch positions; no tile pixels yet).
 
@@ -154,7 +186,7 @@ def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, al
     with CAPTURE.on():
         p0 = CAPTURE.position()
         try:
-            slide = open_slide(row.slide_path, order=reader_order or pipeline["reader"].get("order"), mpp=row.mpp,
+            slide = open_slide(row.slide_path, order=reader_order or readers_for(pipeline), mpp=row.mpp,
                                device=resolve_device(pipeline.get("device", "auto")))
         except Exception as e:
             e.log = CAPTURE.text(p0).strip()  # what the libraries said, for the slide's record

@@ -87,6 +87,27 @@ class Slide:
             self.log.append(said)
         return rgb, complaint(said)
 
+    def read_batch_checked(self, boxes) -> list[tuple[np.ndarray, str]]:
+        """``read_checked`` of several squares ``(x, y, size0, out_size)``: in one call when the reader
+        decodes batches (``read_regions``, the DALI reader) and no resize is needed, else one by one. A batch
+        with a damaged tile or a decoder complaint is read again one by one, so each square gets its own."""
+        batch = getattr(self.reader, "read_regions", None)
+        reqs = []
+        for x, y, size0, out_size in boxes:
+            level = self.best_level(size0 / out_size)
+            n = int(round(size0 / self.reader.level_downsamples[level]))
+            reqs.append(((int(x), int(y)), level, (n, n)) if n == out_size else None)
+        if batch is not None and reqs and None not in reqs:
+            try:
+                rgbs, said = checked_read(lambda: batch(reqs))
+            except BrokenFile:
+                rgbs, said = None, ""
+            if rgbs is not None and not complaint(said):
+                if said:
+                    self.log.append(said)
+                return [(rgb, "") for rgb in rgbs]
+        return [self.read_checked(*b) for b in boxes]
+
     def _region(self, location, level, size) -> np.ndarray:
         try:
             rgb, said = checked_read(lambda: self.reader.read_region(location, level, size))

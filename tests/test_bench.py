@@ -210,3 +210,47 @@ def test_dali_reader_extracts_the_same_patches_as_cucim(slide):
     s = open_slide(WSI / "tcga-cr-7395-01a-01-ts1.svs", order=["dali", "cucim"], mpp=0.5)  # JPEG 2000
     assert s.reader_name == "cucim"
     s.close()
+
+
+@pytest.mark.parametrize("name", ["bench", "CMU-1-Small-Region.svs"])
+def test_decoder_dali_reads_batches_and_equals_cucim(slide, name, monkeypatch):
+    """`reader.decoder: dali`: the DALI reader is tried first and decodes each batch of tiles in one
+    ``read_regions`` call; its patches and thumbnail equal cuCIM's within +-2 grey levels."""
+    from slidestream.engine import config
+    from slidestream.engine.runner import extract_slide_patches
+    from slidestream.plugins.readers.dali import DaliSlide
+
+    path = slide if name == "bench" else WSI / name
+    p = config.load(config.example("liu2020"))
+    if name != "bench":  # a small real slide (at 0.5 um/px: 20x, no resize): smaller tiles so that several are kept
+        p["magnification"], p["tiling"]["params"]["size"], p["patches"]["size"] = 20, 256, 64
+        p["tiling"]["params"]["min_tissue"] = 0.2
+    calls = []
+    real = DaliSlide.read_regions
+    monkeypatch.setattr(DaliSlide, "read_regions", lambda self, reqs: calls.append(len(reqs)) or real(self, reqs))
+    got = {}
+    for decoder in ("cucim", "dali"):
+        p["reader"]["decoder"] = decoder
+        assert config.validation_errors(p) == []
+        patches, table, thumb, tiles, _ = extract_slide_patches(p, str(path), None if name == "bench" else 0.5, 2)
+        got[decoder] = patches, thumb, table
+    assert calls and max(calls) > 1  # batches of tiles, not one tile per call
+    assert sum(calls) == len(set(got["dali"][2]["tile_id"].tolist()))
+    assert len(got["dali"][0]) == len(got["cucim"][0]) > 0
+    for a, b in zip(got["dali"][:2], got["cucim"][:2]):
+        assert np.abs(a.astype(int) - b).max() <= 2
+
+
+def test_decoder_in_the_pipeline_schema_and_hash():
+    from slidestream.engine import config
+    from slidestream.engine.runner import readers_for
+
+    p = config.load(config.example("liu2020"))
+    h = config.extraction_hash(p)
+    assert readers_for(p) is None
+    p["reader"]["decoder"] = "cucim"
+    assert config.extraction_hash(p) == h  # the default, named or not: the same store
+    p["reader"]["decoder"] = "dali"
+    assert config.extraction_hash(p) != h and readers_for(p)[0] == "dali"
+    p["reader"]["decoder"] = "nvjpeg"
+    assert config.validation_errors(p)

@@ -4,11 +4,15 @@ Region reads decode the level's raw JPEG tiles with ``engine/dali_decode.py`` (b
 when ``device`` is ``cuda``, DALI's CPU decoder otherwise). It is never picked by default (priority after
 every other reader): name it first in the pipeline, ``"reader": {"order": ["dali", "cucim", ...]}``. A
 slide it cannot decode (JPEG 2000, LZW, a file cuCIM refuses) is refused, so the next reader takes it.
-Each of the engine's decode threads gets its own DALI pipeline (a pipeline is not thread-safe).
+The engine reads a whole batch of tiles per call (``read_regions``: DALI decodes their JPEG tiles
+in batches on all cores); each thread that reads gets its own DALI pipeline (a pipeline is not thread-safe).
 """
 from __future__ import annotations
 
+import os
 import threading
+
+import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
@@ -22,7 +26,8 @@ class DaliSlide(CucimSlide):
 
         super().__init__(path, device="cpu")
         self.device = device
-        self._open = lambda: DaliTiles(path, device="mixed" if device == "cuda" else "cpu", threads=1)
+        # all cores per pipeline: the engine reads a batch of tiles per call (read_regions), one call at a time
+        self._open = lambda: DaliTiles(path, device="mixed" if device == "cuda" else "cpu", threads=os.cpu_count() or 1)
         first = self._open()
         if first.level_dimensions != self.level_dimensions:
             first.close()
@@ -49,6 +54,31 @@ class DaliSlide(CucimSlide):
             return tiles.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h))
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], ds)
+
+    def read_regions(self, requests):
+        """Several regions ``(location, level, (w, h))`` in one call: every JPEG tile they need is decoded
+        once, in DALI batches; the part of a region outside its level is white (as ``read_region``).
+        Raises ``BrokenFile`` when any of them touches a damaged tile (read them one by one to tell which)."""
+        tiles, boxes, inner = self._dali(), [], []
+        for (x0, y0), level, (w, h) in requests:
+            ds, (lw, lh) = self.level_downsamples[level], self.level_dimensions[level]
+            lx, ly = int(round(x0 / ds)), int(round(y0 / ds))
+            a, b, c, d = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)  # the part inside the level
+            boxes.append((lx, ly, a, b, c, d))
+            if c > a and d > b:
+                self._tiles.check((lw, lh), a, b, c - a, d - b)
+                inner.append(((int(round(a * ds)), int(round(b * ds))), level, (c - a, d - b)))
+        decoded = iter(tiles.read_regions(inner))
+        out = []
+        for ((_, _, (w, h)), (lx, ly, a, b, c, d)) in zip(requests, boxes):
+            if (a, b, c, d) == (lx, ly, lx + w, ly + h):
+                out.append(next(decoded))
+                continue
+            rgb = np.full((h, w, 3), 255, np.uint8)
+            if c > a and d > b:
+                rgb[b - ly:d - ly, a - lx:c - lx] = next(decoded)
+            out.append(rgb)
+        return out
 
     def close(self) -> None:
         for t in self._all:
