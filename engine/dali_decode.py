@@ -50,9 +50,19 @@ def jpeg_levels(path: str | os.PathLike) -> list[Level]:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
+        pages = [lv.keyframe for lv in tf.series[0].levels]
+        w0, h0 = pages[0].imagewidth, pages[0].imagelength
+        # tiled pages of the same aspect are levels too: tifffile takes an SVS's page 1 for the thumbnail
+        # even when it is a tiled pyramid level (as cuCIM and OpenSlide read it; bench40x.svs has one)
+        have = {(p.imagewidth, p.imagelength) for p in pages}
+        for p in tf.pages:
+            same_aspect = abs(p.imagelength - h0 * p.imagewidth / w0) <= 1 + 0.01 * p.imagelength
+            if p.is_tiled and same_aspect and p.imagewidth < w0 and (p.imagewidth, p.imagelength) not in have:
+                pages.append(p)
+                have.add((p.imagewidth, p.imagelength))
+        pages.sort(key=lambda p: -p.imagewidth)
         levels = []
-        for lv in tf.series[0].levels:
-            p = lv.keyframe
+        for p in pages:
             if not p.is_tiled or p.compression != 7 or p.samplesperpixel != 3 or p.bitspersample != 8:
                 raise NotJpegTiled(f"{path}: level {len(levels)} is {p.compression.name}"
                                    f"{'' if p.is_tiled else ', not tiled'}; DALI decodes JPEG tiles only, use cuCIM")

@@ -254,3 +254,25 @@ def test_decoder_in_the_pipeline_schema_and_hash():
     assert config.extraction_hash(p) != h and readers_for(p)[0] == "dali"
     p["reader"]["decoder"] = "nvjpeg"
     assert config.validation_errors(p)
+
+
+def test_dali_sees_every_tiled_level_of_an_svs(tmp_path):
+    """Tiled pyramid levels that tifffile files under another series (an SVS's page 1, which it takes for
+    the thumbnail) are levels for DALI too, as for cuCIM: else the DALI reader is refused on such slides."""
+    import tifffile
+
+    from slidestream.engine.dali_decode import jpeg_levels
+    from slidestream.engine.slide import open_slide
+
+    img = np.random.default_rng(0).integers(0, 255, (1024, 1536, 3), np.uint8)
+    path = tmp_path / "s.svs"
+    with tifffile.TiffWriter(path) as tw:
+        for k, ds in enumerate((1, 4, 16)):
+            tw.write(img[::ds, ::ds], tile=(256, 256) if ds < 16 else (64, 64), compression="jpeg", photometric="rgb",
+                     description="Aperio Image Library v12\n1536x1024 |AppMag = 40|MPP = 0.25" if k == 0 else "")
+    assert [(lv.width, lv.height) for lv in jpeg_levels(path)] == [(1536, 1024), (384, 256), (96, 64)]
+    s = open_slide(path, order=["dali", "cucim"])
+    try:
+        assert s.reader_name == "dali" and len(s.reader.level_dimensions) == 3
+    finally:
+        s.close()
