@@ -53,13 +53,13 @@ def test_uncommitted_rows_are_invisible_and_cut(tmp_path):
     stage = st.begin("s2", 30)
     stage.write(0, np.full((30, 16, 16, 3), 9, np.uint8))
     stage.close()
-    real = store_mod._consolidate
-    store_mod._consolidate = lambda path: (_ for _ in ()).throw(KeyboardInterrupt())  # killed before the commit point
+    real = PatchStore._commit_point
+    PatchStore._commit_point = lambda self: (_ for _ in ()).throw(KeyboardInterrupt())  # killed before the commit point
     try:
         with pytest.raises(KeyboardInterrupt):
             st.commit_staged("s2", stage.stage, 30, {"slide_id": "s2"}, {})
     finally:
-        store_mod._consolidate = real
+        PatchStore._commit_point = real
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         g = zarr.open_group(str(tmp_path / "s"), mode="r")
@@ -163,3 +163,17 @@ def test_row_writer_writes_the_bytes_zarr_writes(tmp_path, codec, n):
     assert mine.keys() == theirs.keys()
     assert all(mine[k] == theirs[k] for k in mine), [str(k) for k in mine if mine[k] != theirs[k]]
     assert np.array_equal(zarr.open_array(str(tmp_path / "mine"), mode="r")[:], pix)
+
+
+def test_commit_point_equals_zarr_consolidation(tmp_path):
+    """A commit writes the root zarr.json from the arrays' metadata in memory: the same document
+    zarr.consolidate_metadata makes by reading the store back."""
+    st = _new(tmp_path)
+    st.append("s1", np.ones((40, 16, 16, 3), np.uint8), {"x": np.arange(40), "slide_id": "s1"}, {"status": "done"})
+    st.commit_record("bad", {"status": "error"}, "errors")
+    st.append("s2", np.ones((3, 16, 16, 3), np.uint8), {"age": 7.5}, {"status": "done"})
+    mine = json.loads((tmp_path / "s" / "zarr.json").read_text())
+    store_mod._consolidate(tmp_path / "s")
+    assert mine == json.loads((tmp_path / "s" / "zarr.json").read_text())
+    assert mine["consolidated_metadata"]["metadata"]["patches"]["shape"][0] == 2 * st.shard
+    assert len(PatchStore.open(tmp_path / "s")) == 43
