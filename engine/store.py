@@ -223,8 +223,8 @@ class RowWriter:
     def write(self, offset: int, patches: np.ndarray) -> None:
         """Write rows ``offset .. offset+len(patches)`` (offsets must arrive in increasing order)."""
         patches = np.asarray(patches)
-        if self._encode is False:  # codecs this writer does not assemble itself: zarr's write path
-            self._chunks[len(self._chunks)] = self._pool.submit(_write_block, self.arr, offset, patches)
+        if self._encode is False:  # codecs this writer does not assemble itself: zarr's write path, in order
+            _write_block(self.arr, offset, patches)
             return
         c = self.chunk
         i = 0
@@ -283,10 +283,7 @@ class RowWriter:
 
     def close(self) -> str:
         """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""
-        if self._encode is False:
-            for f in self._chunks.values():
-                f.result()
-        else:
+        if self._encode is not False:
             self._finish_chunk()
             self._write_shards(final=True)
         self._chunks = {}

@@ -177,3 +177,13 @@ def test_commit_point_equals_zarr_consolidation(tmp_path):
     assert mine == json.loads((tmp_path / "s" / "zarr.json").read_text())
     assert mine["consolidated_metadata"]["metadata"]["patches"]["shape"][0] == 2 * st.shard
     assert len(PatchStore.open(tmp_path / "s")) == 43
+
+
+def test_row_writer_falls_back_to_zarr_for_codecs_it_does_not_assemble(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "_chunk_encoder", lambda arr: False)
+    pix = np.random.default_rng(1).integers(0, 9, (70, 8, 8, 3), dtype=np.uint8)
+    w = store_mod.RowWriter(tmp_path / "w", 70, 8, {"codec": "zstd", "level": 1, "chunk": 4})
+    for i in range(0, 70, 3):
+        w.write(i, pix[i:i + 3])
+    w.close()
+    assert np.array_equal(zarr.open_array(str(tmp_path / "w"), mode="r")[:], pix)
