@@ -136,41 +136,14 @@ class Slide:
                              "save it as a pyramidal TIFF")
         if (lw, lh) == (tw, th):
             return self._region((0, 0), level, (lw, lh))
-        # read in strips so memory stays bounded on slides without a pyramid; each strip is read in bands on
-        # all cores, and resized in bands when the level is a whole number of times the thumbnail (a pyramid's
-        # 2x, 4x): a band of output rows resized from its box of the strip (``resize(box=...)``, the filter
-        # reaching outside the box) equals those rows of one whole resize (at other ratios Pillow's float
-        # rounding moves ~0.01 % of pixels by 1, so one resize). The same thumbnail, ~2x faster on 2 cores.
-        from concurrent.futures import ThreadPoolExecutor
-
+        # read in strips so memory stays bounded on slides without a pyramid
         out = np.empty((th, tw, 3), np.uint8)
         rows = max(1, int(STRIP_PIXELS // max(lw, 1) * th / max(lh, 1)))  # thumbnail rows per strip
-        k = max(1, min(os.cpu_count() or 1, 8))
-        with ThreadPoolExecutor(k) as pool:
-            for t0 in range(0, th, rows):
-                t1 = min(th, t0 + rows)
-                l0, l1 = int(round(t0 * lh / th)), min(lh, int(round(t1 * lh / th)))
-                sh, n = max(1, l1 - l0), t1 - t0
-                strip = np.empty((sh, lw, 3), np.uint8)
-                r = k if float(ds).is_integer() else 1  # band reads only where level rows map to level 0 exactly
-                cuts = [l0 + sh * j // r for j in range(r + 1)]
-
-                def read(j):
-                    if cuts[j + 1] > cuts[j]:
-                        strip[cuts[j] - l0:cuts[j + 1] - l0] = self._region((0, int(round(cuts[j] * ds))), level,
-                                                                            (lw, cuts[j + 1] - cuts[j]))
-
-                list(pool.map(read, range(r)))
-                im = Image.fromarray(strip)
-                m = k if sh % n == 0 else 1  # bands only at a whole-number ratio: box edges and filter centres exact
-                bands = [(n * j // m, n * (j + 1) // m) for j in range(m)]
-
-                def resize(band):
-                    a, b = band
-                    if b > a:
-                        out[t0 + a:t0 + b] = np.asarray(im.resize((tw, b - a), Image.BILINEAR, box=(0, a * sh / n, lw, b * sh / n)))
-
-                list(pool.map(resize, bands))
+        for t0 in range(0, th, rows):
+            t1 = min(th, t0 + rows)
+            l0, l1 = int(round(t0 * lh / th)), min(lh, int(round(t1 * lh / th)))
+            strip = self._region((0, int(round(l0 * ds))), level, (lw, max(1, l1 - l0)))
+            out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), Image.BILINEAR))
         return out
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:

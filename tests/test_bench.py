@@ -276,31 +276,3 @@ def test_dali_sees_every_tiled_level_of_an_svs(tmp_path):
         assert s.reader_name == "dali" and len(s.reader.level_dimensions) == 3
     finally:
         s.close()
-
-
-@pytest.mark.parametrize("name", ["bench", "CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"])
-@pytest.mark.parametrize("reader", ["cucim", "openslide"])
-def test_thumbnail_read_and_resized_in_bands_is_the_one_resize(slide, name, reader, monkeypatch):
-    """The thumbnail is read and resized in bands on all cores; it equals one read and one bilinear
-    resize of the level (what DPW's masks were made from), pixel for pixel, also with strips."""
-    from PIL import Image
-
-    from slidestream.engine import slide as slide_mod
-    from slidestream.engine.slide import open_slide
-
-    path = slide if name == "bench" else WSI / name
-    s = open_slide(path, order=[reader], mpp=0.25)
-    try:
-        for scale in (32, 7.3):
-            tw, th = int(s.dimensions[0] // scale), int(s.dimensions[1] // scale)
-            level = s.best_level(scale)
-            lw, lh = s.reader.level_dimensions[level]
-            ref = np.asarray(Image.fromarray(s.reader.read_region((0, 0), level, (lw, lh))).resize((tw, th), Image.BILINEAR))
-            if (lw, lh) != (tw, th):
-                assert np.array_equal(s.thumbnail(scale), ref)
-                monkeypatch.setattr(slide_mod, "STRIP_PIXELS", lw * lh // 3)  # three strips
-                strips = s.thumbnail(scale)
-                monkeypatch.undo()
-                assert np.abs(strips.astype(int) - ref).max() <= 255 and strips.shape == ref.shape
-    finally:
-        s.close()
