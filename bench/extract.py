@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Extraction throughput on one slide, against the bare decode of the same pixels, in one run.
 
-    python bench/extract.py SLIDE [--pipeline schemas/examples/liu2020.json] [--threads N] [--codec zstd]
+    python bench/extract.py SLIDE [--pipeline schemas/examples/liu2020.json] [--threads N] [--codec zstd] [--decoder dali]
 
 Prints one JSON line (medians of ``--repeat`` interleaved runs): the stage timers of one slide run stage by
 stage (``stages_ms``: create, open, thumbnail, filters, plan, decode, compress, commit), engine seconds, tiles/s, patches/s, MP/s decoded, bytes per stored patch, peak RSS,
