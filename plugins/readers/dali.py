@@ -2,7 +2,8 @@
 
 Region reads decode the level's raw JPEG tiles with ``engine/dali_decode.py`` (batched; nvJPEG on the GPU
 when ``device`` is ``cuda``, DALI's CPU decoder otherwise). It is never picked by default (priority after
-every other reader): name it first in the pipeline, ``"reader": {"order": ["dali", "cucim", ...]}``. A
+every other reader): choose it with ``"reader": {"decoder": "dali"}`` (tried first, then the usual order),
+or name it first in ``"reader": {"order": ["dali", "cucim", ...]}``. A
 slide it cannot decode (JPEG 2000, LZW, a file cuCIM refuses) is refused, so the next reader takes it.
 The engine reads a whole batch of tiles per call (``read_regions``: DALI decodes their JPEG tiles
 in batches on all cores); each thread that reads gets its own DALI pipeline (a pipeline is not thread-safe).
