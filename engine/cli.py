@@ -33,6 +33,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print_error("interrupted; run the same command again to resume")
         sys.exit(130)
+    except OSError as e:  # a path the user gave cannot be read or written (e.g. --out under a regular file)
+        if e.filename is None:
+            raise
+        print_error(f"{e.filename}: {e.strerror or e}; check the path and its permissions, or choose another one")
+        sys.exit(2)
 
 
 def print_error(e) -> None:

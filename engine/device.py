@@ -10,6 +10,8 @@ def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; ``cuda`` without one is an error."""
     if device == "cpu":
         return "cpu"
+    if device not in ("auto", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, not {device!r}")
     has_gpu = False
     if any(Path("/dev").glob("nvidia[0-9]*")):  # no driver, no GPU: skip importing torch
         try:

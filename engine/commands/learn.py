@@ -99,6 +99,8 @@ def predict_command(
 
     if store and inputs:
         raise ConfigError("give either --store or slide files, not both")
+    if age is not None and not 0 <= age <= 130:  # NaN fails this too
+        raise ConfigError(f"--age must be the patient's age in years (0 to 130), not {age:g}")
     if store:
         r = predict.predict_store(bundle, store, out or Path("predictions.csv"), device)
         typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
