@@ -258,15 +258,19 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
 
 def load_bundle(path: str | Path):
     """(model in eval mode, meta) of a MIL bundle written by :func:`train_one`."""
-    from safetensors.torch import load_file
+    from .bundle import load_weights
 
     path = Path(path)
     if not (path / "mil.json").is_file():
         raise ConfigError(f"{path} is not a MIL bundle (no mil.json); give OUT of `slidestream mil train`")
-    meta = json.loads((path / "mil.json").read_text())
-    net = registry.get("aggregator", meta["aggregator"]).build(in_dim=meta["in_dim"], **meta["params"])
-    model = Standardized(net, np.zeros(meta["in_dim"]), np.ones(meta["in_dim"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    try:
+        meta = json.loads((path / "mil.json").read_text())
+        in_dim, name, params = int(meta["in_dim"]), meta["aggregator"], meta["params"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"MIL bundle {path}: cannot read mil.json ({type(e).__name__}: {e}); rerun `slidestream mil train`") from None
+    net = registry.get("aggregator", name).build(in_dim=in_dim, **params)
+    model = Standardized(net, np.zeros(in_dim), np.ones(in_dim))
+    load_weights(model, path / "model.safetensors", f"MIL bundle {path}")
     return model.eval(), meta
 
 
@@ -282,6 +286,10 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
     header = {**fs.info, "path": str(Path(features).resolve())}
     feats = np.asarray(fs.features[:])
+    bad = ~np.isfinite(feats).all(1)
+    if bad.any():
+        raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
+                          f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
     out = Path(out)
     if folds:
         bags = patient_bags(fs, None)
@@ -303,10 +311,12 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         if log:
             log(line)
         return {"cv": cv, "folds": results}
-    sp = PatchStore.open(store or fs.info["patch_store"]).column("split")
-    if len(sp) != len(fs):
-        raise ConfigError(f"the patch store has {len(sp)} rows but the feature store {len(fs)}; "
-                          "give the patch store the features were computed from (--store)")
+    ps = PatchStore.open(store or fs.info["patch_store"])
+    sp = ps.column("split")
+    if len(sp) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
+        raise ConfigError(f"the patch store {store or fs.info['patch_store']} ({len(sp)} rows) is not the one the "
+                          f"feature store {features} ({len(fs)} rows) was computed from (other rows or slides); "
+                          "give that patch store (--store)")
     bags = patient_bags(fs, sp)
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:
