@@ -170,3 +170,17 @@ def test_mil_train_refuses_nan_features_and_another_store(made, tmp_path):
     a[:] = x
     with pytest.raises(ConfigError, match=r"1 row\(s\) hold NaN/inf features \(first: row 5\)"):
         mil.train(pipe, fs, tmp_path / "m2", log=None)
+
+
+def test_predict_store_names_patients_without_patches(tmp_path):
+    from slidestream.engine import predict
+
+    st = _store(tmp_path / "s", n=4)
+    st = PatchStore.open(st.path, mode="r+")
+    st.append("S9", np.zeros((0, 32, 32, 3), np.uint8), {}, {"status": "empty", "patient_id": "P9"})  # no tissue
+    model = registry.get("classifier", "small_cnn").build(num_classes=2, in_channels=3, dropout=0.5, width=8)
+    b = bundle.save(tmp_path / "b", model, config.parse({"name": "b", "classifier": {"name": "small_cnn"}}),
+                    {"arch": "small_cnn", "classifier_params": {"width": 8}, "in_channels": 3, "input_size": 32,
+                     "aggregation": {"method": "mean"}, "extraction_hash": st.manifest["extraction_hash"]})
+    r = predict.predict_store(b, st.path, tmp_path / "p.csv", "cpu")
+    assert r["patients"] == 4 and r["without_patches"] == ["P9"]
