@@ -240,8 +240,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
         w.writerow(["patient_id", "label", "age", "split", "image_prob"])
         for i in allp:
             age = bags["age"][i]
-            w.writerow([bags["patients"][i], int(bags["label"][i]), "" if np.isnan(age) else f"{age:.2f}", split[i],
-                        f"{probs[i]:.6f}"])
+            w.writerow([bags["patients"][i], int(bags["label"][i]), "" if np.isnan(age) else repr(float(age)), split[i],
+                        repr(float(probs[i]))])
     attention = np.full(len(feats), np.nan, np.float32)
     for i, a in att.items():
         attention[bags["rows"][i]] = a
