@@ -111,14 +111,17 @@ def test_resume_after_kill_redoes_only_unfinished_slides(both, tmp_path):
     rows = g.attrs["slidestream_features"]["rows"]
     # as if killed while writing the next slide: arrays grown and half written, the header not yet
     for name in ["features"] + [f"meta/{c}" for c in features.CARRIED]:
-        g[name].resize((rows + 7, *g[name].shape[1:]))
+        g[name].resize((rows + 1000, *g[name].shape[1:]))  # more than the next slide writes
     g["features"][rows:] = 9
     assert not features.FeatureStore(out).complete()  # a reader sees the unfinished write
     g["features"][0] = 5  # a finished slide: must not be encoded again
+    s = features.extract_features_only(pipe, cohort[:3] + cohort[-1:], out, progress=False, qa=False)  # + missing
+    assert s["failed"] == 1 and s["rows"] == rows == g["features"].shape[0] == g["meta/x"].shape[0]  # cut back
     s = features.extract_features_only(pipe, cohort, out, progress=False, qa=False)
     by = {x["slide_id"]: x["status"] for x in s["slides"]}
     assert by == {"s0": "skipped", "blank": "skipped", "s1": "skipped", "s2": "done", "s3": "done", "missing": "error"}
-    assert s["encoded"] == s["rows"] - rows and s["skipped"] == 3
+    assert s["encoded"] == s["rows"] - rows and s["skipped"] == 3 and s["failed"] == 1
+    assert g["features"].shape[0] == g["meta/slide_id"].shape[0] == s["rows"] and features.FeatureStore(out).complete()
     ref = np.asarray(zarr.open_group(str(root / "fo.zarr"), mode="r")["features"][:])
     now = np.asarray(g["features"][:])
     assert np.all(now[0] == 5) and np.array_equal(now[1:], ref[1:])
@@ -174,3 +177,30 @@ def test_command(both, cli, tmp_path):
     bad.write_text("slide_path,patient_id,label,age\nx.svs,P1,2,50\n")
     code, out, err = cli("extract", pipe_path, "--slides", bad, "--out", tmp_path / "g.zarr", "--features-only")
     assert code == 2 and "label" in err and not (tmp_path / "g.zarr").exists()
+
+
+def test_encoder_sink_batches_rows_like_the_feature_command():
+    """Whatever the tile batches, the encoder sees batch_size rows counted from the slide's first row (what
+    `slidestream features` feeds it), so both paths give the same numbers on any backend."""
+    import torch
+
+    class Recorder(torch.nn.Module):  # a real (tiny) encoder that also notes its batch sizes
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def forward(self, x):
+            self.calls.append(len(x))
+            return x.mean(dim=(2, 3))
+
+    enc = Recorder()
+    spec = {"name": "rec", "dim": 3, "input_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    patches = np.random.default_rng(0).integers(0, 255, (23, 8, 8, 3), dtype=np.uint8)
+    sink = features.EncoderSink(enc, spec, "cpu", 5, 23)
+    for a, b in [(0, 4), (4, 8), (8, 9), (9, 21), (21, 23)]:
+        sink.write(a, patches[a:b])
+    out = sink.close()
+    assert enc.calls == [5, 5, 5, 5, 3]
+    np.testing.assert_allclose(out, patches.mean(axis=(1, 2)) / 255, rtol=1e-6)
+    with pytest.raises(ValueError, match="out of order"):
+        features.EncoderSink(enc, spec, "cpu", 5, 23).write(4, patches[4:8])
