@@ -303,6 +303,9 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         if log:
             log(line)
         return {"cv": cv, "folds": results}
+    if not (store or fs.info.get("patch_store")):
+        raise ConfigError(f"feature store {features} was written by `extract --features-only` (no patch store with a "
+                          "split column): use --folds K, or --store the patch store of the same extraction")
     sp = PatchStore.open(store or fs.info["patch_store"]).column("split")
     if len(sp) != len(fs):
         raise ConfigError(f"the patch store has {len(sp)} rows but the feature store {len(fs)}; "

@@ -98,6 +98,8 @@ def test_features_only_equals_extract_then_features(both):
     splits.split_store(st, (2, 1, 1), seed=0)
     bags = mil.patient_bags(fo, st.column("split"))
     assert sorted(bags["patients"].tolist()) == ["P0", "P1"]
+    with pytest.raises(ConfigError, match="use --folds K, or --store"):
+        mil.train(config.load(both[1]), root / "fo.zarr", root / "m", log=None)
 
 
 def test_resume_after_kill_redoes_only_unfinished_slides(both, tmp_path):
