@@ -280,8 +280,8 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                           allow_corrupt_tiles: bool = False) -> dict[str, Any]:
     """``extract --features-only``: tile and filter ``cohort`` (``SlideRow`` list) like ``runner.extract`` and
     encode the patches straight into the feature store ``out`` (created, or resumed per slide). Returns
-    ``runner.summarize``'s summary (``store`` = ``out``) plus encoder, dim and patches/s."""
-    import math
+    ``runner.summarize``'s summary (``store`` = ``out``) plus encoder, dim, patches encoded and patches/s
+    (tiles decoded and encoded, wall clock)."""
     import os
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -428,4 +428,4 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
     return {"store": str(out), "rows": int(info["rows"]), "slides": slides, "failed": failed, "skipped": skipped,
             "seconds": round(time.perf_counter() - t_start, 3), "features_only": True, "encoder": spec["name"],
             "dim": header["dim"], "encoded": encoded, "device": str(dev),
-            "patches_per_s": round(encoded / t_enc, 1) if encoded and t_enc > 0 and not math.isnan(t_enc) else None}
+            "patches_per_s": round(encoded / t_enc, 1) if encoded and t_enc > 0 else None}
