@@ -217,3 +217,41 @@ def test_features_only_on_gpu_matches_features_on_gpu(both, tmp_path):
     a = np.asarray(features.FeatureStore(tmp_path / "ref.zarr").features[:], np.float32)
     b = np.asarray(features.FeatureStore(tmp_path / "fo.zarr").features[:], np.float32)
     np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2)  # same batches; cuDNN may pick other kernels per run
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_features(both, tmp_path):
+    """Killed (-9) right after a slide lands, several times, then rerun: the store equals an uninterrupted one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, pipe_path, csvf, _ = both
+    out = tmp_path / "k.zarr"
+    cmd = [sys.executable, "-m", "slidestream.engine", "extract", str(pipe_path), "--slides", str(csvf), "--out",
+           str(out), "--features-only", "--quiet", "--no-qa"]
+
+    def landed() -> int:
+        try:
+            return len(zarr.open_group(str(out), mode="r").attrs["slidestream_features"]["done"])
+        except Exception:
+            return -1
+
+    rng, kills = np.random.default_rng(0), 0
+    for _ in range(6):
+        before = landed()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and landed() <= before:
+            time.sleep(0.002)
+        time.sleep(float(rng.uniform(0, 0.05)))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if proc.returncode in (0, 1):  # 1: the missing slide
+            break
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 1 and "missing" in r.stdout, r.stderr
+    assert kills >= 2
+    _same_store(root / "fo.zarr", out)
