@@ -255,3 +255,31 @@ def test_sigkill_and_resume_gives_the_same_features(both, tmp_path):
     assert r.returncode == 1 and "missing" in r.stdout, r.stderr
     assert kills >= 2
     _same_store(root / "fo.zarr", out)
+
+
+def test_rerun_updates_changed_cohort_values(both, tmp_path):
+    import shutil
+
+    root, pipe_path, csvf, _ = both
+    out = tmp_path / "fo.zarr"
+    shutil.copytree(root / "fo.zarr", out)
+    rows = list(csv.reader(open(csvf)))
+    for i in (1, 3):  # patient P0 (slides s0, s1): label 0 -> 1, age 40 -> 77
+        rows[i][2], rows[i][3] = "1", "77"
+    changed = tmp_path / "changed.csv"
+    with open(changed, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    s = features.extract_features_only(config.load(pipe_path), read_cohort(changed), out, progress=False, qa=False)
+    by = {x["slide_id"]: x for x in s["slides"]}
+    assert by["s0"]["status"] == "updated" and "label 0 -> 1" in by["s0"]["reason"] and s["encoded"] == 0
+    fs = features.FeatureStore(out)
+    r0, r1 = fs.info["done"]["s0"][0], fs.info["done"]["s1"][1]
+    assert (fs.column("label")[r0:r1] == 1).all() and np.allclose(fs.column("age")[r0:r1], 77)
+    assert (fs.column("label")[r1:] == features.FeatureStore(root / "fo.zarr").column("label")[r1:]).all()
+    assert r1 < len(fs) and np.array_equal(np.asarray(fs.features[:]),
+                                           np.asarray(features.FeatureStore(root / "fo.zarr").features[:]))
+    rows[1][4] = "0.5"  # s0 at a new resolution: other patches, so another store
+    with open(changed, "w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    with pytest.raises(StoreError, match="mpp .* use a new --out"):
+        features.extract_features_only(config.load(pipe_path), read_cohort(changed), out, progress=False, qa=False)
