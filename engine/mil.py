@@ -311,6 +311,9 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         if log:
             log(line)
         return {"cv": cv, "folds": results}
+    if not (store or fs.info.get("patch_store")):
+        raise ConfigError(f"feature store {features} was written by `extract --features-only` (no patch store with a "
+                          "split column): use --folds K, or --store the patch store of the same extraction")
     ps = PatchStore.open(store or fs.info["patch_store"])
     sp = ps.column("split")
     if len(sp) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
