@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Wall time of a one-slide ``slidestream extract`` process (issue 11), this tree against a baseline, in one run.
+
+    python bench/startup.py SLIDE [--repeat 3] [--ab REV] [--pipeline schemas/examples/liu2020.json] [--importtime]
+
+Each round runs, for every version (this tree, and with ``--ab REV`` the git revision REV, interleaved):
+
+- ``plain``: the ``slidestream extract PIPELINE --slides DIR --out STORE --no-qa --quiet`` process as a workflow
+  manager runs it (one slide per job, fresh store), wall clock from spawn to exit;
+- ``phased``: the same command through a small driver that clocks the phases of the process: ``interpreter``
+  (spawn to the first line of Python), ``import_cli``, ``import_runner``, ``config_cohort`` (command line
+  parsing, pipeline loading and validation, plugin loading, cohort), ``store_create``, ``slide`` (open,
+  thumbnail, filters, plan, decode, compress), ``commit``, ``finish`` (summary, store close, output) and
+  ``exit`` (interpreter teardown: atexit handlers, threads, module cleanup).
+
+Prints one JSON line per version: medians and the single runs. REV is checked out with ``git archive`` into
+a temporary folder and put first on ``PYTHONPATH`` (as ``slidestream.engine``/``plugins``/``schemas``), with
+the same installed dependencies. ``--importtime`` adds, per version, ``python -X importtime`` of one plain run
+summed by top-level package (self times, ms): who the start-up time goes to.
+This script imports nothing heavy itself; slidestream is imported only in the child processes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The phased child: clocks around the runner's steps, then the console script's main().
+CHILD = r"""
+import json, os, sys, time
+T = {"start": time.time()}
+import slidestream.engine.cli as cli
+T["import_cli"] = time.time()
+from slidestream.engine import runner
+T["import_runner"] = time.time()
+
+def clock(obj, name, key):
+    f = getattr(obj, name)
+    def wrapped(*a, **k):
+        T.setdefault(key + "_start", time.time())
+        try:
+            return f(*a, **k)
+        finally:
+            T[key + "_end"] = time.time()
+    setattr(obj, name, wrapped)
+
+clock(runner.PatchStore, "create", "store_create")
+clock(runner, "process_slide", "slide")
+clock(runner, "commit", "commit")
+try:
+    cli.main()
+finally:
+    T["main_end"] = time.time()
+    with open(os.environ["STARTUP_TIMES"], "w") as fh:
+        json.dump(T, fh)
+"""
+
+PHASES = ["interpreter", "import_cli", "import_runner", "config_cohort", "store_create", "slide", "commit",
+          "finish", "exit"]
+
+
+def phases(t: dict, spawn: float, end: float) -> dict[str, float]:
+    marks = [spawn, t["start"], t["import_cli"], t["import_runner"], t["store_create_start"], t["store_create_end"],
+             t["slide_start"], t["slide_end"], t["commit_end"], t["main_end"], end]
+    d = dict(zip(["interpreter", "import_cli", "import_runner", "config_cohort", "store_create", "before_slide",
+                  "slide", "commit_wait", "finish", "exit"], (b - a for a, b in zip(marks, marks[1:]))))
+    d["commit"] = t["commit_end"] - t["commit_start"]
+    d["slide"] += d.pop("commit_wait") - d["commit"]  # the slide ends where its commit starts
+    d["config_cohort"] += d.pop("before_slide")  # store records, progress bar, planner thread
+    return {k: d[k] for k in PHASES}
+
+
+def shim(rev: str, tmp: Path) -> Path:
+    """``slidestream.engine``/``plugins``/``schemas`` of git revision ``rev``, importable from the returned folder."""
+    src = tmp / "src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "engine", "plugins", "schemas"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    pkg = tmp / "path" / "slidestream"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for name in ("engine", "plugins", "schemas"):
+        (pkg / name).symlink_to(src / name)
+    return tmp / "path"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("slide")
+    ap.add_argument("--pipeline", default=str(ROOT / "schemas" / "examples" / "liu2020.json"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ab", metavar="REV", help="also time git revision REV (interleaved, same run)")
+    ap.add_argument("--importtime", action="store_true", help="also sum -X importtime by top-level package")
+    a = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="startup-"))
+    try:
+        slides = tmp / "slides"
+        slides.mkdir()
+        (slides / Path(a.slide).name).symlink_to(Path(a.slide).resolve())
+        exe = shutil.which("slidestream") or sys.exit("the `slidestream` console script is not on PATH")
+        versions = {"this": None}
+        if a.ab:
+            (tmp / "ab").mkdir()
+            versions[a.ab] = str(shim(a.ab, tmp / "ab"))
+
+        def env(path, **extra):
+            e = {**os.environ, **extra}
+            if path:
+                e["PYTHONPATH"] = os.pathsep.join([path] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
+            return e
+
+        def args(out):
+            return ["extract", a.pipeline, "--slides", str(slides), "--out", str(out), "--no-qa", "--quiet"]
+
+        def run(cmd, e):
+            out = tmp / "store"
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(tmp / "store.partial", ignore_errors=True)
+            t0 = time.time()
+            p = subprocess.run(cmd + args(out), env=e, capture_output=True, text=True)
+            t1 = time.time()
+            if p.returncode:
+                sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
+            return t0, t1, p
+
+        res = {v: {"plain": [], "phased": []} for v in versions}
+        for _ in range(a.repeat):
+            for v, path in versions.items():
+                t0, t1, _p = run([exe], env(path))
+                res[v]["plain"].append(t1 - t0)
+                tf = tmp / "times.json"
+                t0, t1, _p = run([sys.executable, "-c", CHILD], env(path, STARTUP_TIMES=str(tf)))
+                res[v]["phased"].append(phases(json.loads(tf.read_text()), t0, t1))
+
+        imports = {}
+        if a.importtime:
+            for v, path in versions.items():
+                _, _, p = run([sys.executable, "-X", "importtime", exe], env(path))
+                imports[v] = importtime_by_package(p.stderr)
+
+        load = os.getloadavg()
+        for v in versions:
+            plain, ph = res[v]["plain"], res[v]["phased"]
+            line = {"version": v, "repeat": a.repeat,
+                    "wall_s_median": round(statistics.median(plain), 3),
+                    "wall_s_runs": [round(x, 3) for x in plain],
+                    "phases_ms_median": {k: round(1000 * statistics.median(r[k] for r in ph), 1) for k in PHASES},
+                    "phased_wall_s_runs": [round(sum(r.values()), 3) for r in ph],
+                    "loadavg_end": [round(x, 2) for x in load]}
+            if v in imports:
+                line["importtime_ms_by_package"] = imports[v]
+            print(json.dumps(line), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def importtime_by_package(stderr: str, top: int = 15) -> dict[str, float]:
+    """Self times of ``-X importtime`` summed by top-level package, the ``top`` largest (ms)."""
+    by: dict[str, float] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _cumulative, name = (s.strip() for s in line[len("import time:"):].split("|"))
+        root = name.split(".")[0]
+        by[root] = by.get(root, 0.0) + int(self_us) / 1000
+    return {k: round(v, 1) for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:top]}
+
+
+if __name__ == "__main__":
+    main()
