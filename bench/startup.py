@@ -6,12 +6,13 @@
 Each round runs, for every version (this tree, and with ``--ab REV`` the git revision REV, interleaved):
 
 - ``plain``: the ``slidestream extract PIPELINE --slides DIR --out STORE --no-qa --quiet`` process as a workflow
-  manager runs it (one slide per job, fresh store), wall clock from spawn to exit;
+  manager runs it (one slide per job, fresh store), wall clock from spawn to exit and the child's CPU time
+  (user + system, all threads: the steadier measure on a loaded machine);
 - ``phased``: the same command through a small driver that clocks the phases of the process: ``interpreter``
   (spawn to the first line of Python), ``import_cli``, ``import_runner``, ``config_cohort`` (command line
   parsing, pipeline loading and validation, plugin loading, cohort), ``store_create``, ``slide`` (open,
   thumbnail, filters, plan, decode, compress), ``commit``, ``finish`` (summary, store close, output) and
-  ``exit`` (interpreter teardown: atexit handlers, threads, module cleanup).
+  ``exit`` (interpreter teardown: atexit handlers, threads, module cleanup), in wall and CPU milliseconds.
 
 Prints one JSON line per version: medians and the single runs. REV is checked out with ``git archive`` into
 a temporary folder and put first on ``PYTHONPATH`` (as ``slidestream.engine``/``plugins``/``schemas``), with
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,20 +39,22 @@ ROOT = Path(__file__).resolve().parent.parent
 # The phased child: clocks around the runner's steps, then the console script's main().
 CHILD = r"""
 import json, os, sys, time
-T = {"start": time.time()}
+def now():
+    return (time.time(), time.process_time())
+T = {"start": now()}
 import slidestream.engine.cli as cli
-T["import_cli"] = time.time()
+T["import_cli"] = now()
 from slidestream.engine import runner
-T["import_runner"] = time.time()
+T["import_runner"] = now()
 
 def clock(obj, name, key):
     f = getattr(obj, name)
     def wrapped(*a, **k):
-        T.setdefault(key + "_start", time.time())
+        T.setdefault(key + "_start", now())
         try:
             return f(*a, **k)
         finally:
-            T[key + "_end"] = time.time()
+            T[key + "_end"] = now()
     setattr(obj, name, wrapped)
 
 clock(runner.PatchStore, "create", "store_create")
@@ -59,7 +63,7 @@ clock(runner, "commit", "commit")
 try:
     cli.main()
 finally:
-    T["main_end"] = time.time()
+    T["main_end"] = now()
     with open(os.environ["STARTUP_TIMES"], "w") as fh:
         json.dump(T, fh)
 """
@@ -68,12 +72,15 @@ PHASES = ["interpreter", "import_cli", "import_runner", "config_cohort", "store_
           "finish", "exit"]
 
 
-def phases(t: dict, spawn: float, end: float) -> dict[str, float]:
-    marks = [spawn, t["start"], t["import_cli"], t["import_runner"], t["store_create_start"], t["store_create_end"],
-             t["slide_start"], t["slide_end"], t["commit_end"], t["main_end"], end]
+def phases(t: dict, spawn: float, end: float, cpu: float, i: int) -> dict[str, float]:
+    """Phase durations from the child's marks: wall clock (``i=0``; spawn and end seen by this process) or
+    CPU time of the child, all threads (``i=1``; from 0 at spawn to ``cpu``, its total from ``getrusage``)."""
+    marks = [spawn if i == 0 else 0.0] + [t[k][i] for k in (
+        "start", "import_cli", "import_runner", "store_create_start", "store_create_end", "slide_start", "slide_end",
+        "commit_end", "main_end")] + [end if i == 0 else cpu]
     d = dict(zip(["interpreter", "import_cli", "import_runner", "config_cohort", "store_create", "before_slide",
                   "slide", "commit_wait", "finish", "exit"], (b - a for a, b in zip(marks, marks[1:]))))
-    d["commit"] = t["commit_end"] - t["commit_start"]
+    d["commit"] = t["commit_end"][i] - t["commit_start"][i]
     d["slide"] += d.pop("commit_wait") - d["commit"]  # the slide ends where its commit starts
     d["config_cohort"] += d.pop("before_slide")  # store records, progress bar, planner thread
     return {k: d[k] for k in PHASES}
@@ -124,39 +131,50 @@ def main() -> None:
             return ["extract", a.pipeline, "--slides", str(slides), "--out", str(out), "--no-qa", "--quiet"]
 
         def run(cmd, e):
+            """Wall seconds, child CPU seconds (user + system, all threads) and the finished process."""
             out = tmp / "store"
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(tmp / "store.partial", ignore_errors=True)
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.time()
             p = subprocess.run(cmd + args(out), env=e, capture_output=True, text=True)
             t1 = time.time()
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             if p.returncode:
                 sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-            return t0, t1, p
+            return t0, t1, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, p
 
-        res = {v: {"plain": [], "phased": []} for v in versions}
+        res = {v: {"wall": [], "cpu": [], "phased": [], "phased_cpu": []} for v in versions}
         for _ in range(a.repeat):
             for v, path in versions.items():
-                t0, t1, _p = run([exe], env(path))
-                res[v]["plain"].append(t1 - t0)
+                t0, t1, cpu, _p = run([exe], env(path))
+                res[v]["wall"].append(t1 - t0)
+                res[v]["cpu"].append(cpu)
                 tf = tmp / "times.json"
-                t0, t1, _p = run([sys.executable, "-c", CHILD], env(path, STARTUP_TIMES=str(tf)))
-                res[v]["phased"].append(phases(json.loads(tf.read_text()), t0, t1))
+                t0, t1, cpu, _p = run([sys.executable, "-c", CHILD], env(path, STARTUP_TIMES=str(tf)))
+                t = json.loads(tf.read_text())
+                res[v]["phased"].append(phases(t, t0, t1, cpu, 0))
+                res[v]["phased_cpu"].append(phases(t, t0, t1, cpu, 1))
 
         imports = {}
         if a.importtime:
             for v, path in versions.items():
-                _, _, p = run([sys.executable, "-X", "importtime", exe], env(path))
+                *_, p = run([sys.executable, "-X", "importtime", exe], env(path))
                 imports[v] = importtime_by_package(p.stderr)
 
         load = os.getloadavg()
         for v in versions:
-            plain, ph = res[v]["plain"], res[v]["phased"]
+            r = res[v]
             line = {"version": v, "repeat": a.repeat,
-                    "wall_s_median": round(statistics.median(plain), 3),
-                    "wall_s_runs": [round(x, 3) for x in plain],
-                    "phases_ms_median": {k: round(1000 * statistics.median(r[k] for r in ph), 1) for k in PHASES},
-                    "phased_wall_s_runs": [round(sum(r.values()), 3) for r in ph],
+                    "wall_s_median": round(statistics.median(r["wall"]), 3),
+                    "wall_s_runs": [round(x, 3) for x in r["wall"]],
+                    "cpu_s_median": round(statistics.median(r["cpu"]), 3),
+                    "cpu_s_runs": [round(x, 3) for x in r["cpu"]],
+                    "phases_wall_ms_median": {k: round(1000 * statistics.median(x[k] for x in r["phased"]), 1)
+                                              for k in PHASES},
+                    "phases_cpu_ms_median": {k: round(1000 * statistics.median(x[k] for x in r["phased_cpu"]), 1)
+                                             for k in PHASES},
+                    "phased_wall_s_runs": [round(sum(x.values()), 3) for x in r["phased"]],
                     "loadavg_end": [round(x, 2) for x in load]}
             if v in imports:
                 line["importtime_ms_by_package"] = imports[v]
