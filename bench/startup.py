@@ -11,8 +11,8 @@ Each round runs, for every version (this tree, and with ``--ab REV`` the git rev
 - ``phased``: the same command through a small driver that clocks the phases of the process: ``interpreter``
   (spawn to the first line of Python), ``import_cli``, ``import_runner``, ``config_cohort`` (command line
   parsing, pipeline loading and validation, plugin loading, cohort), ``store_create``, ``slide`` (open,
-  thumbnail, filters, plan, decode, compress), ``commit``, ``finish`` (summary, store close, output) and
-  ``exit`` (interpreter teardown: atexit handlers, threads, module cleanup), in wall and CPU milliseconds.
+  thumbnail, filters, plan, decode, compress), ``commit``, ``finish`` (summary, store close, output, joining
+  threads) and ``exit`` (atexit handlers, interpreter teardown), in wall and CPU milliseconds.
 
 One untimed warm-up run per version first, with bytecode writing on (even where ``PYTHONDONTWRITEBYTECODE``
 is set, as on the dev machine): every version then starts from ``.pyc`` files, as an installed wheel does
@@ -63,12 +63,16 @@ def clock(obj, name, key):
 clock(runner.PatchStore, "create", "store_create")
 clock(runner, "process_slide", "slide")
 clock(runner, "commit", "commit")
-try:
-    cli.main()
-finally:
+
+import atexit
+
+@atexit.register  # registered last, runs first: after the command and the join of its threads, at any exit
+def done():
     T["main_end"] = now()
     with open(os.environ["STARTUP_TIMES"], "w") as fh:
         json.dump(T, fh)
+
+cli.main()
 """
 
 PHASES = ["interpreter", "import_cli", "import_runner", "config_cohort", "store_create", "slide", "commit",
