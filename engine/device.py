@@ -18,10 +18,10 @@ def without_cupy():
     """Import zarr or cuCIM inside this block: on a machine without an NVIDIA device CuPy is not imported.
 
     Both import CuPy whenever it is installed (zarr for its GPU buffer class, cuCIM for its GPU functions):
-    0.2-0.4 s of start-up, with nothing CuPy could run without a driver. ``import cupy`` fails inside the
-    block (a ``None`` entry in ``sys.modules``), so zarr's ``zarr.core.buffer.gpu`` and cuCIM's GPU functions
-    stay off in this process; afterwards ``import cupy`` works again. Where a device is present, or CuPy is
-    already imported, nothing changes."""
+    ~0.1-0.2 s CPU of start-up (CuPy with cuda-python), with nothing CuPy could run without a driver.
+    ``import cupy`` fails inside the block (a ``None`` entry in ``sys.modules``), so zarr's
+    ``zarr.core.buffer.gpu`` and cuCIM's GPU functions stay off in this process; afterwards ``import cupy``
+    works again. Where a device is present, or CuPy is already imported, nothing changes."""
     if "cupy" in sys.modules or nvidia_device_present():
         yield
         return

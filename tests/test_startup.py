@@ -55,8 +55,26 @@ def test_console_script_exit_skips_teardown_but_not_atexit_or_output(tmp_path):
     assert p.returncode == 0 and p.stdout.strip().endswith("valid"), p.stderr
     assert flag.exists() and not gone.exists()
     flag.unlink()
-    p = subprocess.run([sys.executable, "-c", code, "validate", str(tmp_path / "none.json")], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code, "validate", str(tmp_path / "none.json")],
+                       capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("error: pipeline file")
     assert flag.exists()
     p = subprocess.run([sys.executable, "-c", code, "extract"], capture_output=True, text=True)  # click usage error
     assert p.returncode == 2 and "Missing argument" in p.stderr
+
+
+def test_without_cupy_blocks_cupy_only_inside(monkeypatch):
+    import pytest
+
+    from slidestream.engine import device
+
+    if "cupy" in sys.modules:  # zarr's pytest plugin imports zarr, and zarr CuPy, in the test process
+        monkeypatch.delitem(sys.modules, "cupy")  # put back after the test
+    monkeypatch.setattr(device, "nvidia_device_present", lambda: False)
+    with device.without_cupy():
+        with pytest.raises(ImportError):
+            import cupy  # noqa: F401
+    assert "cupy" not in sys.modules  # a later `import cupy` (a GPU stage) finds the real package
+    monkeypatch.setattr(device, "nvidia_device_present", lambda: True)
+    with device.without_cupy():
+        assert "cupy" not in sys.modules  # with a device nothing is blocked

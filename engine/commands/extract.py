@@ -13,7 +13,6 @@ from ..errors import ConfigError
 from ..hookspecs import KINDS
 
 
-
 def _print_table(*columns: str, rows, title: str | None = None) -> None:
     """A rich table on stdout; rich is imported here, not at start-up (``--json`` and ``--quiet`` runs)."""
     from rich.console import Console
