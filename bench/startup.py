@@ -17,9 +17,9 @@ Each round runs, for every version (this tree, and with ``--ab REV`` the git rev
 One untimed warm-up run per version first, with bytecode writing on (even where ``PYTHONDONTWRITEBYTECODE``
 is set, as on the dev machine): every version then starts from ``.pyc`` files, as an installed wheel does
 (compiling the sources instead costs ~0.17 s CPU per process here). Prints one JSON line per version: medians
-and the single runs. REV is checked out with ``git archive`` into
-a temporary folder and put first on ``PYTHONPATH`` (as ``slidestream.engine``/``plugins``/``schemas``), with
-the same installed dependencies. ``--importtime`` adds, per version, ``python -X importtime`` of one plain run
+and the single runs. This tree (uncommitted changes included) and REV, checked out with ``git archive`` into a
+temporary folder, are each put first on ``PYTHONPATH`` (as ``slidestream.engine``/``plugins``/``schemas``),
+with the same installed dependencies and the installed ``slidestream`` console script. ``--importtime`` adds, per version, ``python -X importtime`` of one plain run
 summed by top-level package (self times, ms): who the start-up time goes to.
 This script imports nothing heavy itself; slidestream is imported only in the child processes.
 """
@@ -93,19 +93,25 @@ def phases(t: dict, spawn: float, end: float, cpu: float, i: int) -> dict[str, f
     return {k: d[k] for k in PHASES}
 
 
-def shim(rev: str, tmp: Path) -> Path:
-    """``slidestream.engine``/``plugins``/``schemas`` of git revision ``rev``, importable from the returned folder."""
-    src = tmp / "src"
-    src.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "engine", "plugins", "schemas"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+def shim(src: Path, tmp: Path) -> Path:
+    """A folder that, first on ``PYTHONPATH``, makes ``src``'s engine/, plugins/ and schemas/ the imported
+    ``slidestream.engine``/``plugins``/``schemas`` (the installed distribution still gives the entry points)."""
     pkg = tmp / "path" / "slidestream"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     for name in ("engine", "plugins", "schemas"):
         (pkg / name).symlink_to(src / name)
     return tmp / "path"
+
+
+def checkout(rev: str, tmp: Path) -> Path:
+    """engine/, plugins/ and schemas/ of git revision ``rev``, extracted under ``tmp``."""
+    src = tmp / "src"
+    src.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "engine", "plugins", "schemas"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return src
 
 
 def main() -> None:
@@ -123,10 +129,9 @@ def main() -> None:
         slides.mkdir()
         (slides / Path(a.slide).name).symlink_to(Path(a.slide).resolve())
         exe = shutil.which("slidestream") or sys.exit("the `slidestream` console script is not on PATH")
-        versions = {"this": None}
+        versions = {"this": str(shim(ROOT, tmp / "this"))}  # this working tree, whatever is installed
         if a.ab:
-            (tmp / "ab").mkdir()
-            versions[a.ab] = str(shim(a.ab, tmp / "ab"))
+            versions[a.ab] = str(shim(checkout(a.ab, tmp / "ab"), tmp / "ab"))
 
         def env(path, **extra):
             e = {**os.environ, **extra}
