@@ -14,7 +14,7 @@ from ..hookspecs import KINDS
 
 
 def _print_table(*columns: str, rows, title: str | None = None) -> None:
-    """A rich table on stdout; rich is imported here, not at start-up (``--json`` and ``--quiet`` runs)."""
+    """A rich table on stdout; rich is imported here, not at start-up (an `extract --json` never imports it)."""
     from rich.console import Console
     from rich.table import Table
 
