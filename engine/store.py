@@ -41,9 +41,12 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 import numpy as np
-import zarr
 
+from .device import without_cupy
 from .errors import StoreError
+
+with without_cupy():
+    import zarr
 
 FORMAT = 2
 LABEL_NAMES = {-1: "unknown", 0: "wildtype", 1: "mutant"}

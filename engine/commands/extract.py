@@ -7,23 +7,28 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from .. import config, registry
 from ..errors import ConfigError
 from ..hookspecs import KINDS
 
-console = Console()
+
+def _print_table(*columns: str, rows, title: str | None = None) -> None:
+    """A rich table on stdout; rich is imported here, not at start-up (an `extract --json` never imports it)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def plugins_cmd(kind: Optional[str] = typer.Option(None, "--kind", help=f"Only this kind: {', '.join(KINDS)}.")):
     """List installed plugins (built-in and from other packages), by kind."""
-    table = Table("kind", "name", "source", "summary")
-    for k in [kind] if kind else KINDS:
-        for name, p in sorted(registry.plugins(k).items()):
-            table.add_row(k, name, registry.source(k, name), p.summary or (p.__doc__ or "").split("\n")[0])
-    console.print(table)
+    _print_table("kind", "name", "source", "summary", rows=[
+        (k, name, registry.source(k, name), p.summary or (p.__doc__ or "").split("\n")[0])
+        for k in ([kind] if kind else KINDS) for name, p in sorted(registry.plugins(k).items())])
 
 
 def schema_cmd():
@@ -147,12 +152,13 @@ def extract_cmd(
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         what = f"{summary['dim']}-d {summary['encoder']} feature rows" if features_only else "patches"
-        table = Table("slide", "status", "tiles", "patches", "seconds", "note", title=f"{out}: {summary['rows']} {what}")
+        rows = []
         for s in summary["slides"]:
             color = {"done": "green", "skipped": "dim", "updated": "cyan", "empty": "yellow", "error": "red"}.get(s["status"], "")
-            table.add_row(s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
-                          str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80])
-        console.print(table)
+            rows.append((s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
+                         str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80]))
+        _print_table("slide", "status", "tiles", "patches", "seconds", "note", rows=rows,
+                     title=f"{out}: {summary['rows']} {what}")
     if summary["failed"]:
         raise typer.Exit(1)
 
