@@ -130,7 +130,10 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
               "extraction_hash": store.manifest.get("extraction_hash"), "rows": n}
     out = Path(out)
     if (out / "zarr.json").exists():
-        g = zarr.open_group(str(out), mode="r+")
+        try:
+            g = zarr.open_group(str(out), mode="r+")
+        except Exception:  # noqa: BLE001 (a damaged zarr.json)
+            raise StoreError(f"{out} exists and is not a readable feature store; choose a new --out") from None
         old = dict(g.attrs.get(ATTR) or {})
         if not old:
             raise StoreError(f"{out} exists and is not a slidestream feature store; choose a new --out")
@@ -205,7 +208,27 @@ class FeatureStore:
         if not self.info:
             raise StoreError(f"{path} is not a slidestream feature store (no {ATTR} attrs)")
         self.path = path
-        self.features = self.group["features"]
+        try:
+            self.features = self.group["features"]
+            for c in CARRIED:
+                self.group[f"meta/{c}"]
+        except KeyError as e:
+            raise StoreError(f"feature store {path} has no {e.args[0]} array (damaged or not written by slidestream); "
+                             "delete it and run `slidestream features` again") from None
+        self._check_chunks()
+
+    def _check_chunks(self) -> None:
+        """A chunk file of written rows that is missing (a damaged or partly copied store) would read as zeros
+        (zarr's fill value): refuse it. No encoder writes a whole chunk of exact zeros."""
+        a, cr = self.features, self.features.chunks[0]
+        need = sorted({i for r0, r1 in (self.info.get("done") or {}).values() if r1 > r0
+                       for i in range(r0 // cr, (r1 - 1) // cr + 1)})
+        missing = [k for k in (a.metadata.encode_chunk_key((i, 0)) for i in need)
+                   if not (self.path / "features" / k).is_file()]
+        if missing:
+            raise StoreError(f"feature store {self.path}: {len(missing)} chunk file(s) of written rows are missing "
+                             f"(first: features/{missing[0]}); the store is damaged or incompletely copied: delete it "
+                             "and run `slidestream features` (or `extract --features-only`) again")
 
     def __len__(self) -> int:
         return int(self.info["rows"])

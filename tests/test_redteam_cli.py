@@ -184,3 +184,29 @@ def test_predict_store_names_patients_without_patches(tmp_path):
                      "aggregation": {"method": "mean"}, "extraction_hash": st.manifest["extraction_hash"]})
     r = predict.predict_store(b, st.path, tmp_path / "p.csv", "cpu")
     assert r["patients"] == 4 and r["without_patches"] == ["P9"]
+
+
+@pytest.mark.parametrize("damage", ["chunk", "array", "zarr_json"])
+def test_damaged_feature_store_is_refused_not_read_as_zeros(made, tmp_path, damage):
+    """A lost chunk file read as zeros (zarr's fill value), a missing array or a truncated zarr.json: one line
+    naming the store, never features of zeros and never a traceback."""
+    root, st, pipe = made
+    fs = tmp_path / "f.zarr"
+    shutil.copytree(root / "f.zarr", fs)
+    if damage == "chunk":
+        for f in (fs / "features" / "c").rglob("*"):
+            if f.is_file():
+                f.unlink()
+    elif damage == "array":
+        shutil.rmtree(fs / "meta" / "x")
+    else:
+        text = (fs / "zarr.json").read_text()
+        (fs / "zarr.json").write_text(text[: len(text) // 2])
+    with pytest.raises(features.StoreError, match=str(fs)):
+        features.FeatureStore(fs)
+    if damage == "zarr_json":  # resuming `features` into it
+        with pytest.raises(features.StoreError, match="choose a new --out"):
+            features.extract_features(pipe, st.path, fs, progress=False, log=None)
+    (tmp_path / "p.json").write_text(json.dumps(PIPE))
+    code, err = _cli("mil", "train", tmp_path / "p.json", "--features", fs, "--store", st.path, "--out", tmp_path / "m")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
