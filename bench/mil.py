@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="CNN epochs (the demo's: 3)")
     ap.add_argument("--mil-encoders", default="morphometry,resnet10t",
                     help="comma-separated: morphometry and/or timm model names (random init)")
-    ap.add_argument("--mil-epochs", type=int, default=20)
+    ap.add_argument("--mil-epochs", type=int, default=20, help="ABMIL's most epochs (the demo's settings, "
+                    "engine/mil.py DEMO_MIL: early stopping after 5 epochs without a better validation AUC)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="cohort seed (also the split's and both trainings')")
     ap.add_argument("--out", default=None)
@@ -89,7 +90,7 @@ def main() -> None:
 
     for name in a.mil_encoders.split(","):
         mpipe = config.parse({**pipe, "encoder": encoder_ref(name, patch), "aggregator": {"name": "abmil"},
-                              "mil": {"epochs": a.mil_epochs, "lr": 5e-4, "seed": a.seed}})
+                              "mil": {**mil.DEMO_MIL, "epochs": a.mil_epochs, "seed": a.seed}})
         feats = out / f"f-{name}.zarr"
         fs, f_cpu, f_wall = timed(lambda: features.extract_features(mpipe, out / "store", feats, progress=False, log=None))
         m, m_cpu, m_wall = timed(lambda: mil.train(mpipe, feats, out / f"mil-{name}", log=None))

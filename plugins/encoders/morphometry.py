@@ -84,10 +84,10 @@ def nuclei(hema: np.ndarray, min_h: float = 0.03, min_area: int = 8) -> tuple[np
     relabel = np.cumsum(keep) * keep  # drop small objects, number the rest 1..m
     labels = relabel[labels]
     m = int(relabel.max())
-    lab = labels.ravel()
+    fg = np.flatnonzero(labels)  # moments over nucleus pixels only (~1/6 of the batch)
+    lab = labels.ravel()[fg]
     a = np.bincount(lab, minlength=m + 1)[1:].astype(float)
-    yy, xx = np.broadcast_arrays(np.arange(h)[None, :, None], np.arange(w)[None, None, :], labels)[:2]
-    yy, xx = yy.ravel().astype(float), xx.ravel().astype(float)
+    yy, xx = ((fg // w) % h).astype(float), (fg % w).astype(float)
     s = lambda wts: np.bincount(lab, wts, m + 1)[1:] / np.maximum(a, 1)  # noqa: E731 - per-nucleus mean
     cy, cx = s(yy), s(xx)
     vyy, vxx, vxy = s(yy * yy) - cy * cy, s(xx * xx) - cx * cx, s(xx * yy) - cx * cy
@@ -99,23 +99,32 @@ def nuclei(hema: np.ndarray, min_h: float = 0.03, min_area: int = 8) -> tuple[np
     boxes = ndi.find_objects(labels)
     patch = np.array([b[0].start for b in boxes], int)
     box_area = np.array([(b[1].stop - b[1].start) * (b[2].stop - b[2].start) for b in boxes], float)
-    props = {"area": a, "perimeter": np.bincount(lab, edge.ravel(), m + 1)[1:],
+    props = {"area": a, "perimeter": np.bincount(lab, edge.ravel()[fg], m + 1)[1:],
              "eccentricity": np.sqrt(1 - l2 / np.where(l1 > 0, l1, 1)) * (l1 > 0), "extent": a / np.maximum(box_area, 1),
              "axis_major_length": 4 * np.sqrt(l1), "axis_minor_length": 4 * np.sqrt(l2),
-             "intensity_mean": s(hema.ravel().astype(float))}
+             "intensity_mean": s(hema.ravel()[fg].astype(float))}
     return labels, patch, props
 
 
+def rgb2hed(rgb: np.ndarray) -> np.ndarray:
+    """``skimage.color.rgb2hed`` of uint8 RGB, in float32, with its per-pixel optical density
+    ``log(max(v / 255, 1e-6)) / log(1e-6)`` read from a 256-entry table (the logarithm dominated the encoder)."""
+    from skimage.color import hed_from_rgb
+
+    od = (np.log(np.maximum(np.arange(256) / 255, 1e-6)) / np.log(1e-6)).astype(np.float32)
+    return np.maximum(od[rgb] @ hed_from_rgb.astype(np.float32), 0)
+
+
 def describe(rgb: np.ndarray, min_h: float = 0.03, min_area: int = 8) -> np.ndarray:
-    """(n, h, w, 3) RGB (uint8, or float in 0..1) -> (n, DIM) float32 features (see the module doc; ``NAMES``)."""
-    from skimage.color import rgb2hed
+    """(n, h, w, 3) RGB (uint8, or float in 0..1, rounded to uint8) -> (n, DIM) float32 features (see the module
+    doc; ``NAMES``)."""
     from skimage.feature import graycomatrix, graycoprops
 
     rgb = np.asarray(rgb)
-    if rgb.dtype == np.uint8:
-        rgb = rgb.astype(np.float32) / 255
+    if rgb.dtype != np.uint8:
+        rgb = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
     n, h, w, _ = rgb.shape
-    hed = rgb2hed(rgb.reshape(n * h, w, 3)).reshape(n, h, w, 3)
+    hed = rgb2hed(rgb)
     hema = hed[..., 0]
     cols = []
     for ch in (hema, hed[..., 1]):
@@ -147,7 +156,7 @@ def build(input_size: int = 224, min_h: float = 0.03, min_area: int = 8):
 
         @torch.inference_mode()
         def forward(self, x):
-            rgb = x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            rgb = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             return torch.from_numpy(describe(rgb, min_h, min_area)).to(x.device)
 
     return Morphometry().eval()
