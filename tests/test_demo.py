@@ -3,6 +3,7 @@ claims here: 6 test patients cannot support one (tests/test_power.py measures th
 patients instead); the full demo's numbers are in the README."""
 import inspect
 import json
+import re
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_demo_mil_runs_the_encoder_path(cli, tmp_path):
     evaluate -> report, and the demo's summary line."""
     code, out, err = cli("demo", "--mil", "--patients", 16, "--out", tmp_path / "d")
     assert code == 0, err
-    assert "test AUC (" in out and "patients): image " in out and "report:" in out
+    assert re.search(r"test AUC \(\d+ patients\): .*image \d", out) and "report:" in out
     meta = json.loads((tmp_path / "d" / "mil" / "mil.json").read_text())
     assert meta["encoder"]["encoder"] == "morphometry" and meta["settings"]["patience"] == 5
     assert (tmp_path / "d" / "report" / "report.md").is_file() and (tmp_path / "d" / "features.zarr").is_dir()
