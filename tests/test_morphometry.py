@@ -1,7 +1,6 @@
 """The weight-free ``morphometry`` encoder: registration, shapes, determinism, regionprops agreement, and that its
 features separate small round from large elongated nuclei by a margin chance cannot reach."""
 import numpy as np
-import pytest
 import torch
 
 from slidestream.engine import config, features, registry, synthetic

@@ -1,8 +1,10 @@
-"""Built-in encoder plugins: frozen patch encoders built with timm, weights only from a local file.
+"""Built-in encoder plugins: frozen patch encoders built with timm (weights only from a local file), and one
+without weights.
 
 ``morphometry`` (``morphometry.py``) is weight-free handcrafted nuclear morphometry, stain and texture
-features (numpy/scikit-image on the CPU). ``resnet50_trunc`` is CLAM's baseline; the others are presets of public pathology foundation models (the
-exact timm architecture and input transform of each model card); ``timm`` builds any timm model by name.
+features (numpy/scikit-image on the CPU). ``resnet50_trunc`` is CLAM's baseline; the others are presets of
+public pathology foundation models (the exact timm architecture and input transform of each model card);
+``timm`` builds any timm model by name.
 The networks are declared with :class:`~slidestream.engine.hookspecs.lazy` builders (``timm_encoders.py``),
 so torch and timm are imported only when an encoder is built.
 """
