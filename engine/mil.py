@@ -14,6 +14,8 @@ of the feature store:
   patch subsets depend only on (seed, epoch).
 * Model selection: after each epoch the validation patients are scored; the best epoch has the highest
   validation AUC, ties broken by the lower validation loss (loss alone when validation has one class).
+  Early stopping (``mil.patience``: P): training stops once P epochs have passed without a better one (a
+  rerun of a stopped run stops again; the epochs it trained are those of an uninterrupted run).
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
   is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
@@ -38,7 +40,7 @@ from .device import resolve_device
 from .errors import ConfigError
 from .features import FeatureStore, as_str
 
-DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None,
+DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
                             "threshold": 0.5, "device": "auto"}
 
 
@@ -193,6 +195,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             log(f"resuming {agg['name']} at epoch {start + 1}")
     t0 = time.process_time()
     for epoch in range(start, cfg["epochs"]):
+        if cfg["patience"] and best is not None and epoch - best["epoch"] >= cfg["patience"]:
+            break  # early stopping: `patience` epochs without a better validation epoch
         model.train()
         torch.manual_seed(cfg["seed"] * 100_003 + epoch)  # dropout depends on (seed, epoch) only: resume = no kill
         rng = np.random.default_rng([cfg["seed"], epoch])
@@ -250,10 +254,12 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     meta = {"kind": "mil", "aggregator": agg["name"], "params": agg["params"], "in_dim": int(feats.shape[1]),
             "encoder": {k: header.get(k) for k in ("encoder", "params", "weights_sha256", "input_size", "mean", "std")},
             "feature_store": header.get("path"), "best_epoch": best["epoch"], "epochs": cfg["epochs"],
+            "epochs_trained": len(history),
             "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3)}
     (out / "mil.json").write_text(json.dumps(meta, indent=1))
     (out / "history.json").write_text(json.dumps(history, indent=1))
-    return {"out": str(out), "best_epoch": best["epoch"], "metrics": metrics, "train_cpu_s": cpu_s}
+    return {"out": str(out), "best_epoch": best["epoch"], "epochs_trained": len(history), "metrics": metrics,
+            "train_cpu_s": cpu_s}
 
 
 def load_bundle(path: str | Path):
@@ -329,15 +335,17 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
 
 
 # ---------------------------------------------------------------------------------------------- demo
-DEMO_ENCODER = {"name": "timm", "params": {"model": "resnet10t", "input_size": 64}}
+DEMO_ENCODER = {"name": "morphometry", "params": {"input_size": 64}}  # the demo's patch size: measured unresampled
+DEMO_MIL = {"epochs": 20, "patience": 5}  # lr, weight decay: DEFAULTS
 
 
-def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: tuple[int, int] = (2048, 1536),
+def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
          epochs: int = 20, seed: int = 0, bootstrap: int = 200, fusion_split: str = "val",
          log=print) -> dict[str, Any]:
-    """The encoder path on the demo's synthetic cohort, on a CPU: slides -> extract (the demo pipeline) ->
-    split -> features (a seeded random-init resnet10t at 64 px: no weights can be downloaded) -> ABMIL ->
-    evaluate with age fusion -> report, plus an attention heatmap of one test slide."""
+    """The encoder path on the demo's synthetic cohort, on a CPU (``slidestream demo --mil`` and ``slidestream mil
+    demo``): slides -> extract (the demo pipeline) -> split -> features (the weight-free ``morphometry`` encoder)
+    -> ABMIL (``DEMO_MIL``: at most ``epochs``, early stopping after 5 epochs without a better validation AUC)
+    -> evaluate with age fusion -> report, plus an attention heatmap of one test slide."""
     from . import config
     from . import demo as demo_mod
     from . import evaluate as ev
@@ -351,7 +359,7 @@ def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: t
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = config.parse({**demo_mod.demo_pipeline(seed=seed), "encoder": DEMO_ENCODER, "aggregator": {"name": "abmil"},
-                         "mil": {"epochs": epochs, "lr": 5e-4, "seed": seed}}, source="MIL demo pipeline")
+                         "mil": {**DEMO_MIL, "epochs": epochs, "seed": seed}}, source="MIL demo pipeline")
     (out / "pipeline.json").write_text(json.dumps(pipe, indent=1))
     cohort = synthetic.make_cohort(out / "slides", n_patients=n_patients, seed=seed, size=size, mpp=0.25,
                                    objective=40, levels=(1, 4, 16))
