@@ -210,3 +210,17 @@ def test_damaged_feature_store_is_refused_not_read_as_zeros(made, tmp_path, dama
     (tmp_path / "p.json").write_text(json.dumps(PIPE))
     code, err = _cli("mil", "train", tmp_path / "p.json", "--features", fs, "--store", st.path, "--out", tmp_path / "m")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_patch_shard_is_refused_not_read_as_zeros(tmp_path):
+    """A shard file lost from a copied store read as black patches (zarr's fill value) and predictions moved
+    silently; now every read path names the slide and the file."""
+    st = _store(tmp_path / "s", n=4, per=20)
+    shard = next(f for f in sorted((st.path / "patches" / "c").rglob("*")) if f.is_file())
+    shard.unlink()
+    st = PatchStore.open(st.path)
+    with pytest.raises(features.StoreError, match="slides 'S0' are missing"):
+        st.read(0, 4)
+    with pytest.raises(features.StoreError, match="damaged"):
+        np.asarray(st.patches)
+    assert st.read(20, 24).shape == (4, 32, 32, 3)  # the other slides' shards are intact
