@@ -1,39 +1,57 @@
 """Encoder -> feature store -> attention-MIL vs the paper's patch-CNN path, on the demo cohort, same run.
 
-    python bench/mil.py [--patients 32] [--epochs 8] [--encoder-model resnet18] [--mil-epochs 20] [--folds 5]
+    python bench/mil.py --seed 0                 # the demo cohort: 160 patients, 2:1:1, 40 test; both paths
+    python bench/mil.py --patients 48 --mil-encoders resnet18 --epochs 8
     python bench/mil.py --encoders resnet50_trunc,uni --threads 2
 
-Both paths start from the same extracted, split store (the demo's pipeline and synthetic cohort). Timed:
-the patch-CNN path = ``train.train_many`` (small CNN, the demo's settings) + scoring; the MIL path =
-``features`` (encoder over every patch) + ``mil train`` (ABMIL). CPU seconds are ``time.process_time``
-(all threads of this process), wall seconds ``time.perf_counter``. The encoder is random-init (no weights
-can be downloaded here): its features are random convolutional texture statistics. Also prints features/s
-of presets on 224 px patches (CPU; GPU when present) with ``--encoders resnet50_trunc,uni``.
+Both paths start from the same extracted, split store (the demo's pipeline, cohort and slide size). Timed:
+the patch-CNN path = ``train.train_many`` (small CNN, the demo's settings: 3 epochs) + its scoring of every
+patient; each MIL path = ``features`` (encoder over every patch) + ``mil train`` (ABMIL, best epoch on val
+AUC). CPU seconds are ``time.process_time`` of this process plus the CPU time of its finished child
+processes (the CNN's data-loader workers), wall seconds ``time.perf_counter``. ``--mil-encoders``: the
+weight-free ``morphometry`` encoder and/or timm model names (random init: no weights can be downloaded
+here, so their features are random convolutional texture statistics), each at the patch size. Then ABMIL
+patient-level k-fold CV (mean +- sd test AUC) on each encoder's features. ``--encoders`` instead prints
+features/s of presets on 224 px patches (CPU; GPU when present).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (data-loader workers)."""
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
 
 def timed(fn):
-    c, w = time.process_time(), time.perf_counter()
+    c, w = cpu_seconds(), time.perf_counter()
     out = fn()
-    return out, time.process_time() - c, time.perf_counter() - w
+    return out, cpu_seconds() - c, time.perf_counter() - w
+
+
+def encoder_ref(name: str, patch: int) -> dict:
+    if name == "morphometry":
+        return {"name": "morphometry", "params": {"input_size": patch}}
+    return {"name": "timm", "params": {"model": name, "input_size": patch}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--patients", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--encoder-model", default="resnet10t")
-    ap.add_argument("--mil-epochs", type=int, default=20)
+    ap.add_argument("--patients", type=int, default=160, help="cohort size (the demo's: 160)")
+    ap.add_argument("--epochs", type=int, default=3, help="CNN epochs (the demo's: 3)")
+    ap.add_argument("--mil-encoders", default="morphometry,resnet10t",
+                    help="comma-separated: morphometry and/or timm model names (random init)")
+    ap.add_argument("--mil-epochs", type=int, default=20, help="ABMIL's most epochs (the demo's settings, "
+                    "engine/mil.py DEMO_MIL: early stopping after 5 epochs without a better validation AUC)")
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="cohort seed (also the split's and both trainings')")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both paths (1: CPU time is not "
                     "inflated by threads waiting on a busy machine)")
@@ -46,40 +64,46 @@ def main() -> None:
     from slidestream.engine import config, demo, features, mil, runner, splits, synthetic, train
     from slidestream.engine.store import PatchStore
 
-    import timm  # noqa: F401 - imported before the clocks start: both paths are timed warm
+    import skimage.feature  # noqa: F401 - imported before the clocks start: every path is timed warm
+    import timm  # noqa: F401
     import torch
 
     torch.set_num_threads(a.threads)
 
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-mil-"))
     pipe = demo.demo_pipeline(a.epochs, seed=a.seed)
+    patch = int(pipe["patches"]["size"])
     cohort = synthetic.make_cohort(out / "slides", n_patients=a.patients, seed=a.seed, size=(2048, 1536), mpp=0.25,
                                    objective=40, levels=(1, 4, 16))
     runner.extract(pipe, runner.read_cohort(cohort), out / "store", progress=False)
     st = PatchStore.open(out / "store", mode="r+")
     sp = pipe["training"]["split"]
-    splits.split_store(st, sp["ratios"], sp["seed"])
-    print(json.dumps({"store": str(out / "store"), "patches": len(st), "patients": a.patients}))
+    parts = splits.split_store(st, sp["ratios"], sp["seed"])
+    print(json.dumps({"store": str(out / "store"), "patches": len(st), "patients": a.patients, "seed": a.seed,
+                      "split": {k: v["patients"] for k, v in parts.items()}}), flush=True)
 
     res, cnn_cpu, cnn_wall = timed(lambda: train.train_many(pipe, out / "store", out / "cnn", log=None))
     r = res["results"][0]
     cnn_auc = r["metrics"]["test"]["auc"] if "test" in r["metrics"] else None
     print(json.dumps({"path": "patch-CNN", "arch": r.get("arch"), "epochs": a.epochs, "test_auc": cnn_auc,
-                      "cpu_s": round(cnn_cpu, 1), "wall_s": round(cnn_wall, 1)}))
+                      "cpu_s": round(cnn_cpu, 1), "wall_s": round(cnn_wall, 1)}), flush=True)
 
-    mpipe = config.parse({**pipe,
-                          "encoder": {"name": "timm", "params": {"model": a.encoder_model, "input_size": 64}},
-                          "aggregator": {"name": "abmil"}, "mil": {"epochs": a.mil_epochs, "lr": 5e-4, "seed": a.seed}})
-    fs, f_cpu, f_wall = timed(lambda: features.extract_features(mpipe, out / "store", out / "f.zarr", progress=False, log=None))
-    m, m_cpu, m_wall = timed(lambda: mil.train(mpipe, out / "f.zarr", out / "mil", log=None))
-    print(json.dumps({"path": "features+ABMIL", "encoder": a.encoder_model, "features_per_s": fs["patches_per_s"],
-                      "features_cpu_s": round(f_cpu, 1), "mil_cpu_s": round(m_cpu, 1), "test_auc": m["metrics"]["test"]["auc"],
-                      "cpu_s": round(f_cpu + m_cpu, 1), "wall_s": round(f_wall + m_wall, 1),
-                      "cpu_ratio_vs_cnn": round((f_cpu + m_cpu) / cnn_cpu, 3)}))
-    if a.folds:
-        cv, cv_cpu, _ = timed(lambda: mil.train(mpipe, out / "f.zarr", out / "mil-cv", folds=a.folds, log=None))
-        print(json.dumps({"path": f"ABMIL {a.folds}-fold CV", "test_auc": cv["cv"]["test_auc"], "mean": cv["cv"]["mean"],
-                          "sd": cv["cv"]["sd"], "cpu_s": round(cv_cpu, 1)}))
+    for name in a.mil_encoders.split(","):
+        mpipe = config.parse({**pipe, "encoder": encoder_ref(name, patch), "aggregator": {"name": "abmil"},
+                              "mil": {**mil.DEMO_MIL, "epochs": a.mil_epochs, "seed": a.seed}})
+        feats = out / f"f-{name}.zarr"
+        fs, f_cpu, f_wall = timed(lambda: features.extract_features(mpipe, out / "store", feats, progress=False, log=None))
+        m, m_cpu, m_wall = timed(lambda: mil.train(mpipe, feats, out / f"mil-{name}", log=None))
+        auc = m["metrics"]["test"]["auc"]
+        print(json.dumps({"path": "features+ABMIL", "encoder": name, "features_per_s": fs["patches_per_s"],
+                          "features_cpu_s": round(f_cpu, 1), "mil_cpu_s": round(m_cpu, 1), "test_auc": auc,
+                          "cpu_s": round(f_cpu + m_cpu, 1), "wall_s": round(f_wall + m_wall, 1),
+                          "cpu_ratio_vs_cnn": round((f_cpu + m_cpu) / cnn_cpu, 3),
+                          "done_when": bool(auc >= cnn_auc and f_cpu + m_cpu < cnn_cpu / 5)}), flush=True)
+        if a.folds:
+            cv, cv_cpu, _ = timed(lambda: mil.train(mpipe, feats, out / f"mil-cv-{name}", folds=a.folds, log=None))
+            print(json.dumps({"path": f"ABMIL {a.folds}-fold CV", "encoder": name, "test_auc": cv["cv"]["test_auc"],
+                              "mean": cv["cv"]["mean"], "sd": cv["cv"]["sd"], "cpu_s": round(cv_cpu, 1)}), flush=True)
 
 
 def throughput(names: list[str], threads: int, n: int = 8) -> None:

@@ -76,6 +76,28 @@ def resolve(path: str | Path) -> Path:
     raise ConfigError(f"{p} is not a model bundle (no bundle.json); give the --out of `slidestream train` or a bundle in it")
 
 
+def load_weights(model: torch.nn.Module, path: str | Path, what: str) -> None:
+    """Load a safetensors file into ``model`` strictly; one ConfigError line names the file and the first
+    missing, unexpected or mis-shaped tensor (or why the file cannot be read)."""
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 (missing, truncated, not safetensors)
+        raise ConfigError(f"{what}: cannot read the weights {path} ({type(e).__name__}: {e}); re-copy or retrain") from None
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in sd:
+            raise ConfigError(f"{what}: weights {path} have no tensor {k!r}; re-copy or retrain")
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise ConfigError(f"{what}: weights {path}: {k!r} has shape {tuple(sd[k].shape)}, the model needs "
+                              f"{tuple(v.shape)}; re-copy or retrain")
+    extra = next((k for k in sd if k not in own), None)
+    if extra is not None:
+        raise ConfigError(f"{what}: weights {path} have a tensor {extra!r} the model does not have; re-copy or retrain")
+    model.load_state_dict(sd)
+
+
 class Bundle:
     """A loaded, verified bundle: ``model`` (eval mode), ``meta`` (bundle.json), ``pipeline``."""
 
@@ -110,8 +132,6 @@ def read(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
 
 def load(path: str | Path, device: str | torch.device = "cpu", pipeline: dict[str, Any] | None = None) -> Bundle:
     """Load and verify a bundle. ``pipeline``, when given, must have the bundle's extraction sections."""
-    from safetensors.torch import load_file
-
     p, meta, bpipe = read(path)
     b = Bundle(p, meta, bpipe, None)  # type: ignore[arg-type]
     if pipeline is not None:
@@ -119,6 +139,6 @@ def load(path: str | Path, device: str | torch.device = "cpu", pipeline: dict[st
     plugin = registry.get("classifier", meta["arch"])
     model = plugin.build(num_classes=2, in_channels=int(meta["in_channels"]), dropout=float(meta.get("dropout", 0.5)),
                          **meta.get("classifier_params", {}))
-    model.load_state_dict(load_file(str(p / "model.safetensors")))
+    load_weights(model, p / "model.safetensors", f"bundle {p}")
     b.model = model.to(device).eval()
     return b

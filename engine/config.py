@@ -189,6 +189,9 @@ def schema() -> dict[str, Any]:
                     "seed": {"type": "integer", "minimum": 0},
                     "max_patches": {"type": ["integer", "null"], "minimum": 1,
                                     "description": "random patches per training bag and epoch (null = all)"},
+                    "patience": {"type": ["integer", "null"], "minimum": 1,
+                                 "description": "early stopping: stop after this many epochs without a better "
+                                                "validation epoch (null = train all epochs)"},
                     "threshold": {"type": "number", "minimum": 0, "maximum": 1},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },

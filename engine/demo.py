@@ -60,8 +60,13 @@ def _shuffle_labels(csv_path: Path, seed: int) -> None:
 
 def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
         epochs: int = 3, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
-        mpp: float = 0.25, gan: bool = False, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+        mpp: float = 0.25, gan: bool = False, mil: bool = False,
+        log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"report", "metrics", "seconds", ...}``.
+
+    With ``mil``, the encoder path instead of the patch CNN on the same synthetic cohort: :func:`engine.mil.demo`
+    (extract -> weight-free ``morphometry`` features -> ABMIL -> evaluate with age fusion -> attention heatmap;
+    ``epochs`` is the CNN's and does not apply: ABMIL trains its own 20).
 
     With ``gan``, also the paper's augmentation experiment in miniature: one tiny PG-GAN per class on the
     training patches, synthetic patches sampled into the store, a sample sheet, and a sweep retraining the
@@ -70,6 +75,12 @@ def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple
     from . import predict, runner, splits, synthetic, train
     from .store import PatchStore
 
+    if mil:
+        if shuffle_labels or gan or mpp != 0.25:
+            raise ValueError("demo --mil runs the default cohort (mpp 0.25) without --gan or shuffled labels")
+        from .mil import demo as mil_demo
+
+        return mil_demo(out, n_patients=n_patients, size=size, seed=seed, bootstrap=bootstrap, log=log)
     say = log or (lambda s: None)
     t0 = time.perf_counter()
     out = Path(out)

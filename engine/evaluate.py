@@ -60,13 +60,16 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictions file {p} not found")
-    with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate an Excel BOM
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in COLUMNS if c not in fields]
-        if missing:
-            raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate an Excel BOM
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in COLUMNS if c not in fields]
+            if missing:
+                raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {e.start}); save it as a UTF-8 CSV") from None
     if not rows:
         raise ConfigError(f"{p}: no rows")
     cols: dict[str, list] = {c: [] for c in fields}
@@ -88,7 +91,7 @@ def _parse(col: str, raw: str, where: str) -> Any:
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:
             if col == "image_prob":
-                raise ConfigError(f"{where}: image_prob is empty")
+                raise ConfigError(f"{where}: image_prob is missing ({raw!r}); every patient needs a probability")
             return math.nan
         try:
             return float(raw)
@@ -96,6 +99,8 @@ def _parse(col: str, raw: str, where: str) -> Any:
             raise ConfigError(f"{where}: {col} must be a number, got {raw!r}") from None
     if col == "split":
         return raw.lower()
+    if col == "patient_id" and not raw:
+        raise ConfigError(f"{where}: patient_id is empty")
     return raw
 
 
@@ -120,12 +125,18 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:
         raise ConfigError(f"{source}: split must be train, val or test, got {bad_split[0]!r}")
+    age = t["age"]
+    bad_age = ~np.isnan(age) & ~((age >= 0) & (age <= 130))  # inf, or a sign/unit mistake: never a silent age group
+    if bad_age.any():
+        i = int(np.argmax(bad_age))
+        raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has age {age[i]:g}; ages are years, 0 to 130, "
+                          "or empty when unknown")
     prob = t["image_prob"]
     if not np.all(np.isfinite(prob) & (prob >= 0) & (prob <= 1)):
         raise ConfigError(f"{source}: image_prob must be a probability in [0, 1] for every patient")
     ids, counts = np.unique(t["patient_id"], return_counts=True)
     if np.any(counts > 1):
-        raise ConfigError(f"{source}: patient {ids[counts > 1][0]!r} appears {counts.max()} times; give one row per "
+        raise ConfigError(f"{source}: patient {str(ids[counts > 1][0])!r} appears {counts.max()} times; give one row per "
                           "patient (aggregate patch probabilities with slidestream.engine.aggregate first)")
     if not np.any(t["split"] == "test"):
         raise ConfigError(f"{source}: no test rows (split column must contain 'test')")
@@ -414,7 +425,8 @@ def plot_roc(metrics: dict, split: str, path: Path) -> None:
         ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity", ylabel="sensitivity",
            title=f"ROC, {'validation' if split == 'val' else 'test'} set (n = {_n(metrics, split)})")
-    ax.legend(loc="lower right", fontsize=8)
+    if any(curves.values()):  # no legend without curves (matplotlib warns on stderr)
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -45,9 +45,12 @@ def mil_scores(bundle: str | Path, fs: FeatureStore) -> tuple[np.ndarray, np.nda
     from .mil import load_bundle, patient_bags
 
     model, meta = load_bundle(bundle)
-    if meta["in_dim"] != fs.info["dim"] or meta["encoder"]["encoder"] != fs.info["encoder"]:
-        raise ConfigError(f"MIL bundle {bundle} was trained on {meta['encoder']['encoder']} features "
-                          f"({meta['in_dim']}-d), not this feature store's {fs.info['encoder']} ({fs.info['dim']}-d)")
+    enc = meta.get("encoder") or {}
+    if meta["in_dim"] != fs.info["dim"] or any(enc.get(k) != fs.info.get(k) for k in ("encoder", "params", "weights_sha256")):
+        raise ConfigError(f"MIL bundle {bundle} was trained on {enc.get('encoder')} features ({meta['in_dim']}-d, params "
+                          f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
+                          f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
+                          f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
     bags = patient_bags(fs, None)
     att = np.full(len(fs), np.nan, np.float32)
     prob = np.full(len(fs), np.nan, np.float32)
@@ -67,6 +70,8 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     store = PatchStore.open(store_path)
     fs = FeatureStore(features) if features else None
+    if fs is not None and not fs.complete():  # unwritten rows read as zeros
+        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
     if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
         raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
     if mil and fs is None:

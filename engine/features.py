@@ -14,6 +14,13 @@ Resumable per slide like extraction: a slide's features are written, then it is 
 rerun skips the done ones (and refuses a store made with another encoder, weights or patch store).
 Patches are resized to the encoder's ``input_size``, scaled to 0..1 and normalized by its mean/std, in
 batches of ``features.batch_size``, on the GPU when there is one.
+
+``slidestream extract PIPELINE --slides COHORT --out FEATS.zarr --features-only`` (:func:`extract_features_only`)
+writes the same store with no patch store in between: each slide is tiled and filtered as by ``extract``, its
+patch batches go straight into the encoder (``runner.process_slide``'s ``sink``), and only its feature rows and
+meta columns are appended. The header then has ``features_only: true``, ``patch_store: null``, the pipeline's
+``extraction_hash``, ``slides``/``errors`` (the records ``extract`` keeps) and ``pending`` (slides of the last
+run not yet attempted); ``rows`` grows with each slide (written before ``done`` names it: the commit point).
 """
 from __future__ import annotations
 
@@ -123,10 +130,15 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
               "extraction_hash": store.manifest.get("extraction_hash"), "rows": n}
     out = Path(out)
     if (out / "zarr.json").exists():
-        g = zarr.open_group(str(out), mode="r+")
+        try:
+            g = zarr.open_group(str(out), mode="r+")
+        except Exception:  # noqa: BLE001 (a damaged zarr.json)
+            raise StoreError(f"{out} exists and is not a readable feature store; choose a new --out") from None
         old = dict(g.attrs.get(ATTR) or {})
         if not old:
             raise StoreError(f"{out} exists and is not a slidestream feature store; choose a new --out")
+        if old.get("features_only"):
+            raise StoreError(f"{out} was written by `extract --features-only`, not from a patch store; choose a new --out")
         for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
             if old.get(k) != header[k]:
                 raise StoreError(f"feature store {out} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
@@ -196,7 +208,27 @@ class FeatureStore:
         if not self.info:
             raise StoreError(f"{path} is not a slidestream feature store (no {ATTR} attrs)")
         self.path = path
-        self.features = self.group["features"]
+        try:
+            self.features = self.group["features"]
+            for c in CARRIED:
+                self.group[f"meta/{c}"]
+        except KeyError as e:
+            raise StoreError(f"feature store {path} has no {e.args[0]} array (damaged or not written by slidestream); "
+                             "delete it and run `slidestream features` again") from None
+        self._check_chunks()
+
+    def _check_chunks(self) -> None:
+        """A chunk file of written rows that is missing (a damaged or partly copied store) would read as zeros
+        (zarr's fill value): refuse it. No encoder writes a whole chunk of exact zeros."""
+        a, cr = self.features, self.features.chunks[0]
+        need = sorted({i for r0, r1 in (self.info.get("done") or {}).values() if r1 > r0
+                       for i in range(r0 // cr, (r1 - 1) // cr + 1)})
+        missing = [k for k in (a.metadata.encode_chunk_key((i, 0)) for i in need)
+                   if not (self.path / "features" / k).is_file()]
+        if missing:
+            raise StoreError(f"feature store {self.path}: {len(missing)} chunk file(s) of written rows are missing "
+                             f"(first: features/{missing[0]}); the store is damaged or incompletely copied: delete it "
+                             "and run `slidestream features` (or `extract --features-only`) again")
 
     def __len__(self) -> int:
         return int(self.info["rows"])
@@ -206,4 +238,217 @@ class FeatureStore:
         return as_str(a) if a.dtype.kind in "OT" else a
 
     def complete(self) -> bool:
-        return sum(r1 - r0 for r0, r1 in self.info["done"].values()) == len(self)
+        """Every row written (and, for ``extract --features-only``, every slide of its last run attempted)."""
+        return (sum(r1 - r0 for r0, r1 in self.info["done"].values()) == len(self) == self.features.shape[0]
+                and not self.info.get("pending"))
+
+
+# ------------------------------------------------------------------------- extract --features-only
+class EncoderSink:
+    """One slide's patch batches (``write(row0, patches)``, rows in order) -> its ``(n, dim)`` float32
+    features (``close()``). Patches are encoded in batches of ``batch_size`` rows counted from the slide's
+    first row -- the batches ``extract_features`` makes from a patch store -- so both give the same numbers."""
+
+    def __init__(self, module, spec: dict[str, Any], device, batch_size: int, n: int):
+        self.module, self.spec, self.device, self.bs = module, spec, device, int(batch_size)
+        self.out = np.zeros((n, int(spec["dim"])), np.float32)
+        self.pending: list[np.ndarray] = []
+        self.row = 0  # first row not encoded yet
+
+    def write(self, row0: int, patches: np.ndarray) -> None:
+        if row0 != self.row + sum(len(p) for p in self.pending):
+            raise ValueError(f"patch rows out of order: {row0}")
+        self.pending.append(patches)
+        if sum(len(p) for p in self.pending) >= self.bs:
+            self._encode(final=False)
+
+    def _encode(self, final: bool) -> None:
+        import torch
+
+        if not self.pending:
+            return
+        buf = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        k = len(buf) if final else len(buf) // self.bs * self.bs
+        for a in range(0, k, self.bs):
+            with torch.inference_mode():
+                f = self.module(preprocess(buf[a:min(a + self.bs, k)], self.spec, self.device)).float().cpu().numpy()
+            if f.shape[1:] != self.out.shape[1:]:
+                raise ConfigError(f"encoder {self.spec['name']!r} returned features of shape {f.shape[1:]}, "
+                                  f"declared ({self.out.shape[1]},)")
+            self.out[self.row:self.row + len(f)] = f
+            self.row += len(f)
+        self.pending = [buf[k:]] if k < len(buf) else []
+
+    def close(self) -> np.ndarray:
+        self._encode(final=True)
+        return self.out
+
+
+def _meta_dtype(column: str):
+    from .store import COLUMNS
+
+    dtype = COLUMNS[column][0]
+    return str if dtype is str else np.dtype(dtype)
+
+
+def _values(a, v, n: int) -> np.ndarray:
+    """``n`` values for the meta array ``a``: a column, or a scalar repeated (None -> NaN)."""
+    v = np.asarray(v) if np.ndim(v) else np.full(n, np.nan if v is None else v, dtype=object)
+    return v.astype(str) if a.dtype.kind in "OTU" else v.astype(a.dtype)
+
+
+def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Path, *, threads: int | None = None,
+                          qa: bool = True, progress: bool = True, pipeline_path: str | None = None,
+                          device: str | None = None, batch_size: int | None = None,
+                          allow_corrupt_tiles: bool = False) -> dict[str, Any]:
+    """``extract --features-only``: tile and filter ``cohort`` (``SlideRow`` list) like ``runner.extract`` and
+    encode the patches straight into the feature store ``out`` (created, or resumed per slide). Returns
+    ``runner.summarize``'s summary (``store`` = ``out``) plus encoder, dim, patches encoded and patches/s
+    (tiles decoded and encoded, wall clock)."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import zarr
+
+    from . import config, runner
+    from .bundle import sha256_file
+    from .progress import ExtractProgress
+    from .store import acquire_lock, beside, release_lock
+
+    t_start = time.perf_counter()
+    cfg = settings(pipeline, device=device, batch_size=batch_size)
+    module, spec = load_encoder(pipeline.get("encoder"))
+    weights = spec["params"].get("weights")
+    header = {"encoder": spec["name"], "params": spec["params"],
+              "weights_sha256": sha256_file(weights) if weights is not None else None,
+              "dim": int(spec["dim"]), "dtype": cfg["dtype"], "input_size": int(spec["input_size"]),
+              "mean": spec["mean"], "std": spec["std"], "resize": spec["resize"], "interpolation": spec["interpolation"],
+              "patch_store": None, "features_only": True, "extraction_hash": config.extraction_hash(pipeline),
+              "pipeline_file": pipeline_path}
+    out = Path(out)
+    if (out / "zarr.json").exists():
+        try:
+            g = zarr.open_group(str(out), mode="r+")
+        except Exception:  # noqa: BLE001
+            raise StoreError(f"{out} exists and is not a feature store; choose a new --out") from None
+        info = dict(g.attrs.get(ATTR) or {})
+        if not info.get("features_only"):
+            raise StoreError(f"{out} exists and is not a store of `extract --features-only`; choose a new --out")
+        for k in ("encoder", "weights_sha256", "dim", "dtype", "params", "extraction_hash"):
+            if info.get(k) != header[k]:
+                what = "pipeline (tiling, filters, patches)" if k == "extraction_hash" else k
+                raise StoreError(f"feature store {out} was made with another {what} ({info.get(k)!r} vs {header[k]!r}); "
+                                 "use a new --out, or delete it to start over")
+        acquire_lock(out)
+        for name in ("features", *(f"meta/{c}" for c in CARRIED)):  # rows of a slide killed mid-write: cut off
+            a = g[name]
+            if a.shape[0] != info["rows"]:
+                a.resize((info["rows"], *a.shape[1:]))
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise StoreError(f"{out} exists and is not a feature store; choose an empty or new --out")
+        acquire_lock(out)
+        g = zarr.open_group(str(out), mode="w")
+        g.create_array("features", shape=(0, header["dim"]), dtype=cfg["dtype"], fill_value=0,
+                       chunks=(1024, header["dim"]))
+        for c in CARRIED:
+            g.create_array(f"meta/{c}", shape=(0,), dtype=_meta_dtype(c), chunks=(65536,))
+        info = {**header, "rows": 0, "done": {}, "slides": {}, "errors": {}, "pending": []}
+        g.attrs[ATTR] = info
+    info = {**info, **{k: v for k, v in header.items() if k != "pipeline_file" or v}}
+    done, records, errors = dict(info["done"]), dict(info.get("slides") or {}), dict(info.get("errors") or {})
+    try:
+        results: dict[str, dict] = {}
+        todo = []
+        for r in cohort:
+            if r.slide_id not in done:
+                todo.append(r)
+                continue
+            again, changed, why = runner._cohort_changes(records[r.slide_id], r)
+            if again:
+                raise StoreError(f"slide {r.slide_id}: {'; '.join(why)} since its features were written to {out}; "
+                                 "use a new --out for the new resolution")
+            if changed:  # label, age, patient_id: the slide's meta rows and record
+                r0, r1 = done[r.slide_id]
+                for k, v in changed.items():
+                    if k in CARRIED and r1 > r0:
+                        g[f"meta/{k}"][r0:r1] = _values(g[f"meta/{k}"], v, r1 - r0)
+                records[r.slide_id] = {**records[r.slide_id], **changed}
+                results[r.slide_id] = {**records[r.slide_id], "status": "updated",
+                                       "reason": "; ".join(why) or "patient_source updated", "seconds": 0.0}
+        skipped = len(cohort) - len(todo) - len(results)
+        pending = [r.slide_id for r in todo]
+        g.attrs[ATTR] = info = {**info, "slides": records, "pending": pending}
+        if threads is None:
+            threads = max(1, os.cpu_count() or 1)
+        qa_dir = beside(out, "qa") if qa else None
+        if qa_dir:
+            qa_dir.mkdir(exist_ok=True)
+        dev = torch.device(resolve_device(cfg["device"]))
+        module = module.to(dev).eval()
+        encoded, t_enc = 0, time.perf_counter()
+
+        def sink(n: int) -> EncoderSink:
+            return EncoderSink(module, spec, dev, int(cfg["batch_size"]), n)
+
+        def commit(row, rec: dict[str, Any]) -> None:
+            nonlocal info, encoded
+            feats, meta = rec.pop("staged", None), rec.pop("meta", None) or {}
+            rec = {k: v for k, v in runner._record(rec, row).items() if k != "tiles"}
+            rows = info["rows"]
+            if rec["status"] == "error":
+                errors[row.slide_id] = rec
+            else:
+                n = int(rec.get("n_patches", 0)) if rec["status"] == "done" else 0
+                r0, rows = rows, rows + n
+                if n:
+                    cols = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label,
+                            "age": row.age, "synthetic": False}
+                    g["features"].resize((rows, header["dim"]))
+                    g["features"][r0:rows] = feats[:n].astype(cfg["dtype"])
+                    for c in CARRIED:
+                        a = g[f"meta/{c}"]
+                        a.resize((rows,))
+                        a[r0:rows] = _values(a, cols[c], n)
+                done[row.slide_id] = [r0, rows]
+                records[row.slide_id] = rec
+                errors.pop(row.slide_id, None)
+                encoded += n
+            pending.remove(row.slide_id)
+            # the commit point: the slide's rows are in only once the header names them
+            g.attrs[ATTR] = info = {**info, "rows": rows, "done": done, "slides": records, "errors": errors,
+                                    "pending": pending}
+            results[row.slide_id] = rec
+
+        with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar, \
+                ThreadPoolExecutor(1) as planner:  # open and plan slide k+1 while slide k decodes and encodes
+            ahead = planner.submit(runner.prepare_slide, pipeline, todo[0], None, allow_corrupt_tiles) if todo else None
+            for k, row in enumerate(todo):
+                current = ahead
+                ahead = (planner.submit(runner.prepare_slide, pipeline, todo[k + 1], None, allow_corrupt_tiles)
+                         if k + 1 < len(todo) else None)
+                rec = runner.process_slide(pipeline, row, "", {}, str(qa_dir) if qa_dir else None, threads=threads,
+                                           progress=bar.slide_started(row.slide_id), prepared=current.result,
+                                           allow_corrupt=allow_corrupt_tiles, sink=sink)
+                commit(row, rec)
+                bar.slide_done(row.slide_id, rec)
+        t_enc = time.perf_counter() - t_enc
+    finally:
+        release_lock(out)
+    slides = []
+    for r in cohort:
+        rec = results.get(r.slide_id) or errors.get(r.slide_id) or records.get(r.slide_id) or {}
+        status = rec.get("status", "pending")
+        if r.slide_id not in results and r.slide_id in records:
+            status = "skipped"
+        slides.append({"slide_id": r.slide_id, "status": status, "tiles": rec.get("n_tiles", 0),
+                       "patches": rec.get("n_patches", 0), "reason": rec.get("reason", ""),
+                       "corrupt_tiles": len(rec.get("corrupt_tiles", [])),
+                       "seconds": round(rec.get("seconds", 0.0), 3)})
+    failed = sum(s["status"] == "error" for s in slides)
+    return {"store": str(out), "rows": int(info["rows"]), "slides": slides, "failed": failed, "skipped": skipped,
+            "seconds": round(time.perf_counter() - t_start, 3), "features_only": True, "encoder": spec["name"],
+            "dim": header["dim"], "encoded": encoded, "device": str(dev),
+            "patches_per_s": round(encoded / t_enc, 1) if encoded and t_enc > 0 else None}

@@ -14,6 +14,8 @@ of the feature store:
   patch subsets depend only on (seed, epoch).
 * Model selection: after each epoch the validation patients are scored; the best epoch has the highest
   validation AUC, ties broken by the lower validation loss (loss alone when validation has one class).
+  Early stopping (``mil.patience``: P): training stops once P epochs have passed without a better one (a
+  rerun of a stopped run stops again; the epochs it trained are those of an uninterrupted run).
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
   is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
@@ -38,7 +40,7 @@ from .device import resolve_device
 from .errors import ConfigError
 from .features import FeatureStore, as_str
 
-DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None,
+DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
                             "threshold": 0.5, "device": "auto"}
 
 
@@ -193,6 +195,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             log(f"resuming {agg['name']} at epoch {start + 1}")
     t0 = time.process_time()
     for epoch in range(start, cfg["epochs"]):
+        if cfg["patience"] and best is not None and epoch - best["epoch"] >= cfg["patience"]:
+            break  # early stopping: `patience` epochs without a better validation epoch
         model.train()
         torch.manual_seed(cfg["seed"] * 100_003 + epoch)  # dropout depends on (seed, epoch) only: resume = no kill
         rng = np.random.default_rng([cfg["seed"], epoch])
@@ -240,8 +244,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
         w.writerow(["patient_id", "label", "age", "split", "image_prob"])
         for i in allp:
             age = bags["age"][i]
-            w.writerow([bags["patients"][i], int(bags["label"][i]), "" if np.isnan(age) else f"{age:.2f}", split[i],
-                        f"{probs[i]:.6f}"])
+            w.writerow([bags["patients"][i], int(bags["label"][i]), "" if np.isnan(age) else repr(float(age)), split[i],
+                        repr(float(probs[i]))])
     attention = np.full(len(feats), np.nan, np.float32)
     for i, a in att.items():
         attention[bags["rows"][i]] = a
@@ -250,23 +254,29 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     meta = {"kind": "mil", "aggregator": agg["name"], "params": agg["params"], "in_dim": int(feats.shape[1]),
             "encoder": {k: header.get(k) for k in ("encoder", "params", "weights_sha256", "input_size", "mean", "std")},
             "feature_store": header.get("path"), "best_epoch": best["epoch"], "epochs": cfg["epochs"],
+            "epochs_trained": len(history),
             "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3)}
     (out / "mil.json").write_text(json.dumps(meta, indent=1))
     (out / "history.json").write_text(json.dumps(history, indent=1))
-    return {"out": str(out), "best_epoch": best["epoch"], "metrics": metrics, "train_cpu_s": cpu_s}
+    return {"out": str(out), "best_epoch": best["epoch"], "epochs_trained": len(history), "metrics": metrics,
+            "train_cpu_s": cpu_s}
 
 
 def load_bundle(path: str | Path):
     """(model in eval mode, meta) of a MIL bundle written by :func:`train_one`."""
-    from safetensors.torch import load_file
+    from .bundle import load_weights
 
     path = Path(path)
     if not (path / "mil.json").is_file():
         raise ConfigError(f"{path} is not a MIL bundle (no mil.json); give OUT of `slidestream mil train`")
-    meta = json.loads((path / "mil.json").read_text())
-    net = registry.get("aggregator", meta["aggregator"]).build(in_dim=meta["in_dim"], **meta["params"])
-    model = Standardized(net, np.zeros(meta["in_dim"]), np.ones(meta["in_dim"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    try:
+        meta = json.loads((path / "mil.json").read_text())
+        in_dim, name, params = int(meta["in_dim"]), meta["aggregator"], meta["params"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"MIL bundle {path}: cannot read mil.json ({type(e).__name__}: {e}); rerun `slidestream mil train`") from None
+    net = registry.get("aggregator", name).build(in_dim=in_dim, **params)
+    model = Standardized(net, np.zeros(in_dim), np.ones(in_dim))
+    load_weights(model, path / "model.safetensors", f"MIL bundle {path}")
     return model.eval(), meta
 
 
@@ -282,6 +292,10 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
     header = {**fs.info, "path": str(Path(features).resolve())}
     feats = np.asarray(fs.features[:])
+    bad = ~np.isfinite(feats).all(1)
+    if bad.any():
+        raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
+                          f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
     out = Path(out)
     if folds:
         bags = patient_bags(fs, None)
@@ -303,10 +317,15 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         if log:
             log(line)
         return {"cv": cv, "folds": results}
-    sp = PatchStore.open(store or fs.info["patch_store"]).column("split")
-    if len(sp) != len(fs):
-        raise ConfigError(f"the patch store has {len(sp)} rows but the feature store {len(fs)}; "
-                          "give the patch store the features were computed from (--store)")
+    if not (store or fs.info.get("patch_store")):
+        raise ConfigError(f"feature store {features} was written by `extract --features-only` (no patch store with a "
+                          "split column): use --folds K, or --store the patch store of the same extraction")
+    ps = PatchStore.open(store or fs.info["patch_store"])
+    sp = ps.column("split")
+    if len(sp) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
+        raise ConfigError(f"the patch store {store or fs.info['patch_store']} ({len(sp)} rows) is not the one the "
+                          f"feature store {features} ({len(fs)} rows) was computed from (other rows or slides); "
+                          "give that patch store (--store)")
     bags = patient_bags(fs, sp)
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:
@@ -316,15 +335,17 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
 
 
 # ---------------------------------------------------------------------------------------------- demo
-DEMO_ENCODER = {"name": "timm", "params": {"model": "resnet10t", "input_size": 64}}
+DEMO_ENCODER = {"name": "morphometry", "params": {"input_size": 64}}  # the demo's patch size: measured unresampled
+DEMO_MIL = {"epochs": 20, "patience": 5}  # lr, weight decay: DEFAULTS
 
 
-def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: tuple[int, int] = (2048, 1536),
+def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
          epochs: int = 20, seed: int = 0, bootstrap: int = 200, fusion_split: str = "val",
          log=print) -> dict[str, Any]:
-    """The encoder path on the demo's synthetic cohort, on a CPU: slides -> extract (the demo pipeline) ->
-    split -> features (a seeded random-init resnet10t at 64 px: no weights can be downloaded) -> ABMIL ->
-    evaluate with age fusion -> report, plus an attention heatmap of one test slide."""
+    """The encoder path on the demo's synthetic cohort, on a CPU (``slidestream demo --mil`` and ``slidestream mil
+    demo``): slides -> extract (the demo pipeline) -> split -> features (the weight-free ``morphometry`` encoder)
+    -> ABMIL (``DEMO_MIL``: at most ``epochs``, early stopping after 5 epochs without a better validation AUC)
+    -> evaluate with age fusion -> report, plus an attention heatmap of one test slide."""
     from . import config
     from . import demo as demo_mod
     from . import evaluate as ev
@@ -338,7 +359,7 @@ def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 32, size: t
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = config.parse({**demo_mod.demo_pipeline(seed=seed), "encoder": DEMO_ENCODER, "aggregator": {"name": "abmil"},
-                         "mil": {"epochs": epochs, "lr": 5e-4, "seed": seed}}, source="MIL demo pipeline")
+                         "mil": {**DEMO_MIL, "epochs": epochs, "seed": seed}}, source="MIL demo pipeline")
     (out / "pipeline.json").write_text(json.dumps(pipe, indent=1))
     cohort = synthetic.make_cohort(out / "slides", n_patients=n_patients, seed=seed, size=size, mpp=0.25,
                                    objective=40, levels=(1, 4, 16))

@@ -36,7 +36,10 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, table)
-    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out)}
+    # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
+    listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
+    missing = sorted(listed - {str(p) for p in table["patient_id"]})
+    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:

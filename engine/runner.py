@@ -212,7 +212,7 @@ def _log_field(log: str) -> dict[str, str]:
 def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store_cfg: dict[str, Any],
                   qa_dir: str | None = None, threads: int = 1, reader_order=None,
                   progress: Callable[[int, int], None] | None = None, prepared: Callable[[], tuple] | None = None,
-                  allow_corrupt: bool = False) -> dict:
+                  allow_corrupt: bool = False, sink: Callable[[int], Any] | None = None) -> dict:
     """Extract one slide into a staging array in ``stage_dir`` (``STORE.partial``); return its record.
 
     Runs in the driver or on a dask worker (any process that sees the store's filesystem): the patches
@@ -222,6 +222,9 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
     ``prepare_slide``'s result when the slide was opened and planned ahead (while the previous one ran).
     A tile its decoder complains about fails the slide; with ``allow_corrupt`` such tiles are dropped
     (listed in ``record["corrupt_tiles"]``; the slide's other tiles are read again without them).
+    ``sink(n)``: where the slide's patch batches go instead of a staging array (``extract --features-only``:
+    an encoder); like a ``RowWriter`` it has ``write(row0, patches)`` and ``close()``, whose result becomes
+    ``record["staged"]``.
     """
     rec: dict[str, Any] = {"slide_path": row.slide_path, "patient_id": row.patient_id}
     prepared = prepared or (lambda: prepare_slide(pipeline, row, reader_order, allow_corrupt))
@@ -250,7 +253,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         s = int(pipeline["patches"]["size"])
         corrupt: dict[int, str] = {}
         for attempt in range(2):  # a second pass only to leave out corrupt tiles (--allow-corrupt-tiles)
-            writer = RowWriter(Path(stage_dir) / stage_name("slides", row.slide_id), len(rows), s, store_cfg)
+            writer = (sink(len(rows)) if sink else
+                      RowWriter(Path(stage_dir) / stage_name("slides", row.slide_id), len(rows), s, store_cfg))
             done = 0
             found: dict[int, str] = {}
             with CAPTURE.on():
@@ -264,7 +268,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
             staged = writer.close()
             if not found:
                 break
-            shutil.rmtree(staged, ignore_errors=True)  # the abandoned pass
+            if sink is None:
+                shutil.rmtree(staged, ignore_errors=True)  # the abandoned pass
             corrupt = found
             rows = [r for r in rows if r[0] not in corrupt]
             if not rows:

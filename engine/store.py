@@ -41,9 +41,12 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 import numpy as np
-import zarr
 
+from .device import without_cupy
 from .errors import StoreError
+
+with without_cupy():
+    import zarr
 
 FORMAT = 2
 LABEL_NAMES = {-1: "unknown", 0: "wildtype", 1: "mutant"}
@@ -516,11 +519,28 @@ class PatchStore:
         out = np.empty((len(phys), self.size, self.size, 3), np.uint8)
         if not len(phys):
             return out
+        self._check_shards(phys)
         breaks = np.flatnonzero(np.diff(phys) != 1) + 1
         arr = self._arrays["patches"]
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
             out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
         return out
+
+    def _check_shards(self, phys: np.ndarray) -> None:
+        """Refuse to read committed rows whose shard file is missing (a damaged or partly copied store):
+        zarr would return zeros (its fill value) as if they were patches. Each shard is checked once."""
+        ok = self.__dict__.setdefault("_shards_ok", set())
+        for j in np.unique(phys // self.shard).tolist():
+            if j in ok:
+                continue
+            if not self._shard_file(j).is_file():
+                row = j * self.shard
+                owner = next((f"{r['section']} {r['key']!r}" for recs in self._records.values() for r in recs.values()
+                              if r.get("region") and r["region"][0] <= row < r["region"][0] + r["region"][1]), "a commit")
+                raise StoreError(f"store {self.path}: the patches of {owner} are missing "
+                                 f"({self._shard_file(j).relative_to(self.path)}); the store is damaged or incompletely "
+                                 "copied: copy it again, or re-extract into a new --out")
+            ok.add(j)
 
     def records(self, section: str = "slides") -> dict[str, dict[str, Any]]:
         """Current records of ``section`` (``slides``, ``synthetic`` or ``errors``) by key: what a slide's or

@@ -113,8 +113,8 @@ def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:
         w.writerow(cols)
         for i in range(len(table["patient_id"])):
             age = table["age"][i]
-            w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else f"{age:g}",
-                        table["split"][i], f"{float(table['image_prob'][i]):.6f}"])
+            w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else repr(float(age)),
+                        table["split"][i], repr(float(table['image_prob'][i]))])
 
 
 # ---------------------------------------------------------------------------------------------- rows

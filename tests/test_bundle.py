@@ -163,7 +163,11 @@ def test_fusion_cv_out_of_fold(trained_oof, tmp_path):
                          "label": np.array([int(tab["label"][first[p]]) for p in trainval]),
                          "age": np.array([float(tab["age"][first[p]]) for p in trainval]),
                          "image_prob": np.array([scores[p] for p in trainval])}, "age_gda", None, "train")
-    assert f["state"] == direct["state"] and f["fit_on"] == "oof" and f["patients"] == trainval
+    # the same fit up to BLAS rounding (threaded LBFGS can differ in the last digit)
+    assert f["state"].keys() == direct["state"].keys()
+    for key, value in direct["state"].items():
+        assert f["state"][key] == (pytest.approx(value, rel=1e-9, abs=1e-12) if key in ("coef", "intercept") else value), key
+    assert f["fit_on"] == "oof" and f["patients"] == trainval
     assert not test & set(f["patients"])
     doc = json.loads((path / "training.json").read_text())
     assert doc["fusion"]["cv"]["folds_digest"] == cv["folds_digest"] and "out-of-fold" in doc["metrics"]["val"]["role"]

@@ -2,6 +2,8 @@
 claims here: 6 test patients cannot support one (tests/test_power.py measures the cohort's signals on 120-4000
 patients instead); the full demo's numbers are in the README."""
 import inspect
+import json
+import re
 
 import pytest
 
@@ -30,3 +32,18 @@ def test_demo_writes_report_rocs_fusion_rows_and_heatmap(tmp_path):
     for split in ("val", "test"):
         assert (tmp_path / "d" / "report" / f"roc_{split}.png").stat().st_size > 1000
     assert r["heatmap"] and (tmp_path / "d" / "heatmaps").is_dir()
+
+
+@pytest.mark.slow
+def test_demo_mil_runs_the_encoder_path(cli, tmp_path):
+    """`slidestream demo --mil`: the same implementation as `slidestream mil demo` (engine.mil.demo) on the demo
+    cohort, here 16 patients (a handful of val and test patients: outputs only, no AUC claim): morphometry features -> ABMIL ->
+    evaluate -> report, and the demo's summary line."""
+    code, out, err = cli("demo", "--mil", "--patients", 16, "--out", tmp_path / "d")
+    assert code == 0, err
+    assert re.search(r"test AUC \(\d+ patients\): .*image \d", out) and "report:" in out
+    meta = json.loads((tmp_path / "d" / "mil" / "mil.json").read_text())
+    assert meta["encoder"]["encoder"] == "morphometry" and meta["settings"]["patience"] == 5
+    assert (tmp_path / "d" / "report" / "report.md").is_file() and (tmp_path / "d" / "features.zarr").is_dir()
+    code, _, err = cli("demo", "--mil", "--gan", "--out", tmp_path / "e")
+    assert code != 0 and "do not combine" in err

@@ -126,6 +126,32 @@ def test_mil_resume_equals_uninterrupted(tmp_path):
         mil.train_one(feats, bags, bags["split"], agg, {**cfg, "epochs": 4, "lr": 1e-2}, tmp_path / "a", {}, log=None)
 
 
+def test_early_stopping_after_patience_epochs_without_a_better_one(tmp_path):
+    """With patience P, training stops P epochs after the best one (not at mil.epochs), keeps the best epoch's
+    weights, equals the same epochs of a run without early stopping, and a rerun stops again."""
+    _, bags, _ = key_instance_bags(n_patients=24)
+    feats = np.random.default_rng(1).normal(size=(24 * 20, 8)).astype(np.float32)  # no signal: val AUC plateaus
+    cfg = {**mil.DEFAULTS, "lr": 1e-2, "device": "cpu", "epochs": 30}  # overfits the noise: val AUC falls
+    agg = {"name": "abmil", "params": {"hidden": 16, "attention": 8}}
+    mil.train_one(feats, bags, bags["split"], agg, cfg, tmp_path / "full", {}, log=None)
+    hist = json.loads((tmp_path / "full" / "history.json").read_text())
+    # the first epoch after which P epochs pass without a better one (the rule applied to the full run's history)
+    best, stop = None, len(hist)
+    for i, m in enumerate(hist):
+        if best is not None and i - best["epoch"] >= 3:
+            stop = i
+            break
+        if mil._better(m, best):
+            best = m
+    assert stop < 30, "the toy run must plateau for this test to test anything"
+    res = mil.train_one(feats, bags, bags["split"], agg, {**cfg, "patience": 3}, tmp_path / "es", {}, log=None)
+    es = json.loads((tmp_path / "es" / "history.json").read_text())
+    assert res["epochs_trained"] == len(es) == stop == res["best_epoch"] + 3 and es == hist[:stop]
+    again = mil.train_one(feats, bags, bags["split"], agg, {**cfg, "patience": 3}, tmp_path / "es", {}, log=None)
+    assert again["epochs_trained"] == stop and again["metrics"] == res["metrics"]
+    assert json.loads((tmp_path / "es" / "mil.json").read_text())["epochs_trained"] == stop
+
+
 def test_kfold_splits_each_patient_tested_once():
     labels = np.array([0] * 12 + [1] * 8)
     folds = mil.kfold_splits(labels, 4, seed=1)

@@ -7,23 +7,28 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from .. import config, registry
 from ..errors import ConfigError
 from ..hookspecs import KINDS
 
-console = Console()
+
+def _print_table(*columns: str, rows, title: str | None = None) -> None:
+    """A rich table on stdout; rich is imported here, not at start-up (an `extract --json` never imports it)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def plugins_cmd(kind: Optional[str] = typer.Option(None, "--kind", help=f"Only this kind: {', '.join(KINDS)}.")):
     """List installed plugins (built-in and from other packages), by kind."""
-    table = Table("kind", "name", "source", "summary")
-    for k in [kind] if kind else KINDS:
-        for name, p in sorted(registry.plugins(k).items()):
-            table.add_row(k, name, registry.source(k, name), p.summary or (p.__doc__ or "").split("\n")[0])
-    console.print(table)
+    _print_table("kind", "name", "source", "summary", rows=[
+        (k, name, registry.source(k, name), p.summary or (p.__doc__ or "").split("\n")[0])
+        for k in ([kind] if kind else KINDS) for name, p in sorted(registry.plugins(k).items())])
 
 
 def schema_cmd():
@@ -86,7 +91,7 @@ def tissue_cmd(
 def extract_cmd(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON file (e.g. schemas/examples/liu2020.json)."),
     slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp]) or a folder of slides."),
-    out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists)."),
+    out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists); with --features-only the feature store."),
     workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel by worker processes on this machine (each compresses its own slides)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
@@ -98,6 +103,11 @@ def extract_cmd(
                                    "columns (each slide its own patient; such a store cannot be split or trained on)."),
     allow_corrupt_tiles: bool = typer.Option(False, "--allow-corrupt-tiles", help="Drop tiles whose image data the "
                                              "decoder reports corrupt (listed per slide) instead of failing the slide."),
+    features_only: bool = typer.Option(False, "--features-only", help="Keep no patches: encode them with the "
+                                       "pipeline's encoder straight into a feature store at --out (the format of "
+                                       "`slidestream features`), resumable per slide. One process (no --workers/--scheduler)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="With --features-only: patches per encoder call (default: features.batch_size, 64)."),
+    device: Optional[str] = typer.Option(None, "--device", help="With --features-only: auto, cpu or cuda for the encoder (default: features.device)."),
 ):
     """Extract patches from slides into a zarr patch store.
 
@@ -107,24 +117,48 @@ def extract_cmd(
 
     A rerun updates the label, age and patient_id columns of finished slides whose cohort values
     changed, and extracts again a slide whose mpp changed.
+
+    With --features-only no patch is kept: each slide's patches go through the pipeline's encoder and
+    only their features and meta columns (slide_id, patient_id, label, age, x, y, size0) are written
+    to --out, the feature store `slidestream mil train --features` reads. A slide whose mpp changed
+    needs a new --out there.
     """
     from ..cohort import read_cohort
     from ..runner import extract
 
     p = config.load(pipeline)
+    if features_only:
+        if not p.get("encoder"):
+            raise ConfigError(f"{pipeline} has no encoder section, which --features-only needs; add e.g. "
+                              '"encoder": {"name": "resnet50_trunc", "params": {"weights": "resnet50.pth"}}')
+        if workers > 1 or scheduler:
+            raise ConfigError("--features-only runs in one process (one encoder); drop --workers/--scheduler")
+        if device not in (None, "auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+    elif batch_size is not None or device is not None:
+        raise ConfigError("--batch-size and --device are for --features-only")
     cohort = read_cohort(slides, default_mpp=mpp, unlabeled=unlabeled)
-    summary = extract(p, cohort, out, workers=workers, scheduler=scheduler, threads=threads, qa=qa,
-                      progress=not (quiet or as_json), pipeline_path=str(pipeline),
-                      allow_corrupt_tiles=allow_corrupt_tiles)
+    if features_only:
+        from ..features import extract_features_only
+
+        summary = extract_features_only(p, cohort, out, threads=threads, qa=qa, progress=not (quiet or as_json),
+                                        pipeline_path=str(pipeline), device=device, batch_size=batch_size,
+                                        allow_corrupt_tiles=allow_corrupt_tiles)
+    else:
+        summary = extract(p, cohort, out, workers=workers, scheduler=scheduler, threads=threads, qa=qa,
+                          progress=not (quiet or as_json), pipeline_path=str(pipeline),
+                          allow_corrupt_tiles=allow_corrupt_tiles)
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
-        table = Table("slide", "status", "tiles", "patches", "seconds", "note", title=f"{out}: {summary['rows']} patches")
+        what = f"{summary['dim']}-d {summary['encoder']} feature rows" if features_only else "patches"
+        rows = []
         for s in summary["slides"]:
             color = {"done": "green", "skipped": "dim", "updated": "cyan", "empty": "yellow", "error": "red"}.get(s["status"], "")
-            table.add_row(s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
-                          str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80])
-        console.print(table)
+            rows.append((s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
+                         str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80]))
+        _print_table("slide", "status", "tiles", "patches", "seconds", "note", rows=rows,
+                     title=f"{out}: {summary['rows']} {what}")
     if summary["failed"]:
         raise typer.Exit(1)
 

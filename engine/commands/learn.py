@@ -99,9 +99,14 @@ def predict_command(
 
     if store and inputs:
         raise ConfigError("give either --store or slide files, not both")
+    if age is not None and not 0 <= age <= 130:  # NaN fails this too
+        raise ConfigError(f"--age must be the patient's age in years (0 to 130), not {age:g}")
     if store:
         r = predict.predict_store(bundle, store, out or Path("predictions.csv"), device)
         typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
+        if r["without_patches"]:
+            typer.echo(f"note: {len(r['without_patches'])} patient(s) of the store have no patches (their slides were "
+                       f"empty or failed) and are not in the CSV: {', '.join(r['without_patches'][:10])}", err=True)
         return
     if not inputs:
         raise ConfigError("give slide/photo files to classify, or --store STORE")
@@ -119,15 +124,19 @@ def demo_command(
     out: Path = typer.Option(Path("slidestream-demo"), "--out", help="Folder for the synthetic cohort, store, model and report."),
     patients: int = typer.Option(160, min=8, help="Synthetic patients (one slide each); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
-    epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN."),
+    epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN (not with --mil)."),
     seed: int = typer.Option(0, help="Seed of the cohort, split and training."),
     gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (adds ~7 min on 2 shared cores)."),
+    mil: bool = typer.Option(False, "--mil", help="The encoder path instead of the patch CNN: weight-free morphometry "
+                             "features -> attention-MIL (ABMIL) -> evaluate, on the same cohort (same as `mil demo`)."),
 ):
     """Run the whole method on a synthetic cohort on the CPU (a few minutes): slides -> extract -> split -> train ->
     predict -> evaluate with age fusion -> report."""
     from .. import demo
 
-    r = demo.run(out, n_patients=patients, epochs=epochs, seed=seed, gan=gan, log=typer.echo)
+    if mil and gan:
+        raise typer.BadParameter("--mil and --gan do not combine: the GAN experiment retrains the patch CNN")
+    r = demo.run(out, n_patients=patients, epochs=epochs, seed=seed, gan=gan, mil=mil, log=typer.echo)
     res = demo.results(r["metrics"])
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     n = next(iter(res.values()), {}).get("n")

@@ -1,7 +1,10 @@
-"""Built-in encoder plugins: frozen patch encoders built with timm, weights only from a local file.
+"""Built-in encoder plugins: frozen patch encoders built with timm (weights only from a local file), and one
+without weights.
 
-``resnet50_trunc`` is CLAM's baseline; the others are presets of public pathology foundation models (the
-exact timm architecture and input transform of each model card); ``timm`` builds any timm model by name.
+``morphometry`` (``morphometry.py``) is weight-free handcrafted nuclear morphometry, stain and texture
+features (numpy/scikit-image on the CPU). ``resnet50_trunc`` is CLAM's baseline; the others are presets of
+public pathology foundation models (the exact timm architecture and input transform of each model card);
+``timm`` builds any timm model by name.
 The networks are declared with :class:`~slidestream.engine.hookspecs.lazy` builders (``timm_encoders.py``),
 so torch and timm are imported only when an encoder is built.
 """
@@ -21,6 +24,14 @@ _TIMM = {
     "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3, "maxItems": 3},
 }
 
+_MORPHOMETRY = {
+    "input_size": {"type": "integer", "minimum": 16, "description": "side the patches are resized to; give the "
+                   "patch size (default 224) so nuclei are measured unresampled (lengths are in its pixels)"},
+    "min_h": {"type": "number", "minimum": 0, "description": "lowest hematoxylin optical density counted as "
+              "nucleus (the per-patch Otsu threshold is used when higher; default 0.03)"},
+    "min_area": {"type": "integer", "minimum": 1, "description": "smallest nucleus in pixels (default 8)"},
+}
+
 
 @hookimpl
 def slidestream_encoders():
@@ -31,4 +42,9 @@ def slidestream_encoders():
     out.append(EncoderPlugin(name="timm", build=lazy("slidestream.plugins.encoders.timm_encoders:build_timm"),
                              params=_TIMM, required=("model",), input_size=0, dim=0,
                              summary="any timm model by name (num_classes=0), local weights"))
+    out.append(EncoderPlugin(
+        name="morphometry", build=lazy("slidestream.plugins.encoders.morphometry:build"), params=_MORPHOMETRY,
+        input_size=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=59,
+        summary="weight-free nuclear morphometry (colour deconvolution, Otsu nuclei, shape statistics), stain and "
+                "GLCM texture, 59-d, CPU"))
     return out

@@ -22,12 +22,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from slidestream.engine.errors import ConfigError
 from slidestream.engine.hookspecs import FusionPlugin
 
 VAR_FLOOR = 1e-6  # years^2; keeps a class whose training ages are all equal usable
+
+
+def expit(x):
+    """The logistic function, SciPy's; imported when called: loading the plugins does not import SciPy."""
+    from scipy.special import expit
+
+    return expit(x)
 
 
 def age_probability(state: dict, age: Any) -> np.ndarray:

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from slidestream.engine.device import without_cupy
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import TiffTileCheck, check_claims, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
@@ -24,7 +25,8 @@ def _cuimage(path: str):
     global _quiet_done
     os.environ.setdefault("CUFILE_LOGFILE_PATH", os.devnull)  # else cuFile writes cufile.log into the cwd
     if _quiet_done:
-        from cucim import CuImage
+        with without_cupy():  # no GPU: cuCIM decodes on the CPU, CuPy is not needed
+            from cucim import CuImage
 
         return CuImage(path)
     _quiet_done = True
@@ -33,7 +35,8 @@ def _cuimage(path: str):
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)
             os.dup2(devnull.fileno(), 2)
-            from cucim import CuImage
+            with without_cupy():
+                from cucim import CuImage
 
             return CuImage(path)
     finally:

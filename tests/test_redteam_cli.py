@@ -1,0 +1,226 @@
+"""Red team of the newer commands (features, mil, export, predict, evaluate): bad input ends in one line naming
+the thing and the fix (exit 2, no traceback) and is never used as good data."""
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file, save_file
+
+from conftest import slidestream_cmd
+from slidestream.engine import bundle, config, evaluate, export, features, mil, registry, splits
+from slidestream.engine.device import resolve_device
+from slidestream.engine.errors import ConfigError
+from slidestream.engine.store import PatchStore
+from test_mil import PIPE
+
+HEADER = "patient_id,label,age,split,image_prob"
+ROWS = ["A,1,41,train,0.9", "B,0,60,train,0.2", "C,1,45,val,0.7", "D,0,70,val,0.4", "E,1,50,test,0.8", "F,0,66,test,0.3"]
+
+
+def _store(path, prefix="S", n=8, per=4, patch=32):
+    pipe = config.with_defaults({"name": "t", "magnification": 10, "patches": {"size": patch}, "store": {"chunk": 8}})
+    st = PatchStore.create(path, patch, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        meta = {"slide_id": f"{prefix}{i}", "patient_id": f"P{i}", "label": i % 2, "age": 40.0 + 3 * i,
+                "x": np.arange(per) * 128, "y": np.full(per, 64 * i), "size0": 128}
+        st.append(f"{prefix}{i}", rng.integers(0, 255, (per, patch, patch, 3), dtype=np.uint8), meta, {"status": "done"})
+    splits.split_store(st, (2, 1, 1), seed=0)
+    return st
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("redteam")
+    st = _store(root / "store")
+    pipe = config.parse(PIPE)
+    features.extract_features(pipe, st.path, root / "f.zarr", progress=False, log=None)
+    mil.train(pipe, root / "f.zarr", root / "m", log=None)
+    return root, st, pipe
+
+
+def _cli(*args, timeout=120):
+    r = subprocess.run([*slidestream_cmd(), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    return r.returncode, r.stderr
+
+
+def _table(path, lines, encoding="utf-8"):
+    path.write_bytes(("\n".join([HEADER, *lines]) + "\n").encode(encoding))
+    return path
+
+
+def test_output_under_a_regular_file_is_one_line(made, tmp_path):
+    root, st, _ = made
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for args in (("evaluate", _table(tmp_path / "p.csv", ROWS), "--out", blocker / "ev", "--bootstrap", "0"),
+                 ("export", st.path, "--format", "geojson", "--out", blocker / "gj")):
+        code, err = _cli(*args)
+        assert code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+        assert err.startswith(f"error: {blocker}") and "Not a directory" in err, err
+
+
+@pytest.mark.parametrize("row, encoding, match", [
+    ("Eé,1,50,test,0.8", "latin-1", "is not UTF-8 text"),
+    (",1,50,test,0.8", "utf-8", "line 6: patient_id is empty"),
+    ("E,1,inf,test,0.8", "utf-8", "patient 'E' has age inf"),
+    ("E,1,-50,test,0.8", "utf-8", "patient 'E' has age -50"),
+    ("E,1,50,test,nan", "utf-8", "image_prob is missing"),
+    ("A,1,50,test,0.8", "utf-8", "patient 'A' appears 2 times"),  # A is also in train
+])
+def test_evaluate_refuses_bad_rows(tmp_path, row, encoding, match):
+    p = _table(tmp_path / "p.csv", ROWS[:4] + [row] + ROWS[5:], encoding)
+    with pytest.raises(ConfigError, match=match):
+        evaluate.load_predictions(p)
+
+
+def test_one_class_roc_draws_without_warnings(tmp_path):
+    t = evaluate.load_predictions(_table(tmp_path / "p.csv", ROWS[:4] + ["E,0,50,test,0.8", "F,0,66,test,0.3"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate.write_report(evaluate.evaluate(t, bootstrap=0), tmp_path / "ev")
+
+
+def test_predict_refuses_bad_age_and_device(cli, tmp_path):
+    for age in ("nan", "inf", "-5", "500"):
+        code, _, err = cli("predict", tmp_path / "model", tmp_path / "x.svs", "--age", age)
+        assert code == 2 and "--age must be the patient's age in years" in err, err
+    with pytest.raises(ConfigError, match="device must be auto, cpu or cuda, not 'tpu'"):
+        resolve_device("tpu")
+
+
+def test_export_refuses_an_incomplete_feature_store(made, tmp_path):
+    root, st, _ = made
+    fs = tmp_path / "f.zarr"
+    shutil.copytree(root / "f.zarr", fs)
+    g = zarr.open_group(str(fs), mode="r+")
+    info = dict(g.attrs["slidestream_features"])
+    info["done"] = {k: v for k, v in info["done"].items() if k != "S7"}  # killed before the last slide
+    g.attrs["slidestream_features"] = info
+    with pytest.raises(ConfigError, match="is incomplete"):
+        export.export(st.path, "h5", tmp_path / "h5", features=fs)
+
+
+def test_export_refuses_a_mil_bundle_of_other_encoder_weights(made, tmp_path):
+    root, st, _ = made
+    m = tmp_path / "m"
+    shutil.copytree(root / "m", m)
+    meta = json.loads((m / "mil.json").read_text())
+    meta["encoder"]["params"] = {**meta["encoder"]["params"], "model": "vit_small_patch16_224"}  # same dim, other net
+    (m / "mil.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="give the feature store it was trained on"):
+        export.export(st.path, "geojson", tmp_path / "gj", features=root / "f.zarr", mil=m)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda sd: sd.pop("mean"), "have no tensor 'mean'"),
+    (lambda sd: sd.update(extra=torch.zeros(1)), "have a tensor 'extra' the model does not have"),
+    (lambda sd: sd.update(mean=sd["mean"][:-1].contiguous()), r"'mean' has shape \(23,\), the model needs \(24,\)"),
+])
+def test_mil_bundle_weights_mismatch_is_one_line(made, tmp_path, damage, match):
+    root, _, _ = made
+    m = tmp_path / "m"
+    shutil.copytree(root / "m", m)
+    sd = load_file(str(m / "model.safetensors"))
+    damage(sd)
+    save_file(sd, str(m / "model.safetensors"))
+    with pytest.raises(ConfigError, match=match):
+        mil.load_bundle(m)
+    (m / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="cannot read the weights"):
+        mil.load_bundle(m)
+    (m / "mil.json").write_text("{")
+    with pytest.raises(ConfigError, match="cannot read mil.json"):
+        mil.load_bundle(m)
+
+
+def test_classifier_bundle_with_rehashed_wrong_weights_is_one_line(tmp_path):
+    model = registry.get("classifier", "small_cnn").build(num_classes=2, in_channels=3, dropout=0.5, width=8)
+    pipe = config.parse({"name": "b", "classifier": {"name": "small_cnn", "params": {"width": 8}}})
+    out = bundle.save(tmp_path / "b", model, pipe, {"arch": "small_cnn", "classifier_params": {"width": 8},
+                                                     "in_channels": 3, "input_size": 32, "aggregation": {"method": "mean"}})
+    sd = load_file(str(out / "model.safetensors"))
+    key = next(k for k, v in sd.items() if v.ndim)
+    sd[key] = sd[key][:1].contiguous()
+    save_file(sd, str(out / "model.safetensors"))  # re-saved and re-hashed: the hashes cannot catch it
+    meta = json.loads((out / "bundle.json").read_text())
+    meta["files"]["model.safetensors"] = bundle.sha256_file(out / "model.safetensors")
+    meta["hash"] = bundle._meta_hash(meta)
+    (out / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=f"{key!r} has shape"):
+        bundle.load(out)
+
+
+def test_mil_train_refuses_nan_features_and_another_store(made, tmp_path):
+    root, _, pipe = made
+    other = _store(tmp_path / "other", prefix="T")  # as many rows, other slides
+    with pytest.raises(ConfigError, match="is not the one the feature store"):
+        mil.train(pipe, root / "f.zarr", tmp_path / "m1", store=other.path, log=None)
+    fs = tmp_path / "nan.zarr"
+    shutil.copytree(root / "f.zarr", fs)
+    a = zarr.open_group(str(fs), mode="r+")["features"]
+    x = a[:]
+    x[5] = np.nan
+    a[:] = x
+    with pytest.raises(ConfigError, match=r"1 row\(s\) hold NaN/inf features \(first: row 5\)"):
+        mil.train(pipe, fs, tmp_path / "m2", log=None)
+
+
+def test_predict_store_names_patients_without_patches(tmp_path):
+    from slidestream.engine import predict
+
+    st = _store(tmp_path / "s", n=4)
+    st = PatchStore.open(st.path, mode="r+")
+    st.append("S9", np.zeros((0, 32, 32, 3), np.uint8), {}, {"status": "empty", "patient_id": "P9"})  # no tissue
+    model = registry.get("classifier", "small_cnn").build(num_classes=2, in_channels=3, dropout=0.5, width=8)
+    b = bundle.save(tmp_path / "b", model, config.parse({"name": "b", "classifier": {"name": "small_cnn"}}),
+                    {"arch": "small_cnn", "classifier_params": {"width": 8}, "in_channels": 3, "input_size": 32,
+                     "aggregation": {"method": "mean"}, "extraction_hash": st.manifest["extraction_hash"]})
+    r = predict.predict_store(b, st.path, tmp_path / "p.csv", "cpu")
+    assert r["patients"] == 4 and r["without_patches"] == ["P9"]
+
+
+@pytest.mark.parametrize("damage", ["chunk", "array", "zarr_json"])
+def test_damaged_feature_store_is_refused_not_read_as_zeros(made, tmp_path, damage):
+    """A lost chunk file read as zeros (zarr's fill value), a missing array or a truncated zarr.json: one line
+    naming the store, never features of zeros and never a traceback."""
+    root, st, pipe = made
+    fs = tmp_path / "f.zarr"
+    shutil.copytree(root / "f.zarr", fs)
+    if damage == "chunk":
+        for f in (fs / "features" / "c").rglob("*"):
+            if f.is_file():
+                f.unlink()
+    elif damage == "array":
+        shutil.rmtree(fs / "meta" / "x")
+    else:
+        text = (fs / "zarr.json").read_text()
+        (fs / "zarr.json").write_text(text[: len(text) // 2])
+    with pytest.raises(features.StoreError, match=str(fs)):
+        features.FeatureStore(fs)
+    if damage == "zarr_json":  # resuming `features` into it
+        with pytest.raises(features.StoreError, match="choose a new --out"):
+            features.extract_features(pipe, st.path, fs, progress=False, log=None)
+    (tmp_path / "p.json").write_text(json.dumps(PIPE))
+    code, err = _cli("mil", "train", tmp_path / "p.json", "--features", fs, "--store", st.path, "--out", tmp_path / "m")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_patch_shard_is_refused_not_read_as_zeros(tmp_path):
+    """A shard file lost from a copied store read as black patches (zarr's fill value) and predictions moved
+    silently; now every read path names the slide and the file."""
+    st = _store(tmp_path / "s", n=4, per=20)
+    shard = next(f for f in sorted((st.path / "patches" / "c").rglob("*")) if f.is_file())
+    shard.unlink()
+    st = PatchStore.open(st.path)
+    with pytest.raises(features.StoreError, match="slides 'S0' are missing"):
+        st.read(0, 4)
+    with pytest.raises(features.StoreError, match="damaged"):
+        np.asarray(st.patches)
+    assert st.read(20, 24).shape == (4, 32, 32, 3)  # the other slides' shards are intact
