@@ -61,7 +61,7 @@ def tissue_cmd(
     import numpy as np
     from PIL import Image
 
-    from ..runner import overlay, tissue_mask
+    from ..runner import overlay, readers_for, tissue_mask
     from ..slide import open_slide
 
     p = _pipeline(pipeline)
@@ -76,7 +76,7 @@ def tissue_cmd(
         from ..chatter import CAPTURE
 
         with CAPTURE.on():  # decoders' chatter off the terminal; a damaged thumbnail level is an error
-            slide = open_slide(input, order=p["reader"].get("order"), mpp=mpp if mpp else float("nan"))
+            slide = open_slide(input, order=readers_for(p), mpp=mpp if mpp else float("nan"))
             try:
                 rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
             finally:
