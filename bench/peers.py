@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""slidestream against TIAToolbox and LazySlide on the same slides, in one run (issue 11, done-when #1).
+
+    python bench/peers.py SLIDE [--cohort 8] [--rounds 3] [--work /tmp/peers/run] [--cache ~/.cache/slidestream-peers]
+    python bench/peers.py --setup-only          # create the peers' virtual environments and stop
+
+Each tool does its equivalent of "find tissue, tile 1024² at 10x, keep the tiles with >= 50 % tissue, read the
+kept tiles' pixels" on ``--cohort`` copies of SLIDE:
+
+- slidestream: ``slidestream extract schemas/examples/liu2020.json --no-qa`` (DPW filters on the 1/32 thumbnail,
+  1024² tiles at 10x, >= 50 % tissue, top 50, and it also cuts 8 random 256² patches per tile, compresses them
+  (zstd-1) and stores them in a zarr patch store: more work than the peers do);
+- TIAToolbox 2.1.3: ``WSIReader.open`` (OpenSlide), ``tissue_mask(method="otsu", resolution=1.25, units="power")``,
+  ``SlidingWindowPatchExtractor`` 1024² at ``resolution=10, units="power"``, ``min_mask_ratio=0.5``, every
+  patch read;
+- LazySlide 0.13.0: ``open_wsi(reader="openslide", store=None)``, ``pp.find_tissues`` (Otsu),
+  ``pp.tile_tissues(1024, mpp=1.0, background_fraction=0.5)``, every tile read through ``iter.tile_images``.
+
+Each peer runs in its own virtual environment under ``--cache``/<tool>, created on first use (pip from the
+configured indexes; torch is the CPU wheel ``--torch``, by default this machine's local ``2.13.0+cpu``, so that
+pip does not pull a multi-GB CUDA build). Every tool is timed two ways, interleaved in each round (the order of
+tools rotates): one process over the whole cohort (wall incl. start-up, / cohort; the peers' jobs also report
+their per-slide time after imports) and one process per slide (as a workflow manager runs jobs). A warm-up
+round (page cache, .pyc files) is not counted. Prints one JSON line per measurement, then the medians and
+ratios as one JSON line and a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "schemas" / "examples" / "liu2020.json"
+
+# tool -> (pinned package, pip steps). "{torch}" is replaced by --torch. TIAToolbox 2.1.3 declares
+# torch<2.13 and torchvision<0.28, which on PyPI exist for Linux only as CUDA builds (several GB); its
+# tissue-mask/tiling/reading job does not use torch, so it is installed without dependencies on this
+# machine's CPU torch and its other declared requirements are installed as declared.
+PEERS = {
+    "tiatoolbox": ("tiatoolbox==2.1.3", [
+        ["{torch}"],
+        ["--no-deps", "tiatoolbox==2.1.3"],
+        ["-r", "{requirements}", "{torchvision}"],
+    ]),
+    "lazyslide": ("lazyslide==0.13.0", [
+        ["{torch}", "{torchvision}", "lazyslide==0.13.0"],
+    ]),
+}
+
+TIA_JOB = r'''
+import json, sys, time
+t0 = time.perf_counter()
+from tiatoolbox.tools.patchextraction import SlidingWindowPatchExtractor
+from tiatoolbox.wsicore.wsireader import WSIReader
+t_import = time.perf_counter() - t0
+for path in sys.argv[1:]:
+    t = time.perf_counter()
+    wsi = WSIReader.open(path)
+    mask = wsi.tissue_mask(method="otsu", resolution=1.25, units="power")
+    tiles = SlidingWindowPatchExtractor(wsi, patch_size=(1024, 1024), input_mask=mask, resolution=10,
+                                        units="power", stride=(1024, 1024), min_mask_ratio=0.5, within_bound=True)
+    n = checksum = 0
+    for tile in tiles:
+        assert tile.shape == (1024, 1024, 3), tile.shape
+        n += 1
+        checksum += int(tile[::64, ::64].sum())
+    print(json.dumps({"slide": path, "tiles": n, "slide_s": time.perf_counter() - t, "import_s": t_import,
+                      "checksum": checksum}), flush=True)
+'''
+
+LAZYSLIDE_JOB = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import lazyslide as zs
+from wsidata import open_wsi
+t_import = time.perf_counter() - t0
+for path in sys.argv[1:]:
+    t = time.perf_counter()
+    wsi = open_wsi(path, reader="openslide", store=None)
+    zs.pp.find_tissues(wsi, method="otsu")
+    zs.pp.tile_tissues(wsi, 1024, mpp=1.0, background_fraction=0.5)
+    n = checksum = 0
+    for tile in wsi.iter.tile_images("tiles"):
+        img = tile.image
+        assert img.shape == (1024, 1024, 3), img.shape
+        n += 1
+        checksum += int(img[::64, ::64].sum())
+    print(json.dumps({"slide": path, "tiles": n, "slide_s": time.perf_counter() - t, "import_s": t_import,
+                      "checksum": checksum}), flush=True)
+'''
+
+JOBS = {"tiatoolbox": TIA_JOB, "lazyslide": LAZYSLIDE_JOB}
+
+
+def venv_python(cache: Path, tool: str) -> Path:
+    return cache / tool / "bin" / "python"
+
+
+def setup_peer(cache: Path, tool: str, torch: str, torchvision: str) -> Path:
+    """The peer's virtual environment, created and installed unless a finished one is there."""
+    spec, steps = PEERS[tool]
+    env = cache / tool
+    marker = env / "slidestream-peer.json"
+    want = {"spec": spec, "torch": torch, "torchvision": torchvision}
+    if marker.exists() and json.loads(marker.read_text()) == want:
+        return venv_python(cache, tool)
+    py = venv_python(cache, tool)
+    print(f"[setup] {tool}: {env} (pip install {spec}; the first time takes minutes)", file=sys.stderr, flush=True)
+    if not py.exists():
+        env.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    for step in steps:
+        if "{requirements}" in step:  # the declared requirements of the installed peer, without torch
+            reqs = subprocess.run([str(py), "-c", REQUIREMENTS, spec.split("==")[0]], check=True,
+                                  capture_output=True, text=True).stdout
+            (env / "requirements.txt").write_text(reqs)
+        args = [a.format(torch=torch, torchvision=torchvision, requirements=env / "requirements.txt") for a in step]
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", *args], check=True)
+    marker.write_text(json.dumps(want))
+    return py
+
+
+REQUIREMENTS = r'''
+import re, sys
+from importlib.metadata import requires
+for r in requires(sys.argv[1]) or []:  # unconditional ones (no extras, no markers), torch left out
+    if ";" not in r and re.match(r"[A-Za-z0-9_.-]+", r).group().lower() not in ("torch", "torchvision"):
+        print(r)
+'''
+
+
+def slidestream_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("slidestream")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "slidestream.engine"]
+
+
+def run_slidestream(slides: list[Path], out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    src = slides[0] if len(slides) == 1 else slides[0].parent
+    t = time.perf_counter()
+    p = subprocess.run([*slidestream_cmd(), "extract", str(PIPELINE), "--slides", str(src), "--out", str(out),
+                        "--unlabeled", "--no-qa", "--quiet", "--json"], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"slidestream extract failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    summary = json.loads(p.stdout)
+    shutil.rmtree(out, ignore_errors=True)
+    return {"wall_s": wall, "summary": summary}
+
+
+def run_peer(py: Path, job: Path, slides: list[Path]) -> dict:
+    t = time.perf_counter()
+    p = subprocess.run([str(py), str(job), *map(str, slides)], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{job.name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    per_slide = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    return {"wall_s": wall, "per_slide": per_slide}
+
+
+def slidestream_tiles(summary) -> list[int]:
+    """Kept tiles per slide from the extract --json summary (key names looked up, not assumed)."""
+    rows = summary.get("slides") if isinstance(summary, dict) else None
+    return [int(r["n_tiles"]) for r in rows or [] if isinstance(r, dict) and "n_tiles" in r]
+
+
+def measure(tool: str, py: Path | None, job: Path | None, slides: list[Path], work: Path, rnd: int) -> list[dict]:
+    """One round of one tool: the cohort in one process, then one process per slide."""
+    recs = []
+    if tool == "slidestream":
+        r = run_slidestream(slides, work / "store")
+        recs.append({"tool": tool, "round": rnd, "mode": "cohort", "slides": len(slides), "wall_s": r["wall_s"],
+                     "per_slide_s": r["wall_s"] / len(slides), "tiles": slidestream_tiles(r["summary"])})
+        for s in slides:
+            r = run_slidestream([s], work / "store")
+            recs.append({"tool": tool, "round": rnd, "mode": "process", "slide": s.name, "wall_s": r["wall_s"],
+                         "tiles": slidestream_tiles(r["summary"])})
+    else:
+        r = run_peer(py, job, slides)
+        recs.append({"tool": tool, "round": rnd, "mode": "cohort", "slides": len(slides), "wall_s": r["wall_s"],
+                     "per_slide_s": r["wall_s"] / len(slides),
+                     "import_s": r["per_slide"][0]["import_s"],
+                     "inproc_slide_s": statistics.median(x["slide_s"] for x in r["per_slide"]),
+                     "tiles": [x["tiles"] for x in r["per_slide"]]})
+        for s in slides:
+            r = run_peer(py, job, [s])
+            recs.append({"tool": tool, "round": rnd, "mode": "process", "slide": s.name, "wall_s": r["wall_s"],
+                         "tiles": [x["tiles"] for x in r["per_slide"]]})
+    return recs
+
+
+def summarize(recs: list[dict], tools: list[str]) -> dict:
+    med = statistics.median
+    out = {}
+    for tool in tools:
+        cohort = [r for r in recs if r["tool"] == tool and r["mode"] == "cohort"]
+        procs = [r for r in recs if r["tool"] == tool and r["mode"] == "process"]
+        out[tool] = {
+            "cohort_per_slide_s": med(r["per_slide_s"] for r in cohort),
+            "cohort_per_slide_rounds": [round(r["per_slide_s"], 3) for r in cohort],
+            "process_per_slide_s": med(r["wall_s"] for r in procs),
+            "tiles_per_slide": med(t for r in cohort for t in r["tiles"]) if any(r["tiles"] for r in cohort) else None,
+        }
+        if tool != "slidestream":
+            out[tool]["inproc_slide_s"] = med(r["inproc_slide_s"] for r in cohort)
+            out[tool]["import_s"] = med(r["import_s"] for r in cohort)
+    ss = out.get("slidestream")
+    if ss:
+        for tool in tools:
+            if tool == "slidestream":
+                continue
+            p = out[tool]
+            # speed-up of slidestream's cohort (start-up included, / slides) over each way the peer can run
+            p["x_vs_peer_process"] = p["process_per_slide_s"] / ss["cohort_per_slide_s"]
+            p["x_vs_peer_cohort"] = p["cohort_per_slide_s"] / ss["cohort_per_slide_s"]
+            p["x_vs_peer_inproc"] = p["inproc_slide_s"] / ss["cohort_per_slide_s"]
+    return out
+
+
+def table(summary: dict) -> str:
+    lines = ["| tool | tiles/slide | cohort: wall / slides (s) | in-process s/slide (after imports) | "
+             "one process per slide (s) | slidestream cohort faster by (vs peer process / cohort / in-process) |",
+             "|---|---|---|---|---|---|"]
+    for tool, s in summary.items():
+        x = (f"{s['x_vs_peer_process']:.1f}× / {s['x_vs_peer_cohort']:.1f}× / {s['x_vs_peer_inproc']:.1f}×"
+             if "x_vs_peer_process" in s else "")
+        inproc = f"{s['inproc_slide_s']:.2f}" if "inproc_slide_s" in s else ""
+        lines.append(f"| {tool} | {s['tiles_per_slide']} | {s['cohort_per_slide_s']:.3f} {s['cohort_per_slide_rounds']} "
+                     f"| {inproc} | {s['process_per_slide_s']:.2f} | {x} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("slide", nargs="?", help="slide to copy --cohort times (e.g. bench40x.svs)")
+    ap.add_argument("--cohort", type=int, default=8, help="copies of the slide (default 8)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round (default 3)")
+    ap.add_argument("--tools", default="slidestream,tiatoolbox,lazyslide", help="comma-separated subset")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/peers/run"), help="scratch folder (slide copies, jobs)")
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "slidestream-peers",
+                    help="where the peers' virtual environments live")
+    ap.add_argument("--torch", default="torch==2.13.0+cpu", help="torch requirement for the peers' venvs")
+    ap.add_argument("--torchvision", default="torchvision==0.28.0", help="torchvision requirement (LazySlide)")
+    ap.add_argument("--setup-only", action="store_true", help="create the peers' venvs and exit")
+    a = ap.parse_args()
+    tools = a.tools.split(",")
+    peers = [t for t in tools if t != "slidestream"]
+    pys = {t: setup_peer(a.cache, t, a.torch, a.torchvision) for t in peers}
+    if a.setup_only:
+        return
+    if not a.slide:
+        ap.error("give a SLIDE (or --setup-only)")
+    src = Path(a.slide).resolve()
+    cohort_dir = a.work / "cohort"
+    shutil.rmtree(a.work, ignore_errors=True)
+    cohort_dir.mkdir(parents=True)
+    slides = []
+    for i in range(a.cohort):  # real copies, not links: each slide its own file, as in a cohort
+        dst = cohort_dir / f"{src.stem}_{i}{src.suffix}"
+        shutil.copyfile(src, dst)
+        slides.append(dst)
+    jobs = {}
+    for t in peers:
+        jobs[t] = a.work / f"{t}_job.py"
+        jobs[t].write_text(JOBS[t])
+    print(json.dumps({"meta": {"slide": str(src), "cohort": a.cohort, "rounds": a.rounds, "tools": tools,
+                               "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                               "versions": {t: PEERS[t][0] for t in peers}, "torch": a.torch}}), flush=True)
+    recs = []
+    for rnd in range(a.rounds + 1):  # round 0: warm-up, not counted
+        order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+        for tool in order:
+            for r in measure(tool, pys.get(tool), jobs.get(tool), slides, a.work, rnd):
+                r["warmup"] = rnd == 0
+                print(json.dumps(r), flush=True)
+                if rnd:
+                    recs.append(r)
+    summary = summarize(recs, tools)
+    print(json.dumps({"summary": summary, "loadavg_end": os.getloadavg()}), flush=True)
+    print(table(summary))
+    shutil.rmtree(a.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
