@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,20 +40,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "schemas" / "examples" / "liu2020.json"
 
-# tool -> (pinned package, pip steps). "{torch}" is replaced by --torch. TIAToolbox 2.1.3 declares
-# torch<2.13 and torchvision<0.28, which on PyPI exist for Linux only as CUDA builds (several GB); its
-# tissue-mask/tiling/reading job does not use torch, so it is installed without dependencies on this
-# machine's CPU torch and its other declared requirements are installed as declared.
+# tool -> (pinned package, pip install steps). Torch is not installed into the peers' venvs: PyPI's Linux torch
+# is a CUDA build of several GB, so each venv gets a .pth to a folder of links to the torch family (torch,
+# torchvision, triton, nvidia-*, cuda-*) of this interpreter's environment (--torch-from), which pip then sees
+# as installed. TIAToolbox 2.1.3 declares torch<2.13 and torchvision<0.28; its tissue-mask/tiling/reading job
+# does not use torch (it only imports torchvision), so it is installed without dependencies and its other
+# declared requirements are installed as declared.
 PEERS = {
-    "tiatoolbox": ("tiatoolbox==2.1.3", [
-        ["{torch}"],
-        ["--no-deps", "tiatoolbox==2.1.3"],
-        ["-r", "{requirements}", "{torchvision}"],
-    ]),
-    "lazyslide": ("lazyslide==0.13.0", [
-        ["{torch}", "{torchvision}", "lazyslide==0.13.0"],
-    ]),
+    "tiatoolbox": ("tiatoolbox==2.1.3", [["--no-deps", "tiatoolbox==2.1.3"], ["-r", "{requirements}"]]),
+    "lazyslide": ("lazyslide==0.13.0", [["lazyslide==0.13.0"]]),
 }
+TORCH_FAMILY = ("torch", "functorch", "torchgen", "torchvision", "triton", "nvidia", "cuda")
 
 TIA_JOB = r'''
 import json, sys, time
@@ -103,25 +101,38 @@ def venv_python(cache: Path, tool: str) -> Path:
     return cache / tool / "bin" / "python"
 
 
-def setup_peer(cache: Path, tool: str, torch: str, torchvision: str) -> Path:
+def torch_links(cache: Path, site: Path) -> Path:
+    """A folder of links to the torch family of site-packages ``site`` (packages and their .dist-info)."""
+    links = cache / "_torch"
+    links.mkdir(parents=True, exist_ok=True)
+    for entry in site.iterdir():
+        if entry.name.lower().startswith(TORCH_FAMILY) and not (links / entry.name).exists():
+            (links / entry.name).symlink_to(entry)
+    return links
+
+
+def setup_peer(cache: Path, tool: str, torch_site: Path) -> Path:
     """The peer's virtual environment, created and installed unless a finished one is there."""
     spec, steps = PEERS[tool]
     env = cache / tool
     marker = env / "slidestream-peer.json"
-    want = {"spec": spec, "torch": torch, "torchvision": torchvision}
-    if marker.exists() and json.loads(marker.read_text()) == want:
-        return venv_python(cache, tool)
+    want = {"spec": spec, "torch_from": str(torch_site)}
     py = venv_python(cache, tool)
+    if marker.exists() and json.loads(marker.read_text()) == want:
+        return py
     print(f"[setup] {tool}: {env} (pip install {spec}; the first time takes minutes)", file=sys.stderr, flush=True)
     if not py.exists():
         env.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    (site / "slidestream_peer_torch.pth").write_text(f"{torch_links(cache, torch_site)}\n")
     for step in steps:
         if "{requirements}" in step:  # the declared requirements of the installed peer, without torch
             reqs = subprocess.run([str(py), "-c", REQUIREMENTS, spec.split("==")[0]], check=True,
                                   capture_output=True, text=True).stdout
             (env / "requirements.txt").write_text(reqs)
-        args = [a.format(torch=torch, torchvision=torchvision, requirements=env / "requirements.txt") for a in step]
+        args = [a.format(requirements=env / "requirements.txt") for a in step]
         subprocess.run([str(py), "-m", "pip", "install", "--quiet", *args], check=True)
     marker.write_text(json.dumps(want))
     return py
@@ -136,62 +147,84 @@ for r in requires(sys.argv[1]) or []:  # unconditional ones (no extras, no marke
 '''
 
 
+VERSIONS = r'''
+import json, sys
+from importlib.metadata import version
+print(json.dumps({p: version(p) for p in (sys.argv[1], "torch", "torchvision", "openslide-python", "openslide-bin")}))
+'''
+
+
+def slidestream_version() -> str:
+    from importlib.metadata import version  # noqa: PLC0415
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"{version('slidestream')} ({rev.stdout.strip() or 'not a git checkout'})"
+
+
 def slidestream_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("slidestream")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "slidestream.engine"]
 
 
+def timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run a child; its wall seconds and CPU seconds (user + system, all its threads)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return p, wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
 def run_slidestream(slides: list[Path], out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     src = slides[0] if len(slides) == 1 else slides[0].parent
-    t = time.perf_counter()
-    p = subprocess.run([*slidestream_cmd(), "extract", str(PIPELINE), "--slides", str(src), "--out", str(out),
-                        "--unlabeled", "--no-qa", "--quiet", "--json"], capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    p, wall, cpu = timed([*slidestream_cmd(), "extract", str(PIPELINE), "--slides", str(src), "--out", str(out),
+                          "--unlabeled", "--no-qa", "--quiet", "--json"])
     if p.returncode != 0:
         raise RuntimeError(f"slidestream extract failed ({p.returncode}):\n{p.stderr[-3000:]}")
     summary = json.loads(p.stdout)
     shutil.rmtree(out, ignore_errors=True)
-    return {"wall_s": wall, "summary": summary}
+    return {"wall_s": wall, "cpu_s": cpu, "summary": summary}
 
 
 def run_peer(py: Path, job: Path, slides: list[Path]) -> dict:
-    t = time.perf_counter()
-    p = subprocess.run([str(py), str(job), *map(str, slides)], capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    p, wall, cpu = timed([str(py), str(job), *map(str, slides)])
     if p.returncode != 0:
         raise RuntimeError(f"{job.name} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     per_slide = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    return {"wall_s": wall, "per_slide": per_slide}
+    return {"wall_s": wall, "cpu_s": cpu, "per_slide": per_slide}
 
 
-def slidestream_tiles(summary) -> list[int]:
-    """Kept tiles per slide from the extract --json summary (key names looked up, not assumed)."""
-    rows = summary.get("slides") if isinstance(summary, dict) else None
-    return [int(r["n_tiles"]) for r in rows or [] if isinstance(r, dict) and "n_tiles" in r]
+def slidestream_tiles(summary: dict) -> list[int]:
+    """Kept tiles per slide from the extract --json summary; every slide must be done."""
+    bad = [r for r in summary["slides"] if r["status"] != "done"]
+    if bad:
+        raise RuntimeError(f"slidestream extract: slides not done: {bad}")
+    return [int(r["tiles"]) for r in summary["slides"]]
 
 
-def measure(tool: str, py: Path | None, job: Path | None, slides: list[Path], work: Path, rnd: int) -> list[dict]:
-    """One round of one tool: the cohort in one process, then one process per slide."""
+def measure(tool: str, py: Path | None, job: Path | None, slides: list[Path], work: Path, rnd: int,
+            processes: int) -> list[dict]:
+    """One round of one tool: the cohort in one process, then one process per slide for the first ``processes``."""
     recs = []
     if tool == "slidestream":
         r = run_slidestream(slides, work / "store")
         recs.append({"tool": tool, "round": rnd, "mode": "cohort", "slides": len(slides), "wall_s": r["wall_s"],
-                     "per_slide_s": r["wall_s"] / len(slides), "tiles": slidestream_tiles(r["summary"])})
-        for s in slides:
+                     "per_slide_s": r["wall_s"] / len(slides), "cpu_per_slide_s": r["cpu_s"] / len(slides), "tiles": slidestream_tiles(r["summary"])})
+        for s in slides[:processes]:
             r = run_slidestream([s], work / "store")
-            recs.append({"tool": tool, "round": rnd, "mode": "process", "slide": s.name, "wall_s": r["wall_s"],
+            recs.append({"tool": tool, "round": rnd, "mode": "process", "slide": s.name, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                          "tiles": slidestream_tiles(r["summary"])})
     else:
         r = run_peer(py, job, slides)
         recs.append({"tool": tool, "round": rnd, "mode": "cohort", "slides": len(slides), "wall_s": r["wall_s"],
-                     "per_slide_s": r["wall_s"] / len(slides),
+                     "per_slide_s": r["wall_s"] / len(slides), "cpu_per_slide_s": r["cpu_s"] / len(slides),
                      "import_s": r["per_slide"][0]["import_s"],
                      "inproc_slide_s": statistics.median(x["slide_s"] for x in r["per_slide"]),
                      "tiles": [x["tiles"] for x in r["per_slide"]]})
-        for s in slides:
+        for s in slides[:processes]:
             r = run_peer(py, job, [s])
-            recs.append({"tool": tool, "round": rnd, "mode": "process", "slide": s.name, "wall_s": r["wall_s"],
+            recs.append({"tool": tool, "round": rnd, "mode": "process", "slide": s.name, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"],
                          "tiles": [x["tiles"] for x in r["per_slide"]]})
     return recs
 
@@ -206,6 +239,8 @@ def summarize(recs: list[dict], tools: list[str]) -> dict:
             "cohort_per_slide_s": med(r["per_slide_s"] for r in cohort),
             "cohort_per_slide_rounds": [round(r["per_slide_s"], 3) for r in cohort],
             "process_per_slide_s": med(r["wall_s"] for r in procs),
+            "cohort_cpu_per_slide_s": med(r["cpu_per_slide_s"] for r in cohort),
+            "process_cpu_s": med(r["cpu_s"] for r in procs),
             "tiles_per_slide": med(t for r in cohort for t in r["tiles"]) if any(r["tiles"] for r in cohort) else None,
         }
         if tool != "slidestream":
@@ -221,19 +256,27 @@ def summarize(recs: list[dict], tools: list[str]) -> dict:
             p["x_vs_peer_process"] = p["process_per_slide_s"] / ss["cohort_per_slide_s"]
             p["x_vs_peer_cohort"] = p["cohort_per_slide_s"] / ss["cohort_per_slide_s"]
             p["x_vs_peer_inproc"] = p["inproc_slide_s"] / ss["cohort_per_slide_s"]
+            # the same on CPU seconds (user + system of the process), which load on a shared machine inflates less
+            p["x_cpu_vs_peer_process"] = p["process_cpu_s"] / ss["cohort_cpu_per_slide_s"]
+            p["x_cpu_vs_peer_cohort"] = p["cohort_cpu_per_slide_s"] / ss["cohort_cpu_per_slide_s"]
     return out
 
 
 def table(summary: dict) -> str:
-    lines = ["| tool | tiles/slide | cohort: wall / slides (s) | in-process s/slide (after imports) | "
-             "one process per slide (s) | slidestream cohort faster by (vs peer process / cohort / in-process) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| tool | tiles/slide | cohort in one process: wall / slides, s (rounds) | CPU s / slide | "
+             "in-process s/slide after imports | one process per slide: wall s | CPU s | "
+             "slidestream cohort faster by, wall (vs peer process / cohort / in-process) | CPU (process / cohort) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for tool, s in summary.items():
-        x = (f"{s['x_vs_peer_process']:.1f}× / {s['x_vs_peer_cohort']:.1f}× / {s['x_vs_peer_inproc']:.1f}×"
-             if "x_vs_peer_process" in s else "")
-        inproc = f"{s['inproc_slide_s']:.2f}" if "inproc_slide_s" in s else ""
-        lines.append(f"| {tool} | {s['tiles_per_slide']} | {s['cohort_per_slide_s']:.3f} {s['cohort_per_slide_rounds']} "
-                     f"| {inproc} | {s['process_per_slide_s']:.2f} | {x} |")
+        peer = "x_vs_peer_process" in s
+        lines.append(" | ".join([
+            f"| {tool}", f"{s['tiles_per_slide']:g}",
+            f"{s['cohort_per_slide_s']:.2f} ({', '.join(f'{x:.2f}' for x in s['cohort_per_slide_rounds'])})",
+            f"{s['cohort_cpu_per_slide_s']:.2f}",
+            f"{s['inproc_slide_s']:.2f}" if peer else "",
+            f"{s['process_per_slide_s']:.2f}", f"{s['process_cpu_s']:.2f}",
+            f"{s['x_vs_peer_process']:.1f}× / {s['x_vs_peer_cohort']:.1f}× / {s['x_vs_peer_inproc']:.1f}×" if peer else "",
+            f"{s['x_cpu_vs_peer_process']:.1f}× / {s['x_cpu_vs_peer_cohort']:.1f}× |" if peer else " |"]))
     return "\n".join(lines)
 
 
@@ -242,17 +285,23 @@ def main() -> None:
     ap.add_argument("slide", nargs="?", help="slide to copy --cohort times (e.g. bench40x.svs)")
     ap.add_argument("--cohort", type=int, default=8, help="copies of the slide (default 8)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round (default 3)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="time one process per slide on this many of the copies (default: all)")
     ap.add_argument("--tools", default="slidestream,tiatoolbox,lazyslide", help="comma-separated subset")
     ap.add_argument("--work", type=Path, default=Path("/tmp/peers/run"), help="scratch folder (slide copies, jobs)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "slidestream-peers",
                     help="where the peers' virtual environments live")
-    ap.add_argument("--torch", default="torch==2.13.0+cpu", help="torch requirement for the peers' venvs")
-    ap.add_argument("--torchvision", default="torchvision==0.28.0", help="torchvision requirement (LazySlide)")
+    ap.add_argument("--torch-from", type=Path, default=None,
+                    help="site-packages whose torch family the peers' venvs link to (default: this interpreter's torch)")
     ap.add_argument("--setup-only", action="store_true", help="create the peers' venvs and exit")
     a = ap.parse_args()
     tools = a.tools.split(",")
     peers = [t for t in tools if t != "slidestream"]
-    pys = {t: setup_peer(a.cache, t, a.torch, a.torchvision) for t in peers}
+    torch_site = a.torch_from
+    if torch_site is None and peers:
+        import torch  # noqa: PLC0415 - only to find where it is installed
+        torch_site = Path(torch.__file__).resolve().parents[1]
+    pys = {t: setup_peer(a.cache, t, torch_site) for t in peers}
     if a.setup_only:
         return
     if not a.slide:
@@ -270,18 +319,24 @@ def main() -> None:
     for t in peers:
         jobs[t] = a.work / f"{t}_job.py"
         jobs[t].write_text(JOBS[t])
+    versions = {t: json.loads(subprocess.run([str(pys[t]), "-c", VERSIONS, t], check=True, capture_output=True,
+                                             text=True).stdout) for t in peers}
     print(json.dumps({"meta": {"slide": str(src), "cohort": a.cohort, "rounds": a.rounds, "tools": tools,
                                "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
-                               "versions": {t: PEERS[t][0] for t in peers}, "torch": a.torch}}), flush=True)
+                               "versions": versions, "slidestream": slidestream_version()}}), flush=True)
+    for tool in tools:  # warm-up, not counted: page cache, .pyc files
+        if tool == "slidestream":
+            run_slidestream(slides[:1], a.work / "store")
+        else:
+            run_peer(pys[tool], jobs[tool], slides[:1])
     recs = []
-    for rnd in range(a.rounds + 1):  # round 0: warm-up, not counted
-        order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]
+    processes = a.cohort if a.processes is None else a.processes
+    for rnd in range(1, a.rounds + 1):
+        order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]  # rotate who goes first
         for tool in order:
-            for r in measure(tool, pys.get(tool), jobs.get(tool), slides, a.work, rnd):
-                r["warmup"] = rnd == 0
+            for r in measure(tool, pys.get(tool), jobs.get(tool), slides, a.work, rnd, processes):
                 print(json.dumps(r), flush=True)
-                if rnd:
-                    recs.append(r)
+                recs.append(r)
     summary = summarize(recs, tools)
     print(json.dumps({"summary": summary, "loadavg_end": os.getloadavg()}), flush=True)
     print(table(summary))
