@@ -254,6 +254,7 @@ def summarize(recs: list[dict], tools: list[str]) -> dict:
             p = out[tool]
             # speed-up of slidestream's cohort (start-up included, / slides) over each way the peer can run
             p["x_vs_peer_process"] = p["process_per_slide_s"] / ss["cohort_per_slide_s"]
+            p["x_process_vs_process"] = p["process_per_slide_s"] / ss["process_per_slide_s"]  # both one per slide
             p["x_vs_peer_cohort"] = p["cohort_per_slide_s"] / ss["cohort_per_slide_s"]
             p["x_vs_peer_inproc"] = p["inproc_slide_s"] / ss["cohort_per_slide_s"]
             # the same on CPU seconds (user + system of the process), which load on a shared machine inflates less
@@ -265,8 +266,9 @@ def summarize(recs: list[dict], tools: list[str]) -> dict:
 def table(summary: dict) -> str:
     lines = ["| tool | tiles/slide | cohort in one process: wall / slides, s (rounds) | CPU s / slide | "
              "in-process s/slide after imports | one process per slide: wall s | CPU s | "
-             "slidestream cohort faster by, wall (vs peer process / cohort / in-process) | CPU (process / cohort) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "slidestream cohort faster by, wall (vs peer process / cohort / in-process) | CPU (process / cohort) | "
+             "slidestream process per slide faster than the peer's, wall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for tool, s in summary.items():
         peer = "x_vs_peer_process" in s
         lines.append(" | ".join([
@@ -276,7 +278,8 @@ def table(summary: dict) -> str:
             f"{s['inproc_slide_s']:.2f}" if peer else "",
             f"{s['process_per_slide_s']:.2f}", f"{s['process_cpu_s']:.2f}",
             f"{s['x_vs_peer_process']:.1f}× / {s['x_vs_peer_cohort']:.1f}× / {s['x_vs_peer_inproc']:.1f}×" if peer else "",
-            f"{s['x_cpu_vs_peer_process']:.1f}× / {s['x_cpu_vs_peer_cohort']:.1f}× |" if peer else " |"]))
+            f"{s['x_cpu_vs_peer_process']:.1f}× / {s['x_cpu_vs_peer_cohort']:.1f}×" if peer else "",
+            f"{s['x_process_vs_process']:.1f}× |" if peer else " |"]))
     return "\n".join(lines)
 
 
@@ -293,8 +296,16 @@ def main() -> None:
                     help="where the peers' virtual environments live")
     ap.add_argument("--torch-from", type=Path, default=None,
                     help="site-packages whose torch family the peers' venvs link to (default: this interpreter's torch)")
+    ap.add_argument("--summarize", type=Path, help="print the summary and table of a saved run's JSON lines and exit")
     ap.add_argument("--setup-only", action="store_true", help="create the peers' venvs and exit")
     a = ap.parse_args()
+    if a.summarize:
+        lines = [json.loads(x) for x in a.summarize.read_text().splitlines() if x.startswith("{")]
+        recs = [x for x in lines if "tool" in x]
+        summary = summarize(recs, list(dict.fromkeys(x["tool"] for x in recs)))
+        print(json.dumps({"summary": summary}))
+        print(table(summary))
+        return
     tools = a.tools.split(",")
     peers = [t for t in tools if t != "slidestream"]
     torch_site = a.torch_from
