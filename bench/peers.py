@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """slidestream against TIAToolbox and LazySlide on the same slides, in one run (issue 11, done-when #1).
 
-    python bench/peers.py SLIDE [--cohort 8] [--rounds 3] [--work /tmp/peers/run] [--cache ~/.cache/slidestream-peers]
+    python bench/peers.py SLIDE [--cohort 8] [--processes N] [--rounds 3] [--work /tmp/peers/run] [--cache DIR]
     python bench/peers.py --setup-only          # create the peers' virtual environments and stop
+    python bench/peers.py --summarize run.jsonl # the summary and table of a saved run
 
 Each tool does its equivalent of "find tissue, tile 1024² at 10x, keep the tiles with >= 50 % tissue, read the
 kept tiles' pixels" on ``--cohort`` copies of SLIDE:
@@ -16,13 +17,15 @@ kept tiles' pixels" on ``--cohort`` copies of SLIDE:
 - LazySlide 0.13.0: ``open_wsi(reader="openslide", store=None)``, ``pp.find_tissues`` (Otsu),
   ``pp.tile_tissues(1024, mpp=1.0, background_fraction=0.5)``, every tile read through ``iter.tile_images``.
 
-Each peer runs in its own virtual environment under ``--cache``/<tool>, created on first use (pip from the
-configured indexes; torch is the CPU wheel ``--torch``, by default this machine's local ``2.13.0+cpu``, so that
-pip does not pull a multi-GB CUDA build). Every tool is timed two ways, interleaved in each round (the order of
-tools rotates): one process over the whole cohort (wall incl. start-up, / cohort; the peers' jobs also report
-their per-slide time after imports) and one process per slide (as a workflow manager runs jobs). A warm-up
-round (page cache, .pyc files) is not counted. Prints one JSON line per measurement, then the medians and
-ratios as one JSON line and a table.
+Each peer runs in its own virtual environment under ``--cache``/<tool> (default ~/.cache/slidestream-peers),
+created on first use by pip from the configured indexes; torch is not installed there (PyPI's Linux torch is a
+CUDA build of several GB): a .pth links the torch family of this interpreter's environment (``--torch-from``).
+Every tool is timed two ways in each round (the order of tools rotates per round): one process over the whole
+cohort (wall incl. start-up / cohort; the peers' jobs also report their wall and CPU time per slide after
+imports) and one process per slide (as a workflow manager runs jobs), on the first ``--processes`` copies.
+One warm-up process per tool (page cache, .pyc files) is not counted. Wall and CPU seconds (user + system of
+the child) are recorded. Prints one JSON line per measurement, then the medians and ratios as one JSON line
+and a table.
 """
 from __future__ import annotations
 
@@ -295,7 +298,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("slide", nargs="?", help="slide to copy --cohort times (e.g. bench40x.svs)")
     ap.add_argument("--cohort", type=int, default=8, help="copies of the slide (default 8)")
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round (default 3)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds, after one warm-up process per tool (default 3)")
     ap.add_argument("--processes", type=int, default=None,
                     help="time one process per slide on this many of the copies (default: all)")
     ap.add_argument("--tools", default="slidestream,tiatoolbox,lazyslide", help="comma-separated subset")
