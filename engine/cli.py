@@ -15,6 +15,7 @@ app = typer.Typer(
     help="Whole-slide images to zarr patch stores, and IDH status prediction (Liu et al. 2020).",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 
