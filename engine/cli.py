@@ -41,7 +41,7 @@ def main() -> None:
         except OSError as e:  # a path the user gave cannot be read or written (e.g. --out under a regular file)
             from .store import write_error
 
-            full = write_error(e, "writing") if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else None
+            full = write_error(e, None) if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else None
             if e.filename is None and full is None:
                 raise
             print_error(full or f"{e.filename}: {e.strerror or e}; check the path and its permissions, or choose another one")

@@ -93,13 +93,24 @@ def codec(cfg: Mapping[str, Any]) -> list:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers (and a rerun after a kill) see the old or the new file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data) -> None:
+    """Replace ``path`` with ``data`` (bytes-like) so readers (and a rerun after a kill) see the old or the new
+    file; a full or read-only disk leaves the old file, no temporary one, and raises :class:`WriteError`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class WriteError(StoreError):
@@ -111,13 +122,14 @@ _FIX = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (disk quota exceed
         errno.EROFS: "make it writable", errno.EACCES: "make it writable", errno.EPERM: "make it writable"}
 
 
-def write_error(e: OSError, path: str | Path) -> WriteError | None:
+def write_error(e: OSError, path: str | Path | None) -> WriteError | None:
     """The one-line error for ``e`` raised while writing ``path`` (a file or the store), or None when ``e`` is
     not a full, read-only or unwritable output."""
     if e.errno not in _FIX:
         return None
-    return WriteError(f"{e.filename or path}: {e.strerror or os.strerror(e.errno)}; {_FIX[e.errno]} and run the "
-                      "same command again to resume")
+    where = e.filename or path
+    return WriteError(f"{f'{where}: ' if where else ''}{e.strerror or os.strerror(e.errno)}; {_FIX[e.errno]} and run "
+                      "the same command again to resume")
 
 
 @contextlib.contextmanager

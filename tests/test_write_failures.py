@@ -2,6 +2,7 @@
 `features`: one line naming the path and the fix, exit 2, no traceback; slides committed before it are intact
 and byte-equal to a clean run's, the failed slide is neither done nor an error, the lock is released, and the
 same command run again (space freed) ends with the store an uninterrupted run makes."""
+import contextlib
 import csv
 import errno
 import json
@@ -202,3 +203,48 @@ def test_features_only_full_disk_resumes(cohort, tmp_path, monkeypatch):
     a, b = features.FeatureStore(tmp_path / "clean.zarr"), features.FeatureStore(out)
     assert a.info["done"] == b.info["done"]
     assert np.array_equal(np.asarray(a.features[:]), np.asarray(b.features[:]))
+
+
+@contextlib.contextmanager
+def file_size_limit(n):
+    """Writes past ``n`` bytes fail with EFBIG in this process (no root needed), as on a full disk."""
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+
+
+def test_failed_checkpoint_save_keeps_the_previous_one(tmp_path):
+    """`train` and `mil train` checkpoints: a save that fails is one line naming the file, and leaves the last
+    good checkpoint (what a rerun resumes from) and no temporary file. torch's own file writer reported a full
+    disk as RuntimeError "unexpected pos" and left a truncated file."""
+    import torch
+
+    from slidestream.engine.store import WriteError
+    from slidestream.engine.train import _atomic_torch_save
+
+    ckpt = tmp_path / "last.pt"
+    _atomic_torch_save({"epoch": 1, "w": torch.zeros(10)}, ckpt)
+    with file_size_limit(64 * 1024), pytest.raises(WriteError, match=rf"^{ckpt}: File too large; free space"):
+        _atomic_torch_save({"epoch": 2, "w": torch.zeros(100_000)}, ckpt)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_failed_bundle_save_keeps_the_previous_bundle(tmp_path):
+    import torch
+
+    from slidestream.engine import bundle
+    from slidestream.engine.store import WriteError
+
+    meta = {"arch": "linear", "in_channels": 3, "input_size": 8, "aggregation": "mean"}
+    pipe = json.loads(EXAMPLE.read_text())
+    bundle.save(tmp_path / "b", torch.nn.Linear(2, 2), pipe, meta)
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    with file_size_limit(64 * 1024), pytest.raises(WriteError, match=r"model.safetensors: File too large; free space"):
+        bundle.save(tmp_path / "b", torch.nn.Linear(200, 200), pipe, meta)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
