@@ -248,3 +248,33 @@ def test_failed_bundle_save_keeps_the_previous_bundle(tmp_path):
     with file_size_limit(64 * 1024), pytest.raises(WriteError, match=r"model.safetensors: File too large; free space"):
         bundle.save(tmp_path / "b", torch.nn.Linear(200, 200), pipe, meta)
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
+
+
+def test_features_full_disk_resumes(cohort, tmp_path, monkeypatch):
+    """`features` from a patch store: ENOSPC at the second slide's rows; s0 stays done, the rerun completes."""
+    import zarr
+
+    d, _, _, ref = cohort
+    p = config.load(_pipeline(d, TINY))
+    features.extract_features(p, ref, tmp_path / "clean.zarr", progress=False, log=None)
+    real = zarr.Array.__setitem__
+    calls = {"n": 0}
+
+    def setitem(self, key, value):
+        if self.path == "features":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, key, value)
+
+    out = tmp_path / "f.zarr"
+    monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
+    with pytest.raises(StoreError, match=rf"^{out}: No space left on device; free space"):
+        features.extract_features(p, ref, out, progress=False, log=None)
+    monkeypatch.setattr(zarr.Array, "__setitem__", real)
+    assert list(zarr.open_group(str(out), mode="r").attrs[features.ATTR]["done"]) == ["s0"]
+    s = features.extract_features(p, ref, out, progress=False, log=None)
+    assert s["skipped"] == 1
+    a, b = features.FeatureStore(tmp_path / "clean.zarr"), features.FeatureStore(out)
+    assert a.info["done"] == b.info["done"]
+    assert np.array_equal(np.asarray(a.features[:]), np.asarray(b.features[:]))
