@@ -24,7 +24,7 @@ import torch
 
 from . import config, registry
 from .errors import ConfigError
-from .store import atomic_write_text
+from .store import atomic_write_bytes, atomic_write_text
 
 FORMAT = 1
 FILES = ("model.safetensors", "pipeline.json")
@@ -47,13 +47,13 @@ def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta
     """Write a bundle for ``model`` trained with ``pipeline``; ``meta`` must hold at least ``arch``,
     ``in_channels``, ``input_size``, ``aggregation``; ``meta["extraction_hash"]`` (the training store's)
     overrides the hash of ``pipeline``'s extraction sections. Returns the bundle directory."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "pipeline.json").write_text(json.dumps(pipeline, indent=1, sort_keys=True))
+    atomic_write_bytes(out / "model.safetensors", save(state))  # a full disk: WriteError, the old file kept
+    atomic_write_text(out / "pipeline.json", json.dumps(pipeline, indent=1, sort_keys=True))
     doc = {"format": FORMAT, "extraction_hash": config.extraction_hash(pipeline), **meta,
            "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions(),
            "files": {f: sha256_file(out / f) for f in FILES}}

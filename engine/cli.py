@@ -4,6 +4,7 @@ Each area's commands live in ``engine/commands/<area>.py`` and attach themselves
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -39,9 +40,12 @@ def main() -> None:
             print_error("interrupted; run the same command again to resume")
             sys.exit(130)
         except OSError as e:  # a path the user gave cannot be read or written (e.g. --out under a regular file)
-            if e.filename is None:
+            from .store import write_error
+
+            full = write_error(e, None) if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS) else None
+            if e.filename is None and full is None:
                 raise
-            print_error(f"{e.filename}: {e.strerror or e}; check the path and its permissions, or choose another one")
+            print_error(full or f"{e.filename}: {e.strerror or e}; check the path and its permissions, or choose another one")
             sys.exit(2)
     except SystemExit as e:
         if sys._getframe(1).f_globals.get("__name__") == "__main__":

@@ -112,7 +112,7 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     import torch
     import zarr
 
-    from .store import PatchStore
+    from .store import PatchStore, writing
 
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     store = PatchStore.open(store_path)
@@ -181,9 +181,10 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
             if block.shape != (r1 - r0, header["dim"]):
                 raise ConfigError(f"encoder {spec['name']!r} returned features of shape {block.shape[1:]}, "
                                   f"declared ({header['dim']},)")
-            feats[r0:r1] = block.astype(cfg["dtype"])
-            done[key] = [r0, r1]
-            g.attrs[ATTR] = {**header, "done": done}  # the slide is in only once its rows are written
+            with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
+                feats[r0:r1] = block.astype(cfg["dtype"])
+                done[key] = [r0, r1]
+                g.attrs[ATTR] = {**header, "done": done}  # the slide is in only once its rows are written
     seconds = time.perf_counter() - t0
     summary = {"out": str(out), "encoder": spec["name"], "dim": header["dim"], "rows": n, "encoded": total,
                "skipped": len(done) - len(todo), "seconds": round(seconds, 3),
@@ -315,7 +316,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
     from . import config, runner
     from .bundle import sha256_file
     from .progress import ExtractProgress
-    from .store import acquire_lock, beside, release_lock
+    from .store import acquire_lock, beside, release_lock, writing
 
     t_start = time.perf_counter()
     cfg = settings(pipeline, device=device, batch_size=batch_size)
@@ -432,7 +433,8 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                 rec = runner.process_slide(pipeline, row, "", {}, str(qa_dir) if qa_dir else None, threads=threads,
                                            progress=bar.slide_started(row.slide_id), prepared=current.result,
                                            allow_corrupt=allow_corrupt_tiles, sink=sink)
-                commit(row, rec)
+                with writing(out):  # a full disk: one line, exit 2; a rerun resumes from the last commit
+                    commit(row, rec)
                 bar.slide_done(row.slide_id, rec)
         t_enc = time.perf_counter() - t_enc
     finally:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from . import registry
 from .device import resolve_device
 from .errors import ConfigError
 from .features import FeatureStore, as_str
+from .train import _atomic_torch_save
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
                             "threshold": 0.5, "device": "auto"}
@@ -221,10 +221,9 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
         history.append(m)
         if _better(m, best):
             best, best_state = m, {k: v.detach().clone() for k, v in model.state_dict().items()}
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": json.dumps(history),
-                    "best_state": best_state, "best_epoch": best["epoch"], "ident": json.dumps(ident, sort_keys=True)}, tmp)
-        os.replace(tmp, ckpt)
+        _atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(), "history": json.dumps(history),
+                            "best_state": best_state, "best_epoch": best["epoch"], "ident": json.dumps(ident, sort_keys=True)},
+                           ckpt)
         if log:
             log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "
                 f"val AUC {m['val_auc'] if m['val_auc'] is None else round(m['val_auc'], 4)}")

@@ -29,7 +29,7 @@ from .errors import ConfigError, SlideError, SlidestreamError
 from .progress import ExtractProgress
 from .device import resolve_device
 from .slide import MaskArea, Slide, open_slide, plain as _plain
-from .store import PatchStore, RowWriter, atomic_write_text, beside, stage_name
+from .store import PatchStore, RowWriter, WriteError, atomic_write_text, beside, stage_name, writing
 
 
 # ------------------------------------------------------------------------------------ tissue
@@ -241,7 +241,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         if qa_dir:
             from PIL import Image
 
-            Image.fromarray(overlay(thumb, mask, tiles, geometry.thumb_scale)).save(Path(qa_dir) / f"{row.slide_id}.png")
+            with writing(Path(qa_dir) / f"{row.slide_id}.png"):
+                Image.fromarray(overlay(thumb, mask, tiles, geometry.thumb_scale)).save(Path(qa_dir) / f"{row.slide_id}.png")
         if not rows:
             gray = (thumb.size and int(thumb.max()) - int(thumb.min()) > 32  # a picture, not blank glass or black
                     and (thumb[..., 0] == thumb[..., 1]).all() and (thumb[..., 1] == thumb[..., 2]).all())
@@ -285,6 +286,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,
                    tiles=[asdict(t) for t in tiles], meta={k: v.tolist() for k, v in patch_table(rows, tiles).items()})
         return rec
+    except WriteError:  # a full or read-only disk is no slide's fault: stop, a rerun resumes
+        raise
     except Exception as e:  # as for planning: our words, or an unexpected failure in plain words
         reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
         return {**rec, "status": "error", "reason": reason, **_log_field("\n".join(slide.log))}
@@ -482,6 +485,8 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                 row = futures[fut]
                 try:
                     rec = fut.result()
+                except WriteError:
+                    raise
                 except Exception as e:
                     rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
                 (stage_dir / f"{row.slide_id}.progress").unlink(missing_ok=True)

@@ -28,6 +28,8 @@ completely or not at all; rows past them are cut off when a writer opens the sto
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import json
 import math
 import os
@@ -91,13 +93,55 @@ def codec(cfg: Mapping[str, Any]) -> list:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` so readers (and a rerun after a kill) see the old or the new file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data) -> None:
+    """Replace ``path`` with ``data`` (bytes-like) so readers (and a rerun after a kill) see the old or the new
+    file; a full or read-only disk leaves the old file, no temporary one, and raises :class:`WriteError`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with writing(path):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+class WriteError(StoreError):
+    """A write failed because the disk is full or read-only, or the output is not writable: it stops the run (it
+    is no slide's fault), and a rerun after fixing it resumes from the last commit."""
+
+
+_FIX = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (disk quota exceeded)", errno.EFBIG: "free space (file size limit)",
+        errno.EROFS: "make it writable", errno.EACCES: "make it writable", errno.EPERM: "make it writable"}
+
+
+def write_error(e: OSError, path: str | Path | None) -> WriteError | None:
+    """The one-line error for ``e`` raised while writing ``path`` (a file or the store), or None when ``e`` is
+    not a full, read-only or unwritable output."""
+    if e.errno not in _FIX:
+        return None
+    where = e.filename or path
+    return WriteError(f"{f'{where}: ' if where else ''}{e.strerror or os.strerror(e.errno)}; {_FIX[e.errno]} and run "
+                      "the same command again to resume")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Turn a full disk, read-only or unwritable output while writing ``path`` into :class:`WriteError`."""
+    try:
+        yield
+    except OSError as e:
+        err = write_error(e, path)
+        if err is None:
+            raise
+        raise err from None
 
 
 def beside(path: str | Path, what: str) -> Path:
@@ -213,8 +257,9 @@ class RowWriter:
 
         self.stage, self.n, self.store, self.key, self.section = Path(stage), n, store, key, section
         shutil.rmtree(self.stage, ignore_errors=True)
-        self.arr = zarr.create_array(str(self.stage), shape=(n, size, size, 3), **_patch_array_kwargs(size, store_cfg),
-                                     config={"write_empty_chunks": True})  # every shard exists: the commit moves all
+        with writing(self.stage):
+            self.arr = zarr.create_array(str(self.stage), shape=(n, size, size, 3), **_patch_array_kwargs(size, store_cfg),
+                                         config={"write_empty_chunks": True})  # every shard exists: the commit moves all
         self.chunk = self.arr.chunks[0]
         self._encode = _chunk_encoder(self.arr)
         self._cur: np.ndarray | None = None  # rows of the chunk being filled
@@ -227,7 +272,8 @@ class RowWriter:
         """Write rows ``offset .. offset+len(patches)`` (offsets must arrive in increasing order)."""
         patches = np.asarray(patches)
         if self._encode is False:  # codecs this writer does not assemble itself: zarr's write path, in order
-            _write_block(self.arr, offset, patches)
+            with writing(self.stage):
+                _write_block(self.arr, offset, patches)
             return
         c = self.chunk
         i = 0
@@ -242,7 +288,8 @@ class RowWriter:
             i += k
             if row + k == min((ci + 1) * c, self.n):  # the chunk is complete
                 self._finish_chunk()
-        self._write_shards(final=False)
+        with writing(self.stage):
+            self._write_shards(final=False)
 
     def _finish_chunk(self) -> None:
         if self._cur is not None:
@@ -288,7 +335,8 @@ class RowWriter:
         """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""
         if self._encode is not False:
             self._finish_chunk()
-            self._write_shards(final=True)
+            with writing(self.stage):
+                self._write_shards(final=True)
         self._chunks = {}
         self._pool.shutdown()
         return str(self.stage)
@@ -401,12 +449,13 @@ class PatchStore:
         g.create_array("records", shape=(0,), chunks=(RECORD_CHUNK,), dtype=str, fill_value="",
                        dimension_names=("record",))
         _consolidate(g.store)
-        for key, buf in sorted(files.items()):
-            (tmp / key).parent.mkdir(exist_ok=True)
-            (tmp / key).write_bytes(buf.to_bytes())
-        if path.exists():
-            path.rmdir()  # the empty folder a user made for it
-        os.rename(tmp, path)
+        with writing(path):
+            for key, buf in sorted(files.items()):
+                (tmp / key).parent.mkdir(exist_ok=True)
+                (tmp / key).write_bytes(buf.to_bytes())
+            if path.exists():
+                path.rmdir()  # the empty folder a user made for it
+            os.rename(tmp, path)
         return cls(path, "r+", fresh=True)
 
     @classmethod
@@ -428,7 +477,8 @@ class PatchStore:
             raise StoreError(f"{path} has store format {st.manifest.get('format')}, this slidestream reads {FORMAT}; "
                              "re-extract it into a new --out")
         if mode != "r":
-            st._grow(st._rows, st._n_records)  # cut what an interrupted commit wrote past the committed shapes
+            with writing(path):
+                st._grow(st._rows, st._n_records)  # cut what an interrupted commit wrote past the committed shapes
             shutil.rmtree(beside(path, "partial"), ignore_errors=True)
         return st
 
@@ -608,6 +658,18 @@ class PatchStore:
         p0, p1 = self._rows, self._rows + k * self.shard
         i = self._n_records
         rec = {**record, "section": section, "key": key, "region": [p0, n] if n else None}
+        with writing(self.path):  # a failure before the commit point leaves the store as it was (cut on reopening)
+            self._commit_rows(stage, n, k, p0, p1, i, meta, rec)
+        self._rows, self._n_records = p1, i + 1
+        self._add(rec)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        if old and old.get("region") and replace:
+            self._blank(*old["region"])
+        return self._logical.get((section, key), (len(self), len(self)))
+
+    def _commit_rows(self, stage, n: int, k: int, p0: int, p1: int, i: int, meta: Mapping[str, Any],
+                     rec: dict[str, Any]) -> None:
         self._grow(p1, i + 1)
         if n:
             stage = Path(stage)
@@ -623,13 +685,6 @@ class PatchStore:
             self._write_columns(p0, p1, n, meta)
         self._arrays["records"][i:i + 1] = np.array([json.dumps(rec, default=str)], dtype=object).astype(str)
         self._commit_point()
-        self._rows, self._n_records = p1, i + 1
-        self._add(rec)
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-        if old and old.get("region") and replace:
-            self._blank(*old["region"])
-        return self._logical.get((section, key), (len(self), len(self)))
 
     def _commit_point(self) -> None:
         """Rewrite the root ``zarr.json`` with every array's current metadata -- what
@@ -643,8 +698,12 @@ class PatchStore:
         meta = GroupMetadata(attributes=attrs, consolidated_metadata=ConsolidatedMetadata(
             metadata={name: arr.metadata for name, arr in self._arrays.items()}))
         tmp = root.with_name(f".zarr.json.{os.getpid()}.tmp")
-        tmp.write_bytes(meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
-        os.replace(tmp, root)
+        try:
+            tmp.write_bytes(meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes())
+            os.replace(tmp, root)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # nothing but the zarr hierarchy lives in the store
+            raise
 
     def commit_record(self, key: str, record: dict[str, Any], section: str) -> None:
         """Commit a record without rows (an error, an updated label)."""

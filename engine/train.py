@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,7 +55,7 @@ from .aggregate import aggregate
 from .device import resolve_device
 from .errors import ConfigError
 from .loader import PatchLoader, norm_chain, to_tensor
-from .store import PatchStore
+from .store import PatchStore, atomic_write_bytes
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 100, "batch_size": 16, "lr": 1e-5, "weight_decay": 0.0, "lr_decay": 1e-6, "betas": [0.9, 0.999],
@@ -200,9 +199,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``obj``: serialized in memory, then written and renamed, so a full disk leaves the
+    previous checkpoint (and raises the one-line ``WriteError``; torch's own file writer reports it as a
+    RuntimeError "unexpected pos" and leaves a truncated file)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 def _better(m: dict, best: dict | None, select: str) -> bool:
@@ -427,9 +431,9 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         history.append(m)
         if _better(m, best, cfg["select"]):
             best = m
-            from safetensors.torch import save_file
-            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out_dir / ".best.tmp"))
-            os.replace(out_dir / ".best.tmp", out_dir / "best.safetensors")
+            from safetensors.torch import save
+            atomic_write_bytes(out_dir / "best.safetensors",
+                               save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
         _atomic_torch_save({"run_id": run_id, "epoch": epoch, **_state(model, opt, sched), "history": json.dumps(history),
                             "best": json.dumps(best)}, ckpt)
         auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
