@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .pggan_nets import Discriminator, Generator, downscale2d, upscale2d
 from .pggan_params import DEFAULTS, FORMAT, PARAMS, RESOLUTIONS, RUNTIME_KEYS  # noqa: F401
@@ -149,15 +149,17 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- files
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    from slidestream.engine.store import atomic_write_text  # a full disk: one-line WriteError, old file kept
+
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _atomic_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    from safetensors.torch import save
+
+    from slidestream.engine.store import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
 
 
 def _prefixed(prefix: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
