@@ -4,14 +4,19 @@ Layout (``BUNDLE/``)::
 
     bundle.json          arch, classifier params, input size/channels, normalization chain, aggregation,
                          fusion (plugin, params, fitted state, and the patients that fitted it: split,
-                         n, sorted ids, ids digest), threshold, initialisation, best epoch, training summary,
-                         package versions, the pipeline's extraction hash, sha256 of every file, and ``hash``
+                         n, sorted ids, ids digest), ``patients`` (the train patients it trained on and the
+                         val patients that chose its epoch: per split n, sorted ids, ids digest), threshold,
+                         initialisation, best epoch, training summary, package versions, the pipeline's
+                         extraction hash, sha256 of every file, and ``hash``
     model.safetensors    the network weights (safetensors: tensors only, no code)
     pipeline.json        the pipeline the bundle was trained with (extraction + learning sections)
 
 ``hash`` is the sha256 of the canonical bundle.json without ``hash`` (which lists the files' sha256), so
 ``load`` detects a changed weight file, pipeline file or bundle.json. A bundle refuses a patch store or a
 pipeline whose extraction sections differ from its own (patches cut differently from those it learned).
+MIL bundles (``mil.json``, engine/mil.py) are sealed and verified the same way (``seal``, ``verify``).
+``patients`` lets ``evaluate --bundle`` refuse a test split holding a patient the model trained or selected on;
+bundles written before it have none (evaluate then says it cannot check).
 """
 from __future__ import annotations
 
@@ -43,6 +48,34 @@ def _meta_hash(meta: dict[str, Any]) -> str:
     return config.digest({k: v for k, v in meta.items() if k != "hash"})
 
 
+def patient_set(ids) -> dict[str, Any]:
+    """A patient set as a bundle records it: ``n``, sorted ``patients``, ``ids_digest`` (like the fusion's)."""
+    from .evaluate import ids_digest
+
+    ids = sorted({str(p) for p in ids})
+    return {"n": len(ids), "patients": ids, "ids_digest": ids_digest(ids)}
+
+
+def seal(directory: Path, meta: dict[str, Any], files: tuple[str, ...]) -> dict[str, Any]:
+    """``meta`` plus the sha256 of each of ``files`` (in ``directory``) and ``hash`` over all of it."""
+    doc = {**meta, "files": {f: sha256_file(directory / f) for f in files}}
+    doc["hash"] = _meta_hash(doc)
+    return doc
+
+
+def verify(directory: Path, meta: dict[str, Any], files: tuple[str, ...], what: str, meta_name: str) -> None:
+    """Refuse (one-line ConfigError) a missing file, a file whose sha256 is not the recorded one, or a
+    ``meta_name`` that does not match its ``hash``."""
+    for f in files:
+        if not (directory / f).is_file():
+            raise ConfigError(f"{what} {directory} is incomplete: {f} is missing; copy the whole bundle directory")
+        if sha256_file(directory / f) != (meta.get("files") or {}).get(f):
+            raise ConfigError(f"{what} {directory}: {f} does not match its recorded sha256 (modified or corrupt); "
+                              "re-copy or retrain")
+    if meta.get("hash") != _meta_hash(meta):
+        raise ConfigError(f"{what} {directory}: {meta_name} does not match its hash (edited by hand?); re-copy or retrain")
+
+
 def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write a bundle for ``model`` trained with ``pipeline``; ``meta`` must hold at least ``arch``,
     ``in_channels``, ``input_size``, ``aggregation``; ``meta["extraction_hash"]`` (the training store's)
@@ -54,10 +87,8 @@ def save(out: str | Path, model: torch.nn.Module, pipeline: dict[str, Any], meta
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(out / "model.safetensors", save(state))  # a full disk: WriteError, the old file kept
     atomic_write_text(out / "pipeline.json", json.dumps(pipeline, indent=1, sort_keys=True))
-    doc = {"format": FORMAT, "extraction_hash": config.extraction_hash(pipeline), **meta,
-           "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions(),
-           "files": {f: sha256_file(out / f) for f in FILES}}
-    doc["hash"] = _meta_hash(doc)
+    doc = seal(out, {"format": FORMAT, "extraction_hash": config.extraction_hash(pipeline), **meta,
+                     "pipeline_name": pipeline.get("name"), "versions": registry.distribution_versions()}, FILES)
     atomic_write_text(out / "bundle.json", json.dumps(doc, indent=1, default=str))
     return out
 
@@ -120,13 +151,7 @@ def read(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
         meta = json.loads((p / "bundle.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"bundle {p}: cannot read bundle.json ({e})") from None
-    for f in FILES:
-        if not (p / f).is_file():
-            raise ConfigError(f"bundle {p} is incomplete: {f} is missing; copy the whole bundle directory")
-        if sha256_file(p / f) != meta.get("files", {}).get(f):
-            raise ConfigError(f"bundle {p}: {f} does not match its recorded sha256 (modified or corrupt); re-copy or retrain")
-    if meta.get("hash") != _meta_hash(meta):
-        raise ConfigError(f"bundle {p}: bundle.json does not match its hash (edited by hand?); re-copy or retrain")
+    verify(p, meta, FILES, "bundle", "bundle.json")
     return p, meta, json.loads((p / "pipeline.json").read_text())
 
 

@@ -265,21 +265,42 @@ def apply_fusion(fitted: dict[str, Any], table: dict[str, Any]) -> dict[str, np.
     return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
+ROLE = {"train": "trained on", "val": "selected its best epoch on"}
+
+
+def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
+    """Refuse (one-line ConfigError) a test split holding a patient the bundle trained on (its ``train`` set) or
+    chose its epoch on (``val``): its test metrics would be optimistic, not held out."""
+    test = sorted(set(t["patient_id"][t["split"] == "test"].tolist()))
+    for split in ("train", "val"):
+        own = set((trained.get(split) or {}).get("patients", []))
+        leaked = [p for p in test if p in own]
+        if leaked:
+            raise ConfigError(f"patient {leaked[0]!r} is in this table's test split, but the bundle {ROLE[split]} it "
+                              f"({len(leaked)} such test patient(s), {split} split of its training); evaluate "
+                              "predictions of the store split the bundle was trained on, or retrain on this split")
+
+
 def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,
              bootstrap: int = 1000, seed: int = 0, fusion_params: dict | None = None,
              age_group_splits: Sequence[str] = ("test",), fusion_split: str = "val",
-             fitted: dict[str, Any] | None = None, best_epoch: int | None = None) -> dict[str, Any]:
+             fitted: dict[str, Any] | None = None, best_epoch: int | None = None,
+             trained: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a predictions table; returns the ``metrics.json`` dict (see the module docstring), plus
     ``patients`` (every patient's predictor values; ``write_report`` writes it to ``patients.csv``).
 
     Fusion: ``fitted`` (a bundle's fitted fusion, used exactly as it is) or ``fusion`` (a plugin name, fitted
     here on the ``fusion_split`` patients, val by default). ``best_epoch``: the bundle's, chosen on val
-    (recorded, and it makes val a selection set).
+    (recorded, and it makes val a selection set). ``trained``: the bundle's ``patients`` (``train``/``val`` sets,
+    see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``).
     """
     t = check_table(table)
     notes: list[str] = []
     preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
     meta: dict[str, Any] = {"positive_class": "IDH-mutant (label 1)", "bootstrap": int(bootstrap), "seed": int(seed)}
+    if trained:
+        check_leakage(t, trained)
+        meta["trained_patients"] = {k: {"n": v["n"], "ids_digest": v["ids_digest"]} for k, v in trained.items()}
     if fitted:
         leaked = sorted(set(fitted.get("patients", [])) & set(t["patient_id"][t["split"] == "test"]))
         if leaked:

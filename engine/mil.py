@@ -19,7 +19,8 @@ of the feature store:
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
   is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
-  name/params and weights sha256, best epoch, metrics), ``history.json``, ``predictions.csv``
+  name/params and weights sha256, best epoch, metrics, the train and val patients (n, sorted ids, digest), the
+  sha256 of model.safetensors and ``hash``, checked on load as a model bundle's), ``history.json``, ``predictions.csv``
   (patient_id,label,age,split,image_prob: what ``slidestream evaluate`` reads, so evaluation and age fusion
   work unchanged) and ``attention.npy`` (float32, one weight per feature-store row, NaN outside bags).
 """
@@ -162,7 +163,10 @@ def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: d
 
 def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str, Any]:
     import torch.nn.functional as F
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from .bundle import patient_set, seal
+    from .store import atomic_write_bytes, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
@@ -249,30 +253,53 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     for i, a in att.items():
         attention[bags["rows"][i]] = a
     np.save(out / "attention.npy", attention)
-    save_file({k: v.contiguous().cpu() for k, v in best_state.items()}, str(out / "model.safetensors"))
+    atomic_write_bytes(out / "model.safetensors", save({k: v.contiguous().cpu() for k, v in best_state.items()}))
     meta = {"kind": "mil", "aggregator": agg["name"], "params": agg["params"], "in_dim": int(feats.shape[1]),
             "encoder": {k: header.get(k) for k in ("encoder", "params", "weights_sha256", "input_size", "mean", "std")},
             "feature_store": header.get("path"), "best_epoch": best["epoch"], "epochs": cfg["epochs"],
             "epochs_trained": len(history),
-            "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3)}
-    (out / "mil.json").write_text(json.dumps(meta, indent=1))
-    (out / "history.json").write_text(json.dumps(history, indent=1))
+            "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3),
+            # the patients it trained on and those that chose its epoch: `evaluate --bundle` refuses them in test
+            "patients": {"train": patient_set(bags["patients"][tr]), "val": patient_set(bags["patients"][va])}}
+    atomic_write_text(out / "mil.json", json.dumps(seal(out, meta, FILES), indent=1))  # sha256 of the weights + hash
+    atomic_write_text(out / "history.json", json.dumps(history, indent=1))
     return {"out": str(out), "best_epoch": best["epoch"], "epochs_trained": len(history), "metrics": metrics,
             "train_cpu_s": cpu_s}
 
 
-def load_bundle(path: str | Path):
-    """(model in eval mode, meta) of a MIL bundle written by :func:`train_one`."""
-    from .bundle import load_weights
+FILES = ("model.safetensors",)  # the MIL bundle's files whose sha256 mil.json records
+
+
+def read_bundle(path: str | Path) -> dict[str, Any]:
+    """A MIL bundle's mil.json, verified like a model bundle's (``bundle.verify``: the weights' sha256 and the
+    json's hash). Bundles written before MIL bundles were sealed (no ``hash``) load with a warning on stderr."""
+    import sys
+
+    from .bundle import verify
 
     path = Path(path)
     if not (path / "mil.json").is_file():
         raise ConfigError(f"{path} is not a MIL bundle (no mil.json); give OUT of `slidestream mil train`")
     try:
         meta = json.loads((path / "mil.json").read_text())
-        in_dim, name, params = int(meta["in_dim"]), meta["aggregator"], meta["params"]
+        int(meta["in_dim"]), meta["aggregator"], meta["params"]
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"MIL bundle {path}: cannot read mil.json ({type(e).__name__}: {e}); rerun `slidestream mil train`") from None
+    if "hash" in meta:
+        verify(path, meta, FILES, "MIL bundle", "mil.json")
+    else:
+        print(f"warning: MIL bundle {path} records no sha256 of its weights (written by an older slidestream): "
+              "they cannot be verified; retrain it to seal it", file=sys.stderr)
+    return meta
+
+
+def load_bundle(path: str | Path):
+    """(model in eval mode, meta) of a MIL bundle written by :func:`train_one`, verified (``read_bundle``)."""
+    from .bundle import load_weights
+
+    path = Path(path)
+    meta = read_bundle(path)
+    in_dim, name, params = int(meta["in_dim"]), meta["aggregator"], meta["params"]
     net = registry.get("aggregator", name).build(in_dim=in_dim, **params)
     model = Standardized(net, np.zeros(in_dim), np.ones(in_dim))
     load_weights(model, path / "model.safetensors", f"MIL bundle {path}")

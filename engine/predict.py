@@ -7,8 +7,9 @@ age+image probability is printed too: the bundle's fitted fusion, the same one `
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -20,10 +21,16 @@ from .store import PatchStore
 from .train import infer, patient_table, pick_device, store_probs, write_predictions
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device: str = "auto",
-                  batch_size: int = 64, workers: int = 2) -> dict[str, Any]:
+                  batch_size: int = 64, workers: int = 2, warn: Callable[[str], None] | None = _stderr) -> dict[str, Any]:
     """P(mutant) per patient for every real patient of ``store``; writes ``out`` (CSV:
-    patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline."""
+    patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline. ``warn`` (default:
+    stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
+    the result: their probabilities are in-sample, not held out)."""
     dev = pick_device(device)
     b = load(bundle, dev)
     st = PatchStore.open(store)
@@ -39,7 +46,17 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
     listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
     missing = sorted(listed - {str(p) for p in table["patient_id"]})
-    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing}
+    # patients the bundle trained on that this store does not call train (a re-split, another store): their
+    # probabilities are in-sample whatever the CSV's split says; `evaluate --bundle` refuses them in test
+    own = b.meta.get("patients") or {}
+    split_of = {str(p): str(sp) for p, sp in zip(table["patient_id"], table["split"])}
+    trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
+    if trained_on and warn:
+        warn(f"warning: {len(trained_on)} patient(s) of store {store} outside its train split were in the bundle's "
+             f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]]}): their probabilities are in-sample, "
+             "not held out; predict a store with the split the bundle was trained on")
+    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
+            "trained_on": trained_on}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .store import writing
 
 NAMES = ("train", "val", "test")
 PATIENT_FROM = ("table", "slide", "tcga")
@@ -156,10 +157,11 @@ def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold
     mapping = assign(pids.tolist(), labels.tolist(), ratios, seed, kfold, fold)
     split = np.array([mapping.get(p, "train") for p in t["patient_id"]], dtype=object)
     split[~real] = "train"
-    store.set_column("split", split.astype(str))
     store.manifest["split"] = {"ratios": list(ratios), "seed": seed, "kfold": kfold, "fold": fold,
                                "patient_from": patient_from or "table"}
-    store.save_manifest()
+    with writing(store.path):  # a full disk: one line naming the store, not a zarr traceback
+        store.set_column("split", split.astype(str))
+        store.save_manifest()
     summary = {}
     for name in NAMES:
         ps = [p for p in pids if mapping[p] == name]

@@ -740,17 +740,18 @@ class PatchStore:
         """Set columns of a committed key's rows to ``values`` (scalars) and commit its new ``record``."""
         self._writable()
         old = self._records[section][key]
-        if old.get("region"):
-            p0, n = old["region"]
-            for name, v in values.items():
-                arr = self._arrays[name]
-                vals = np.full(n, v, dtype=object if COLUMNS[name][0] is str else COLUMNS[name][0])
-                arr[p0:p0 + n] = vals.astype(str) if COLUMNS[name][0] is str else vals
         keep = {a: b for a, b in old.items() if a not in ("section", "key")}
-        self._arrays["records"].resize((self._n_records + 1,))
         rec = {**keep, **record, "section": section, "key": key}
-        self._arrays["records"][self._n_records:self._n_records + 1] = np.array([json.dumps(rec, default=str)])
-        _consolidate(self.path)
+        with writing(self.path):  # a full disk: one line naming the store
+            if old.get("region"):
+                p0, n = old["region"]
+                for name, v in values.items():
+                    arr = self._arrays[name]
+                    vals = np.full(n, v, dtype=object if COLUMNS[name][0] is str else COLUMNS[name][0])
+                    arr[p0:p0 + n] = vals.astype(str) if COLUMNS[name][0] is str else vals
+            self._arrays["records"].resize((self._n_records + 1,))
+            self._arrays["records"][self._n_records:self._n_records + 1] = np.array([json.dumps(rec, default=str)])
+            _consolidate(self.path)
         self._n_records += 1
         self._add(rec)
 
@@ -768,7 +769,8 @@ class PatchStore:
             full = full.astype(object)
         full[self._phys] = values
         if self._rows:
-            arr[: self._rows] = full.astype(str) if COLUMNS[name][0] is str else full
+            with writing(self.path):  # a full disk: one line naming the store
+                arr[: self._rows] = full.astype(str) if COLUMNS[name][0] is str else full
 
     def save_manifest(self) -> None:
         """Write ``manifest`` (small: pipeline, hashes, split settings) into the root group's attributes."""

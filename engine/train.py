@@ -22,8 +22,9 @@ is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 pen
   plain containers only, loaded with ``weights_only=True``) is replaced atomically after every epoch. Run the
   same command again after a kill and training continues from the last finished epoch; batch order depends
   only on (seed, epoch) and the RNG states are restored, so the resumed run reproduces the uninterrupted one.
-* Output per architecture: ``OUT/<arch>/`` is a model bundle (``engine/bundle.py``) plus ``history.json``
-  (per epoch), ``training.json`` (settings, best epoch chosen on val, the fusion's patients, image metrics at
+* Output per architecture: ``OUT/<arch>/`` is a model bundle (``engine/bundle.py``; it records the train and val
+  patients) plus ``history.json`` (per epoch), ``training.json`` (settings, best epoch chosen on val, the
+  train/val/fusion patients' counts and digests, image metrics at
   the best epoch: val as the selection set, test held out), ``train.log`` and ``predictions.csv``
   (patient_id,label,age,split,image_prob: the format ``slidestream evaluate`` reads); only ``evaluate`` writes
   ``metrics.json``. ``OUT/comparison.{md,json}`` and ``OUT/roc.png`` compare the architectures on the
@@ -55,7 +56,7 @@ from .aggregate import aggregate
 from .device import resolve_device
 from .errors import ConfigError
 from .loader import PatchLoader, norm_chain, to_tensor
-from .store import PatchStore, atomic_write_bytes
+from .store import PatchStore, atomic_write_bytes, atomic_write_text
 
 DEFAULTS: dict[str, Any] = {
     "epochs": 100, "batch_size": 16, "lr": 1e-5, "weight_decay": 0.0, "lr_decay": 1e-6, "betas": [0.9, 0.999],
@@ -439,7 +440,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
         say(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "
             f"val patient AUC {auc} ({m['seconds']:.1f} s){'  *best' if best is m else ''}")
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
 
     # ---- the best epoch: score every split, fit fusion, write bundle + predictions
     from safetensors.torch import load_file
@@ -470,7 +471,11 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
             "normalization": (pipeline.get("normalization") or {}).get("classifier"), "aggregation": cfg["aggregation"],
             "threshold": float(cfg["threshold"]), "fusion": fusion, "init": init, "training": cfg,
             "best_epoch": best["epoch"] if best else None, "selection": cfg["select"], "selection_split": "val",
-            "metrics": {s: {k: v for k, v in m.items() if k != "roc"} for s, m in metrics.items()}}
+            "metrics": {s: {k: v for k, v in m.items() if k != "roc"} for s, m in metrics.items()},
+            # the patients it trained on (real train rows; synthetic rows come from generators of train patients)
+            # and those that chose its epoch: `evaluate --bundle` refuses a test split holding any of them
+            "patients": {"train": bundle_mod.patient_set(tab["patient_id"][train_rows][~tab["synthetic"][train_rows].astype(bool)]),
+                         "val": bundle_mod.patient_set(tab["patient_id"][val_rows])}}
     # the bundle's pipeline: the store's extraction sections (how its patches were cut) + this run's learning ones
     spipe = st.manifest.get("pipeline") or {}
     bpipe = {**pipeline, **{k: spipe[k] for k in config.EXTRACTION_SECTIONS if k in spipe}}
@@ -493,8 +498,9 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
            "metrics": {s_: {**{k: v for k, v in m.items() if k != "roc"},
                             "role": val_role if s_ == "val" else "held out"}
                        for s_, m in metrics.items()},
+           "patients": {k: {"n": v["n"], "ids_digest": v["ids_digest"]} for k, v in meta["patients"].items()},
            "train_rows": summary["train_rows"], "seconds": summary["seconds"], "bundle": str(out_dir)}
-    (out_dir / "training.json").write_text(json.dumps(doc, indent=1, default=str))
+    atomic_write_text(out_dir / "training.json", json.dumps(doc, indent=1, default=str))
     say(f"best epoch {summary['best_epoch'] + 1 if best else '-'}; "
         + "; ".join(f"{s} AUC {m['auc']:.3f}" if m["auc"] is not None else f"{s} AUC n/a" for s, m in metrics.items())
         + f"; bundle {out_dir}")

@@ -107,13 +107,20 @@ def test_export_refuses_an_incomplete_feature_store(made, tmp_path):
         export.export(st.path, "h5", tmp_path / "h5", features=fs)
 
 
+def _reseal(m, meta=None):
+    """Rewrite a MIL bundle's mil.json with fresh sha256s and hash (what a careful forger does)."""
+    meta = meta or json.loads((m / "mil.json").read_text())
+    meta = {k: v for k, v in meta.items() if k not in ("files", "hash")}
+    (m / "mil.json").write_text(json.dumps(bundle.seal(m, meta, mil.FILES)))
+
+
 def test_export_refuses_a_mil_bundle_of_other_encoder_weights(made, tmp_path):
     root, st, _ = made
     m = tmp_path / "m"
     shutil.copytree(root / "m", m)
     meta = json.loads((m / "mil.json").read_text())
     meta["encoder"]["params"] = {**meta["encoder"]["params"], "model": "vit_small_patch16_224"}  # same dim, other net
-    (m / "mil.json").write_text(json.dumps(meta))
+    _reseal(m, meta)
     with pytest.raises(ConfigError, match="give the feature store it was trained on"):
         export.export(st.path, "geojson", tmp_path / "gj", features=root / "f.zarr", mil=m)
 
@@ -130,10 +137,15 @@ def test_mil_bundle_weights_mismatch_is_one_line(made, tmp_path, damage, match):
     sd = load_file(str(m / "model.safetensors"))
     damage(sd)
     save_file(sd, str(m / "model.safetensors"))
+    _reseal(m)  # re-hashed: the sha256 check cannot catch it, the shape check must
     with pytest.raises(ConfigError, match=match):
         mil.load_bundle(m)
-    (m / "model.safetensors").unlink()
+    (m / "model.safetensors").write_bytes(b"not safetensors")
+    _reseal(m)
     with pytest.raises(ConfigError, match="cannot read the weights"):
+        mil.load_bundle(m)
+    (m / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="incomplete: model.safetensors is missing"):
         mil.load_bundle(m)
     (m / "mil.json").write_text("{")
     with pytest.raises(ConfigError, match="cannot read mil.json"):

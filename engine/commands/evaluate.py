@@ -17,9 +17,11 @@ def evaluate_command(
                                                  "(label 1 = IDH-mutant, 0 = wildtype; split train/val/test)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, patients.csv, roc_val.png, roc_test.png "
                                                       "and report.md."),
-    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`): use exactly its "
-                                                                  "fitted fusion (val or out-of-fold, as `predict` does) and "
-                                                                  "record its best epoch."),
+    bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`, or a MIL bundle "
+                                                                  "from `slidestream mil train`): use exactly its fitted fusion "
+                                                                  "(val or out-of-fold, as `predict` does), record its best "
+                                                                  "epoch, and refuse a test split holding a patient it trained "
+                                                                  "or selected on."),
     pipeline: Optional[Path] = typer.Option(None, "--pipeline", help="Pipeline JSON: fit its fusion section on its "
                                                                       "training.fusion_split (default val)."),
     fusion: Optional[str] = typer.Option(None, help="Fusion plugin to fit here, e.g. age_gda (adds the age and age+image "
@@ -49,14 +51,24 @@ def evaluate_command(
             thr = float(thr)
         except ValueError:
             raise ConfigError(f"--threshold must be a number in (0, 1) or 'youden', got {threshold!r}") from None
-    params, fitted, best_epoch = None, None, None
+    params, fitted, best_epoch, trained = None, None, None, None
     if bundle:
         if fusion or fusion_split or pipeline:
             raise ConfigError("--bundle uses the bundle's own fitted fusion; leave out --fusion, --fusion-split and --pipeline")
-        from .. import bundle as bundle_mod
+        if (bundle / "mil.json").is_file():  # a MIL bundle (`slidestream mil train --out`): no fusion of its own
+            from ..mil import read_bundle
 
-        _, meta, _ = bundle_mod.read(bundle)
-        fitted, best_epoch = meta.get("fusion"), meta.get("best_epoch")
+            meta = read_bundle(bundle)
+            best_epoch = meta["best_epoch"] - 1 if meta.get("best_epoch") else None  # mil.json counts epochs from 1
+        else:
+            from .. import bundle as bundle_mod
+
+            _, meta, _ = bundle_mod.read(bundle)
+            fitted, best_epoch = meta.get("fusion"), meta.get("best_epoch")
+        trained = meta.get("patients")
+        if not trained:
+            typer.echo(f"note: bundle {bundle} records no training patients (written by an older slidestream): "
+                       "cannot check that the test split holds none of them; retrain to record them", err=True)
     elif pipeline:
         from .. import config
         from ..train import settings
@@ -76,7 +88,8 @@ def evaluate_command(
         raise ConfigError(f"--fusion-split must be val or train (the test split makes no choice), not {fusion_split!r}")
     table = ev.load_predictions(predictions)
     metrics = ev.evaluate(table, fusion=fusion, threshold=thr, bootstrap=bootstrap, seed=seed, age_group_splits=splits,
-                          fusion_params=params, fusion_split=fusion_split or "val", fitted=fitted, best_epoch=best_epoch)
+                          fusion_params=params, fusion_split=fusion_split or "val", fitted=fitted, best_epoch=best_epoch,
+                          trained=trained)
     ev.write_report(metrics, out)
 
     console = Console()
