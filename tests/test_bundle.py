@@ -198,3 +198,114 @@ def test_evaluate_refuses_to_refit_an_oof_pipeline(tmp_path):
     assert isinstance(r.exception, ConfigError), r.output
     msg = str(r.exception)
     assert "--bundle" in msg and "fusion_cv" in msg and "\n" not in msg
+
+
+def _csv_moving(src, dst, patient, to="test"):
+    """The predictions CSV ``src`` with ``patient`` moved to split ``to`` (a re-split store, a hand-edited table)."""
+    lines = src.read_text().splitlines()
+    out = [lines[0]] + [",".join(c[:3] + [to] + c[4:]) if c[0] == patient else ln
+                        for ln, c in ((ln, ln.split(",")) for ln in lines[1:])]
+    dst.write_text("\n".join(out) + "\n")
+    return dst
+
+
+def test_bundle_records_train_and_val_patients_and_evaluate_refuses_them_in_test(trained, cli, tmp_path):
+    """The bundle names the patients it trained on (train) and selected on (val); evaluate --bundle refuses a test
+    split holding any of them (one line, exit 2, the patient and the fix); the store's own split passes."""
+    import numpy as np
+
+    from slidestream.engine.evaluate import ids_digest
+    from slidestream.engine.store import PatchStore
+
+    store, path = trained
+    meta = bundle.read(path)[1]
+    tab = PatchStore.open(store).table(["patient_id", "split", "synthetic"])
+    pid = np.array([str(p) for p in tab["patient_id"].tolist()])
+    for split in ("train", "val"):
+        ids = sorted(set(pid[(tab["split"] == split) & ~tab["synthetic"].astype(bool)]))
+        assert meta["patients"][split] == {"n": len(ids), "patients": ids, "ids_digest": ids_digest(ids)}
+    doc = json.loads((path / "training.json").read_text())
+    assert doc["patients"]["train"]["ids_digest"] == meta["patients"]["train"]["ids_digest"]
+    csv = tmp_path / "p.csv"
+    predict.predict_store(path, store, csv)
+    code, out, err = cli("evaluate", csv, "--out", tmp_path / "ok", "--bundle", path, "--bootstrap", "0")
+    assert code == 0, err
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["meta"]["trained_patients"]["train"]["n"] == len(
+        meta["patients"]["train"]["patients"])
+    for split, role in (("train", "trained on"), ("val", "selected its best epoch on")):
+        victim = meta["patients"][split]["patients"][0]
+        leaky = _csv_moving(csv, tmp_path / f"leak_{split}.csv", victim)
+        code, out, err = cli("evaluate", leaky, "--out", tmp_path / split, "--bundle", path, "--bootstrap", "0")
+        assert code == 2 and "\n" not in err.strip(), err
+        assert f"patient '{victim}' is in this table's test split, but the bundle {role} it" in err
+        assert "retrain on this split" in err and not (tmp_path / split / "metrics.json").exists()
+
+
+def test_old_bundle_without_patients_evaluates_with_a_note(trained, tmp_path):
+    """A bundle written before bundles recorded their patients still evaluates; stderr says what was not checked."""
+    import shutil
+    import subprocess
+    import sys
+
+    store, path = trained
+    old = tmp_path / "old"
+    shutil.copytree(path, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    meta = {k: v for k, v in meta.items() if k not in ("patients", "files", "hash")}
+    (old / "bundle.json").write_text(json.dumps(bundle.seal(old, meta, bundle.FILES)))
+    csv = tmp_path / "p.csv"
+    predict.predict_store(old, store, csv)
+    leaky = _csv_moving(csv, tmp_path / "leak.csv", bundle.read(path)[1]["patients"]["train"]["patients"][0])
+    r = subprocess.run([sys.executable, "-m", "slidestream.engine", "evaluate", str(leaky), "--out", str(tmp_path / "r"),
+                        "--bundle", str(old), "--bootstrap", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "records no training patients" in r.stderr and "cannot check" in r.stderr
+
+
+def test_predict_store_warns_about_training_patients_outside_train(trained, tmp_path, capsys):
+    """predict --store on a re-split copy of the training store: patients the model trained on now in val/test
+    are named on stderr (in-sample probabilities); the training store itself gives no warning."""
+    import shutil
+
+    from slidestream.engine.store import PatchStore
+
+    store, path = trained
+    assert predict.predict_store(path, store, tmp_path / "same.csv")["trained_on"] == []
+    assert "warning" not in capsys.readouterr().err
+    copy = tmp_path / "resplit"
+    shutil.copytree(store, copy)
+    splits.split_store(PatchStore.open(copy, mode="r+"), (2, 1, 1), seed=7)
+    r = predict.predict_store(path, copy, tmp_path / "p.csv")
+    train_ids = set(bundle.read(path)[1]["patients"]["train"]["patients"])
+    tab = PatchStore.open(copy).table(["patient_id", "split"])
+    moved = sorted({str(p) for p, s in zip(tab["patient_id"], tab["split"]) if str(p) in train_ids and s != "train"})
+    assert moved and r["trained_on"] == moved
+    err = capsys.readouterr().err
+    assert f"warning: {len(moved)} patient(s) of store {copy} outside its train split" in err and moved[0] in err
+
+
+def test_training_json_full_disk_keeps_the_previous_file(trained, tmp_path, monkeypatch):
+    """training.json / history.json are replaced atomically: a full disk is one WriteError naming the file, and the
+    previous file stays whole (a finished run rerun from its checkpoint rewrites them)."""
+    import errno
+    import os
+    import shutil
+
+    from slidestream.engine.store import WriteError
+
+    store, path = trained
+    out = tmp_path / "model"
+    shutil.copytree(path.parent, out)
+    before = (out / "small_cnn" / "training.json").read_bytes()
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if str(dst).endswith("training.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(WriteError, match=r"training.json: No space left on device; free space"):
+        train.train(config.parse(PIPE), store, out, log=None)
+    assert (out / "small_cnn" / "training.json").read_bytes() == before
+    assert not list((out / "small_cnn").glob(".*.tmp"))
