@@ -236,3 +236,46 @@ def test_missing_patch_shard_is_refused_not_read_as_zeros(tmp_path):
     with pytest.raises(features.StoreError, match="damaged"):
         np.asarray(st.patches)
     assert st.read(20, 24).shape == (4, 32, 32, 3)  # the other slides' shards are intact
+
+
+def test_mil_bundle_with_another_runs_weights_of_the_same_shape_is_refused(made, tmp_path, capsys):
+    """mil.json records model.safetensors' sha256 and its own hash (bundle.seal): other weights of the same shape
+    (another run's) or an edited mil.json are refused in one line; an unsealed (older) bundle loads with a warning."""
+    root, _, _ = made
+    m = tmp_path / "m"
+    shutil.copytree(root / "m", m)
+    sd = load_file(str(m / "model.safetensors"))
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in sd.items()}, str(m / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"model.safetensors does not match its recorded sha256 \(modified or corrupt\)"):
+        mil.load_bundle(m)
+    shutil.copy(root / "m" / "model.safetensors", m / "model.safetensors")
+    mil.load_bundle(m)  # the right weights load
+    meta = json.loads((m / "mil.json").read_text())
+    (m / "mil.json").write_text(json.dumps({**meta, "best_epoch": meta["best_epoch"] + 1}))
+    with pytest.raises(ConfigError, match="mil.json does not match its hash"):
+        mil.load_bundle(m)
+    (m / "mil.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("files", "hash")}))
+    mil.load_bundle(m)
+    assert "records no sha256 of its weights" in capsys.readouterr().err
+
+
+def test_mil_bundle_records_its_patients_and_evaluate_refuses_them_in_test(made, tmp_path):
+    """A MIL bundle names its train and val patients; `evaluate --bundle` on it refuses a test split holding one
+    (exit 2, one line); the bundle's own predictions evaluate."""
+    root, st, _ = made
+    meta = json.loads((root / "m" / "mil.json").read_text())
+    tab = st.table(["patient_id", "split"])
+    for split in ("train", "val"):
+        ids = sorted({str(p) for p, s in zip(tab["patient_id"], tab["split"]) if s == split})
+        assert meta["patients"][split] == {"n": len(ids), "patients": ids, "ids_digest": evaluate.ids_digest(ids)}
+    preds = root / "m" / "predictions.csv"
+    code, err = _cli("evaluate", preds, "--out", tmp_path / "ok", "--bundle", root / "m", "--bootstrap", "0")
+    assert code == 0, err
+    victim = meta["patients"]["train"]["patients"][0]
+    lines = preds.read_text().splitlines()
+    leaky = tmp_path / "leak.csv"
+    leaky.write_text("\n".join([lines[0]] + [ln.replace(",train,", ",test,") if ln.startswith(victim + ",") else ln
+                                             for ln in lines[1:]]) + "\n")
+    code, err = _cli("evaluate", leaky, "--out", tmp_path / "bad", "--bundle", root / "m", "--bootstrap", "0")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"patient '{victim}' is in this table's test split, but the bundle trained on it" in err

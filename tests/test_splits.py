@@ -183,3 +183,31 @@ def test_cv_folds_stratified_seeded_and_checked():
         cv_folds(pids, labels, 11)
     assert "\n" not in str(e.value)
     assert np.bincount(list(cv_folds(pids, labels, 10).values())).tolist() == [3] * 10
+
+
+@pytest.mark.parametrize("what", ["split", "set_column", "update_rows"])
+def test_full_disk_while_writing_the_split_or_rows_names_the_store(tmp_path, monkeypatch, what):
+    """`split`, PatchStore.set_column and update_rows on a full disk: one WriteError line naming the store and the
+    fix (was a raw OSError traceback from zarr's writer)."""
+    import errno
+    import os
+
+    import zarr
+
+    from slidestream.engine.store import PatchStore, WriteError
+
+    st = make_store(tmp_path / "s", n_patients=6, per_patient=3, patch=16)
+    st = PatchStore.open(st.path, mode="r+")
+    key = next(iter(st.records()))
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    with pytest.raises(WriteError, match=rf"^{st.path}: No space left on device; free space and run the same command"):
+        if what == "split":
+            splits.split_store(st, (2, 1, 1), seed=0)
+        elif what == "set_column":
+            st.set_column("split", np.full(len(st), "train"))
+        else:
+            st.update_rows(key, {"age": 50.0}, {"status": "done"})
