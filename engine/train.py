@@ -474,7 +474,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
             "metrics": {s: {k: v for k, v in m.items() if k != "roc"} for s, m in metrics.items()},
             # the patients it trained on (real train rows; synthetic rows come from generators of train patients)
             # and those that chose its epoch: `evaluate --bundle` refuses a test split holding any of them
-            "patients": {"train": bundle_mod.patient_set(tab["patient_id"][train_rows][~tab["synthetic"][train_rows].astype(bool)]),
+            "patients": {"train": bundle_mod.patient_set(tab["patient_id"][np.setdiff1d(train_rows, np.flatnonzero(
+                             tab["synthetic"].astype(bool)))]),
                          "val": bundle_mod.patient_set(tab["patient_id"][val_rows])}}
     # the bundle's pipeline: the store's extraction sections (how its patches were cut) + this run's learning ones
     spipe = st.manifest.get("pipeline") or {}
