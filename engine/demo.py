@@ -108,7 +108,7 @@ def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple
     # threshold: Youden's J on the validation patients (a few CPU epochs leave the CNN's probabilities uncalibrated)
     bmeta = read(bundle)[1]  # the bundle's fusion, fitted by train on the val patients (as predict uses it)
     metrics = ev.evaluate(ev.load_predictions(preds), fitted=bmeta["fusion"], best_epoch=bmeta["best_epoch"],
-                          threshold="youden", bootstrap=bootstrap, seed=seed)
+                          trained=bmeta.get("patients"), threshold="youden", bootstrap=bootstrap, seed=seed)
     report_dir = out / "report"
     ev.write_report(metrics, report_dir)
     result = {"report": str(report_dir / "report.md"), "metrics": metrics, "bundle": str(bundle),

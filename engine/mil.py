@@ -397,7 +397,7 @@ def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 160, size: 
     extract_features(pipe, out / "store", out / "features.zarr", progress=False, log=say)
     res = train(pipe, out / "features.zarr", out / "mil", log=None)
     metrics = ev.evaluate(ev.load_predictions(out / "mil" / "predictions.csv"), fusion="age_gda", bootstrap=bootstrap,
-                          seed=seed, fusion_split=fusion_split)
+                          seed=seed, fusion_split=fusion_split, trained=read_bundle(out / "mil").get("patients"))
     ev.write_report(metrics, out / "report")
     test_slides = sorted(set(st.column("slide_id")[st.column("split") == "test"].tolist()))
     heat = export(out / "store", "png", out / "heatmaps", features=out / "features.zarr", mil=out / "mil")
