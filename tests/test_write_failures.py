@@ -108,6 +108,25 @@ def test_file_size_limit_mid_cohort_stops_and_resumes(cohort, tmp_path):
     assert not beside(out, "partial").exists()
 
 
+def _full_disk_at_second_features_write(monkeypatch):
+    """Make the second write into a feature store's ``features`` array fail with ENOSPC; returns the real
+    ``zarr.Array.__setitem__`` (to put back: "space freed")."""
+    import zarr
+
+    real = zarr.Array.__setitem__
+    calls = {"n": 0}
+
+    def setitem(self, key, value):
+        if self.path == "features":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
+    return real
+
+
 def _tmpfs(path, size):
     path.mkdir()
     try:
@@ -183,18 +202,8 @@ def test_features_only_full_disk_resumes(cohort, tmp_path, monkeypatch):
     p = config.load(_pipeline(d, TINY))
     clean = features.extract_features_only(p, read_cohort(csvf), tmp_path / "clean.zarr", progress=False, qa=False)
     assert clean["failed"] == 0
-    real = zarr.Array.__setitem__
-    calls = {"n": 0}
-
-    def setitem(self, key, value):
-        if self.path == "features":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, key, value)
-
     out = tmp_path / "fo.zarr"
-    monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
+    real = _full_disk_at_second_features_write(monkeypatch)
     with pytest.raises(StoreError, match=rf"^{out}: No space left on device; free space"):
         features.extract_features_only(p, read_cohort(csvf), out, progress=False, qa=False)
     monkeypatch.setattr(zarr.Array, "__setitem__", real)
@@ -260,18 +269,8 @@ def test_features_full_disk_resumes(cohort, tmp_path, monkeypatch):
     d, _, _, ref = cohort
     p = config.load(_pipeline(d, TINY))
     features.extract_features(p, ref, tmp_path / "clean.zarr", progress=False, log=None)
-    real = zarr.Array.__setitem__
-    calls = {"n": 0}
-
-    def setitem(self, key, value):
-        if self.path == "features":
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, key, value)
-
     out = tmp_path / "f.zarr"
-    monkeypatch.setattr(zarr.Array, "__setitem__", setitem)
+    real = _full_disk_at_second_features_write(monkeypatch)
     with pytest.raises(StoreError, match=rf"^{out}: No space left on device; free space"):
         features.extract_features(p, ref, out, progress=False, log=None)
     monkeypatch.setattr(zarr.Array, "__setitem__", real)
