@@ -775,9 +775,10 @@ class PatchStore:
     def save_manifest(self) -> None:
         """Write ``manifest`` (small: pipeline, hashes, split settings) into the root group's attributes."""
         self._writable()
-        g = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-        g.attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
-        _consolidate(self.path)
+        with writing(self.path):
+            g = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+            g.attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
+            _consolidate(self.path)
 
 
 def _together(coroutines: Iterable) -> None:

@@ -211,3 +211,21 @@ def test_full_disk_while_writing_the_split_or_rows_names_the_store(tmp_path, mon
             st.set_column("split", np.full(len(st), "train"))
         else:
             st.update_rows(key, {"age": 50.0}, {"status": "done"})
+
+
+def test_full_disk_while_saving_the_manifest_names_the_store(tmp_path, monkeypatch):
+    """PatchStore.save_manifest (any caller, not only `split`) on a full disk: one WriteError naming the store."""
+    import errno
+    import os
+
+    from slidestream.engine import store as store_mod
+    from slidestream.engine.store import PatchStore, WriteError
+
+    st = PatchStore.open(make_store(tmp_path / "s", n_patients=6, per_patient=3, patch=16).path, mode="r+")
+
+    def full(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_mod, "_consolidate", full)
+    with pytest.raises(WriteError, match=rf"^{st.path}: No space left on device; free space"):
+        st.save_manifest()
