@@ -14,7 +14,7 @@ magnification), ``patch_size_level0``, ``patch_level`` (0: coordinates are level
 dataset ``features`` (n, dim) float32, as CLAM's ``extract_features_fp.py`` writes it.
 
 ``--format png`` (with ``--mil`` and ``--features``) writes ``DIR/<slide_id>.png``: the attention heatmap over
-the slide's thumbnail (the store's QA picture, ``STORE/qa/<slide_id>.png``; white when there is none), each
+the slide's thumbnail (the store's QA picture, ``STORE.qa/<slide_id>.png``; white when there is none), each
 patch's square filled with its attention relative to the slide's highest (matplotlib ``inferno``), 60 % opaque.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .features import FeatureStore, as_str
-from .store import PatchStore
+from .store import PatchStore, beside
 
 FORMATS = ("geojson", "h5", "png")
 
@@ -135,7 +135,7 @@ def heatmap(store: PatchStore, slide: str, x: np.ndarray, y: np.ndarray, size0: 
 
     rec = store.records("slides").get(slide, {})
     width0 = (rec.get("dimensions") or [None])[0]
-    qa = store.path / "qa" / f"{slide}.png"
+    qa = beside(store.path, "qa") / f"{slide}.png"  # extract's QA pictures live beside the store (STORE.qa/)
     if qa.is_file() and width0:
         base = Image.open(qa).convert("RGB")
         scale = width0 / base.size[0]  # level-0 px per thumbnail px

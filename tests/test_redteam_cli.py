@@ -279,3 +279,23 @@ def test_mil_bundle_records_its_patients_and_evaluate_refuses_them_in_test(made,
     code, err = _cli("evaluate", leaky, "--out", tmp_path / "bad", "--bundle", root / "m", "--bootstrap", "0")
     assert code == 2 and err.count("\n") == 1, err
     assert f"patient '{victim}' is in this table's test split, but the bundle trained on it" in err
+
+
+def test_heatmap_is_drawn_over_the_qa_thumbnail_beside_the_store(tmp_path):
+    """`export --format png` paints attention over extract's QA picture, which lives beside the store
+    (STORE.qa/); it looked inside the store (the layout before format 2) and drew on a blank white canvas."""
+    from PIL import Image
+
+    from slidestream.engine.store import beside
+
+    pipe = config.with_defaults({"name": "t", "magnification": 10, "patches": {"size": 16}, "store": {"chunk": 8}})
+    st = PatchStore.create(tmp_path / "s", 16, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    st.append("S0", np.zeros((2, 16, 16, 3), np.uint8) + 100, {"slide_id": "S0", "patient_id": "P0", "label": 1, "age": 50.0,
+              "x": np.array([0, 320]), "y": np.array([0, 0]), "size0": 64}, {"status": "done", "dimensions": [640, 320]})
+    qa = beside(st.path, "qa")
+    qa.mkdir()
+    Image.new("RGB", (20, 10), (10, 200, 30)).save(qa / "S0.png")  # the 1/32 thumbnail of a 640 x 320 slide
+    img = np.asarray(export.heatmap(st, "S0", np.array([0, 320]), np.array([0, 0]), np.array([64, 64]), np.array([0.2, 0.8])))
+    assert img.shape == (10, 20, 3)
+    assert (img[5:, :] == (10, 200, 30)).all()  # unpainted: the thumbnail's pixels, not white
+    assert not (img[:2, :2] == (10, 200, 30)).all()  # the patches are painted over it
