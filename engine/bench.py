@@ -151,7 +151,7 @@ def train_bench(device: str = "cpu", archs: tuple[str, ...] = ("small_cnn", "res
     dev = torch.device(_device(device))
     work = Path(work or tempfile.mkdtemp(prefix="ss-bench-train-"))
     store_path = work / f"store{size}"
-    if not (store_path / "manifest.json").exists():
+    if not (store_path / "zarr.json").exists():  # a store of an earlier call in the same --work folder is reused
         make_store(store_path, n_patients=8, per_patient=batch * (steps + 2) // 8 + 1, patch=size, chunk=32)
     st = PatchStore.open(store_path)
     chain, ch = norm_chain({"normalization": {"classifier": {"name": "gray_clahe_gamma"}}})

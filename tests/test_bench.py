@@ -276,3 +276,13 @@ def test_dali_sees_every_tiled_level_of_an_svs(tmp_path):
         assert s.reader_name == "dali" and len(s.reader.level_dimensions) == 3
     finally:
         s.close()
+
+
+def test_bench_train_reuses_its_store_in_the_same_work_folder(tmp_path):
+    """`train_bench(work=...)` called twice: the second call reuses the store the first made (it looked for a
+    format-1 manifest.json, so it tried to make the store again over the existing one)."""
+    from slidestream.engine.bench import train_bench
+
+    for _ in range(2):
+        r = train_bench("cpu", ("small_cnn",), size=32, batch=4, steps=1, work=str(tmp_path))
+        assert r["bench"] == "train" and r["device"] == "cpu"
