@@ -33,6 +33,13 @@ def without_cupy():
             del sys.modules["cupy"]
 
 
+def check_option(device: str | None) -> str | None:
+    """A command's ``--device`` value (None: the pipeline's setting), refused in one line unless auto/cpu/cuda."""
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+    return device
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; ``cuda`` without one is an error."""
     if device == "cpu":

@@ -120,14 +120,8 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     if n == 0:
         raise StoreError(f"store {store_path} has no patches; run `slidestream extract` first")
     module, spec = load_encoder(pipeline.get("encoder"))
-    from .bundle import sha256_file
-
-    weights = spec["params"].get("weights")
-    header = {"encoder": spec["name"], "params": spec["params"], "weights_sha256": sha256_file(weights) if weights is not None else None,
-              "dim": int(spec["dim"]), "dtype": cfg["dtype"], "input_size": int(spec["input_size"]),
-              "mean": spec["mean"], "std": spec["std"], "resize": spec["resize"], "interpolation": spec["interpolation"],
-              "patch_store": str(Path(store_path).resolve()),
-              "extraction_hash": store.manifest.get("extraction_hash"), "rows": n}
+    header = _header(spec, cfg, patch_store=str(Path(store_path).resolve()),
+                     extraction_hash=store.manifest.get("extraction_hash"), rows=n)
     out = Path(out)
     if (out / "zarr.json").exists():
         try:
@@ -170,17 +164,12 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
                   disable=not progress, transient=False) as bar:
         task = bar.add_task(f"features ({spec['name']})", total=total)
         for key, r0, r1 in todo:
-            parts = []
+            sink = EncoderSink(module, spec, dev, bs, r1 - r0)
             for a in range(r0, r1, bs):
                 b = min(a + bs, r1)
-                with torch.inference_mode():
-                    f = module(preprocess(store.read(a, b), spec, dev))
-                parts.append(f.float().cpu().numpy())
+                sink.write(a - r0, store.read(a, b))
                 bar.advance(task, b - a)
-            block = np.concatenate(parts)
-            if block.shape != (r1 - r0, header["dim"]):
-                raise ConfigError(f"encoder {spec['name']!r} returned features of shape {block.shape[1:]}, "
-                                  f"declared ({header['dim']},)")
+            block = sink.close()
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
                 feats[r0:r1] = block.astype(cfg["dtype"])
                 done[key] = [r0, r1]
@@ -285,6 +274,18 @@ class EncoderSink:
         return self.out
 
 
+def _header(spec: dict[str, Any], cfg: dict[str, Any], **more) -> dict[str, Any]:
+    """The feature store's header fields that name the encoder and its input transform, plus ``more``."""
+    from .bundle import sha256_file
+
+    weights = spec["params"].get("weights")
+    return {"encoder": spec["name"], "params": spec["params"],
+            "weights_sha256": sha256_file(weights) if weights is not None else None,
+            "dim": int(spec["dim"]), "dtype": cfg["dtype"], "input_size": int(spec["input_size"]),
+            "mean": spec["mean"], "std": spec["std"], "resize": spec["resize"], "interpolation": spec["interpolation"],
+            **more}
+
+
 def _meta_dtype(column: str):
     from .store import COLUMNS
 
@@ -308,26 +309,19 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
     (tiles decoded and encoded, wall clock)."""
     import os
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
     import zarr
 
     from . import config, runner
-    from .bundle import sha256_file
     from .progress import ExtractProgress
     from .store import acquire_lock, beside, release_lock, writing
 
     t_start = time.perf_counter()
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     module, spec = load_encoder(pipeline.get("encoder"))
-    weights = spec["params"].get("weights")
-    header = {"encoder": spec["name"], "params": spec["params"],
-              "weights_sha256": sha256_file(weights) if weights is not None else None,
-              "dim": int(spec["dim"]), "dtype": cfg["dtype"], "input_size": int(spec["input_size"]),
-              "mean": spec["mean"], "std": spec["std"], "resize": spec["resize"], "interpolation": spec["interpolation"],
-              "patch_store": None, "features_only": True, "extraction_hash": config.extraction_hash(pipeline),
-              "pipeline_file": pipeline_path}
+    header = _header(spec, cfg, patch_store=None, features_only=True, extraction_hash=config.extraction_hash(pipeline),
+                     pipeline_file=pipeline_path)
     out = Path(out)
     if (out / "zarr.json").exists():
         try:
@@ -423,15 +417,10 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                                     "pending": pending}
             results[row.slide_id] = rec
 
-        with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar, \
-                ThreadPoolExecutor(1) as planner:  # open and plan slide k+1 while slide k decodes and encodes
-            ahead = planner.submit(runner.prepare_slide, pipeline, todo[0], None, allow_corrupt_tiles) if todo else None
-            for k, row in enumerate(todo):
-                current = ahead
-                ahead = (planner.submit(runner.prepare_slide, pipeline, todo[k + 1], None, allow_corrupt_tiles)
-                         if k + 1 < len(todo) else None)
+        with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar:
+            for row, prepared in runner.planned_ahead(pipeline, todo, allow_corrupt_tiles):
                 rec = runner.process_slide(pipeline, row, "", {}, str(qa_dir) if qa_dir else None, threads=threads,
-                                           progress=bar.slide_started(row.slide_id), prepared=current.result,
+                                           progress=bar.slide_started(row.slide_id), prepared=prepared,
                                            allow_corrupt=allow_corrupt_tiles, sink=sink)
                 with writing(out):  # a full disk: one line, exit 2; a rerun resumes from the last commit
                     commit(row, rec)
@@ -439,16 +428,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         t_enc = time.perf_counter() - t_enc
     finally:
         release_lock(out)
-    slides = []
-    for r in cohort:
-        rec = results.get(r.slide_id) or errors.get(r.slide_id) or records.get(r.slide_id) or {}
-        status = rec.get("status", "pending")
-        if r.slide_id not in results and r.slide_id in records:
-            status = "skipped"
-        slides.append({"slide_id": r.slide_id, "status": status, "tiles": rec.get("n_tiles", 0),
-                       "patches": rec.get("n_patches", 0), "reason": rec.get("reason", ""),
-                       "corrupt_tiles": len(rec.get("corrupt_tiles", [])),
-                       "seconds": round(rec.get("seconds", 0.0), 3)})
+    slides = runner.summary_slides(cohort, results, records, errors)
     failed = sum(s["status"] == "error" for s in slides)
     return {"store": str(out), "rows": int(info["rows"]), "slides": slides, "failed": failed, "skipped": skipped,
             "seconds": round(time.perf_counter() - t_start, 3), "features_only": True, "encoder": spec["name"],

@@ -26,7 +26,6 @@ of the feature store:
 """
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from . import registry
 from .device import resolve_device
 from .errors import ConfigError
 from .features import FeatureStore, as_str
-from .train import _atomic_torch_save
+from .train import _atomic_torch_save, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
                             "threshold": 0.5, "device": "auto"}
@@ -242,13 +241,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             y, p = bags["label"][sel], probs[sel]
             metrics[s] = {"n": int(sel.sum()), "auc": _auc(y, p),
                           "accuracy": float(np.mean((p >= cfg["threshold"]) == (y == 1)))}
-    with (out / "predictions.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["patient_id", "label", "age", "split", "image_prob"])
-        for i in allp:
-            age = bags["age"][i]
-            w.writerow([bags["patients"][i], int(bags["label"][i]), "" if np.isnan(age) else repr(float(age)), split[i],
-                        repr(float(probs[i]))])
+    write_predictions(out / "predictions.csv", {"patient_id": bags["patients"], "label": bags["label"],
+                                                "age": bags["age"], "split": split, "image_prob": probs})
     attention = np.full(len(feats), np.nan, np.float32)
     for i, a in att.items():
         attention[bags["rows"][i]] = a

@@ -348,6 +348,19 @@ def _cohort_changes(rec: dict[str, Any], row: SlideRow) -> tuple[bool, dict[str,
     return False, changed, notes
 
 
+def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt: bool = False):
+    """Yield ``(row, prepared)`` per slide of ``todo`` (``prepared()``: its ``prepare_slide`` result, for
+    ``process_slide``), opening and planning slide k+1 in a thread while the caller processes slide k."""
+    with ThreadPoolExecutor(1) as planner:
+        def plan(row: SlideRow):
+            return planner.submit(prepare_slide, pipeline, row, None, allow_corrupt)
+
+        ahead = plan(todo[0]) if todo else None
+        for k, row in enumerate(todo):
+            current, ahead = ahead, (plan(todo[k + 1]) if k + 1 < len(todo) else None)
+            yield row, current.result
+
+
 def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, workers: int = 1,
             scheduler: str | None = None, threads: int | None = None, qa: bool = True,
             progress: bool = True, pipeline_path: str | None = None,
@@ -400,17 +413,11 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                     on_slide(row, rec)
 
             if workers <= 1 and not scheduler:
-                # open and plan slide k+1 in a thread while slide k decodes and compresses
-                with ThreadPoolExecutor(1) as planner:
-                    ahead = planner.submit(prepare_slide, pipeline, todo[0], None, allow_corrupt_tiles) if todo else None
-                    for k, row in enumerate(todo):
-                        current = ahead
-                        ahead = (planner.submit(prepare_slide, pipeline, todo[k + 1], None, allow_corrupt_tiles)
-                                 if k + 1 < len(todo) else None)
-                        cb = bar.slide_started(row.slide_id)
-                        finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,
-                                                  threads=threads, progress=cb, prepared=current.result,
-                                                  allow_corrupt=allow_corrupt_tiles))
+                for row, prepared in planned_ahead(pipeline, todo, allow_corrupt_tiles):
+                    cb = bar.slide_started(row.slide_id)
+                    finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,
+                                              threads=threads, progress=cb, prepared=prepared,
+                                              allow_corrupt=allow_corrupt_tiles))
             else:
                 _run_dask(pipeline, todo, stage_dir, cfg, qa_dir, workers, scheduler, threads, bar, finish,
                           allow_corrupt_tiles)
@@ -505,12 +512,12 @@ class _FileProgress:
         self.path = path
 
     def __call__(self, done: int, total: int) -> None:
-        atomic_write_text(self.path, f"{done} {total}")
+        atomic_write_text(self.path, f"{done} {total}", durable=False)  # called per tile batch: no fsync
 
 
-def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict], skipped: int,
-              seconds: float) -> dict[str, Any]:
-    slides_done, errors = store.records("slides"), store.records("errors")
+def summary_slides(cohort: list[SlideRow], results: dict[str, dict], slides_done: dict[str, dict],
+                   errors: dict[str, dict]) -> list[dict[str, Any]]:
+    """One summary line per cohort slide: this run's result, else its stored record (``skipped``) or error."""
     slides = []
     for r in cohort:
         rec = results.get(r.slide_id) or errors.get(r.slide_id) or slides_done.get(r.slide_id) or {}
@@ -521,6 +528,11 @@ def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict
                        "patches": rec.get("n_patches", 0), "reason": rec.get("reason", ""),
                        "corrupt_tiles": len(rec.get("corrupt_tiles", [])),
                        "seconds": round(rec.get("seconds", 0.0), 3)})
-    failed = [s for s in slides if s["status"] == "error"]
-    return {"store": str(store.path), "rows": len(store), "slides": slides, "failed": len(failed),
-            "skipped": skipped, "seconds": round(seconds, 3)}
+    return slides
+
+
+def summarize(store: PatchStore, cohort: list[SlideRow], results: dict[str, dict], skipped: int,
+              seconds: float) -> dict[str, Any]:
+    slides = summary_slides(cohort, results, store.records("slides"), store.records("errors"))
+    return {"store": str(store.path), "rows": len(store), "slides": slides,
+            "failed": sum(s["status"] == "error" for s in slides), "skipped": skipped, "seconds": round(seconds, 3)}

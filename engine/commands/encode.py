@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
 
 mil_app = typer.Typer(help="Attention-MIL on a feature store: one bag of patch features per patient.",
                       no_args_is_help=True)
@@ -40,10 +39,10 @@ def features_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Encode every patch of a store into a feature store (one row per patch, row-aligned); resumable per slide."""
+    from ..device import check_option
     from ..features import extract_features
 
-    if device not in (None, "auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+    check_option(device)
     p = _load(pipeline, encoder, weights)
     s = extract_features(p, store, out, device=device, batch_size=batch_size, progress=not (quiet or as_json),
                          log=(lambda m: None) if as_json else typer.echo)
@@ -67,9 +66,9 @@ def mil_train_command(
 ):
     """Train an attention-MIL aggregator on patient bags; rerun the same command to resume after an interruption."""
     from .. import config, mil
+    from ..device import check_option
 
-    if device not in (None, "auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+    check_option(device)
     mil.train(config.load(pipeline), features, out, store=store, folds=folds, aggregator=aggregator, epochs=epochs,
               seed=seed, device=device, log=typer.echo)
 

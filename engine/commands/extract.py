@@ -133,8 +133,9 @@ def extract_cmd(
                               '"encoder": {"name": "resnet50_trunc", "params": {"weights": "resnet50.pth"}}')
         if workers > 1 or scheduler:
             raise ConfigError("--features-only runs in one process (one encoder); drop --workers/--scheduler")
-        if device not in (None, "auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+        from ..device import check_option
+
+        check_option(device)
     elif batch_size is not None or device is not None:
         raise ConfigError("--batch-size and --device are for --features-only")
     cohort = read_cohort(slides, default_mpp=mpp, unlabeled=unlabeled)

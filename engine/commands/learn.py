@@ -65,11 +65,11 @@ def train_command(
     Per architecture: a bundle with the fusion fitted on training.fusion_split (default val) or, with --fusion-cv K,
     on out-of-fold scores of the train+val patients; training.json, history.json, predictions.csv."""
     from .. import config, splits, train
+    from ..device import check_option
     from ..store import PatchStore
 
     p = config.load(pipeline)
-    if device not in (None, "auto", "cpu", "cuda"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, not {device!r}")
+    check_option(device)
     if split:
         st = PatchStore.open(store, mode="r+")
         if "train" not in set(st.column("split").tolist()):
