@@ -24,6 +24,10 @@ lock holder) renames the staging shards into place after the last region, writes
 rows and its record (each touches only its own chunks), grows the arrays and rewrites the root
 ``zarr.json`` -- the commit point. A reader opening the group sees the consolidated shapes: a slide is in
 completely or not at all; rows past them are cut off when a writer opens the store again.
+
+Files: the writer writes every file itself (``engine/zarr3.py``: the bytes zarr 3 writes for the same
+operations, tests/test_store.py compares them), so creating, resuming and committing import no zarr; reading
+patches opens the patch array with zarr.
 """
 from __future__ import annotations
 
@@ -37,18 +41,14 @@ import shutil
 import socket
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 import numpy as np
 
-from .device import without_cupy
+from . import zarr3
 from .errors import StoreError
-
-with without_cupy():
-    import zarr
 
 FORMAT = 2
 LABEL_NAMES = {-1: "unknown", 0: "wildtype", 1: "mutant"}
@@ -76,19 +76,27 @@ COLUMNS: dict[str, tuple[Any, Any]] = {
 ARRAYS = ("patches", *COLUMNS, "records")
 
 
-def codec(cfg: Mapping[str, Any]) -> list:
-    """zarr v3 compressors for the pipeline's ``store`` section."""
-    from zarr.codecs import BloscCodec, ZstdCodec
-
+def codec(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """zarr v3 compressors (their JSON, as zarr writes it) for the pipeline's ``store`` section."""
     name, level = cfg.get("codec", "zstd"), int(cfg.get("level", 1))
     if name == "zstd":
-        return [ZstdCodec(level=max(level, 1))]
+        return [{"name": "zstd", "configuration": {"level": max(level, 1), "checksum": False}}]
     if name in ("blosc-zstd", "blosc-lz4", "lz4"):
         cname = "zstd" if name == "blosc-zstd" else "lz4"
-        return [BloscCodec(cname=cname, clevel=min(max(level, 1), 9), shuffle="noshuffle", typesize=1)]
+        return [{"name": "blosc", "configuration": {"typesize": 1, "cname": cname, "clevel": min(max(level, 1), 9),
+                                                    "shuffle": "noshuffle", "blocksize": 0}}]
     if name == "none":
         return []
     raise StoreError(f"unknown store codec {name!r}; use zstd, lz4, blosc-zstd, blosc-lz4 or none")
+
+
+def _zarr():
+    """zarr, imported when a store's patches are first read (writing a store does not need it)."""
+    from .device import without_cupy
+
+    with without_cupy():
+        import zarr
+    return zarr
 
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> None:
@@ -152,22 +160,23 @@ def beside(path: str | Path, what: str) -> Path:
     return path.with_name(f"{path.name}.{what}")
 
 
-def _patch_array_kwargs(size: int, store_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def patch_meta(rows: int, size: int, store_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``zarr.json`` of a patch array: (rows, size, size, 3) uint8, fill 0, chunks of ``store.chunk`` rows in
+    shards of ``SHARD_CHUNKS`` chunks, the store's codec inside the shards (zarr's ``create_array(...,
+    chunks=, shards=, compressors=)``)."""
     chunk = int(store_cfg.get("chunk", 32))
-    return dict(dtype="uint8", fill_value=0, chunks=(chunk, size, size, 3), shards=(chunk * SHARD_CHUNKS, size, size, 3),
-                compressors=codec(store_cfg), dimension_names=PATCH_DIMS)
+    inner = [{"name": "bytes"}, *codec(store_cfg)]
+    sharding = {"name": "sharding_indexed", "configuration": {"chunk_shape": [chunk, size, size, 3], "codecs": inner,
+                "index_codecs": zarr3.SHARD_INDEX_CODECS, "index_location": "end"}}
+    return zarr3.array_meta([rows, size, size, 3], "uint8", [chunk * SHARD_CHUNKS, size, size, 3], 0, [sharding], PATCH_DIMS)
 
 
-# process-wide too: catch_warnings below is not thread-safe (slides run in threads that also catch warnings
-# per slide), so a concurrent exit can restore the filters while zarr warns, and the note reached the terminal
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-
-
-def _consolidate(path) -> None:
-    """Consolidate the metadata of the group at ``path`` (a folder, or a zarr store object)."""
-    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path) if isinstance(path, (str, Path)) else path)
+def _new_arrays(patch_size: int, store_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``zarr.json`` of each array of a new store (no rows yet)."""
+    out = {"patches": patch_meta(0, patch_size, store_cfg)}
+    out.update({name: zarr3.column_meta(dtype, fill, META_CHUNK, "patch") for name, (dtype, fill) in COLUMNS.items()})
+    out["records"] = zarr3.column_meta(str, "", RECORD_CHUNK, "record")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- the lock
@@ -251,7 +260,8 @@ class RowWriter:
     (``chunk`` rows, not a whole shard), with the array's own codec, and each shard file is assembled
     as zarr's sharding codec writes it (chunks in order, then the index of (offset, length) pairs and its
     CRC32C): the same bytes as writing through zarr, with less overhead (a slide's 144-400 patches: ~20 % less
-    wall time, 10-20 % less CPU, bench/README.md). Arrays whose codecs this does not know go through zarr."""
+    wall time, 10-20 % less CPU, bench/README.md). The staging array's ``zarr.json`` is written directly too
+    (``patch_meta``): writing imports no zarr."""
 
     def __init__(self, stage: str | Path, n: int, size: int, store_cfg: Mapping[str, Any], store: "PatchStore | None" = None,
                  key: str = "", section: str = "slides"):
@@ -259,11 +269,12 @@ class RowWriter:
 
         self.stage, self.n, self.store, self.key, self.section = Path(stage), n, store, key, section
         shutil.rmtree(self.stage, ignore_errors=True)
+        self.meta = patch_meta(n, size, store_cfg)
         with writing(self.stage):
-            self.arr = zarr.create_array(str(self.stage), shape=(n, size, size, 3), **_patch_array_kwargs(size, store_cfg),
-                                         config={"write_empty_chunks": True})  # every shard exists: the commit moves all
-        self.chunk = self.arr.chunks[0]
-        self._encode = _chunk_encoder(self.arr)
+            zarr3.put(self.stage / "zarr.json", zarr3.dumps(self.meta))
+        self.chunk, self.row_shape = int(store_cfg.get("chunk", 32)), (size, size, 3)
+        inner = self.meta["codecs"][0]["configuration"]["codecs"]
+        self._encode = zarr3.compressor(inner[1]) if len(inner) > 1 else None  # None: raw bytes
         self._cur: np.ndarray | None = None  # rows of the chunk being filled
         self._cur_index = -1
         self._chunks: dict[int, Any] = {}  # chunk index -> future of its compressed bytes
@@ -273,10 +284,6 @@ class RowWriter:
     def write(self, offset: int, patches: np.ndarray) -> None:
         """Write rows ``offset .. offset+len(patches)`` (offsets must arrive in increasing order)."""
         patches = np.asarray(patches)
-        if self._encode is False:  # codecs this writer does not assemble itself: zarr's write path, in order
-            with writing(self.stage):
-                _write_block(self.arr, offset, patches)
-            return
         c = self.chunk
         i = 0
         while i < len(patches):
@@ -284,7 +291,7 @@ class RowWriter:
             ci = row // c
             if ci != self._cur_index:
                 self._finish_chunk()
-                self._cur_index, self._cur = ci, np.zeros((c, *self.arr.shape[1:]), np.uint8)
+                self._cur_index, self._cur = ci, np.zeros((c, *self.row_shape), np.uint8)
             k = min(len(patches) - i, (ci + 1) * c - row)
             self._cur[row - ci * c: row - ci * c + k] = patches[i:i + k]
             i += k
@@ -328,17 +335,16 @@ class RowWriter:
             import google_crc32c
 
             idx = index.tobytes()
-            path = self.stage / self.arr.metadata.encode_chunk_key((j, 0, 0, 0))
+            path = self.stage / zarr3.chunk_key(self.meta, (j, 0, 0, 0))
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as fh:
                 fh.writelines([*parts, idx, np.uint32(google_crc32c.value(idx)).astype("<u4").tobytes()])
 
     def close(self) -> str:
         """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""
-        if self._encode is not False:
-            self._finish_chunk()
-            with writing(self.stage):
-                self._write_shards(final=True)
+        self._finish_chunk()
+        with writing(self.stage):
+            self._write_shards(final=True)
         self._chunks = {}
         self._pool.shutdown()
         return str(self.stage)
@@ -346,36 +352,6 @@ class RowWriter:
     def commit(self, meta: Mapping[str, Any], record: dict[str, Any]) -> tuple[int, int]:
         self.close()
         return self.store.commit_staged(self.key, self.stage, self.n, meta, record, self.section)
-
-
-def _chunk_encoder(arr: zarr.Array):
-    """The numcodecs compressor of ``arr``'s inner chunks (None: raw bytes), or False when its codecs are not
-    the ones :class:`RowWriter` assembles shards for (then it writes through zarr)."""
-    from numcodecs import Blosc, Zstd
-
-    d = arr.metadata.to_dict()["codecs"]
-    if len(d) != 1 or d[0]["name"] != "sharding_indexed":
-        return False
-    cfg = d[0]["configuration"]
-    inner, index = cfg["codecs"], cfg["index_codecs"]
-    if (cfg["index_location"] != "end" or [c["name"] for c in index] != ["bytes", "crc32c"]
-            or index[0].get("configuration", {}).get("endian", "little") != "little" or inner[0]["name"] != "bytes"
-            or arr.dtype != np.uint8 or len(inner) > 2):
-        return False
-    if len(inner) == 1:
-        return None
-    name, c = inner[1]["name"], inner[1].get("configuration", {})
-    if name == "zstd":
-        return Zstd(level=c["level"], checksum=c.get("checksum", False))
-    if name == "blosc":
-        return Blosc(cname=c["cname"], clevel=c["clevel"], blocksize=c.get("blocksize", 0),
-                     shuffle={"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[c["shuffle"]],
-                     typesize=c.get("typesize", 1))
-    return False
-
-
-def _write_block(arr: zarr.Array, start: int, block: np.ndarray) -> None:
-    arr[start:start + len(block)] = block
 
 
 def stage_name(section: str, key: str) -> str:
@@ -390,19 +366,25 @@ class PatchStore:
         self.path = path
         self.mode = mode
         self._shards_ok: set[int] = set()  # shard files seen on disk (_check_shards)
-        # consolidated: the committed shapes. A writer reopens each array from its own zarr.json (rows an
-        # interrupted commit wrote past the committed shapes are cut on opening); a reader or a store just
-        # created takes them from the consolidated metadata (15 fewer file reads)
-        root = zarr.open_group(str(path), mode="r+" if fresh else "r")
-        self.manifest: dict[str, Any] = dict(root.attrs.get("slidestream") or {})
-        self._rows = int(root["patches"].shape[0])  # physical rows, padding included
-        self._n_records = int(root["records"].shape[0])
-        self._arrays = {name: root[name] if fresh or mode == "r" else zarr.open_array(str(path / name), mode="r+")
-                        for name in ARRAYS}
-        self.size = int(self._arrays["patches"].shape[1])
-        self.chunk = int(self._arrays["patches"].chunks[0])
+        self._zpatches = None  # the patch array opened with zarr, for reading (_patch_array)
+        # consolidated in the root zarr.json: the committed shapes. A writer reopens each array from its own
+        # zarr.json (rows an interrupted commit wrote past the committed shapes are cut on opening); a reader
+        # or a store just created takes them from the consolidated metadata (15 fewer file reads). The files
+        # are read and written directly (zarr3): a writer imports no zarr
+        root = zarr3.read_json(path / "zarr.json")
+        self._attrs: dict[str, Any] = root.get("attributes") or {}
+        self.manifest: dict[str, Any] = dict(self._attrs.get("slidestream") or {})
+        consolidated = (root.get("consolidated_metadata") or {}).get("metadata") or {}
+        committed = {name: consolidated.get(name) or zarr3.read_json(path / name / "zarr.json") for name in ARRAYS}
+        self._rows = int(committed["patches"]["shape"][0])  # physical rows, padding included
+        self._n_records = int(committed["records"]["shape"][0])
+        self._meta = committed if fresh or mode == "r" else {name: zarr3.read_json(path / name / "zarr.json")
+                                                              for name in ARRAYS}
+        self._cols = {name: zarr3.Column(self._meta[name]) for name in (*COLUMNS, "records")}  # ValueError: unknown codecs
+        chunks = self._meta["patches"]["codecs"][0]["configuration"]["chunk_shape"]
+        self.size, self.chunk = int(chunks[1]), int(chunks[0])
         self.shard = self.chunk * SHARD_CHUNKS
-        raw = self._arrays["records"][: self._n_records] if self._n_records else []
+        raw = self._cols["records"].read(path / "records", 0, self._n_records) if self._n_records else []
         self._log = [json.loads(s) for s in np.asarray(raw).tolist()]
         self._index()
 
@@ -437,25 +419,16 @@ class PatchStore:
         shutil.rmtree(partial, ignore_errors=True)
         tmp = partial / "new-store"
         tmp.mkdir(parents=True)
-        # built in memory, then its 16 small files written at once: about half the time and CPU of zarr's
-        # writes to disk one file at a time (bench/README.md); the files are zarr's own
-        from zarr.storage import MemoryStore
-
-        files: dict[str, Any] = {}
-        g = zarr.open_group(MemoryStore(files), mode="w")
-        g.attrs["slidestream"] = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "label_names": {str(k): v for k, v in LABEL_NAMES.items()}, **manifest}
-        g.create_array("patches", shape=(0, patch_size, patch_size, 3), **_patch_array_kwargs(patch_size, store_cfg))
-        for name, (dtype, fill) in COLUMNS.items():
-            g.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=fill,
-                           dimension_names=("patch",))
-        g.create_array("records", shape=(0,), chunks=(RECORD_CHUNK,), dtype=str, fill_value="",
-                       dimension_names=("record",))
-        _consolidate(g.store)
+        # the 16 zarr.json files zarr writes for this group and its arrays, consolidated (tests/test_store.py
+        # compares them with zarr's), written directly: no zarr import on the write path (bench/README.md)
+        arrays = _new_arrays(patch_size, store_cfg)
+        attrs = {"slidestream": {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                 "label_names": {str(k): v for k, v in LABEL_NAMES.items()}, **manifest}}
         with writing(path):
-            for key, buf in sorted(files.items()):
-                (tmp / key).parent.mkdir(exist_ok=True)
-                (tmp / key).write_bytes(buf.to_bytes())
+            for name, meta in arrays.items():
+                (tmp / name).mkdir()
+                (tmp / name / "zarr.json").write_bytes(zarr3.dumps(meta))
+            (tmp / "zarr.json").write_bytes(zarr3.dumps(zarr3.group_doc(attrs, arrays)))
             if path.exists():
                 path.rmdir()  # the empty folder a user made for it
             os.rename(tmp, path)
@@ -547,8 +520,7 @@ class PatchStore:
     def column(self, name: str) -> np.ndarray:
         if name not in COLUMNS:
             raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
-        full = np.asarray(self._arrays[name][: self._rows]) if self._rows else np.zeros(0, self._arrays[name].dtype)
-        return full[self._phys]
+        return self._cols[name].read(self.path / name, 0, self._rows)[self._phys]
 
     def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Metadata as a dict of equal-length numpy columns."""
@@ -574,10 +546,17 @@ class PatchStore:
             return out
         self._check_shards(phys)
         breaks = np.flatnonzero(np.diff(phys) != 1) + 1
-        arr = self._arrays["patches"]
+        arr = self._patch_array()
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
             out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
         return out
+
+    def _patch_array(self):
+        """The patch array opened with zarr (imported here: only reading patches needs it), again when the
+        store grew since."""
+        if self._zpatches is None or self._zpatches.shape[0] < self._rows:
+            self._zpatches = _zarr().open_array(str(self.path / "patches"), mode="r")
+        return self._zpatches
 
     def _check_shards(self, phys: np.ndarray) -> None:
         """Refuse to read committed rows whose shard file is missing (a damaged or partly copied store):
@@ -645,7 +624,7 @@ class PatchStore:
     def store_cfg(self) -> dict[str, Any]:
         """What a staging writer needs to match this store's chunks and codec (the pipeline's ``store``)."""
         return dict((self.manifest.get("pipeline") or {}).get("store") or {}, chunk=self.chunk,
-                    **_codec_cfg(self._arrays["patches"]))
+                    **_codec_cfg(self._meta["patches"]))
 
     def commit_staged(self, key: str, stage: str | Path | None, n: int, meta: Mapping[str, Any], record: dict[str, Any],
                       section: str = "slides", replace: bool = False) -> tuple[int, int]:
@@ -676,52 +655,45 @@ class PatchStore:
         self._grow(p1, i + 1)
         if n:
             stage = Path(stage)
-            src = zarr.open_array(str(stage), mode="r")
-            dst = self._arrays["patches"]
-            if src.shape[0] != n or src.shape[1:] != dst.shape[1:] or src.chunks != dst.chunks or src.shards != dst.shards:
-                raise StoreError(f"staged {stage} does not match the store ({src.shape}, chunks {src.chunks}, "
-                                 f"shards {src.shards}); extract that slide again")
+            src, dst = zarr3.read_json(stage / "zarr.json"), self._meta["patches"]
+            if src["shape"] != [n, *dst["shape"][1:]] or any(src[a] != dst[a] for a in ("chunk_grid", "codecs", "data_type")):
+                c = src["codecs"][0].get("configuration", {})
+                raise StoreError(f"staged {stage} does not match the store (shape {src['shape']}, chunks "
+                                 f"{c.get('chunk_shape')}, codecs {c.get('codecs')}); extract that slide again")
             for j in range(k):
                 target = self._shard_file(p0 // self.shard + j)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(stage / src.metadata.encode_chunk_key((j, 0, 0, 0)), target)
+                os.replace(stage / zarr3.chunk_key(src, (j, 0, 0, 0)), target)
             self._write_columns(p0, p1, n, meta)
-        self._arrays["records"][i:i + 1] = np.array([json.dumps(rec, default=str)], dtype=object).astype(str)
+        self._cols["records"].write(self.path / "records", i, np.array([json.dumps(rec, default=str)], dtype=object))
         self._commit_point()
 
     def _commit_point(self) -> None:
         """Rewrite the root ``zarr.json`` with every array's current metadata -- what
         ``zarr.consolidate_metadata`` writes, from the metadata in memory instead of listing the store and
         reading 15 files back (tests/test_store.py compares the two); replaced atomically."""
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.group import ConsolidatedMetadata, GroupMetadata
-
-        root = self.path / "zarr.json"
-        attrs = json.loads(root.read_bytes()).get("attributes", {})
-        meta = GroupMetadata(attributes=attrs, consolidated_metadata=ConsolidatedMetadata(
-            metadata={name: arr.metadata for name, arr in self._arrays.items()}))
-        # no fsync: as before, a commit costs no disk flush (the kill -9 tests need none: the rename is atomic)
-        atomic_write_bytes(root, meta.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes(), durable=False)
+        # replaced as zarr replaces a file (a temporary one renamed over it); no fsync: as before, a commit costs
+        # no disk flush (the kill -9 tests need none: the rename is atomic)
+        zarr3.put(self.path / "zarr.json", zarr3.dumps(zarr3.group_doc(self._attrs, self._meta)))
 
     def commit_record(self, key: str, record: dict[str, Any], section: str) -> None:
         """Commit a record without rows (an error, an updated label)."""
         self.commit_staged(key, None, 0, {}, record, section, replace=True)
 
     def _grow(self, rows: int, n_records: int) -> None:
-        """Resize every array to ``rows`` (``records`` to ``n_records``): grown by a commit, cut back on opening."""
-        sizes = {name: n_records if name == "records" else rows for name in self._arrays}
-        _together(arr.async_array.resize((sizes[name], *arr.shape[1:])) for name, arr in self._arrays.items()
-                  if arr.shape[0] != sizes[name])  # fifteen small files: concurrently
+        """Resize every array to ``rows`` (``records`` to ``n_records``): grown by a commit, cut back on opening
+        (chunks past the new rows deleted, as zarr's ``resize``)."""
+        for name, meta in self._meta.items():
+            size = n_records if name == "records" else rows
+            if meta["shape"][0] != size:
+                zarr3.resize(self.path / name, meta, size)
 
     def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> None:
-        def values(name: str) -> np.ndarray:
-            dtype, fill = COLUMNS[name]
+        for name, (dtype, fill) in COLUMNS.items():
             v = meta.get(name, fill)
             vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
             vals[:n] = np.asarray(v) if np.ndim(v) else v
-            return vals.astype(str) if dtype is str else vals
-
-        _together(self._arrays[name].async_array.setitem(slice(p0, p1), values(name)) for name in COLUMNS)
+            self._cols[name].write(self.path / name, p0, vals.astype(str).astype(object) if dtype is str else vals)
 
     def _blank(self, p0: int, n: int) -> None:
         """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
@@ -732,7 +704,7 @@ class PatchStore:
 
     def _shard_file(self, j: int) -> Path:
         """The file of the ``j``-th shard of ``patches`` (rows ``j * shard ..``)."""
-        return self.path / "patches" / self._arrays["patches"].metadata.encode_chunk_key((j, 0, 0, 0))
+        return self.path / "patches" / zarr3.chunk_key(self._meta["patches"], (j, 0, 0, 0))
 
     def update_rows(self, key: str, values: Mapping[str, Any], record: dict[str, Any], section: str = "slides") -> None:
         """Set columns of a committed key's rows to ``values`` (scalars) and commit its new ``record``."""
@@ -744,12 +716,11 @@ class PatchStore:
             if old.get("region"):
                 p0, n = old["region"]
                 for name, v in values.items():
-                    arr = self._arrays[name]
                     vals = np.full(n, v, dtype=object if COLUMNS[name][0] is str else COLUMNS[name][0])
-                    arr[p0:p0 + n] = vals.astype(str) if COLUMNS[name][0] is str else vals
-            self._arrays["records"].resize((self._n_records + 1,))
-            self._arrays["records"][self._n_records:self._n_records + 1] = np.array([json.dumps(rec, default=str)])
-            _consolidate(self.path)
+                    self._cols[name].write(self.path / name, p0, vals.astype(str).astype(object) if COLUMNS[name][0] is str else vals)
+            zarr3.resize(self.path / "records", self._meta["records"], self._n_records + 1)
+            self._cols["records"].write(self.path / "records", self._n_records, np.array([json.dumps(rec, default=str)], dtype=object))
+            self._commit_point()
         self._n_records += 1
         self._add(rec)
 
@@ -761,48 +732,31 @@ class PatchStore:
         values = np.asarray(values)
         if values.shape != (len(self),):
             raise StoreError(f"column {name!r} needs {len(self)} values, got {values.shape}")
-        arr = self._arrays[name]
-        full = np.asarray(arr[: self._rows]) if self._rows else np.zeros(0, arr.dtype)
-        if COLUMNS[name][0] is str:
-            full = full.astype(object)
-        full[self._phys] = values
+        col = self._cols[name]
+        full = col.read(self.path / name, 0, self._rows).astype(col.dtype)
+        full[self._phys] = values.astype(str) if col.string else values
         if self._rows:
             with writing(self.path):  # a full disk: one line naming the store
-                arr[: self._rows] = full.astype(str) if COLUMNS[name][0] is str else full
+                col.write(self.path / name, 0, full)
 
     def save_manifest(self) -> None:
         """Write ``manifest`` (small: pipeline, hashes, split settings) into the root group's attributes."""
         self._writable()
+        self._attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
         with writing(self.path):
-            g = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
-            g.attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
-            _consolidate(self.path)
+            self._commit_point()
 
 
-def _together(coroutines: Iterable) -> None:
-    """Run zarr's coroutines (array writes, resizes) concurrently in one trip through zarr's event loop,
-    instead of one blocking call per array (each ~2 ms of CPU of zarr's machinery)."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def run(cs):
-        await asyncio.gather(*cs)
-
-    sync(run(list(coroutines)))
-
-
-def _codec_cfg(arr: zarr.Array) -> dict[str, Any]:
-    """The pipeline ``store`` codec settings that made ``arr`` (so staging arrays compress alike)."""
-    comps = arr.compressors
+def _codec_cfg(meta: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline ``store`` codec settings that made a patch array (its ``zarr.json``), so staging arrays
+    compress alike."""
+    comps = meta["codecs"][0]["configuration"]["codecs"][1:]
     if not comps:
         return {"codec": "none"}
-    c = comps[0]
-    name = type(c).__name__
-    if name == "ZstdCodec":
-        return {"codec": "zstd", "level": c.level}
-    cname = str(getattr(c.cname, "value", c.cname))
-    return {"codec": f"blosc-{cname}", "level": c.clevel}
+    c = comps[0].get("configuration", {})
+    if comps[0]["name"] == "zstd":
+        return {"codec": "zstd", "level": c["level"]}
+    return {"codec": f"blosc-{c['cname']}", "level": c["clevel"]}
 
 
 class PatchView:

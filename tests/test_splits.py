@@ -192,18 +192,17 @@ def test_full_disk_while_writing_the_split_or_rows_names_the_store(tmp_path, mon
     import errno
     import os
 
-    import zarr
-
+    from slidestream.engine import store as store_mod
     from slidestream.engine.store import PatchStore, WriteError
 
     st = make_store(tmp_path / "s", n_patients=6, per_patient=3, patch=16)
     st = PatchStore.open(st.path, mode="r+")
     key = next(iter(st.records()))
 
-    def full(self, *a, **k):
+    def full(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(zarr.Array, "__setitem__", full)
+    monkeypatch.setattr(store_mod.zarr3, "put", full)  # every file the store writes
     with pytest.raises(WriteError, match=rf"^{st.path}: No space left on device; free space and run the same command"):
         if what == "split":
             splits.split_store(st, (2, 1, 1), seed=0)
@@ -226,6 +225,6 @@ def test_full_disk_while_saving_the_manifest_names_the_store(tmp_path, monkeypat
     def full(path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(store_mod, "_consolidate", full)
+    monkeypatch.setattr(store_mod.zarr3, "put", lambda path, data: full(path))
     with pytest.raises(WriteError, match=rf"^{st.path}: No space left on device; free space"):
         st.save_manifest()

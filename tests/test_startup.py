@@ -24,12 +24,12 @@ NO_NVIDIA = not any(Path("/dev").glob("nvidia[0-9]*"))
 
 def test_extract_process_imports_only_what_it_uses(tmp_path):
     """A one-slide ``extract --json`` (the liu2020 pipeline) does not import SciPy (DPW labels with cc3d, age_gda
-    imports SciPy when it runs), rich (no progress bar, no table), nor CuPy through zarr or cuCIM on a machine
-    without an NVIDIA device."""
+    imports SciPy when it runs), rich (no progress bar, no table), zarr (the store writes its files itself:
+    engine/zarr3.py), nor CuPy through cuCIM on a machine without an NVIDIA device."""
     from slidestream.engine.synthetic import make_slide
 
     make_slide(tmp_path / "slides" / "a.svs", size=(3072, 2048), label=1, seed=1, mpp=1.0, objective=10)
-    heavy = ["scipy", "skimage", "torch", "dask", "distributed", "rich"] + (["cupy"] if NO_NVIDIA else [])
+    heavy = ["scipy", "skimage", "torch", "dask", "distributed", "rich", "zarr"] + (["cupy"] if NO_NVIDIA else [])
     code = ("import atexit, json, sys\n"
             f"atexit.register(lambda: print(json.dumps([m for m in {heavy!r} if m in sys.modules])))\n"
             "from slidestream.engine.cli import main\nmain()\n")

@@ -15,6 +15,28 @@ from slidestream.engine.errors import StoreError
 from slidestream.engine.store import COLUMNS, PatchStore, beside
 
 
+def _zarr_patch_kwargs(size, cfg):
+    """What the store's patch array is, in zarr's own terms: ``zarr.create_array`` arguments."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    name, level, chunk = cfg.get("codec", "zstd"), int(cfg.get("level", 1)), int(cfg.get("chunk", 32))
+    comps = {"zstd": [ZstdCodec(level=max(level, 1))], "none": [],
+             "blosc-lz4": [BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle", typesize=1)],
+             "blosc-zstd": [BloscCodec(cname="zstd", clevel=level, shuffle="noshuffle", typesize=1)]}[name]
+    return dict(dtype="uint8", fill_value=0, chunks=(chunk, size, size, 3), shards=(chunk * 8, size, size, 3),
+                compressors=comps, dimension_names=("patch", "py", "px", "channel"))
+
+
+def _consolidate(path):
+    with warnings.catch_warnings():  # zarr notes that consolidated metadata is not in the v3 spec yet
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _new(tmp_path, codec="zstd", chunk=8, size=16):
     return PatchStore.create(tmp_path / "s", size, {"codec": codec, "level": 1, "chunk": chunk}, {"extraction_hash": "h"})
 
@@ -128,7 +150,7 @@ def test_creation_is_atomic(tmp_path, monkeypatch):
         calls.append(path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store_mod, "_consolidate", crash)
+    monkeypatch.setattr(store_mod.zarr3, "group_doc", lambda *a: crash(a))  # the arrays' files are written
     with pytest.raises(KeyboardInterrupt):
         _new(tmp_path)
     assert calls and not (tmp_path / "s").exists()  # nothing at the store's path
@@ -155,7 +177,7 @@ def test_row_writer_writes_the_bytes_zarr_writes(tmp_path, codec, n):
         w.write(i, pix[i:i + step])
         i += step
     w.close()
-    ref = zarr.create_array(str(tmp_path / "zarr"), shape=pix.shape, **store_mod._patch_array_kwargs(8, cfg),
+    ref = zarr.create_array(str(tmp_path / "zarr"), shape=pix.shape, **_zarr_patch_kwargs(8, cfg),
                             config={"write_empty_chunks": True})
     ref[:] = pix
     mine = {p.relative_to(tmp_path / "mine"): p.read_bytes() for p in (tmp_path / "mine").rglob("*") if p.is_file()}
@@ -173,17 +195,111 @@ def test_commit_point_equals_zarr_consolidation(tmp_path):
     st.commit_record("bad", {"status": "error"}, "errors")
     st.append("s2", np.ones((3, 16, 16, 3), np.uint8), {"age": 7.5}, {"status": "done"})
     mine = json.loads((tmp_path / "s" / "zarr.json").read_text())
-    store_mod._consolidate(tmp_path / "s")
+    _consolidate(tmp_path / "s")
     assert mine == json.loads((tmp_path / "s" / "zarr.json").read_text())
     assert mine["consolidated_metadata"]["metadata"]["patches"]["shape"][0] == 2 * st.shard
     assert len(PatchStore.open(tmp_path / "s")) == 43
 
 
-def test_row_writer_falls_back_to_zarr_for_codecs_it_does_not_assemble(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_chunk_encoder", lambda arr: False)
-    pix = np.random.default_rng(1).integers(0, 9, (70, 8, 8, 3), dtype=np.uint8)
-    w = store_mod.RowWriter(tmp_path / "w", 70, 8, {"codec": "zstd", "level": 1, "chunk": 4})
-    for i in range(0, 70, 3):
-        w.write(i, pix[i:i + 3])
+class _ZarrStore:
+    """The reference: the same store built through zarr's API, operation by operation, as the store did
+    before it wrote its files itself (zarr's create_array/resize/setitem/consolidate_metadata)."""
+
+    def __init__(self, path, attrs, size, cfg):
+        self.path = path
+        g = zarr.open_group(str(path), mode="w")
+        g.attrs.update(attrs)
+        g.create_array("patches", shape=(0, size, size, 3), **_zarr_patch_kwargs(size, cfg))
+        for name, (dtype, fill) in COLUMNS.items():
+            g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill, dimension_names=("patch",))
+        g.create_array("records", shape=(0,), chunks=(16,), dtype=str, fill_value="", dimension_names=("record",))
+        _consolidate(path)
+        self.rows, self.n_records, self.shard = 0, 0, int(cfg["chunk"]) * 8
+
+    def arrays(self):
+        g = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        return {name: g[name] for name in store_mod.ARRAYS}
+
+    def grow(self, rows, n_records):
+        for name, a in self.arrays().items():
+            a.resize((n_records if name == "records" else rows, *a.shape[1:]))
+
+    def commit(self, key, pix, meta, record, section="slides", point=True):
+        n, p0, i = len(pix), self.rows, self.n_records
+        p1 = p0 + -(-n // self.shard) * self.shard
+        self.grow(p1, i + 1)
+        a = self.arrays()
+        if n:
+            a["patches"][p0:p0 + n] = pix
+            for name, (dtype, fill) in COLUMNS.items():
+                vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
+                v = meta.get(name, fill)
+                vals[:n] = np.asarray(v) if np.ndim(v) else v
+                a[name][p0:p1] = vals.astype(str) if dtype is str else vals
+        rec = {**record, "section": section, "key": key, "region": [p0, n] if n else None}
+        a["records"][i:i + 1] = np.array([json.dumps(rec)])
+        if point:
+            _consolidate(self.path)
+            self.rows, self.n_records = p1, i + 1
+
+
+def test_store_files_are_the_bytes_zarr_writes(tmp_path, monkeypatch):
+    """The store writes its zarr.json files and column chunks itself (no zarr on the write path): every file of
+    a store after create, commits, an error record, an interrupted commit cut on reopening, a label update, a
+    split column and a manifest save equals, byte for byte, the same operations done through zarr; and plain
+    zarr reads it back."""
+    cfg = {"codec": "zstd", "level": 1, "chunk": 8}
+    rng = np.random.default_rng(3)
+    pix = [rng.integers(1, 60, (n, 16, 16, 3), dtype=np.uint8) for n in (13, 81, 30, 3)]
+    st = PatchStore.create(tmp_path / "mine", 16, cfg, {"extraction_hash": "h"})
+    ref = _ZarrStore(tmp_path / "zarr", {"slidestream": st.manifest}, 16, cfg)
+    assert _files(tmp_path / "mine") == _files(tmp_path / "zarr")  # creation
+    m1 = {"slide_id": "s1", "label": 1, "x": np.arange(13), "tissue": np.linspace(0, 1, 13, dtype=np.float32)}
+    st.append("s1", pix[0], m1, {"status": "done"})
+    ref.commit("s1", pix[0], m1, {"status": "done"})
+    st.commit_record("bad", {"status": "error"}, "errors")
+    ref.commit("bad", pix[0][:0], {}, {"status": "error"}, "errors")
+    m2 = {"slide_id": "s2", "patient_id": "p2", "label": 0, "age": 61.5, "y": np.arange(81) * 7}
+    st.append("s2", pix[1], m2, {"status": "done"})
+    ref.commit("s2", pix[1], m2, {"status": "done"})
+    assert _files(tmp_path / "mine") == _files(tmp_path / "zarr")
+    w = st.begin("s3", 30)  # killed before its commit point, then cut when a writer opens the store
+    w.write(0, pix[2])
     w.close()
-    assert np.array_equal(zarr.open_array(str(tmp_path / "w"), mode="r")[:], pix)
+    monkeypatch.setattr(PatchStore, "_commit_point", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        st.commit_staged("s3", w.stage, 30, {"slide_id": "s3"}, {"status": "done"})
+    monkeypatch.undo()
+    ref.commit("s3", pix[2], {"slide_id": "s3"}, {"status": "done"}, point=False)
+    store_mod._release_all()
+    st = PatchStore.open(tmp_path / "mine", mode="r+")
+    ref.grow(ref.rows, ref.n_records)
+    assert _files(tmp_path / "mine") == _files(tmp_path / "zarr")
+    st.append("s4", pix[3], {"slide_id": "s4", "synthetic": True}, {"status": "done"})
+    ref.commit("s4", pix[3], {"slide_id": "s4", "synthetic": True}, {"status": "done"})
+    st.update_rows("s1", {"label": 0, "age": 50.0}, {"label": 0})  # a cohort change on a rerun
+    a = ref.arrays()
+    a["label"][0:13], a["age"][0:13] = np.zeros(13, np.int8), np.full(13, 50.0, np.float32)
+    a["records"].resize((ref.n_records + 1,))
+    rec = {"status": "done", "region": [0, 13], "label": 0, "section": "slides", "key": "s1"}
+    a["records"][ref.n_records:] = np.array([json.dumps(rec)])
+    _consolidate(ref.path)
+    split = np.array(["train", "val", "test"] * 32 + ["train"])[:len(st)]
+    st.set_column("split", split)
+    st.manifest["split"] = {"seed": 3}
+    st.save_manifest()
+    full = np.full(ref.rows, "", object)
+    full[st._phys] = split
+    ref.arrays()["split"][:] = full.astype(str)
+    g = zarr.open_group(str(ref.path), mode="r+", use_consolidated=False)
+    g.attrs["slidestream"] = {**g.attrs["slidestream"], "split": {"seed": 3}}
+    _consolidate(ref.path)
+    mine, theirs = _files(tmp_path / "mine"), _files(tmp_path / "zarr")
+    assert mine.keys() == theirs.keys()
+    assert [k for k in mine if mine[k] != theirs[k]] == []
+    g = zarr.open_group(str(tmp_path / "mine"), mode="r")  # plain zarr reads it
+    want = np.concatenate([pix[0], pix[1], pix[3]])
+    ro = PatchStore.open(tmp_path / "mine")
+    assert np.array_equal(ro.patches[:], want) and list(ro.column("split")) == list(split)
+    assert np.array_equal(g["patches"][192:195], pix[3]) and list(g["slide_id"][190:193]) == ["", "", "s4"]
+    assert list(g["label"][:13]) == [0] * 13 and g["synthetic"][192] and not g["synthetic"][191]
