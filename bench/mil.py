@@ -11,7 +11,8 @@ AUC). CPU seconds are ``time.process_time`` of this process plus the CPU time of
 processes (the CNN's data-loader workers), wall seconds ``time.perf_counter``. ``--mil-encoders``: the
 weight-free ``morphometry`` encoder and/or timm model names (random init: no weights can be downloaded
 here, so their features are random convolutional texture statistics), each at the patch size. Then ABMIL
-patient-level k-fold CV (mean +- sd test AUC) on each encoder's features. ``--encoders`` instead prints
+patient-level k-fold CV (mean +- sd test AUC) on each encoder's features. The first line also gives the
+oracle test AUC: that of the test patients' true round-nucleus fraction (``oracle_auc``). ``--encoders`` instead prints
 features/s of presets on 224 px patches (CPU; GPU when present).
 """
 from __future__ import annotations
