@@ -11,7 +11,8 @@ AUC). CPU seconds are ``time.process_time`` of this process plus the CPU time of
 processes (the CNN's data-loader workers), wall seconds ``time.perf_counter``. ``--mil-encoders``: the
 weight-free ``morphometry`` encoder and/or timm model names (random init: no weights can be downloaded
 here, so their features are random convolutional texture statistics), each at the patch size. Then ABMIL
-patient-level k-fold CV (mean +- sd test AUC) on each encoder's features. ``--encoders`` instead prints
+patient-level k-fold CV (mean +- sd test AUC) on each encoder's features. The first line also gives the
+oracle test AUC: that of the test patients' true round-nucleus fraction (``oracle_auc``). ``--encoders`` instead prints
 features/s of presets on 224 px patches (CPU; GPU when present).
 """
 from __future__ import annotations
@@ -40,6 +41,25 @@ def encoder_ref(name: str, patch: int) -> dict:
     if name == "morphometry":
         return {"name": "morphometry", "params": {"input_size": patch}}
     return {"name": "timm", "params": {"model": name, "input_size": patch}}
+
+
+def oracle_auc(seed: int, n_patients: int, size: tuple[int, int], st) -> float:
+    """Test AUC of the test patients' true round-nucleus fraction (``synthetic.round_fraction``, replayed from each
+    slide's generator state as ``synthetic.render`` draws it): what a perfect reader of the slides gets."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from slidestream.engine import synthetic
+    from slidestream.engine.features import as_str
+
+    labels, _ = synthetic.draw_patients(n_patients, seed)
+    frac = []
+    for i, lab in enumerate(labels):
+        rng = np.random.default_rng([seed * 100003 + i, 7919 + int(lab)])
+        synthetic._tissue(rng, -(-size[1] // 16), -(-size[0] // 16))
+        frac.append(synthetic.round_fraction(int(lab), rng))
+    test = sorted({int(p[1:]) for p in as_str(st.column("patient_id")[as_str(st.column("split")) == "test"])})
+    return float(roc_auc_score(labels[test], np.array(frac)[test]))
 
 
 def main() -> None:
@@ -80,7 +100,8 @@ def main() -> None:
     sp = pipe["training"]["split"]
     parts = splits.split_store(st, sp["ratios"], sp["seed"])
     print(json.dumps({"store": str(out / "store"), "patches": len(st), "patients": a.patients, "seed": a.seed,
-                      "split": {k: v["patients"] for k, v in parts.items()}}), flush=True)
+                      "split": {k: v["patients"] for k, v in parts.items()},
+                      "oracle_test_auc": round(oracle_auc(a.seed, a.patients, (2048, 1536), st), 3)}), flush=True)
 
     res, cnn_cpu, cnn_wall = timed(lambda: train.train_many(pipe, out / "store", out / "cnn", log=None))
     r = res["results"][0]

@@ -13,6 +13,10 @@ magnification), ``patch_size_level0``, ``patch_level`` (0: coordinates are level
 ``target_magnification``, ``level0_magnification``, ``overlap`` and ``name``; with ``--features`` also
 dataset ``features`` (n, dim) float32, as CLAM's ``extract_features_fp.py`` writes it.
 
+STORE may also be a feature store written by ``extract --features-only`` (no patch store): its own rows, meta
+columns and header give the slides, coordinates, patch size and magnification, and its features go into the h5
+(no ``--features``; ``--mil`` as above).
+
 ``--format png`` (with ``--mil`` and ``--features``) writes ``DIR/<slide_id>.png``: the attention heatmap over
 the slide's thumbnail (the store's QA picture, ``STORE.qa/<slide_id>.png``; white when there is none), each
 patch's square filled with its attention relative to the slide's highest (matplotlib ``inferno``), 60 % opaque.
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .features import FeatureStore, as_str
+from .features import ATTR, FeatureStore, as_str
 from .store import PatchStore, beside
 
 FORMATS = ("geojson", "h5", "png")
@@ -63,30 +67,58 @@ def mil_scores(bundle: str | Path, fs: FeatureStore) -> tuple[np.ndarray, np.nda
     return att, prob
 
 
+def _is_feature_store(path: str | Path) -> bool:
+    try:
+        return ATTR in (json.loads((Path(path) / "zarr.json").read_text()).get("attributes") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Path | None = None,
            mil: str | Path | None = None) -> list[Path]:
-    """Write one file per slide of the store into ``out``; returns their paths."""
+    """Write one file per slide of the store into ``out``; returns their paths. ``store_path`` is a patch store,
+    or a feature store written by ``extract --features-only`` (no patch store: coordinates, slide rows and
+    features come from it, so it needs no ``features``; the h5 then always holds ``features``)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    store = PatchStore.open(store_path)
-    fs = FeatureStore(features) if features else None
+    if _is_feature_store(store_path):
+        fs = FeatureStore(store_path)
+        info = fs.info
+        if not info.get("features_only"):
+            raise ConfigError(f"{store_path} is a feature store of `slidestream features`: give its patch store "
+                              f"({info.get('patch_store')}) as STORE and the feature store as --features")
+        if features and Path(features).resolve() != Path(store_path).resolve():
+            raise ConfigError(f"{store_path} (from `extract --features-only`) holds its own features; drop --features {features}")
+        store, what = None, "rerun `slidestream extract --features-only` to finish it"
+        slides = sorted(((k, int(r[0]), int(r[1])) for k, r in info["done"].items() if r[1] > r[0]), key=lambda s: s[1])
+        tab = {c: fs.column(c) for c in ("slide_id", "patient_id", "x", "y", "size0")}
+        records, target, patch = info.get("slides") or {}, info.get("magnification"), info.get("patch_size")
+        if fmt == "h5" and (target is None or patch is None):
+            raise ConfigError(f"{store_path} was written by an older slidestream that did not record the patch size and "
+                              "magnification h5 needs; extract it again with --features-only into a new --out")
+        scale = 32.0
+    else:
+        store = PatchStore.open(store_path)
+        fs, what = (FeatureStore(features) if features else None), "rerun `slidestream features` to finish it"
+        if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
+            raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
+        slides = _slides(store)
+        tab = store.table(["slide_id", "patient_id", "x", "y", "size0"])
+        pipe = store.manifest.get("pipeline") or {}
+        records, target = store.records("slides"), float(pipe.get("magnification", 10))
+        patch = int(store.read(0, 0).shape[1]) if len(store) else int((pipe.get("patches") or {}).get("size", 256))
+        scale = float(pipe.get("thumbnail", {}).get("scale", 32))
     if fs is not None and not fs.complete():  # unwritten rows read as zeros
-        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
-    if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
-        raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
+        raise ConfigError(f"feature store {fs.path} is incomplete; {what}")
     if mil and fs is None:
         raise ConfigError("--mil needs --features (the feature store the MIL model was trained on)")
     if fmt == "png" and not mil:
         raise ConfigError("--format png draws attention: give --mil (a MIL bundle) and --features")
     att, prob = mil_scores(mil, fs) if mil else (None, None)
-    tab = store.table(["slide_id", "patient_id", "x", "y", "size0"])
-    pipe = store.manifest.get("pipeline") or {}
-    target = float(pipe.get("magnification", 10))
-    patch = int(store.read(0, 0).shape[1]) if len(store) else int((pipe.get("patches") or {}).get("size", 256))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for slide, r0, r1 in _slides(store):
+    for slide, r0, r1 in slides:
         x, y, s0 = tab["x"][r0:r1], tab["y"][r0:r1], tab["size0"][r0:r1]
         if np.any(x < 0) or np.any(s0 <= 0):
             raise ConfigError(f"slide {slide!r} of {store_path} has patches without level-0 coordinates; "
@@ -109,7 +141,7 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
             path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
         elif fmt == "png":
             path = out / f"{name}.png"
-            heatmap(store, slide, x, y, s0, att[r0:r1]).save(path)
+            heatmap(beside(store_path, "qa"), records.get(slide, {}), scale, slide, x, y, s0, att[r0:r1]).save(path)
         else:
             import h5py
 
@@ -128,19 +160,20 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
     return written
 
 
-def heatmap(store: PatchStore, slide: str, x: np.ndarray, y: np.ndarray, size0: np.ndarray, attention: np.ndarray):
-    """PIL image: the slide's QA thumbnail with each patch's square coloured by its attention."""
+def heatmap(qa_dir: Path, rec: dict, scale: float, slide: str, x: np.ndarray, y: np.ndarray, size0: np.ndarray,
+            attention: np.ndarray):
+    """PIL image: the slide's QA thumbnail (``qa_dir/<slide>.png``: extract's QA pictures live beside the store,
+    STORE.qa/; ``rec``: the slide's record, for its level-0 width) with each patch's square coloured by its
+    attention; a white canvas at 1/``scale`` of level 0 when there is no thumbnail."""
     from matplotlib import colormaps
     from PIL import Image
 
-    rec = store.records("slides").get(slide, {})
     width0 = (rec.get("dimensions") or [None])[0]
-    qa = beside(store.path, "qa") / f"{slide}.png"  # extract's QA pictures live beside the store (STORE.qa/)
+    qa = Path(qa_dir) / f"{slide}.png"
     if qa.is_file() and width0:
         base = Image.open(qa).convert("RGB")
         scale = width0 / base.size[0]  # level-0 px per thumbnail px
     else:
-        scale = float((store.manifest.get("pipeline") or {}).get("thumbnail", {}).get("scale", 32))
         base = Image.new("RGB", (int(np.max(x + size0) / scale) + 1, int(np.max(y + size0) / scale) + 1), "white")
     img = np.asarray(base).astype(np.float32)
     a = np.nan_to_num(attention / np.nanmax(attention)) if np.nanmax(attention) > 0 else np.zeros(len(attention))

@@ -19,8 +19,8 @@ batches of ``features.batch_size``, on the GPU when there is one.
 writes the same store with no patch store in between: each slide is tiled and filtered as by ``extract``, its
 patch batches go straight into the encoder (``runner.process_slide``'s ``sink``), and only its feature rows and
 meta columns are appended. The header then has ``features_only: true``, ``patch_store: null``, the pipeline's
-``extraction_hash``, ``slides``/``errors`` (the records ``extract`` keeps) and ``pending`` (slides of the last
-run not yet attempted); ``rows`` grows with each slide (written before ``done`` names it: the commit point).
+``extraction_hash``, ``magnification`` and ``patch_size`` (what ``export`` needs of the pipeline), ``slides``/``errors``
+(the records ``extract`` keeps) and ``pending`` (slides of the last run not yet attempted); ``rows`` grows with each slide (written before ``done`` names it: the commit point).
 """
 from __future__ import annotations
 
@@ -321,7 +321,8 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     module, spec = load_encoder(pipeline.get("encoder"))
     header = _header(spec, cfg, patch_store=None, features_only=True, extraction_hash=config.extraction_hash(pipeline),
-                     pipeline_file=pipeline_path)
+                     pipeline_file=pipeline_path, magnification=float(pipeline.get("magnification", 10)),
+                     patch_size=int((pipeline.get("patches") or {}).get("size", 256)))  # for `export --format h5`
     out = Path(out)
     if (out / "zarr.json").exists():
         try:

@@ -283,3 +283,43 @@ def test_rerun_updates_changed_cohort_values(both, tmp_path):
         csv.writer(fh).writerows(rows)
     with pytest.raises(StoreError, match="mpp .* use a new --out"):
         features.extract_features_only(config.load(pipe_path), read_cohort(changed), out, progress=False, qa=False)
+
+
+def test_export_from_a_features_only_store(both, cli, tmp_path):
+    """`export` reads a store of `extract --features-only` as it reads the patch store + feature store of the same
+    extraction: equal GeoJSON, equal h5 (coords, CLAM attributes, features); clear errors otherwise."""
+    import shutil
+
+    import h5py
+
+    from slidestream.engine.export import export
+
+    root = both[0]
+    a = export(root / "store", "geojson", tmp_path / "a")
+    code, out, err = cli("export", root / "fo.zarr", "--format", "geojson", "--out", tmp_path / "b")
+    assert code == 0, err
+    b = sorted((tmp_path / "b").glob("*.geojson"))
+    assert [p.name for p in a] == [p.name for p in b] == [f"s{i}.geojson" for i in range(4)]
+    for pa, pb in zip(a, b):
+        assert json.loads(pa.read_text()) == json.loads(pb.read_text())
+    a = export(root / "store", "h5", tmp_path / "ah", features=root / "ref.zarr")
+    b = export(root / "fo.zarr", "h5", tmp_path / "bh")
+    assert [p.name for p in a] == [p.name for p in b]
+    for pa, pb in zip(a, b):
+        with h5py.File(pa, "r") as ha, h5py.File(pb, "r") as hb:
+            assert np.array_equal(ha["coords"][:], hb["coords"][:]) and len(hb["coords"]) > 0
+            assert dict(ha["coords"].attrs).keys() == dict(hb["coords"].attrs).keys()
+            for k, v in ha["coords"].attrs.items():
+                assert np.array_equal(v, hb["coords"].attrs[k]), k
+            assert np.array_equal(ha["features"][:], hb["features"][:])
+    with pytest.raises(ConfigError, match="is a feature store of `slidestream features`: give its patch store"):
+        export(root / "ref.zarr", "geojson", tmp_path / "x")
+    with pytest.raises(ConfigError, match="holds its own features; drop --features"):
+        export(root / "fo.zarr", "h5", tmp_path / "x", features=root / "ref.zarr")
+    old = tmp_path / "old.zarr"  # written before the header recorded patch size and magnification
+    shutil.copytree(root / "fo.zarr", old)
+    g = zarr.open_group(str(old), mode="r+")
+    g.attrs[features.ATTR] = {k: v for k, v in g.attrs[features.ATTR].items() if k not in ("patch_size", "magnification")}
+    assert len(export(old, "geojson", tmp_path / "og")) == 4
+    with pytest.raises(ConfigError, match="did not record the patch size and magnification"):
+        export(old, "h5", tmp_path / "oh")

@@ -90,7 +90,8 @@ def mil_demo_command(
 
 
 def export_command(
-    store: Path = typer.Argument(..., help="Patch store (from `slidestream extract`)."),
+    store: Path = typer.Argument(..., help="Patch store (from `slidestream extract`), or the feature store of "
+                                           "`extract --features-only` (then no --features: it holds them)."),
     fmt: str = typer.Option(..., "--format", help="geojson (QuPath: one polygon per patch, level-0 px), h5 "
                                                  "(CLAM/TRIDENT: coords [+ features]) or png (attention heatmap "
                                                  "over the thumbnail; needs --mil)."),

@@ -44,7 +44,7 @@ def slidestream_encoders():
                              summary="any timm model by name (num_classes=0), local weights"))
     out.append(EncoderPlugin(
         name="morphometry", build=lazy("slidestream.plugins.encoders.morphometry:build"), params=_MORPHOMETRY,
-        input_size=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=59,
-        summary="weight-free nuclear morphometry (colour deconvolution, Otsu nuclei, shape statistics), stain and "
-                "GLCM texture, 59-d, CPU"))
+        input_size=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), dim=81,
+        summary="weight-free nuclear morphometry (colour deconvolution, Otsu nuclei, shape statistics and shape "
+                "histograms), stain and GLCM texture, 81-d, CPU"))
     return out

@@ -13,9 +13,14 @@ patch size so nothing is resampled; lengths are in pixels of that image):
   10th, 50th, 90th percentiles (2 + 7 x 5 = 37 features; zeros when a patch has no nucleus);
 * **texture**: grey-level co-occurrence of the hematoxylin channel (``skimage.feature.graycomatrix``, 16 levels
   over H optical density 0..0.15, distances 1, 2, 4 px, four angles averaged): contrast, homogeneity, energy,
-  correlation (12 features).
+  correlation (12 features);
+* **shape histogram** (``HIST``): the number of nuclei per patch in fixed bins of area (``AREA_BINS``, px:
+  min_area-16, 16-32, 32-64, 64-128, 128-256, >= 256) and of eccentricity (``ECC_BINS``: 0-0.5, 0.5-0.7,
+  0.7-0.8, 0.8-0.9, 0.9-1), then the same 11 counts divided by the patch's nuclei (0 without nuclei): the
+  distribution of nuclear size and shape, which per-patch means and percentiles blur when a patch mixes
+  two populations (22 features). Summed over a patient's patches the counts give its nuclei per bin.
 
-59 features in all (``NAMES``), float32, ~1 ms per 64 px patch on one CPU core. Deterministic, no weights, no
+81 features in all (``NAMES``), float32, ~1 ms per 64 px patch on one CPU core. Deterministic, no weights, no
 torch computation (numpy, SciPy, scikit-image on the CPU: the module moves its input to the CPU). Solidity
 (convex hull per nucleus) and LBP histograms were left out: scikit-image computes them at ~1-2 ms per nucleus
 or patch, more than all the rest together. Standardize the features before a model (``mil train`` does).
@@ -29,10 +34,23 @@ STAIN = ("h", "e")
 PROPS = ("area", "perimeter", "eccentricity", "extent", "axis_major_length", "axis_minor_length", "intensity_mean")
 GLCM = ("contrast", "homogeneity", "energy", "correlation")
 DISTANCES = (1, 2, 4)
+# fixed bins of the nuclear shape histogram (counts of nuclei per patch): area in px of the encoder's input
+# (doubling bins; at 10x, ~1 um/px, px ~ um^2), eccentricity (0 = circle; minor/major axis 0.87, 0.71, 0.6, 0.44)
+AREA_BINS = (16, 32, 64, 128, 256)
+ECC_BINS = (0.5, 0.7, 0.8, 0.9)
+
+
+def _bin_names(prop: str, edges: tuple, lo: str, hi: str) -> list[str]:
+    b = (lo, *(f"{e:g}" for e in edges), hi)
+    return [f"nuclei_{prop}_{b[i]}_{b[i + 1]}" for i in range(len(b) - 1)]
+
+
+HIST = _bin_names("area", AREA_BINS, "min", "inf") + _bin_names("eccentricity", ECC_BINS, "0", "1")
+HIST = HIST + [f"{h}_frac" for h in HIST]  # counts, then fractions of the patch's nuclei
 
 NAMES = ([f"{c}_{s}" for c in STAIN for s in STATS] + ["nuclei_count", "nuclear_area_fraction"]
          + [f"nucleus_{p}_{s}" for p in PROPS for s in STATS]
-         + [f"glcm_{p}_d{d}" for p in GLCM for d in DISTANCES])
+         + [f"glcm_{p}_d{d}" for p in GLCM for d in DISTANCES] + HIST)
 DIM = len(NAMES)
 
 
@@ -131,7 +149,8 @@ def describe(rgb: np.ndarray, min_h: float = 0.03, min_area: int = 8) -> np.ndar
         flat = ch.reshape(n, -1)
         cols += [flat.mean(1, keepdims=True), flat.std(1, keepdims=True), np.percentile(flat, (10, 50, 90), axis=1).T]
     labels, patch, props = nuclei(hema, min_h, min_area)
-    cols += [np.bincount(patch, minlength=n)[:, None], (labels > 0).reshape(n, -1).mean(1, keepdims=True)]
+    count = np.bincount(patch, minlength=n)[:, None]
+    cols += [count, (labels > 0).reshape(n, -1).mean(1, keepdims=True)]
     cols += [group_stats(props[p], patch, n) for p in PROPS]
     q = np.clip(hema / 0.15 * 15, 0, 15).astype(np.uint8)  # 16 grey levels over H OD 0..0.15
     angles = (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
@@ -140,6 +159,12 @@ def describe(rgb: np.ndarray, min_h: float = 0.03, min_area: int = 8) -> np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         for p in GLCM:  # averaged over angles; correlation is undefined (NaN) on a flat patch: 0
             cols.append(np.nan_to_num(graycoprops(glcm, p).mean(1).reshape(n, len(DISTANCES))))
+    hist = []
+    for p, edges in (("area", AREA_BINS), ("eccentricity", ECC_BINS)):  # shape histogram: nuclei per bin
+        b = np.searchsorted(edges, props[p], side="right")  # bin i: edges[i-1] <= v < edges[i]
+        hist.append(np.bincount(patch * (len(edges) + 1) + b, minlength=n * (len(edges) + 1)).reshape(n, -1))
+    hist = np.concatenate(hist, axis=1).astype(float)
+    cols += [hist, hist / np.maximum(count, 1)]
     return np.concatenate(cols, axis=1).astype(np.float32)
 
 
