@@ -13,6 +13,9 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import TiffTileCheck, check_claims, mpp_from_tiff_tags, positive_float, read_clipped
 
+# µm per OME PhysicalSizeXUnit; other units (pixel, reference frame, ...) are no physical size
+OME_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6, "Å": 1e-4}
+
 
 class TiffSlide:
     def __init__(self, path: str, device: str = "cpu"):
@@ -35,7 +38,8 @@ class TiffSlide:
         self.level_dimensions = dims
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
         desc = self._tf.pages[0].description or ""
-        aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([0-9.]+)", desc)) if desc.startswith("Aperio") else {}
+        # the whole value ("1e9" is 1e9, not 1; "-0.5" and "nan" are no value): as cuCIM and OpenSlide read it
+        aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([^|\r\n]*)", desc)) if desc.startswith("Aperio") else {}
         self.mpp = (positive_float(aperio.get("MPP")) or self._ome_mpp()
                     or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0]))
         self.objective_power = positive_float(aperio.get("AppMag"))
@@ -48,8 +52,8 @@ class TiffSlide:
         if not m:
             return None
         v = float(m.group(1))
-        scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit.group(1) if unit else "µm", 1.0)
-        return v * scale if v > 0 else None
+        scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
+        return v * scale if scale and v > 0 else None
 
     def read_region(self, location, level, size):
         arr, axes = self._levels[level], self._axes
