@@ -1,8 +1,13 @@
 """Red team, second pass: inputs that were silently accepted with wrong numbers, or ended in a traceback."""
+import json
+import re
+import subprocess
+
 import numpy as np
 import pytest
 import tifffile
 
+from conftest import EXAMPLE, WSI, slidestream_cmd
 from slidestream.engine.errors import SlideError
 from slidestream.engine.slide import open_slide
 
@@ -49,3 +54,40 @@ def test_ome_physical_size_units(tmp_path, unit, size, mpp):
         s = open_slide(p)
         assert s.mpp == pytest.approx(mpp) and s.mpp_source == "file mpp"
         s.close()
+
+
+# ------------------------------------------------------------------------------------ pipelines
+def _small_pipeline():
+    doc = json.loads(EXAMPLE.read_text())
+    doc["tiling"]["params"].update(size=256, min_tissue=0.3, max_tiles=6)
+    doc["patches"] = {"size": 64, "mode": "random", "per_tile": 4}
+    return doc
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    (None, "magnification", "NaN", r"\$.magnification: nan is not a number"),  # was: every slide "empty", exit 0
+    ("tiling.params", "min_tissue", "NaN", r"\$.tiling.params.min_tissue: nan is not a number"),  # same
+    ("thumbnail", "scale", "Infinity", r"\$.thumbnail.scale: inf"),  # was: per slide "cannot convert float NaN"
+    ("thumbnail", "scale", 1e9, r"maximum of 1024"),  # was: per slide "x1 must be greater than or equal to x0"
+    ("store", "level", 50, r"\$.store.level: 50 is greater than the maximum of 22"),  # was: a zstd traceback
+    ("store", "codec", "jpeg", r"'jpeg' is not one of"),  # the schema offered it, the store refused it
+    ("store", "chunk", 10 ** 12, r"maximum of 4096"),  # was: per slide "Unable to allocate 10.9 PiB"
+    ("patches", "per_tile", 10 ** 9, r"maximum of 4096"),  # was: per slide "Unable to allocate 14.9 GiB"
+    ("tiling.params", "size", 10 ** 9, r"maximum of 8192"),  # a tile of 10^18 px, read whole
+    ("patches", "size", 512, r"\$.patches.size: 512 is larger than the tiles \(256 px"),  # was: exit 1, per slide
+    (None, "evaluation", {"bootstrapp": 5}, r"\$: Additional properties .*'evaluation'"),  # read by nothing
+])
+def test_bad_pipeline_values_are_refused_before_work(tmp_path, section, key, value, match):
+    doc = _small_pipeline()
+    target = doc
+    for part in (section.split(".") if section else []):
+        target = target[part]
+    target[key] = value
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(doc).replace('"NaN"', "NaN").replace('"Infinity"', "Infinity"))
+    slides = tmp_path / "c.csv"
+    slides.write_text(f"slide_path,patient_id,label,age\n{WSI / 'CMU-1-Small-Region.svs'},P1,1,50\n")
+    r = subprocess.run([*slidestream_cmd(), "extract", str(p), "--slides", str(slides), "--out", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and re.search(match, r.stderr), r.stderr
+    assert not (tmp_path / "s").exists()
