@@ -153,6 +153,10 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
     delimiter = next((d for d in (",", ";", "\t") if d in head), ",")
     reader = csv.DictReader(lines_, delimiter=delimiter, strict=True)
     cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    twice = sorted({c for c in cols if c and cols.count(c) > 1})
+    if twice:  # csv.DictReader keeps the last of two same-named columns, silently
+        raise ConfigError(f"{path}: column {', '.join(f'`{c}`' for c in twice)} appears more than once in the header "
+                          "(names match without case); keep one")
     if "slide_path" not in cols:
         raise ConfigError(f"{path}: no `slide_path` column (found: {', '.join(c for c in cols if c) or 'none'}); "
                           "columns must be slide_path,patient_id,label,age[,mpp][,slide_id]")
@@ -220,8 +224,14 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         where = ", ".join(str(i) for i, _, _ in rs)
         if len(labels) > 1:
             problems.append(f"lines {where}: patient {pid!r} has labels {sorted(labels)}; a patient has one IDH status")
+        elif labels and any(lab < 0 for _, lab, _ in rs):  # its slides would be stored with two labels
+            problems.append(f"lines {where}: patient {pid!r} has label {labels.pop()} on some lines and none on others; "
+                            "give the label on every line")
         if len(ages) > 1:
             problems.append(f"lines {where}: patient {pid!r} has ages {sorted(ages)}; give one age per patient")
+        elif ages and any(math.isnan(a) for _, _, a in rs):
+            problems.append(f"lines {where}: patient {pid!r} has age {ages.pop():g} on some lines and none on others; "
+                            "give the age on every line")
     if problems:
         shown = "; ".join(problems[:MAX_LISTED])
         more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""

@@ -8,7 +8,8 @@ import pytest
 import tifffile
 
 from conftest import EXAMPLE, WSI, slidestream_cmd
-from slidestream.engine.errors import SlideError
+from slidestream.engine.cohort import read_cohort
+from slidestream.engine.errors import ConfigError, SlideError
 from slidestream.engine.slide import open_slide
 
 APERIO = "Aperio Image Library v12.0.0\r\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=85|AppMag = 20|MPP = 0.5"
@@ -91,3 +92,25 @@ def test_bad_pipeline_values_are_refused_before_work(tmp_path, section, key, val
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and re.search(match, r.stderr), r.stderr
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------------ cohort tables
+@pytest.mark.parametrize("header", ["slide_path,patient_id,label,age,label", "slide_path,patient_id,label,age,Label "])
+def test_cohort_with_a_column_twice_is_refused(tmp_path, header):
+    """csv.DictReader keeps the last of two same-named columns: the second `label` (0) replaced the first (1)."""
+    f = tmp_path / "c.csv"
+    f.write_text(f"{header}\na.svs,P1,1,40,0\n")
+    with pytest.raises(ConfigError, match=r"c.csv: column `label` appears more than once"):
+        read_cohort(f)
+
+
+def test_patient_with_a_label_or_age_on_some_lines_only_is_refused(tmp_path):
+    """A patient's second slide without the label or age was stored with label -1 / age NaN beside its first
+    slide's 1 / 40: one patient, two labels in the store."""
+    f = tmp_path / "c.csv"
+    f.write_text("slide_path,patient_id,label,age\na.svs,P1,1,40\nb.svs,P1,,\nc.svs,P2,,\nd.svs,P2,,\n")
+    with pytest.raises(ConfigError) as e:
+        read_cohort(f)
+    assert ("lines 2, 3: patient 'P1' has label 1 on some lines and none on others" in str(e.value)
+            and "lines 2, 3: patient 'P1' has age 40 on some lines and none on others" in str(e.value)
+            and "P2" not in str(e.value)), e.value  # unknown on every line is fine
