@@ -114,3 +114,33 @@ def test_patient_with_a_label_or_age_on_some_lines_only_is_refused(tmp_path):
     assert ("lines 2, 3: patient 'P1' has label 1 on some lines and none on others" in str(e.value)
             and "lines 2, 3: patient 'P1' has age 40 on some lines and none on others" in str(e.value)
             and "P2" not in str(e.value)), e.value  # unknown on every line is fine
+
+
+def test_tifffile_reader_turns_palette_cmyk_and_white_is_zero_into_rgb(tmp_path):
+    """The tifffile reader (16-bit slides, OME, SubIFD pyramids) returned samples as stored: palette indices as
+    gray, CMYK inks as RGB + alpha (near white: "no tissue"), white-is-zero gray inverted; cuCIM converts them."""
+    rgb = _rgb()
+    rgb[:256] //= 2  # not all noise: a palette of 64 colours then differs from gray
+    from PIL import Image
+
+    q = Image.fromarray(rgb).quantize(64)
+    idx, pal = np.asarray(q), np.array(q.getpalette()[:192], np.uint16).reshape(64, 3)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, :64] = pal.T * 257
+    cmyk = np.dstack([255 - rgb, np.zeros(rgb.shape[:2], np.uint8)])
+    cases = {"palette": (idx, dict(photometric="palette", colormap=cmap), pal[idx]),
+             "cmyk16": (cmyk.astype(np.uint16) * 257, dict(photometric="separated"), rgb),
+             "cmyk": (cmyk, dict(photometric="separated"), rgb),
+             "miniswhite": (255 - rgb[..., 1], dict(photometric="miniswhite"), np.repeat(rgb[..., 1:2], 3, 2))}
+    for name, (data, kw, want) in cases.items():
+        p = tmp_path / f"{name}.tif"
+        tifffile.imwrite(p, data, tile=(256, 256), **kw)
+        for order in (["tifffile"], None) if name != "cmyk16" else (["tifffile"],):  # None: cuCIM, as a reference
+            s = open_slide(p, order=order, mpp=0.5)
+            got = s.reader.read_region((0, 0), 0, (512, 512))
+            assert np.array_equal(got, want), (name, s.reader_name, np.abs(got.astype(int) - want).mean())
+            s.close()
+    p = tmp_path / "lab.tif"
+    tifffile.imwrite(p, rgb, tile=(256, 256), photometric="cielab")
+    with pytest.raises(SlideError, match=r"tifffile: photometric CIELAB .*convert the slide to RGB"):
+        open_slide(p, order=["tifffile"], mpp=0.5)

@@ -31,6 +31,7 @@ class TiffSlide:
         if "Y" not in axes or "X" not in axes:
             raise ValueError(f"TIFF series axes {axes!r} are not an image")
         self._axes = axes
+        self._colour = _colour(series.pages[0] if series.pages else self._tf.pages[0])
         self._levels = []
         for i, lvl in enumerate(series.levels):
             self._levels.append(zarr.open(series.aszarr(level=i, fillvalue=255), mode="r"))  # absent tile: glass
@@ -67,7 +68,7 @@ class TiffSlide:
             region = np.asarray(arr[tuple(idx)])
             kept = [a for a in axes if a in "YXSC"]
             order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a in "SC"]
-            return np.transpose(region, order)
+            return self._colour(np.transpose(region, order))
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])
 
@@ -75,6 +76,33 @@ class TiffSlide:
         self._tf.close()
         self._tiles.close()
 
+
+
+def _colour(page):
+    """What turns the samples of ``page`` into what ``to_rgb`` takes (gray, RGB or RGBA): tifffile returns them
+    as stored, so palette indices, CMYK inks and white-is-zero gray would pass as gray or RGB pixels."""
+    import tifffile
+
+    P = tifffile.PHOTOMETRIC
+    kind, spp = page.photometric, page.samplesperpixel
+    if kind in (P.MINISBLACK, P.RGB) or (kind == P.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
+        return lambda a: a  # tifffile's JPEG decoder returns YCbCr tiles as RGB
+    if kind == P.MINISWHITE and spp == 1 and page.dtype.kind == "u":
+        top = np.iinfo(page.dtype).max
+        return lambda a: top - a
+    if kind == P.PALETTE and page.colormap is not None:
+        cmap = np.moveaxis(np.asarray(page.colormap), 0, -1)  # (entries, 3), 16-bit (or 8-bit) intensities
+        cmap = (cmap >> 8 if cmap.max() > 255 else cmap).astype(np.uint8)
+        return lambda a: cmap[np.clip(a[..., 0] if a.ndim == 3 else a, 0, len(cmap) - 1)]
+    if kind == P.SEPARATED and int(getattr(page.tags.get("InkSet"), "value", 1)) == 1 and spp in (4, 5) and page.dtype.kind == "u":
+        top = float(np.iinfo(page.dtype).max)
+
+        def cmyk(a):
+            f = a[..., :4].astype(np.float32) / top
+            return np.rint(255 * (1 - f[..., :3]) * (1 - f[..., 3:4])).astype(np.uint8)
+        return cmyk
+    raise ValueError(f"photometric {getattr(kind, 'name', kind)} with {spp} samples of {page.dtype}: "
+                     "not an RGB, gray, palette or CMYK image; convert the slide to RGB")
 
 
 @hookimpl
