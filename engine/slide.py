@@ -12,6 +12,7 @@ damaged data (libjpeg's ``Corrupt JPEG data``), the thumbnail fails the slide an
 from __future__ import annotations
 
 import errno
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,6 +255,10 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         except Exception as e:  # a reader that cannot read this file: try the next one
             failures.append(f"{name}: {plain(e)}")
             continue
+        lie = _level_lie(reader)
+        if lie:
+            reader.close()
+            raise SlideError(f"{path}: {lie}: a broken or patched header; copy the slide again")
         try:
             level_mpp, source = _resolution(reader, mpp)
         except SlideError as e:  # another reader may find the resolution in metadata this one ignores
@@ -268,6 +273,26 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
     if len({f.split(": ", 1)[1] for f in failures}) == 1:  # every reader said the same
         failures = [f"{', '.join(f.split(': ', 1)[0] for f in failures)}: {failures[0].split(': ', 1)[1]}"]
     raise SlideError(f"{path}: not a readable slide or image ({'; '.join(failures)})")
+
+
+def _level_lie(reader: SlideReader) -> str | None:
+    """Why the pyramid's level sizes cannot be true, or None: a level is a scaled-down level 0, so one
+    downsample (up to the rounding of each side) must give both its width and its height. A level whose
+    header claims another size was read with the wrong scale: patches from the wrong place, silently. Levels
+    whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles."""
+    dims = [tuple(int(v) for v in d) for d in reader.level_dimensions]
+    if not dims or min(min(d) for d in dims) < 1:
+        return f"a pyramid level of {dims} has no pixels"
+    w0, h0 = dims[0]
+    for i, (w, h) in enumerate(dims[1:], 1):
+        if w % 128 == 0 and h % 128 == 0:
+            continue
+        lo = max(w0 / (w + 1), h0 / (h + 1))  # downsamples that round to this width and this height
+        hi = min(w0 / (w - 1) if w > 1 else math.inf, h0 / (h - 1) if h > 1 else math.inf)
+        if lo > hi or w > w0 or h > h0:
+            return (f"pyramid level {i} is {w} x {h} px, which no single downsample of level 0 ({w0} x {h0} px) "
+                    "gives")
+    return None
 
 
 def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str]:

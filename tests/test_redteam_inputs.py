@@ -144,3 +144,29 @@ def test_tifffile_reader_turns_palette_cmyk_and_white_is_zero_into_rgb(tmp_path)
     tifffile.imwrite(p, rgb, tile=(256, 256), photometric="cielab")
     with pytest.raises(SlideError, match=r"tifffile: photometric CIELAB .*convert the slide to RGB"):
         open_slide(p, order=["tifffile"], mpp=0.5)
+
+
+@pytest.mark.parametrize("w, h, refused", [(300, 500, True), (260, 260, True), (511, 384, False), (512, 383, False)])
+def test_pyramid_level_lying_about_its_size_is_refused(tmp_path, w, h, refused):
+    """Level 1 of a 2048 x 1536 slide (512 x 384 px, 2 x 2 tiles) whose header claims another size with as many
+    tiles: cuCIM and OpenSlide took its downsample from the claim (e.g. 4.95 instead of 4) and read patches from
+    the wrong place. A size one rounding away from the truth is fine."""
+    import struct
+
+    from badinputs import good_slide
+
+    good = good_slide(tmp_path / "g.svs")
+    data = bytearray(good.read_bytes())
+    with tifffile.TiffFile(good) as tf:
+        tags = tf.pages[1].tags
+        for name, v in (("ImageWidth", w), ("ImageLength", h)):
+            data[tags[name].offset + 2:tags[name].offset + 4] = struct.pack("<H", 4)  # LONG
+            data[tags[name].offset + 8:tags[name].offset + 12] = struct.pack("<I", v)
+    p = tmp_path / "lie.svs"
+    p.write_bytes(bytes(data))
+    for order in (["cucim"], ["openslide"]):
+        if refused:
+            with pytest.raises(SlideError, match=rf"pyramid level 1 is {w} x {h} px, which no single downsample"):
+                open_slide(p, order=order)
+        else:
+            open_slide(p, order=order).close()
