@@ -11,6 +11,7 @@ from conftest import EXAMPLE, WSI, slidestream_cmd
 from slidestream.engine.cohort import read_cohort
 from slidestream.engine.errors import ConfigError, SlideError
 from slidestream.engine.slide import open_slide
+from slidestream.engine.store import PatchStore
 
 APERIO = "Aperio Image Library v12.0.0\r\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=85|AppMag = 20|MPP = 0.5"
 
@@ -170,3 +171,31 @@ def test_pyramid_level_lying_about_its_size_is_refused(tmp_path, w, h, refused):
                 open_slide(p, order=order)
         else:
             open_slide(p, order=order).close()
+
+
+# ------------------------------------------------------------------------------------ command-line values
+def test_bad_option_values_are_one_line_not_a_traceback(cli, tmp_path):
+    """--ratios a:b:c (float() traceback), nan:1:1 (KeyError traceback), a negative --seed (numpy traceback) and
+    an unusable --scheduler address (dask traceback) end in one line, exit 2; the store is untouched."""
+    from test_redteam_cli import _store
+
+    st = _store(tmp_path / "st")
+    before = st.table(["split"])["split"].tolist()
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps(_small_pipeline()))
+    for args, match in ((("--ratios", "a:b:c"), r"--ratios a:b:c: give train:val:test as numbers"),
+                        (("--ratios", "nan:1:1"), r"split ratios must be three non-negative numbers .*nan"),
+                        (("--ratios", "1:inf:1"), r"split ratios must be three non-negative numbers .*inf"),
+                        (("--seed", "-1"), r"--seed")):
+        code, _, err = cli("split", pipe, "--store", st.path, *args)
+        assert code == 2 and "Traceback" not in err and re.search(match, err), (args, err)
+    assert PatchStore.open(st.path).table(["split"])["split"].tolist() == before
+    preds = tmp_path / "p.csv"
+    preds.write_text("patient_id,label,age,split,image_prob\nA,1,41,val,0.9\nB,0,60,val,0.2\nC,1,45,test,0.7\n"
+                     "D,0,70,test,0.4\n")
+    code, _, err = cli("evaluate", preds, "--out", tmp_path / "ev", "--seed", "-1")
+    assert code == 2 and "--seed" in err, err
+    slides = tmp_path / "c.csv"
+    slides.write_text(f"slide_path,patient_id,label,age\n{WSI / 'CMU-1-Small-Region.svs'},P1,1,50\n")
+    code, _, err = cli("extract", pipe, "--slides", slides, "--out", tmp_path / "s", "--scheduler", "garbage", "--quiet")
+    assert code == 2 and "--scheduler garbage: cannot connect (missing port number" in err, err

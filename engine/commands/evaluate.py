@@ -31,7 +31,7 @@ def evaluate_command(
     threshold: str = typer.Option("0.5", help="Probability of mutant at or above which a patient is called mutant: "
                                               "a number in (0, 1), or 'youden' (picked per predictor on val, applied to test)."),
     bootstrap: int = typer.Option(1000, min=0, help="Patient resamples for the 95% confidence intervals (0: none)."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
+    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling."),
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
                                                 "(the paper's Table 4 counts validation and test patients)."),
 ) -> None:
