@@ -199,3 +199,46 @@ def test_bad_option_values_are_one_line_not_a_traceback(cli, tmp_path):
     slides.write_text(f"slide_path,patient_id,label,age\n{WSI / 'CMU-1-Small-Region.svs'},P1,1,50\n")
     code, _, err = cli("extract", pipe, "--slides", slides, "--out", tmp_path / "s", "--scheduler", "garbage", "--quiet")
     assert code == 2 and "--scheduler garbage: cannot connect (missing port number" in err, err
+
+
+# ------------------------------------------------------------------------------------ DICOM
+def _dicom(tmp_path, name, change):
+    import pydicom
+
+    ds = pydicom.dcmread(WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm")
+    change(ds)
+    d = tmp_path / name
+    d.mkdir()
+    ds.save_as(d / f"{name}.dcm", enforce_file_format=False)
+    return d / f"{name}.dcm"
+
+
+def test_dicom_matrix_smaller_than_its_frames_is_refused(tmp_path):
+    """A TotalPixelMatrix of one 500 x 500 frame in a file of 42 frames was opened as a 500 x 500 slide (its
+    first frame), silently."""
+    def one_frame(ds):
+        ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = ds.Columns, ds.Rows
+
+    with pytest.raises(SlideError, match=r"42 frames, but a 500 x 500 px matrix of 500 x 500 frames holds 1"):
+        open_slide(_dicom(tmp_path, "one", one_frame), mpp=0.5)
+
+
+def test_dicom_non_square_pixel_spacing_is_no_resolution(tmp_path):
+    """PixelSpacing (0.25, 0.5) µm: the column spacing alone was taken, so patches were stretched 2:1."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def spacing(v):
+        def change(ds):
+            pm, g = Dataset(), Dataset()
+            pm.PixelSpacing = v
+            g.PixelMeasuresSequence = Sequence([pm])
+            ds.SharedFunctionalGroupsSequence = Sequence([g])
+            del ds.ImagedVolumeWidth, ds.ImagedVolumeHeight
+        return change
+
+    with pytest.raises(SlideError, match="no resolution metadata"):
+        open_slide(_dicom(tmp_path, "aniso", spacing([0.00025, 0.0005])))
+    s = open_slide(_dicom(tmp_path, "square", spacing([0.0005, 0.0005])))
+    assert (s.mpp, s.mpp_source) == (pytest.approx(0.5), "file mpp")
+    s.close()
