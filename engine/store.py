@@ -474,7 +474,11 @@ class PatchStore:
             acquire_lock(path)
         try:
             st = cls(path, mode)
-        except (OSError, ValueError, KeyError) as e:
+        except StoreError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: a damaged chunk (zstd)
+            if mode != "r":
+                release_lock(path)
             raise StoreError(f"cannot open the store {path} ({type(e).__name__}: {e}); re-extract it into a new --out") from None
         if st.manifest.get("format") != FORMAT:
             raise StoreError(f"{path} has store format {st.manifest.get('format')}, this slidestream reads {FORMAT}; "
@@ -547,7 +551,8 @@ class PatchStore:
     def column(self, name: str) -> np.ndarray:
         if name not in COLUMNS:
             raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
-        full = np.asarray(self._arrays[name][: self._rows]) if self._rows else np.zeros(0, self._arrays[name].dtype)
+        with self._damaged(f"its column {name!r}"):
+            full = np.asarray(self._arrays[name][: self._rows]) if self._rows else np.zeros(0, self._arrays[name].dtype)
         return full[self._phys]
 
     def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -576,8 +581,27 @@ class PatchStore:
         breaks = np.flatnonzero(np.diff(phys) != 1) + 1
         arr = self._arrays["patches"]
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
-            out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
+            with self._damaged(f"the patches of {self._owner(int(phys[a]))} (rows {int(phys[a])}..{int(phys[b - 1])})"):
+                out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
         return out
+
+    @contextlib.contextmanager
+    def _damaged(self, what: str):
+        """A chunk file that does not decompress (flipped or cut bytes: zstd/blosc errors, checksum mismatch)
+        is one line naming the store and what was read, not a codec traceback."""
+        try:
+            yield
+        except (RuntimeError, ValueError, OSError) as e:
+            if isinstance(e, OSError) and e.filename is None and e.errno is None:
+                raise
+            raise StoreError(f"store {self.path}: cannot read {what} ({' '.join(str(e).split())[:160]}); the store is "
+                             "damaged: copy it again, or re-extract into a new --out") from None
+
+    def _owner(self, row: int) -> str:
+        """Whose commit holds physical ``row``: "slides 'S1'" (or "a commit")."""
+        return next((f"{r['section']} {r['key']!r}" for recs in self._records.values()
+                     for r in recs.values() if r.get("region") and r["region"][0] <= row < r["region"][0] + r["region"][1]),
+                    "a commit")
 
     def _check_shards(self, phys: np.ndarray) -> None:
         """Refuse to read committed rows whose shard file is missing (a damaged or partly copied store):
@@ -587,10 +611,7 @@ class PatchStore:
             if j in ok:
                 continue
             if not self._shard_file(j).is_file():
-                row = j * self.shard
-                owner = next((f"{r['section']} {r['key']!r}" for recs in self._records.values() for r in recs.values()
-                              if r.get("region") and r["region"][0] <= row < r["region"][0] + r["region"][1]), "a commit")
-                raise StoreError(f"store {self.path}: the patches of {owner} are missing "
+                raise StoreError(f"store {self.path}: the patches of {self._owner(j * self.shard)} are missing "
                                  f"({self._shard_file(j).relative_to(self.path)}); the store is damaged or incompletely "
                                  "copied: copy it again, or re-extract into a new --out")
             ok.add(j)

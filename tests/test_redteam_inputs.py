@@ -9,7 +9,7 @@ import tifffile
 
 from conftest import EXAMPLE, WSI, slidestream_cmd
 from slidestream.engine.cohort import read_cohort
-from slidestream.engine.errors import ConfigError, SlideError
+from slidestream.engine.errors import ConfigError, SlideError, StoreError
 from slidestream.engine.slide import open_slide
 from slidestream.engine.store import PatchStore
 
@@ -242,3 +242,32 @@ def test_dicom_non_square_pixel_spacing_is_no_resolution(tmp_path):
     s = open_slide(_dicom(tmp_path, "square", spacing([0.0005, 0.0005])))
     assert (s.mpp, s.mpp_source) == (pytest.approx(0.5), "file mpp")
     s.close()
+
+
+# ------------------------------------------------------------------------------------ stores
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+@pytest.mark.parametrize("target, read, match", [
+    ("patches", lambda st: st.read(0, len(st)), r"cannot read the patches of slides 'S0' \(rows 0\.\.3\)"),
+    ("x", lambda st: st.column("x"), r"cannot read its column 'x'"),
+    ("records", lambda st: st, r"cannot open the store"),
+])
+def test_damaged_chunk_files_are_one_line_not_a_codec_traceback(tmp_path, damage, target, read, match):
+    """Flipped or cut bytes in a chunk file ended in zstd's RuntimeError ("Data corruption detected") or a
+    checksum ValueError, a traceback in every command that read it (features, export, train, extract's resume)."""
+    from test_redteam_cli import _store
+
+    st = _store(tmp_path / "st")
+    st.close()
+    f = min(p for p in (st.path / target / "c").rglob("*") if p.is_file())
+    data = bytearray(f.read_bytes())
+    if damage == "flip":  # the first chunk's zstd frame header (flips in its data may decode: no checksum)
+        for i in range(8):
+            data[i] ^= 0x5A
+    f.write_bytes(bytes(data) if damage == "flip" else bytes(data[: len(data) // 2]))
+    with pytest.raises(StoreError, match=f"{st.path}: .*{match}|{match} {st.path}"):
+        read(PatchStore.open(st.path))
+    assert not (tmp_path / "st.lock").exists()
+    if target == "records":  # extract's resume opens it for writing: refused, the lock given back
+        with pytest.raises(StoreError, match="cannot open the store"):
+            PatchStore.open(st.path, mode="r+")
+        assert not (tmp_path / "st.lock").exists()
