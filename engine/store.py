@@ -383,6 +383,17 @@ def stage_name(section: str, key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the store
+@contextlib.contextmanager
+def damaged(store: str, what: str, fix: str):
+    """A chunk file that does not decompress (flipped or cut bytes: zstd/blosc errors, a shard checksum that does
+    not match) is one StoreError naming the store and what was read, not a codec traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        raise StoreError(f"{store}: cannot read {what} ({' '.join(str(e).split())[:160]}); the store is damaged: "
+                         f"{fix}") from None
+
+
 class PatchStore:
     """A patch store on disk. Open with :meth:`create` (new or resumable) or :meth:`open` (existing)."""
 
@@ -585,17 +596,8 @@ class PatchStore:
                 out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
         return out
 
-    @contextlib.contextmanager
     def _damaged(self, what: str):
-        """A chunk file that does not decompress (flipped or cut bytes: zstd/blosc errors, checksum mismatch)
-        is one line naming the store and what was read, not a codec traceback."""
-        try:
-            yield
-        except (RuntimeError, ValueError, OSError) as e:
-            if isinstance(e, OSError) and e.filename is None and e.errno is None:
-                raise
-            raise StoreError(f"store {self.path}: cannot read {what} ({' '.join(str(e).split())[:160]}); the store is "
-                             "damaged: copy it again, or re-extract into a new --out") from None
+        return damaged(f"store {self.path}", what, "copy it again, or re-extract into a new --out")
 
     def _owner(self, row: int) -> str:
         """Whose commit holds physical ``row``: "slides 'S1'" (or "a commit")."""

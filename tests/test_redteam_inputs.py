@@ -271,3 +271,25 @@ def test_damaged_chunk_files_are_one_line_not_a_codec_traceback(tmp_path, damage
         with pytest.raises(StoreError, match="cannot open the store"):
             PatchStore.open(st.path, mode="r+")
         assert not (tmp_path / "st.lock").exists()
+
+
+@pytest.mark.parametrize("target", ["features", "meta/label"])
+def test_damaged_feature_chunk_is_one_line(tmp_path, target):
+    """The same for a feature store: `mil train` and `export --features` ended in zstd's traceback."""
+    from slidestream.engine import config, features
+    from test_mil import PIPE
+    from test_redteam_cli import _store
+
+    st = _store(tmp_path / "st")
+    st.close()
+    pipe = config.parse({**PIPE, "encoder": {"name": "morphometry"}})
+    features.extract_features(pipe, st.path, tmp_path / "f", progress=False, log=None)
+    f = min(p for p in (tmp_path / "f" / target / "c").rglob("*") if p.is_file())
+    f.write_bytes(bytes(b ^ 0x5A for b in f.read_bytes()[:8]) + f.read_bytes()[8:])
+    fs = features.FeatureStore(tmp_path / "f")
+    with pytest.raises(StoreError, match=r"feature store .*: cannot read (the features of rows 0\.\.32|its column 'label')"):
+        fs.rows() if target == "features" else fs.column("label")
+    (tmp_path / "p.json").write_text(json.dumps({**PIPE, "encoder": {"name": "morphometry"}}))
+    r = subprocess.run([*slidestream_cmd(), "mil", "train", str(tmp_path / "p.json"), "--features", str(tmp_path / "f"),
+                        "--store", str(st.path), "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "the store is damaged" in r.stderr, r.stderr
