@@ -416,6 +416,28 @@ class PatchStore:
         raw = self._arrays["records"][: self._n_records] if self._n_records else []
         self._log = [json.loads(s) for s in np.asarray(raw).tolist()]
         self._index()
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """What the metadata says must hold what the records say (an edited or damaged zarr.json would end in
+        an IndexError deep in a reader, or read rows as other rows): arrays of the store's types and shapes,
+        every column as long as the patches, every committed region inside them."""
+        why = None
+        a = self._arrays["patches"]
+        if not isinstance(self.manifest.get("pipeline", {}), dict) or not isinstance(self.manifest.get("format"), int):
+            why = "its `slidestream` attributes are not those of a patch store"
+        elif a.dtype != np.uint8 or a.ndim != 4 or a.shape[1:] != (self.size, self.size, 3):
+            why = f"patches are {a.dtype} {tuple(a.shape[1:])}, not uint8 (S, S, 3)"
+        else:
+            short = [n for n in COLUMNS if self._arrays[n].ndim != 1 or self._arrays[n].shape[0] < self._rows]
+            end = max((p0 + n for p0, n in self._runs), default=0)
+            if short:
+                why = f"column {short[0]!r} has fewer rows than the patches ({self._rows})"
+            elif end > self._rows:
+                why = f"its records place patches up to row {end}, but the arrays hold {self._rows}"
+        if why:
+            raise StoreError(f"store {self.path}: {why}: its zarr.json was edited or the store is damaged; copy it "
+                             "again, or re-extract into a new --out")
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -484,13 +506,15 @@ class PatchStore:
         if mode != "r":
             acquire_lock(path)
         try:
-            st = cls(path, mode)
+            try:
+                st = cls(path, mode)
+            except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: a damaged chunk (zstd)
+                raise StoreError(f"cannot open the store {path} ({type(e).__name__}: {e}); re-extract it into a new "
+                                 "--out") from None
         except StoreError:
-            raise
-        except (OSError, ValueError, KeyError, RuntimeError) as e:  # RuntimeError: a damaged chunk (zstd)
             if mode != "r":
                 release_lock(path)
-            raise StoreError(f"cannot open the store {path} ({type(e).__name__}: {e}); re-extract it into a new --out") from None
+            raise
         if st.manifest.get("format") != FORMAT:
             raise StoreError(f"{path} has store format {st.manifest.get('format')}, this slidestream reads {FORMAT}; "
                              "re-extract it into a new --out")

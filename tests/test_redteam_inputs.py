@@ -293,3 +293,28 @@ def test_damaged_feature_chunk_is_one_line(tmp_path, target):
     r = subprocess.run([*slidestream_cmd(), "mil", "train", str(tmp_path / "p.json"), "--features", str(tmp_path / "f"),
                         "--store", str(st.path), "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "the store is damaged" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m, a: m["patches"].update(shape=[8, 32, 32, 3]), r"its records place patches up to row \d+, but the arrays hold 8"),
+    (lambda m, a: m["x"].update(shape=[8]), r"column 'x' has fewer rows than the patches"),
+    (lambda m, a: m["patches"].update(data_type="float32"), r"patches are float32"),
+    (lambda m, a: a.update(pipeline="x"), r"its `slidestream` attributes are not those of a patch store"),
+])
+def test_hand_edited_store_metadata_is_one_line(tmp_path, edit, match):
+    """zarr.json edited by hand (or damaged): fewer rows than the records place patches in ended in an IndexError
+    traceback in export/features/train; a pipeline that is not an object in an AttributeError."""
+    from test_redteam_cli import _store
+
+    st = _store(tmp_path / "st")
+    st.close()
+    doc = json.loads((st.path / "zarr.json").read_text())
+    edit(doc["consolidated_metadata"]["metadata"], doc["attributes"]["slidestream"])
+    (st.path / "zarr.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match=f"store {st.path}: {match}.*zarr.json was edited"):
+        PatchStore.open(st.path).table(["x"])
+    try:  # a writer reads each array's own zarr.json (and rewrites the consolidated one): refused or fine
+        PatchStore.open(st.path, mode="r+").close()
+    except StoreError as e:
+        assert "zarr.json was edited" in str(e)
+    assert not (tmp_path / "st.lock").exists()
