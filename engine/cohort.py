@@ -167,7 +167,7 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
                           "(such a store cannot be split or trained on)")
     problems: list[str] = []
     out: list[SlideRow] = []
-    lines: dict[str, list] = {"path": {}, "id": {}}
+    lines: dict[str, dict] = {"path": {}, "id": {}, "dcm": {}}  # dcm: folder of a listed .dcm file -> its key
     patients: dict[str, list[tuple[int, int, float]]] = {}
     rows = iter(reader)
     while True:
@@ -207,7 +207,13 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
             if "patient_id" in cols and not unlabeled:
                 problems.append(f"line {i}: empty patient_id")
             pid, source = sid, "slide"
-        key = os.path.normpath(os.path.abspath(sp))
+        key = os.path.realpath(sp)  # a symbolic link to a slide already listed is that slide again
+        if key.lower().endswith(".dcm"):  # a DICOM slide is its folder, or a .dcm file in it: the same slide
+            folder = os.path.dirname(key)
+            key = folder if folder in lines["path"] else key
+            lines["dcm"].setdefault(folder, key)
+        elif key in lines["dcm"]:
+            key = lines["dcm"][key]
         for kind, k in (("path", key), ("id", sid)):
             if k in lines[kind]:
                 what = f"slide {r['slide_path']!r}" if kind == "path" else f"slide id {sid!r}"

@@ -318,3 +318,21 @@ def test_hand_edited_store_metadata_is_one_line(tmp_path, edit, match):
     except StoreError as e:
         assert "zarr.json was edited" in str(e)
     assert not (tmp_path / "st.lock").exists()
+
+
+def test_same_slide_under_another_path_is_refused(tmp_path):
+    """A symbolic link to a listed slide, or a DICOM slide's folder beside one of its .dcm files, was the same
+    slide extracted twice (two patients' worth of the same tissue, possibly in train and test)."""
+    from badinputs import good_slide
+
+    good = good_slide(tmp_path / "g.svs")
+    (tmp_path / "link.svs").symlink_to(good)
+    dcm = WSI / "dicom-cmu-1-small-region"
+    one = next(dcm.glob("*.dcm"))
+    for rows, dup in (((good, tmp_path / "link.svs"), "link.svs"), ((one, dcm), dcm.name), ((dcm, one), one.name)):
+        f = tmp_path / "c.csv"
+        f.write_text("slide_path,patient_id,label,age,slide_id\n" + "".join(f"{p},P{i},1,40,s{i}\n" for i, p in enumerate(rows)))
+        with pytest.raises(ConfigError, match=f"line 3: slide '.*{dup}' is already on line 2"):
+            read_cohort(f)
+    f.write_text(f"slide_path,patient_id,label,age\n{one},P0,1,40\n{WSI / 'pathml_small_dicom_TCGA-XK-AAJU_pen.dcm'},P1,1,40\n")
+    assert len(read_cohort(f)) == 2  # two DICOM files of different folders
