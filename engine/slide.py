@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -227,7 +228,28 @@ def _check_path(path: str) -> Path:
         raise SlideError(f"{path}: empty file (0 bytes); copy the slide again")
     elif not os.access(path, os.R_OK):
         raise SlideError(f"{path}: permission denied; make the slide readable")
+    if p.is_dir() or p.suffix.lower() == ".dcm":  # the DICOM readers open the other files of the folder
+        odd = _special_file(p if p.is_dir() else p.parent)
+        if odd:
+            raise SlideError(f"{path}: the DICOM folder holds {odd.name}, which is not a regular file (a pipe, device "
+                             "or socket: opening it would wait forever); move it out of the folder")
     return p
+
+
+def _special_file(folder: Path) -> Path | None:
+    """A pipe, device or socket in ``folder`` (followed through links), or None."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    for e in entries:
+        try:
+            mode = os.stat(e.path).st_mode
+        except OSError:  # broken link: nothing to wait on
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return Path(e.path)
+    return None
 
 
 def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,

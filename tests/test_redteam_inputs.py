@@ -2,6 +2,7 @@
 import json
 import re
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -336,3 +337,19 @@ def test_same_slide_under_another_path_is_refused(tmp_path):
             read_cohort(f)
     f.write_text(f"slide_path,patient_id,label,age\n{one},P0,1,40\n{WSI / 'pathml_small_dicom_TCGA-XK-AAJU_pen.dcm'},P1,1,40\n")
     assert len(read_cohort(f)) == 2  # two DICOM files of different folders
+
+
+def test_pipe_in_a_dicom_folder_does_not_hang(tmp_path):
+    """A named pipe among a DICOM slide's files: the readers open every .dcm of the folder (OpenSlide its first,
+    the dicom reader the other levels), and opening a pipe waits for a writer forever."""
+    import os
+    import shutil
+
+    folder = tmp_path / "dicom"
+    shutil.copytree(WSI / "dicom-cmu-1-small-region", folder)
+    os.mkfifo(folder / "a.dcm")
+    code = ("from slidestream.engine.slide import open_slide\n"
+            f"for p in ({str(folder)!r}, {str(next(folder.glob('level-0*.dcm')))!r}):\n"
+            "    try:\n        open_slide(p)\n    except Exception as e:\n        print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.count("the DICOM folder holds a.dcm, which is not a regular file") == 2, r.stdout + r.stderr
