@@ -19,6 +19,8 @@ from .errors import ConfigError
 
 SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
 
+MAX_CHUNK_BYTES = 2 ** 30  # one chunk of patches, uncompressed (a writer holds it in memory)
+
 # Sections of a pipeline used by extraction: their hash decides whether a store can be resumed.
 EXTRACTION_SECTIONS = ("seed", "magnification", "reader", "thumbnail", "filters", "tiling", "patches", "store")
 
@@ -236,6 +238,11 @@ def _too_big_patch(doc: dict[str, Any]) -> list[str]:
     if isinstance(size, int) and patches["size"] > size:
         return [f"$.patches.size: {patches['size']} is larger than the tiles ({size} px, $.tiling.params.size); "
                 "lower it or raise the tile size"]
+    store = doc.get("store") if isinstance(doc.get("store"), dict) else {}
+    chunk = store.get("chunk", DEFAULTS["store"]["chunk"])
+    if isinstance(chunk, int) and chunk * patches["size"] ** 2 * 3 > MAX_CHUNK_BYTES:  # held in memory while written
+        return [f"$.store.chunk: {chunk} patches of {patches['size']}² px make {chunk * patches['size'] ** 2 * 3 / 2**30:.1f} "
+                f"GiB per chunk (at most {MAX_CHUNK_BYTES // 2**30} GiB); lower store.chunk"]
     return []
 
 

@@ -96,6 +96,20 @@ def test_bad_pipeline_values_are_refused_before_work(tmp_path, section, key, val
     assert not (tmp_path / "s").exists()
 
 
+def test_chunk_of_huge_patches_is_refused():
+    """4096-px patches in chunks of 128 rows: a writer holds a 6 GiB chunk in memory (was accepted)."""
+    from slidestream.engine import config
+
+    doc = _small_pipeline()
+    doc["tiling"]["params"]["size"] = 4096
+    doc["patches"]["size"] = 4096
+    doc["store"]["chunk"] = 128
+    with pytest.raises(ConfigError, match=r"\$.store.chunk: 128 patches of 4096² px make 6.0 GiB per chunk"):
+        config.parse(doc)
+    doc["store"]["chunk"] = 16
+    config.parse(doc)
+
+
 # ------------------------------------------------------------------------------------ cohort tables
 @pytest.mark.parametrize("header", ["slide_path,patient_id,label,age,label", "slide_path,patient_id,label,age,Label "])
 def test_cohort_with_a_column_twice_is_refused(tmp_path, header):
