@@ -369,3 +369,25 @@ def test_pipe_in_a_dicom_folder_does_not_hang(tmp_path):
             "    try:\n        open_slide(p)\n    except Exception as e:\n        print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.count("the DICOM folder holds a.dcm, which is not a regular file") == 2, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------------------------ predictions
+def test_evaluate_with_a_bundle_refuses_a_table_missing_val_patients(tmp_path):
+    """A predictions CSV with a val row cut out, evaluated with the bundle that chose its epoch on val: the
+    selection-set metrics were computed on other patients than the bundle's, silently (exit 0)."""
+    from slidestream.engine import evaluate
+
+    rows = ["A,1,41,train,0.9", "B,0,60,train,0.2", "C,1,45,val,0.7", "D,0,70,val,0.4", "G,0,52,val,0.3",
+            "E,1,50,test,0.8", "F,0,66,test,0.3"]
+    trained = {s: {"n": len(ids), "patients": ids, "ids_digest": evaluate.ids_digest(ids)}
+               for s, ids in (("train", ["A", "B"]), ("val", ["C", "D", "G"]))}
+    f = tmp_path / "p.csv"
+    for kept, ok in ((rows, True), ([r for r in rows if not r.startswith("G,")], False),
+                     ([r for r in rows if ",val," not in r], True)):  # no val rows at all: an external test table
+        f.write_text("\n".join(["patient_id,label,age,split,image_prob", *kept]) + "\n")
+        t = evaluate.load_predictions(f)
+        if ok:
+            evaluate.evaluate(t, bootstrap=0, trained=trained)
+        else:
+            with pytest.raises(ConfigError, match=r"patient 'G' of the bundle's val split is missing from this table"):
+                evaluate.evaluate(t, bootstrap=0, trained=trained)
