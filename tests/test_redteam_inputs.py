@@ -212,6 +212,8 @@ def test_bad_option_values_are_one_line_not_a_traceback(cli, tmp_path):
     assert code == 2 and "--seed" in err, err
     code, _, err = cli("evaluate", preds, "--out", tmp_path / "ev", "--bootstrap", "100000000")  # 10^8 x n indices
     assert code == 2 and "--bootstrap" in err, err
+    code, _, err = cli("gan", "grid", tmp_path, "--out", tmp_path / "g.png", "--n", "100000")  # a 26-gigapixel sheet
+    assert code == 2 and "--n" in err, err
     slides = tmp_path / "c.csv"
     slides.write_text(f"slide_path,patient_id,label,age\n{WSI / 'CMU-1-Small-Region.svs'},P1,1,50\n")
     code, _, err = cli("extract", pipe, "--slides", slides, "--out", tmp_path / "s", "--scheduler", "garbage", "--quiet")

@@ -53,7 +53,7 @@ def sample_command(
 def grid_command(
     gan: Path = typer.Argument(..., help="GAN directory."),
     out: Path = typer.Option(..., "--out", help="PNG sample sheet."),
-    n: int = typer.Option(8, "--n", min=1, help="Samples per row."),
+    n: int = typer.Option(8, "--n", min=1, max=64, help="Samples per row (at most 64: the sheet is n x 7 patches)."),
     seed: int = typer.Option(0, "--seed", min=0),
 ):
     """Sample sheet from coarse to fine, one row per resolution (paper Fig. 1)."""
