@@ -83,7 +83,7 @@ def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
     cannot hang the scan); a folder of DICOM files is one slide per series."""
     files = []
     for root, dirs, names in os.walk(d):  # followlinks=False
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        dirs[:] = sorted(x for x in dirs if not x.startswith(".") and not _store_part(Path(root), x))
         for n in names:
             p = Path(root) / n
             if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith(".") and p.is_file():
@@ -101,6 +101,15 @@ def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
             path, sid = (folder, slide_id(folder)) if whole_folder else (first, slide_id(first))
             rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide"))
     return sorted(rows, key=lambda r: r.slide_path)
+
+
+def _store_part(root: Path, name: str) -> bool:
+    """A patch or feature store (a zarr hierarchy) or its ``STORE.qa``/``STORE.partial`` beside it: a store written
+    into the slide folder must not become slides on the rerun (its QA pictures are PNGs)."""
+    if (root / name / "zarr.json").is_file():
+        return True
+    stem, _, what = name.rpartition(".")
+    return what in ("qa", "partial") and (root / stem).is_dir()
 
 
 def _dicom_series(files: list[Path]) -> list[Path]:

@@ -393,3 +393,23 @@ def test_evaluate_with_a_bundle_refuses_a_table_missing_val_patients(tmp_path):
         else:
             with pytest.raises(ConfigError, match=r"patient 'G' of the bundle's val split is missing from this table"):
                 evaluate.evaluate(t, bootstrap=0, trained=trained)
+
+
+def test_store_inside_the_slide_folder_is_not_a_slide_on_the_rerun(tmp_path):
+    """`extract --slides DIR --out DIR/store.zarr`: the rerun found the QA pictures (DIR/store.zarr.qa/*.png)
+    as slides and refused the cohort (same slide id), so the run could not be resumed; with other names they
+    would have been extracted as slides."""
+    from badinputs import good_slide
+
+    good_slide(tmp_path / "a.svs")
+    (tmp_path / "store.zarr.qa").mkdir()
+    (tmp_path / "store.zarr").mkdir()
+    (tmp_path / "store.zarr" / "zarr.json").write_text("{}")
+    from PIL import Image
+
+    Image.fromarray(_rgb()).save(tmp_path / "store.zarr.qa" / "a.png")
+    Image.fromarray(_rgb()).save(tmp_path / "store.zarr.qa" / "b.png")
+    (tmp_path / "feats.zarr").mkdir()
+    (tmp_path / "feats.zarr" / "zarr.json").write_text("{}")
+    Image.fromarray(_rgb()).save(tmp_path / "feats.zarr" / "c.png")
+    assert [r.slide_id for r in read_cohort(tmp_path)] == ["a"]
