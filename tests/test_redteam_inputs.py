@@ -413,3 +413,16 @@ def test_store_inside_the_slide_folder_is_not_a_slide_on_the_rerun(tmp_path):
     (tmp_path / "feats.zarr" / "zarr.json").write_text("{}")
     Image.fromarray(_rgb()).save(tmp_path / "feats.zarr" / "c.png")
     assert [r.slide_id for r in read_cohort(tmp_path)] == ["a"]
+
+
+def test_deflate_tiles_with_a_predictor_do_not_crash_the_process(tmp_path):
+    """cuCIM ends the process with SIGSEGV on a Deflate-compressed tiled TIFF with a horizontal predictor (a common
+    `tiffcp -c zip:2` output): `extract` died mid-cohort (exit -11) and every rerun died on the same slide."""
+    p = tmp_path / "zip.svs"
+    tifffile.imwrite(p, _rgb(), tile=(256, 256), photometric="rgb", compression="zlib", predictor=True,
+                     description=APERIO)
+    code = ("import numpy as np\nfrom slidestream.engine.slide import open_slide\n"
+            f"s = open_slide({str(p)!r})\nprint(s.reader_name, int(s.reader.read_region((0, 0), 0, (512, 512)).sum()))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])
+    assert r.stdout.split()[1] == str(int(_rgb().astype(np.int64).sum())) and r.stdout.split()[0] != "cucim", r.stdout

@@ -57,6 +57,9 @@ class CucimSlide:
         with tifffile.TiffFile(path) as tf:
             if tf.pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
                 raise ValueError(f"{tf.pages[0].bitspersample}-bit samples: left to the tifffile reader")
+            for page in tf.pages:  # cuCIM (26.10) dies with SIGSEGV on Deflate tiles with a predictor
+                if page.compression in (8, 32946) and page.predictor != 1:
+                    raise ValueError("Deflate tiles with a predictor: left to the next reader (cuCIM crashes on them)")
         self.path = path
         self.device = device
         self._tiles = TiffTileCheck(path)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
