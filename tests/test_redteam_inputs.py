@@ -426,3 +426,23 @@ def test_deflate_tiles_with_a_predictor_do_not_crash_the_process(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, (r.returncode, r.stderr[-500:])
     assert r.stdout.split()[1] == str(int(_rgb().astype(np.int64).sum())) and r.stdout.split()[0] != "cucim", r.stdout
+
+
+@pytest.mark.parametrize("kw", [dict(compression="zstd"), dict(compression="webp", compressionargs={"lossless": True}),
+                                dict(compression="zlib", planarconfig="separate")])
+def test_tiffs_cucim_cannot_decode_go_to_another_reader(tmp_path, kw):
+    """cuCIM opened Zstd, WebP and planar Deflate TIFFs, then failed every read ("This format ... is not supported
+    yet"): the slide failed although tifffile reads it."""
+    data = np.moveaxis(_rgb(), -1, 0) if kw.get("planarconfig") else _rgb()
+    p = tmp_path / "s.svs"
+    tifffile.imwrite(p, data, tile=(256, 256), photometric="rgb", description=APERIO, **kw)
+    s = open_slide(p)
+    assert s.reader_name == "tifffile" and np.array_equal(s.reader.read_region((0, 0), 0, (512, 512)), _rgb())
+    s.close()
+
+
+def test_one_bit_tiff_is_refused_not_read_as_black(tmp_path):
+    p = tmp_path / "s.tif"
+    tifffile.imwrite(p, _rgb()[..., 0] > 128, tile=(256, 256), photometric="minisblack")
+    with pytest.raises(SlideError, match="tifffile: 1-bit samples: not a scanned colour image"):
+        open_slide(p, order=["tifffile"], mpp=0.5)

@@ -85,6 +85,9 @@ def _colour(page):
 
     P = tifffile.PHOTOMETRIC
     kind, spp = page.photometric, page.samplesperpixel
+    if page.sampleformat == tifffile.SAMPLEFORMAT.INT or page.bitspersample == 1:
+        raise ValueError(f"{'signed' if page.sampleformat == tifffile.SAMPLEFORMAT.INT else '1-bit'} samples: not a "
+                         "scanned colour image; convert the slide to 8-bit RGB")
     if kind in (P.MINISBLACK, P.RGB) or (kind == P.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
         return lambda a: a  # tifffile's JPEG decoder returns YCbCr tiles as RGB
     if kind == P.MINISWHITE and spp == 1 and page.dtype.kind == "u":
