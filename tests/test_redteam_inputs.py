@@ -446,3 +446,25 @@ def test_one_bit_tiff_is_refused_not_read_as_black(tmp_path):
     tifffile.imwrite(p, _rgb()[..., 0] > 128, tile=(256, 256), photometric="minisblack")
     with pytest.raises(SlideError, match="tifffile: 1-bit samples: not a scanned colour image"):
         open_slide(p, order=["tifffile"], mpp=0.5)
+
+
+@pytest.mark.parametrize("target", ["self", "first"])
+def test_circular_tiff_directory_chain_does_not_hang(tmp_path, target):
+    """A TIFF whose last directory points back (to itself or to the first): iterating tifffile's pages after
+    indexing one never ended (the cuCIM reader's codec check hung the process)."""
+    import struct
+
+    from badinputs import good_slide
+
+    good = good_slide(tmp_path / "g.svs")
+    data = bytearray(good.read_bytes())
+    with tifffile.TiffFile(good) as tf:
+        offs = [p.offset for p in tf.pages]
+    last = offs[-1] if target == "first" else offs[0]
+    struct.pack_into("<I", data, last + 2 + 12 * struct.unpack_from("<H", data, last)[0], offs[0])
+    p = tmp_path / "loop.svs"
+    p.write_bytes(bytes(data))
+    code = ("from slidestream.engine.slide import open_slide\n"
+            f"s = open_slide({str(p)!r})\nprint(s.reader_name, s.thumbnail(16).shape)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "(96, 128, 3)" in r.stdout, (r.stdout, r.stderr[-300:])

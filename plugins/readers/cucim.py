@@ -59,9 +59,10 @@ class CucimSlide:
         import tifffile
 
         with tifffile.TiffFile(path) as tf:
-            if tf.pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
-                raise ValueError(f"{tf.pages[0].bitspersample}-bit samples: left to the tifffile reader")
-            for page in tf.pages:
+            pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
+            if pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
+                raise ValueError(f"{pages[0].bitspersample}-bit samples: left to the tifffile reader")
+            for page in pages:
                 if page.compression in (8, 32946) and (page.predictor != 1 or page.planarconfig != 1):
                     # a predictor: cuCIM (26.10) dies with SIGSEGV; planar: it opens, then fails every read
                     raise ValueError("Deflate tiles with a predictor or separate planes: left to the next reader")
