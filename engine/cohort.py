@@ -83,7 +83,7 @@ def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
     cannot hang the scan); a folder of DICOM files is one slide per series."""
     files = []
     for root, dirs, names in os.walk(d):  # followlinks=False
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        dirs[:] = sorted(x for x in dirs if not x.startswith(".") and not _store_part(Path(root), x))
         for n in names:
             p = Path(root) / n
             if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith(".") and p.is_file():
@@ -101,6 +101,15 @@ def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
             path, sid = (folder, slide_id(folder)) if whole_folder else (first, slide_id(first))
             rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide"))
     return sorted(rows, key=lambda r: r.slide_path)
+
+
+def _store_part(root: Path, name: str) -> bool:
+    """A patch or feature store (a zarr hierarchy) or its ``STORE.qa``/``STORE.partial`` beside it: a store written
+    into the slide folder must not become slides on the rerun (its QA pictures are PNGs)."""
+    if (root / name / "zarr.json").is_file():
+        return True
+    stem, _, what = name.rpartition(".")
+    return what in ("qa", "partial") and (root / stem).is_dir()
 
 
 def _dicom_series(files: list[Path]) -> list[Path]:
@@ -153,6 +162,10 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
     delimiter = next((d for d in (",", ";", "\t") if d in head), ",")
     reader = csv.DictReader(lines_, delimiter=delimiter, strict=True)
     cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    twice = sorted({c for c in cols if c and cols.count(c) > 1})
+    if twice:  # csv.DictReader keeps the last of two same-named columns, silently
+        raise ConfigError(f"{path}: column {', '.join(f'`{c}`' for c in twice)} appears more than once in the header "
+                          "(names match without case); keep one")
     if "slide_path" not in cols:
         raise ConfigError(f"{path}: no `slide_path` column (found: {', '.join(c for c in cols if c) or 'none'}); "
                           "columns must be slide_path,patient_id,label,age[,mpp][,slide_id]")
@@ -163,7 +176,7 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
                           "(such a store cannot be split or trained on)")
     problems: list[str] = []
     out: list[SlideRow] = []
-    lines: dict[str, list] = {"path": {}, "id": {}}
+    lines: dict[str, dict] = {"path": {}, "id": {}, "dcm": {}}  # dcm: folder of a listed .dcm file -> its key
     patients: dict[str, list[tuple[int, int, float]]] = {}
     rows = iter(reader)
     while True:
@@ -203,7 +216,13 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
             if "patient_id" in cols and not unlabeled:
                 problems.append(f"line {i}: empty patient_id")
             pid, source = sid, "slide"
-        key = os.path.normpath(os.path.abspath(sp))
+        key = os.path.realpath(sp)  # a symbolic link to a slide already listed is that slide again
+        if key.lower().endswith(".dcm"):  # a DICOM slide is its folder, or a .dcm file in it: the same slide
+            folder = os.path.dirname(key)
+            key = folder if folder in lines["path"] else key
+            lines["dcm"].setdefault(folder, key)
+        elif key in lines["dcm"]:
+            key = lines["dcm"][key]
         for kind, k in (("path", key), ("id", sid)):
             if k in lines[kind]:
                 what = f"slide {r['slide_path']!r}" if kind == "path" else f"slide id {sid!r}"
@@ -220,8 +239,14 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         where = ", ".join(str(i) for i, _, _ in rs)
         if len(labels) > 1:
             problems.append(f"lines {where}: patient {pid!r} has labels {sorted(labels)}; a patient has one IDH status")
+        elif labels and any(lab < 0 for _, lab, _ in rs):  # its slides would be stored with two labels
+            problems.append(f"lines {where}: patient {pid!r} has label {labels.pop()} on some lines and none on others; "
+                            "give the label on every line")
         if len(ages) > 1:
             problems.append(f"lines {where}: patient {pid!r} has ages {sorted(ages)}; give one age per patient")
+        elif ages and any(math.isnan(a) for _, _, a in rs):
+            problems.append(f"lines {where}: patient {pid!r} has age {ages.pop():g} on some lines and none on others; "
+                            "give the age on every line")
     if problems:
         shown = "; ".join(problems[:MAX_LISTED])
         more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""

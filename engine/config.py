@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from . import aggregate, registry
 from .errors import ConfigError
 
 SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
+
+MAX_CHUNK_BYTES = 2 ** 30  # one chunk of patches, uncompressed (a writer holds it in memory)
 
 # Sections of a pipeline used by extraction: their hash decides whether a store can be resumed.
 EXTRACTION_SECTIONS = ("seed", "magnification", "reader", "thumbnail", "filters", "tiling", "patches", "store")
@@ -74,7 +77,7 @@ def schema() -> dict[str, Any]:
             "description": {"type": "string"},
             "seed": {"type": "integer", "minimum": 0, "description": "seed of every random choice"},
             "device": {"enum": ["auto", "cpu", "cuda"], "description": "auto uses a GPU when present"},
-            "magnification": {"type": "number", "exclusiveMinimum": 0,
+            "magnification": {"type": "number", "exclusiveMinimum": 0, "maximum": 200,
                               "description": "objective magnification tiles and patches are cut at (paper: 10); 10x = 1 µm/px"},
             "reader": {
                 "type": "object", "additionalProperties": False,
@@ -87,7 +90,7 @@ def schema() -> dict[str, Any]:
             },
             "thumbnail": {
                 "type": "object", "additionalProperties": False,
-                "properties": {"scale": {"type": "number", "exclusiveMinimum": 1,
+                "properties": {"scale": {"type": "number", "exclusiveMinimum": 1, "maximum": 1024,
                                          "description": "level-0 pixels per thumbnail pixel (DPW: 32)"}},
             },
             "filters": {"type": "array", "items": _plugin_ref("filter"),
@@ -98,7 +101,7 @@ def schema() -> dict[str, Any]:
                 "properties": {
                     "size": {"type": "integer", "minimum": 8, "description": "patch side in pixels (paper: 256)"},
                     "mode": {"enum": ["random", "grid"], "description": "random: per_tile seeded positions; grid: all non-overlapping"},
-                    "per_tile": {"type": "integer", "minimum": 1, "description": "patches per tile in random mode"},
+                    "per_tile": {"type": "integer", "minimum": 1, "maximum": 4096, "description": "patches per tile in random mode"},
                     "min_tissue": {"type": "number", "minimum": 0, "maximum": 1,
                                    "description": "drop patches whose own tissue fraction is lower"},
                 },
@@ -106,11 +109,11 @@ def schema() -> dict[str, Any]:
             "store": {
                 "type": "object", "additionalProperties": False,
                 "properties": {
-                    "codec": {"enum": ["zstd", "lz4", "blosc-zstd", "blosc-lz4", "jpeg", "none"],
-                              "description": "patch compression (jpeg is lossy)"},
-                    "level": {"type": "integer", "minimum": 0, "maximum": 100,
-                              "description": "compression level (zstd 1-22, jpeg quality 1-100)"},
-                    "chunk": {"type": "integer", "minimum": 1, "description": "patches per stored chunk"},
+                    "codec": {"enum": ["zstd", "lz4", "blosc-zstd", "blosc-lz4", "none"],
+                              "description": "patch compression (all lossless)"},
+                    "level": {"type": "integer", "minimum": 0, "maximum": 22,
+                              "description": "compression level (zstd 1-22, blosc 1-9: higher is taken as 9)"},
+                    "chunk": {"type": "integer", "minimum": 1, "maximum": 4096, "description": "patches per stored chunk"},
                     "batch_tiles": {"type": "integer", "minimum": 1,
                                     "description": "tiles read per batch (bounds worker memory)"},
                 },
@@ -164,7 +167,6 @@ def schema() -> dict[str, Any]:
                 },
             },
             "fusion": _plugin_ref("fusion"),
-            "evaluation": {"type": "object"},
             # ---- augmentation (issue: GAN augmentation) ----
             "augmenter": _plugin_ref("augmenter"),
             # ---- encoders, feature store, attention-MIL (issue 8) ----
@@ -207,10 +209,41 @@ def validation_errors(doc: Any) -> list[str]:
         return [f"$: a pipeline is a JSON object ({{...}}), not a {type(doc).__name__}; "
                 "see schemas/examples/liu2020.json"]
     validator = jsonschema.Draft202012Validator(schema())
-    out = []
+    out = _not_finite(doc, "$")  # json.loads reads NaN and Infinity, and every bound of the schema lets NaN through
     for err in validator.iter_errors(doc):
         out.extend(_flatten(err))
+    if not out:
+        out = _too_big_patch(doc)
     return sorted(set(out))
+
+
+def _not_finite(v: Any, path: str) -> list[str]:
+    if isinstance(v, float) and not math.isfinite(v):
+        return [f"{path}: {v} is not a number; give a finite value"]
+    if isinstance(v, dict):
+        return [e for k, x in v.items() for e in _not_finite(x, f"{path}.{k}")]
+    if isinstance(v, list):
+        return [e for i, x in enumerate(v) for e in _not_finite(x, f"{path}[{i}]")]
+    return []
+
+
+def _too_big_patch(doc: dict[str, Any]) -> list[str]:
+    """Patches larger than the tiles they are cut from (the tiling's ``size``, its default when not given)."""
+    tiling, patches = doc.get("tiling"), doc.get("patches")
+    if not isinstance(tiling, dict) or not isinstance(patches, dict) or not isinstance(patches.get("size"), int):
+        return []
+    plugin = registry.plugins("tiling").get(tiling.get("name"))
+    props = plugin.param_schema().get("properties", {}) if plugin else {}
+    size = (tiling.get("params") or {}).get("size", props.get("size", {}).get("default"))
+    if isinstance(size, int) and patches["size"] > size:
+        return [f"$.patches.size: {patches['size']} is larger than the tiles ({size} px, $.tiling.params.size); "
+                "lower it or raise the tile size"]
+    store = doc.get("store") if isinstance(doc.get("store"), dict) else {}
+    chunk = store.get("chunk", DEFAULTS["store"]["chunk"])
+    if isinstance(chunk, int) and chunk * patches["size"] ** 2 * 3 > MAX_CHUNK_BYTES:  # held in memory while written
+        return [f"$.store.chunk: {chunk} patches of {patches['size']}² px make {chunk * patches['size'] ** 2 * 3 / 2**30:.1f} "
+                f"GiB per chunk (at most {MAX_CHUNK_BYTES // 2**30} GiB); lower store.chunk"]
+    return []
 
 
 def _flatten(err: jsonschema.ValidationError) -> list[str]:

@@ -270,7 +270,8 @@ ROLE = {"train": "trained on", "val": "selected its best epoch on"}
 
 def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
     """Refuse (one-line ConfigError) a test split holding a patient the bundle trained on (its ``train`` set) or
-    chose its epoch on (``val``): its test metrics would be optimistic, not held out."""
+    chose its epoch on (``val``): its test metrics would be optimistic, not held out. A table with val rows must
+    hold every val patient of the bundle."""
     test = sorted(set(t["patient_id"][t["split"] == "test"].tolist()))
     for split in ("train", "val"):
         own = set((trained.get(split) or {}).get("patients", []))
@@ -279,6 +280,11 @@ def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
             raise ConfigError(f"patient {leaked[0]!r} is in this table's test split, but the bundle {ROLE[split]} it "
                               f"({len(leaked)} such test patient(s), {split} split of its training); evaluate "
                               "predictions of the store split the bundle was trained on, or retrain on this split")
+    val = set(t["patient_id"][t["split"] == "val"].tolist())
+    missing = sorted(set((trained.get("val") or {}).get("patients", [])) - val) if val else []
+    if missing:  # a cut or filtered table: the val (selection-set) metrics would be of other patients than the bundle's
+        raise ConfigError(f"patient {missing[0]!r} of the bundle's val split is missing from this table ({len(missing)} "
+                          "val patient(s) missing); give the whole predictions CSV")
 
 
 def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,

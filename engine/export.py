@@ -61,7 +61,9 @@ def mil_scores(bundle: str | Path, fs: FeatureStore) -> tuple[np.ndarray, np.nda
     feats = fs.features
     with torch.no_grad():
         for rows in bags["rows"]:
-            logit, a = model(torch.from_numpy(np.asarray(feats.get_orthogonal_selection((rows, slice(None))))).float())
+            with fs._damaged(f"the features of {len(rows)} rows"):
+                x = np.asarray(feats.get_orthogonal_selection((rows, slice(None))))
+            logit, a = model(torch.from_numpy(x).float())
             att[rows] = a.numpy()
             prob[rows] = float(torch.sigmoid(logit))
     return att, prob
@@ -153,7 +155,7 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
                                 "downsample": [size0 / patch, size0 / patch], "target_magnification": target,
                                 "level0_magnification": target * size0 / patch, "overlap": 0, "name": slide})
                 if fs is not None:
-                    h.create_dataset("features", data=np.asarray(fs.features[r0:r1], dtype=np.float32))
+                    h.create_dataset("features", data=fs.rows(r0, r1).astype(np.float32))
                 if att is not None:
                     h.create_dataset("attention", data=att[r0:r1])
         written.append(path)

@@ -224,8 +224,19 @@ class FeatureStore:
         return int(self.info["rows"])
 
     def column(self, name: str) -> np.ndarray:
-        a = np.asarray(self.group[f"meta/{name}"][:])
+        with self._damaged(f"its column {name!r}"):
+            a = np.asarray(self.group[f"meta/{name}"][:])
         return as_str(a) if a.dtype.kind in "OT" else a
+
+    def rows(self, r0: int | None = None, r1: int | None = None) -> np.ndarray:
+        """The features of rows ``r0 .. r1`` (all by default)."""
+        with self._damaged(f"the features of rows {r0 or 0}..{len(self) if r1 is None else r1}"):
+            return np.asarray(self.features[r0:r1])
+
+    def _damaged(self, what: str):
+        from .store import damaged
+
+        return damaged(f"feature store {self.path}", what, "delete it and run `slidestream features` again")
 
     def complete(self) -> bool:
         """Every row written (and, for ``extract --features-only``, every slide of its last run attempted)."""

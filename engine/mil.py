@@ -311,7 +311,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     if not fs.complete():
         raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
     header = {**fs.info, "path": str(Path(features).resolve())}
-    feats = np.asarray(fs.features[:])
+    feats = fs.rows()
     bad = ~np.isfinite(feats).all(1)
     if bad.any():
         raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "

@@ -441,7 +441,11 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
     if scheduler:
         from distributed import Client, wait as dask_wait
 
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler)
+        except (OSError, ValueError, TypeError) as e:  # no such address, nobody listening (OSError after 30 s)
+            raise ConfigError(f"--scheduler {scheduler}: cannot connect ({_plain(e)}); give the address of a running "
+                              "dask scheduler, e.g. tcp://host:8786, or drop --scheduler to run here") from None
 
         def submit(row, *args):
             return client.submit(process_slide, *args, key=f"slide-{row.slide_id}-{os.getpid()}-{time.monotonic_ns()}",

@@ -12,7 +12,9 @@ damaged data (libjpeg's ``Corrupt JPEG data``), the thumbnail fails the slide an
 from __future__ import annotations
 
 import errno
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -226,7 +228,28 @@ def _check_path(path: str) -> Path:
         raise SlideError(f"{path}: empty file (0 bytes); copy the slide again")
     elif not os.access(path, os.R_OK):
         raise SlideError(f"{path}: permission denied; make the slide readable")
+    if p.is_dir() or p.suffix.lower() == ".dcm":  # the DICOM readers open the other files of the folder
+        odd = _special_file(p if p.is_dir() else p.parent)
+        if odd:
+            raise SlideError(f"{path}: the DICOM folder holds {odd.name}, which is not a regular file (a pipe, device "
+                             "or socket: opening it would wait forever); move it out of the folder")
     return p
+
+
+def _special_file(folder: Path) -> Path | None:
+    """A pipe, device or socket in ``folder`` (followed through links), or None."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    for e in entries:
+        try:
+            mode = os.stat(e.path).st_mode
+        except OSError:  # broken link: nothing to wait on
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return Path(e.path)
+    return None
 
 
 def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,
@@ -254,6 +277,10 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         except Exception as e:  # a reader that cannot read this file: try the next one
             failures.append(f"{name}: {plain(e)}")
             continue
+        lie = _level_lie(reader)
+        if lie:
+            reader.close()
+            raise SlideError(f"{path}: {lie}: a broken or patched header; copy the slide again")
         try:
             level_mpp, source = _resolution(reader, mpp)
         except SlideError as e:  # another reader may find the resolution in metadata this one ignores
@@ -268,6 +295,26 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
     if len({f.split(": ", 1)[1] for f in failures}) == 1:  # every reader said the same
         failures = [f"{', '.join(f.split(': ', 1)[0] for f in failures)}: {failures[0].split(': ', 1)[1]}"]
     raise SlideError(f"{path}: not a readable slide or image ({'; '.join(failures)})")
+
+
+def _level_lie(reader: SlideReader) -> str | None:
+    """Why the pyramid's level sizes cannot be true, or None: a level is a scaled-down level 0, so one
+    downsample (up to the rounding of each side) must give both its width and its height. A level whose
+    header claims another size was read with the wrong scale: patches from the wrong place, silently. Levels
+    whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles."""
+    dims = [tuple(int(v) for v in d) for d in reader.level_dimensions]
+    if not dims or min(min(d) for d in dims) < 1:
+        return f"a pyramid level of {dims} has no pixels"
+    w0, h0 = dims[0]
+    for i, (w, h) in enumerate(dims[1:], 1):
+        if w % 128 == 0 and h % 128 == 0:
+            continue
+        lo = max(w0 / (w + 1), h0 / (h + 1))  # downsamples that round to this width and this height
+        hi = min(w0 / (w - 1) if w > 1 else math.inf, h0 / (h - 1) if h > 1 else math.inf)
+        if lo > hi or w > w0 or h > h0:
+            return (f"pyramid level {i} is {w} x {h} px, which no single downsample of level 0 ({w0} x {h0} px) "
+                    "gives")
+    return None
 
 
 def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str]:

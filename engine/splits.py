@@ -88,8 +88,10 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
     patients, labels = list(patients), np.asarray(labels)
     if len(set(patients)) != len(patients):
         raise ConfigError("split: patient ids must be unique")
-    if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
+    if len(ratios) != 3 or not np.isfinite(ratios).all() or min(ratios) < 0 or ratios[0] <= 0:  # NaN: a KeyError
         raise ConfigError(f"split ratios must be three non-negative numbers train:val:test with train > 0, got {list(ratios)}")
+    if seed < 0:
+        raise ConfigError(f"split seed must be 0 or more, got {seed}")
     rng = np.random.default_rng(seed)
     out: dict[str, str] = {}
     for lab in sorted(set(labels.tolist())):

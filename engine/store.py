@@ -359,6 +359,17 @@ def stage_name(section: str, key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the store
+@contextlib.contextmanager
+def damaged(store: str, what: str, fix: str):
+    """A chunk file that does not decompress (flipped or cut bytes: zstd/blosc errors, a shard checksum that does
+    not match) is one StoreError naming the store and what was read, not a codec traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        raise StoreError(f"{store}: cannot read {what} ({' '.join(str(e).split())[:160]}); the store is damaged: "
+                         f"{fix}") from None
+
+
 class PatchStore:
     """A patch store on disk. Open with :meth:`create` (new or resumable) or :meth:`open` (existing)."""
 
@@ -387,6 +398,29 @@ class PatchStore:
         raw = self._cols["records"].read(path / "records", 0, self._n_records) if self._n_records else []
         self._log = [json.loads(s) for s in np.asarray(raw).tolist()]
         self._index()
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """What the metadata says must hold what the records say (an edited or damaged zarr.json would end in
+        an IndexError deep in a reader, or read rows as other rows): arrays of the store's types and shapes,
+        every column as long as the patches, every committed region inside them."""
+        why = None
+        a = self._meta["patches"]
+        shape = list(a.get("shape") or [])
+        if not isinstance(self.manifest.get("pipeline", {}), dict) or not isinstance(self.manifest.get("format"), int):
+            why = "its `slidestream` attributes are not those of a patch store"
+        elif a.get("data_type") != "uint8" or len(shape) != 4 or shape[1:] != [self.size, self.size, 3]:
+            why = f"patches are {a.get('data_type')} {tuple(shape[1:])}, not uint8 (S, S, 3)"
+        else:
+            short = [n for n in COLUMNS if len(self._meta[n].get("shape") or []) != 1 or self._meta[n]["shape"][0] < self._rows]
+            end = max((p0 + n for p0, n in self._runs), default=0)
+            if short:
+                why = f"column {short[0]!r} has fewer rows than the patches ({self._rows})"
+            elif end > self._rows:
+                why = f"its records place patches up to row {end}, but the arrays hold {self._rows}"
+        if why:
+            raise StoreError(f"store {self.path}: {why}: its zarr.json was edited or the store is damaged; copy it "
+                             "again, or re-extract into a new --out")
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -446,9 +480,15 @@ class PatchStore:
         if mode != "r":
             acquire_lock(path)
         try:
-            st = cls(path, mode)
-        except (OSError, ValueError, KeyError) as e:
-            raise StoreError(f"cannot open the store {path} ({type(e).__name__}: {e}); re-extract it into a new --out") from None
+            try:
+                st = cls(path, mode)
+            except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:  # RuntimeError: a damaged chunk (zstd)
+                raise StoreError(f"cannot open the store {path} ({type(e).__name__}: {e}); re-extract it into a new "
+                                 "--out") from None
+        except StoreError:
+            if mode != "r":
+                release_lock(path)
+            raise
         if st.manifest.get("format") != FORMAT:
             raise StoreError(f"{path} has store format {st.manifest.get('format')}, this slidestream reads {FORMAT}; "
                              "re-extract it into a new --out")
@@ -520,7 +560,9 @@ class PatchStore:
     def column(self, name: str) -> np.ndarray:
         if name not in COLUMNS:
             raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
-        return self._cols[name].read(self.path / name, 0, self._rows)[self._phys]
+        with self._damaged(f"its column {name!r}"):
+            full = self._cols[name].read(self.path / name, 0, self._rows)
+        return full[self._phys]
 
     def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Metadata as a dict of equal-length numpy columns."""
@@ -548,7 +590,8 @@ class PatchStore:
         breaks = np.flatnonzero(np.diff(phys) != 1) + 1
         arr = self._patch_array()
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
-            out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
+            with self._damaged(f"the patches of {self._owner(int(phys[a]))} (rows {int(phys[a])}..{int(phys[b - 1])})"):
+                out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
         return out
 
     def _patch_array(self):
@@ -558,6 +601,15 @@ class PatchStore:
             self._zpatches = _zarr().open_array(str(self.path / "patches"), mode="r")
         return self._zpatches
 
+    def _damaged(self, what: str):
+        return damaged(f"store {self.path}", what, "copy it again, or re-extract into a new --out")
+
+    def _owner(self, row: int) -> str:
+        """Whose commit holds physical ``row``: "slides 'S1'" (or "a commit")."""
+        return next((f"{r['section']} {r['key']!r}" for recs in self._records.values()
+                     for r in recs.values() if r.get("region") and r["region"][0] <= row < r["region"][0] + r["region"][1]),
+                    "a commit")
+
     def _check_shards(self, phys: np.ndarray) -> None:
         """Refuse to read committed rows whose shard file is missing (a damaged or partly copied store):
         zarr would return zeros (its fill value) as if they were patches. Each shard is checked once."""
@@ -566,10 +618,7 @@ class PatchStore:
             if j in ok:
                 continue
             if not self._shard_file(j).is_file():
-                row = j * self.shard
-                owner = next((f"{r['section']} {r['key']!r}" for recs in self._records.values() for r in recs.values()
-                              if r.get("region") and r["region"][0] <= row < r["region"][0] + r["region"][1]), "a commit")
-                raise StoreError(f"store {self.path}: the patches of {owner} are missing "
+                raise StoreError(f"store {self.path}: the patches of {self._owner(j * self.shard)} are missing "
                                  f"({self._shard_file(j).relative_to(self.path)}); the store is damaged or incompletely "
                                  "copied: copy it again, or re-extract into a new --out")
             ok.add(j)

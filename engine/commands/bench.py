@@ -57,7 +57,7 @@ def make_slide_command(
     out: Path = typer.Argument(..., help="Output .svs path."),
     size: tuple[int, int] = typer.Option((98304, 65536), "--size", help="W H in level-0 pixels (multiples of 1024); "
                                                                         "the default is TCGA-size."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same slide."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same slide."),
     quality: int = typer.Option(80, "--quality", min=1, max=100, help="JPEG quality."),
     tissue: float = typer.Option(0.62, "--tissue", help="Fraction of the slide covered by tissue."),
     as_json: bool = JSON,
@@ -78,7 +78,7 @@ def extract_command(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads (default: all cores)."),
     reader: Optional[str] = typer.Option(None, "--reader", help="Reader tried first, e.g. dali (DALI tile decoding)."),
     size: tuple[int, int] = SIZE,
-    seed: int = typer.Option(0, "--seed", help="Seed of the built-in slide."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the built-in slide."),
     as_json: bool = JSON,
 ):
     """Extraction against the bare cuCIM decode of the same pixels, in one run."""

@@ -30,8 +30,8 @@ def evaluate_command(
                                                "(default: out of sample) or 'train' (in sample); never test."),
     threshold: str = typer.Option("0.5", help="Probability of mutant at or above which a patient is called mutant: "
                                               "a number in (0, 1), or 'youden' (picked per predictor on val, applied to test)."),
-    bootstrap: int = typer.Option(1000, min=0, help="Patient resamples for the 95% confidence intervals (0: none)."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap resampling."),
+    bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the 95% confidence intervals (0: none; at most 100,000: each is a row of patient indices in memory)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling."),
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
                                                 "(the paper's Table 4 counts validation and test patients)."),
 ) -> None:

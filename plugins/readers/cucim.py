@@ -45,6 +45,10 @@ def _cuimage(path: str):
             os.close(s)
 
 
+# TIFF compressions cuCIM decodes: none, LZW, JPEG, Deflate, Aperio JPEG 2000 (YCbCr, RGB)
+CUCIM_CODECS = (1, 5, 7, 8, 32946, 33003, 33005)
+
+
 class CucimSlide:
     """With ``device="cuda"`` regions are decoded on the GPU (nvJPEG via cuCIM) and copied back."""
 
@@ -55,8 +59,16 @@ class CucimSlide:
         import tifffile
 
         with tifffile.TiffFile(path) as tf:
-            if tf.pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
-                raise ValueError(f"{tf.pages[0].bitspersample}-bit samples: left to the tifffile reader")
+            pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
+            if pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
+                raise ValueError(f"{pages[0].bitspersample}-bit samples: left to the tifffile reader")
+            for page in pages:
+                if page.compression in (8, 32946) and (page.predictor != 1 or page.planarconfig != 1):
+                    # a predictor: cuCIM (26.10) dies with SIGSEGV; planar: it opens, then fails every read
+                    raise ValueError("Deflate tiles with a predictor or separate planes: left to the next reader")
+                if page.compression not in CUCIM_CODECS or page.sampleformat != 1:
+                    raise ValueError(f"compression {int(page.compression)}, sample format {int(page.sampleformat)}: "
+                                     "left to the next reader (cuCIM opens such a TIFF, then fails every read)")
         self.path = path
         self.device = device
         self._tiles = TiffTileCheck(path)  # cuCIM crashes on some damaged JPEG tiles: look at each one first

@@ -24,9 +24,9 @@ coded as JFIF (YCbCr) but tagged RGB come out right; RGB-tagged frames without a
 decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, JPEG-LS, JPEG XL) go
 through ``imagecodecs.imread``; uncompressed frames are read as they are.
 
-Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm), else
-ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with ImagedVolumeHeight/TotalPixelMatrixRows
-within 5 %; either must lie in 0.05..20 µm/px, otherwise mpp is None (the engine asks for --mpp).
+Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm; its row and column
+spacing within 5 %), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
+ImagedVolumeHeight/TotalPixelMatrixRows within 5 %; either must lie in 0.05..20 µm/px, otherwise mpp is None (the engine asks for --mpp).
 Objective power: OpticalPathSequence ObjectiveLensPower. Not supported: concatenations (an instance
 split over several files), RLE and deflated transfer syntaxes.
 """
@@ -152,6 +152,13 @@ class _Level:
         elif len(self.frames) < self.cols * self.rows:
             raise ValueError(f"{len(self.frames)} frames cannot tile a {self.width}x{self.height} matrix "
                              f"of {self.tw}x{self.th} frames")
+        else:  # more frames than the matrix holds: a matrix size that lies (only its first frames would be read)
+            planes = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1) * int(ds.get("NumberOfOpticalPaths", 1) or 1)
+            if len(self.frames) > self.cols * self.rows * planes:
+                raise BrokenFile(f"{Path(self.path).name}: {len(self.frames)} frames, but a {self.width} x {self.height} "
+                                 f"px matrix of {self.tw} x {self.th} frames holds {self.cols * self.rows}"
+                                 + (f" (x {planes} focal planes / optical paths)" if planes > 1 else "")
+                                 + ": a broken header")
 
     def _check_claims(self) -> None:
         what = f"{Path(self.path).name}: {self.width} x {self.height} px in {self.tw} x {self.th} frames"
@@ -420,7 +427,9 @@ def _plausible(um: float | None) -> float | None:
 def _mpp(ds) -> float | None:
     try:
         spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        col = positive_float(spacing[1])  # PixelSpacing is (row, column) spacing in mm
+        row, col = positive_float(spacing[0]), positive_float(spacing[1])  # PixelSpacing: (row, column) in mm
+        if row and col and abs(row - col) > 0.05 * max(row, col):  # non-square pixels: patches would be stretched
+            return None
         if col and _plausible(col * 1000):
             return col * 1000
     except (AttributeError, IndexError, KeyError, TypeError):

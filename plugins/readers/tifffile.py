@@ -13,6 +13,9 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import TiffTileCheck, check_claims, mpp_from_tiff_tags, positive_float, read_clipped
 
+# µm per OME PhysicalSizeXUnit; other units (pixel, reference frame, ...) are no physical size
+OME_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6, "Å": 1e-4}
+
 
 class TiffSlide:
     def __init__(self, path: str, device: str = "cpu"):
@@ -28,6 +31,7 @@ class TiffSlide:
         if "Y" not in axes or "X" not in axes:
             raise ValueError(f"TIFF series axes {axes!r} are not an image")
         self._axes = axes
+        self._colour = _colour(series.pages[0] if series.pages else self._tf.pages[0])
         self._levels = []
         for i, lvl in enumerate(series.levels):
             self._levels.append(zarr.open(series.aszarr(level=i, fillvalue=255), mode="r"))  # absent tile: glass
@@ -35,7 +39,8 @@ class TiffSlide:
         self.level_dimensions = dims
         self.level_downsamples = [dims[0][0] / d[0] for d in dims]
         desc = self._tf.pages[0].description or ""
-        aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([0-9.]+)", desc)) if desc.startswith("Aperio") else {}
+        # the whole value ("1e9" is 1e9, not 1; "-0.5" and "nan" are no value): as cuCIM and OpenSlide read it
+        aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([^|\r\n]*)", desc)) if desc.startswith("Aperio") else {}
         self.mpp = (positive_float(aperio.get("MPP")) or self._ome_mpp()
                     or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0]))
         self.objective_power = positive_float(aperio.get("AppMag"))
@@ -48,8 +53,8 @@ class TiffSlide:
         if not m:
             return None
         v = float(m.group(1))
-        scale = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit.group(1) if unit else "µm", 1.0)
-        return v * scale if v > 0 else None
+        scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
+        return v * scale if scale and v > 0 else None
 
     def read_region(self, location, level, size):
         arr, axes = self._levels[level], self._axes
@@ -63,7 +68,7 @@ class TiffSlide:
             region = np.asarray(arr[tuple(idx)])
             kept = [a for a in axes if a in "YXSC"]
             order = [kept.index("Y"), kept.index("X")] + [i for i, a in enumerate(kept) if a in "SC"]
-            return np.transpose(region, order)
+            return self._colour(np.transpose(region, order))
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])
 
@@ -71,6 +76,36 @@ class TiffSlide:
         self._tf.close()
         self._tiles.close()
 
+
+
+def _colour(page):
+    """What turns the samples of ``page`` into what ``to_rgb`` takes (gray, RGB or RGBA): tifffile returns them
+    as stored, so palette indices, CMYK inks and white-is-zero gray would pass as gray or RGB pixels."""
+    import tifffile
+
+    P = tifffile.PHOTOMETRIC
+    kind, spp = page.photometric, page.samplesperpixel
+    if page.sampleformat == tifffile.SAMPLEFORMAT.INT or page.bitspersample == 1:
+        raise ValueError(f"{'signed' if page.sampleformat == tifffile.SAMPLEFORMAT.INT else '1-bit'} samples: not a "
+                         "scanned colour image; convert the slide to 8-bit RGB")
+    if kind in (P.MINISBLACK, P.RGB) or (kind == P.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
+        return lambda a: a  # tifffile's JPEG decoder returns YCbCr tiles as RGB
+    if kind == P.MINISWHITE and spp == 1 and page.dtype.kind == "u":
+        top = np.iinfo(page.dtype).max
+        return lambda a: top - a
+    if kind == P.PALETTE and page.colormap is not None:
+        cmap = np.moveaxis(np.asarray(page.colormap), 0, -1)  # (entries, 3), 16-bit (or 8-bit) intensities
+        cmap = (cmap >> 8 if cmap.max() > 255 else cmap).astype(np.uint8)
+        return lambda a: cmap[np.clip(a[..., 0] if a.ndim == 3 else a, 0, len(cmap) - 1)]
+    if kind == P.SEPARATED and int(getattr(page.tags.get("InkSet"), "value", 1)) == 1 and spp in (4, 5) and page.dtype.kind == "u":
+        top = float(np.iinfo(page.dtype).max)
+
+        def cmyk(a):
+            f = a[..., :4].astype(np.float32) / top
+            return np.rint(255 * (1 - f[..., :3]) * (1 - f[..., 3:4])).astype(np.uint8)
+        return cmyk
+    raise ValueError(f"photometric {getattr(kind, 'name', kind)} with {spp} samples of {page.dtype}: "
+                     "not an RGB, gray, palette or CMYK image; convert the slide to RGB")
 
 
 @hookimpl

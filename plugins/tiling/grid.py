@@ -53,7 +53,7 @@ def slidestream_tiling():
     return [TilingPlugin(
         name="grid", select=tile_grid, summary="regular grid of square tiles, thresholded and ranked",
         params={
-            "size": {"type": "integer", "minimum": 16, "default": 1024, "description": "tile side in pixels at the pipeline magnification"},
+            "size": {"type": "integer", "minimum": 16, "maximum": 8192, "default": 1024, "description": "tile side in pixels at the pipeline magnification (at most 8192: 200 MB of RGB per tile)"},
             "min_tissue": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5, "description": "keep tiles with at least this tissue fraction"},
             "max_tiles": {"type": ["integer", "null"], "minimum": 1, "default": 50, "description": "keep at most this many tiles per slide (null: all)"},
             "scorer": {"enum": ["tissue", "dpw"], "default": "tissue", "description": "rank by tissue fraction or by the DPW tile score"},
