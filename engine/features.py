@@ -39,6 +39,14 @@ CARRIED = ("slide_id", "patient_id", "label", "age", "x", "y", "size0", "synthet
 ATTR = "slidestream_features"
 
 
+
+def _checked() -> list:
+    """zarr's default compressor (zstd level 0) with zstd's content checksum: a damaged chunk of a feature store
+    is an error on reading (a StoreError), never other features."""
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=0, checksum=True)]
+
 def as_str(a: np.ndarray) -> np.ndarray:
     """A fixed-width unicode array from zarr's variable-length strings."""
     return np.asarray(a).astype(object).astype(str)
@@ -143,12 +151,12 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
             raise StoreError(f"{out} exists and is not a feature store; choose an empty or new --out")
         g = zarr.open_group(str(out), mode="w")
         g.create_array("features", shape=(n, header["dim"]), dtype=cfg["dtype"], fill_value=0,
-                       chunks=(min(n, 4096), header["dim"]))
+                       chunks=(min(n, 4096), header["dim"]), compressors=_checked())
         tab = store.table(list(CARRIED))
         for c in CARRIED:
             v = tab[c]
             a = g.create_array(f"meta/{c}", shape=(n,), dtype=str if v.dtype.kind in "UOT" else v.dtype,
-                               chunks=(min(n, 65536),))
+                               chunks=(min(n, 65536),), compressors=_checked())
             a[:] = as_str(v) if v.dtype.kind in "UOT" else v
         done = {}
         g.attrs[ATTR] = {**header, "done": done}
@@ -359,9 +367,9 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         acquire_lock(out)
         g = zarr.open_group(str(out), mode="w")
         g.create_array("features", shape=(0, header["dim"]), dtype=cfg["dtype"], fill_value=0,
-                       chunks=(1024, header["dim"]))
+                       chunks=(1024, header["dim"]), compressors=_checked())
         for c in CARRIED:
-            g.create_array(f"meta/{c}", shape=(0,), dtype=_meta_dtype(c), chunks=(65536,))
+            g.create_array(f"meta/{c}", shape=(0,), dtype=_meta_dtype(c), chunks=(65536,), compressors=_checked())
         info = {**header, "rows": 0, "done": {}, "slides": {}, "errors": {}, "pending": []}
         g.attrs[ATTR] = info
     info = {**info, **{k: v for k, v in header.items() if k != "pipeline_file" or v}}

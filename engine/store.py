@@ -160,12 +160,18 @@ def beside(path: str | Path, what: str) -> Path:
     return path.with_name(f"{path.name}.{what}")
 
 
+# Every patch chunk ends with its CRC32C (zarr's ``crc32c`` codec after the compressor): a flipped or cut byte
+# in a chunk is an error on reading, never other pixels (zstd alone decodes some damage silently; blosc and
+# ``none`` check nothing). Stores made before it have none: ``_codec_cfg`` keeps them as they are.
+CRC32C = {"name": "crc32c"}
+
+
 def patch_meta(rows: int, size: int, store_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``zarr.json`` of a patch array: (rows, size, size, 3) uint8, fill 0, chunks of ``store.chunk`` rows in
-    shards of ``SHARD_CHUNKS`` chunks, the store's codec inside the shards (zarr's ``create_array(...,
-    chunks=, shards=, compressors=)``)."""
+    shards of ``SHARD_CHUNKS`` chunks, the store's codec inside the shards, then a CRC32C per chunk unless
+    ``checksum`` is false (zarr's ``create_array(..., chunks=, shards=, compressors=[codec, Crc32cCodec()])``)."""
     chunk = int(store_cfg.get("chunk", 32))
-    inner = [{"name": "bytes"}, *codec(store_cfg)]
+    inner = [{"name": "bytes"}, *codec(store_cfg), *([CRC32C] if store_cfg.get("checksum", True) else [])]
     sharding = {"name": "sharding_indexed", "configuration": {"chunk_shape": [chunk, size, size, 3], "codecs": inner,
                 "index_codecs": zarr3.SHARD_INDEX_CODECS, "index_location": "end"}}
     return zarr3.array_meta([rows, size, size, 3], "uint8", [chunk * SHARD_CHUNKS, size, size, 3], 0, [sharding], PATCH_DIMS)
@@ -273,8 +279,10 @@ class RowWriter:
         with writing(self.stage):
             zarr3.put(self.stage / "zarr.json", zarr3.dumps(self.meta))
         self.chunk, self.row_shape = int(store_cfg.get("chunk", 32)), (size, size, 3)
-        inner = self.meta["codecs"][0]["configuration"]["codecs"]
-        self._encode = zarr3.compressor(inner[1]) if len(inner) > 1 else None  # None: raw bytes
+        inner = self.meta["codecs"][0]["configuration"]["codecs"][1:]
+        self._crc = bool(inner) and inner[-1] == CRC32C
+        comps = inner[:-1] if self._crc else inner
+        self._encode = zarr3.compressor(comps[0]) if comps else None  # None: raw bytes
         self._cur: np.ndarray | None = None  # rows of the chunk being filled
         self._cur_index = -1
         self._chunks: dict[int, Any] = {}  # chunk index -> future of its compressed bytes
@@ -309,7 +317,13 @@ class RowWriter:
                 next(f for f in self._chunks.values() if not f.done()).result()
 
     def _compress(self, data: np.ndarray):
-        return memoryview(data).cast("B") if self._encode is None else self._encode.encode(data)
+        b = memoryview(data).cast("B") if self._encode is None else self._encode.encode(data)
+        if self._crc:  # zarr's crc32c codec: the CRC32C of the compressed bytes, little-endian, appended
+            import google_crc32c
+
+            b = bytes(b)
+            b += np.uint32(google_crc32c.value(b)).astype("<u4").tobytes()
+        return b
 
     def _write_shards(self, final: bool) -> None:
         """Write every shard whose chunks are all compressed (all of them when ``final``)."""
@@ -800,12 +814,14 @@ def _codec_cfg(meta: dict[str, Any]) -> dict[str, Any]:
     """The pipeline ``store`` codec settings that made a patch array (its ``zarr.json``), so staging arrays
     compress alike."""
     comps = meta["codecs"][0]["configuration"]["codecs"][1:]
+    checksum = bool(comps) and comps[-1] == CRC32C
+    comps = comps[:-1] if checksum else comps
     if not comps:
-        return {"codec": "none"}
+        return {"codec": "none", "checksum": checksum}
     c = comps[0].get("configuration", {})
     if comps[0]["name"] == "zstd":
-        return {"codec": "zstd", "level": c["level"]}
-    return {"codec": f"blosc-{c['cname']}", "level": c["clevel"]}
+        return {"codec": "zstd", "level": c["level"], "checksum": checksum}
+    return {"codec": f"blosc-{c['cname']}", "level": c["clevel"], "checksum": checksum}
 
 
 class PatchView:

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-# zarr 3's defaults for arrays created without codecs (the store's metadata columns)
-DEFAULT_COMPRESSOR = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+# the store's metadata columns: zarr 3's default compressor (zstd level 0) with zstd's content checksum on, so a
+# damaged column chunk (a flipped label byte) is an error on reading, not another value
+COLUMN_COMPRESSOR = {"name": "zstd", "configuration": {"level": 0, "checksum": True}}
 SHARD_INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 
 
@@ -33,14 +34,15 @@ def array_meta(shape, data_type: str, chunks, fill_value, codecs: list, dims) ->
 
 
 def column_meta(dtype, fill, chunk: int, dim: str) -> dict[str, Any]:
-    """A 1-D array as ``zarr.create_array(shape=(0,), chunks=(chunk,), dtype=dtype, fill_value=fill)`` makes it:
-    ``str`` -> zarr's variable-length ``string``; numbers and bools little-endian bytes; zstd (zarr's default)."""
+    """A 1-D array as ``zarr.create_array(shape=(0,), chunks=(chunk,), dtype=dtype, fill_value=fill,
+    compressors=ZstdCodec(level=0, checksum=True))`` makes it: ``str`` -> zarr's variable-length ``string``;
+    numbers and bools little-endian bytes; zstd with its checksum (``COLUMN_COMPRESSOR``)."""
     if dtype is str:
         return array_meta([0], "string", [chunk], str(fill), [{"name": "vlen-utf8", "configuration": {}},
-                                                              DEFAULT_COMPRESSOR], [dim])
+                                                              COLUMN_COMPRESSOR], [dim])
     dt = np.dtype(dtype)
     serializer = {"name": "bytes"} if dt.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
-    return array_meta([0], dt.name, [chunk], _fill_json(dt, fill), [serializer, DEFAULT_COMPRESSOR], [dim])
+    return array_meta([0], dt.name, [chunk], _fill_json(dt, fill), [serializer, COLUMN_COMPRESSOR], [dim])
 
 
 def _fill_json(dt: np.dtype, fill):

@@ -279,7 +279,7 @@ def test_damaged_chunk_files_are_one_line_not_a_codec_traceback(tmp_path, damage
     st.close()
     f = min(p for p in (st.path / target / "c").rglob("*") if p.is_file())
     data = bytearray(f.read_bytes())
-    if damage == "flip":  # the first chunk's zstd frame header (flips in its data may decode: no checksum)
+    if damage == "flip":  # the first chunk's zstd frame header (any flip: tests/test_store.py)
         for i in range(8):
             data[i] ^= 0x5A
     f.write_bytes(bytes(data) if damage == "flip" else bytes(data[: len(data) // 2]))

@@ -13,18 +13,20 @@ import zarr
 from slidestream.engine import store as store_mod
 from slidestream.engine.errors import StoreError
 from slidestream.engine.store import COLUMNS, PatchStore, beside
+from zarr.codecs import ZstdCodec
 
 
 def _zarr_patch_kwargs(size, cfg):
     """What the store's patch array is, in zarr's own terms: ``zarr.create_array`` arguments."""
-    from zarr.codecs import BloscCodec, ZstdCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
     name, level, chunk = cfg.get("codec", "zstd"), int(cfg.get("level", 1)), int(cfg.get("chunk", 32))
     comps = {"zstd": [ZstdCodec(level=max(level, 1))], "none": [],
              "blosc-lz4": [BloscCodec(cname="lz4", clevel=level, shuffle="noshuffle", typesize=1)],
              "blosc-zstd": [BloscCodec(cname="zstd", clevel=level, shuffle="noshuffle", typesize=1)]}[name]
     return dict(dtype="uint8", fill_value=0, chunks=(chunk, size, size, 3), shards=(chunk * 8, size, size, 3),
-                compressors=comps, dimension_names=("patch", "py", "px", "channel"))
+                compressors=comps + ([Crc32cCodec()] if cfg.get("checksum", True) else []),
+                dimension_names=("patch", "py", "px", "channel"))
 
 
 def _consolidate(path):
@@ -211,8 +213,10 @@ class _ZarrStore:
         g.attrs.update(attrs)
         g.create_array("patches", shape=(0, size, size, 3), **_zarr_patch_kwargs(size, cfg))
         for name, (dtype, fill) in COLUMNS.items():
-            g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill, dimension_names=("patch",))
-        g.create_array("records", shape=(0,), chunks=(16,), dtype=str, fill_value="", dimension_names=("record",))
+            g.create_array(name, shape=(0,), chunks=(4096,), dtype=dtype, fill_value=fill, dimension_names=("patch",),
+                           compressors=ZstdCodec(level=0, checksum=True))
+        g.create_array("records", shape=(0,), chunks=(16,), dtype=str, fill_value="", dimension_names=("record",),
+                       compressors=ZstdCodec(level=0, checksum=True))
         _consolidate(path)
         self.rows, self.n_records, self.shard = 0, 0, int(cfg["chunk"]) * 8
 
@@ -303,3 +307,48 @@ def test_store_files_are_the_bytes_zarr_writes(tmp_path, monkeypatch):
     assert np.array_equal(ro.patches[:], want) and list(ro.column("split")) == list(split)
     assert np.array_equal(g["patches"][192:195], pix[3]) and list(g["slide_id"][190:193]) == ["", "", "s4"]
     assert list(g["label"][:13]) == [0] * 13 and g["synthetic"][192] and not g["synthetic"][191]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none", "blosc-lz4"])
+def test_any_flipped_byte_in_a_chunk_is_an_error_never_other_data(tmp_path, codec):
+    """Each patch chunk carries a CRC32C and each column chunk zstd's content checksum: flipping any one byte
+    of a shard or column chunk file is a StoreError on reading, never other pixels or values. (Before: with
+    codec none every flip inside a chunk read as other pixels; with zstd some flips decoded silently.)"""
+    st = PatchStore.create(tmp_path / "s", 8, {"codec": codec, "level": 1, "chunk": 4}, {"extraction_hash": "h"})
+    rng = np.random.default_rng(1)
+    pix = rng.integers(0, 30, (6, 8, 8, 3), dtype=np.uint8)
+    st.append("S0", pix, {"x": np.arange(6), "label": 1, "slide_id": "S0"}, {"status": "done"})
+    st.close()
+    shard = next(p for p in (st.path / "patches" / "c").rglob("*") if p.is_file())
+    column = next(p for p in (st.path / "x" / "c").rglob("*") if p.is_file())
+    for f, read in ((shard, lambda s: s.read(0, 6)), (column, lambda s: s.column("x"))):
+        good = f.read_bytes()
+        wrong = []
+        for i in range(len(good)):
+            bad = bytearray(good)
+            bad[i] ^= 0x10
+            f.write_bytes(bytes(bad))
+            try:
+                got = read(PatchStore.open(st.path))
+            except StoreError:
+                continue
+            if not np.array_equal(got, pix if f == shard else np.arange(6)):
+                wrong.append(i)
+        f.write_bytes(good)
+        assert not wrong, f"{f.name}: {len(wrong)} of {len(good)} flipped bytes read as other data"
+    assert np.array_equal(PatchStore.open(st.path).read(0, 6), pix)
+
+
+def test_a_store_made_without_chunk_checksums_resumes_as_it_was(tmp_path):
+    """Stores made before the CRC32C keep their codecs: a resumed slide is staged without one, and reads."""
+    st = PatchStore.create(tmp_path / "s", 8, {"codec": "zstd", "level": 1, "chunk": 4, "checksum": False},
+                           {"extraction_hash": "h"})
+    st.append("S0", np.ones((5, 8, 8, 3), np.uint8), {}, {"status": "done"})
+    st.close()
+    st = PatchStore.create(tmp_path / "s", 8, {"codec": "zstd", "level": 1, "chunk": 4}, {"extraction_hash": "h"})
+    assert st.store_cfg()["checksum"] is False
+    st.append("S1", np.full((3, 8, 8, 3), 2, np.uint8), {}, {"status": "done"})
+    st.close()
+    codecs = json.loads((tmp_path / "s" / "patches" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in codecs] == ["bytes", "zstd"]
+    assert PatchStore.open(tmp_path / "s").read(5, 8).min() == 2
