@@ -295,7 +295,8 @@ def test_heatmap_is_drawn_over_the_qa_thumbnail_beside_the_store(tmp_path):
     qa = beside(st.path, "qa")
     qa.mkdir()
     Image.new("RGB", (20, 10), (10, 200, 30)).save(qa / "S0.png")  # the 1/32 thumbnail of a 640 x 320 slide
-    img = np.asarray(export.heatmap(st, "S0", np.array([0, 320]), np.array([0, 0]), np.array([64, 64]), np.array([0.2, 0.8])))
+    img = np.asarray(export.heatmap(qa, st.records()["S0"], 32.0, "S0", np.array([0, 320]), np.array([0, 0]),
+                                    np.array([64, 64]), np.array([0.2, 0.8])))
     assert img.shape == (10, 20, 3)
     assert (img[5:, :] == (10, 200, 30)).all()  # unpainted: the thumbnail's pixels, not white
     assert not (img[:2, :2] == (10, 200, 30)).all()  # the patches are painted over it
