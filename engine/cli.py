@@ -30,9 +30,28 @@ def main() -> None:
     itself, without the interpreter's teardown (see ``exit_now``)."""
     from .errors import SlidestreamError
 
+    try:  # typer 0.29 runs its own copy of click: its exceptions are these, not click's
+        from typer._click import exceptions as click
+    except ImportError:  # an older typer on plain click
+        from click import exceptions as click
     try:
         try:
-            app()
+            code = app(standalone_mode=False)  # click's usage errors come here, not as its multi-line box
+            if code == 130:  # typer's Exit(130) for Ctrl-C
+                print_error("interrupted; run the same command again to resume")
+            sys.exit(code if isinstance(code, int) else 0)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `slidestream` alone: the help, as click prints it
+                e.show()
+                sys.exit(e.exit_code)
+            print_error(usage_line(e))
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            print_error(e.format_message())
+            sys.exit(e.exit_code)
+        except typer.Abort:  # end of input at a prompt
+            print_error("aborted")
+            sys.exit(1)
         except SlidestreamError as e:
             print_error(e)
             sys.exit(e.exit_code)
@@ -51,6 +70,12 @@ def main() -> None:
         if sys._getframe(1).f_globals.get("__name__") == "__main__":
             exit_now(e.code)
         raise
+
+
+def usage_line(e) -> str:
+    """A command-line usage error as one line: where, what, and where the help is."""
+    where = e.ctx.command_path if e.ctx is not None else "slidestream"
+    return f"{where}: {e.format_message().rstrip('.')}; see '{where} --help'"
 
 
 def exit_now(code) -> None:

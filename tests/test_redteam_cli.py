@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,26 @@ def test_heatmap_is_drawn_over_the_qa_thumbnail_beside_the_store(tmp_path):
     assert img.shape == (10, 20, 3)
     assert (img[5:, :] == (10, 200, 30)).all()  # unpainted: the thumbnail's pixels, not white
     assert not (img[:2, :2] == (10, 200, 30)).all()  # the patches are painted over it
+
+
+@pytest.mark.parametrize("args, where, what", [
+    (["extract"], "slidestream extract", "Missing argument 'pipeline'"),
+    (["extract", "--bogus", "p.json"], "slidestream extract", "No such option: --bogus"),
+    (["frobnicate"], "slidestream", "No such command 'frobnicate'"),
+    (["train", "--epochs", "x", "a", "b"], "slidestream train", "Invalid value for '--epochs'"),
+])
+def test_usage_errors_are_one_line_naming_the_command_and_its_help(tmp_path, args, where, what):
+    """A command-line usage error is `error: <command>: <what>; see '<command> --help'`, one line, exit 2, as
+    every other error (it was click's five-line boxed usage message)."""
+    exe = shutil.which("slidestream", path=str(Path(sys.executable).parent)) or "slidestream"  # the console script
+    p = subprocess.run([exe, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith(f"error: {where}: {what}"), p.stderr
+    assert p.stderr.rstrip().endswith(f"see '{where} --help'"), p.stderr
+    assert p.stdout == ""
+
+
+def test_help_and_no_arguments_still_print_the_help(tmp_path):
+    for args, code in (([], 2), (["--help"], 0), (["extract", "--help"], 0)):
+        p = subprocess.run([*slidestream_cmd(), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert p.returncode == code and "Usage: " in p.stdout + p.stderr, (args, p.returncode, p.stderr[-300:])
