@@ -468,3 +468,32 @@ def test_circular_tiff_directory_chain_does_not_hang(tmp_path, target):
             f"s = open_slide({str(p)!r})\nprint(s.reader_name, s.thumbnail(16).shape)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "(96, 128, 3)" in r.stdout, (r.stdout, r.stderr[-300:])
+
+
+def test_any_flipped_byte_in_a_feature_chunk_is_an_error_never_other_features(tmp_path):
+    """Feature-store chunks carry zstd's content checksum: flipping any one byte of the features chunk is a
+    StoreError, never other features (without the checksum some flips decode to other values silently)."""
+    from slidestream.engine import config, features
+    from test_mil import PIPE
+    from test_redteam_cli import _store
+
+    st = _store(tmp_path / "st", n=2, per=4)
+    st.close()
+    features.extract_features(config.parse({**PIPE, "encoder": {"name": "morphometry"}}), st.path, tmp_path / "f",
+                              progress=False, log=None)
+    good_rows = features.FeatureStore(tmp_path / "f").rows()
+    f = next(p for p in (tmp_path / "f" / "features" / "c").rglob("*") if p.is_file())
+    good = f.read_bytes()
+    wrong = []
+    for i in range(0, len(good), max(1, len(good) // 400)):
+        bad = bytearray(good)
+        bad[i] ^= 0x10
+        f.write_bytes(bytes(bad))
+        try:
+            rows = features.FeatureStore(tmp_path / "f").rows()
+        except StoreError:
+            continue
+        if not np.array_equal(np.asarray(rows), np.asarray(good_rows), equal_nan=True):
+            wrong.append(i)
+    f.write_bytes(good)
+    assert not wrong, f"{len(wrong)} flipped bytes of {len(good)} read as other features"
