@@ -39,13 +39,13 @@ CARRIED = ("slide_id", "patient_id", "label", "age", "x", "y", "size0", "synthet
 ATTR = "slidestream_features"
 
 
-
 def _checked() -> list:
     """zarr's default compressor (zstd level 0) with zstd's content checksum: a damaged chunk of a feature store
     is an error on reading (a StoreError), never other features."""
     from zarr.codecs import ZstdCodec
 
     return [ZstdCodec(level=0, checksum=True)]
+
 
 def as_str(a: np.ndarray) -> np.ndarray:
     """A fixed-width unicode array from zarr's variable-length strings."""

@@ -108,19 +108,8 @@ def atomic_write_bytes(path: str | Path, data, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` (bytes-like) so readers (and a rerun after a kill) see the old or the new
     file; a full or read-only disk leaves the old file, no temporary one, and raises :class:`WriteError`.
     ``durable``: fsync before the rename (off for files nothing resumes from, written often: progress)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with writing(path):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        zarr3.put(Path(path), data, durable)
 
 
 class WriteError(StoreError):
@@ -175,6 +164,20 @@ def patch_meta(rows: int, size: int, store_cfg: Mapping[str, Any]) -> dict[str, 
     sharding = {"name": "sharding_indexed", "configuration": {"chunk_shape": [chunk, size, size, 3], "codecs": inner,
                 "index_codecs": zarr3.SHARD_INDEX_CODECS, "index_location": "end"}}
     return zarr3.array_meta([rows, size, size, 3], "uint8", [chunk * SHARD_CHUNKS, size, size, 3], 0, [sharding], PATCH_DIMS)
+
+
+def _inner_codecs(meta: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """A patch array's compressors inside its shards (zero or one) and whether each chunk ends with a CRC32C."""
+    comps = meta["codecs"][0]["configuration"]["codecs"][1:]  # after the "bytes" serializer
+    checksum = bool(comps) and comps[-1] == CRC32C
+    return (comps[:-1] if checksum else comps), checksum
+
+
+def _crc32c(data: bytes) -> bytes:
+    """The CRC32C of ``data``, little-endian, as zarr's ``crc32c`` codec and the shard index append it."""
+    import google_crc32c
+
+    return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
 
 
 def _new_arrays(patch_size: int, store_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -277,11 +280,10 @@ class RowWriter:
         shutil.rmtree(self.stage, ignore_errors=True)
         self.meta = patch_meta(n, size, store_cfg)
         with writing(self.stage):
+            self.stage.mkdir(parents=True)
             zarr3.put(self.stage / "zarr.json", zarr3.dumps(self.meta))
         self.chunk, self.row_shape = int(store_cfg.get("chunk", 32)), (size, size, 3)
-        inner = self.meta["codecs"][0]["configuration"]["codecs"][1:]
-        self._crc = bool(inner) and inner[-1] == CRC32C
-        comps = inner[:-1] if self._crc else inner
+        comps, self._crc = _inner_codecs(self.meta)
         self._encode = zarr3.compressor(comps[0]) if comps else None  # None: raw bytes
         self._cur: np.ndarray | None = None  # rows of the chunk being filled
         self._cur_index = -1
@@ -318,11 +320,9 @@ class RowWriter:
 
     def _compress(self, data: np.ndarray):
         b = memoryview(data).cast("B") if self._encode is None else self._encode.encode(data)
-        if self._crc:  # zarr's crc32c codec: the CRC32C of the compressed bytes, little-endian, appended
-            import google_crc32c
-
+        if self._crc:  # zarr's crc32c codec: the CRC32C of the compressed bytes appended
             b = bytes(b)
-            b += np.uint32(google_crc32c.value(b)).astype("<u4").tobytes()
+            b += _crc32c(b)
         return b
 
     def _write_shards(self, final: bool) -> None:
@@ -346,13 +346,11 @@ class RowWriter:
             self._shards_done += 1
             if not parts:
                 continue
-            import google_crc32c
-
             idx = index.tobytes()
             path = self.stage / zarr3.chunk_key(self.meta, (j, 0, 0, 0))
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as fh:
-                fh.writelines([*parts, idx, np.uint32(google_crc32c.value(idx)).astype("<u4").tobytes()])
+                fh.writelines([*parts, idx, _crc32c(idx)])
 
     def close(self) -> str:
         """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""
@@ -728,7 +726,7 @@ class PatchStore:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(stage / zarr3.chunk_key(src, (j, 0, 0, 0)), target)
             self._write_columns(p0, p1, n, meta)
-        self._cols["records"].write(self.path / "records", i, np.array([json.dumps(rec, default=str)], dtype=object))
+        self._cols["records"].write(self.path / "records", i, [json.dumps(rec, default=str)])
         self._commit_point()
 
     def _commit_point(self) -> None:
@@ -756,7 +754,7 @@ class PatchStore:
             v = meta.get(name, fill)
             vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
             vals[:n] = np.asarray(v) if np.ndim(v) else v
-            self._cols[name].write(self.path / name, p0, vals.astype(str).astype(object) if dtype is str else vals)
+            self._cols[name].write(self.path / name, p0, vals)
 
     def _blank(self, p0: int, n: int) -> None:
         """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
@@ -780,9 +778,9 @@ class PatchStore:
                 p0, n = old["region"]
                 for name, v in values.items():
                     vals = np.full(n, v, dtype=object if COLUMNS[name][0] is str else COLUMNS[name][0])
-                    self._cols[name].write(self.path / name, p0, vals.astype(str).astype(object) if COLUMNS[name][0] is str else vals)
+                    self._cols[name].write(self.path / name, p0, vals)
             zarr3.resize(self.path / "records", self._meta["records"], self._n_records + 1)
-            self._cols["records"].write(self.path / "records", self._n_records, np.array([json.dumps(rec, default=str)], dtype=object))
+            self._cols["records"].write(self.path / "records", self._n_records, [json.dumps(rec, default=str)])
             self._commit_point()
         self._n_records += 1
         self._add(rec)
@@ -797,7 +795,7 @@ class PatchStore:
             raise StoreError(f"column {name!r} needs {len(self)} values, got {values.shape}")
         col = self._cols[name]
         full = col.read(self.path / name, 0, self._rows).astype(col.dtype)
-        full[self._phys] = values.astype(str) if col.string else values
+        full[self._phys] = values
         if self._rows:
             with writing(self.path):  # a full disk: one line naming the store
                 col.write(self.path / name, 0, full)
@@ -813,9 +811,7 @@ class PatchStore:
 def _codec_cfg(meta: dict[str, Any]) -> dict[str, Any]:
     """The pipeline ``store`` codec settings that made a patch array (its ``zarr.json``), so staging arrays
     compress alike."""
-    comps = meta["codecs"][0]["configuration"]["codecs"][1:]
-    checksum = bool(comps) and comps[-1] == CRC32C
-    comps = comps[:-1] if checksum else comps
+    comps, checksum = _inner_codecs(meta)
     if not comps:
         return {"codec": "none", "checksum": checksum}
     c = comps[0].get("configuration", {})

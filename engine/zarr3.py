@@ -72,14 +72,17 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_bytes())
 
 
-def put(path: Path, data) -> None:
-    """Replace the file at ``path`` with ``data`` atomically (a temporary file renamed over it), as zarr's
-    local store does: a reader, or a rerun after a kill, sees the old chunk or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+def put(path: Path, data, durable: bool = False) -> None:
+    """Replace the file at ``path`` with ``data`` atomically (a temporary file renamed over it), as zarr's local
+    store does: a reader, or a rerun after a kill, sees the old file or the new one. ``durable``: fsync before
+    the rename. The one atomic write of the project (``store.atomic_write_bytes`` adds the full-disk error)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -179,7 +182,10 @@ class Column:
         return out.astype(np.dtypes.StringDType()) if self.string else out
 
     def write(self, root: Path, start: int, values: np.ndarray) -> None:
-        """Set rows ``start .. start + len(values)`` (within the array's shape in ``meta``)."""
+        """Set rows ``start .. start + len(values)`` (within the array's shape in ``meta``); a string column takes
+        any values and stores them as ``str``."""
+        if self.string:
+            values = np.asarray(values).astype(str).astype(object)
         c, rows, stop = self.chunk, int(self.meta["shape"][0]), start + len(values)
         for k in range(start // c, math.ceil(stop / c)):
             lo = k * c
@@ -191,4 +197,5 @@ class Column:
             if np.isnan(chunk).all() if self.nan_fill else (chunk == self.fill).all():
                 path.unlink(missing_ok=True)  # zarr keeps no chunk of fill values
             else:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 put(path, self.encode(chunk))
