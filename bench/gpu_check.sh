@@ -8,7 +8,10 @@
 # Environment: OUT (output folder), GPU_CHECK_BUDGET_S (default 450), GPU_CHECK_TESTS (pytest paths,
 # default tests), GPU_CHECK_ONLY (e.g. "extract features": run only these benchmarks), PYTHON, WHEELS.
 #
-# A fresh GPU machine has Python, torch and CuPy but no PyPI. Carry the wheels in ./wheels (or $WHEELS):
+# A fresh GPU machine has Python, torch and CuPy but no PyPI. What ran on an H200 (2026-12-04, results in
+# bench/README.md): `bash bench/gpu_pack.sh` here, then its five device calls, the last of which runs
+# bench/gpu_unpack_and_check.sh (it installs the packed site-packages and calls this script). Or carry the
+# wheels in ./wheels (or $WHEELS):
 #   - cucim-cu13            (pip download cucim-cu13 --no-deps -d wheels)
 #   - nvidia-dali-cuda130   (pip download nvidia-dali-cuda130 --no-deps -d wheels; it is ~0.5 GB: split
 #                            it to fit the transfer, `split -b 60M X.whl wheels/X.whl.part-`, the script
@@ -125,10 +128,11 @@ else
 fi
 for dev in cpu cuda; do
   if [[ $dev == cuda && $DRY -eq 1 ]]; then
-    for b in extract decode train gan features; do skip "${b}_cuda"; done
+    for b in extract extractdali decode train gan features; do skip "${b}_cuda"; done
     continue
   fi
   step "extract_$dev" 120 "${SS[@]}" bench extract --device "$dev" "${SLIDE[@]}" "${REP[@]}" --json
+  step "extractdali_$dev" 60 "${SS[@]}" bench extract --device "$dev" --reader dali "${SLIDE[@]}" "${REP[@]}" --json
   step "decode_$dev" 45 "${SS[@]}" bench decode --device "$dev" "${SLIDE[@]}" "${DEC[@]}" --json
   if [[ $dev == cpu && $DRY -eq 0 ]]; then  # the paper-size networks on CPU: small measurements only
     step train_cpu 40 "${SS[@]}" bench train --device cpu --arch resnet50 --patch 128 --steps 2 --json
@@ -139,6 +143,9 @@ for dev in cpu cuda; do
   fi
   step "features_$dev" 45 "${SS[@]}" bench features --device "$dev" "${SLIDE[@]}" --json
 done
+if [[ $DRY -eq 0 ]]; then  # are the GPU decoders' pixels right (cuCIM per cuFile setting, DALI mixed options)
+  step decode_diag 90 "$PY" bench/gpu_decode_diag.py
+fi
 
 # --------------------------------------------------------------------------- one JSON file
 "$PY" - "$LINES" "$OUTDIR/gpu_check.json" "$DRY" "$(( $(date +%s) - T_START ))" <<'EOF'
@@ -152,3 +159,5 @@ out = {"dry_run": sys.argv[3] == "1", "wall_s": int(sys.argv[4]), "python": plat
 json.dump(out, open(sys.argv[2], "w"), indent=1)
 print(f"[gpu_check] wrote {sys.argv[2]} ({len(steps)} steps, {sys.argv[4]} s)", file=sys.stderr)
 EOF
+# every step's stderr, the gpu tests' log and junit report, for reading after the machine is gone
+tar -czf "$OUTDIR/gpu_check_logs.tgz" -C "$WORK" --exclude=cache . 2>/dev/null || true

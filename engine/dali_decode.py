@@ -27,7 +27,8 @@ ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, trans
 
 
 class NotJpegTiled(ValueError):
-    """The slide has a level that is not JPEG-tiled (e.g. JPEG 2000): decode it with cuCIM."""
+    """DALI cannot decode the slide (on this device): a level that is not JPEG-tiled (e.g. JPEG 2000), or
+    RGB-coded JPEG tiles on the GPU. Decode it with cuCIM."""
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Level:
     offsets: np.ndarray
     counts: np.ndarray
     prefix: bytes  # inserted after each tile's SOI: APP14 (RGB) + the tables (without SOI/EOI)
+    rgb: bool = False  # RGB-coded samples (TIFF photometric RGB), not YCbCr
 
     @property
     def grid(self) -> tuple[int, int]:  # tiles across, down
@@ -69,19 +71,29 @@ def jpeg_levels(path: str | os.PathLike) -> list[Level]:
             tables = bytes(p.jpegtables or b"")
             prefix = (ADOBE_RGB if p.photometric == 2 else b"") + (tables[2:-2] if tables else b"")
             levels.append(Level(p.imagewidth, p.imagelength, p.tilewidth, p.tilelength,
-                                np.asarray(p.dataoffsets, np.int64), np.asarray(p.databytecounts, np.int64), prefix))
+                                np.asarray(p.dataoffsets, np.int64), np.asarray(p.databytecounts, np.int64), prefix,
+                                p.photometric == 2))
     return levels
 
 
 class DaliTiles:
     """Batched DALI decoding of a JPEG-tiled TIFF's tiles; ``read_region(s)`` like the readers."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch: int = 32, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch: int = 32, threads: int | None = None,
+                 decoder_args: dict | None = None):
         if device not in ("cpu", "mixed"):
             raise ValueError(f"DALI decode device {device!r}: use cpu or mixed")
         self.path, self.device, self.batch = str(path), device, int(batch)
+        # nvJPEG's default chroma upsampling differs from libjpeg-turbo's "fancy" one by up to 14 grey levels
+        # (measured on an H200); DALI's jpeg_fancy_upsampling makes ``mixed`` upsample as the CPU does
+        self.decoder_args = {"jpeg_fancy_upsampling": True, **(decoder_args or {})}
         self.threads = threads or os.cpu_count() or 1
         self.levels = jpeg_levels(path)
+        if device == "mixed" and any(lv.rgb for lv in self.levels):
+            # nvJPEG ignores the APP14 marker and converts them as YCbCr: mean 51 grey levels off on
+            # CMU-1-Small-Region.svs on an H200 (bench/gpu_decode_diag.py), with or without the hardware decoder
+            raise NotJpegTiled(f"{path}: RGB-coded JPEG tiles, which DALI's GPU decoder (nvJPEG) turns into wrong "
+                               "colours; decode them with cuCIM on the CPU")
         w0 = self.levels[0].width
         self.level_dimensions = [(lv.width, lv.height) for lv in self.levels]
         self.level_downsamples = [w0 / lv.width for lv in self.levels]
@@ -117,7 +129,7 @@ class DaliTiles:
                           device_id=None if self.device == "cpu" else 0, prefetch_queue_depth=1)
             def decode():
                 data = fn.external_source(name="jpeg", dtype=types.UINT8, device="cpu")
-                return fn.decoders.image(data, device=self.device, output_type=types.RGB)
+                return fn.decoders.image(data, device=self.device, output_type=types.RGB, **self.decoder_args)
 
             self._pipe = decode()
             self._pipe.build()

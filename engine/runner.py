@@ -281,6 +281,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
                                     for ti, why in sorted(corrupt.items())]
             rec["reason"] = (f"{len(corrupt)} tile{'s' if len(corrupt) > 1 else ''} with corrupt image data "
                              f"dropped (--allow-corrupt-tiles): {next(iter(corrupt.values()))}")
+        rec["decode_device"] = getattr(slide.reader, "decode_device", "cpu")  # which device decoded the tiles
         rec.update(_log_field("\n".join(slide.log)))
         rec["staged"] = staged
         rec.update(status="done", n_patches=len(rows), seconds=time.perf_counter() - t0,

@@ -284,3 +284,21 @@ def test_sample_refuses_generator_without_patient_record(trained, store, tmp_pat
     augment.write_manifest(old, m)
     with pytest.raises(ConfigError, match="retrain"):
         augment.sample_into_store(old, 4, store, seed=9)
+
+
+def test_fade_ins_mix_dtypes_as_cuda_autocast_does(monkeypatch):
+    """Under CUDA autocast the nearest upscale and the box downscale run in float32 while the convolutions
+    give bfloat16; the fade-in lerps failed there ('expected dtype float for `end`', seen on an H200). CPU
+    autocast keeps the pooling in bfloat16, so the float32 results are imitated here."""
+    from slidestream.plugins.augmenters import pggan_nets as nets
+
+    up, down = nets.upscale2d, nets.downscale2d
+    monkeypatch.setattr(nets, "upscale2d", lambda x, factor=2: up(x, factor).float())
+    monkeypatch.setattr(nets, "downscale2d", lambda x, factor=2: down(x, factor).float())
+    g = nets.Generator(resolution=16, fmap_base=64, fmap_max=16)
+    d = nets.Discriminator(resolution=16, fmap_base=64, fmap_max=16)
+    z = torch.randn(4, g.latent_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img = g.synthesize(z, 2, torch.tensor(0.5))
+        score = d(img, 0.5)
+    assert img.shape == (4, 3, 16, 16) and score.shape == (4,)

@@ -116,11 +116,14 @@ def test_false_colour_jpeg_files_are_decoded_right():
     assert dcm[:20, :20].mean() > 220  # glass is white, not pink
 
 
-@pytest.mark.gpu
-def test_cucim_gpu_decode_matches_cpu():
+def test_cucim_decodes_on_the_cpu_on_every_device():
+    """cuCIM's GPU decode gave wrong colours (RGB-coded JPEG, mean 54 levels off on this slide) and ran 160x
+    slower on an H200 (bench/gpu_check.sh, 2026-12-04): with device="cuda" the reader decodes on the CPU and
+    the slide's record says so (decode_device)."""
     cpu = open_slide(CMU, order=["cucim"], device="cpu").reader.read_region((500, 700), 0, (512, 512))
-    gpu = open_slide(CMU, order=["cucim"], device="cuda").reader.read_region((500, 700), 0, (512, 512))
-    assert gpu.shape == cpu.shape and np.abs(gpu.astype(int) - cpu).mean() < 2
+    r = open_slide(CMU, order=["cucim"], device="cuda").reader
+    assert r.decode_device == "cpu"
+    assert np.array_equal(r.read_region((500, 700), 0, (512, 512)), cpu)
 
 
 def test_ome_subifd_pyramid_goes_to_tifffile(tmp_path):

@@ -148,7 +148,8 @@ class Generator(nn.Module):
             x = pixel_norm(lrelu(conv(pixel_norm(lrelu(up(x))))))
         img = self.to_rgb[level](x)
         if level > 0:  # fade-in; lerp with weight 1 returns img exactly
-            img = torch.lerp(upscale2d(self.to_rgb[level - 1](prev)), img, alpha.to(img.dtype))
+            # under CUDA autocast the nearest upscale runs in float32 while the convolutions give bfloat16
+            img = torch.lerp(upscale2d(self.to_rgb[level - 1](prev)).to(img.dtype), img, alpha.to(img.dtype))
         return img
 
 
@@ -179,7 +180,7 @@ class Discriminator(nn.Module):
             x = lrelu(down(lrelu(conv(x))))
             if i == level - 1 and alpha < 1.0:
                 skip = lrelu(self.from_rgb[level - 1](downscale2d(img)))
-                x = torch.lerp(skip, x, alpha)
+                x = torch.lerp(skip.to(x.dtype), x, alpha)
         x = minibatch_stddev(x, self.mbstd_group_size)
         x = lrelu(self.conv4(x))
         x = lrelu(self.dense0(x.flatten(1)))

@@ -1,4 +1,4 @@
-"""cuCIM reader: the fastest reader here (decodes on the CPU; on a GPU with ``device='cuda'`` too).
+"""cuCIM reader: the fastest reader here (decodes on the CPU, also on a GPU machine: see CucimSlide).
 
 Reads generic tiled TIFF, Aperio SVS (JPEG and JPEG 2000) and Philips TIFF. Refuses, so the engine
 falls back to the next reader: files whose TIFF data is truncated (cuCIM would decode garbage),
@@ -50,7 +50,11 @@ CUCIM_CODECS = (1, 5, 7, 8, 32946, 33003, 33005)
 
 
 class CucimSlide:
-    """With ``device="cuda"`` regions are decoded on the GPU (nvJPEG via cuCIM) and copied back."""
+    """Decodes on the CPU on every device. cuCIM's GPU decode (``read_region(device="cuda")``) was measured
+    on an H200 (bench/gpu_check.sh, 2026-12-04) and is not used: RGB-coded JPEG tiles came back in wrong
+    colours without an error (mean |GPU - CPU| 54 grey levels on CMU-1-Small-Region.svs), YCbCr tiles 160x
+    slower than the CPU decode (10.8 vs 1709 MP/s, 16 threads), each read printing a cuFile error where
+    GPUDirect Storage is absent. GPU decoding is DALI's (``reader.decoder: dali``, plugins/readers/dali.py)."""
 
     def __init__(self, path: str, device: str = "cpu"):
         check_claims(path)
@@ -71,6 +75,7 @@ class CucimSlide:
                                      "left to the next reader (cuCIM opens such a TIFF, then fails every read)")
         self.path = path
         self.device = device
+        self.decode_device = "cpu"  # also with device="cuda": see the class docstring
         self._tiles = TiffTileCheck(path)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
         self._img = _cuimage(path)
         res = self._img.resolutions
@@ -96,11 +101,6 @@ class CucimSlide:
             self._tiles.check(self.level_dimensions[level], x, y, w, h)
             ds = self.level_downsamples[level]
             loc = (int(round(x * ds)), int(round(y * ds)))
-            if self.device == "cuda":
-                import cupy
-
-                return cupy.asnumpy(cupy.asarray(self._img.read_region(location=loc, size=(w, h), level=level,
-                                                                       device="cuda")))
             return np.asarray(self._img.read_region(location=loc, size=(w, h), level=level))
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])

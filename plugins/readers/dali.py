@@ -21,12 +21,18 @@ from .common import read_clipped
 from .cucim import CucimSlide
 
 
+# nvJPEG (fancy upsampling on) and libjpeg-turbo differ by IDCT rounding: at most 3 grey levels on the
+# benchmark slide on an H200; a colour-space mistake was ~50 levels off on average
+GPU_MEAN_TOLERANCE = 1.0
+
+
 class DaliSlide(CucimSlide):
     def __init__(self, path: str, device: str = "cpu"):
         from slidestream.engine.dali_decode import DaliTiles
 
         super().__init__(path, device="cpu")
         self.device = device
+        self.decode_device = "cuda" if device == "cuda" else "cpu"  # the tiles: DALI "mixed" (nvJPEG) on a GPU
         # all cores per pipeline: the engine reads a batch of tiles per call (read_regions), one call at a time
         self._open = lambda: DaliTiles(path, device="mixed" if device == "cuda" else "cpu", threads=os.cpu_count() or 1)
         first = self._open()
@@ -37,6 +43,22 @@ class DaliSlide(CucimSlide):
         self._local = threading.local()
         self._local.tiles = first
         self._lock = threading.Lock()
+        if device == "cuda":
+            self._check_against_cpu()
+
+    def _check_against_cpu(self) -> None:
+        """The GPU decode of one region against cuCIM's CPU decode, once per slide: a GPU decode that gives
+        other pixels (as nvJPEG did on RGB-coded tiles on an H200) sends the slide to the next reader."""
+        w, h = self.level_dimensions[0]
+        n = min(512, w, h)
+        loc = ((w - n) // 2, (h - n) // 2)
+        gpu = self.read_region(loc, 0, (n, n))
+        cpu = CucimSlide.read_region(self, loc, 0, (n, n))
+        diff = float(np.abs(gpu.astype(np.int16) - cpu).mean())
+        if diff > GPU_MEAN_TOLERANCE:
+            self.close()
+            raise ValueError(f"DALI's GPU decode differs from the CPU decode by {diff:.1f} grey levels on average "
+                             f"over a {n}x{n} region: left to the next reader")
 
     def _dali(self):
         t = getattr(self._local, "tiles", None)
