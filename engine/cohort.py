@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,55 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
                               "give the cohort as a CSV with a unique `slide_id` column")
         seen[r.slide_id] = r.slide_path
     return rows
+
+
+def fingerprint(path: str) -> str | None:
+    """``size:sha256(first MiB + last MiB)`` of a slide file (None for a folder, FIFO or missing file): equal
+    for byte-identical copies; recorded per slide so ``split`` can refuse a copy under another patient."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        import hashlib
+
+        with open(path, "rb") as f:
+            head = f.read(1 << 20)
+            f.seek(max(st.st_size - (1 << 20), 0))
+            return f"{st.st_size}:{hashlib.sha256(head + f.read()).hexdigest()[:32]}"
+    except OSError:
+        return None
+
+
+def identical_copies(rows: list[SlideRow]) -> list[tuple[SlideRow, SlideRow]]:
+    """Pairs of rows whose slide files are byte-identical (a copy under another name; a symbolic link is
+    caught earlier by its real path). Only files of equal size are read: the first and last MiB, then, where
+    those agree, the whole files. FIFOs, folders (DICOM) and missing files are skipped, never opened."""
+    by_size: dict[int, list[SlideRow]] = {}
+    for r in rows:
+        try:
+            st = os.stat(r.slide_path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            by_size.setdefault(st.st_size, []).append(r)
+    pairs: list[tuple[SlideRow, SlideRow]] = []
+    if all(len(g) == 1 for g in by_size.values()):
+        return pairs
+    import filecmp
+
+    for group in by_size.values():
+        first: dict[str, SlideRow] = {}
+        for r in group if len(group) > 1 else ():
+            key = fingerprint(r.slide_path)
+            try:
+                same = key in first and filecmp.cmp(first[key].slide_path, r.slide_path, shallow=False)
+            except OSError:  # unreadable: the slide's own error comes when it is extracted
+                continue
+            if same:
+                pairs.append((first[key], r))
+            elif key is not None:
+                first.setdefault(key, r)
+    return pairs
 
 
 def slide_id(p: Path) -> str:

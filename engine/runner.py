@@ -24,7 +24,7 @@ import numpy as np
 
 from . import config, registry
 from .chatter import CAPTURE
-from .cohort import SLIDE_SUFFIXES, SlideRow, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
+from .cohort import SLIDE_SUFFIXES, SlideRow, fingerprint, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
 from .errors import ConfigError, SlideError, SlidestreamError
 from .progress import ExtractProgress
 from .device import resolve_device
@@ -321,7 +321,8 @@ def manifest_base(pipeline: dict[str, Any], pipeline_path: str | None = None) ->
 def _record(rec: dict[str, Any], row: SlideRow) -> dict[str, Any]:
     """What the store keeps about a slide: the worker's record plus the cohort's values for it."""
     return {**rec, "patient_id": row.patient_id, "label": row.label, "age": None if math.isnan(row.age) else row.age,
-            "cohort_mpp": row.mpp, "patient_source": getattr(row, "patient_source", "table")}
+            "cohort_mpp": row.mpp, "patient_source": getattr(row, "patient_source", "table"),
+            "fingerprint": fingerprint(row.slide_path)}  # split refuses a byte-identical copy under another patient
 
 
 def commit(store: PatchStore, row: SlideRow, rec: dict[str, Any]) -> None:

@@ -63,6 +63,22 @@ def check_patients(store, patient_from: str | None = None) -> None:
                           f"{patient_from}; re-run `slidestream split ... --patient-from {patient_from}` first")
 
 
+def refuse_copies_across_patients(store, slide_ids, patient_ids) -> None:
+    """ConfigError when two slides of different patients are byte-identical files (equal ``fingerprint`` in
+    their records: size and first/last MiB): a split could put the same pixels in train and in test."""
+    patient = dict(zip((str(s) for s in slide_ids), (str(p) for p in patient_ids)))
+    by_print: dict[str, list[str]] = {}
+    for sid, rec in store.records("slides").items():
+        if rec.get("fingerprint") and sid in patient:
+            by_print.setdefault(rec["fingerprint"], []).append(sid)
+    clashes = [sids for sids in by_print.values() if len({patient[s] for s in sids}) > 1]
+    if clashes:
+        shown = "; ".join(" = ".join(f"{s} (patient {patient[s]})" for s in sids) for sids in clashes[:5])
+        raise ConfigError(f"split: {len(clashes)} slide file{'s are' if len(clashes) > 1 else ' is'} copied under "
+                          f"another patient (byte-identical: same size, same first and last MiB): {shown}; the same "
+                          "pixels would land in train and test: remove the copies from the cohort and extract again")
+
+
 def _cut(n: int, ratios: Sequence[float]) -> list[int]:
     """Split n items into len(ratios) counts proportional to ratios (largest remainder)."""
     r = np.asarray(ratios, float) / float(np.sum(ratios))
@@ -149,6 +165,7 @@ def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold
         t["patient_id"] = store.column("patient_id")
     elif fell_back(store):  # patient ids from the table, but some are slide ids
         raise _refusal(store)
+    refuse_copies_across_patients(store, t["slide_id"][real], t["patient_id"][real])
     pids, first = np.unique(t["patient_id"][real], return_index=True)
     labels = t["label"][real][first]
     if np.any(labels < 0):

@@ -497,3 +497,35 @@ def test_any_flipped_byte_in_a_feature_chunk_is_an_error_never_other_features(tm
             wrong.append(i)
     f.write_bytes(good)
     assert not wrong, f"{len(wrong)} flipped bytes of {len(good)} read as other features"
+
+
+def test_byte_identical_slide_copies_are_found_and_recorded(tmp_path):
+    """The same slide file under two names: found by content (size, first/last MiB, then every byte), warned
+    about by extract, and each slide's record keeps its fingerprint for `split`; a file of the same size
+    differing in one middle byte is not a copy."""
+    import shutil
+
+    from slidestream.engine.cohort import identical_copies
+
+    src = WSI / "tcga-cr-7395-01a-01-ts1.svs"  # 3.9 MB: its middle byte is in neither the first nor last MiB
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copy(src, folder / "a.svs")
+    shutil.copy(src, folder / "b.svs")
+    table = tmp_path / "cohort.csv"
+    table.write_text(f"slide_path,patient_id,label,age\n{folder / 'a.svs'},P1,1,50\n{folder / 'b.svs'},P2,0,60\n")
+    pairs = identical_copies(read_cohort(table))
+    assert [(a.slide_id, b.slide_id) for a, b in pairs] == [("a", "b")]
+    r = subprocess.run([*slidestream_cmd(), "extract", str(EXAMPLE), "--slides", str(table), "--out",
+                        str(tmp_path / "st"), "--quiet", "--mpp", "0.5"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if ln.startswith("warning ")]
+    assert len(warn) == 1 and "b.svs: a byte-identical copy of" in warn[0] and "'P1', 'P2'" in warn[0]
+    from slidestream.engine.store import PatchStore
+
+    recs = PatchStore.open(tmp_path / "st").records("slides")
+    assert recs["a"]["fingerprint"] == recs["b"]["fingerprint"] is not None
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same first and last MiB: only the full comparison tells them apart
+    (folder / "b.svs").write_bytes(bytes(data))
+    assert identical_copies(read_cohort(table)) == []

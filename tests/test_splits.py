@@ -228,3 +228,27 @@ def test_full_disk_while_saving_the_manifest_names_the_store(tmp_path, monkeypat
     monkeypatch.setattr(store_mod.zarr3, "put", lambda path, data: full(path))
     with pytest.raises(WriteError, match=rf"^{st.path}: No space left on device; free space"):
         st.save_manifest()
+
+
+def test_split_refuses_a_slide_copied_under_another_patient(tmp_path):
+    """Byte-identical slide files (equal record fingerprints) under two patients would put the same pixels in
+    train and test: refused, naming both. Copies within one patient stay together and are allowed."""
+    from slidestream.engine import config
+    from slidestream.engine.store import PatchStore
+
+    def store(path, copy_patient):
+        pipe = config.with_defaults({"name": "fp", "patches": {"size": 8}, "store": {"codec": "zstd", "chunk": 4}})
+        st = PatchStore.create(path, 8, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+        slides = [(f"S{i:02d}", f"P{i:02d}", i % 2, f"{1000 + i}:{i:032x}") for i in range(16)]
+        slides.append(("S01copy", copy_patient, 1, slides[1][3]))  # the same file as S01
+        for sid, pid, label, fp in slides:
+            st.append(sid, np.zeros((2, 8, 8, 3), np.uint8), {"slide_id": sid, "patient_id": pid, "label": label,
+                                                              "age": 50.0},
+                      {"status": "done", "patient_source": "table", "fingerprint": fp})
+        return st
+
+    with pytest.raises(ConfigError, match=r"1 slide file is copied under another patient .*S01 \(patient P01\) = "
+                                          r"S01copy \(patient P03\)"):
+        splits.split_store(store(tmp_path / "a", "P03"), (6, 1, 1), seed=0)
+    summary = splits.split_store(store(tmp_path / "b", "P01"), (6, 1, 1), seed=0)
+    assert sum(v["patients"] for v in summary.values()) == 16

@@ -123,7 +123,7 @@ def extract_cmd(
     to --out, the feature store `slidestream mil train --features` reads. A slide whose mpp changed
     needs a new --out there.
     """
-    from ..cohort import read_cohort
+    from ..cohort import identical_copies, read_cohort
     from ..runner import extract
 
     p = config.load(pipeline)
@@ -139,6 +139,10 @@ def extract_cmd(
     elif batch_size is not None or device is not None:
         raise ConfigError("--batch-size and --device are for --features-only")
     cohort = read_cohort(slides, default_mpp=mpp, unlabeled=unlabeled)
+    for a, b in identical_copies(cohort):  # `split` refuses such copies under different patients
+        typer.echo(f"warning {b.slide_path}: a byte-identical copy of {a.slide_path} (patients {a.patient_id!r}, "
+                   f"{b.patient_id!r}); keep one: a copy under another patient puts the same pixels in train and test",
+                   err=True)
     if features_only:
         from ..features import extract_features_only
 
