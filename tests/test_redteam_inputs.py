@@ -529,3 +529,16 @@ def test_byte_identical_slide_copies_are_found_and_recorded(tmp_path):
     data[len(data) // 2] ^= 0xFF  # same size, same first and last MiB: only the full comparison tells them apart
     (folder / "b.svs").write_bytes(bytes(data))
     assert identical_copies(read_cohort(table)) == []
+
+
+def test_signed_8bit_tiff_is_refused_not_read_as_raw_bytes(tmp_path):
+    """A tiled TIFF of signed 8-bit samples: OpenSlide returned their bytes as unsigned colours (-100 as 156)
+    once the user gave an mpp; now every reader refuses it and the error says what to do."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(-100, 100, (1024, 1024, 3)).astype(np.int8)
+    p = tmp_path / "signed.tif"
+    tifffile.imwrite(p, a, tile=(256, 256), photometric="rgb")
+    with pytest.raises(SlideError, match=r"signed samples.*convert the slide to 8-bit RGB"):
+        from slidestream.engine.slide import open_slide
+
+        open_slide(p, mpp=0.5)

@@ -337,3 +337,18 @@ def tiff_level_count(path: str) -> int:
             return len(tf.series[0].levels) if tf.series else 1
     except Exception:
         return 0
+
+
+def tiff_signed_samples(path: str) -> bool:
+    """True when a TIFF's first image stores signed integer samples (SampleFormat 2): OpenSlide returns
+    their raw bytes as if unsigned (-100 becomes 156), so such a file passes as colours it is not."""
+    import tifffile
+
+    if file_kind(path) != "tiff":
+        return False
+    try:
+        with tifffile.TiffFile(path) as tf:
+            pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
+            return bool(pages) and pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT
+    except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
+        return False

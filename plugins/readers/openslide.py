@@ -11,7 +11,8 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count, ycbcr_to_rgb
+from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
+                     tiff_signed_samples, ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -25,6 +26,8 @@ class OpenSlideSlide:
                 raise ValueError("folder holds no .dcm files")
             p = dcm[0]
         check_claims(str(p))
+        if tiff_signed_samples(str(p)):
+            raise ValueError("signed samples: OpenSlide would return their raw bytes as colours")
         self.path = path
         self._s = openslide.OpenSlide(str(p))
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
