@@ -43,4 +43,4 @@ for part in "$W"/site.tar.xz.part-*; do
   grep -qx "/.p$i/" .git/info/exclude 2>/dev/null || echo "/.p$i/" >>.git/info/exclude
   i=$((i + 1))
 done
-ls -la .p*/
+ls -la .p[0-9]/
