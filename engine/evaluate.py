@@ -67,7 +67,15 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
             missing = [c for c in COLUMNS if c not in fields]
             if missing:
                 raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
-            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+            twice = next((c for c in fields if fields.count(c) > 1), None)
+            if twice is not None:  # csv.DictReader would keep the last one's values
+                raise ConfigError(f"{p}: column {twice!r} appears more than once in the header; keep one")
+            rows = []
+            for r in reader:
+                if None in r:  # more fields than the header: a value shifted by an unquoted comma
+                    raise ConfigError(f"{p} line {reader.line_num}: {len(fields) + len(r[None])} fields, the header has "
+                                      f"{len(fields)}; quote values that hold a comma")
+                rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p} is not UTF-8 text (byte {e.start}); save it as a UTF-8 CSV") from None
     if not rows:
@@ -132,8 +140,12 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
         raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has age {age[i]:g}; ages are years, 0 to 130, "
                           "or empty when unknown")
     prob = t["image_prob"]
-    if not np.all(np.isfinite(prob) & (prob >= 0) & (prob <= 1)):
-        raise ConfigError(f"{source}: image_prob must be a probability in [0, 1] for every patient")
+    bad_prob = ~(np.isfinite(prob) & (prob >= 0) & (prob <= 1))
+    if bad_prob.any():
+        i = int(np.argmax(bad_prob))
+        why = " (NaN: the model diverged; retrain it with a lower lr)" if np.isnan(prob[i]) else ""
+        raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has image_prob {prob[i]:g}{why}; image_prob must "
+                          "be a probability in [0, 1] for every patient")
     ids, counts = np.unique(t["patient_id"], return_counts=True)
     if np.any(counts > 1):
         raise ConfigError(f"{source}: patient {str(ids[counts > 1][0])!r} appears {counts.max()} times; give one row per "

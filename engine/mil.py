@@ -134,7 +134,11 @@ def _score(model, feats, bags, idx, device):
             losses.append(float(F.binary_cross_entropy_with_logits(logit, y)))
             probs.append(float(torch.sigmoid(logit)))
             att[i] = a.float().cpu().numpy()
-    return np.array(probs), float(np.mean(losses)) if losses else float("nan"), att
+    probs = np.array(probs)
+    if not np.all(np.isfinite(probs)):  # NaN/inf weights: never a NaN row in predictions.csv or an AUC traceback
+        raise ConfigError(f"the MIL network gave no probability (NaN) for {int(np.sum(~np.isfinite(probs)))} of "
+                          f"{len(probs)} patients: its weights diverged; lower mil.lr in the pipeline and train again")
+    return probs, float(np.mean(losses)) if losses else float("nan"), att
 
 
 def _better(m: dict, best: dict | None) -> bool:
@@ -214,10 +218,13 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             loss = F.binary_cross_entropy_with_logits(logit, y)
             if hasattr(model.net, "instance_loss"):
                 loss = loss + model.net.instance_loss(bag, y, a)
+            losses.append(loss.item())
+            if not np.isfinite(losses[-1]):  # a diverged network: a line, not the metrics' NaN traceback
+                raise ConfigError(f"MIL training diverged: the loss is {losses[-1]} at epoch {epoch + 1} (lr {cfg['lr']:g}); "
+                                  "lower mil.lr in the pipeline and train into a new --out")
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(loss.item())
         vp, vloss, _ = _score(model, feats, bags, va, device)
         m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vloss,
              "val_auc": _auc(bags["label"][va], vp)}

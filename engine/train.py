@@ -88,7 +88,12 @@ def infer(model: torch.nn.Module, batches, size: int | None, device: torch.devic
     out = []
     for xb in batches:
         out.append(torch.softmax(model(to_tensor(xb, size, device)).float(), 1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    probs = np.concatenate(out) if out else np.zeros(0, np.float32)
+    bad = int(np.sum(~np.isfinite(probs)))
+    if bad:  # NaN/inf weights or activations: never a plausible-looking AUC or a NaN row in predictions.csv
+        raise ConfigError(f"the network gave no probability (NaN) for {bad} of {len(probs)} patches: its weights "
+                          "diverged or overflowed; retrain it with a lower training.lr")
+    return probs
 
 
 def store_probs(model, store: PatchStore, rows: np.ndarray, chain, size, device, batch_size=64, workers=2) -> np.ndarray:
@@ -244,11 +249,14 @@ def train_epoch(model, opt, sched, loader: PatchLoader, epoch: int, size: int, d
     losses = []
     for x, y, _ in loader.tensors(epoch, size, dev):
         loss = F.cross_entropy(model(x), y)
+        losses.append(loss.item())
+        if not np.isfinite(losses[-1]):  # a diverged network: stop with a line, not at the metrics' NaN traceback
+            raise ConfigError(f"training diverged: the loss is {losses[-1]} at epoch {epoch + 1}, batch {len(losses)} "
+                              f"(lr {opt.param_groups[0]['lr']:g}); lower training.lr in the pipeline and train into a new --out")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
     return losses
 
 

@@ -1,0 +1,75 @@
+"""Red-team of the learning side: split, train, predict, evaluate, fusion, bundle, mil. Bad input or a failed
+run must end in one line naming the thing and the fix; the numbers reported must be right (never a
+plausible-looking wrong one). Each test fails without the fix it guards (see the commit messages)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slidestream.engine import config, mil, splits, train
+from slidestream.engine import evaluate as ev
+from slidestream.engine.errors import ConfigError
+from slidestream.engine.synthetic import make_store
+
+HEADER = "patient_id,label,age,split,image_prob"
+ROWS = ["a,1,40,val,0.9", "b,0,60,val,0.1", "c,1,41,test,0.8", "d,0,62,test,0.3"]
+
+
+def _csv(tmp_path, header=HEADER, rows=ROWS):
+    p = tmp_path / "pred.csv"
+    p.write_text("\n".join([header, *rows]) + "\n")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- diverged models
+def test_diverged_training_is_one_line_not_a_nan_traceback(tmp_path):
+    """A learning rate that blows the network up: the NaN probabilities used to reach roc_auc_score (ValueError
+    'Input contains NaN' traceback); now one ConfigError line that says to lower training.lr."""
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=4, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    pipe = config.parse({"name": "div", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+                         "training": {"epochs": 1, "batch_size": 16, "lr": 1e4, "num_workers": 1}})
+    with pytest.raises(ConfigError, match=r"training\.lr") as e:
+        train.train(pipe, st.path, tmp_path / "model", log=None)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "model" / "small_cnn" / "predictions.csv").exists()  # no NaN rows written
+
+
+def _bags(n=8, per=5, dim=6):
+    rng = np.random.default_rng(0)
+    label = np.array([0, 1] * (n // 2))
+    feats = (rng.normal(size=(n * per, dim)) + label.repeat(per)[:, None]).astype(np.float32)
+    bags = {"patients": np.array([f"P{i}" for i in range(n)]), "rows": [np.arange(i * per, (i + 1) * per) for i in range(n)],
+            "label": label, "age": np.full(n, 50.0)}
+    return feats, bags, np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
+
+
+def test_diverged_mil_training_is_one_line(tmp_path):
+    feats, bags, split = _bags()
+    cfg = {**mil.DEFAULTS, "epochs": 2, "lr": 1e30, "device": "cpu"}
+    with pytest.raises(ConfigError, match=r"mil\.lr") as e:
+        mil.train_one(feats, bags, split, {"name": "abmil", "params": {"hidden": 8, "attention": 4}}, cfg,
+                      tmp_path / "mil", {}, log=None)
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- hand-edited CSVs
+@pytest.mark.parametrize("header,rows,match", [
+    # csv.DictReader kept the last of two same-named columns; evaluate said "columns have different lengths"
+    (HEADER + ",image_prob", [r + ",0.5" for r in ROWS], r"column 'image_prob' appears more than once"),
+    # a row with more fields than the header (an unquoted comma) was read with its extra fields dropped
+    (HEADER, ROWS[:3] + ["d,0,62,test,0.3,0.7"], r"line 5: 6 fields, the header has 5"),
+    # the patient with the bad probability is named
+    (HEADER, ROWS[:3] + ["d,0,62,test,1.5"], r"patient 'd' has image_prob 1.5"),
+])
+def test_hand_edited_predictions_csv_is_refused_by_name(tmp_path, header, rows, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        ev.load_predictions(_csv(tmp_path, header, rows))
+    assert "\n" not in str(e.value)
+
+
+def test_nan_probability_in_a_table_names_the_patient_and_the_cause():
+    t = {"patient_id": ["a", "b", "c", "d"], "label": [1, 0, 1, 0], "age": [40, 60, 41, 62],
+         "split": ["val", "val", "test", "test"], "image_prob": [0.9, 0.1, np.nan, 0.3]}
+    with pytest.raises(ConfigError, match=r"patient 'c' has image_prob nan \(NaN: the model diverged"):
+        ev.check_table(t)
