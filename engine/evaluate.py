@@ -16,7 +16,10 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
   unchanged to test.
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
-  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it).
+  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it, and
+  a note says from how many resamples the AUC intervals come). No interval (null, with a note) for a metric
+  whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
+  wildtypes; AUC: both): one patient's bootstrap has zero width.
 * Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
   the paper's Table 4 counts 68 patients, i.e. its validation and test patients together
   (``age_group_splits=("val", "test")``). Patients without an age are left out of the groups.
@@ -213,12 +216,26 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.nd
                 "accuracy": (tp + tn) / yb.shape[1], "auc": np.where((n1 > 0) & (n0 > 0), auc, np.nan)}
 
 
+MIN_CI = 2  # patients of each class a metric depends on, below which its bootstrap interval is left out
+
+
+def _ci_support(y: np.ndarray) -> dict[str, bool]:
+    """Per metric: whether the split holds enough patients for a bootstrap interval. With one mutant every
+    resample's sensitivity is that patient's call, so its percentile interval is [x, x]: a zero width that
+    claims a certainty one patient cannot give (likewise specificity with one wildtype, AUC with either)."""
+    n1, n0 = int(np.sum(y == 1)), int(np.sum(y == 0))
+    return {"sensitivity": n1 >= MIN_CI, "specificity": n0 >= MIN_CI, "accuracy": n1 + n0 >= MIN_CI,
+            "auc": min(n1, n0) >= MIN_CI}
+
+
 def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarray) -> dict[str, list | None]:
-    """95% percentile intervals of the metrics over the resamples that define them."""
+    """95% percentile intervals of the metrics over the resamples that define them; None for a metric the
+    split has too few patients for (``_ci_support``)."""
     out: dict[str, list | None] = {}
+    ok = _ci_support(y)
     for m, v in bootstrap_metrics(y, p, threshold, idx).items():
         v = v[np.isfinite(v)]
-        out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+        out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) and ok[m] else None
     return out
 
 
@@ -256,7 +273,12 @@ def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, spl
     if not sel.any():
         raise ConfigError(f"fusion {name!r} is fitted on the {split} split, but it has no patients; "
                           "use split ratios with a val part (e.g. 6:1:1) or training.fusion_split")
-    state = plugin.fit(_subset(t, sel), **(params or {}))
+    try:
+        state = plugin.fit(_subset(t, sel), **(params or {}))
+    except ConfigError as e:  # the plugin speaks of its "training patients": say which split they are
+        where = "the out-of-fold train+val" if split == "oof" else f"the {split} split's"
+        raise ConfigError(f"fusion {name!r} is fitted on {where} {int(sel.sum())} patients: {e}; give their ages in "
+                          "the cohort, or use split ratios with a larger val part") from None
     ids = sorted(str(p) for p in t["patient_id"][sel])
     return {"name": name, "params": params or {}, "state": state, "fit_on": split, "n": len(ids),
             "patients": ids, "ids_digest": ids_digest(ids)}
@@ -335,7 +357,13 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
                               "fusion comes from `slidestream train --fusion-cv K` (use its bundle)")
         meta["fusion"] = {**fit_fusion(t, fusion, fusion_params, fusion_split), "source": "fitted by evaluate"}
     if "fusion" in meta:
-        preds.update(apply_fusion(meta["fusion"], t))
+        fused = apply_fusion(meta["fusion"], t)
+        preds.update(fused)
+        for split in EVAL_SPLITS:  # say how many patients the fusion scored without an age
+            k = int(np.sum((t["split"] == split) & ~np.isfinite(t["age"])))
+            if k:
+                notes.append(f"{split}: {k} patient(s) without an age; fusion {meta['fusion']['name']!r} gives them "
+                             f"{', '.join(sorted(fused))} without one (age_gda: the class prior in place of the age)")
     order = [p for p in PREDICTORS if p in preds] + sorted(p for p in preds if p not in PREDICTORS)
 
     val = t["split"] == "val"
@@ -386,6 +414,14 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; AUC undefined (null)")
         rng = np.random.default_rng([seed, s_i])
         idx = rng.integers(0, len(y), size=(int(bootstrap), len(y)))
+        if bootstrap:
+            short = [m for m, ok in _ci_support(y).items() if not ok]
+            if short:
+                notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
+                             "it depends on: a bootstrap of one patient has zero width)")
+            both = int(np.sum(y[idx].min(1) != y[idx].max(1)))
+            if "auc" not in short and both < len(idx):
+                notes.append(f"{split}: AUC intervals from the {both} of {len(idx)} resamples that hold both classes")
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]

@@ -1,8 +1,6 @@
 """Red-team of the learning side: split, train, predict, evaluate, fusion, bundle, mil. Bad input or a failed
 run must end in one line naming the thing and the fix; the numbers reported must be right (never a
 plausible-looking wrong one). Each test fails without the fix it guards (see the commit messages)."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -73,3 +71,48 @@ def test_nan_probability_in_a_table_names_the_patient_and_the_cause():
          "split": ["val", "val", "test", "test"], "image_prob": [0.9, 0.1, np.nan, 0.3]}
     with pytest.raises(ConfigError, match=r"patient 'c' has image_prob nan \(NaN: the model diverged"):
         ev.check_table(t)
+
+
+# ---------------------------------------------------------------------------------------------- tiny sets
+def _table(split, label, age=None, prob=None):
+    n = len(split)
+    rng = np.random.default_rng(1)
+    return {"patient_id": [f"p{i}" for i in range(n)], "split": split, "label": label,
+            "age": age if age is not None else rng.uniform(30, 80, n).round(),
+            "image_prob": prob if prob is not None else rng.uniform(0, 1, n).round(3)}
+
+
+def test_bootstrap_interval_of_one_patient_is_left_out_not_zero_width():
+    """One mutant in test: every resample's sensitivity is that patient's call, so the percentile interval was
+    [x, x] (e.g. sensitivity 1.000 [1.000, 1.000]); now null with a note. AUC intervals say how many resamples
+    held both classes."""
+    split = ["val"] * 4 + ["test"] * 6
+    label = [1, 0, 1, 0] + [1, 0, 0, 0, 0, 0]
+    prob = [0.8, 0.2, 0.7, 0.3] + [0.9, 0.1, 0.2, 0.3, 0.6, 0.4]
+    m = ev.evaluate(_table(split, label, prob=prob), bootstrap=200)
+    test = m["test"]["image"]
+    assert test["sensitivity"] == 1.0 and test["ci"]["sensitivity"] is None and test["ci"]["auc"] is None
+    assert test["ci"]["specificity"] is not None and test["ci"]["accuracy"] is not None
+    assert any(n.startswith("test: no 95% interval for sensitivity, auc") for n in m["meta"]["notes"])
+    # two of each class: intervals are given, and the AUC ones say they skipped one-class resamples
+    m = ev.evaluate(_table(split, [1, 0, 1, 0] + [1, 1, 0, 0, 0, 0], prob=prob), bootstrap=200)
+    assert m["test"]["image"]["ci"]["auc"] is not None
+    note = next(n for n in m["meta"]["notes"] if n.startswith("test: AUC intervals from the "))
+    assert int(note.split()[5]) < 200
+
+
+def test_fusion_says_how_many_patients_it_scored_without_an_age():
+    split = ["val"] * 8 + ["test"] * 6
+    label = [1, 0] * 7
+    age = np.array([40, 60, 42, 65, 38, 70, 45, 58, np.nan, 60, 41, np.nan, np.nan, 66], float)
+    m = ev.evaluate(_table(split, label, age=age), fusion="age_gda", bootstrap=0)
+    assert "test: 3 patient(s) without an age; fusion 'age_gda' gives them age, age+image without one" in \
+        " ".join(m["meta"]["notes"])
+
+
+def test_fusion_fit_error_names_the_split_it_was_fitted_on():
+    """age_gda said 'needs at least 2 training patients with an age in each class' when evaluate fitted it on
+    val: the message now names the split and the fix."""
+    split = ["val"] * 4 + ["test"] * 4
+    with pytest.raises(ConfigError, match=r"fusion 'age_gda' is fitted on the val split's 4 patients: .*larger val"):
+        ev.evaluate(_table(split, [1, 1, 1, 0, 1, 0, 1, 0]), fusion="age_gda", bootstrap=0)
