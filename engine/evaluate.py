@@ -135,7 +135,12 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     t["label"] = label.astype(int)
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:
-        raise ConfigError(f"{source}: split must be train, val or test, got {bad_split[0]!r}")
+        i = int(np.argmax(~np.isin(t["split"], SPLITS)))
+        if not bad_split[0]:  # `predict --store` of a store that was never split
+            raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has no split; the store had none when it was "
+                              "predicted: run `slidestream split` on it first, or fill the split column (test for an "
+                              "external cohort)")
+        raise ConfigError(f"{source}: split must be train, val or test, got {str(bad_split[0])!r}")
     age = t["age"]
     bad_age = ~np.isnan(age) & ~((age >= 0) & (age <= 130))  # inf, or a sign/unit mistake: never a silent age group
     if bad_age.any():

@@ -53,7 +53,7 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
     if trained_on and warn:
         warn(f"warning: {len(trained_on)} patient(s) of store {store} outside its train split were in the bundle's "
-             f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]]}): their probabilities are in-sample, "
+             f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
     return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
             "trained_on": trained_on}

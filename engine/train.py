@@ -381,7 +381,8 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     size = int(cfg["input_size"] or plugin.input_size)  # the network's input side; patches are resized to it
     pool = synthetic_pool(st, strict, say) if cfg["synthetic"] else None
     train_rows = training_rows(tab, int(cfg["synthetic"] or 0), int(cfg["seed"]), pool)
-    val_rows = np.nonzero(tab["split"] == "val")[0]
+    # real rows only: synthetic (GAN) rows are split "train", but never let a hand-set split bring them into val
+    val_rows = np.nonzero((tab["split"] == "val") & ~tab["synthetic"].astype(bool))[0]
     if not len(val_rows):
         raise ConfigError("the store's validation split is empty; use split ratios with a val part (e.g. 6:1:1)")
     run_id = config.digest({"pipeline": {k: v for k, v in pipeline.items() if k not in ("evaluation", "description")},

@@ -116,3 +116,26 @@ def test_fusion_fit_error_names_the_split_it_was_fitted_on():
     split = ["val"] * 4 + ["test"] * 4
     with pytest.raises(ConfigError, match=r"fusion 'age_gda' is fitted on the val split's 4 patients: .*larger val"):
         ev.evaluate(_table(split, [1, 1, 1, 0, 1, 0, 1, 0]), fusion="age_gda", bootstrap=0)
+
+
+# ---------------------------------------------------------------------------------------------- GAN rows, splits
+def test_synthetic_rows_never_reach_the_validation_split(tmp_path):
+    """GAN rows are split "train", but a hand-set split column could call them val: train counted them as
+    validation patches (scored as one more 'patient' in the val AUC that picks the best epoch)."""
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=4, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    n_val = int(np.sum(st.column("split") == "val"))
+    x = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    st.append("gan", x, {"label": 1, "synthetic": True, "generator": "g", "split": "val", "slide_id": "g"},
+              {"generator_id": "g", "patients": []}, section="synthetic")
+    logs = []
+    pipe = config.parse({"name": "syn", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+                         "training": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "num_workers": 1}})
+    train.train(pipe, st.path, tmp_path / "model", log=logs.append)
+    assert any(f"{n_val} validation patches" in line for line in logs), logs
+
+
+def test_predictions_of_an_unsplit_store_name_the_missing_split(tmp_path):
+    rows = [r.replace(",val,", ",,").replace(",test,", ",,") for r in ROWS]
+    with pytest.raises(ConfigError, match=r"patient 'a' has no split; .*slidestream split"):
+        ev.load_predictions(_csv(tmp_path, HEADER, rows))
