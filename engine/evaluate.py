@@ -310,7 +310,7 @@ ROLE = {"train": "trained on", "val": "selected its best epoch on"}
 def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
     """Refuse (one-line ConfigError) a test split holding a patient the bundle trained on (its ``train`` set) or
     chose its epoch on (``val``): its test metrics would be optimistic, not held out. A table with val rows must
-    hold every val patient of the bundle."""
+    hold every val patient of the bundle, and none it trained on (val picks the Youden threshold)."""
     test = sorted(set(t["patient_id"][t["split"] == "test"].tolist()))
     for split in ("train", "val"):
         own = set((trained.get(split) or {}).get("patients", []))
@@ -320,6 +320,11 @@ def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
                               f"({len(leaked)} such test patient(s), {split} split of its training); evaluate "
                               "predictions of the store split the bundle was trained on, or retrain on this split")
     val = set(t["patient_id"][t["split"] == "val"].tolist())
+    in_train = sorted(val & set((trained.get("train") or {}).get("patients", [])))
+    if in_train:  # in-sample scores in val: its metrics, and the Youden threshold applied to test, would be chosen on them
+        raise ConfigError(f"patient {in_train[0]!r} is in this table's val split, but the bundle trained on it "
+                          f"({len(in_train)} such val patient(s)): val chooses the threshold, so in-sample scores there "
+                          "bias the test metrics; evaluate predictions of the store split the bundle was trained on")
     missing = sorted(set((trained.get("val") or {}).get("patients", [])) - val) if val else []
     if missing:  # a cut or filtered table: the val (selection-set) metrics would be of other patients than the bundle's
         raise ConfigError(f"patient {missing[0]!r} of the bundle's val split is missing from this table ({len(missing)} "

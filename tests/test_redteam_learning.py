@@ -139,3 +139,18 @@ def test_predictions_of_an_unsplit_store_name_the_missing_split(tmp_path):
     rows = [r.replace(",val,", ",,").replace(",test,", ",,") for r in ROWS]
     with pytest.raises(ConfigError, match=r"patient 'a' has no split; .*slidestream split"):
         ev.load_predictions(_csv(tmp_path, HEADER, rows))
+
+
+def test_bundle_evaluation_refuses_a_val_split_holding_its_training_patients():
+    """A re-split store moved training patients into val: their in-sample scores chose the Youden threshold that
+    test is scored with (only test was checked before)."""
+    from slidestream.engine.bundle import patient_set
+
+    split = ["train"] * 4 + ["val"] * 4 + ["test"] * 4
+    t = _table(split, [1, 0] * 6)
+    trained = {"train": patient_set(["p0", "p1", "p2", "p3", "p4"]), "val": patient_set(["p5", "p6", "p7"])}
+    with pytest.raises(ConfigError, match=r"patient 'p4' is in this table's val split, but the bundle trained on it"):
+        ev.evaluate(t, threshold="youden", bootstrap=0, trained=trained)
+    trained["train"] = patient_set(["p0", "p1", "p2", "p3"])
+    trained["val"] = patient_set(["p4", "p5", "p6", "p7"])
+    assert ev.evaluate(t, threshold="youden", bootstrap=0, trained=trained)["test"]["image"]["n"] == 4
