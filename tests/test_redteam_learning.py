@@ -154,3 +154,17 @@ def test_bundle_evaluation_refuses_a_val_split_holding_its_training_patients():
     trained["train"] = patient_set(["p0", "p1", "p2", "p3"])
     trained["val"] = patient_set(["p4", "p5", "p6", "p7"])
     assert ev.evaluate(t, threshold="youden", bootstrap=0, trained=trained)["test"]["image"]["n"] == 4
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"model"'])
+def test_bundle_json_that_is_not_an_object_is_one_line(tmp_path, cli, text):
+    """Valid JSON but no object (an edit, another file copied over it): was AttributeError 'list' object has no
+    attribute 'get' from every command that reads a bundle."""
+    from slidestream.engine import bundle
+
+    (tmp_path / "bundle.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"bundle\.json holds .*, not a bundle's JSON object; re-copy or retrain"):
+        bundle.read(tmp_path)
+    p = _csv(tmp_path)
+    code, _, err = cli("evaluate", p, "--out", tmp_path / "r", "--bundle", tmp_path)
+    assert code == 2 and "re-copy or retrain" in err
