@@ -130,6 +130,21 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
     return out
 
 
+def thin_splits(summary: dict[str, dict[str, int]], ratios: Sequence[float] | None = None) -> list[str]:
+    """Warnings for a ``split_store`` summary: a val or test split without a patient of each class (too few
+    patients for the ratios) has no AUC, so training selects its epoch by loss and evaluate reports none. A
+    split whose ratio is 0 (asked to be empty) is not warned about."""
+    out = []
+    for i, (name, use) in enumerate((("val", "choose the best epoch by AUC"), ("test", "give a test AUC")), start=1):
+        v = summary[name]
+        if ratios is not None and not ratios[i] and not v["patients"]:
+            continue
+        if v["mutant"] == 0 or v["wildtype"] == 0:
+            out.append(f"warning: the {name} split holds {v['mutant']} mutant and {v['wildtype']} wildtype patients: too "
+                       f"few to {use}; use more patients, or ratios with a larger {name} part")
+    return out
+
+
 def cv_folds(patients: Sequence[str], labels: Sequence[int], k: int, seed: int = 0) -> dict[str, int]:
     """Patient id -> fold 0..k-1: stratified by label, shuffled with ``seed`` (scikit-learn's StratifiedKFold over
     the sorted patient ids, so the assignment depends only on the patient set, labels, k and seed). Used by

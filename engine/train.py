@@ -384,7 +384,9 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     # real rows only: synthetic (GAN) rows are split "train", but never let a hand-set split bring them into val
     val_rows = np.nonzero((tab["split"] == "val") & ~tab["synthetic"].astype(bool))[0]
     if not len(val_rows):
-        raise ConfigError("the store's validation split is empty; use split ratios with a val part (e.g. 6:1:1)")
+        n = len(np.unique(tab["patient_id"][~tab["synthetic"].astype(bool)]))
+        raise ConfigError(f"the store's validation split is empty ({n} patients); re-split with a val part in the ratios "
+                          "(e.g. 6:1:1) and enough patients for one in val")
     run_id = config.digest({"pipeline": {k: v for k, v in pipeline.items() if k not in ("evaluation", "description")},
                             "store": st.manifest.get("extraction_hash"), "rows": len(st),
                             "split": st.manifest.get("split"), "arch": arch,

@@ -168,3 +168,23 @@ def test_bundle_json_that_is_not_an_object_is_one_line(tmp_path, cli, text):
     p = _csv(tmp_path)
     code, _, err = cli("evaluate", p, "--out", tmp_path / "r", "--bundle", tmp_path)
     assert code == 2 and "re-copy or retrain" in err
+
+
+def test_split_warns_when_val_or_test_cannot_hold_both_classes(tmp_path, cli):
+    """5 patients at 6:1:1: test got one mutant and no wildtype, silently (its AUC is undefined); 2 patients: no val,
+    and train advised 'use split ratios with a val part (e.g. 6:1:1)' to a store split 6:1:1."""
+    import json
+
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps({"name": "p", "magnification": 10, "patches": {"size": 16}}))
+    st = make_store(tmp_path / "s5", n_patients=5, per_patient=2, patch=16)
+    code, out, err = cli("split", pipe, "--store", st.path, "--ratios", "6:1:1")
+    assert code == 0 and "warning: the test split holds 1 mutant and 0 wildtype patients" in err
+    assert "val split" not in err
+    code, out, err = cli("split", pipe, "--store", st.path, "--ratios", "3:2:0")
+    assert code == 0 and "test split" not in err  # asked for no test split
+    st = make_store(tmp_path / "s2", n_patients=2, per_patient=4, patch=32)
+    splits.split_store(st, (6, 1, 1))
+    pipe = config.parse({"name": "v", "classifier": {"name": "small_cnn", "params": {"width": 8}}})
+    with pytest.raises(ConfigError, match=r"validation split is empty \(2 patients\); re-split .* enough patients"):
+        train.train(pipe, st.path, tmp_path / "m", log=None)

@@ -38,6 +38,8 @@ def split_command(
     for name, v in out.items():
         typer.echo(f"{name}: {v['patients']} patients ({v['mutant']} mutant, {v['wildtype']} wildtype), {v['patches']} patches"
                    + (f" + {v['synthetic']} synthetic" if v.get("synthetic") else ""))
+    for line in splits.thin_splits(out, None if kfold or sp.get("kfold") else r):
+        typer.echo(line, err=True)
 
 
 def train_command(
