@@ -104,6 +104,9 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
 
     dev = pick_device(device)
     b = load(bundle, dev)
+    if age is not None and not b.meta.get("fusion"):  # say so, rather than print the image probability alone
+        raise ConfigError(f"--age {age:g} needs a bundle with a fitted fusion, but {b.path} has none (its pipeline had no "
+                          '"fusion" section); leave out --age, or train with "fusion": {"name": "age_gda"}')
     chain, _ = norm_chain(b.pipeline)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

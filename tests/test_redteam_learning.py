@@ -119,9 +119,10 @@ def test_fusion_fit_error_names_the_split_it_was_fitted_on():
 
 
 # ---------------------------------------------------------------------------------------------- GAN rows, splits
-def test_synthetic_rows_never_reach_the_validation_split(tmp_path):
-    """GAN rows are split "train", but a hand-set split column could call them val: train counted them as
-    validation patches (scored as one more 'patient' in the val AUC that picks the best epoch)."""
+@pytest.fixture(scope="module")
+def syn_trained(tmp_path_factory):
+    """A bundle (no fusion) trained on a store whose GAN rows were hand-set to split val."""
+    tmp_path = tmp_path_factory.mktemp("syn")
     st = make_store(tmp_path / "s", n_patients=8, per_patient=4, patch=32)
     splits.split_store(st, (2, 1, 1), seed=0)
     n_val = int(np.sum(st.column("split") == "val"))
@@ -132,7 +133,24 @@ def test_synthetic_rows_never_reach_the_validation_split(tmp_path):
     pipe = config.parse({"name": "syn", "classifier": {"name": "small_cnn", "params": {"width": 8}},
                          "training": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "num_workers": 1}})
     train.train(pipe, st.path, tmp_path / "model", log=logs.append)
+    return logs, n_val, tmp_path / "model" / "small_cnn", st.path
+
+
+def test_synthetic_rows_never_reach_the_validation_split(syn_trained):
+    """GAN rows are split "train", but a hand-set split column could call them val: train counted them as
+    validation patches (scored as one more 'patient' in the val AUC that picks the best epoch)."""
+    logs, n_val, _, _ = syn_trained
     assert any(f"{n_val} validation patches" in line for line in logs), logs
+
+
+def test_predict_age_without_a_fusion_or_with_a_store_is_refused(syn_trained, cli, tmp_path):
+    """--age was silently ignored (the image probability printed alone) by a bundle without a fusion, and with
+    --store (where the ages come from the store)."""
+    _, _, bundle, store = syn_trained
+    code, _, err = cli("predict", bundle, tmp_path / "slide.svs", "--age", "50")
+    assert code == 2 and "--age 50 needs a bundle with a fitted fusion" in err
+    code, _, err = cli("predict", bundle, "--store", store, "--age", "50", "--out", tmp_path / "p.csv")
+    assert code == 2 and "--age is for slide files" in err
 
 
 def test_predictions_of_an_unsplit_store_name_the_missing_split(tmp_path):

@@ -104,6 +104,9 @@ def predict_command(
 
     if store and inputs:
         raise ConfigError("give either --store or slide files, not both")
+    if store and age is not None:
+        raise ConfigError("--age is for slide files; with --store every patient's age comes from the store "
+                          "(the fused probabilities come from `slidestream evaluate --bundle`)")
     if age is not None and not 0 <= age <= 130:  # NaN fails this too
         raise ConfigError(f"--age must be the patient's age in years (0 to 130), not {age:g}")
     if store:
