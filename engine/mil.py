@@ -353,6 +353,9 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         raise ConfigError(f"the patch store {store or fs.info['patch_store']} ({len(sp)} rows) is not the one the "
                           f"feature store {features} ({len(fs)} rows) was computed from (other rows or slides); "
                           "give that patch store (--store)")
+    from .splits import check_assigned
+
+    check_assigned(sp, ps.column("patient_id"), ps.column("slide_id"), ps.column("synthetic"), store or fs.info["patch_store"])
     bags = patient_bags(fs, sp)
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:

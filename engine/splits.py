@@ -130,6 +130,31 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
     return out
 
 
+def check_assigned(split: np.ndarray, patient_id: np.ndarray, slide_id: np.ndarray, synthetic: np.ndarray,
+                   store) -> None:
+    """Refuse (one-line ConfigError) a split store whose real rows are not all in train/val/test (slides
+    extracted after ``split`` would be left out of training and evaluation without a word) or whose patient
+    has rows in two splits (its patches in train and test: a hand-edited split column)."""
+    real = ~np.asarray(synthetic).astype(bool)
+    def text(a):  # zarr's variable-length strings (numpy StringDType) -> fixed-width str
+        return np.asarray(a).astype(object).astype(str)
+
+    sp, pid = text(split)[real], text(patient_id)[real]
+    unsplit = ~np.isin(sp, NAMES)
+    if unsplit.any():
+        sids = np.unique(text(slide_id)[real][unsplit])
+        raise ConfigError(f"store {store}: {int(unsplit.sum())} patches of {len(sids)} slide(s) (e.g. {sids[0]}) are in no "
+                          f"split (extracted after `slidestream split`?); re-run `slidestream split PIPELINE --store {store}`")
+    patients, ip = np.unique(pid, return_inverse=True)
+    _, isp = np.unique(sp, return_inverse=True)
+    counts = np.bincount(np.unique(ip * len(NAMES) + isp) // len(NAMES), minlength=len(patients))  # splits per patient
+    if np.any(counts > 1):
+        bad = str(patients[counts > 1][0])
+        raise ConfigError(f"store {store}: patient {bad!r} has patches in {', '.join(sorted(set(sp[pid == bad])))} "
+                          f"({int(np.sum(counts > 1))} such patient(s)): the split column was edited; re-run "
+                          f"`slidestream split PIPELINE --store {store}`")
+
+
 def thin_splits(summary: dict[str, dict[str, int]], ratios: Sequence[float] | None = None) -> list[str]:
     """Warnings for a ``split_store`` summary: a val or test split without a patient of each class (too few
     patients for the ratios) has no AUC, so training selects its epoch by loss and evaluate reports none. A

@@ -339,7 +339,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     ``patient_from``: "slide" or "tcga" to accept a store whose patient ids are slide ids (see splits.py).
     """
     from .evaluate import fit_fusion, metrics_at, roc_points
-    from .splits import check_patients
+    from .splits import check_assigned, check_patients
 
     t0 = time.perf_counter()
     cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
@@ -352,6 +352,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     if not np.any(tab["split"] == "train"):
         raise ConfigError(f"store {store} has no split yet; run `slidestream split PIPELINE --store {store}` first")
     check_patients(st, patient_from)
+    check_assigned(tab["split"], tab["patient_id"], tab["slide_id"], tab["synthetic"], store)
     fref = pipeline.get("fusion")
     if cfg["fusion_cv"] and not fref:
         raise ConfigError("training.fusion_cv (--fusion-cv) fits the pipeline's fusion, but it has no fusion section "

@@ -206,3 +206,22 @@ def test_split_warns_when_val_or_test_cannot_hold_both_classes(tmp_path, cli):
     pipe = config.parse({"name": "v", "classifier": {"name": "small_cnn", "params": {"width": 8}}})
     with pytest.raises(ConfigError, match=r"validation split is empty \(2 patients\); re-split .* enough patients"):
         train.train(pipe, st.path, tmp_path / "m", log=None)
+
+
+def test_train_refuses_slides_in_no_split_and_a_patient_in_two_splits(tmp_path):
+    """Slides extracted after `split` have split '' and were left out of training and evaluation without a word;
+    a hand-edited split column could put one patient's patches in train and test (patch-level leakage)."""
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=4, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    pipe = config.parse({"name": "v", "classifier": {"name": "small_cnn", "params": {"width": 8}}})
+    split = st.column("split").astype(object).astype(str)
+    x = np.asarray(st.patches[:3])
+    st.append("NEW", x, {"slide_id": "NEW", "patient_id": "P900", "label": 1, "age": 50.0}, {"status": "done"})
+    with pytest.raises(ConfigError, match=r"3 patches of 1 slide\(s\) \(e\.g\. NEW\) are in no split"):
+        train.train(pipe, st.path, tmp_path / "m", log=None)
+    st.set_column("split", np.r_[split, ["train"] * 3])
+    first = str(st.column("patient_id")[0])
+    split[0] = "test" if split[0] != "test" else "train"
+    st.set_column("split", np.r_[split, ["train"] * 3])
+    with pytest.raises(ConfigError, match=rf"patient '{first}' has patches in .*: the split column was edited"):
+        train.train(pipe, st.path, tmp_path / "m", log=None)
