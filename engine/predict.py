@@ -17,6 +17,7 @@ from .aggregate import aggregate
 from .bundle import Bundle, load
 from .errors import ConfigError
 from .loader import apply_chain, norm_chain
+from .splits import check_assigned
 from .store import PatchStore
 from .train import infer, patient_table, pick_device, store_probs, write_predictions
 
@@ -37,6 +38,8 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     b.check_extraction(st.manifest.get("extraction_hash"), f"store {store}")
     chain, _ = norm_chain(b.pipeline)
     tab = st.table()
+    # a patient's row takes the split of its first slide: refuse patients across splits (an unsplit store is fine)
+    check_assigned(tab["split"], tab["patient_id"], tab["slide_id"], tab["synthetic"], store, unsplit_ok=True)
     rows = np.nonzero(~tab["synthetic"].astype(bool))[0]
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])

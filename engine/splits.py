@@ -131,27 +131,29 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
 
 
 def check_assigned(split: np.ndarray, patient_id: np.ndarray, slide_id: np.ndarray, synthetic: np.ndarray,
-                   store) -> None:
+                   store, unsplit_ok: bool = False) -> None:
     """Refuse (one-line ConfigError) a split store whose real rows are not all in train/val/test (slides
-    extracted after ``split`` would be left out of training and evaluation without a word) or whose patient
-    has rows in two splits (its patches in train and test: a hand-edited split column)."""
-    real = ~np.asarray(synthetic).astype(bool)
+    extracted after ``split`` would be left out of training and evaluation without a word; ``unsplit_ok``:
+    allowed, for ``predict``) or whose patient has rows in two splits (a hand-edited split column: its patches
+    in train and test, or its predicted row given the split of its first slide)."""
     def text(a):  # zarr's variable-length strings (numpy StringDType) -> fixed-width str
         return np.asarray(a).astype(object).astype(str)
 
+    real = ~np.asarray(synthetic).astype(bool)
     sp, pid = text(split)[real], text(patient_id)[real]
     unsplit = ~np.isin(sp, NAMES)
-    if unsplit.any():
+    if unsplit.any() and not unsplit_ok:
         sids = np.unique(text(slide_id)[real][unsplit])
         raise ConfigError(f"store {store}: {int(unsplit.sum())} patches of {len(sids)} slide(s) (e.g. {sids[0]}) are in no "
                           f"split (extracted after `slidestream split`?); re-run `slidestream split PIPELINE --store {store}`")
     patients, ip = np.unique(pid, return_inverse=True)
-    _, isp = np.unique(sp, return_inverse=True)
-    counts = np.bincount(np.unique(ip * len(NAMES) + isp) // len(NAMES), minlength=len(patients))  # splits per patient
+    names, isp = np.unique(sp, return_inverse=True)
+    counts = np.bincount(np.unique(ip * len(names) + isp) // len(names), minlength=len(patients))  # splits per patient
     if np.any(counts > 1):
         bad = str(patients[counts > 1][0])
-        raise ConfigError(f"store {store}: patient {bad!r} has patches in {', '.join(sorted(set(sp[pid == bad])))} "
-                          f"({int(np.sum(counts > 1))} such patient(s)): the split column was edited; re-run "
+        shown = ", ".join(sorted(s_ or "no split" for s_ in set(sp[pid == bad].tolist())))
+        raise ConfigError(f"store {store}: patient {bad!r} has patches in {shown} ({int(np.sum(counts > 1))} such "
+                          f"patient(s)): the split column was edited, or slides were added after the split; re-run "
                           f"`slidestream split PIPELINE --store {store}`")
 
 

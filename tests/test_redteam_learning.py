@@ -225,3 +225,17 @@ def test_train_refuses_slides_in_no_split_and_a_patient_in_two_splits(tmp_path):
     st.set_column("split", np.r_[split, ["train"] * 3])
     with pytest.raises(ConfigError, match=rf"patient '{first}' has patches in .*: the split column was edited"):
         train.train(pipe, st.path, tmp_path / "m", log=None)
+
+
+def test_predict_refuses_a_patient_in_two_splits_but_not_an_unsplit_store(syn_trained, tmp_path):
+    """predict --store gave such a patient the split of its first slide in the CSV."""
+    from slidestream.engine import predict
+
+    _, _, bundle, _ = syn_trained
+    st = make_store(tmp_path / "s", n_patients=6, per_patient=4, patch=32, seed=5)
+    assert predict.predict_store(bundle, st.path, tmp_path / "p.csv", warn=None)["patients"] == 6  # no split at all
+    split = np.full(len(st), "test", dtype=object)
+    split[0] = ""  # one patch of the first patient in no split, the rest in test
+    st.set_column("split", split.astype(str))
+    with pytest.raises(ConfigError, match=r"patient 'P000' has patches in no split, test"):
+        predict.predict_store(bundle, st.path, tmp_path / "p.csv", warn=None)
