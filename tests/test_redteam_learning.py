@@ -239,3 +239,19 @@ def test_predict_refuses_a_patient_in_two_splits_but_not_an_unsplit_store(syn_tr
     st.set_column("split", split.astype(str))
     with pytest.raises(ConfigError, match=r"patient 'P000' has patches in no split, test"):
         predict.predict_store(bundle, st.path, tmp_path / "p.csv", warn=None)
+
+
+# ---------------------------------------------------------------------------------------------- aggregation
+def test_patient_probability_is_the_mean_over_all_its_patches_and_topk_counts_exactly():
+    """Documented: the patient probability is the mean of its patch probabilities (pooled over its slides, not a
+    mean of slide means). topk averages ceil(k_frac * n) patches: 0.07 * 100 = 7.000000000000001 in floats took 8."""
+    from slidestream.engine.aggregate import aggregate
+    from slidestream.engine.train import patient_table
+
+    tab = {"patient_id": np.array(["A"] * 10 + ["B"]), "slide_id": np.array(["A1"] + ["A2"] * 9 + ["B1"]),
+           "label": np.array([1] * 10 + [0]), "age": np.full(11, 50.0), "split": np.array(["test"] * 11)}
+    probs = np.array([1.0] + [0.0] * 9 + [0.3])
+    t = patient_table(tab, np.arange(11), probs, {"method": "mean"})
+    assert t["patient_id"].tolist() == ["A", "B"] and t["image_prob"].tolist() == [0.1, 0.3]  # not (1 + 0) / 2
+    p = np.arange(100, dtype=float)[::-1] / 100  # 0.99, 0.98, ...
+    assert aggregate(np.zeros(100, int), p, "topk", k_frac=0.07)[1][0] == pytest.approx(np.mean(p[:7]))
