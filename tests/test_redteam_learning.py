@@ -255,3 +255,13 @@ def test_patient_probability_is_the_mean_over_all_its_patches_and_topk_counts_ex
     assert t["patient_id"].tolist() == ["A", "B"] and t["image_prob"].tolist() == [0.1, 0.3]  # not (1 + 0) / 2
     p = np.arange(100, dtype=float)[::-1] / 100  # 0.99, 0.98, ...
     assert aggregate(np.zeros(100, int), p, "topk", k_frac=0.07)[1][0] == pytest.approx(np.mean(p[:7]))
+
+
+@pytest.mark.parametrize("section,value", [("training", 0), ("training", 1), ("mil", 0), ("mil", 1.0)])
+def test_threshold_of_0_or_1_is_refused_like_evaluate_does(section, value):
+    """training.threshold 0 calls every patient mutant (sensitivity 1, specificity 0 in training.json); evaluate
+    already refused --threshold outside (0, 1), the pipeline schema took [0, 1]."""
+    with pytest.raises(ConfigError, match=rf"\$\.{section}\.threshold"):
+        config.parse({"name": "t", section: {"threshold": value}})
+    with pytest.raises(ConfigError, match=r"threshold must be in \(0, 1\)"):
+        ev.evaluate(_table(["val", "val", "test", "test"], [1, 0, 1, 0]), threshold=value, bootstrap=0)
