@@ -435,6 +435,9 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]
+            if len(p) > 1 and np.ptp(p) == 0:  # a collapsed model (or no ages): its AUC 0.5 comes from ties alone
+                notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one, "
+                             "its AUC of 0.5 is ties, not chance-level ranking")
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
             block["ci"] = _bootstrap_ci(y, p, thresholds[name], idx)
             result[split][name] = block

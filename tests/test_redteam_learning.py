@@ -265,3 +265,13 @@ def test_threshold_of_0_or_1_is_refused_like_evaluate_does(section, value):
         config.parse({"name": "t", section: {"threshold": value}})
     with pytest.raises(ConfigError, match=r"threshold must be in \(0, 1\)"):
         ev.evaluate(_table(["val", "val", "test", "test"], [1, 0, 1, 0]), threshold=value, bootstrap=0)
+
+
+def test_a_constant_predictor_is_named_in_the_notes():
+    """A collapsed network gives every patient one probability: AUC 0.5 and sensitivity 1 or 0 were reported
+    without a word."""
+    m = ev.evaluate(_table(["val", "val", "test", "test", "test"], [1, 0, 1, 0, 1], prob=[0.4, 0.6] + [0.5] * 3),
+                    bootstrap=0)
+    assert m["test"]["image"]["auc"] == 0.5
+    assert "test: image gives every patient the same probability (0.5)" in " ".join(m["meta"]["notes"])
+    assert not any(n.startswith("val: image gives") for n in m["meta"]["notes"])
