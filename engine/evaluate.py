@@ -97,7 +97,8 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
         if raw not in ("0", "1", "0.0", "1.0"):
-            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}")
+            why = "; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1" else ""
+            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
         return int(float(raw))
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:

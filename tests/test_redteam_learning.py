@@ -275,3 +275,9 @@ def test_a_constant_predictor_is_named_in_the_notes():
     assert m["test"]["image"]["auc"] == 0.5
     assert "test: image gives every patient the same probability (0.5)" in " ".join(m["meta"]["notes"])
     assert not any(n.startswith("val: image gives") for n in m["meta"]["notes"])
+
+
+def test_unknown_label_from_predict_says_where_it_comes_from(tmp_path):
+    """`predict --store` of patients without an IDH label writes label -1: evaluate now says so."""
+    with pytest.raises(ConfigError, match=r"line 5: label must be 0 \(wildtype\) or 1 \(mutant\), got '-1'; -1: the store"):
+        ev.load_predictions(_csv(tmp_path, HEADER, ROWS[:3] + ["d,-1,62,test,0.3"]))
