@@ -1,6 +1,8 @@
 """Red-team of the learning side: split, train, predict, evaluate, fusion, bundle, mil. Bad input or a failed
 run must end in one line naming the thing and the fix; the numbers reported must be right (never a
 plausible-looking wrong one). Each test fails without the fix it guards (see the commit messages)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -281,3 +283,24 @@ def test_unknown_label_from_predict_says_where_it_comes_from(tmp_path):
     """`predict --store` of patients without an IDH label writes label -1: evaluate now says so."""
     with pytest.raises(ConfigError, match=r"line 5: label must be 0 \(wildtype\) or 1 \(mutant\), got '-1'; -1: the store"):
         ev.load_predictions(_csv(tmp_path, HEADER, ROWS[:3] + ["d,-1,62,test,0.3"]))
+
+
+def test_demo_cohort_under_a_relative_folder_finds_its_slides(tmp_path, monkeypatch):
+    """`slidestream demo --out demo` (a relative path, as in the README) wrote slide paths relative to the working
+    folder into cohort.csv, which read_cohort resolves against the CSV's folder: demo/slides/demo/slides/P000.svs,
+    'file not found' for every slide, 0 patches, then 'store has no split'."""
+    from slidestream.engine.cohort import read_cohort
+    from slidestream.engine.synthetic import make_cohort
+
+    monkeypatch.chdir(tmp_path)
+    rows = read_cohort(make_cohort(Path("demo") / "slides", n_patients=2, size=(256, 256)))
+    assert [Path(r.slide_path).resolve() for r in rows] == [(tmp_path / "demo" / "slides" / f"P00{i}.svs") for i in (0, 1)]
+    assert all(Path(r.slide_path).is_file() for r in rows)
+
+
+@pytest.mark.parametrize("args", [("demo",), ("mil", "demo")])
+def test_demo_refuses_fewer_patients_than_its_age_fusion_needs(cli, tmp_path, args):
+    """--patients 8 (the old minimum) split 2:1:1 leaves 1 val patient per class: the demo synthesized and
+    extracted the cohort, trained, then failed fitting age_gda (needs 2 per class)."""
+    code, _, err = cli(*args, "--patients", "8", "--out", tmp_path / "d")
+    assert code == 2 and not (tmp_path / "d").exists()

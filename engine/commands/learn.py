@@ -130,7 +130,7 @@ def predict_command(
 
 def demo_command(
     out: Path = typer.Option(Path("slidestream-demo"), "--out", help="Folder for the synthetic cohort, store, model and report."),
-    patients: int = typer.Option(160, min=8, help="Synthetic patients (one slide each); split 2:1:1, so 160 gives 40 "
+    patients: int = typer.Option(160, min=16, help="Synthetic patients (one slide each; at least 16: the age fusion needs 2 val patients of each class); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
     epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN (not with --mil)."),
     seed: int = typer.Option(0, min=0, help="Seed of the cohort, split and training."),
