@@ -209,6 +209,9 @@ def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold
         raise _refusal(store)
     refuse_copies_across_patients(store, t["slide_id"][real], t["patient_id"][real])
     pids, first = np.unique(t["patient_id"][real], return_index=True)
+    if not len(pids):  # else a split of nobody is written and train says "no split yet; run split"
+        raise ConfigError(f"split: store {store.path} holds no patches of any slide (every slide failed or was empty?); "
+                          "see the errors of `slidestream extract` and extract again")
     labels = t["label"][real][first]
     if np.any(labels < 0):
         raise ConfigError("split: some patients have no label (-1); give every slide a label in the slides CSV")

@@ -304,3 +304,13 @@ def test_demo_refuses_fewer_patients_than_its_age_fusion_needs(cli, tmp_path, ar
     extracted the cohort, trained, then failed fitting age_gda (needs 2 per class)."""
     code, _, err = cli(*args, "--patients", "8", "--out", tmp_path / "d")
     assert code == 2 and not (tmp_path / "d").exists()
+
+
+def test_split_of_a_store_without_patches_says_so(tmp_path):
+    """Every slide failed: split wrote an empty split and train then said 'no split yet; run split'."""
+    from slidestream.engine.store import PatchStore
+
+    pipe = config.with_defaults({"name": "e", "magnification": 10, "patches": {"size": 16}})
+    st = PatchStore.create(tmp_path / "s", 16, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    with pytest.raises(ConfigError, match=r"holds no patches of any slide .* extract again"):
+        splits.split_store(st, (2, 1, 1))
