@@ -314,3 +314,17 @@ def test_split_of_a_store_without_patches_says_so(tmp_path):
     st = PatchStore.create(tmp_path / "s", 16, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
     with pytest.raises(ConfigError, match=r"holds no patches of any slide .* extract again"):
         splits.split_store(st, (2, 1, 1))
+
+
+def test_predict_refuses_other_patch_sizes_when_the_store_records_no_extraction_hash(syn_trained, tmp_path):
+    """The extraction check is skipped for a store without an extraction hash: 64 px patches were resized to the
+    network's input and scored as if they were the 32 px patches it learned (other magnification of tissue)."""
+    from slidestream.engine import predict
+    from slidestream.engine.store import PatchStore
+
+    _, _, bundle, _ = syn_trained
+    st = PatchStore.create(tmp_path / "s", 64, {"codec": "zstd", "level": 1, "chunk": 16}, {})
+    x = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    st.append("S0", x, {"slide_id": "S0", "patient_id": "P0", "label": 1, "age": 50.0}, {"status": "done"})
+    with pytest.raises(ConfigError, match=r"trained on 32 px patches, store .* holds 64 px ones"):
+        predict.predict_store(bundle, st.path, tmp_path / "p.csv", warn=None)
