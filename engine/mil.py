@@ -62,9 +62,11 @@ def aggregator_ref(pipeline: dict[str, Any], name: str | None = None) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- bags
-def patient_bags(fs: FeatureStore, split_column: np.ndarray | None) -> dict[str, Any]:
-    """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``."""
-    pid = fs.column("patient_id").astype(str)
+def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, patient_id: np.ndarray | None = None) -> dict[str, Any]:
+    """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``.
+    ``patient_id``: the patch store's column, row-aligned, when there is one: ``split --patient-from`` may have
+    rewritten it after the features were computed, and the split was made per those patients."""
+    pid = as_str(patient_id) if patient_id is not None else fs.column("patient_id").astype(str)
     real = ~fs.column("synthetic").astype(bool)
     label, age = fs.column("label"), fs.column("age")
     patients, inverse = np.unique(pid[real], return_inverse=True)
@@ -356,7 +358,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     from .splits import check_assigned
 
     check_assigned(sp, ps.column("patient_id"), ps.column("slide_id"), ps.column("synthetic"), store or fs.info["patch_store"])
-    bags = patient_bags(fs, sp)
+    bags = patient_bags(fs, sp, ps.column("patient_id"))
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "

@@ -328,3 +328,27 @@ def test_predict_refuses_other_patch_sizes_when_the_store_records_no_extraction_
     st.append("S0", x, {"slide_id": "S0", "patient_id": "P0", "label": 1, "age": 50.0}, {"status": "done"})
     with pytest.raises(ConfigError, match=r"trained on 32 px patches, store .* holds 64 px ones"):
         predict.predict_store(bundle, st.path, tmp_path / "p.csv", warn=None)
+
+
+def test_mil_bags_are_the_patch_stores_patients_after_a_later_re_split(tmp_path):
+    """Features computed, then `split --patient-from` rewrote the patch store's patient ids (two slides, one
+    patient): mil train built its bags from the feature store's old ids, so predictions.csv and every AUC counted
+    slides as patients (and export's attention came from bags training never used)."""
+    from test_mil import PIPE, coords_store
+
+    from slidestream.engine import export, features
+    from slidestream.engine.features import FeatureStore
+
+    st = coords_store(tmp_path / "store")
+    pipe = config.parse(PIPE)
+    features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
+    pid = st.column("patient_id").astype(object).astype(str)
+    pid[pid == "P2"] = "P0"  # S2 (wildtype, like S0) is a second slide of patient P0
+    st.set_column("patient_id", pid)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", store=st.path, log=None)
+    rows = (tmp_path / "mil" / "predictions.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == ["P0", "P1", "P3", "P4", "P5", "P6", "P7"]
+    att, prob = export.mil_scores(tmp_path / "mil", FeatureStore(tmp_path / "f.zarr"), st.column("patient_id"))
+    s0, s2 = pid == "P0", st.column("slide_id").astype(object).astype(str) == "S2"
+    assert np.all(prob[s0] == prob[s0][0]) and s2.any() and np.isclose(att[s0].sum(), 1.0, atol=1e-4)
