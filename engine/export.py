@@ -56,7 +56,7 @@ def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | No
                           f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
                           f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
                           f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
-    bags = patient_bags(fs, None, patient_id)
+    bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id})
     att = np.full(len(fs), np.nan, np.float32)
     prob = np.full(len(fs), np.nan, np.float32)
     feats = fs.features

@@ -62,13 +62,15 @@ def aggregator_ref(pipeline: dict[str, Any], name: str | None = None) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- bags
-def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, patient_id: np.ndarray | None = None) -> dict[str, Any]:
+def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``.
-    ``patient_id``: the patch store's column, row-aligned, when there is one: ``split --patient-from`` may have
-    rewritten it after the features were computed, and the split was made per those patients."""
-    pid = as_str(patient_id) if patient_id is not None else fs.column("patient_id").astype(str)
+    ``meta``: the patch store's ``patient_id``, ``label`` and ``age`` columns (row-aligned), when there is one: the
+    feature store's copies are those of when the features were computed; ``split --patient-from`` may have
+    rewritten the patient ids since (the split was made per those patients), a re-extract the labels and ages."""
+    meta = meta or {}
+    pid = as_str(meta["patient_id"]) if "patient_id" in meta else fs.column("patient_id").astype(str)
     real = ~fs.column("synthetic").astype(bool)
-    label, age = fs.column("label"), fs.column("age")
+    label, age = (np.asarray(meta[c]) if c in meta else fs.column(c) for c in ("label", "age"))
     patients, inverse = np.unique(pid[real], return_inverse=True)
     rows = np.flatnonzero(real)
     order = np.argsort(inverse, kind="stable")
@@ -358,7 +360,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     from .splits import check_assigned
 
     check_assigned(sp, ps.column("patient_id"), ps.column("slide_id"), ps.column("synthetic"), store or fs.info["patch_store"])
-    bags = patient_bags(fs, sp, ps.column("patient_id"))
+    bags = patient_bags(fs, sp, {c: ps.column(c) for c in ("patient_id", "label", "age")})
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "

@@ -333,7 +333,8 @@ def test_predict_refuses_other_patch_sizes_when_the_store_records_no_extraction_
 def test_mil_bags_are_the_patch_stores_patients_after_a_later_re_split(tmp_path):
     """Features computed, then `split --patient-from` rewrote the patch store's patient ids (two slides, one
     patient): mil train built its bags from the feature store's old ids, so predictions.csv and every AUC counted
-    slides as patients (and export's attention came from bags training never used)."""
+    slides as patients (and export's attention came from bags training never used). Likewise a label corrected
+    in the patch store (a re-extract) after the features: MIL trained and scored the old one."""
     from test_mil import PIPE, coords_store
 
     from slidestream.engine import export, features
@@ -345,10 +346,14 @@ def test_mil_bags_are_the_patch_stores_patients_after_a_later_re_split(tmp_path)
     pid = st.column("patient_id").astype(object).astype(str)
     pid[pid == "P2"] = "P0"  # S2 (wildtype, like S0) is a second slide of patient P0
     st.set_column("patient_id", pid)
+    label = st.column("label").copy()
+    label[pid == "P7"] = 0  # a corrected label (re-extract): P7 is wildtype now
+    st.set_column("label", label)
     splits.split_store(st, (2, 1, 1), seed=0)
     mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", store=st.path, log=None)
     rows = (tmp_path / "mil" / "predictions.csv").read_text().splitlines()[1:]
     assert sorted(r.split(",")[0] for r in rows) == ["P0", "P1", "P3", "P4", "P5", "P6", "P7"]
+    assert [r.split(",")[1] for r in rows if r.startswith("P7,")] == ["0"]
     att, prob = export.mil_scores(tmp_path / "mil", FeatureStore(tmp_path / "f.zarr"), st.column("patient_id"))
     s0, s2 = pid == "P0", st.column("slide_id").astype(object).astype(str) == "S2"
     assert np.all(prob[s0] == prob[s0][0]) and s2.any() and np.isclose(att[s0].sum(), 1.0, atol=1e-4)
