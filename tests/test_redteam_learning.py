@@ -357,3 +357,24 @@ def test_mil_bags_are_the_patch_stores_patients_after_a_later_re_split(tmp_path)
     att, prob = export.mil_scores(tmp_path / "mil", FeatureStore(tmp_path / "f.zarr"), st.column("patient_id"))
     s0, s2 = pid == "P0", st.column("slide_id").astype(object).astype(str) == "S2"
     assert np.all(prob[s0] == prob[s0][0]) and s2.any() and np.isclose(att[s0].sum(), 1.0, atol=1e-4)
+
+
+def test_evaluate_defaults_to_the_threshold_training_used(tmp_path, cli):
+    """training.threshold 0.3: training.json's calls used 0.3, evaluate --bundle / --pipeline used 0.5 (other
+    sensitivity, specificity and accuracy for the same probabilities) unless told --threshold."""
+    import json
+
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=4, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    pipe = {"name": "thr", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+            "training": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "num_workers": 1, "threshold": 0.3}}
+    (tmp_path / "p.json").write_text(json.dumps(pipe))
+    train.train(config.parse(pipe), st.path, tmp_path / "m", log=None)
+    b = tmp_path / "m" / "small_cnn"
+    for args in (("--bundle", b), ("--pipeline", tmp_path / "p.json")):
+        code, _, err = cli("evaluate", b / "predictions.csv", "--out", tmp_path / "r", "--bootstrap", "0", *args)
+        assert code == 0, err
+        assert json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]["threshold"] == 0.3
+    code, _, _ = cli("evaluate", b / "predictions.csv", "--out", tmp_path / "r", "--bootstrap", "0", "--bundle", b,
+                     "--threshold", "0.6")
+    assert code == 0 and json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]["threshold"] == 0.6
