@@ -555,7 +555,8 @@ def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Pat
                 ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], label=f"{r['arch']} (AUC = {m['auc']:.3f})")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no curves (one class): no legend (matplotlib warns on stderr)
+            ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     roc = out / "roc.png"
     fig.savefig(roc, dpi=120)

@@ -378,3 +378,17 @@ def test_evaluate_defaults_to_the_threshold_training_used(tmp_path, cli):
     code, _, _ = cli("evaluate", b / "predictions.csv", "--out", tmp_path / "r", "--bootstrap", "0", "--bundle", b,
                      "--threshold", "0.6")
     assert code == 0 and json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]["threshold"] == 0.6
+
+
+@pytest.mark.filterwarnings("error")
+def test_gan_sweep_table_labels_val_as_the_selection_set(tmp_path):
+    """training.json and comparison.md call val the selection set (it chose the best epoch); the GAN sweep's
+    Table 2 showed its val metrics as plain validation results. A split without a ROC (one class) drew an empty
+    legend: matplotlib's 'No artists with labels' warning on stderr (also train's comparison figure)."""
+    from slidestream.engine.experiment import write_table
+
+    m = {"n": 4, "sensitivity": 1.0, "specificity": 0.5, "accuracy": 0.75, "auc": 0.75, "roc": None}
+    write_table([{"synthetic": 0, "arch": "small_cnn", "best_epoch": 0, "metrics": {"val": m, "test": m}}], tmp_path)
+    assert "## On validation set (selection set: it chose each run's best epoch; optimistic)" in \
+        (tmp_path / "table.md").read_text()
+    train.compare([{"arch": "small_cnn", "best_epoch": 0, "init": "scratch", "metrics": {"val": m, "test": m}}], tmp_path)
