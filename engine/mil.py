@@ -314,8 +314,6 @@ def load_bundle(path: str | Path):
 def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, store: str | Path | None = None,
           folds: int | None = None, aggregator: str | None = None, log=print, **overrides) -> dict[str, Any]:
     """Train on the patch store's split, or K-fold cross-validate (``folds``). Returns a summary."""
-    from .store import PatchStore
-
     cfg = settings(pipeline, **overrides)
     agg = aggregator_ref(pipeline, aggregator)
     fs = FeatureStore(features)
@@ -328,8 +326,10 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
                           f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
     out = Path(out)
-    if folds:
-        bags = patient_bags(fs, None)
+    ps = _patch_store(fs, store, features)
+    meta = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
+    if folds:  # the patch store's patients when there is one: slides of a patient never in two folds
+        bags = patient_bags(fs, None, meta)
         results = []
         for i, split in enumerate(kfold_splits(bags["label"], folds, cfg["seed"])):
             if log:
@@ -348,24 +348,36 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         if log:
             log(line)
         return {"cv": cv, "folds": results}
-    if not (store or fs.info.get("patch_store")):
-        raise ConfigError(f"feature store {features} was written by `extract --features-only` (no patch store with a "
-                          "split column): use --folds K, or --store the patch store of the same extraction")
-    ps = PatchStore.open(store or fs.info["patch_store"])
-    sp = ps.column("split")
-    if len(sp) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
-        raise ConfigError(f"the patch store {store or fs.info['patch_store']} ({len(sp)} rows) is not the one the "
-                          f"feature store {features} ({len(fs)} rows) was computed from (other rows or slides); "
-                          "give that patch store (--store)")
+    if ps is None:
+        raise ConfigError(f"feature store {features} has no patch store with a split column (written by `extract "
+                          "--features-only`, or its patch store moved): use --folds K, or --store the patch store of the "
+                          "same extraction")
     from .splits import check_assigned
 
-    check_assigned(sp, ps.column("patient_id"), ps.column("slide_id"), ps.column("synthetic"), store or fs.info["patch_store"])
-    bags = patient_bags(fs, sp, {c: ps.column(c) for c in ("patient_id", "label", "age")})
+    sp = ps.column("split")
+    check_assigned(sp, meta["patient_id"], ps.column("slide_id"), ps.column("synthetic"), ps.path)
+    bags = patient_bags(fs, sp, meta)
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")
     return res
+
+
+def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Path):
+    """The patch store the features were computed from (``--store``, else the one the feature store records,
+    when it is still there), checked row for row; None without one (``extract --features-only``)."""
+    from .store import PatchStore
+
+    path = store or fs.info.get("patch_store")
+    if not path or (store is None and not Path(path).exists()):
+        return None
+    ps = PatchStore.open(path)
+    if len(ps) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
+        raise ConfigError(f"the patch store {path} ({len(ps)} rows) is not the one the feature store {features} "
+                          f"({len(fs)} rows) was computed from (other rows or slides); give that patch store (--store), or "
+                          "rerun `slidestream features` on this one")
+    return ps
 
 
 # ---------------------------------------------------------------------------------------------- demo

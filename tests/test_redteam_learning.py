@@ -392,3 +392,22 @@ def test_gan_sweep_table_labels_val_as_the_selection_set(tmp_path):
     assert "## On validation set (selection set: it chose each run's best epoch; optimistic)" in \
         (tmp_path / "table.md").read_text()
     train.compare([{"arch": "small_cnn", "best_epoch": 0, "init": "scratch", "metrics": {"val": m, "test": m}}], tmp_path)
+
+
+def test_mil_folds_keep_the_slides_of_a_patient_together(tmp_path):
+    """--folds used the feature store's patient ids: after `split --patient-from` made two slides one patient,
+    they could land in a training fold and the test fold (the same patient on both sides of the CV)."""
+    from test_mil import PIPE, coords_store
+
+    from slidestream.engine import features
+
+    st = coords_store(tmp_path / "store")
+    pipe = config.parse(PIPE)
+    features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
+    pid = st.column("patient_id").astype(object).astype(str)
+    pid[pid == "P2"] = "P0"
+    st.set_column("patient_id", pid)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "cv", folds=3, log=None)  # the feature store records the patch store
+    for f in range(3):
+        ids = [r.split(",")[0] for r in (tmp_path / "cv" / f"fold{f}" / "predictions.csv").read_text().splitlines()[1:]]
+        assert "P2" not in ids and ids.count("P0") == 1
