@@ -283,8 +283,9 @@ def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, spl
         state = plugin.fit(_subset(t, sel), **(params or {}))
     except ConfigError as e:  # the plugin speaks of its "training patients": say which split they are
         where = "the out-of-fold train+val" if split == "oof" else f"the {split} split's"
+        more = "split ratios with a larger val part" if split == "val" else "more patients"
         raise ConfigError(f"fusion {name!r} is fitted on {where} {int(sel.sum())} patients: {e}; give their ages in "
-                          "the cohort, or use split ratios with a larger val part") from None
+                          f"the cohort, or use {more}") from None
     ids = sorted(str(p) for p in t["patient_id"][sel])
     return {"name": name, "params": params or {}, "state": state, "fit_on": split, "n": len(ids),
             "patients": ids, "ids_digest": ids_digest(ids)}
