@@ -149,8 +149,11 @@ def read(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     p = resolve(path)
     try:
         meta = json.loads((p / "bundle.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"bundle {p}: cannot read bundle.json ({e})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"bundle {p}: cannot read bundle.json ({e}); re-copy or retrain") from None
+    if not isinstance(meta, dict):  # valid JSON but not the bundle's object (an edit, another file copied over it)
+        raise ConfigError(f"bundle {p}: bundle.json holds {json.dumps(meta)[:40]}, not a bundle's JSON object; "
+                          "re-copy or retrain")
     verify(p, meta, FILES, "bundle", "bundle.json")
     return p, meta, json.loads((p / "pipeline.json").read_text())
 

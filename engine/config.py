@@ -156,7 +156,7 @@ def schema() -> dict[str, Any]:
                         "k_frac": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}},
                     "synthetic": {"type": "integer", "minimum": 0, "description": "synthetic (GAN) patches added to training"},
                     "select": {"enum": ["auc", "loss"], "description": "best epoch: validation patient AUC (ties: loss) or loss"},
-                    "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "P(mutant) cut for sens/spec/acc"},
+                    "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "description": "P(mutant) cut for sens/spec/acc, in (0, 1) like evaluate --threshold"},
                     "fusion_split": {"enum": ["val", "train"], "description": "patients the fusion is fitted on: "
                                      "val (default, out of sample) or train (in sample); never test"},
                     "fusion_cv": {"type": ["integer", "null"], "minimum": 2, "description": "K: fit the fusion on "
@@ -194,7 +194,7 @@ def schema() -> dict[str, Any]:
                     "patience": {"type": ["integer", "null"], "minimum": 1,
                                  "description": "early stopping: stop after this many epochs without a better "
                                                 "validation epoch (null = train all epochs)"},
-                    "threshold": {"type": "number", "minimum": 0, "maximum": 1},
+                    "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },
             },

@@ -117,7 +117,7 @@ def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple
         test = [r for r in csv.DictReader(open(cohort)) if r["patient_id"] in
                 set(st.column("patient_id")[st.column("split") == "test"])]
         if test:
-            r = predict.predict_slides(bundle, [test[0]["slide_path"]], age=float(test[0]["age"]), out_dir=out / "heatmaps")[0]
+            r = predict.predict_slides(bundle, [Path(cohort).parent / test[0]["slide_path"]], age=float(test[0]["age"]), out_dir=out / "heatmaps")[0]
             result["heatmap"] = r.get("heatmap")
             say(f"[demo] {Path(test[0]['slide_path']).name} (label {test[0]['label']}): P(mutant) image "
                 f"{r['image_prob']:.3f}" + (f", age+image {r['age+image']:.3f}" if "age+image" in r else "")

@@ -16,7 +16,10 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
   unchanged to test.
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
-  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it).
+  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it, and
+  a note says from how many resamples the AUC intervals come). No interval (null, with a note) for a metric
+  whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
+  wildtypes; AUC: both): one patient's bootstrap has zero width.
 * Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
   the paper's Table 4 counts 68 patients, i.e. its validation and test patients together
   (``age_group_splits=("val", "test")``). Patients without an age are left out of the groups.
@@ -67,7 +70,15 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
             missing = [c for c in COLUMNS if c not in fields]
             if missing:
                 raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
-            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+            twice = next((c for c in fields if fields.count(c) > 1), None)
+            if twice is not None:  # csv.DictReader would keep the last one's values
+                raise ConfigError(f"{p}: column {twice!r} appears more than once in the header; keep one")
+            rows = []
+            for r in reader:
+                if None in r:  # more fields than the header: a value shifted by an unquoted comma
+                    raise ConfigError(f"{p} line {reader.line_num}: {len(fields) + len(r[None])} fields, the header has "
+                                      f"{len(fields)}; quote values that hold a comma")
+                rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p} is not UTF-8 text (byte {e.start}); save it as a UTF-8 CSV") from None
     if not rows:
@@ -86,7 +97,8 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
         if raw not in ("0", "1", "0.0", "1.0"):
-            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}")
+            why = "; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1" else ""
+            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
         return int(float(raw))
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:
@@ -124,7 +136,12 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     t["label"] = label.astype(int)
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:
-        raise ConfigError(f"{source}: split must be train, val or test, got {bad_split[0]!r}")
+        i = int(np.argmax(~np.isin(t["split"], SPLITS)))
+        if not bad_split[0]:  # `predict --store` of a store that was never split
+            raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has no split; the store had none when it was "
+                              "predicted: run `slidestream split` on it first, or fill the split column (test for an "
+                              "external cohort)")
+        raise ConfigError(f"{source}: split must be train, val or test, got {str(bad_split[0])!r}")
     age = t["age"]
     bad_age = ~np.isnan(age) & ~((age >= 0) & (age <= 130))  # inf, or a sign/unit mistake: never a silent age group
     if bad_age.any():
@@ -132,8 +149,12 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
         raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has age {age[i]:g}; ages are years, 0 to 130, "
                           "or empty when unknown")
     prob = t["image_prob"]
-    if not np.all(np.isfinite(prob) & (prob >= 0) & (prob <= 1)):
-        raise ConfigError(f"{source}: image_prob must be a probability in [0, 1] for every patient")
+    bad_prob = ~(np.isfinite(prob) & (prob >= 0) & (prob <= 1))
+    if bad_prob.any():
+        i = int(np.argmax(bad_prob))
+        why = " (NaN: the model diverged; retrain it with a lower lr)" if np.isnan(prob[i]) else ""
+        raise ConfigError(f"{source}: patient {str(t['patient_id'][i])!r} has image_prob {prob[i]:g}{why}; image_prob must "
+                          "be a probability in [0, 1] for every patient")
     ids, counts = np.unique(t["patient_id"], return_counts=True)
     if np.any(counts > 1):
         raise ConfigError(f"{source}: patient {str(ids[counts > 1][0])!r} appears {counts.max()} times; give one row per "
@@ -201,12 +222,26 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.nd
                 "accuracy": (tp + tn) / yb.shape[1], "auc": np.where((n1 > 0) & (n0 > 0), auc, np.nan)}
 
 
+MIN_CI = 2  # patients of each class a metric depends on, below which its bootstrap interval is left out
+
+
+def _ci_support(y: np.ndarray) -> dict[str, bool]:
+    """Per metric: whether the split holds enough patients for a bootstrap interval. With one mutant every
+    resample's sensitivity is that patient's call, so its percentile interval is [x, x]: a zero width that
+    claims a certainty one patient cannot give (likewise specificity with one wildtype, AUC with either)."""
+    n1, n0 = int(np.sum(y == 1)), int(np.sum(y == 0))
+    return {"sensitivity": n1 >= MIN_CI, "specificity": n0 >= MIN_CI, "accuracy": n1 + n0 >= MIN_CI,
+            "auc": min(n1, n0) >= MIN_CI}
+
+
 def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarray) -> dict[str, list | None]:
-    """95% percentile intervals of the metrics over the resamples that define them."""
+    """95% percentile intervals of the metrics over the resamples that define them; None for a metric the
+    split has too few patients for (``_ci_support``)."""
     out: dict[str, list | None] = {}
+    ok = _ci_support(y)
     for m, v in bootstrap_metrics(y, p, threshold, idx).items():
         v = v[np.isfinite(v)]
-        out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) else None
+        out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) and ok[m] else None
     return out
 
 
@@ -244,7 +279,13 @@ def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, spl
     if not sel.any():
         raise ConfigError(f"fusion {name!r} is fitted on the {split} split, but it has no patients; "
                           "use split ratios with a val part (e.g. 6:1:1) or training.fusion_split")
-    state = plugin.fit(_subset(t, sel), **(params or {}))
+    try:
+        state = plugin.fit(_subset(t, sel), **(params or {}))
+    except ConfigError as e:  # the plugin speaks of its "training patients": say which split they are
+        where = "the out-of-fold train+val" if split == "oof" else f"the {split} split's"
+        more = "split ratios with a larger val part" if split == "val" else "more patients"
+        raise ConfigError(f"fusion {name!r} is fitted on {where} {int(sel.sum())} patients: {e}; give their ages in "
+                          f"the cohort, or use {more}") from None
     ids = sorted(str(p) for p in t["patient_id"][sel])
     return {"name": name, "params": params or {}, "state": state, "fit_on": split, "n": len(ids),
             "patients": ids, "ids_digest": ids_digest(ids)}
@@ -271,7 +312,7 @@ ROLE = {"train": "trained on", "val": "selected its best epoch on"}
 def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
     """Refuse (one-line ConfigError) a test split holding a patient the bundle trained on (its ``train`` set) or
     chose its epoch on (``val``): its test metrics would be optimistic, not held out. A table with val rows must
-    hold every val patient of the bundle."""
+    hold every val patient of the bundle, and none it trained on (val picks the Youden threshold)."""
     test = sorted(set(t["patient_id"][t["split"] == "test"].tolist()))
     for split in ("train", "val"):
         own = set((trained.get(split) or {}).get("patients", []))
@@ -281,6 +322,11 @@ def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
                               f"({len(leaked)} such test patient(s), {split} split of its training); evaluate "
                               "predictions of the store split the bundle was trained on, or retrain on this split")
     val = set(t["patient_id"][t["split"] == "val"].tolist())
+    in_train = sorted(val & set((trained.get("train") or {}).get("patients", [])))
+    if in_train:  # in-sample scores in val: its metrics, and the Youden threshold applied to test, would be chosen on them
+        raise ConfigError(f"patient {in_train[0]!r} is in this table's val split, but the bundle trained on it "
+                          f"({len(in_train)} such val patient(s)): val chooses the threshold, so in-sample scores there "
+                          "bias the test metrics; evaluate predictions of the store split the bundle was trained on")
     missing = sorted(set((trained.get("val") or {}).get("patients", [])) - val) if val else []
     if missing:  # a cut or filtered table: the val (selection-set) metrics would be of other patients than the bundle's
         raise ConfigError(f"patient {missing[0]!r} of the bundle's val split is missing from this table ({len(missing)} "
@@ -323,7 +369,13 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
                               "fusion comes from `slidestream train --fusion-cv K` (use its bundle)")
         meta["fusion"] = {**fit_fusion(t, fusion, fusion_params, fusion_split), "source": "fitted by evaluate"}
     if "fusion" in meta:
-        preds.update(apply_fusion(meta["fusion"], t))
+        fused = apply_fusion(meta["fusion"], t)
+        preds.update(fused)
+        for split in EVAL_SPLITS:  # say how many patients the fusion scored without an age
+            k = int(np.sum((t["split"] == split) & ~np.isfinite(t["age"])))
+            if k:
+                notes.append(f"{split}: {k} patient(s) without an age; fusion {meta['fusion']['name']!r} gives them "
+                             f"{', '.join(sorted(fused))} without one (age_gda: the class prior in place of the age)")
     order = [p for p in PREDICTORS if p in preds] + sorted(p for p in preds if p not in PREDICTORS)
 
     val = t["split"] == "val"
@@ -374,9 +426,20 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; AUC undefined (null)")
         rng = np.random.default_rng([seed, s_i])
         idx = rng.integers(0, len(y), size=(int(bootstrap), len(y)))
+        if bootstrap:
+            short = [m for m, ok in _ci_support(y).items() if not ok]
+            if short:
+                notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
+                             "it depends on: a bootstrap of one patient has zero width)")
+            both = int(np.sum(y[idx].min(1) != y[idx].max(1)))
+            if "auc" not in short and both < len(idx):
+                notes.append(f"{split}: AUC intervals from the {both} of {len(idx)} resamples that hold both classes")
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]
+            if len(p) > 1 and np.ptp(p) == 0:  # a collapsed model (or no ages): its AUC 0.5 comes from ties alone
+                notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one, "
+                             "its AUC of 0.5 is ties, not chance-level ranking")
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
             block["ci"] = _bootstrap_ci(y, p, thresholds[name], idx)
             result[split][name] = block

@@ -60,7 +60,8 @@ def write_table(results: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     base = results[0]["synthetic"]
     rows, md = [], ["# Classification performance with GAN-augmented training (patient level, cf. Liu et al. 2020 Table 2)", ""]
-    for split, title in (("val", "On validation set"), ("test", "On test set")):
+    for split, title in (("val", "On validation set (selection set: it chose each run's best epoch; optimistic)"),
+                         ("test", "On test set")):
         md += [f"## {title}", "", "| GAN samples | sensitivity | specificity | accuracy | AUC |", "|---|---|---|---|---|"]
         for r in results:
             m = r["metrics"].get(split)
@@ -83,7 +84,8 @@ def write_table(results: list[dict[str, Any]], out: Path) -> dict[str, Path]:
                 ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], label=f"{name} (AUC = {m['auc']:.3f})")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no curves (one class): no legend (matplotlib warns on stderr)
+            ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=120)
     plt.close(fig)

@@ -42,8 +42,9 @@ def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
     return sorted(out, key=lambda s: s[1])
 
 
-def mil_scores(bundle: str | Path, fs: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
-    """Per feature-store row: attention within its patient's bag and the patient's probability (NaN outside bags)."""
+def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature-store row: attention within its patient's bag and the patient's probability (NaN outside bags).
+    ``patient_id``: the patch store's column (the patients `mil train --store` made its bags of)."""
     import torch
 
     from .mil import load_bundle, patient_bags
@@ -55,7 +56,7 @@ def mil_scores(bundle: str | Path, fs: FeatureStore) -> tuple[np.ndarray, np.nda
                           f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
                           f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
                           f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
-    bags = patient_bags(fs, None)
+    bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id})
     att = np.full(len(fs), np.nan, np.float32)
     prob = np.full(len(fs), np.nan, np.float32)
     feats = fs.features
@@ -116,7 +117,7 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         raise ConfigError("--mil needs --features (the feature store the MIL model was trained on)")
     if fmt == "png" and not mil:
         raise ConfigError("--format png draws attention: give --mil (a MIL bundle) and --features")
-    att, prob = mil_scores(mil, fs) if mil else (None, None)
+    att, prob = mil_scores(mil, fs, None if store is None else tab["patient_id"]) if mil else (None, None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

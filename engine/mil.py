@@ -62,11 +62,15 @@ def aggregator_ref(pipeline: dict[str, Any], name: str | None = None) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- bags
-def patient_bags(fs: FeatureStore, split_column: np.ndarray | None) -> dict[str, Any]:
-    """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``."""
-    pid = fs.column("patient_id").astype(str)
+def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``.
+    ``meta``: the patch store's ``patient_id``, ``label`` and ``age`` columns (row-aligned), when there is one: the
+    feature store's copies are those of when the features were computed; ``split --patient-from`` may have
+    rewritten the patient ids since (the split was made per those patients), a re-extract the labels and ages."""
+    meta = meta or {}
+    pid = as_str(meta["patient_id"]) if "patient_id" in meta else fs.column("patient_id").astype(str)
     real = ~fs.column("synthetic").astype(bool)
-    label, age = fs.column("label"), fs.column("age")
+    label, age = (np.asarray(meta[c]) if c in meta else fs.column(c) for c in ("label", "age"))
     patients, inverse = np.unique(pid[real], return_inverse=True)
     rows = np.flatnonzero(real)
     order = np.argsort(inverse, kind="stable")
@@ -134,7 +138,11 @@ def _score(model, feats, bags, idx, device):
             losses.append(float(F.binary_cross_entropy_with_logits(logit, y)))
             probs.append(float(torch.sigmoid(logit)))
             att[i] = a.float().cpu().numpy()
-    return np.array(probs), float(np.mean(losses)) if losses else float("nan"), att
+    probs = np.array(probs)
+    if not np.all(np.isfinite(probs)):  # NaN/inf weights: never a NaN row in predictions.csv or an AUC traceback
+        raise ConfigError(f"the MIL network gave no probability (NaN) for {int(np.sum(~np.isfinite(probs)))} of "
+                          f"{len(probs)} patients: its weights diverged; lower mil.lr in the pipeline and train again")
+    return probs, float(np.mean(losses)) if losses else float("nan"), att
 
 
 def _better(m: dict, best: dict | None) -> bool:
@@ -214,10 +222,13 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             loss = F.binary_cross_entropy_with_logits(logit, y)
             if hasattr(model.net, "instance_loss"):
                 loss = loss + model.net.instance_loss(bag, y, a)
+            losses.append(loss.item())
+            if not np.isfinite(losses[-1]):  # a diverged network: a line, not the metrics' NaN traceback
+                raise ConfigError(f"MIL training diverged: the loss is {losses[-1]} at epoch {epoch + 1} (lr {cfg['lr']:g}); "
+                                  "lower mil.lr in the pipeline and train into a new --out")
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(loss.item())
         vp, vloss, _ = _score(model, feats, bags, va, device)
         m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vloss,
              "val_auc": _auc(bags["label"][va], vp)}
@@ -303,8 +314,6 @@ def load_bundle(path: str | Path):
 def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, store: str | Path | None = None,
           folds: int | None = None, aggregator: str | None = None, log=print, **overrides) -> dict[str, Any]:
     """Train on the patch store's split, or K-fold cross-validate (``folds``). Returns a summary."""
-    from .store import PatchStore
-
     cfg = settings(pipeline, **overrides)
     agg = aggregator_ref(pipeline, aggregator)
     fs = FeatureStore(features)
@@ -317,8 +326,10 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
                           f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
     out = Path(out)
-    if folds:
-        bags = patient_bags(fs, None)
+    ps = _patch_store(fs, store, features)
+    meta = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
+    if folds:  # the patch store's patients when there is one: slides of a patient never in two folds
+        bags = patient_bags(fs, None, meta)
         results = []
         for i, split in enumerate(kfold_splits(bags["label"], folds, cfg["seed"])):
             if log:
@@ -337,21 +348,36 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         if log:
             log(line)
         return {"cv": cv, "folds": results}
-    if not (store or fs.info.get("patch_store")):
-        raise ConfigError(f"feature store {features} was written by `extract --features-only` (no patch store with a "
-                          "split column): use --folds K, or --store the patch store of the same extraction")
-    ps = PatchStore.open(store or fs.info["patch_store"])
+    if ps is None:
+        raise ConfigError(f"feature store {features} has no patch store with a split column (written by `extract "
+                          "--features-only`, or its patch store moved): use --folds K, or --store the patch store of the "
+                          "same extraction")
+    from .splits import check_assigned
+
     sp = ps.column("split")
-    if len(sp) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
-        raise ConfigError(f"the patch store {store or fs.info['patch_store']} ({len(sp)} rows) is not the one the "
-                          f"feature store {features} ({len(fs)} rows) was computed from (other rows or slides); "
-                          "give that patch store (--store)")
-    bags = patient_bags(fs, sp)
+    check_assigned(sp, meta["patient_id"], ps.column("slide_id"), ps.column("synthetic"), ps.path)
+    bags = patient_bags(fs, sp, meta)
     res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
     if log:
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")
     return res
+
+
+def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Path):
+    """The patch store the features were computed from (``--store``, else the one the feature store records,
+    when it is still there), checked row for row; None without one (``extract --features-only``)."""
+    from .store import PatchStore
+
+    path = store or fs.info.get("patch_store")
+    if not path or (store is None and not Path(path).exists()):
+        return None
+    ps = PatchStore.open(path)
+    if len(ps) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
+        raise ConfigError(f"the patch store {path} ({len(ps)} rows) is not the one the feature store {features} "
+                          f"({len(fs)} rows) was computed from (other rows or slides); give that patch store (--store), or "
+                          "rerun `slidestream features` on this one")
+    return ps
 
 
 # ---------------------------------------------------------------------------------------------- demo

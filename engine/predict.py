@@ -17,6 +17,7 @@ from .aggregate import aggregate
 from .bundle import Bundle, load
 from .errors import ConfigError
 from .loader import apply_chain, norm_chain
+from .splits import check_assigned
 from .store import PatchStore
 from .train import infer, patient_table, pick_device, store_probs, write_predictions
 
@@ -35,8 +36,14 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     b = load(bundle, dev)
     st = PatchStore.open(store)
     b.check_extraction(st.manifest.get("extraction_hash"), f"store {store}")
+    own = b.meta.get("patch_size")  # also when the store records no extraction hash (the check above cannot run)
+    if own and int(st.patches.shape[1]) != int(own):
+        raise ConfigError(f"bundle {b.path} was trained on {own} px patches, store {store} holds "
+                          f"{int(st.patches.shape[1])} px ones; extract with the bundle's own {b.path / 'pipeline.json'}")
     chain, _ = norm_chain(b.pipeline)
     tab = st.table()
+    # a patient's row takes the split of its first slide: refuse patients across splits (an unsplit store is fine)
+    check_assigned(tab["split"], tab["patient_id"], tab["slide_id"], tab["synthetic"], store, unsplit_ok=True)
     rows = np.nonzero(~tab["synthetic"].astype(bool))[0]
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
@@ -53,7 +60,7 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
     if trained_on and warn:
         warn(f"warning: {len(trained_on)} patient(s) of store {store} outside its train split were in the bundle's "
-             f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]]}): their probabilities are in-sample, "
+             f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
     return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
             "trained_on": trained_on}
@@ -104,6 +111,9 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
 
     dev = pick_device(device)
     b = load(bundle, dev)
+    if age is not None and not b.meta.get("fusion"):  # say so, rather than print the image probability alone
+        raise ConfigError(f"--age {age:g} needs a bundle with a fitted fusion, but {b.path} has none (its pipeline had no "
+                          '"fusion" section); leave out --age, or train with "fusion": {"name": "age_gda"}')
     chain, _ = norm_chain(b.pipeline)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -130,6 +130,48 @@ def assign(patients: Sequence[str], labels: Sequence[int], ratios: Sequence[floa
     return out
 
 
+def check_assigned(split: np.ndarray, patient_id: np.ndarray, slide_id: np.ndarray, synthetic: np.ndarray,
+                   store, unsplit_ok: bool = False) -> None:
+    """Refuse (one-line ConfigError) a split store whose real rows are not all in train/val/test (slides
+    extracted after ``split`` would be left out of training and evaluation without a word; ``unsplit_ok``:
+    allowed, for ``predict``) or whose patient has rows in two splits (a hand-edited split column: its patches
+    in train and test, or its predicted row given the split of its first slide)."""
+    def text(a):  # zarr's variable-length strings (numpy StringDType) -> fixed-width str
+        return np.asarray(a).astype(object).astype(str)
+
+    real = ~np.asarray(synthetic).astype(bool)
+    sp, pid = text(split)[real], text(patient_id)[real]
+    unsplit = ~np.isin(sp, NAMES)
+    if unsplit.any() and not unsplit_ok:
+        sids = np.unique(text(slide_id)[real][unsplit])
+        raise ConfigError(f"store {store}: {int(unsplit.sum())} patches of {len(sids)} slide(s) (e.g. {sids[0]}) are in no "
+                          f"split (extracted after `slidestream split`?); re-run `slidestream split PIPELINE --store {store}`")
+    patients, ip = np.unique(pid, return_inverse=True)
+    names, isp = np.unique(sp, return_inverse=True)
+    counts = np.bincount(np.unique(ip * len(names) + isp) // len(names), minlength=len(patients))  # splits per patient
+    if np.any(counts > 1):
+        bad = str(patients[counts > 1][0])
+        shown = ", ".join(sorted(s_ or "no split" for s_ in set(sp[pid == bad].tolist())))
+        raise ConfigError(f"store {store}: patient {bad!r} has patches in {shown} ({int(np.sum(counts > 1))} such "
+                          f"patient(s)): the split column was edited, or slides were added after the split; re-run "
+                          f"`slidestream split PIPELINE --store {store}`")
+
+
+def thin_splits(summary: dict[str, dict[str, int]], ratios: Sequence[float] | None = None) -> list[str]:
+    """Warnings for a ``split_store`` summary: a val or test split without a patient of each class (too few
+    patients for the ratios) has no AUC, so training selects its epoch by loss and evaluate reports none. A
+    split whose ratio is 0 (asked to be empty) is not warned about."""
+    out = []
+    for i, (name, use) in enumerate((("val", "choose the best epoch by AUC"), ("test", "give a test AUC")), start=1):
+        v = summary[name]
+        if ratios is not None and not ratios[i] and not v["patients"]:
+            continue
+        if v["mutant"] == 0 or v["wildtype"] == 0:
+            out.append(f"warning: the {name} split holds {v['mutant']} mutant and {v['wildtype']} wildtype patients: too "
+                       f"few to {use}; use more patients, or ratios with a larger {name} part")
+    return out
+
+
 def cv_folds(patients: Sequence[str], labels: Sequence[int], k: int, seed: int = 0) -> dict[str, int]:
     """Patient id -> fold 0..k-1: stratified by label, shuffled with ``seed`` (scikit-learn's StratifiedKFold over
     the sorted patient ids, so the assignment depends only on the patient set, labels, k and seed). Used by
@@ -167,6 +209,9 @@ def split_store(store, ratios: Sequence[float] = (6, 1, 1), seed: int = 0, kfold
         raise _refusal(store)
     refuse_copies_across_patients(store, t["slide_id"][real], t["patient_id"][real])
     pids, first = np.unique(t["patient_id"][real], return_index=True)
+    if not len(pids):  # else a split of nobody is written and train says "no split yet; run split"
+        raise ConfigError(f"split: store {store.path} holds no patches of any slide (every slide failed or was empty?); "
+                          "see the errors of `slidestream extract` and extract again")
     labels = t["label"][real][first]
     if np.any(labels < 0):
         raise ConfigError("split: some patients have no label (-1); give every slide a label in the slides CSV")

@@ -183,7 +183,8 @@ def make_cohort(out_dir: str | Path, n_patients: int = 24, seed: int = 0, size: 
         pid = f"P{i:03d}"
         slide = make_slide(out / f"{pid}.svs", size=size, label=int(lab), seed=seed * 100003 + i, subtle=subtle,
                            **slide_kw)
-        rows.append({"slide_path": str(slide), "patient_id": pid, "label": int(lab), "age": round(float(age), 1)})
+        # the file name: read_cohort resolves it against the CSV's folder (a relative out_dir used to be doubled)
+        rows.append({"slide_path": Path(slide).name, "patient_id": pid, "label": int(lab), "age": round(float(age), 1)})
     csv_path = out / "cohort.csv"
     with open(csv_path, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=["slide_path", "patient_id", "label", "age"])

@@ -88,7 +88,12 @@ def infer(model: torch.nn.Module, batches, size: int | None, device: torch.devic
     out = []
     for xb in batches:
         out.append(torch.softmax(model(to_tensor(xb, size, device)).float(), 1)[:, 1].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    probs = np.concatenate(out) if out else np.zeros(0, np.float32)
+    bad = int(np.sum(~np.isfinite(probs)))
+    if bad:  # NaN/inf weights or activations: never a plausible-looking AUC or a NaN row in predictions.csv
+        raise ConfigError(f"the network gave no probability (NaN) for {bad} of {len(probs)} patches: its weights "
+                          "diverged or overflowed; retrain it with a lower training.lr")
+    return probs
 
 
 def store_probs(model, store: PatchStore, rows: np.ndarray, chain, size, device, batch_size=64, workers=2) -> np.ndarray:
@@ -244,11 +249,14 @@ def train_epoch(model, opt, sched, loader: PatchLoader, epoch: int, size: int, d
     losses = []
     for x, y, _ in loader.tensors(epoch, size, dev):
         loss = F.cross_entropy(model(x), y)
+        losses.append(loss.item())
+        if not np.isfinite(losses[-1]):  # a diverged network: stop with a line, not at the metrics' NaN traceback
+            raise ConfigError(f"training diverged: the loss is {losses[-1]} at epoch {epoch + 1}, batch {len(losses)} "
+                              f"(lr {opt.param_groups[0]['lr']:g}); lower training.lr in the pipeline and train into a new --out")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(loss.item())
     return losses
 
 
@@ -331,7 +339,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     ``patient_from``: "slide" or "tcga" to accept a store whose patient ids are slide ids (see splits.py).
     """
     from .evaluate import fit_fusion, metrics_at, roc_points
-    from .splits import check_patients
+    from .splits import check_assigned, check_patients
 
     t0 = time.perf_counter()
     cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
@@ -344,6 +352,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     if not np.any(tab["split"] == "train"):
         raise ConfigError(f"store {store} has no split yet; run `slidestream split PIPELINE --store {store}` first")
     check_patients(st, patient_from)
+    check_assigned(tab["split"], tab["patient_id"], tab["slide_id"], tab["synthetic"], store)
     fref = pipeline.get("fusion")
     if cfg["fusion_cv"] and not fref:
         raise ConfigError("training.fusion_cv (--fusion-cv) fits the pipeline's fusion, but it has no fusion section "
@@ -373,9 +382,12 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     size = int(cfg["input_size"] or plugin.input_size)  # the network's input side; patches are resized to it
     pool = synthetic_pool(st, strict, say) if cfg["synthetic"] else None
     train_rows = training_rows(tab, int(cfg["synthetic"] or 0), int(cfg["seed"]), pool)
-    val_rows = np.nonzero(tab["split"] == "val")[0]
+    # real rows only: synthetic (GAN) rows are split "train", but never let a hand-set split bring them into val
+    val_rows = np.nonzero((tab["split"] == "val") & ~tab["synthetic"].astype(bool))[0]
     if not len(val_rows):
-        raise ConfigError("the store's validation split is empty; use split ratios with a val part (e.g. 6:1:1)")
+        n = len(np.unique(tab["patient_id"][~tab["synthetic"].astype(bool)]))
+        raise ConfigError(f"the store's validation split is empty ({n} patients); re-split with a val part in the ratios "
+                          "(e.g. 6:1:1) and enough patients for one in val")
     run_id = config.digest({"pipeline": {k: v for k, v in pipeline.items() if k not in ("evaluation", "description")},
                             "store": st.manifest.get("extraction_hash"), "rows": len(st),
                             "split": st.manifest.get("split"), "arch": arch,
@@ -543,7 +555,8 @@ def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Pat
                 ax.plot(m["roc"]["fpr"], m["roc"]["tpr"], label=f"{r['arch']} (AUC = {m['auc']:.3f})")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="False positive rate", ylabel="True positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(loc="lower right", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no curves (one class): no legend (matplotlib warns on stderr)
+            ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     roc = out / "roc.png"
     fig.savefig(roc, dpi=120)

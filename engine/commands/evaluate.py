@@ -28,8 +28,10 @@ def evaluate_command(
                                                     "predictors); default: the --pipeline's, else image only."),
     fusion_split: Optional[str] = typer.Option(None, "--fusion-split", help="Patients the fusion is fitted on: 'val' "
                                                "(default: out of sample) or 'train' (in sample); never test."),
-    threshold: str = typer.Option("0.5", help="Probability of mutant at or above which a patient is called mutant: "
-                                              "a number in (0, 1), or 'youden' (picked per predictor on val, applied to test)."),
+    threshold: Optional[str] = typer.Option(None, help="Probability of mutant at or above which a patient is called "
+                                                       "mutant: a number in (0, 1), or 'youden' (picked per predictor on "
+                                                       "val, applied to test); default: the --bundle's or --pipeline's "
+                                                       "training threshold (mil.threshold for a MIL bundle), else 0.5."),
     bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the 95% confidence intervals (0: none; at most 100,000: each is a row of patient indices in memory)."),
     seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling."),
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
@@ -45,13 +47,15 @@ def evaluate_command(
     splits = tuple(s.strip() for s in age_groups.split("+"))
     if not splits or any(s not in ev.EVAL_SPLITS for s in splits):
         raise ConfigError(f"--age-groups must be 'test', 'val' or 'val+test', got {age_groups!r}")
-    thr: float | str = threshold.strip().lower()
-    if thr != "youden":
-        try:
-            thr = float(thr)
-        except ValueError:
-            raise ConfigError(f"--threshold must be a number in (0, 1) or 'youden', got {threshold!r}") from None
-    params, fitted, best_epoch, trained = None, None, None, None
+    thr: float | str | None = None
+    if threshold is not None:
+        thr = threshold.strip().lower()
+        if thr != "youden":
+            try:
+                thr = float(thr)
+            except ValueError:
+                raise ConfigError(f"--threshold must be a number in (0, 1) or 'youden', got {threshold!r}") from None
+    params, fitted, best_epoch, trained, own_thr = None, None, None, None, None
     if bundle:
         if fusion or fusion_split or pipeline:
             raise ConfigError("--bundle uses the bundle's own fitted fusion; leave out --fusion, --fusion-split and --pipeline")
@@ -60,11 +64,12 @@ def evaluate_command(
 
             meta = read_bundle(bundle)
             best_epoch = meta["best_epoch"] - 1 if meta.get("best_epoch") else None  # mil.json counts epochs from 1
+            own_thr = (meta.get("settings") or {}).get("threshold")
         else:
             from .. import bundle as bundle_mod
 
             _, meta, _ = bundle_mod.read(bundle)
-            fitted, best_epoch = meta.get("fusion"), meta.get("best_epoch")
+            fitted, best_epoch, own_thr = meta.get("fusion"), meta.get("best_epoch"), meta.get("threshold")
         trained = meta.get("patients")
         if not trained:
             typer.echo(f"note: bundle {bundle} records no training patients (written by an older slidestream): "
@@ -81,11 +86,15 @@ def evaluate_command(
         fref = p.get("fusion") or {}
         fusion = fusion or fref.get("name")
         params = fref.get("params") if fusion == fref.get("name") else None
-        fusion_split = fusion_split or training["fusion_split"]
+        if fusion:  # a pipeline without a fusion section evaluates the image predictor alone
+            fusion_split = fusion_split or training["fusion_split"]
+        own_thr = training["threshold"]
     if fusion_split and not fusion:
         raise ConfigError("--fusion-split needs a fusion to fit: give --fusion age_gda or a --pipeline with a fusion section")
     if fusion_split not in (None, *ev.FUSION_SPLITS):
         raise ConfigError(f"--fusion-split must be val or train (the test split makes no choice), not {fusion_split!r}")
+    if thr is None:  # the threshold training.json / mil.json metrics used, so evaluate reports the same calls
+        thr = float(own_thr) if own_thr is not None else 0.5
     table = ev.load_predictions(predictions)
     metrics = ev.evaluate(table, fusion=fusion, threshold=thr, bootstrap=bootstrap, seed=seed, age_group_splits=splits,
                           fusion_params=params, fusion_split=fusion_split or "val", fitted=fitted, best_epoch=best_epoch,

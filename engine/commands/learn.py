@@ -38,6 +38,8 @@ def split_command(
     for name, v in out.items():
         typer.echo(f"{name}: {v['patients']} patients ({v['mutant']} mutant, {v['wildtype']} wildtype), {v['patches']} patches"
                    + (f" + {v['synthetic']} synthetic" if v.get("synthetic") else ""))
+    for line in splits.thin_splits(out, None if kfold or sp.get("kfold") else r):
+        typer.echo(line, err=True)
 
 
 def train_command(
@@ -102,6 +104,9 @@ def predict_command(
 
     if store and inputs:
         raise ConfigError("give either --store or slide files, not both")
+    if store and age is not None:
+        raise ConfigError("--age is for slide files; with --store every patient's age comes from the store "
+                          "(the fused probabilities come from `slidestream evaluate --bundle`)")
     if age is not None and not 0 <= age <= 130:  # NaN fails this too
         raise ConfigError(f"--age must be the patient's age in years (0 to 130), not {age:g}")
     if store:
@@ -125,7 +130,7 @@ def predict_command(
 
 def demo_command(
     out: Path = typer.Option(Path("slidestream-demo"), "--out", help="Folder for the synthetic cohort, store, model and report."),
-    patients: int = typer.Option(160, min=8, help="Synthetic patients (one slide each); split 2:1:1, so 160 gives 40 "
+    patients: int = typer.Option(160, min=16, help="Synthetic patients (one slide each; at least 16: the age fusion needs 2 val patients of each class); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
     epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN (not with --mil)."),
     seed: int = typer.Option(0, min=0, help="Seed of the cohort, split and training."),

@@ -17,4 +17,5 @@ def median(probs: np.ndarray) -> tuple[float, None]:
 def topk(probs: np.ndarray, k_frac: float = 0.2) -> tuple[float, None]:
     """Mean of the ``ceil(k_frac * n)`` highest probabilities (at least one): favours the positive class."""
     p = np.sort(np.asarray(probs, float))[::-1]
-    return float(p[:max(1, math.ceil(k_frac * len(p)))].mean()), None
+    k = max(1, math.ceil(round(k_frac * len(p), 9)))  # round: 0.07 * 100 is 7.000000000000001 in floats, not 8 patches
+    return float(p[:k].mean()), None
