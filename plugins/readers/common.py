@@ -20,7 +20,7 @@ def positive_float(v) -> float | None:
 
 
 def to_rgb(a: np.ndarray) -> np.ndarray:
-    """uint8 RGB from gray, RGB or RGBA (alpha composited over white, as glass looks)."""
+    """uint8 RGB from gray, gray + alpha, RGB or RGBA (alpha composited over white, as glass looks)."""
     a = np.asarray(a)
     if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.dtype.itemsize > 1 and a.max(initial=0) > 255):
         a = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)  # 16-bit samples: keep the top 8 bits, never clip
@@ -30,6 +30,8 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2)
+    if a.shape[2] == 2:  # gray + alpha
+        a = a[..., [0, 0, 0, 1]]
     if a.shape[2] == 4:
         alpha = a[..., 3:4].astype(np.uint16)
         rgb = (a[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)) // 255
@@ -153,6 +155,8 @@ def _check_page(page, k: int, file_size: int) -> None:
 
 
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
+PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}  # start-of-frame markers of progressive JPEG
+BETWEEN_SCANS = [0xC4, 0xCC, 0xDA, 0xDB, 0xDD, *range(0xE0, 0xF0), 0xFE]  # DHT, DAC, SOS, DQT, DRI, APPn, COM
 
 
 def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tables: bytes | None = None) -> str:
@@ -162,13 +166,14 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
     tables in the tile or (``tables``, a TIFF's JPEGTables; None: not checked) beside it, a
     well-formed chain of header segments, a frame size equal to the TIFF tile size and the right number of
     colour components, and in the entropy-coded data no marker but byte stuffing (FF 00), restarts
-    (FF D0..D7) and fill bytes. Cost: one pass of numpy over the compressed bytes."""
+    (FF D0..D7) and fill bytes (and, in a progressive JPEG, the headers of its later scans). Cost: one pass
+    of numpy over the compressed bytes."""
     if data[:2] != b"\xff\xd8":
         return "the tile does not start with a JPEG SOI marker"
     end = data.rstrip(b"\x00")  # some writers pad tiles with zeros
     if end[-2:] != b"\xff\xd9":
         return "the tile does not end with a JPEG EOI marker (cut short or overwritten)"
-    i, n, sof, dqt = 2, len(end), False, False
+    i, n, sof, dqt, progressive = 2, len(end), False, False, False
     while True:
         if i + 4 > n or end[i] != 0xFF:
             return f"malformed JPEG header at byte {i}"
@@ -187,7 +192,7 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
                 return f"the JPEG header says {w} x {h} px, the TIFF tile is {width} x {height}"
             if nc != components:
                 return f"the JPEG header says {nc} colour components, the TIFF {components}"
-            sof = True
+            sof, progressive = True, m in PROGRESSIVE
         i += 2 + length
         if m == 0xDA:  # start of scan: entropy-coded data follows
             break
@@ -199,6 +204,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
     ff = np.flatnonzero(body[:-1] == 0xFF)
     nxt = body[ff + 1]
     bad = (nxt != 0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))
+    if progressive:  # several scans, each with its own header: Huffman tables, restart interval, start of scan
+        bad &= ~np.isin(nxt, BETWEEN_SCANS)
     if bad.any():
         k = int(ff[np.argmax(bad)])
         return f"a stray JPEG marker FF{int(nxt[np.argmax(bad)]):02X} inside the compressed data at byte {i + k}"

@@ -1,0 +1,114 @@
+"""Red team of the reading side, round 2: slide files that were refused as damaged although they are fine, or
+read as other pixels than they hold."""
+import io
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from slidestream.engine.slide import open_slide
+
+APERIO = "Aperio Image Library v12.0.0\r\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=85|AppMag = 20|MPP = 0.5"
+
+
+def _rgb(seed=0):
+    a = np.random.default_rng(seed).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    a[:, :256] = (200, 150, 220)  # half flat: JPEG keeps it nearly exact
+    return a
+
+
+def _tiles(a, t=256):
+    for y in range(0, a.shape[0], t):
+        for x in range(0, a.shape[1], t):
+            yield a[y:y + t, x:x + t]
+
+
+def _read(path, order=None, mpp=None):
+    s = open_slide(path, order=order, mpp=mpp)
+    try:
+        return s.reader_name, s.reader.read_region((0, 0), 0, (512, 512)), s.thumbnail(16)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("order", [None, ["tifffile"]])
+def test_progressive_jpeg_tiles_are_read_not_called_damaged(tmp_path, order):
+    """A TIFF of progressive JPEG tiles (each scan has its own header: DHT and SOS markers after the first scan)
+    was refused as 'corrupt JPEG tile 0 ... a stray JPEG marker FFC4; the file is damaged, copy it again',
+    although cuCIM and tifffile decode it; a copy would be refused the same way."""
+    def progressive():
+        for t in _tiles(_rgb()):
+            b = io.BytesIO()
+            Image.fromarray(t).save(b, "JPEG", progressive=True, quality=95)
+            yield b.getvalue()
+    p = tmp_path / "prog.svs"
+    tifffile.imwrite(p, progressive(), shape=(512, 512, 3), dtype=np.uint8, tile=(256, 256), compression="jpeg",
+                     photometric="ycbcr", description=APERIO)
+    name, got, _ = _read(p, order)
+    assert np.abs(got[:, :256].astype(int) - _rgb()[:, :256]).max() <= 3, name
+
+
+def test_damaged_progressive_jpeg_tile_is_still_refused(tmp_path):
+    """Only the scan headers of a progressive JPEG may follow its first scan: another marker (here an SOF in the
+    compressed data) is still a damaged tile."""
+    from slidestream.plugins.readers.common import jpeg_tile_problem
+
+    b = io.BytesIO()
+    Image.fromarray(_rgb()[:256, :256]).save(b, "JPEG", progressive=True)
+    data = bytearray(b.getvalue())
+    assert jpeg_tile_problem(bytes(data), 256, 256, 3) == ""
+    k = data.index(b"\xff\xda") + 200  # inside the first scan's data
+    data[k:k + 2] = b"\xff\xc0"
+    assert "stray JPEG marker FFC0" in jpeg_tile_problem(bytes(data), 256, 256, 3)
+
+
+@pytest.mark.parametrize("bits, dtype", [(12, np.uint16), (4, np.uint8)])
+def test_samples_of_fewer_bits_than_their_dtype_are_scaled(tmp_path, bits, dtype):
+    """12-bit samples (tifffile returns them in uint16, 0..4095) read as the top 8 bits of 16: a nearly black
+    slide (mean 9 for a mean-163 image); 4-bit in uint8 alike. Now scaled to the full range."""
+    rgb = _rgb()
+    top = (1 << bits) - 1
+    p = tmp_path / "s.tif"
+    if bits == 12:  # 12-bit JPEG tiles
+        import imagecodecs
+
+        enc = [imagecodecs.jpeg8_encode(t.astype(np.uint16) * 16, level=95, bitspersample=12) for t in _tiles(rgb)]
+        tifffile.imwrite(p, iter(enc), shape=(512, 512, 3), dtype=dtype, tile=(256, 256), compression="jpeg",
+                         photometric="rgb", bitspersample=12, description=APERIO)
+    else:  # 4-bit gray, packed, uncompressed
+        tifffile.imwrite(p, (rgb[..., 0] >> 4), tile=(256, 256), photometric="minisblack", bitspersample=4,
+                         description=APERIO)
+        rgb = np.repeat((rgb[..., :1] >> 4) * 17, 3, axis=2)  # 15 -> 255
+    with tifffile.TiffFile(p) as tf:
+        assert tf.pages[0].bitspersample == bits and tf.pages[0].asarray().max() <= top
+    name, got, thumb = _read(p)
+    assert name == "tifffile"
+    assert np.abs(got[:, :256].astype(int) - rgb[:, :256]).max() <= 17, got[0, 0]
+    assert abs(float(thumb.mean()) - float(rgb.mean())) < 8
+
+
+def _alpha_tiff(path, samples, photometric):
+    a = np.dstack([samples, np.full(samples.shape[:2], 128, np.uint8)])
+    tifffile.imwrite(path, a, tile=(256, 256), photometric=photometric, extrasamples=[2])  # unassociated alpha
+    c, al = samples.astype(int), a[..., -1:].astype(int)
+    want = (c * al + 255 * (255 - al)) // 255  # over white glass
+    return want if want.shape[2] == 3 else np.repeat(want, 3, axis=2)
+
+
+def test_rgba_with_unassociated_alpha_is_not_darkened(tmp_path):
+    """cuCIM returned RGBA with unassociated alpha multiplied by its alpha; composited over white again, colours
+    came out up to 64 grey levels too dark, without a word. cuCIM now leaves such files to the next reader."""
+    p = tmp_path / "rgba.tif"
+    want = _alpha_tiff(p, _rgb(), "rgb")
+    name, got, _ = _read(p, mpp=0.5)
+    assert name != "cucim" and np.abs(got.astype(int) - want).max() <= 1, name
+
+
+def test_gray_plus_alpha_is_read_by_the_tifffile_reader(tmp_path):
+    """Gray + alpha (2 samples) failed every tifffile read ('could not broadcast ... (512,512,2) into
+    (512,512,3)'), reported as damaged image data."""
+    p = tmp_path / "ga.tif"
+    want = _alpha_tiff(p, _rgb()[..., :1], "minisblack")
+    name, got, _ = _read(p, order=["tifffile"], mpp=0.5)
+    assert np.array_equal(got, want)
