@@ -7,6 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from slidestream.engine.errors import SlideError
 from slidestream.engine.slide import open_slide
 
 APERIO = "Aperio Image Library v12.0.0\r\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=85|AppMag = 20|MPP = 0.5"
@@ -112,3 +113,56 @@ def test_gray_plus_alpha_is_read_by_the_tifffile_reader(tmp_path):
     want = _alpha_tiff(p, _rgb()[..., :1], "minisblack")
     name, got, _ = _read(p, order=["tifffile"], mpp=0.5)
     assert np.array_equal(got, want)
+
+
+def _pyramid(path, level1, level2=None):
+    """A 2048 x 1536 synthetic slide written as three levels (1, 1/4, 1/16) whose level 1 (and 2) may hold
+    another image of the right size; returns level 0."""
+    from slidestream.engine.synthetic import render
+
+    a = render((2048, 1536), 1, 1, 0.5, False)
+    opts = dict(tile=(256, 256), compression="jpeg", photometric="rgb", metadata=None)
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(a, description=APERIO, **opts)
+        tw.write(level1(a), description="Aperio Image Library v12.0.0\r\nlevel", **opts)
+        tw.write(level2(a) if level2 else np.asarray(Image.fromarray(a).reduce(16)), description="Aperio", **opts)
+    return a
+
+
+def _other(a, f=4):
+    from slidestream.engine.synthetic import render
+
+    return np.asarray(Image.fromarray(render((2048, 1536), 0, 7, 0.5, False)).reduce(f))
+
+
+@pytest.mark.parametrize("case, level", [
+    ("another slide", 1), ("macro picture", 1), ("another scale", 1), ("shifted copy", 1), ("level 2 of another", 2)])
+def test_pyramid_level_holding_another_image_is_refused(tmp_path, case, level):
+    """A level of exactly the right size (1/4 of level 0) holding another image: every header check passed and
+    the 10x patches (read from level 1 of a 20x slide) came from another slide or place, silently."""
+    lv1 = {"another slide": _other,
+           "macro picture": lambda a: np.asarray(Image.fromarray(_other(a, 2)).resize((512, 384))),
+           "another scale": lambda a: np.asarray(Image.fromarray(a).crop((0, 0, 1024, 768)).reduce(2)),
+           "shifted copy": lambda a: np.roll(np.asarray(Image.fromarray(a).reduce(4)), 40, axis=1),
+           "level 2 of another": lambda a: np.asarray(Image.fromarray(a).reduce(4))}[case]
+    p = tmp_path / "lie.svs"
+    _pyramid(p, lv1, (lambda a: _other(a, 16)) if level == 2 else None)
+    # tifffile takes an SVS's second image for its thumbnail, not a level: it sees only a lying level 2
+    for order in (None, ["openslide"]) + ((["tifffile"],) if level == 2 else ()):
+        n = level - (order == ["tifffile"])  # tifffile numbers the levels without the thumbnail
+        with pytest.raises(SlideError, match=rf"lie.svs: pyramid level {n} \(\d+ x \d+ px\) does not show what "
+                                             rf"level {n - 1} shows .*convert or copy the slide again"):
+            open_slide(p, order=order)
+
+
+def test_real_pyramids_pass_the_level_content_check(tmp_path):
+    """The check passes the honest pyramids at hand: synthetic (factor 4), Aperio JPEG 2000 (factor 2) and the
+    CMU DICOM series (10 levels, factor 2: its scanner's reduction differs most from a box filter)."""
+    from conftest import WSI
+
+    p = tmp_path / "honest.svs"
+    _pyramid(p, lambda a: np.asarray(Image.fromarray(a).reduce(4)))
+    for path in (p, WSI / "tcga-cr-7395-01a-01-ts1.svs", WSI / "dicom-cmu-1-small-region"):
+        s = open_slide(path, mpp=0.5)
+        assert len(s.reader.level_dimensions) > 1
+        s.close()
