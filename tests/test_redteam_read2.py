@@ -28,7 +28,8 @@ def _tiles(a, t=256):
 def _read(path, order=None, mpp=None):
     s = open_slide(path, order=order, mpp=mpp)
     try:
-        return s.reader_name, s.reader.read_region((0, 0), 0, (512, 512)), s.thumbnail(16)
+        thumb = s.thumbnail(16)  # the engine's first read: a damaged tile is a SlideError here
+        return s.reader_name, s.reader.read_region((0, 0), 0, (512, 512)), thumb
     finally:
         s.close()
 
@@ -166,3 +167,75 @@ def test_real_pyramids_pass_the_level_content_check(tmp_path):
         s = open_slide(path, mpp=0.5)
         assert len(s.reader.level_dimensions) > 1
         s.close()
+
+
+def _damaged(tmp_path, name, compression, flips=8, seed=0, **layout):
+    """A 512 x 512 TIFF of ``compression`` (tiles or strips per ``layout``) with ``flips`` bytes XORed in each
+    tile/strip, and the undamaged original; returns (damaged, good)."""
+    good = tmp_path / f"good_{name}.svs"
+    tifffile.imwrite(good, _rgb(), photometric="rgb", compression=compression, description=APERIO, **layout)
+    data = bytearray(good.read_bytes())
+    with tifffile.TiffFile(good) as tf:
+        chunks = list(zip(tf.pages[0].dataoffsets, tf.pages[0].databytecounts))
+    rng = np.random.default_rng(seed)
+    for o, n in chunks:
+        for k in rng.integers(o + (n // 4 if compression == "jpeg" else 0), o + n, flips):  # JPEG: past its header
+            data[int(k)] ^= int(rng.integers(1, 256))
+    bad = tmp_path / f"{name}.svs"
+    bad.write_bytes(bytes(data))
+    return bad, good
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_damaged_lzw_tiles_are_not_read_as_pixels(tmp_path, seed):
+    """cuCIM decoded LZW tiles with flipped bytes (20 of 20 files) or cut-short data without a word: black or
+    garbage stored as patches. Each LZW tile must now decode (imagecodecs) to exactly its size first."""
+    bad, good = _damaged(tmp_path, "lzw", "lzw", seed=seed, tile=(256, 256), predictor=bool(seed % 2))
+    assert _read(good)[0] == "cucim"
+    with pytest.raises(SlideError, match=r"lzw.svs: corrupt LZW tile \d+ of the 512 x 512 px level .*: the LZW data "
+                                         r"(does not decode|decodes to [\d,]+ bytes, the tile holds 196,608).*copy it again"):
+        _read(bad)
+
+
+def test_lzw_tile_cut_short_is_refused(tmp_path):
+    import struct
+
+    _, good = _damaged(tmp_path, "x", "lzw", flips=0, tile=(256, 256))
+    data = bytearray(good.read_bytes())
+    with tifffile.TiffFile(good) as tf:
+        tag, counts = tf.pages[0].tags["TileByteCounts"], tf.pages[0].databytecounts
+    struct.pack_into("<4I", data, tag.valueoffset, *(c // 2 for c in counts))  # each tile's data cut to half
+    p = tmp_path / "short.svs"
+    p.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match=r"corrupt LZW tile 0 .*decodes to [\d,]+ bytes, the tile holds 196,608"):
+        _read(p)
+
+
+@pytest.mark.parametrize("compression, match", [
+    ("lzw", r"corrupt LZW strip \d+ of the 512 x 512 px level"),  # cuCIM: an all-white slide ('no tissue')
+    ("jpeg", r"corrupt JPEG strip \d+ of the 512 x 512 px level .*libjpeg: Corrupt JPEG data")])  # both: garbage
+def test_damaged_strips_are_refused(tmp_path, compression, match):
+    """A TIFF in strips (no tiles): cuCIM reads it through libtiff, which returned damaged LZW strips as white
+    and damaged JPEG strips as garbage without a word (and so did the tifffile reader for JPEG). cuCIM now
+    leaves strips to the next reader, and the tile check covers strips."""
+    bad, good = _damaged(tmp_path, compression, compression, rowsperstrip=64)
+    name, got, _ = _read(good)
+    assert np.abs(got[:, :240].astype(int) - _rgb()[:, :240]).max() <= 3, name  # the flat half, off its edge
+    with pytest.raises(SlideError, match=match):
+        _read(bad)
+
+
+def test_deflate_strips_are_read(tmp_path):
+    """cuCIM opened a Deflate TIFF in strips, then failed every read ('This format (compression: 8, ...) is not
+    supported yet'): a good slide failed."""
+    _, good = _damaged(tmp_path, "zip", "zlib", flips=0, rowsperstrip=64)
+    name, got, _ = _read(good)
+    assert np.array_equal(got, _rgb()), name
+
+
+def test_openslide_decode_errors_are_the_slides_error(tmp_path):
+    """OpenSlide's own error on a damaged LZW tile (OpenSlideError, no subclass of what the engine catches) left
+    read_region as a raw library exception; it is now the reader's 'damaged' error, like the other readers'."""
+    bad, _ = _damaged(tmp_path, "lzw", "lzw", tile=(256, 256))
+    with pytest.raises(SlideError, match=r"lzw.svs: OpenSlide cannot decode level 0 at \(0, 0\): .*copy it again"):
+        _read(bad, order=["openslide"], mpp=0.5)

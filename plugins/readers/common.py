@@ -229,16 +229,19 @@ def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -
 
 
 class TiffTileCheck:
-    """Checks each JPEG tile of a TIFF once, before a decoder sees it (``jpeg_tile_problem``).
+    """Checks each JPEG or LZW tile (or strip) of a TIFF once, before a decoder sees it.
 
-    ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
-    ``BrokenFile`` naming the first bad tile the box touches. Pages that are not tiled JPEG are not checked."""
+    JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); LZW: the data must decode
+    (imagecodecs) to exactly the tile's bytes (cuCIM decodes damaged LZW tiles without a word: black or
+    garbage). ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
+    ``BrokenFile`` naming the first bad tile the box touches. Other compressions and separate colour planes
+    are not checked."""
 
     def __init__(self, path: str, decode: bool = False):
         import tifffile
 
         self.path = path
-        self.decode = decode  # also decode each tile once with libjpeg warnings as errors (strict_jpeg_problem)
+        self.decode = decode  # also decode each JPEG tile once with libjpeg warnings as errors (strict_jpeg_problem)
         self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
         with tifffile.TiffFile(path) as tf:
@@ -247,12 +250,15 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.is_tiled and page.compression == 7 and page.planarconfig != 2:
-                    key = (int(page.imagewidth), int(page.imagelength))
-                    self.pages.setdefault(key, (int(page.tilewidth), int(page.tilelength), int(page.samplesperpixel),
-                                                np.asarray(page.dataoffsets, np.int64),
-                                                np.asarray(page.databytecounts, np.int64)))
-                    self.tables.setdefault(key, bytes(page.jpegtables or b""))
+                if page.compression in (5, 7) and page.planarconfig != 2:
+                    w, h = int(page.imagewidth), int(page.imagelength)
+                    tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
+                              else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
+                    item = int(page.bitspersample) * int(page.samplesperpixel) // 8 or 1
+                    self.pages.setdefault((w, h), (tw, th, int(page.samplesperpixel), np.asarray(page.dataoffsets, np.int64),
+                                                   np.asarray(page.databytecounts, np.int64), int(page.compression),
+                                                   item, page.is_tiled))
+                    self.tables.setdefault((w, h), bytes(page.jpegtables or b""))
         self._seen: set = set()
         self._fd = os.open(path, os.O_RDONLY) if self.pages else None
 
@@ -261,26 +267,44 @@ class TiffTileCheck:
         page = self.pages.get(dims)
         if page is None or w <= 0 or h <= 0:
             return
-        tw, th, spp, offs, counts = page
+        tw, th, spp, offs, counts, codec, item, tiled = page
         cols = -(-int(dims[0]) // tw)
         for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1):
+            # the last strip may hold only the remaining rows; a tile always has its full size
+            heights = {th} if tiled else {min(th, dims[1] - r * th), th}
             for c in range(max(x, 0) // tw, min(x + w - 1, int(dims[0]) - 1) // tw + 1):
                 k = r * cols + c
-                if (dims, k) in self._seen or not counts[k]:
+                if (dims, k) in self._seen or k >= len(counts) or not counts[k]:
                     continue
                 data = os.pread(self._fd, int(counts[k]), int(offs[k]))
-                why = jpeg_tile_problem(data, tw, th, spp, self.tables.get(dims, b""))
-                if not why and self.decode:
-                    why = strict_jpeg_problem(data, self.tables.get(dims, b""), spp)
+                if codec == 5:
+                    why = lzw_tile_problem(data, {tw * t * item for t in heights})
+                else:
+                    tables = self.tables.get(dims, b"")
+                    whys = [jpeg_tile_problem(data, tw, t, spp, tables) for t in sorted(heights)]
+                    why = "" if "" in whys else whys[0]
+                    if not why and self.decode:
+                        why = strict_jpeg_problem(data, tables, spp)
                 if why:
-                    raise BrokenFile(f"corrupt JPEG tile {k} of the {dims[0]} x {dims[1]} px level "
-                                     f"(column {c}, row {r}): {why}")
+                    raise BrokenFile(f"corrupt {'JPEG' if codec == 7 else 'LZW'} {'tile' if tiled else 'strip'} {k} "
+                                     f"of the {dims[0]} x {dims[1]} px level (column {c}, row {r}): {why}")
                 self._seen.add((dims, k))
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def lzw_tile_problem(data: bytes, sizes: set[int]) -> str:
+    """What is wrong with one LZW tile's bytes ('' when nothing): it must decode to one of ``sizes`` bytes."""
+    import imagecodecs
+
+    try:
+        n = len(imagecodecs.lzw_decode(data))
+    except Exception as e:  # noqa: BLE001 - imagecodecs' LzwError: the data is damaged
+        return f"the LZW data does not decode ({e})"
+    return "" if n in sizes else f"the LZW data decodes to {n:,} bytes, the tile holds {max(sizes):,}"
 
 
 def mpp_from_tiff_tags(page) -> float | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
@@ -45,10 +46,15 @@ class OpenSlideSlide:
                        and dicom_jfif_marked_rgb(str(p)))
 
     def read_region(self, location, level, size):
+        import openslide
+
         ds = self.level_downsamples[level]
 
         def read(x, y, w, h):
-            rgba = np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+            try:
+                rgba = np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+            except openslide.OpenSlideError as e:  # libtiff/libjpeg refused the data ("Using code not yet in table")
+                raise BrokenFile(f"OpenSlide cannot decode level {level} at ({x}, {y}): {e}") from None
             if self._ycbcr:
                 rgba = np.concatenate([ycbcr_to_rgb(rgba[..., :3]), rgba[..., 3:]], axis=-1)
             return rgba
