@@ -239,3 +239,18 @@ def test_openslide_decode_errors_are_the_slides_error(tmp_path):
     bad, _ = _damaged(tmp_path, "lzw", "lzw", tile=(256, 256))
     with pytest.raises(SlideError, match=r"lzw.svs: OpenSlide cannot decode level 0 at \(0, 0\): .*copy it again"):
         _read(bad, order=["openslide"], mpp=0.5)
+
+
+@pytest.mark.parametrize("slide, cut", [("CMU-1-Small-Region.svs", 100), ("CMU-1-Small-Region.svs", 250),
+                                        ("tcga-cr-7395-01a-01-ts1.svs", 20)])
+def test_copy_cut_short_in_its_last_directory_is_called_truncated(tmp_path, slide, cut):
+    """The last bytes of these SVS files are tag values of the last directory (the macro image's, the last
+    level's tile byte counts): a copy missing them opened as a good slide (CMU) or was 'needs 63 data offsets but
+    the file lists 63: a broken or patched header' (TCGA). tifffile's 'invalid value offset' now counts as
+    truncation, and it is named before any consequence of it."""
+    from conftest import WSI
+
+    p = tmp_path / slide
+    p.write_bytes((WSI / slide).read_bytes()[:-cut])
+    with pytest.raises(SlideError, match=rf"{slide}: truncated file: TIFF directories point past the end of the file"):
+        _read(p, mpp=0.5)

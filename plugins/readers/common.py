@@ -115,15 +115,21 @@ def check_tiff(path: str) -> None:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for k, page in enumerate(pages):
                 _check_page(page, k, size)
-    except BrokenFile:
-        raise
+    except BrokenFile as e:
+        broken = e
     except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
-        raise BrokenFile(f"not a readable TIFF: {e}") from None
+        broken = BrokenFile(f"not a readable TIFF: {e}")
+    else:
+        broken = None
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
-    if any("invalid page offset" in p or "truncated" in p.lower() or "invalid offset" in p for p in problems):
+    # a table or directory past the end of the file: the cause of what else is wrong (a truncated copy)
+    if any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
+            or any("truncated" in p.lower() for p in problems):
         raise BrokenFile("truncated file: TIFF directories point past the end of the file")
+    if broken is not None:
+        raise broken
 
 
 def _check_page(page, k: int, file_size: int) -> None:
@@ -144,7 +150,8 @@ def _check_page(page, k: int, file_size: int) -> None:
         raw, unit = w * rps * item // planes, f"strips of {rps} rows"
     offsets, counts = page.dataoffsets, page.databytecounts
     if len(offsets) != need or len(counts) != need:
-        raise BrokenFile(f"{what} in {unit} needs {need:,} data offsets but the file lists {len(offsets):,}: "
+        counted = f" and {len(counts):,} byte counts" if len(counts) != len(offsets) else ""
+        raise BrokenFile(f"{what} in {unit} needs {need:,} data offsets but the file lists {len(offsets):,}{counted}: "
                          "a broken or patched header")
     if w * h > MAX_LEVEL_PIXELS:
         raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
