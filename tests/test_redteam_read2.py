@@ -254,3 +254,29 @@ def test_copy_cut_short_in_its_last_directory_is_called_truncated(tmp_path, slid
     p.write_bytes((WSI / slide).read_bytes()[:-cut])
     with pytest.raises(SlideError, match=rf"{slide}: truncated file: TIFF directories point past the end of the file"):
         _read(p, mpp=0.5)
+
+
+def test_cucim_error_is_reported_with_libjpegs_words(tmp_path):
+    """A JPEG tile whose frame names a quantisation table it does not define: cuCIM prints 'ERROR in line 205
+    while decompressing JPEG image:' and libjpeg's reason on the next line, which sounds like no damage; the
+    slide failed with only the preamble as its reason. The reason now carries libjpeg's words."""
+    from slidestream.engine.chatter import CAPTURE
+
+    def tiles():
+        for t in _tiles(_rgb()):
+            b = io.BytesIO()
+            Image.fromarray(t).save(b, "JPEG", quality=90)
+            d = bytearray(b.getvalue())
+            sof = d.index(b"\xff\xc0")
+            d[sof + 10 + 3 * 2 + 2] = 3  # the third component's quantisation table: 3, never defined
+            yield bytes(d)
+    p = tmp_path / "dqt.svs"
+    tifffile.imwrite(p, tiles(), shape=(512, 512, 3), dtype=np.uint8, tile=(256, 256), compression="jpeg",
+                     photometric="ycbcr", description=APERIO)
+    with CAPTURE.on():
+        s = open_slide(p)
+        assert s.reader_name == "cucim"
+        with pytest.raises(SlideError, match=r"dqt.svs: corrupt image data in level 0 \(read for the thumbnail\): "
+                                             r"Quantization table 0x03 was not defined \(cuCIM: ERROR in line \d+"):
+            s.thumbnail(16)
+        s.close()
