@@ -362,7 +362,8 @@ def _level_content_lie(reader: SlideReader) -> str | None:
             corr = float(((a - a.mean()) * (f - f.mean())).mean() / (sa * sf)) if sa > 1 and sf > 1 else 0.0
             if max(sa, sf) > 10 and diff > 20 and corr < 0.5:
                 return (f"pyramid level {i} ({w} x {h} px) does not show what level {i - 1} shows at the same place "
-                        f"(mean difference {diff:.0f} grey levels, correlation {corr:.2f}): it holds another image")
+                        f"(mean difference {diff:.0f} grey levels, correlation {corr:.2f}): it holds another image, "
+                        "or damaged data")
     except Exception:  # noqa: BLE001 - a level that cannot be read is reported by the thumbnail, in its words
         return None
     return None

@@ -1,6 +1,7 @@
 """Red team of the reading side, round 2: slide files that were refused as damaged although they are fine, or
 read as other pixels than they hold."""
 import io
+import re
 
 import numpy as np
 import pytest
@@ -284,3 +285,36 @@ def test_cucim_error_is_reported_with_libjpegs_words(tmp_path):
                                              r"Quantization table 0x03 was not defined \(cuCIM: ERROR in line \d+"):
             s.thumbnail(16)
         s.close()
+
+
+def test_jpeg2000_tile_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    """One flipped byte in a JPEG 2000 tile's SIZ header made OpenJPEG inside cuCIM allocate and decode the
+    image it claims: fuzzing the TCGA slide's tile headers (60 files), one took 24 GB and the kernel killed
+    the process with the whole batch. Here one tile claims 256 x 2,000,000 px (1.5 GB): 2.1 GB peak memory
+    before the error without the check, 56 MB with it. Each JPEG 2000 tile's header is now checked against
+    the TIFF's tile first. Run under a 4 GB address-space limit, so that a regression cannot exhaust the
+    machine."""
+    import struct
+    import subprocess
+    import sys
+
+    from conftest import WSI
+
+    src = WSI / "tcga-cr-7395-01a-01-ts1.svs"
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        first = tf.pages[2].dataoffsets[0]  # the smallest level's first tile: the thumbnail reads it
+    struct.pack_into(">I", data, first + 12, 2_000_000)  # Ysiz
+    p = tmp_path / "siz.svs"
+    p.write_bytes(bytes(data))
+    code = ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+            "from slidestream.engine.chatter import CAPTURE\nfrom slidestream.engine.slide import open_slide\n"
+            "from slidestream.engine.errors import SlideError\n"
+            f"with CAPTURE.on():\n    s = open_slide({str(p)!r}, mpp=0.5)\n"
+            "    try:\n        s.thumbnail(16)\n    except SlideError as e:\n        print(e)\n"
+            "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and re.search(r"siz.svs: corrupt JPEG 2000 tile 0 of the 2221 x 1783 px level .*"
+                                           r"the JPEG 2000 header says 256 x 2000000 px, the TIFF tile is 256 x 256",
+                                           r.stdout), (r.returncode, r.stdout, r.stderr[-400:])
+    assert int(r.stdout.split("maxrss")[-1]) < 1500, r.stdout  # MB: 2,100 + the baseline without the check

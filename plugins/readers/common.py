@@ -236,11 +236,12 @@ def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -
 
 
 class TiffTileCheck:
-    """Checks each JPEG or LZW tile (or strip) of a TIFF once, before a decoder sees it.
+    """Checks each JPEG, JPEG 2000 or LZW tile (or strip) of a TIFF once, before a decoder sees it.
 
-    JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); LZW: the data must decode
-    (imagecodecs) to exactly the tile's bytes (cuCIM decodes damaged LZW tiles without a word: black or
-    garbage). ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
+    JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
+    (its header only); LZW: the data must decode (imagecodecs) to exactly the tile's bytes (cuCIM decodes
+    damaged LZW tiles into garbage, told only by libtiff's words on stderr).
+    ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
     ``BrokenFile`` naming the first bad tile the box touches. Other compressions and separate colour planes
     are not checked."""
 
@@ -257,7 +258,7 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.compression in (5, 7) and page.planarconfig != 2:
+                if page.compression in (5, 7) + J2K_CODECS and page.planarconfig != 2:
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
                               else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
@@ -286,6 +287,9 @@ class TiffTileCheck:
                 data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                 if codec == 5:
                     why = lzw_tile_problem(data, {tw * t * item for t in heights})
+                elif codec in J2K_CODECS:
+                    whys = [j2k_tile_problem(data, tw, t, spp) for t in sorted(heights)]
+                    why = "" if "" in whys else whys[0]
                 else:
                     tables = self.tables.get(dims, b"")
                     whys = [jpeg_tile_problem(data, tw, t, spp, tables) for t in sorted(heights)]
@@ -293,7 +297,8 @@ class TiffTileCheck:
                     if not why and self.decode:
                         why = strict_jpeg_problem(data, tables, spp)
                 if why:
-                    raise BrokenFile(f"corrupt {'JPEG' if codec == 7 else 'LZW'} {'tile' if tiled else 'strip'} {k} "
+                    kind = {5: "LZW", 7: "JPEG"}.get(codec, "JPEG 2000")
+                    raise BrokenFile(f"corrupt {kind} {'tile' if tiled else 'strip'} {k} "
                                      f"of the {dims[0]} x {dims[1]} px level (column {c}, row {r}): {why}")
                 self._seen.add((dims, k))
 
@@ -301,6 +306,26 @@ class TiffTileCheck:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+J2K_CODECS = (33003, 33005, 34712)  # Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000
+
+
+def j2k_tile_problem(data: bytes, width: int, height: int, components: int) -> str:
+    """What is wrong with one JPEG 2000 tile's main header ('' when nothing is seen), without decoding it:
+    SOC and SIZ first, an image of the TIFF tile's size and samples, and at most 4096 codestream tiles.
+    A damaged SIZ made OpenJPEG (cuCIM, imagecodecs) allocate and decode what it claims: one flipped byte
+    claiming a 3,439,329,536 x 256 px tile took 24 GB and the process was killed (no error, the batch lost)."""
+    if data[:4] != b"\xff\x4f\xff\x51" or len(data) < 42:
+        return "the tile does not start with a JPEG 2000 codestream header (SOC, SIZ)"
+    x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack(">IIIIIIIIH", data[8:42])
+    if (x - xo, y - yo) != (width, height) or xo >= x or yo >= y:
+        return f"the JPEG 2000 header says {x - xo} x {y - yo} px, the TIFF tile is {width} x {height}"
+    if c != components:
+        return f"the JPEG 2000 header says {c} components, the TIFF {components}"
+    if not xt or not yt or xto > xo or yto > yo or -(-(x - xto) // xt) * -(-(y - yto) // yt) > 4096:
+        return f"the JPEG 2000 header's tiling ({xt} x {yt} px from {xto}, {yto}) does not fit its image"
+    return ""
 
 
 def lzw_tile_problem(data: bytes, sizes: set[int]) -> str:
