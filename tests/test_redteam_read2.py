@@ -318,3 +318,52 @@ def test_jpeg2000_tile_claiming_a_huge_image_is_refused_before_decoding(tmp_path
                                            r"the JPEG 2000 header says 256 x 2000000 px, the TIFF tile is 256 x 256",
                                            r.stdout), (r.returncode, r.stdout, r.stderr[-400:])
     assert int(r.stdout.split("maxrss")[-1]) < 1500, r.stdout  # MB: 2,100 + the baseline without the check
+
+
+def test_dicom_jpeg2000_frame_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    """The same SIZ damage in a DICOM-WSI JPEG 2000 frame: imagecodecs decoded what it claims (2.1 GB peak for
+    256 x 2,000,000 px), then failed with every codec's complaint in one line ('APNG_DECODE: not a PNG image
+    AVIF_DECODE: ...'). Now refused before decoding, naming the frame. Under a 4 GB address-space limit."""
+    import struct
+    import subprocess
+    import sys
+
+    import imagecodecs
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
+
+    frames = [imagecodecs.jpeg2k_encode(np.ascontiguousarray(t), level=0, codecformat="J2K") for t in _tiles(_rgb())]
+    f = bytearray(frames[0])
+    struct.pack_into(">I", f, 12, 2_000_000)  # Ysiz of the first frame
+    frames[0] = bytes(f)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.Modality, ds.ImageType = "1.2.3.4", "SM", ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    ds.Rows = ds.Columns = 256
+    ds.TotalPixelMatrixColumns = ds.TotalPixelMatrixRows = 512
+    ds.NumberOfFrames, ds.DimensionOrganizationType = len(frames), "TILED_FULL"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = encapsulate(frames)
+    ds["PixelData"].is_undefined_length = True
+    (tmp_path / "s").mkdir()
+    p = tmp_path / "s" / "j2k.dcm"
+    ds.save_as(p, enforce_file_format=True)
+    code = ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+            "from slidestream.engine.chatter import CAPTURE\nfrom slidestream.engine.slide import open_slide\n"
+            "from slidestream.engine.errors import SlideError\n"
+            f"with CAPTURE.on():\n    s = open_slide({str(p)!r}, mpp=0.5)\n"
+            "    try:\n        s.thumbnail(16)\n    except SlideError as e:\n        print(e)\n"
+            "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and re.search(r"j2k.dcm: corrupt JPEG 2000 frame 0 of j2k.dcm \(512 x 512 px\): the JPEG "
+                                           r"2000 header says 256 x 2000000 px, the DICOM frame is 256 x 256", r.stdout), \
+        (r.returncode, r.stdout, r.stderr[-400:])
+    assert int(r.stdout.split("maxrss")[-1]) < 1500, r.stdout  # MB

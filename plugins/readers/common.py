@@ -311,7 +311,7 @@ class TiffTileCheck:
 J2K_CODECS = (33003, 33005, 34712)  # Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000
 
 
-def j2k_tile_problem(data: bytes, width: int, height: int, components: int) -> str:
+def j2k_tile_problem(data: bytes, width: int, height: int, components: int, unit: str = "the TIFF tile") -> str:
     """What is wrong with one JPEG 2000 tile's main header ('' when nothing is seen), without decoding it:
     SOC and SIZ first, an image of the TIFF tile's size and samples, and at most 4096 codestream tiles.
     A damaged SIZ made OpenJPEG (cuCIM, imagecodecs) allocate and decode what it claims: one flipped byte
@@ -320,9 +320,9 @@ def j2k_tile_problem(data: bytes, width: int, height: int, components: int) -> s
         return "the tile does not start with a JPEG 2000 codestream header (SOC, SIZ)"
     x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack(">IIIIIIIIH", data[8:42])
     if (x - xo, y - yo) != (width, height) or xo >= x or yo >= y:
-        return f"the JPEG 2000 header says {x - xo} x {y - yo} px, the TIFF tile is {width} x {height}"
+        return f"the JPEG 2000 header says {x - xo} x {y - yo} px, {unit} is {width} x {height}"
     if c != components:
-        return f"the JPEG 2000 header says {c} components, the TIFF {components}"
+        return f"the JPEG 2000 header says {c} components, {unit} has {components}"
     if not xt or not yt or xto > xo or yto > yo or -(-(x - xto) // xt) * -(-(y - yto) // yt) > 4096:
         return f"the JPEG 2000 header's tiling ({xt} x {yt} px from {xto}, {yto}) does not fit its image"
     return ""
