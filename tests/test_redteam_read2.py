@@ -367,3 +367,22 @@ def test_dicom_jpeg2000_frame_claiming_a_huge_image_is_refused_before_decoding(t
                                            r"2000 header says 256 x 2000000 px, the DICOM frame is 256 x 256", r.stdout), \
         (r.returncode, r.stdout, r.stderr[-400:])
     assert int(r.stdout.split("maxrss")[-1]) < 1500, r.stdout  # MB
+
+
+def test_uncompressed_tiles_must_hold_exactly_their_pixels(tmp_path):
+    """A 512 x 512 uncompressed TIFF in 256 x 256 tiles whose header was patched to 400 x 400 px in 200 x 200 tiles
+    (as many tiles: the tile table check passes): cuCIM read each tile's first 120,000 bytes as its pixels, rows
+    shifted, without an error. An uncompressed tile's byte count must now equal its pixels."""
+    import struct
+
+    p = tmp_path / "patched.svs"
+    tifffile.imwrite(p, _rgb(), tile=(256, 256), photometric="rgb", description=APERIO)
+    data = bytearray(p.read_bytes())
+    with tifffile.TiffFile(p) as tf:
+        tags = tf.pages[0].tags
+        for name, v in (("ImageWidth", 400), ("ImageLength", 400), ("TileWidth", 200), ("TileLength", 200)):
+            struct.pack_into("<H" if tags[name].dtype == 3 else "<I", data, tags[name].valueoffset, v)
+    p.write_bytes(bytes(data))
+    with pytest.raises(SlideError, match=r"patched.svs: image 0 \(400 x 400 px\): uncompressed tile 0 holds 196,608 "
+                                         r"bytes, its pixels 120,000: a broken or patched header"):
+        open_slide(p)

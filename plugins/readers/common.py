@@ -159,6 +159,21 @@ def _check_page(page, k: int, file_size: int) -> None:
         raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
     if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
         raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
+    if page.compression == 1 and int(page.bitspersample) % 8 == 0 and need:
+        # uncompressed: each tile (strip) holds exactly its pixels; another count means a patched size or layout,
+        # read as shifted or other pixels without an error
+        full = np.full(need, raw, np.int64)
+        if not page.is_tiled:  # the last strip of each plane may hold only the remaining rows
+            per_plane = need // planes
+            last = w * (h - (per_plane - 1) * rps) * item // planes
+            ok = (np.asarray(counts) == full) | ((np.arange(need) % per_plane == per_plane - 1) & (np.asarray(counts) == last))
+        else:
+            ok = np.asarray(counts) == full
+        ok |= np.asarray(counts) == 0  # absent (sparse)
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise BrokenFile(f"{what}: uncompressed {'tile' if page.is_tiled else 'strip'} {i} holds {int(counts[i]):,} "
+                             f"bytes, its pixels {raw:,}: a broken or patched header")
 
 
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
