@@ -386,3 +386,46 @@ def test_uncompressed_tiles_must_hold_exactly_their_pixels(tmp_path):
     with pytest.raises(SlideError, match=r"patched.svs: image 0 \(400 x 400 px\): uncompressed tile 0 holds 196,608 "
                                          r"bytes, its pixels 120,000: a broken or patched header"):
         open_slide(p)
+
+
+def test_extract_over_a_folder_of_this_rounds_bad_slides(tmp_path):
+    """One `extract` over a folder of this file's cases beside a good slide: it finishes, each bad slide fails
+    with one line naming it and the cause, the readable ones are done, nothing else reaches the terminal."""
+    import json
+    import struct
+    import subprocess
+    import sys
+
+    from badinputs import good_slide
+    from conftest import EXAMPLE, WSI
+
+    d = tmp_path / "slides"
+    d.mkdir()
+    good_slide(d / "good.svs")
+    _pyramid(d / "lie.svs", _other)
+    _damaged(d, "lzw", "lzw", tile=(256, 256))
+    _damaged(d, "jpegstrips", "jpeg", seed=1, rowsperstrip=64)
+    for f in d.glob("good_*.svs"):  # _damaged's undamaged originals: no tissue in them
+        f.unlink()
+    (d / "cut.svs").write_bytes((WSI / "CMU-1-Small-Region.svs").read_bytes()[:-100])
+    data = bytearray((WSI / "tcga-cr-7395-01a-01-ts1.svs").read_bytes())
+    with tifffile.TiffFile(WSI / "tcga-cr-7395-01a-01-ts1.svs") as tf:
+        struct.pack_into(">I", data, tf.pages[2].dataoffsets[0] + 12, 2_000_000)
+    (d / "siz.svs").write_bytes(bytes(data))
+    doc = json.loads(EXAMPLE.read_text())
+    doc["tiling"]["params"].update(size=256, min_tissue=0.3, max_tiles=4)
+    doc["patches"], doc["thumbnail"] = {"size": 64, "mode": "random", "per_tile": 2}, {"scale": 16}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    r = subprocess.run([sys.executable, "-m", "slidestream.engine", "extract", str(tmp_path / "p.json"), "--slides",
+                        str(d), "--out", str(tmp_path / "out"), "--json", "--mpp", "0.5"],
+                       capture_output=True, text=True, timeout=300)
+    by = {s["slide_id"]: s for s in json.loads(r.stdout.strip().splitlines()[-1])["slides"]}
+    want = {"good": ("done", ""), "lie": ("error", "pyramid level 1 .* does not show what level 0 shows"),
+            "lzw": ("error", "corrupt LZW tile"), "jpegstrips": ("error", "corrupt JPEG strip"),
+            "cut": ("error", "truncated file"), "siz": ("error", "corrupt JPEG 2000 tile 0")}
+    assert r.returncode == 1 and set(by) == set(want), (r.returncode, sorted(by), r.stderr[-500:])
+    for name, (status, pattern) in want.items():
+        s = by[name]
+        assert s["status"] == status and re.search(pattern, s.get("reason", "")), (name, s["status"], s.get("reason"))
+        assert status == "done" or (f"{name}.svs: " in s["reason"] and "\n" not in s["reason"]), s["reason"]
+    assert all(ln.startswith(("error ", "warning ")) for ln in r.stderr.splitlines()), r.stderr[-500:]
