@@ -429,3 +429,13 @@ def test_extract_over_a_folder_of_this_rounds_bad_slides(tmp_path):
         assert s["status"] == status and re.search(pattern, s.get("reason", "")), (name, s["status"], s.get("reason"))
         assert status == "done" or (f"{name}.svs: " in s["reason"] and "\n" not in s["reason"]), s["reason"]
     assert all(ln.startswith(("error ", "warning ")) for ln in r.stderr.splitlines()), r.stderr[-500:]
+
+
+def test_gray_plus_alpha_is_not_darkened_by_openslide(tmp_path):
+    """OpenSlide (first in a pipeline's reader.order, or after cuCIM declined) returned gray + alpha with the
+    gray multiplied by the alpha: composited over white again, 64 grey levels too dark at alpha 128. It now
+    leaves such TIFFs to the next reader."""
+    p = tmp_path / "ga.tif"
+    want = _alpha_tiff(p, _rgb()[..., :1], "minisblack")
+    name, got, _ = _read(p, order=["openslide", "tifffile"], mpp=0.5)
+    assert name == "tifffile" and np.array_equal(got, want), name

@@ -430,3 +430,18 @@ def tiff_signed_samples(path: str) -> bool:
             return bool(pages) and pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT
     except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
         return False
+
+
+def tiff_gray_alpha(path: str) -> bool:
+    """True when a TIFF's first image is gray + alpha (2 samples): OpenSlide returns the gray multiplied by the
+    alpha, then composited over white again (64 grey levels too dark at alpha 128)."""
+    import tifffile
+
+    if file_kind(path) != "tiff":
+        return False
+    try:
+        with tifffile.TiffFile(path) as tf:
+            pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
+            return bool(pages) and pages[0].samplesperpixel == 2 and pages[0].photometric in (0, 1)
+    except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
+        return False
