@@ -299,10 +299,14 @@ class TiffTileCheck:
                 k = r * cols + c
                 if (dims, k) in self._seen or k >= len(counts) or not counts[k]:
                     continue
-                data = os.pread(self._fd, int(counts[k]), int(offs[k]))
+                head_only = codec in J2K_CODECS  # its main header: the first 42 bytes
+                data = os.pread(self._fd, min(int(counts[k]), 64) if head_only else int(counts[k]), int(offs[k]))
                 if codec == 5:
                     why = lzw_tile_problem(data, {tw * t * item for t in heights})
                 elif codec in J2K_CODECS:
+                    if not data.startswith(b"\xff\x4f"):  # a JP2 file around the codestream: find it
+                        data = os.pread(self._fd, int(counts[k]), int(offs[k]))
+                        data = data[max(data.find(b"\xff\x4f\xff\x51"), 0):]
                     whys = [j2k_tile_problem(data, tw, t, spp) for t in sorted(heights)]
                     why = "" if "" in whys else whys[0]
                 else:
