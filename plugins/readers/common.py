@@ -251,14 +251,13 @@ def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -
 
 
 class TiffTileCheck:
-    """Checks each JPEG, JPEG 2000 or LZW tile (or strip) of a TIFF once, before a decoder sees it.
+    """Checks each JPEG or JPEG 2000 tile (or strip) of a TIFF once, before a decoder sees it.
 
     JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
-    (its header only); LZW: the data must decode (imagecodecs) to exactly the tile's bytes (cuCIM decodes
-    damaged LZW tiles into garbage, told only by libtiff's words on stderr).
-    ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
-    ``BrokenFile`` naming the first bad tile the box touches. Other compressions and separate colour planes
-    are not checked."""
+    (its header only). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
+    for cuCIM, captured per slide; imagecodecs raises). ``check(dims, x, y, w, h)`` takes a level by its size
+    and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches. Other
+    compressions and separate colour planes are not checked."""
 
     def __init__(self, path: str, decode: bool = False):
         import tifffile
@@ -273,14 +272,13 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.compression in (5, 7) + J2K_CODECS and page.planarconfig != 2:
+                if page.compression in (7,) + J2K_CODECS and page.planarconfig != 2:
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
                               else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
-                    item = int(page.bitspersample) * int(page.samplesperpixel) // 8 or 1
                     self.pages.setdefault((w, h), (tw, th, int(page.samplesperpixel), np.asarray(page.dataoffsets, np.int64),
                                                    np.asarray(page.databytecounts, np.int64), int(page.compression),
-                                                   item, page.is_tiled))
+                                                   page.is_tiled))
                     self.tables.setdefault((w, h), bytes(page.jpegtables or b""))
         self._seen: set = set()
         self._fd = os.open(path, os.O_RDONLY) if self.pages else None
@@ -290,7 +288,7 @@ class TiffTileCheck:
         page = self.pages.get(dims)
         if page is None or w <= 0 or h <= 0:
             return
-        tw, th, spp, offs, counts, codec, item, tiled = page
+        tw, th, spp, offs, counts, codec, tiled = page
         cols = -(-int(dims[0]) // tw)
         for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1):
             # the last strip may hold only the remaining rows; a tile always has its full size
@@ -301,9 +299,7 @@ class TiffTileCheck:
                     continue
                 head_only = codec in J2K_CODECS  # its main header: the first 42 bytes
                 data = os.pread(self._fd, min(int(counts[k]), 64) if head_only else int(counts[k]), int(offs[k]))
-                if codec == 5:
-                    why = lzw_tile_problem(data, {tw * t * item for t in heights})
-                elif codec in J2K_CODECS:
+                if codec in J2K_CODECS:
                     if not data.startswith(b"\xff\x4f"):  # a JP2 file around the codestream: find it
                         data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                         data = data[max(data.find(b"\xff\x4f\xff\x51"), 0):]
@@ -316,7 +312,7 @@ class TiffTileCheck:
                     if not why and self.decode:
                         why = strict_jpeg_problem(data, tables, spp)
                 if why:
-                    kind = {5: "LZW", 7: "JPEG"}.get(codec, "JPEG 2000")
+                    kind = "JPEG" if codec == 7 else "JPEG 2000"
                     raise BrokenFile(f"corrupt {kind} {'tile' if tiled else 'strip'} {k} "
                                      f"of the {dims[0]} x {dims[1]} px level (column {c}, row {r}): {why}")
                 self._seen.add((dims, k))
@@ -345,17 +341,6 @@ def j2k_tile_problem(data: bytes, width: int, height: int, components: int, unit
     if not xt or not yt or xto > xo or yto > yo or -(-(x - xto) // xt) * -(-(y - yto) // yt) > 4096:
         return f"the JPEG 2000 header's tiling ({xt} x {yt} px from {xto}, {yto}) does not fit its image"
     return ""
-
-
-def lzw_tile_problem(data: bytes, sizes: set[int]) -> str:
-    """What is wrong with one LZW tile's bytes ('' when nothing): it must decode to one of ``sizes`` bytes."""
-    import imagecodecs
-
-    try:
-        n = len(imagecodecs.lzw_decode(data))
-    except Exception as e:  # noqa: BLE001 - imagecodecs' LzwError: the data is damaged
-        return f"the LZW data does not decode ({e})"
-    return "" if n in sizes else f"the LZW data decodes to {n:,} bytes, the tile holds {max(sizes):,}"
 
 
 def mpp_from_tiff_tags(page) -> float | None:
