@@ -413,3 +413,27 @@ def test_gray_plus_alpha_is_not_darkened_by_openslide(tmp_path):
     want = _alpha_tiff(p, _rgb()[..., :1], "minisblack")
     name, got, _ = _read(p, order=["openslide", "tifffile"], mpp=0.5)
     assert name == "tifffile" and np.array_equal(got, want), name
+
+
+def test_damaged_jpeg_tiles_in_separate_colour_planes_are_refused(tmp_path):
+    """JPEG tiles stored as separate colour planes (one gray JPEG per plane and tile) were not checked at all:
+    with 5 bytes flipped in each, the tifffile reader returned 3 of 5 such files as slightly other colours
+    without a word (cuCIM leaves planar files to it). Each plane's tile is now checked like any JPEG tile."""
+    from slidestream.engine.chatter import CAPTURE
+
+    good = tmp_path / "planar.svs"
+    tifffile.imwrite(good, np.moveaxis(_rgb(), -1, 0), tile=(256, 256), photometric="rgb", planarconfig="separate",
+                     compression="jpeg", description=APERIO)
+    name, got, _ = _read(good)
+    assert np.abs(got[:, :240].astype(int) - _rgb()[:, :240]).max() <= 3, name
+    data = bytearray(good.read_bytes())
+    with tifffile.TiffFile(good) as tf:
+        chunks = list(zip(tf.pages[0].dataoffsets, tf.pages[0].databytecounts))
+    rng = np.random.default_rng(0)
+    for o, n in chunks:
+        for k in rng.integers(o + n // 4, o + n, 5):
+            data[int(k)] ^= int(rng.integers(1, 256))
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(bytes(data))
+    with CAPTURE.on(), pytest.raises(SlideError, match=r"bad.svs: corrupt JPEG tile \d+ of the 512 x 512 px level"):
+        _read(bad)

@@ -256,8 +256,8 @@ class TiffTileCheck:
     JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
     (its header only). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
     for cuCIM, captured per slide; imagecodecs raises). ``check(dims, x, y, w, h)`` takes a level by its size
-    and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches. Other
-    compressions and separate colour planes are not checked."""
+    and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
+    colour planes, each plane's tile). Other compressions are not checked."""
 
     def __init__(self, path: str, decode: bool = False):
         import tifffile
@@ -272,13 +272,15 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.compression in (7,) + J2K_CODECS and page.planarconfig != 2:
+                if page.compression in (7,) + J2K_CODECS:
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
                               else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
-                    self.pages.setdefault((w, h), (tw, th, int(page.samplesperpixel), np.asarray(page.dataoffsets, np.int64),
+                    planes = int(page.samplesperpixel) if page.planarconfig == 2 else 1  # one tile per colour plane
+                    self.pages.setdefault((w, h), (tw, th, int(page.samplesperpixel) // planes,
+                                                   np.asarray(page.dataoffsets, np.int64),
                                                    np.asarray(page.databytecounts, np.int64), int(page.compression),
-                                                   page.is_tiled))
+                                                   page.is_tiled, planes))
                     self.tables.setdefault((w, h), bytes(page.jpegtables or b""))
         self._seen: set = set()
         self._fd = os.open(path, os.O_RDONLY) if self.pages else None
@@ -288,13 +290,16 @@ class TiffTileCheck:
         page = self.pages.get(dims)
         if page is None or w <= 0 or h <= 0:
             return
-        tw, th, spp, offs, counts, codec, tiled = page
+        tw, th, spp, offs, counts, codec, tiled, planes = page
         cols = -(-int(dims[0]) // tw)
-        for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1):
-            # the last strip may hold only the remaining rows; a tile always has its full size
-            heights = {th} if tiled else {min(th, dims[1] - r * th), th}
-            for c in range(max(x, 0) // tw, min(x + w - 1, int(dims[0]) - 1) // tw + 1):
-                k = r * cols + c
+        per_plane = len(counts) // planes
+        boxes = [(r, c) for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1)
+                 for c in range(max(x, 0) // tw, min(x + w - 1, int(dims[0]) - 1) // tw + 1)]
+        for plane in range(planes):
+            for r, c in boxes:
+                # the last strip may hold only the remaining rows; a tile always has its full size
+                heights = {th} if tiled else {min(th, dims[1] - r * th), th}
+                k = plane * per_plane + r * cols + c
                 if (dims, k) in self._seen or k >= len(counts) or not counts[k]:
                     continue
                 head_only = codec in J2K_CODECS  # its main header: the first 42 bytes
