@@ -24,6 +24,7 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 # what decoders say about damaged data (libjpeg, OpenJPEG, libtiff); other chatter is only kept for the log
 CORRUPT = re.compile(r"corrupt|premature|extraneous|bogus|unsupported marker|invalid|truncat|error", re.I)
+PREAMBLE = re.compile(r"ERROR in line \d+ while .*:$")
 
 
 class _Capture:
@@ -179,8 +180,12 @@ def checked_read(read: Callable[[], T]) -> tuple[T, str]:
 
 def complaint(text: str) -> str:
     """The decoder's complaint about damaged data in ``text``, as one line ('' when there is none)."""
-    lines = [ln.strip() for ln in text.splitlines() if CORRUPT.search(ln)]
-    lines = [ln for ln in lines if not ln.startswith("ERROR in line")] or lines  # cuCIM's own preamble
+    said = [ln.strip() for ln in text.splitlines()]
+    # cuCIM's own preamble ("ERROR in line 205 while decompressing JPEG image:") is followed by libjpeg's words,
+    # which need not sound like damage ("Quantization table 0xe2 was not defined"): keep them together
+    said = [f"{nxt} (cuCIM: {ln.rstrip(':')})" if PREAMBLE.match(ln) else ln for ln, nxt in zip(said, said[1:] + [""])]
+    lines = [ln for ln in said if CORRUPT.search(ln)]
+    lines = [ln for ln in lines if "(cuCIM: " not in ln] or lines  # the plain words first
     lines = list(dict.fromkeys(lines))
     if not lines:
         return ""

@@ -20,7 +20,7 @@ def positive_float(v) -> float | None:
 
 
 def to_rgb(a: np.ndarray) -> np.ndarray:
-    """uint8 RGB from gray, RGB or RGBA (alpha composited over white, as glass looks)."""
+    """uint8 RGB from gray, gray + alpha, RGB or RGBA (alpha composited over white, as glass looks)."""
     a = np.asarray(a)
     if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.dtype.itemsize > 1 and a.max(initial=0) > 255):
         a = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)  # 16-bit samples: keep the top 8 bits, never clip
@@ -30,6 +30,8 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 2:
         return np.repeat(a[..., None], 3, axis=2)
+    if a.shape[2] == 2:  # gray + alpha
+        a = a[..., [0, 0, 0, 1]]
     if a.shape[2] == 4:
         alpha = a[..., 3:4].astype(np.uint16)
         rgb = (a[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha)) // 255
@@ -113,15 +115,21 @@ def check_tiff(path: str) -> None:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for k, page in enumerate(pages):
                 _check_page(page, k, size)
-    except BrokenFile:
-        raise
+    except BrokenFile as e:
+        broken = e
     except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
-        raise BrokenFile(f"not a readable TIFF: {e}") from None
+        broken = BrokenFile(f"not a readable TIFF: {e}")
+    else:
+        broken = None
     finally:
         log.removeHandler(handler)
         log.propagate = propagate
-    if any("invalid page offset" in p or "truncated" in p.lower() or "invalid offset" in p for p in problems):
+    # a table or directory past the end of the file: the cause of what else is wrong (a truncated copy)
+    if any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
+            or any("truncated" in p.lower() for p in problems):
         raise BrokenFile("truncated file: TIFF directories point past the end of the file")
+    if broken is not None:
+        raise broken
 
 
 def _check_page(page, k: int, file_size: int) -> None:
@@ -142,7 +150,8 @@ def _check_page(page, k: int, file_size: int) -> None:
         raw, unit = w * rps * item // planes, f"strips of {rps} rows"
     offsets, counts = page.dataoffsets, page.databytecounts
     if len(offsets) != need or len(counts) != need:
-        raise BrokenFile(f"{what} in {unit} needs {need:,} data offsets but the file lists {len(offsets):,}: "
+        counted = f" and {len(counts):,} byte counts" if len(counts) != len(offsets) else ""
+        raise BrokenFile(f"{what} in {unit} needs {need:,} data offsets but the file lists {len(offsets):,}{counted}: "
                          "a broken or patched header")
     if w * h > MAX_LEVEL_PIXELS:
         raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
@@ -150,9 +159,26 @@ def _check_page(page, k: int, file_size: int) -> None:
         raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
     if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
         raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
+    if page.compression == 1 and int(page.bitspersample) % 8 == 0 and need:
+        # uncompressed: each tile (strip) holds exactly its pixels; another count means a patched size or layout,
+        # read as shifted or other pixels without an error
+        full = np.full(need, raw, np.int64)
+        if not page.is_tiled:  # the last strip of each plane may hold only the remaining rows
+            per_plane = need // planes
+            last = w * (h - (per_plane - 1) * rps) * item // planes
+            ok = (np.asarray(counts) == full) | ((np.arange(need) % per_plane == per_plane - 1) & (np.asarray(counts) == last))
+        else:
+            ok = np.asarray(counts) == full
+        ok |= np.asarray(counts) == 0  # absent (sparse)
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise BrokenFile(f"{what}: uncompressed {'tile' if page.is_tiled else 'strip'} {i} holds {int(counts[i]):,} "
+                             f"bytes, its pixels {raw:,}: a broken or patched header")
 
 
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
+PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}  # start-of-frame markers of progressive JPEG
+BETWEEN_SCANS = [0xC4, 0xCC, 0xDA, 0xDB, 0xDD, *range(0xE0, 0xF0), 0xFE]  # DHT, DAC, SOS, DQT, DRI, APPn, COM
 
 
 def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tables: bytes | None = None) -> str:
@@ -162,13 +188,14 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
     tables in the tile or (``tables``, a TIFF's JPEGTables; None: not checked) beside it, a
     well-formed chain of header segments, a frame size equal to the TIFF tile size and the right number of
     colour components, and in the entropy-coded data no marker but byte stuffing (FF 00), restarts
-    (FF D0..D7) and fill bytes. Cost: one pass of numpy over the compressed bytes."""
+    (FF D0..D7) and fill bytes (and, in a progressive JPEG, the headers of its later scans). Cost: one pass
+    of numpy over the compressed bytes."""
     if data[:2] != b"\xff\xd8":
         return "the tile does not start with a JPEG SOI marker"
     end = data.rstrip(b"\x00")  # some writers pad tiles with zeros
     if end[-2:] != b"\xff\xd9":
         return "the tile does not end with a JPEG EOI marker (cut short or overwritten)"
-    i, n, sof, dqt = 2, len(end), False, False
+    i, n, sof, dqt, progressive = 2, len(end), False, False, False
     while True:
         if i + 4 > n or end[i] != 0xFF:
             return f"malformed JPEG header at byte {i}"
@@ -187,7 +214,7 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
                 return f"the JPEG header says {w} x {h} px, the TIFF tile is {width} x {height}"
             if nc != components:
                 return f"the JPEG header says {nc} colour components, the TIFF {components}"
-            sof = True
+            sof, progressive = True, m in PROGRESSIVE
         i += 2 + length
         if m == 0xDA:  # start of scan: entropy-coded data follows
             break
@@ -199,6 +226,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
     ff = np.flatnonzero(body[:-1] == 0xFF)
     nxt = body[ff + 1]
     bad = (nxt != 0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))
+    if progressive:  # several scans, each with its own header: Huffman tables, restart interval, start of scan
+        bad &= ~np.isin(nxt, BETWEEN_SCANS)
     if bad.any():
         k = int(ff[np.argmax(bad)])
         return f"a stray JPEG marker FF{int(nxt[np.argmax(bad)]):02X} inside the compressed data at byte {i + k}"
@@ -222,16 +251,19 @@ def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -
 
 
 class TiffTileCheck:
-    """Checks each JPEG tile of a TIFF once, before a decoder sees it (``jpeg_tile_problem``).
+    """Checks each JPEG or JPEG 2000 tile (or strip) of a TIFF once, before a decoder sees it.
 
-    ``check(dims, x, y, w, h)`` takes a level by its size and a box in its pixels; it raises
-    ``BrokenFile`` naming the first bad tile the box touches. Pages that are not tiled JPEG are not checked."""
+    JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
+    (its header only). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
+    for cuCIM, captured per slide; imagecodecs raises). ``check(dims, x, y, w, h)`` takes a level by its size
+    and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
+    colour planes, each plane's tile). Other compressions are not checked."""
 
     def __init__(self, path: str, decode: bool = False):
         import tifffile
 
         self.path = path
-        self.decode = decode  # also decode each tile once with libjpeg warnings as errors (strict_jpeg_problem)
+        self.decode = decode  # also decode each JPEG tile once with libjpeg warnings as errors (strict_jpeg_problem)
         self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
         with tifffile.TiffFile(path) as tf:
@@ -240,12 +272,16 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.is_tiled and page.compression == 7 and page.planarconfig != 2:
-                    key = (int(page.imagewidth), int(page.imagelength))
-                    self.pages.setdefault(key, (int(page.tilewidth), int(page.tilelength), int(page.samplesperpixel),
-                                                np.asarray(page.dataoffsets, np.int64),
-                                                np.asarray(page.databytecounts, np.int64)))
-                    self.tables.setdefault(key, bytes(page.jpegtables or b""))
+                if page.compression in (7,) + J2K_CODECS:
+                    w, h = int(page.imagewidth), int(page.imagelength)
+                    tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
+                              else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
+                    planes = int(page.samplesperpixel) if page.planarconfig == 2 else 1  # one tile per colour plane
+                    self.pages.setdefault((w, h), (tw, th, int(page.samplesperpixel) // planes,
+                                                   np.asarray(page.dataoffsets, np.int64),
+                                                   np.asarray(page.databytecounts, np.int64), int(page.compression),
+                                                   page.is_tiled, planes))
+                    self.tables.setdefault((w, h), bytes(page.jpegtables or b""))
         self._seen: set = set()
         self._fd = os.open(path, os.O_RDONLY) if self.pages else None
 
@@ -254,26 +290,62 @@ class TiffTileCheck:
         page = self.pages.get(dims)
         if page is None or w <= 0 or h <= 0:
             return
-        tw, th, spp, offs, counts = page
+        tw, th, spp, offs, counts, codec, tiled, planes = page
         cols = -(-int(dims[0]) // tw)
-        for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1):
-            for c in range(max(x, 0) // tw, min(x + w - 1, int(dims[0]) - 1) // tw + 1):
-                k = r * cols + c
-                if (dims, k) in self._seen or not counts[k]:
+        per_plane = len(counts) // planes
+        boxes = [(r, c) for r in range(max(y, 0) // th, min(y + h - 1, int(dims[1]) - 1) // th + 1)
+                 for c in range(max(x, 0) // tw, min(x + w - 1, int(dims[0]) - 1) // tw + 1)]
+        for plane in range(planes):
+            for r, c in boxes:
+                # the last strip may hold only the remaining rows; a tile always has its full size
+                heights = {th} if tiled else {min(th, dims[1] - r * th), th}
+                k = plane * per_plane + r * cols + c
+                if (dims, k) in self._seen or k >= len(counts) or not counts[k]:
                     continue
-                data = os.pread(self._fd, int(counts[k]), int(offs[k]))
-                why = jpeg_tile_problem(data, tw, th, spp, self.tables.get(dims, b""))
-                if not why and self.decode:
-                    why = strict_jpeg_problem(data, self.tables.get(dims, b""), spp)
+                head_only = codec in J2K_CODECS  # its main header: the first 42 bytes
+                data = os.pread(self._fd, min(int(counts[k]), 64) if head_only else int(counts[k]), int(offs[k]))
+                if codec in J2K_CODECS:
+                    if not data.startswith(b"\xff\x4f"):  # a JP2 file around the codestream: find it
+                        data = os.pread(self._fd, int(counts[k]), int(offs[k]))
+                        data = data[max(data.find(b"\xff\x4f\xff\x51"), 0):]
+                    whys = [j2k_tile_problem(data, tw, t, spp) for t in sorted(heights)]
+                    why = "" if "" in whys else whys[0]
+                else:
+                    tables = self.tables.get(dims, b"")
+                    whys = [jpeg_tile_problem(data, tw, t, spp, tables) for t in sorted(heights)]
+                    why = "" if "" in whys else whys[0]
+                    if not why and self.decode:
+                        why = strict_jpeg_problem(data, tables, spp)
                 if why:
-                    raise BrokenFile(f"corrupt JPEG tile {k} of the {dims[0]} x {dims[1]} px level "
-                                     f"(column {c}, row {r}): {why}")
+                    kind = "JPEG" if codec == 7 else "JPEG 2000"
+                    raise BrokenFile(f"corrupt {kind} {'tile' if tiled else 'strip'} {k} "
+                                     f"of the {dims[0]} x {dims[1]} px level (column {c}, row {r}): {why}")
                 self._seen.add((dims, k))
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+J2K_CODECS = (33003, 33005, 34712)  # Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000
+
+
+def j2k_tile_problem(data: bytes, width: int, height: int, components: int, unit: str = "the TIFF tile") -> str:
+    """What is wrong with one JPEG 2000 tile's main header ('' when nothing is seen), without decoding it:
+    SOC and SIZ first, an image of the TIFF tile's size and samples, and at most 4096 codestream tiles.
+    A damaged SIZ made OpenJPEG (cuCIM, imagecodecs) allocate and decode what it claims: one flipped byte
+    claiming a 3,439,329,536 x 256 px tile took 24 GB and the process was killed (no error, the batch lost)."""
+    if data[:4] != b"\xff\x4f\xff\x51" or len(data) < 42:
+        return "the tile does not start with a JPEG 2000 codestream header (SOC, SIZ)"
+    x, y, xo, yo, xt, yt, xto, yto, c = struct.unpack(">IIIIIIIIH", data[8:42])
+    if (x - xo, y - yo) != (width, height) or xo >= x or yo >= y:
+        return f"the JPEG 2000 header says {x - xo} x {y - yo} px, {unit} is {width} x {height}"
+    if c != components:
+        return f"the JPEG 2000 header says {c} components, {unit} has {components}"
+    if not xt or not yt or xto > xo or yto > yo or -(-(x - xto) // xt) * -(-(y - yto) // yt) > 4096:
+        return f"the JPEG 2000 header's tiling ({xt} x {yt} px from {xto}, {yto}) does not fit its image"
+    return ""
 
 
 def mpp_from_tiff_tags(page) -> float | None:
@@ -350,5 +422,20 @@ def tiff_signed_samples(path: str) -> bool:
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
             return bool(pages) and pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT
+    except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
+        return False
+
+
+def tiff_gray_alpha(path: str) -> bool:
+    """True when a TIFF's first image is gray + alpha (2 samples): OpenSlide returns the gray multiplied by the
+    alpha, then composited over white again (64 grey levels too dark at alpha 128)."""
+    import tifffile
+
+    if file_kind(path) != "tiff":
+        return False
+    try:
+        with tifffile.TiffFile(path) as tf:
+            pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
+            return bool(pages) and pages[0].samplesperpixel == 2 and pages[0].photometric in (0, 1)
     except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
         return False

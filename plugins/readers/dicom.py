@@ -46,7 +46,8 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from slidestream.engine.errors import BrokenFile
 
-from .common import MAX_LEVEL_PIXELS, MAX_TILE_BYTES, jpeg_tile_problem, positive_float, read_clipped, to_rgb, ycbcr_to_rgb
+from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, j2k_tile_problem, jpeg_tile_problem, positive_float, read_clipped,
+                     to_rgb, ycbcr_to_rgb)
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -58,6 +59,8 @@ OTHER_CODECS = {  # decoded by imagecodecs.imread (format sniffed from the strea
     "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203",  # HTJ2K
     "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112",  # JPEG XL
 }
+J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+       "1.2.840.10008.1.2.4.203"}  # JPEG 2000 and HTJ2K: frames whose header is checked before decoding
 COLOUR_MARKER = re.compile(rb"\xff\xe0..JFIF|\xff\xee..Adobe", re.S)  # APP0 JFIF (YCbCr) / APP14 Adobe
 CACHE_FRAMES = 32  # decoded frames kept (32 x 500² RGB = 24 MB)
 SEAM_SAMPLES = 4  # grid positions sampled per order when detecting the frame order
@@ -259,6 +262,12 @@ class _Level:
                     if "corrupt" in str(e).lower() or "premature" in str(e).lower():
                         raise BrokenFile(f"corrupt JPEG frame {i} of {Path(self.path).name}: {e}") from None
             return imagecodecs.jpeg8_decode(data)
+        if self.syntax in J2K:  # OpenJPEG allocates and decodes the size a damaged header claims (GBs)
+            soc = data.find(b"\xff\x4f\xff\x51")  # the codestream, also inside a JP2 wrapper
+            why = j2k_tile_problem(data[soc:] if soc >= 0 else data, self.tw, self.th, self.spp, "the DICOM frame")
+            if why:
+                raise BrokenFile(f"corrupt JPEG 2000 frame {i} of {Path(self.path).name} "
+                                 f"({self.width} x {self.height} px): {why}")
         return imagecodecs.imread(data)
 
     def grid(self, order: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
-                     tiff_signed_samples, ycbcr_to_rgb)
+                     tiff_gray_alpha, tiff_signed_samples, ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -28,6 +29,8 @@ class OpenSlideSlide:
         check_claims(str(p))
         if tiff_signed_samples(str(p)):
             raise ValueError("signed samples: OpenSlide would return their raw bytes as colours")
+        if tiff_gray_alpha(str(p)):
+            raise ValueError("gray + alpha: OpenSlide would return the gray multiplied by the alpha (too dark)")
         self.path = path
         self._s = openslide.OpenSlide(str(p))
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
@@ -45,10 +48,15 @@ class OpenSlideSlide:
                        and dicom_jfif_marked_rgb(str(p)))
 
     def read_region(self, location, level, size):
+        import openslide
+
         ds = self.level_downsamples[level]
 
         def read(x, y, w, h):
-            rgba = np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+            try:
+                rgba = np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
+            except openslide.OpenSlideError as e:  # libtiff/libjpeg refused the data ("Using code not yet in table")
+                raise BrokenFile(f"OpenSlide cannot decode level {level} at ({x}, {y}): {e}") from None
             if self._ycbcr:
                 rgba = np.concatenate([ycbcr_to_rgb(rgba[..., :3]), rgba[..., 3:]], axis=-1)
             return rgba

@@ -80,7 +80,20 @@ class TiffSlide:
 
 def _colour(page):
     """What turns the samples of ``page`` into what ``to_rgb`` takes (gray, RGB or RGBA): tifffile returns them
-    as stored, so palette indices, CMYK inks and white-is-zero gray would pass as gray or RGB pixels."""
+    as stored, so palette indices, CMYK inks and white-is-zero gray would pass as gray or RGB pixels, and
+    samples of fewer bits than their dtype (12-bit in uint16, 4-bit in uint8) as a nearly black image: those
+    are scaled up to the full range of their dtype first."""
+    import tifffile
+
+    conv = _samples(page)
+    bits, dtype = int(page.bitspersample), page.dtype
+    if dtype.kind == "u" and bits < 8 * dtype.itemsize and page.photometric != tifffile.PHOTOMETRIC.PALETTE:
+        top, full = (1 << bits) - 1, int(np.iinfo(dtype).max)  # 12-bit: 4095 -> 65535
+        return lambda a: conv((a.astype(np.uint64) * full // top).astype(dtype))
+    return conv
+
+
+def _samples(page):
     import tifffile
 
     P = tifffile.PHOTOMETRIC
