@@ -72,7 +72,7 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
 
 
 def fingerprint(path: str) -> str | None:
-    """``size:sha256(first MiB + last MiB)`` of a slide file (None for a folder, FIFO or missing file): equal
+    """``size:sha256(first 64 KiB + last 64 KiB)`` of a slide file (None for a folder, FIFO or missing file): equal
     for byte-identical copies; recorded per slide so ``split`` can refuse a copy under another patient."""
     try:
         st = os.stat(path)
@@ -81,8 +81,8 @@ def fingerprint(path: str) -> str | None:
         import hashlib
 
         with open(path, "rb") as f:
-            head = f.read(1 << 20)
-            f.seek(max(st.st_size - (1 << 20), 0))
+            head = f.read(1 << 16)
+            f.seek(max(st.st_size - (1 << 16), 0))
             return f"{st.st_size}:{hashlib.sha256(head + f.read()).hexdigest()[:32]}"
     except OSError:
         return None
@@ -90,7 +90,7 @@ def fingerprint(path: str) -> str | None:
 
 def identical_copies(rows: list[SlideRow]) -> list[tuple[SlideRow, SlideRow]]:
     """Pairs of rows whose slide files are byte-identical (a copy under another name; a symbolic link is
-    caught earlier by its real path). Only files of equal size are read: the first and last MiB, then, where
+    caught earlier by its real path). Only files of equal size are read: the first and last 64 KiB, then, where
     those agree, the whole files. FIFOs, folders (DICOM) and missing files are skipped, never opened."""
     by_size: dict[int, list[SlideRow]] = {}
     for r in rows:

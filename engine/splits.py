@@ -65,7 +65,7 @@ def check_patients(store, patient_from: str | None = None) -> None:
 
 def refuse_copies_across_patients(store, slide_ids, patient_ids) -> None:
     """ConfigError when two slides of different patients are byte-identical files (equal ``fingerprint`` in
-    their records: size and first/last MiB): a split could put the same pixels in train and in test."""
+    their records: size and first/last 64 KiB): a split could put the same pixels in train and in test."""
     patient = dict(zip((str(s) for s in slide_ids), (str(p) for p in patient_ids)))
     by_print: dict[str, list[str]] = {}
     for sid, rec in store.records("slides").items():
@@ -75,7 +75,7 @@ def refuse_copies_across_patients(store, slide_ids, patient_ids) -> None:
     if clashes:
         shown = "; ".join(" = ".join(f"{s} (patient {patient[s]})" for s in sids) for sids in clashes[:5])
         raise ConfigError(f"split: {len(clashes)} slide file{'s are' if len(clashes) > 1 else ' is'} copied under "
-                          f"another patient (byte-identical: same size, same first and last MiB): {shown}; the same "
+                          f"another patient (byte-identical: same size, same first and last 64 KiB): {shown}; the same "
                           "pixels would land in train and test: remove the copies from the cohort and extract again")
 
 

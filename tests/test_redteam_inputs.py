@@ -508,14 +508,14 @@ def test_any_flipped_byte_in_a_feature_chunk_is_an_error_never_other_features(tm
 
 
 def test_byte_identical_slide_copies_are_found_and_recorded(tmp_path):
-    """The same slide file under two names: found by content (size, first/last MiB, then every byte), warned
+    """The same slide file under two names: found by content (size, first/last 64 KiB, then every byte), warned
     about by extract, and each slide's record keeps its fingerprint for `split`; a file of the same size
     differing in one middle byte is not a copy."""
     import shutil
 
     from slidestream.engine.cohort import identical_copies
 
-    src = WSI / "tcga-cr-7395-01a-01-ts1.svs"  # 3.9 MB: its middle byte is in neither the first nor last MiB
+    src = WSI / "tcga-cr-7395-01a-01-ts1.svs"  # 3.9 MB: its middle byte is in neither the first nor the last 64 KiB
     folder = tmp_path / "slides"
     folder.mkdir()
     shutil.copy(src, folder / "a.svs")
@@ -534,7 +534,7 @@ def test_byte_identical_slide_copies_are_found_and_recorded(tmp_path):
     recs = PatchStore.open(tmp_path / "st").records("slides")
     assert recs["a"]["fingerprint"] == recs["b"]["fingerprint"] is not None
     data = bytearray(src.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, same first and last MiB: only the full comparison tells them apart
+    data[len(data) // 2] ^= 0xFF  # same size, same first and last 64 KiB: only the full comparison tells them apart
     (folder / "b.svs").write_bytes(bytes(data))
     assert identical_copies(read_cohort(table)) == []
 
