@@ -101,13 +101,11 @@ def identical_copies(rows: list[SlideRow]) -> list[tuple[SlideRow, SlideRow]]:
         if stat.S_ISREG(st.st_mode) and st.st_size:
             by_size.setdefault(st.st_size, []).append(r)
     pairs: list[tuple[SlideRow, SlideRow]] = []
-    if all(len(g) == 1 for g in by_size.values()):
-        return pairs
-    import filecmp
+    for group in (g for g in by_size.values() if len(g) > 1):
+        import filecmp
 
-    for group in by_size.values():
         first: dict[str, SlideRow] = {}
-        for r in group if len(group) > 1 else ():
+        for r in group:
             key = fingerprint(r.slide_path)
             try:
                 same = key in first and filecmp.cmp(first[key].slide_path, r.slide_path, shallow=False)

@@ -36,9 +36,9 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     b = load(bundle, dev)
     st = PatchStore.open(store)
     b.check_extraction(st.manifest.get("extraction_hash"), f"store {store}")
-    own = b.meta.get("patch_size")  # also when the store records no extraction hash (the check above cannot run)
-    if own and int(st.patches.shape[1]) != int(own):
-        raise ConfigError(f"bundle {b.path} was trained on {own} px patches, store {store} holds "
+    size = b.meta.get("patch_size")  # also when the store records no extraction hash (the check above cannot run)
+    if size and int(st.patches.shape[1]) != int(size):
+        raise ConfigError(f"bundle {b.path} was trained on {size} px patches, store {store} holds "
                           f"{int(st.patches.shape[1])} px ones; extract with the bundle's own {b.path / 'pipeline.json'}")
     chain, _ = norm_chain(b.pipeline)
     tab = st.table()

@@ -136,8 +136,7 @@ def check_assigned(split: np.ndarray, patient_id: np.ndarray, slide_id: np.ndarr
     extracted after ``split`` would be left out of training and evaluation without a word; ``unsplit_ok``:
     allowed, for ``predict``) or whose patient has rows in two splits (a hand-edited split column: its patches
     in train and test, or its predicted row given the split of its first slide)."""
-    def text(a):  # zarr's variable-length strings (numpy StringDType) -> fixed-width str
-        return np.asarray(a).astype(object).astype(str)
+    from .features import as_str as text  # zarr's variable-length strings -> fixed-width str
 
     real = ~np.asarray(synthetic).astype(bool)
     sp, pid = text(split)[real], text(patient_id)[real]

@@ -260,6 +260,23 @@ def test_cucim_error_is_reported_with_libjpegs_words(tmp_path):
         s.close()
 
 
+def _thumbnail_in_4gb(p):
+    """``open_slide(p).thumbnail(16)`` in a child process under a 4 GB address-space limit: its output (the
+    SlideError, if any) and ``maxrss <MB>``, its peak RSS from VmHWM (ru_maxrss would count pytest's own, from
+    fork)."""
+    import subprocess
+    import sys
+
+    code = ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+            "from slidestream.engine.chatter import CAPTURE\nfrom slidestream.engine.slide import open_slide\n"
+            "from slidestream.engine.errors import SlideError\n"
+            f"with CAPTURE.on():\n    s = open_slide({str(p)!r}, mpp=0.5)\n"
+            "    try:\n        s.thumbnail(16)\n    except SlideError as e:\n        print(e)\n"
+            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+            "print('maxrss', int(hwm.split()[1]) // 1024)\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
 def test_jpeg2000_tile_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
     """One flipped byte in a JPEG 2000 tile's SIZ header made OpenJPEG inside cuCIM allocate and decode the
     image it claims: fuzzing the TCGA slide's tile headers (60 files), one took 24 GB and the kernel killed
@@ -268,8 +285,6 @@ def test_jpeg2000_tile_claiming_a_huge_image_is_refused_before_decoding(tmp_path
     the TIFF's tile first. Run under a 4 GB address-space limit, so that a regression cannot exhaust the
     machine."""
     import struct
-    import subprocess
-    import sys
 
     from conftest import WSI
 
@@ -280,14 +295,7 @@ def test_jpeg2000_tile_claiming_a_huge_image_is_refused_before_decoding(tmp_path
     struct.pack_into(">I", data, first + 12, 2_000_000)  # Ysiz
     p = tmp_path / "siz.svs"
     p.write_bytes(bytes(data))
-    code = ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
-            "from slidestream.engine.chatter import CAPTURE\nfrom slidestream.engine.slide import open_slide\n"
-            "from slidestream.engine.errors import SlideError\n"
-            f"with CAPTURE.on():\n    s = open_slide({str(p)!r}, mpp=0.5)\n"
-            "    try:\n        s.thumbnail(16)\n    except SlideError as e:\n        print(e)\n"
-            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"  # peak RSS of this process
-            "print('maxrss', int(hwm.split()[1]) // 1024)\n")  # (ru_maxrss would count pytest's own, from fork)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = _thumbnail_in_4gb(p)
     assert r.returncode == 0 and re.search(r"siz.svs: corrupt JPEG 2000 tile 0 of the 2221 x 1783 px level .*"
                                            r"the JPEG 2000 header says 256 x 2000000 px, the TIFF tile is 256 x 256",
                                            r.stdout), (r.returncode, r.stdout, r.stderr[-400:])
@@ -299,8 +307,6 @@ def test_dicom_jpeg2000_frame_claiming_a_huge_image_is_refused_before_decoding(t
     256 x 2,000,000 px), then failed with every codec's complaint in one line ('APNG_DECODE: not a PNG image
     AVIF_DECODE: ...'). Now refused before decoding, naming the frame. Under a 4 GB address-space limit."""
     import struct
-    import subprocess
-    import sys
 
     import imagecodecs
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -330,14 +336,7 @@ def test_dicom_jpeg2000_frame_claiming_a_huge_image_is_refused_before_decoding(t
     (tmp_path / "s").mkdir()
     p = tmp_path / "s" / "j2k.dcm"
     ds.save_as(p, enforce_file_format=True)
-    code = ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
-            "from slidestream.engine.chatter import CAPTURE\nfrom slidestream.engine.slide import open_slide\n"
-            "from slidestream.engine.errors import SlideError\n"
-            f"with CAPTURE.on():\n    s = open_slide({str(p)!r}, mpp=0.5)\n"
-            "    try:\n        s.thumbnail(16)\n    except SlideError as e:\n        print(e)\n"
-            "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"  # peak RSS of this process
-            "print('maxrss', int(hwm.split()[1]) // 1024)\n")  # (ru_maxrss would count pytest's own, from fork)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = _thumbnail_in_4gb(p)
     assert r.returncode == 0 and re.search(r"j2k.dcm: corrupt JPEG 2000 frame 0 of j2k.dcm \(512 x 512 px\): the JPEG "
                                            r"2000 header says 256 x 2000000 px, the DICOM frame is 256 x 256", r.stdout), \
         (r.returncode, r.stdout, r.stderr[-400:])

@@ -302,20 +302,19 @@ class TiffTileCheck:
                 k = plane * per_plane + r * cols + c
                 if (dims, k) in self._seen or k >= len(counts) or not counts[k]:
                     continue
-                head_only = codec in J2K_CODECS  # its main header: the first 42 bytes
-                data = os.pread(self._fd, min(int(counts[k]), 64) if head_only else int(counts[k]), int(offs[k]))
-                if codec in J2K_CODECS:
+                tables = self.tables.get(dims, b"")
+                if codec in J2K_CODECS:  # its main header only: the first 42 bytes
+                    data = os.pread(self._fd, min(int(counts[k]), 64), int(offs[k]))
                     if not data.startswith(b"\xff\x4f"):  # a JP2 file around the codestream: find it
                         data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                         data = data[max(data.find(b"\xff\x4f\xff\x51"), 0):]
                     whys = [j2k_tile_problem(data, tw, t, spp) for t in sorted(heights)]
-                    why = "" if "" in whys else whys[0]
                 else:
-                    tables = self.tables.get(dims, b"")
+                    data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                     whys = [jpeg_tile_problem(data, tw, t, spp, tables) for t in sorted(heights)]
-                    why = "" if "" in whys else whys[0]
-                    if not why and self.decode:
-                        why = strict_jpeg_problem(data, tables, spp)
+                why = "" if "" in whys else whys[0]
+                if not why and self.decode and codec == 7:
+                    why = strict_jpeg_problem(data, tables, spp)
                 if why:
                     kind = "JPEG" if codec == 7 else "JPEG 2000"
                     raise BrokenFile(f"corrupt {kind} {'tile' if tiled else 'strip'} {k} "
@@ -411,31 +410,23 @@ def tiff_level_count(path: str) -> int:
         return 0
 
 
-def tiff_signed_samples(path: str) -> bool:
-    """True when a TIFF's first image stores signed integer samples (SampleFormat 2): OpenSlide returns
-    their raw bytes as if unsigned (-100 becomes 156), so such a file passes as colours it is not."""
-    import tifffile
-
-    if file_kind(path) != "tiff":
-        return False
-    try:
-        with tifffile.TiffFile(path) as tf:
-            pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
-            return bool(pages) and pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT
-    except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
-        return False
-
-
-def tiff_gray_alpha(path: str) -> bool:
-    """True when a TIFF's first image is gray + alpha (2 samples): OpenSlide returns the gray multiplied by the
+def openslide_misread(path: str) -> str:
+    """Why OpenSlide would return other colours than a TIFF's first image holds ('' when none, or not a TIFF):
+    signed samples come back as their raw bytes (-100 as 156); gray + alpha as the gray multiplied by the
     alpha, then composited over white again (64 grey levels too dark at alpha 128)."""
     import tifffile
 
     if file_kind(path) != "tiff":
-        return False
+        return ""
     try:
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
-            return bool(pages) and pages[0].samplesperpixel == 2 and pages[0].photometric in (0, 1)
     except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
-        return False
+        return ""
+    if not pages:
+        return ""
+    if pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT:
+        return "signed samples: OpenSlide would return their raw bytes as colours"
+    if pages[0].samplesperpixel == 2 and pages[0].photometric in (0, 1):
+        return "gray + alpha: OpenSlide would return the gray multiplied by the alpha (too dark)"
+    return ""

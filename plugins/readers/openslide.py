@@ -13,7 +13,7 @@ from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
-                     tiff_gray_alpha, tiff_signed_samples, ycbcr_to_rgb)
+                     openslide_misread, ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -27,10 +27,9 @@ class OpenSlideSlide:
                 raise ValueError("folder holds no .dcm files")
             p = dcm[0]
         check_claims(str(p))
-        if tiff_signed_samples(str(p)):
-            raise ValueError("signed samples: OpenSlide would return their raw bytes as colours")
-        if tiff_gray_alpha(str(p)):
-            raise ValueError("gray + alpha: OpenSlide would return the gray multiplied by the alpha (too dark)")
+        misread = openslide_misread(str(p))
+        if misread:
+            raise ValueError(misread)
         self.path = path
         self._s = openslide.OpenSlide(str(p))
         self.level_dimensions = [tuple(d) for d in self._s.level_dimensions]
