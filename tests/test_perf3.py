@@ -1,0 +1,68 @@
+"""Issue 11, round 4: the thumbnail is resized in bands (``Slide._shrink``) and stays byte for byte the one
+Pillow resize of the whole level it was before; the level is no longer held whole in memory."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import slidestream.engine.slide as sl
+from conftest import DATA, EXAMPLE, WSI
+from slidestream.engine import config
+from slidestream.engine.runner import tissue_mask
+from slidestream.engine.slide import open_slide
+
+CMU = WSI / "CMU-1-Small-Region.svs"  # one level, 2220 x 2967: two bands at level 0
+TCGA = WSI / "tcga-cr-7395-01a-01-ts1.svs"  # level 1 downsample 2.0005: bands cut from the level read whole
+
+
+def whole_resize(slide, scale):
+    """The thumbnail as it was made before: the level read whole, one Pillow bilinear resize."""
+    w0, h0 = slide.dimensions
+    level = slide.best_level(scale)
+    lw, lh = slide.reader.level_dimensions[level]
+    rgb = slide.reader.read_region((0, 0), level, (lw, lh))
+    return np.asarray(Image.fromarray(rgb).resize((int(w0 // scale), int(h0 // scale)), Image.BILINEAR))
+
+
+@pytest.mark.parametrize("path, reader, band", [(CMU, "cucim", None), (CMU, "openslide", 2220 * 300),
+                                                (TCGA, "cucim", 2221 * 300), (TCGA, "openslide", 2221 * 300)])
+def test_thumbnail_and_mask_equal_the_whole_level_resize(monkeypatch, path, reader, band):
+    if band:
+        monkeypatch.setattr(sl, "BAND_PIXELS", band)  # several bands (and 2 threads) on these small slides
+    s = open_slide(path, order=[reader], mpp=0.25)
+    old, new = whole_resize(s, 32), s.thumbnail(32)
+    assert new.shape == old.shape
+    assert np.array_equal(new, old)  # byte for byte, so within 1 grey level
+    pipeline = config.load(str(EXAMPLE))
+    assert np.array_equal(tissue_mask(pipeline, new), tissue_mask(pipeline, old))
+
+
+def test_banded_resize_is_pillows_for_any_geometry(monkeypatch):
+    """96 random strips and sizes (shrinking more or less in either direction, a little upscaling, strips
+    not starting at row 0, a column-first geometry) against one Pillow resize of the same pixels."""
+    monkeypatch.setattr(sl, "BAND_PIXELS", 918 * 256)  # 256-row bands
+    s = open_slide(DATA / "pen" / "histoqc-1k-pen_red.png", mpp=0.25)  # 918 x 1000, downsample 1
+    level = s.reader.read_region((0, 0), 0, (918, 1000))
+    rng = np.random.default_rng(11)
+    for _ in range(96):
+        top = int(rng.integers(0, 300))
+        h = int(rng.integers(1, 1000 - top + 1))
+        tw, th = int(rng.integers(1, 960)), int(rng.integers(1, h + 40))
+        want = np.asarray(Image.fromarray(level[top:top + h]).resize((tw, th), Image.BILINEAR))
+        assert np.array_equal(s._shrink(0, top, h, tw, th), want), (top, h, tw, th)
+
+
+def test_thumbnail_does_not_hold_the_level_whole(monkeypatch):
+    """Bands of BAND_PIXELS, two at a time: the 6.6 Mpx level (19.8 MB as RGB) is never in memory at once."""
+    monkeypatch.setattr(sl, "BAND_PIXELS", 2220 * 512, raising=False)  # 6 bands
+    s = open_slide(CMU)
+    s.thumbnail(32)  # warm up
+    tracemalloc.start()
+    try:
+        s.thumbnail(32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.5 * 2220 * 2967 * 3, peak
