@@ -66,3 +66,32 @@ def test_thumbnail_does_not_hold_the_level_whole(monkeypatch):
     finally:
         tracemalloc.stop()
     assert peak < 0.5 * 2220 * 2967 * 3, peak
+
+
+def test_dpw_counts_make_no_int64_copy_of_the_thumbnail():
+    """np.bincount and np.take first copy their input to int64 (8 bytes a pixel): the green histogram is counted
+    by Pillow, the component sizes and the kept components in blocks, so no such copy is made; thresholds and
+    masks are unchanged."""
+    from slidestream.plugins.filters import dpw
+
+    rgb = np.tile(np.asarray(Image.open(DATA / "pen" / "histoqc-1k-pen_red.png").convert("RGB")), (2, 2, 1))
+    px = rgb.shape[0] * rgb.shape[1]
+    g = rgb[..., 1]
+    for thresh in (200, 100, 30):  # none, one and several overmask retries
+        hist = np.bincount(g.ravel(), minlength=256)
+        cum, t = np.concatenate([[0], np.cumsum(hist)]), thresh
+        while t < 255 and dpw._masked_percent(int(cum[t] - hist[0]), px) >= 90:
+            t = int(np.ceil((255 - t) / 2 + t))
+        assert dpw._green_thresh(g, thresh) == t, thresh
+    mask = dpw.fused(rgb, np.ones(g.shape, bool), [{"name": n} for n in dpw.COLOUR_FILTERS])
+    labels = __import__("cc3d").connected_components(mask, connectivity=4)
+    keep = np.bincount(labels.ravel())[labels] >= 500
+    assert np.array_equal(dpw.small_objects(rgb, mask, 500), mask & keep)
+    for f in (lambda: dpw._green_thresh(g), lambda: dpw.small_objects(rgb, mask, 500)):
+        tracemalloc.start()
+        try:
+            f()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * px, peak  # labels (4 bytes a pixel), the mask (1) and blocks: no 8-byte copy (13 before)
