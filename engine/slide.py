@@ -15,6 +15,7 @@ import errno
 import math
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,7 @@ from .hookspecs import Geometry, SlideReader
 REFERENCE_MPP_AT_10X = 1.0  # µm per pixel at 10x objective
 LEVEL_SLACK = 1.05  # a level may be this much coarser than asked for (then resized up a little)
 STRIP_PIXELS = 64_000_000  # level pixels read at once when building a thumbnail
+BAND_PIXELS = 4_000_000  # level pixels a thumbnail holds at once within a strip (Slide._shrink)
 MAX_THUMBNAIL_SOURCE = 2 ** 28  # level pixels a thumbnail may be built from (16384² without a pyramid: < 30 s)
 FILE_MPP = (0.05, 20.0)  # a resolution a file may claim for a microscope slide, µm/px
 MAX_UPSAMPLE = 16  # a slide may be at most this much coarser than the magnification asked for
@@ -131,7 +133,6 @@ class Slide:
         tw, th = max(1, int(w0 // scale)), max(1, int(h0 // scale))
         level = self.best_level(scale)
         lw, lh = self.reader.level_dimensions[level]
-        ds = self.reader.level_downsamples[level]
         if lw * lh > MAX_THUMBNAIL_SOURCE:
             raise SlideError(f"{self.path}: the 1/{scale:g} thumbnail would be read from level {level} of {lw} x {lh} px "
                              f"(more than {MAX_THUMBNAIL_SOURCE:,}); the slide has no smaller level: "
@@ -144,9 +145,36 @@ class Slide:
         for t0 in range(0, th, rows):
             t1 = min(th, t0 + rows)
             l0, l1 = int(round(t0 * lh / th)), min(lh, int(round(t1 * lh / th)))
-            strip = self._region((0, int(round(l0 * ds))), level, (lw, max(1, l1 - l0)))
-            out[t0:t1] = np.asarray(Image.fromarray(strip).resize((tw, t1 - t0), Image.BILINEAR))
+            out[t0:t1] = self._shrink(level, l0, max(1, l1 - l0), tw, t1 - t0)
         return out
+
+    def _shrink(self, level: int, top: int, h: int, tw: int, th: int) -> np.ndarray:
+        """Level rows ``top .. top + h`` resized to ``tw`` x ``th``: byte for byte Pillow's bilinear resize of the
+        whole strip in one call. A strip of more than ``BAND_PIXELS`` is read and resized in bands of 256-row
+        multiples, two at a time (2 threads), each about ``BAND_PIXELS / 2``, so it is never in memory whole.
+
+        Pillow resizes each row first (to 8 bits) and then each column, unless the height shrinks more than
+        twice as much as the width (``Resample.c``): so each band's rows are resized alone, with the strip's
+        own coefficients, into one image whose columns are then resized in one call. Bands are read from the
+        slide only on a level whose downsample is a whole number (elsewhere a reader may shift a band by a row:
+        cuCIM rounds down, OpenSlide interpolates), else cut from the strip read whole."""
+        lw = self.reader.level_dimensions[level][0]
+        ds = self.reader.level_downsamples[level]
+        y0 = int(round(top * ds))
+        if lw * h <= BAND_PIXELS or (h - th > 0 and h - th > (lw - tw) * 2):  # one call, as Pillow resizes it
+            return np.asarray(Image.fromarray(self._region((0, y0), level, (lw, h))).resize((tw, th), Image.BILINEAR))
+        whole = None if float(ds).is_integer() else self._region((0, y0), level, (lw, h))
+        band = 256 * max(1, BAND_PIXELS // 2 // (lw * 256))
+        rows = Image.new("RGB", (tw, h))  # every row resized; then every column
+
+        def row_band(r0):
+            r1 = min(h, r0 + band)
+            px = self._region((0, y0 + int(r0 * ds)), level, (lw, r1 - r0)) if whole is None else whole[r0:r1]
+            rows.paste(Image.fromarray(px).resize((tw, r1 - r0), Image.BILINEAR), (0, r0))
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(row_band, range(0, h, band)))
+        return np.asarray(rows.resize((tw, th), Image.BILINEAR))
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:
         w, h = self.dimensions

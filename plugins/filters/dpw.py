@@ -164,7 +164,10 @@ def small_objects(rgb, mask, min_size: float = 500, avoid_overmask: bool = True,
 
     mask = np.asarray(mask, dtype=bool)
     labels, n = cc3d.connected_components(mask, connectivity=4 if connectivity == 1 else 8, return_N=True)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    flat, step = labels.reshape(-1), max(1 << 18, n + 1)  # in blocks: bincount and take copy labels to int64 first
+    sizes = np.zeros(n + 1, np.int64)
+    for i in range(0, flat.size, step):
+        sizes += np.bincount(flat[i:i + step], minlength=n + 1)
     sizes[0] = 0
     fg = sizes[1:]
     size = float(min_size)
@@ -175,7 +178,10 @@ def small_objects(rgb, mask, min_size: float = 500, avoid_overmask: bool = True,
         size /= 2
     keep_label = sizes >= size
     keep_label[0] = False
-    return np.take(keep_label, labels)  # faster than keep_label[labels]
+    out = np.empty(labels.shape, bool)
+    for i in range(0, flat.size, step):
+        np.take(keep_label, flat[i:i + step], out=out.reshape(-1)[i:i + step])  # faster than keep_label[labels]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +195,9 @@ _GREEN_BIT = np.uint64(1 << 63)
 def _green_thresh(g: np.ndarray, thresh: int = 200, avoid_overmask: bool = True, overmask_thresh: float = 90,
                   quirk_green_zero: bool = True) -> int:
     """``green_channel``'s final threshold after its overmask retries (one histogram of G)."""
-    hist = np.bincount(g.ravel(), minlength=256)
+    from PIL import Image
+
+    hist = np.array(Image.fromarray(np.ascontiguousarray(g)).histogram())  # Pillow's count: 3x np.bincount's speed
     cum = np.concatenate([[0], np.cumsum(hist)])
     lo = int(hist[0]) if quirk_green_zero else 0
     t = int(thresh)

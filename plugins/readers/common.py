@@ -157,7 +157,8 @@ def _check_page(page, k: int, file_size: int) -> None:
         raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
     if raw > MAX_TILE_BYTES:
         raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
-    if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
+    ends = np.asarray(offsets, np.uint64), np.asarray(counts, np.uint64)  # each <= file_size: their sum cannot wrap
+    if need and (ends[0].max() > file_size or ends[1].max() > file_size or (ends[0] + ends[1]).max() > file_size):
         raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
     if page.compression == 1 and int(page.bitspersample) % 8 == 0 and need:
         # uncompressed: each tile (strip) holds exactly its pixels; another count means a patched size or layout,
