@@ -251,10 +251,10 @@ def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -
 
 
 class TiffTileCheck:
-    """Checks each JPEG or JPEG 2000 tile (or strip) of a TIFF once, before a decoder sees it.
+    """Checks each JPEG, JPEG 2000, PNG, WebP or JPEG XL tile (or strip) of a TIFF once, before a decoder sees it.
 
     JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
-    (its header only). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
+    (its header only); PNG, WebP, JPEG XL: ``sized_tile_problem`` (the size in its header). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
     for cuCIM, captured per slide; imagecodecs raises). ``check(dims, x, y, w, h)`` takes a level by its size
     and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
     colour planes, each plane's tile). Other compressions are not checked."""
@@ -272,7 +272,7 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.compression in (7,) + J2K_CODECS:
+                if page.compression in (7,) + J2K_CODECS + tuple(SIZED_CODECS):
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
                               else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
@@ -309,6 +309,9 @@ class TiffTileCheck:
                         data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                         data = data[max(data.find(b"\xff\x4f\xff\x51"), 0):]
                     whys = [j2k_tile_problem(data, tw, t, spp) for t in sorted(heights)]
+                elif codec in SIZED_CODECS:  # its header only
+                    data = os.pread(self._fd, min(int(counts[k]), 4096), int(offs[k]))
+                    whys = [sized_tile_problem(data, codec, tw, t) for t in sorted(heights)]
                 else:
                     data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                     whys = [jpeg_tile_problem(data, tw, t, spp, tables) for t in sorted(heights)]
@@ -316,7 +319,7 @@ class TiffTileCheck:
                 if not why and self.decode and codec == 7:
                     why = strict_jpeg_problem(data, tables, spp)
                 if why:
-                    kind = "JPEG" if codec == 7 else "JPEG 2000"
+                    kind = {7: "JPEG", **SIZED_CODECS}.get(codec, "JPEG 2000")
                     raise BrokenFile(f"corrupt {kind} {'tile' if tiled else 'strip'} {k} "
                                      f"of the {dims[0]} x {dims[1]} px level (column {c}, row {r}): {why}")
                 self._seen.add((dims, k))
@@ -344,6 +347,61 @@ def j2k_tile_problem(data: bytes, width: int, height: int, components: int, unit
         return f"the JPEG 2000 header says {c} components, {unit} has {components}"
     if not xt or not yt or xto > xo or yto > yo or -(-(x - xto) // xt) * -(-(y - yto) // yt) > 4096:
         return f"the JPEG 2000 header's tiling ({xt} x {yt} px from {xto}, {yto}) does not fit its image"
+    return ""
+
+
+SIZED_CODECS = {34933: "PNG", 50001: "WebP", 50002: "JPEG XL", 52546: "JPEG XL"}  # TIFF compression: name
+JXL_RATIO = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}  # width / height
+
+
+def image_header_size(data: bytes, codec: int) -> tuple[int, int] | None:
+    """(width, height) the header of a PNG, WebP or JPEG XL stream declares (``codec``: its TIFF compression),
+    None when there is no such header."""
+    if codec == 34933:
+        return struct.unpack(">II", data[16:24]) if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 else None
+    if codec == 50001:
+        if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+            return None
+        if data[12:16] == b"VP8 ":  # lossy: 14-bit sizes after the start code 9D 01 2A
+            w, h = struct.unpack("<HH", data[26:30])
+            return (w & 0x3FFF, h & 0x3FFF) if data[23:26] == b"\x9d\x01\x2a" else None
+        if data[12:16] == b"VP8L":  # lossless: signature 2F, then 14 + 14 bits of size - 1
+            v = int.from_bytes(data[21:25], "little")
+            return ((v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1) if data[20] == 0x2F else None
+        if data[12:16] == b"VP8X":  # extended: 24-bit canvas size - 1
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        return None
+    if data[:2] != b"\xff\x0a":  # a JPEG XL container: the codestream is in a jxlc (or jxlp) box
+        i, j = data.find(b"jxlc"), data.find(b"jxlp")
+        data = data[i + 4:] if i >= 0 else data[j + 8:] if j >= 0 else b""
+        if data[:2] != b"\xff\x0a":
+            return None
+    bits, pos = int.from_bytes(data[2:20], "little"), 0  # the SizeHeader, read least significant bit first
+
+    def u(n):
+        nonlocal pos
+        pos += n
+        return (bits >> (pos - n)) & ((1 << n) - 1)
+
+    def u32():
+        return 1 + u((9, 13, 18, 30)[u(2)])
+
+    small = u(1)
+    h = (u(5) + 1) * 8 if small else u32()
+    ratio = u(3)
+    if ratio:
+        return h * JXL_RATIO[ratio][0] // JXL_RATIO[ratio][1], h
+    return ((u(5) + 1) * 8 if small else u32()), h
+
+
+def sized_tile_problem(data: bytes, codec: int, width: int, height: int) -> str:
+    """What is wrong with a PNG, WebP or JPEG XL tile's header ('' when nothing is seen): a size other than the
+    TIFF tile's (the decoder allocates and decodes whatever size the header claims)."""
+    name, size = SIZED_CODECS[codec], image_header_size(data, codec)
+    if size is None:
+        return f"the tile does not start with a {name} header"
+    if tuple(size) != (width, height):
+        return f"the {name} header says {size[0]} x {size[1]} px, the TIFF tile is {width} x {height}"
     return ""
 
 
