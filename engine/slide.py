@@ -305,19 +305,21 @@ def _level_lie(reader: SlideReader) -> str | None:
     """Why the pyramid's level sizes cannot be true, or None: a level is a scaled-down level 0, so one
     downsample (up to the rounding of each side) must give both its width and its height. A level whose
     header claims another size was read with the wrong scale: patches from the wrong place, silently. Levels
-    whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles."""
+    whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles;
+    but no level may have width and height the other way round than level 0 (portrait vs landscape)."""
     dims = [tuple(int(v) for v in d) for d in reader.level_dimensions]
     if not dims or min(min(d) for d in dims) < 1:
         return f"a pyramid level of {dims} has no pixels"
     w0, h0 = dims[0]
     for i, (w, h) in enumerate(dims[1:], 1):
-        if w % 128 == 0 and h % 128 == 0:
-            continue
         lo = max(w0 / (w + 1), h0 / (h + 1))  # downsamples that round to this width and this height
         hi = min(w0 / (w - 1) if w > 1 else math.inf, h0 / (h - 1) if h > 1 else math.inf)
-        if lo > hi or w > w0 or h > h0:
+        if (w % 128 or h % 128) and (lo > hi or w > w0 or h > h0):
             return (f"pyramid level {i} is {w} x {h} px, which no single downsample of level 0 ({w0} x {h0} px) "
                     "gives")
+        if (w - h) * (w0 - h0) < 0:  # rounding and tile padding never turn a landscape level into a portrait one
+            return (f"pyramid level {i} is {w} x {h} px, {'portrait' if h > w else 'landscape'} where level 0 "
+                    f"({w0} x {h0} px) is {'portrait' if h0 > w0 else 'landscape'}")
     return None
 
 

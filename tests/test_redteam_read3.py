@@ -37,3 +37,34 @@ def test_png_webp_jxl_tile_of_another_size_is_refused_before_decoding(tmp_path, 
         assert rgb is None and f"corrupt {name} tile 1" in why and "header says 512 x 512 px, the TIFF tile is 256 x 256" in why
     finally:
         s.close()
+
+
+def _flipped_pyramid(path, shape=(1536, 2048), f=4):
+    """Level 0 of ``shape`` (glass with a texture symmetric about the diagonal), and a level 1 holding its 1/``f``
+    copy transposed (width and height swapped, all sides multiples of 128): the textured box of the level-content
+    check looks the same in both, so only the level's shape shows the lie."""
+    a = np.full((*shape, 3), 235, np.uint8)
+    t = _rgb(3, (512, 512))
+    a[512:1024, 512:1024] = np.maximum(t, t.transpose(1, 0, 2))  # symmetric: the transpose shows the same there
+    from PIL import Image
+
+    lv1 = np.ascontiguousarray(np.asarray(Image.fromarray(a).reduce(f)).transpose(1, 0, 2))
+    with tifffile.TiffWriter(path) as tw:
+        for im in (a, lv1):
+            tw.write(im, tile=(128, 128), photometric="rgb", compression="jpeg", description=APERIO, metadata=None,
+                     subfiletype=0 if im is a else 1)
+
+
+@pytest.mark.parametrize("order, shape, f, level", [(None, (1536, 2048), 4, "384 x 512"),
+                                                     (["openslide"], (1536, 2048), 4, "384 x 512"),
+                                                     (None, (1024, 2048), 8, "128 x 256")])  # a ~128 px smallest level
+def test_pyramid_level_with_width_and_height_swapped_is_refused(tmp_path, order, shape, f, level):
+    """A 2048 x 1536 slide whose level 1 is 384 x 512 (its sides swapped): the size check skipped levels whose
+    sides are both multiples of 128 (tile padding) and the content check looked at one box where the swapped
+    level looks the same, so the slide opened and patches read from level 1 came from the wrong place. Padding
+    and rounding never turn a landscape level into a portrait one: refused, at no cost."""
+    p = tmp_path / "flip.svs"
+    _flipped_pyramid(p, shape, f)
+    with pytest.raises(SlideError, match=rf"flip.svs: pyramid level 1 is {level} px, portrait where level 0 "
+                                         rf"\({shape[1]} x {shape[0]} px\) is landscape: a broken or patched header"):
+        open_slide(p, order=order)
