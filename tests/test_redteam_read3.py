@@ -68,3 +68,25 @@ def test_pyramid_level_with_width_and_height_swapped_is_refused(tmp_path, order,
     with pytest.raises(SlideError, match=rf"flip.svs: pyramid level 1 is {level} px, portrait where level 0 "
                                          rf"\({shape[1]} x {shape[0]} px\) is landscape: a broken or patched header"):
         open_slide(p, order=order)
+
+
+@pytest.mark.parametrize("order, gray", [(None, False), (["tifffile"], False), (["tifffile"], True)])
+def test_premultiplied_alpha_is_composited_as_premultiplied(tmp_path, order, gray):
+    """RGBA (or gray + alpha) with associated alpha: the colours are already multiplied by the alpha, so over white
+    they are colour + (255 - alpha). cuCIM (the first reader) and the tifffile reader composited them as straight
+    alpha: up to 64 grey levels off at alpha 128 (mean 16), without a word. cuCIM now leaves any RGBA to the next
+    reader (OpenSlide composites it right) and the tifffile reader composites premultiplied samples as such."""
+    c = _rgb()[..., :1] if gray else _rgb()
+    alpha = np.full((512, 512, 1), 128, np.uint8)
+    alpha[:, :128], alpha[:, 128:256] = 255, 0
+    pm = (c.astype(int) * alpha // 255).astype(np.uint8)
+    p = tmp_path / "pm.tif"
+    tifffile.imwrite(p, np.dstack([pm, alpha]), tile=(256, 256), photometric="minisblack" if gray else "rgb",
+                     extrasamples=[1])
+    want = np.broadcast_to(pm.astype(int) + 255 - alpha, (512, 512, 3))
+    s = open_slide(p, order=order, mpp=0.5)
+    try:
+        got = s.reader.read_region((0, 0), 0, (512, 512))
+        assert np.abs(got.astype(int) - want).max() <= 1, (s.reader_name, np.abs(got.astype(int) - want).max())
+    finally:
+        s.close()

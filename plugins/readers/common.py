@@ -41,6 +41,14 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
+def premultiplied_over_white(a: np.ndarray) -> np.ndarray:
+    """Gray or RGB samples followed by a premultiplied (TIFF: associated) alpha, over white: colour + (max - alpha).
+    ``to_rgb`` composites straight (unassociated) alpha; on premultiplied colours it was up to 64 levels off."""
+    top = int(np.iinfo(a.dtype).max)
+    c, alpha = a[..., :-1].astype(np.int64), a[..., -1:].astype(np.int64)
+    return np.clip(c + (top - alpha), 0, top).astype(a.dtype)
+
+
 def read_clipped(read: Callable[[int, int, int, int], np.ndarray], location: tuple[int, int], level: int,
                  size: tuple[int, int], dims: tuple[int, int], downsample: float) -> np.ndarray:
     """Read ``size`` pixels at ``level`` from level-0 ``location``; the part outside the level is white.

@@ -64,9 +64,9 @@ class CucimSlide:
 
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
-            if pages[0].photometric == 2 and 2 in tuple(pages[0].extrasamples or ()):  # RGB + unassociated alpha:
-                raise ValueError("RGBA with unassociated alpha: left to the next reader (cuCIM multiplies the colours "
-                                 "by the alpha, then they are composited again: too dark)")
+            if pages[0].photometric == 2 and {1, 2} & set(pages[0].extrasamples or ()):  # RGB + alpha:
+                raise ValueError("RGBA: left to the next reader (cuCIM multiplies unassociated colours by the alpha, "
+                                 "then they are composited again: too dark; premultiplied colours come out too light)")
             if not pages[0].is_tiled:  # cuCIM reads strips through libtiff (Deflate strips: not at all)
                 raise ValueError("an image in strips, not tiles: left to the next reader")
             if pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
