@@ -90,3 +90,24 @@ def test_premultiplied_alpha_is_composited_as_premultiplied(tmp_path, order, gra
         assert np.abs(got.astype(int) - want).max() <= 1, (s.reader_name, np.abs(got.astype(int) - want).max())
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("order", [None, ["openslide"], ["tifffile"]])
+@pytest.mark.parametrize("ome", [False, True])
+def test_non_square_pixels_give_no_mpp(tmp_path, order, ome):
+    """0.5 µm/px across, 1.0 µm/px down: cuCIM took its first spacing, which is Y (1.0 µm/px: patches of twice the
+    area), OpenSlide and the tifffile reader the x resolution (0.5): patches stretched 2x, without a word. Now no
+    reader gives an mpp when x and y differ by more than 5 %, and the slide asks for --mpp."""
+    p = tmp_path / ("ns.ome.tif" if ome else "ns.tif")
+    kw = (dict(metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0}) if ome else
+          dict(resolution=(20000, 10000), resolutionunit="CENTIMETER"))  # px per cm
+    tifffile.imwrite(p, _rgb(), tile=(256, 256), photometric="rgb", **kw)
+    with pytest.raises(SlideError, match=r"ns(\.ome)?\.tif: no resolution metadata .*give it with --mpp"):
+        open_slide(p, order=order)
+    s = open_slide(p, order=order, mpp=0.5)  # the way out it names
+    s.close()
+    q = tmp_path / "sq.tif"  # square pixels within 5 % still count
+    tifffile.imwrite(q, _rgb(), tile=(256, 256), photometric="rgb", resolution=(20000, 19400), resolutionunit="CENTIMETER")
+    s = open_slide(q, order=order)
+    assert s.mpp == pytest.approx(0.5)
+    s.close()

@@ -413,21 +413,29 @@ def sized_tile_problem(data: bytes, codec: int, width: int, height: int) -> str:
     return ""
 
 
+def square_mpp(x, y) -> float | None:
+    """The x resolution (µm/px) when the pixels are square: x and y positive and within 5 %, else None (patches
+    of non-square pixels would be stretched; the engine then asks for --mpp). A missing y counts as square."""
+    x = positive_float(x)
+    y = positive_float(y) or x
+    return x if x and abs(x - y) <= 0.05 * max(x, y) else None
+
+
 def mpp_from_tiff_tags(page) -> float | None:
-    """Level-0 micrometres per pixel from TIFF resolution tags, when they are plausible for a slide."""
+    """Level-0 micrometres per pixel from TIFF resolution tags, when they are plausible for a slide (and the
+    pixels square: X- and YResolution within 5 %)."""
     try:
         xres = page.tags["XResolution"].value
         unit = int(page.tags["ResolutionUnit"].value)
     except KeyError:
         return None
-    px_per_unit = xres[0] / xres[1] if isinstance(xres, tuple) else float(xres)
-    if px_per_unit <= 0:
-        return None
+    yres = page.tags["YResolution"].value if "YResolution" in page.tags else xres
+    px_per_unit, py_per_unit = ((r[0] / r[1] if r[1] else 0.0) if isinstance(r, tuple) else float(r) for r in (xres, yres))
     um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
-    if um is None:
+    if um is None or px_per_unit <= 0:
         return None
-    mpp = um / px_per_unit
-    return mpp if 0.05 <= mpp <= 20 else None  # 72-dpi photos etc. are not a resolution
+    mpp = square_mpp(um / px_per_unit, um / py_per_unit if py_per_unit > 0 else None)
+    return mpp if mpp and 0.05 <= mpp <= 20 else None  # 72-dpi photos etc. are not a resolution
 
 
 JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"
