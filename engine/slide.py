@@ -33,6 +33,7 @@ STRIP_PIXELS = 64_000_000  # level pixels read at once when building a thumbnail
 MAX_THUMBNAIL_SOURCE = 2 ** 28  # level pixels a thumbnail may be built from (16384² without a pyramid: < 30 s)
 FILE_MPP = (0.05, 20.0)  # a resolution a file may claim for a microscope slide, µm/px
 MAX_UPSAMPLE = 16  # a slide may be at most this much coarser than the magnification asked for
+MPP_POWER_SLACK = 3  # a file's mpp and objective power (10x = 1 µm/px) may disagree this much (scanners: <= 1.3x)
 
 
 @dataclass
@@ -395,6 +396,12 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
         if not FILE_MPP[0] <= float(reader.mpp) <= FILE_MPP[1]:
             raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px, not a microscope resolution "
                              f"({FILE_MPP[0]:g}..{FILE_MPP[1]:g}); give the right one with --mpp or an `mpp` column")
+        power = float(reader.objective_power or 0)
+        ratio = float(reader.mpp) * power / (REFERENCE_MPP_AT_10X * 10)  # 1 when they agree
+        if power > 0 and not 1 / MPP_POWER_SLACK <= ratio <= MPP_POWER_SLACK:
+            raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px but objective power {power:g}x "
+                             f"({REFERENCE_MPP_AT_10X * 10 / power:g} µm/px), more than {MPP_POWER_SLACK:g}x apart; give the right "
+                             "one with --mpp or an `mpp` column")
         return float(reader.mpp), "file mpp"
     if reader.objective_power:
         if not 1 <= float(reader.objective_power) <= 200:

@@ -111,3 +111,17 @@ def test_non_square_pixels_give_no_mpp(tmp_path, order, ome):
     s = open_slide(q, order=order)
     assert s.mpp == pytest.approx(0.5)
     s.close()
+
+
+@pytest.mark.parametrize("order", [None, ["openslide"], ["tifffile"]])
+def test_aperio_mpp_and_appmag_far_apart_are_refused(tmp_path, order):
+    """An Aperio header saying MPP = 0.05 and AppMag = 20 (0.5 µm/px): one of them is wrong by 10x and the MPP
+    was taken silently (10x patches read from 20 level-0 px instead of 2). Now refused, naming both; a scanner's
+    own pair (0.2527 at 40x, 0.4990 at 20x) is within 1.3x."""
+    p = tmp_path / "lie.svs"
+    tifffile.imwrite(p, _rgb(), tile=(256, 256), photometric="rgb", metadata=None,
+                     description=APERIO.replace("MPP = 0.5", "MPP = 0.05"))
+    with pytest.raises(SlideError, match=r"lie.svs: the file says 0.05 µm/px but objective power 20x \(0.5 µm/px\), "
+                                         r"more than 3x apart; give the right one with --mpp"):
+        open_slide(p, order=order)
+    open_slide(p, order=order, mpp=0.5).close()
