@@ -91,6 +91,44 @@ def check_claims(path: str) -> None:
         check_tiff(path)
 
 
+MAX_IFDS = 10_000  # images (directories) in one TIFF: slides have < 20; tifffile took 8 s to open 20,000
+MAX_TILES = 2 ** 22  # tiles or strips of one image: a MAX_LEVEL_PIXELS level in 128 x 128 tiles
+
+
+def tiff_directory_problem(path: str) -> str:
+    """What is wrong with a TIFF's chain of directories (IFDs), '' when nothing: a loop, more than ``MAX_IFDS``
+    of them, or a tile/strip table of more than ``MAX_TILES`` entries. Walks the raw chain before tifffile parses
+    it: tifffile follows a loop quietly (a warning), loads every directory of a long chain (8 s for 20,000) and
+    reads each table whole (10^8 tile offsets: 800 MB). Cost: one small read per directory."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        bo = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(bo + "H", head[2:4])[0] == 43  # BigTIFF: 8-byte counts and offsets
+        count, word, entry = ("Q", "Q", 20) if big else ("H", "I", 12)
+        offset = struct.unpack(bo + word, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                return f"its directories form a loop (directory {len(seen) - 1} points back to the one at byte {offset:,})"
+            if len(seen) >= MAX_IFDS:
+                return f"more than {MAX_IFDS:,} images (directories) in one TIFF"
+            seen.add(offset)
+            f.seek(offset)
+            raw = f.read(struct.calcsize(count))
+            if len(raw) < struct.calcsize(count):
+                return ""  # past the end of the file: check_tiff names it
+            n = min(struct.unpack(bo + count, raw)[0], 65535)
+            body = f.read(n * entry + struct.calcsize(word))
+            if len(body) < n * entry + struct.calcsize(word):
+                return ""
+            for k in range(n):
+                tag, _, values = struct.unpack(bo + "HH" + word, body[k * entry:k * entry + 4 + struct.calcsize(word)])
+                if tag in (273, 279, 324, 325) and values > MAX_TILES:  # Strip/Tile Offsets/ByteCounts
+                    return f"image {len(seen) - 1} claims {values:,} tiles or strips (at most {MAX_TILES:,})"
+            offset = struct.unpack(bo + word, body[-struct.calcsize(word):])[0]
+    return ""
+
+
 def check_tiff(path: str) -> None:
     """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies.
 
@@ -104,6 +142,9 @@ def check_tiff(path: str) -> None:
 
     import tifffile
 
+    why = tiff_directory_problem(path)
+    if why:
+        raise BrokenFile(f"a broken TIFF header: {why}")
     size = os.path.getsize(path)
     problems: list[str] = []
 
