@@ -189,3 +189,34 @@ def test_tiff_directory_loop_or_endless_chain_is_refused(tmp_path, n, loop_to, w
     _ifd_chain(p, n, loop_to)
     with pytest.raises(SlideError, match=rf"chain.tif: a broken TIFF header: {why}"):
         open_slide(p, mpp=0.5)
+
+
+def _native_dicom(path, frames):
+    """The CMU level-4 DICOM file (one 138 x 185 JPEG frame) stored uncompressed, claiming ``frames`` frames."""
+    import pydicom
+    from conftest import WSI
+
+    ds = pydicom.dcmread(WSI / "dicom-cmu-1-small-region" / "level-4-frames-0-1.dcm")
+    rgb = ds.pixel_array
+    ds.PixelData, ds.PhotometricInterpretation = rgb.tobytes(), "RGB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.NumberOfFrames = frames
+    ds.save_as(path, enforce_file_format=True)
+    return rgb
+
+
+@pytest.mark.parametrize("frames, why", [
+    (10 ** 8, r"138 x 185 px in 138 x 185 frames claims 100,000,000 frames \(at most 4,194,304\): a broken header"),
+    (10 ** 6, r"truncated file: the 1,000,000 frames of 138 x 185 px run past the end of f.dcm")])
+def test_dicom_claiming_millions_of_frames_is_refused_before_indexing_them(tmp_path, frames, why):
+    """An uncompressed DICOM slide claiming 10^7 frames took 2.5 s and 1.3 GB to refuse (every frame's byte range
+    was listed before the file size was compared; 10^8: ten times that). Now at most 2^22 frames, and the file
+    size is compared first: 0.04 s."""
+    p = tmp_path / "f.dcm"
+    rgb = _native_dicom(p, 1)
+    s = open_slide(p, order=["dicom"], mpp=0.5)  # the honest file reads
+    assert np.array_equal(s.reader.read_region((0, 0), 0, (138, 185)), rgb)
+    s.close()
+    _native_dicom(p, frames)
+    with pytest.raises(SlideError, match=rf"f.dcm: {why}"):
+        open_slide(p, order=["dicom"], mpp=0.5)

@@ -46,7 +46,7 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from slidestream.engine.errors import BrokenFile
 
-from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, j2k_tile_problem, jpeg_tile_problem, positive_float, read_clipped,
+from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_tile_problem, positive_float, read_clipped,
                      to_rgb, ycbcr_to_rgb)
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
@@ -171,6 +171,8 @@ class _Level:
             raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
         if self.tw * self.th * self.spp > MAX_TILE_BYTES:
             raise BrokenFile(f"{what}: one frame would decompress to {self.tw * self.th * self.spp:,} bytes")
+        if self.n > MAX_TILES:  # indexing 10^8 frames took GBs before the file size was compared
+            raise BrokenFile(f"{what} claims {self.n:,} frames (at most {MAX_TILES:,}): a broken header")
 
     # -- where the frames are
     def _frame_ranges(self, ds) -> list[tuple[int, int]]:
@@ -180,6 +182,9 @@ class _Level:
         start = el.value_tell
         if self.syntax in NATIVE:
             size = self.tw * self.th * self.spp
+            if start + self.n * size > self.size:  # before listing them: the caller's check, without the list
+                raise BrokenFile(f"truncated file: the {self.n:,} frames of {self.width} x {self.height} px run past "
+                                 f"the end of {Path(self.path).name} ({self.size:,} bytes)")
             return [(start + i * size, size) for i in range(self.n)]
         frags, pos = [], start
         bot = None
