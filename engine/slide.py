@@ -229,12 +229,16 @@ def _check_path(path: str) -> Path:
         raise SlideError(f"{path}: empty file (0 bytes); copy the slide again")
     elif not os.access(path, os.R_OK):
         raise SlideError(f"{path}: permission denied; make the slide readable")
-    if p.is_dir() or p.suffix.lower() == ".dcm":  # the DICOM readers open the other files of the folder
-        odd = _special_file(p if p.is_dir() else p.parent)
+    kind = "DICOM" if p.is_dir() else FOLDER_FORMATS.get(p.suffix.lower())
+    if kind:  # the reader opens other files: those of the folder (MIRAX: of the folder named like the slide)
+        odd = _special_file(p if p.is_dir() else p.with_suffix("") if kind == "MIRAX" else p.parent)
         if odd:
-            raise SlideError(f"{path}: the DICOM folder holds {odd.name}, which is not a regular file (a pipe, device "
+            raise SlideError(f"{path}: the {kind} folder holds {odd.name}, which is not a regular file (a pipe, device "
                              "or socket: opening it would wait forever); move it out of the folder")
     return p
+
+
+FOLDER_FORMATS = {".dcm": "DICOM", ".mrxs": "MIRAX", ".vms": "VMS", ".vmu": "VMU", ".ndpis": "NDPIS"}  # multi-file
 
 
 def _special_file(folder: Path) -> Path | None:

@@ -220,3 +220,26 @@ def test_dicom_claiming_millions_of_frames_is_refused_before_indexing_them(tmp_p
     _native_dicom(p, frames)
     with pytest.raises(SlideError, match=rf"f.dcm: {why}"):
         open_slide(p, order=["dicom"], mpp=0.5)
+
+
+def test_pipe_in_a_mirax_or_vms_slide_folder_is_refused_not_waited_on(tmp_path):
+    """A named pipe (FIFO) where a MIRAX slide's Slidedat.ini or a VMS slide's JPEG should be: OpenSlide opened it
+    and waited forever for a writer (the extraction hung, no error). The files the reader opens besides the slide
+    file are now checked for their type first, as the DICOM folder's were."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "s.mrxs").write_text("[GENERAL]\nSLIDE_VERSION = 01.02\n")
+    (tmp_path / "s").mkdir()
+    os.mkfifo(tmp_path / "s" / "Slidedat.ini")
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "v.vms").write_text("[Virtual Microscope Specimen]\nNoLayers=1\nNoJpegColumns=1\n"
+                                          "NoJpegRows=1\nImageFile=a.jpg\nMapFile=a.jpg\n")
+    os.mkfifo(tmp_path / "v" / "a.jpg")
+    code = ("from slidestream.engine.slide import open_slide\n"
+            f"for p in ({str(tmp_path / 's.mrxs')!r}, {str(tmp_path / 'v' / 'v.vms')!r}):\n"
+            "    try:\n        open_slide(p, mpp=0.5)\n    except Exception as e:\n        print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert "s.mrxs: the MIRAX folder holds Slidedat.ini, which is not a regular file (a pipe" in r.stdout, r.stdout
+    assert "v.vms: the VMS folder holds a.jpg, which is not a regular file" in r.stdout, r.stdout
