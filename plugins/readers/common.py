@@ -283,6 +283,25 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
     return ""
 
 
+def jpeg_frame_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) of a JPEG-family stream's frame header (SOFn, also lossless; JPEG-LS SOF55),
+    None when its headers hold none before the first scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if (m in SOF or m == 0xF7) and i + 10 <= len(data):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big"), data[i + 9]
+        if m == 0xDA:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -> str:
     """libjpeg-turbo's own warning about one JPEG tile ('' when none): it is decoded once through simplejpeg
     with warnings as errors ("Corrupt JPEG data: premature end of data segment", which imagecodecs, and so
@@ -303,7 +322,8 @@ class TiffTileCheck:
     """Checks each JPEG, JPEG 2000, PNG, WebP or JPEG XL tile (or strip) of a TIFF once, before a decoder sees it.
 
     JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
-    (its header only); PNG, WebP, JPEG XL: ``sized_tile_problem`` (the size in its header). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
+    (its header only); PNG, WebP, JPEG XL: ``sized_tile_problem`` (the size in its header). Damaged LZW/Deflate
+    data is left to the decoders' errors (libtiff's words on stderr
     for cuCIM, captured per slide; imagecodecs raises). ``check(dims, x, y, w, h)`` takes a level by its size
     and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
     colour planes, each plane's tile). Other compressions are not checked."""

@@ -22,7 +22,8 @@ imagecodecs decodes such frames without a word, and OpenSlide too, which is why 
 reader); the pixels equal imagecodecs' on the test slides. libjpeg honours the JFIF marker: frames
 coded as JFIF (YCbCr) but tagged RGB come out right; RGB-tagged frames without a JFIF/Adobe marker are
 decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, JPEG-LS, JPEG XL) go
-through ``imagecodecs.imread``; uncompressed frames are read as they are.
+through ``imagecodecs.imread`` (JPEG-LS and lossless JPEG frames after their header's size is checked against the
+frame's); uncompressed frames are read as they are.
 
 Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm; its row and column
 spacing within 5 %), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
@@ -46,8 +47,8 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from slidestream.engine.errors import BrokenFile
 
-from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_tile_problem, positive_float, read_clipped,
-                     to_rgb, ycbcr_to_rgb)
+from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_frame_size, jpeg_tile_problem,
+                     positive_float, read_clipped, to_rgb, ycbcr_to_rgb)
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -61,6 +62,8 @@ OTHER_CODECS = {  # decoded by imagecodecs.imread (format sniffed from the strea
 }
 J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
        "1.2.840.10008.1.2.4.203"}  # JPEG 2000 and HTJ2K: frames whose header is checked before decoding
+JPEG_LS_LOSSLESS = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+                    "1.2.840.10008.1.2.4.81"}  # JPEG lossless and JPEG-LS: frames whose header size is checked
 COLOUR_MARKER = re.compile(rb"\xff\xe0..JFIF|\xff\xee..Adobe", re.S)  # APP0 JFIF (YCbCr) / APP14 Adobe
 CACHE_FRAMES = 32  # decoded frames kept (32 x 500² RGB = 24 MB)
 SEAM_SAMPLES = 4  # grid positions sampled per order when detecting the frame order
@@ -267,6 +270,13 @@ class _Level:
                     if "corrupt" in str(e).lower() or "premature" in str(e).lower():
                         raise BrokenFile(f"corrupt JPEG frame {i} of {Path(self.path).name}: {e}") from None
             return imagecodecs.jpeg8_decode(data)
+        if self.syntax in JPEG_LS_LOSSLESS:  # decoded at the size its header claims, then cropped: other pixels
+            size = jpeg_frame_size(data)
+            if size != (self.tw, self.th, self.spp):
+                said = f"{size[0]} x {size[1]} px, {size[2]} components" if size else "nothing (no frame header)"
+                raise BrokenFile(f"corrupt JPEG-LS/lossless frame {i} of {Path(self.path).name} ({self.width} x "
+                                 f"{self.height} px): its header says {said}, the DICOM frame is {self.tw} x {self.th} "
+                                 f"px, {self.spp} components")
         if self.syntax in J2K:  # OpenJPEG allocates and decodes the size a damaged header claims (GBs)
             soc = data.find(b"\xff\x4f\xff\x51")  # the codestream, also inside a JP2 wrapper
             why = j2k_tile_problem(data[soc:] if soc >= 0 else data, self.tw, self.th, self.spp, "the DICOM frame")
