@@ -272,3 +272,25 @@ def test_dicom_jpeg_ls_or_lossless_frame_of_another_size_is_refused(tmp_path, sy
             assert np.array_equal(rgb_read, rgb[:138, :138]), why
     assert rgb_read is None and ("corrupt JPEG-LS/lossless frame 0 of f.dcm (138 x 185 px): its header says 276 x 370 "
                                  "px, 3 components, the DICOM frame is 138 x 185 px, 3 components") in why
+
+
+@pytest.mark.parametrize("order", [None, ["tifffile"]])
+def test_tile_byte_count_far_over_its_pixels_is_refused(tmp_path, order):
+    """A JPEG tile whose byte count says 10^9 (a 256 x 256 RGB tile holds 196,608 bytes of pixels; the file is
+    long enough, sparse): each read of it read 1 GB (cuCIM 5.0 s, tifffile 3.4 s, 1 GB RSS) and decoded it
+    as good data (the zeros after the JPEG passed as padding). More than 4x its pixels (+ 64 KiB) is now a
+    broken header; 10^7 bytes here."""
+    import struct
+
+    p = tmp_path / "big.svs"
+    tifffile.imwrite(p, _rgb(), tile=(256, 256), photometric="rgb", compression="jpeg", description=APERIO)
+    data = bytearray(p.read_bytes())
+    with tifffile.TiffFile(p) as tf:
+        where, last = tf.pages[0].tags["TileByteCounts"].valueoffset, int(tf.pages[0].dataoffsets[3])
+    struct.pack_into("<I", data, where + 4 * 3, 10 ** 7)
+    with open(p, "wb") as f:
+        f.write(bytes(data))
+        f.truncate(last + 10 ** 7)
+    with pytest.raises(SlideError, match=r"big.svs: image 0 \(512 x 512 px\): tile 3 claims 10,000,000 bytes, more "
+                                         r"than 4x its 196,608 bytes of pixels: a broken or patched header"):
+        open_slide(p, order=order)

@@ -67,6 +67,7 @@ def read_clipped(read: Callable[[int, int, int, int], np.ndarray], location: tup
 
 MAX_LEVEL_PIXELS = 2 ** 36  # 262144² px: no scanner writes more; larger claims are broken headers
 MAX_TILE_BYTES = 2 ** 28  # decompressed bytes of one tile or strip
+MAX_COMPRESSED = 4  # a compressed tile (strip) may hold at most this many times its pixels' bytes (+ 64 KiB)
 
 
 def file_kind(path: str) -> str:
@@ -208,6 +209,12 @@ def _check_page(page, k: int, file_size: int) -> None:
         raise BrokenFile(f"{what}: one of its {unit} would decompress to {raw:,} bytes (a broken header)")
     if need and max(int(o) + int(c) for o, c in zip(offsets, counts)) > file_size:
         raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
+    if need and page.compression != 1 and int(max(counts)) > MAX_COMPRESSED * raw + 2 ** 16:
+        # compressed data is at most a little larger than its pixels (plus headers: 64 KiB); a larger count would
+        # be read whole for each read of the tile (10^9 bytes: 1 GB and 3-5 s each)
+        i = int(np.argmax(np.asarray(counts)))
+        raise BrokenFile(f"{what}: {'tile' if page.is_tiled else 'strip'} {i} claims {int(counts[i]):,} bytes, more than "
+                         f"{MAX_COMPRESSED}x its {raw:,} bytes of pixels: a broken or patched header")
     if page.compression == 1 and int(page.bitspersample) % 8 == 0 and need:
         # uncompressed: each tile (strip) holds exactly its pixels; another count means a patched size or layout,
         # read as shifted or other pixels without an error
