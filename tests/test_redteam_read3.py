@@ -294,3 +294,21 @@ def test_tile_byte_count_far_over_its_pixels_is_refused(tmp_path, order):
     with pytest.raises(SlideError, match=r"big.svs: image 0 \(512 x 512 px\): tile 3 claims 10,000,000 bytes, more "
                                          r"than 4x its 196,608 bytes of pixels: a broken or patched header"):
         open_slide(p, order=order)
+
+
+def test_dicom_frame_of_millions_of_bytes_is_refused(tmp_path):
+    """A 138 x 185 px JPEG frame followed by 10^7 zero bytes in its fragment (a patched length over a sparse file
+    does the same): each read of the frame read the whole fragment and decoded it as good data (the zeros passed
+    as padding); 10^9 would be 1 GB per read. A fragment over 4x its frame's pixels (+ 64 KiB) is now refused."""
+    import pydicom
+    from conftest import WSI
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(WSI / "dicom-cmu-1-small-region" / "level-4-frames-0-1.dcm")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame + bytes(10 ** 7)])
+    p = tmp_path / "f.dcm"
+    ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(SlideError, match=r"f.dcm: f.dcm: a DICOM pixel data item of 10,0\d\d,\d+ bytes, more than 4x a "
+                                         r"138 x 185 px frame's pixels: a broken header"):
+        open_slide(p, order=["dicom"], mpp=0.5)

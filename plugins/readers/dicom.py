@@ -47,8 +47,8 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from slidestream.engine.errors import BrokenFile
 
-from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_frame_size, jpeg_tile_problem,
-                     positive_float, read_clipped, to_rgb, ycbcr_to_rgb)
+from .common import (MAX_COMPRESSED, MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_frame_size,
+                     jpeg_tile_problem, positive_float, read_clipped, to_rgb, ycbcr_to_rgb)
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -190,6 +190,7 @@ class _Level:
                                  f"the end of {Path(self.path).name} ({self.size:,} bytes)")
             return [(start + i * size, size) for i in range(self.n)]
         frags, pos = [], start
+        limit = max(MAX_COMPRESSED * self.tw * self.th * self.spp + 2 ** 16, 8 * self.n)  # 8 * n: the offset table
         bot = None
         while True:  # encapsulated: items (FFFE,E000) until the sequence delimiter (FFFE,E0DD)
             head = os.pread(self.fd, 8, pos)
@@ -203,6 +204,9 @@ class _Level:
                                  f"of the file ({self.size:,} bytes)")
             if tag != b"\xfe\xff\x00\xe0":
                 raise ValueError("malformed encapsulated DICOM pixel data")
+            if length > limit:  # compressed data is at most a little larger than its pixels; read whole per frame
+                raise BrokenFile(f"{Path(self.path).name}: a DICOM pixel data item of {length:,} bytes, more than "
+                                 f"{MAX_COMPRESSED}x a {self.tw} x {self.th} px frame's pixels: a broken header")
             if bot is None:  # the first item is the basic offset table
                 raw = os.pread(self.fd, length, pos + 8)
                 bot = np.frombuffer(raw, "<u4").astype(np.int64) if length else np.zeros(0, np.int64)
