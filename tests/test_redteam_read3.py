@@ -312,3 +312,13 @@ def test_dicom_frame_of_millions_of_bytes_is_refused(tmp_path):
     with pytest.raises(SlideError, match=r"f.dcm: f.dcm: a DICOM pixel data item of 10,0\d\d,\d+ bytes, more than 4x a "
                                          r"138 x 185 px frame's pixels: a broken header"):
         open_slide(p, order=["dicom"], mpp=0.5)
+
+
+def test_synthetic_slide_of_any_mpp_states_a_matching_objective(tmp_path):
+    """make_slide wrote AppMag = 40 whatever its mpp: a 1.0 µm/px synthetic slide said 40x (4x apart) and is
+    refused since mpp and objective power may differ at most 3x. Its objective now follows its mpp."""
+    from slidestream.engine.synthetic import make_slide
+
+    s = open_slide(make_slide(tmp_path / "a.svs", size=(1024, 768), mpp=1.0, levels=(1, 4)))
+    assert (s.mpp, s.reader.objective_power) == (1.0, 10.0)
+    s.close()
