@@ -35,6 +35,7 @@ BAND_PIXELS = 4_000_000  # level pixels a thumbnail holds at once within a strip
 MAX_THUMBNAIL_SOURCE = 2 ** 28  # level pixels a thumbnail may be built from (16384² without a pyramid: < 30 s)
 FILE_MPP = (0.05, 20.0)  # a resolution a file may claim for a microscope slide, µm/px
 MAX_UPSAMPLE = 16  # a slide may be at most this much coarser than the magnification asked for
+MPP_POWER_SLACK = 3  # a file's mpp and objective power (10x = 1 µm/px) may disagree this much (scanners: <= 1.3x)
 
 
 @dataclass
@@ -256,12 +257,16 @@ def _check_path(path: str) -> Path:
         raise SlideError(f"{path}: empty file (0 bytes); copy the slide again")
     elif not os.access(path, os.R_OK):
         raise SlideError(f"{path}: permission denied; make the slide readable")
-    if p.is_dir() or p.suffix.lower() == ".dcm":  # the DICOM readers open the other files of the folder
-        odd = _special_file(p if p.is_dir() else p.parent)
+    kind = "DICOM" if p.is_dir() else FOLDER_FORMATS.get(p.suffix.lower())
+    if kind:  # the reader opens other files: those of the folder (MIRAX: of the folder named like the slide)
+        odd = _special_file(p if p.is_dir() else p.with_suffix("") if kind == "MIRAX" else p.parent)
         if odd:
-            raise SlideError(f"{path}: the DICOM folder holds {odd.name}, which is not a regular file (a pipe, device "
+            raise SlideError(f"{path}: the {kind} folder holds {odd.name}, which is not a regular file (a pipe, device "
                              "or socket: opening it would wait forever); move it out of the folder")
     return p
+
+
+FOLDER_FORMATS = {".dcm": "DICOM", ".mrxs": "MIRAX", ".vms": "VMS", ".vmu": "VMU", ".ndpis": "NDPIS"}  # multi-file
 
 
 def _special_file(folder: Path) -> Path | None:
@@ -333,19 +338,21 @@ def _level_lie(reader: SlideReader) -> str | None:
     """Why the pyramid's level sizes cannot be true, or None: a level is a scaled-down level 0, so one
     downsample (up to the rounding of each side) must give both its width and its height. A level whose
     header claims another size was read with the wrong scale: patches from the wrong place, silently. Levels
-    whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles."""
+    whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles;
+    but no level may have width and height the other way round than level 0 (portrait vs landscape)."""
     dims = [tuple(int(v) for v in d) for d in reader.level_dimensions]
     if not dims or min(min(d) for d in dims) < 1:
         return f"a pyramid level of {dims} has no pixels"
     w0, h0 = dims[0]
     for i, (w, h) in enumerate(dims[1:], 1):
-        if w % 128 == 0 and h % 128 == 0:
-            continue
         lo = max(w0 / (w + 1), h0 / (h + 1))  # downsamples that round to this width and this height
         hi = min(w0 / (w - 1) if w > 1 else math.inf, h0 / (h - 1) if h > 1 else math.inf)
-        if lo > hi or w > w0 or h > h0:
+        if (w % 128 or h % 128) and (lo > hi or w > w0 or h > h0):
             return (f"pyramid level {i} is {w} x {h} px, which no single downsample of level 0 ({w0} x {h0} px) "
                     "gives")
+        if (w - h) * (w0 - h0) < 0:  # rounding and tile padding never turn a landscape level into a portrait one
+            return (f"pyramid level {i} is {w} x {h} px, {'portrait' if h > w else 'landscape'} where level 0 "
+                    f"({w0} x {h0} px) is {'portrait' if h0 > w0 else 'landscape'}")
     return None
 
 
@@ -421,6 +428,12 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
         if not FILE_MPP[0] <= float(reader.mpp) <= FILE_MPP[1]:
             raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px, not a microscope resolution "
                              f"({FILE_MPP[0]:g}..{FILE_MPP[1]:g}); give the right one with --mpp or an `mpp` column")
+        power = float(reader.objective_power or 0)
+        ratio = float(reader.mpp) * power / (REFERENCE_MPP_AT_10X * 10)  # 1 when they agree
+        if power > 0 and not 1 / MPP_POWER_SLACK <= ratio <= MPP_POWER_SLACK:
+            raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px but objective power {power:g}x "
+                             f"({REFERENCE_MPP_AT_10X * 10 / power:g} µm/px), more than {MPP_POWER_SLACK:g}x apart; give the right "
+                             "one with --mpp or an `mpp` column")
         return float(reader.mpp), "file mpp"
     if reader.objective_power:
         if not 1 <= float(reader.objective_power) <= 200:

@@ -136,10 +136,13 @@ def render(size: tuple[int, int], label: int, seed: int = 0, mpp: float = 0.25, 
 
 
 def make_slide(path: str | Path, size: tuple[int, int] = (4096, 3072), label: int = 0, seed: int = 0,
-               mpp: float = 0.25, objective: float = 40, levels: tuple[int, ...] = (1, 4, 16), tile: int = 256,
+               mpp: float = 0.25, objective: float | None = None, levels: tuple[int, ...] = (1, 4, 16), tile: int = 256,
                pen: bool = False, subtle: bool = False) -> Path:
-    """Write a synthetic pyramidal slide (Aperio-style tiled JPEG TIFF) to ``path``; returns the path."""
+    """Write a synthetic pyramidal slide (Aperio-style tiled JPEG TIFF) to ``path``; returns the path. ``objective``
+    (AppMag) defaults to the one ``mpp`` gives (10x = 1 µm/px): far apart, the slide is refused."""
     import tifffile
+
+    objective = objective or 10 / mpp
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,14 @@ def to_rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3])
 
 
+def premultiplied_over_white(a: np.ndarray) -> np.ndarray:
+    """Gray or RGB samples followed by a premultiplied (TIFF: associated) alpha, over white: colour + (max - alpha).
+    ``to_rgb`` composites straight (unassociated) alpha; on premultiplied colours it was up to 64 levels off."""
+    top = int(np.iinfo(a.dtype).max)
+    c, alpha = a[..., :-1].astype(np.int64), a[..., -1:].astype(np.int64)
+    return np.clip(c + (top - alpha), 0, top).astype(a.dtype)
+
+
 def read_clipped(read: Callable[[int, int, int, int], np.ndarray], location: tuple[int, int], level: int,
                  size: tuple[int, int], dims: tuple[int, int], downsample: float) -> np.ndarray:
     """Read ``size`` pixels at ``level`` from level-0 ``location``; the part outside the level is white.
@@ -59,6 +67,7 @@ def read_clipped(read: Callable[[int, int, int, int], np.ndarray], location: tup
 
 MAX_LEVEL_PIXELS = 2 ** 36  # 262144² px: no scanner writes more; larger claims are broken headers
 MAX_TILE_BYTES = 2 ** 28  # decompressed bytes of one tile or strip
+MAX_COMPRESSED = 4  # a compressed tile (strip) may hold at most this many times its pixels' bytes (+ 64 KiB)
 
 
 def file_kind(path: str) -> str:
@@ -83,6 +92,44 @@ def check_claims(path: str) -> None:
         check_tiff(path)
 
 
+MAX_IFDS = 10_000  # images (directories) in one TIFF: slides have < 20; tifffile took 8 s to open 20,000
+MAX_TILES = 2 ** 22  # tiles or strips of one image: a MAX_LEVEL_PIXELS level in 128 x 128 tiles
+
+
+def tiff_directory_problem(path: str) -> str:
+    """What is wrong with a TIFF's chain of directories (IFDs), '' when nothing: a loop, more than ``MAX_IFDS``
+    of them, or a tile/strip table of more than ``MAX_TILES`` entries. Walks the raw chain before tifffile parses
+    it: tifffile follows a loop quietly (a warning), loads every directory of a long chain (8 s for 20,000) and
+    reads each table whole (10^8 tile offsets: 800 MB). Cost: one small read per directory."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        bo = "<" if head[:2] == b"II" else ">"
+        big = struct.unpack(bo + "H", head[2:4])[0] == 43  # BigTIFF: 8-byte counts and offsets
+        count, word, entry = ("Q", "Q", 20) if big else ("H", "I", 12)
+        offset = struct.unpack(bo + word, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                return f"its directories form a loop (directory {len(seen) - 1} points back to the one at byte {offset:,})"
+            if len(seen) >= MAX_IFDS:
+                return f"more than {MAX_IFDS:,} images (directories) in one TIFF"
+            seen.add(offset)
+            f.seek(offset)
+            raw = f.read(struct.calcsize(count))
+            if len(raw) < struct.calcsize(count):
+                return ""  # past the end of the file: check_tiff names it
+            n = min(struct.unpack(bo + count, raw)[0], 65535)
+            body = f.read(n * entry + struct.calcsize(word))
+            if len(body) < n * entry + struct.calcsize(word):
+                return ""
+            for k in range(n):
+                tag, _, values = struct.unpack(bo + "HH" + word, body[k * entry:k * entry + 4 + struct.calcsize(word)])
+                if tag in (273, 279, 324, 325) and values > MAX_TILES:  # Strip/Tile Offsets/ByteCounts
+                    return f"image {len(seen) - 1} claims {values:,} tiles or strips (at most {MAX_TILES:,})"
+            offset = struct.unpack(bo + word, body[-struct.calcsize(word):])[0]
+    return ""
+
+
 def check_tiff(path: str) -> None:
     """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies.
 
@@ -96,6 +143,9 @@ def check_tiff(path: str) -> None:
 
     import tifffile
 
+    why = tiff_directory_problem(path)
+    if why:
+        raise BrokenFile(f"a broken TIFF header: {why}")
     size = os.path.getsize(path)
     problems: list[str] = []
 
@@ -160,6 +210,12 @@ def _check_page(page, k: int, file_size: int) -> None:
     ends = np.asarray(offsets, np.uint64), np.asarray(counts, np.uint64)  # each <= file_size: their sum cannot wrap
     if need and (ends[0].max() > file_size or ends[1].max() > file_size or (ends[0] + ends[1]).max() > file_size):
         raise BrokenFile(f"truncated file: the data of {what} runs past the end of the file ({file_size:,} bytes)")
+    if need and page.compression != 1 and int(max(counts)) > MAX_COMPRESSED * raw + 2 ** 16:
+        # compressed data is at most a little larger than its pixels (plus headers: 64 KiB); a larger count would
+        # be read whole for each read of the tile (10^9 bytes: 1 GB and 3-5 s each)
+        i = int(np.argmax(np.asarray(counts)))
+        raise BrokenFile(f"{what}: {'tile' if page.is_tiled else 'strip'} {i} claims {int(counts[i]):,} bytes, more than "
+                         f"{MAX_COMPRESSED}x its {raw:,} bytes of pixels: a broken or patched header")
     if page.compression == 1 and int(page.bitspersample) % 8 == 0 and need:
         # uncompressed: each tile (strip) holds exactly its pixels; another count means a patched size or layout,
         # read as shifted or other pixels without an error
@@ -235,6 +291,25 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
     return ""
 
 
+def jpeg_frame_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) of a JPEG-family stream's frame header (SOFn, also lossless; JPEG-LS SOF55),
+    None when its headers hold none before the first scan."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if (m in SOF or m == 0xF7) and i + 10 <= len(data):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big"), data[i + 9]
+        if m == 0xDA:
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -> str:
     """libjpeg-turbo's own warning about one JPEG tile ('' when none): it is decoded once through simplejpeg
     with warnings as errors ("Corrupt JPEG data: premature end of data segment", which imagecodecs, and so
@@ -252,10 +327,11 @@ def strict_jpeg_problem(data: bytes, tables: bytes = b"", components: int = 3) -
 
 
 class TiffTileCheck:
-    """Checks each JPEG or JPEG 2000 tile (or strip) of a TIFF once, before a decoder sees it.
+    """Checks each JPEG, JPEG 2000, PNG, WebP or JPEG XL tile (or strip) of a TIFF once, before a decoder sees it.
 
     JPEG: ``jpeg_tile_problem`` (and ``strict_jpeg_problem`` with ``decode``); JPEG 2000: ``j2k_tile_problem``
-    (its header only). Damaged LZW/Deflate data is left to the decoders' errors (libtiff's words on stderr
+    (its header only); PNG, WebP, JPEG XL: ``sized_tile_problem`` (the size in its header). Damaged LZW/Deflate
+    data is left to the decoders' errors (libtiff's words on stderr
     for cuCIM, captured per slide; imagecodecs raises). ``check(dims, x, y, w, h)`` takes a level by its size
     and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
     colour planes, each plane's tile). Other compressions are not checked."""
@@ -273,7 +349,7 @@ class TiffTileCheck:
                 for lv in series.levels[1:]:
                     pages += [p for p in lv.pages if p is not None and p not in pages]
             for page in pages:
-                if page.compression in (7,) + J2K_CODECS:
+                if page.compression in (7,) + J2K_CODECS + tuple(SIZED_CODECS):
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
                               else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
@@ -310,6 +386,9 @@ class TiffTileCheck:
                         data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                         data = data[max(data.find(b"\xff\x4f\xff\x51"), 0):]
                     whys = [j2k_tile_problem(data, tw, t, spp) for t in sorted(heights)]
+                elif codec in SIZED_CODECS:  # its header only
+                    data = os.pread(self._fd, min(int(counts[k]), 4096), int(offs[k]))
+                    whys = [sized_tile_problem(data, codec, tw, t) for t in sorted(heights)]
                 else:
                     data = os.pread(self._fd, int(counts[k]), int(offs[k]))
                     whys = [jpeg_tile_problem(data, tw, t, spp, tables) for t in sorted(heights)]
@@ -317,7 +396,7 @@ class TiffTileCheck:
                 if not why and self.decode and codec == 7:
                     why = strict_jpeg_problem(data, tables, spp)
                 if why:
-                    kind = "JPEG" if codec == 7 else "JPEG 2000"
+                    kind = {7: "JPEG", **SIZED_CODECS}.get(codec, "JPEG 2000")
                     raise BrokenFile(f"corrupt {kind} {'tile' if tiled else 'strip'} {k} "
                                      f"of the {dims[0]} x {dims[1]} px level (column {c}, row {r}): {why}")
                 self._seen.add((dims, k))
@@ -348,21 +427,84 @@ def j2k_tile_problem(data: bytes, width: int, height: int, components: int, unit
     return ""
 
 
+SIZED_CODECS = {34933: "PNG", 50001: "WebP", 50002: "JPEG XL", 52546: "JPEG XL"}  # TIFF compression: name
+JXL_RATIO = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}  # width / height
+
+
+def image_header_size(data: bytes, codec: int) -> tuple[int, int] | None:
+    """(width, height) the header of a PNG, WebP or JPEG XL stream declares (``codec``: its TIFF compression),
+    None when there is no such header."""
+    if codec == 34933:
+        return struct.unpack(">II", data[16:24]) if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 else None
+    if codec == 50001:
+        if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+            return None
+        if data[12:16] == b"VP8 ":  # lossy: 14-bit sizes after the start code 9D 01 2A
+            w, h = struct.unpack("<HH", data[26:30])
+            return (w & 0x3FFF, h & 0x3FFF) if data[23:26] == b"\x9d\x01\x2a" else None
+        if data[12:16] == b"VP8L":  # lossless: signature 2F, then 14 + 14 bits of size - 1
+            v = int.from_bytes(data[21:25], "little")
+            return ((v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1) if data[20] == 0x2F else None
+        if data[12:16] == b"VP8X":  # extended: 24-bit canvas size - 1
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        return None
+    if data[:2] != b"\xff\x0a":  # a JPEG XL container: the codestream is in a jxlc (or jxlp) box
+        i, j = data.find(b"jxlc"), data.find(b"jxlp")
+        data = data[i + 4:] if i >= 0 else data[j + 8:] if j >= 0 else b""
+        if data[:2] != b"\xff\x0a":
+            return None
+    bits, pos = int.from_bytes(data[2:20], "little"), 0  # the SizeHeader, read least significant bit first
+
+    def u(n):
+        nonlocal pos
+        pos += n
+        return (bits >> (pos - n)) & ((1 << n) - 1)
+
+    def u32():
+        return 1 + u((9, 13, 18, 30)[u(2)])
+
+    small = u(1)
+    h = (u(5) + 1) * 8 if small else u32()
+    ratio = u(3)
+    if ratio:
+        return h * JXL_RATIO[ratio][0] // JXL_RATIO[ratio][1], h
+    return ((u(5) + 1) * 8 if small else u32()), h
+
+
+def sized_tile_problem(data: bytes, codec: int, width: int, height: int) -> str:
+    """What is wrong with a PNG, WebP or JPEG XL tile's header ('' when nothing is seen): a size other than the
+    TIFF tile's (the decoder allocates and decodes whatever size the header claims)."""
+    name, size = SIZED_CODECS[codec], image_header_size(data, codec)
+    if size is None:
+        return f"the tile does not start with a {name} header"
+    if tuple(size) != (width, height):
+        return f"the {name} header says {size[0]} x {size[1]} px, the TIFF tile is {width} x {height}"
+    return ""
+
+
+def square_mpp(x, y) -> float | None:
+    """The x resolution (µm/px) when the pixels are square: x and y positive and within 5 %, else None (patches
+    of non-square pixels would be stretched; the engine then asks for --mpp). A missing y counts as square."""
+    x = positive_float(x)
+    y = positive_float(y) or x
+    return x if x and abs(x - y) <= 0.05 * max(x, y) else None
+
+
 def mpp_from_tiff_tags(page) -> float | None:
-    """Level-0 micrometres per pixel from TIFF resolution tags, when they are plausible for a slide."""
+    """Level-0 micrometres per pixel from TIFF resolution tags, when they are plausible for a slide (and the
+    pixels square: X- and YResolution within 5 %)."""
     try:
         xres = page.tags["XResolution"].value
         unit = int(page.tags["ResolutionUnit"].value)
     except KeyError:
         return None
-    px_per_unit = xres[0] / xres[1] if isinstance(xres, tuple) else float(xres)
-    if px_per_unit <= 0:
-        return None
+    yres = page.tags["YResolution"].value if "YResolution" in page.tags else xres
+    px_per_unit, py_per_unit = ((r[0] / r[1] if r[1] else 0.0) if isinstance(r, tuple) else float(r) for r in (xres, yres))
     um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
-    if um is None:
+    if um is None or px_per_unit <= 0:
         return None
-    mpp = um / px_per_unit
-    return mpp if 0.05 <= mpp <= 20 else None  # 72-dpi photos etc. are not a resolution
+    mpp = square_mpp(um / px_per_unit, um / py_per_unit if py_per_unit > 0 else None)
+    return mpp if mpp and 0.05 <= mpp <= 20 else None  # 72-dpi photos etc. are not a resolution
 
 
 JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"

@@ -14,7 +14,8 @@ import numpy as np
 from slidestream.engine.device import without_cupy
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import TiffTileCheck, check_claims, positive_float, read_clipped, tiff_jfif_marked_rgb, tiff_level_count
+from .common import (TiffTileCheck, check_claims, positive_float, read_clipped, square_mpp, tiff_jfif_marked_rgb,
+                     tiff_level_count)
 
 
 _quiet_done = False
@@ -64,9 +65,9 @@ class CucimSlide:
 
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
-            if pages[0].photometric == 2 and 2 in tuple(pages[0].extrasamples or ()):  # RGB + unassociated alpha:
-                raise ValueError("RGBA with unassociated alpha: left to the next reader (cuCIM multiplies the colours "
-                                 "by the alpha, then they are composited again: too dark)")
+            if pages[0].photometric == 2 and {1, 2} & set(pages[0].extrasamples or ()):  # RGB + alpha:
+                raise ValueError("RGBA: left to the next reader (cuCIM multiplies unassociated colours by the alpha, "
+                                 "then they are composited again: too dark; premultiplied colours come out too light)")
             if not pages[0].is_tiled:  # cuCIM reads strips through libtiff (Deflate strips: not at all)
                 raise ValueError("an image in strips, not tiles: left to the next reader")
             if pages[0].bitspersample != 8:  # cuCIM fails or guesses on 16-bit/float samples; tifffile scales them
@@ -92,9 +93,9 @@ class CucimSlide:
         self.mpp = positive_float(aperio.get("MPP"))
         self.objective_power = positive_float(aperio.get("AppMag"))
         if self.mpp is None:
-            units = self._img.spacing_units()
-            if units and units[0] in ("micrometer", "micron", "um", "µm"):
-                self.mpp = float(self._img.spacing()[0])
+            dims, units, spacing = self._img.dims, self._img.spacing_units(), self._img.spacing()  # in dims' order
+            if "X" in dims and "Y" in dims and units[dims.index("X")] in ("micrometer", "micron", "um", "µm"):
+                self.mpp = square_mpp(spacing[dims.index("X")], spacing[dims.index("Y")])
 
     def _check_levels(self) -> None:
         levels = tiff_level_count(self.path)

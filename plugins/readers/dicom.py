@@ -22,7 +22,8 @@ imagecodecs decodes such frames without a word, and OpenSlide too, which is why 
 reader); the pixels equal imagecodecs' on the test slides. libjpeg honours the JFIF marker: frames
 coded as JFIF (YCbCr) but tagged RGB come out right; RGB-tagged frames without a JFIF/Adobe marker are
 decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, JPEG-LS, JPEG XL) go
-through ``imagecodecs.imread``; uncompressed frames are read as they are.
+through ``imagecodecs.imread`` (JPEG-LS and lossless JPEG frames after their header's size is checked against the
+frame's); uncompressed frames are read as they are.
 
 Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm; its row and column
 spacing within 5 %), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
@@ -46,8 +47,8 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from slidestream.engine.errors import BrokenFile
 
-from .common import (MAX_LEVEL_PIXELS, MAX_TILE_BYTES, j2k_tile_problem, jpeg_tile_problem, positive_float, read_clipped,
-                     to_rgb, ycbcr_to_rgb)
+from .common import (MAX_COMPRESSED, MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_frame_size,
+                     jpeg_tile_problem, positive_float, read_clipped, to_rgb, ycbcr_to_rgb)
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -61,6 +62,8 @@ OTHER_CODECS = {  # decoded by imagecodecs.imread (format sniffed from the strea
 }
 J2K = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
        "1.2.840.10008.1.2.4.203"}  # JPEG 2000 and HTJ2K: frames whose header is checked before decoding
+JPEG_LS_LOSSLESS = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+                    "1.2.840.10008.1.2.4.81"}  # JPEG lossless and JPEG-LS: frames whose header size is checked
 COLOUR_MARKER = re.compile(rb"\xff\xe0..JFIF|\xff\xee..Adobe", re.S)  # APP0 JFIF (YCbCr) / APP14 Adobe
 CACHE_FRAMES = 32  # decoded frames kept (32 x 500² RGB = 24 MB)
 SEAM_SAMPLES = 4  # grid positions sampled per order when detecting the frame order
@@ -171,6 +174,8 @@ class _Level:
             raise BrokenFile(f"{what} claims more than {MAX_LEVEL_PIXELS:,} px: a broken header")
         if self.tw * self.th * self.spp > MAX_TILE_BYTES:
             raise BrokenFile(f"{what}: one frame would decompress to {self.tw * self.th * self.spp:,} bytes")
+        if self.n > MAX_TILES:  # indexing 10^8 frames took GBs before the file size was compared
+            raise BrokenFile(f"{what} claims {self.n:,} frames (at most {MAX_TILES:,}): a broken header")
 
     # -- where the frames are
     def _frame_ranges(self, ds) -> list[tuple[int, int]]:
@@ -180,8 +185,12 @@ class _Level:
         start = el.value_tell
         if self.syntax in NATIVE:
             size = self.tw * self.th * self.spp
+            if start + self.n * size > self.size:  # before listing them: the caller's check, without the list
+                raise BrokenFile(f"truncated file: the {self.n:,} frames of {self.width} x {self.height} px run past "
+                                 f"the end of {Path(self.path).name} ({self.size:,} bytes)")
             return [(start + i * size, size) for i in range(self.n)]
         frags, pos = [], start
+        limit = max(MAX_COMPRESSED * self.tw * self.th * self.spp + 2 ** 16, 8 * self.n)  # 8 * n: the offset table
         bot = None
         while True:  # encapsulated: items (FFFE,E000) until the sequence delimiter (FFFE,E0DD)
             head = os.pread(self.fd, 8, pos)
@@ -195,6 +204,9 @@ class _Level:
                                  f"of the file ({self.size:,} bytes)")
             if tag != b"\xfe\xff\x00\xe0":
                 raise ValueError("malformed encapsulated DICOM pixel data")
+            if length > limit:  # compressed data is at most a little larger than its pixels; read whole per frame
+                raise BrokenFile(f"{Path(self.path).name}: a DICOM pixel data item of {length:,} bytes, more than "
+                                 f"{MAX_COMPRESSED}x a {self.tw} x {self.th} px frame's pixels: a broken header")
             if bot is None:  # the first item is the basic offset table
                 raw = os.pread(self.fd, length, pos + 8)
                 bot = np.frombuffer(raw, "<u4").astype(np.int64) if length else np.zeros(0, np.int64)
@@ -262,6 +274,13 @@ class _Level:
                     if "corrupt" in str(e).lower() or "premature" in str(e).lower():
                         raise BrokenFile(f"corrupt JPEG frame {i} of {Path(self.path).name}: {e}") from None
             return imagecodecs.jpeg8_decode(data)
+        if self.syntax in JPEG_LS_LOSSLESS:  # decoded at the size its header claims, then cropped: other pixels
+            size = jpeg_frame_size(data)
+            if size != (self.tw, self.th, self.spp):
+                said = f"{size[0]} x {size[1]} px, {size[2]} components" if size else "nothing (no frame header)"
+                raise BrokenFile(f"corrupt JPEG-LS/lossless frame {i} of {Path(self.path).name} ({self.width} x "
+                                 f"{self.height} px): its header says {said}, the DICOM frame is {self.tw} x {self.th} "
+                                 f"px, {self.spp} components")
         if self.syntax in J2K:  # OpenJPEG allocates and decodes the size a damaged header claims (GBs)
             soc = data.find(b"\xff\x4f\xff\x51")  # the codestream, also inside a JP2 wrapper
             why = j2k_tile_problem(data[soc:] if soc >= 0 else data, self.tw, self.th, self.spp, "the DICOM frame")

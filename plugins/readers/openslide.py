@@ -13,7 +13,7 @@ from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
-                     openslide_misread, ycbcr_to_rgb)
+                     openslide_misread, square_mpp, ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -40,7 +40,7 @@ class OpenSlideSlide:
             raise ValueError("DICOM slides are read by the dicom reader, which checks every frame it decodes")
         if props.get("openslide.vendor") == "generic-tiff" and tiff_level_count(str(p)) > len(self.level_dimensions):
             raise ValueError("OpenSlide misses this TIFF's SubIFD pyramid levels")
-        self.mpp = positive_float(props.get("openslide.mpp-x"))
+        self.mpp = square_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
         self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
         self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"

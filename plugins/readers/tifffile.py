@@ -11,7 +11,8 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import TiffTileCheck, check_claims, mpp_from_tiff_tags, positive_float, read_clipped
+from .common import (TiffTileCheck, check_claims, mpp_from_tiff_tags, positive_float, premultiplied_over_white,
+                     read_clipped, square_mpp)
 
 # µm per OME PhysicalSizeXUnit; other units (pixel, reference frame, ...) are no physical size
 OME_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6, "Å": 1e-4}
@@ -48,13 +49,13 @@ class TiffSlide:
     def _ome_mpp(self) -> float | None:
         if not self._tf.is_ome:
             return None
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', self._tf.ome_metadata or "")
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', self._tf.ome_metadata or "")
-        if not m:
-            return None
-        v = float(m.group(1))
-        scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
-        return v * scale if scale and v > 0 else None
+        sizes = []
+        for a in "XY":
+            m = re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', self._tf.ome_metadata or "")
+            unit = re.search(rf'PhysicalSize{a}Unit="([^"]+)"', self._tf.ome_metadata or "")
+            scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
+            sizes.append(float(m.group(1)) * scale if m and scale else None)
+        return square_mpp(*sizes) if sizes[0] else None
 
     def read_region(self, location, level, size):
         arr, axes = self._levels[level], self._axes
@@ -101,6 +102,8 @@ def _samples(page):
     if page.sampleformat == tifffile.SAMPLEFORMAT.INT or page.bitspersample == 1:
         raise ValueError(f"{'signed' if page.sampleformat == tifffile.SAMPLEFORMAT.INT else '1-bit'} samples: not a "
                          "scanned colour image; convert the slide to 8-bit RGB")
+    if kind in (P.MINISBLACK, P.RGB) and tuple(page.extrasamples or ())[:1] == (1,) and page.dtype.kind == "u":
+        return premultiplied_over_white  # associated alpha: the colours are already multiplied by it
     if kind in (P.MINISBLACK, P.RGB) or (kind == P.YCBCR and page.compression == tifffile.COMPRESSION.JPEG):
         return lambda a: a  # tifffile's JPEG decoder returns YCbCr tiles as RGB
     if kind == P.MINISWHITE and spp == 1 and page.dtype.kind == "u":
