@@ -17,7 +17,8 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   unchanged to test.
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
   of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it, and
-  a note says from how many resamples the AUC intervals come). No interval (null, with a note) for a metric
+  a note says from how many resamples the AUC intervals come; drawn in blocks of ``BLOCK`` indices, the
+  same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
   whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
   wildtypes; AUC: both): one patient's bootstrap has zero width.
 * Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
@@ -234,12 +235,26 @@ def _ci_support(y: np.ndarray) -> dict[str, bool]:
             "auc": min(n1, n0) >= MIN_CI}
 
 
-def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarray) -> dict[str, list | None]:
-    """95% percentile intervals of the metrics over the resamples that define them; None for a metric the
-    split has too few patients for (``_ci_support``)."""
+BLOCK = 1 << 18  # resampled patient indices held at once: 100,000 resamples of 400 patients took 2.4 GB at once
+
+
+def resamples(seed: Sequence[int], n: int, count: int):
+    """The ``count`` bootstrap resamples of ``n`` patients (rows of indices) of generator ``seed``, in blocks of
+    about ``BLOCK`` indices: the same rows as one ``integers(0, n, (count, n))`` call, in bounded memory."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, BLOCK // max(n, 1))
+    for start in range(0, count, rows):
+        yield rng.integers(0, n, size=(min(rows, count - start), n))
+
+
+def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, blocks) -> dict[str, list | None]:
+    """95% percentile intervals of the metrics over the resamples (``blocks`` of index rows) that define them;
+    None for a metric the split has too few patients for (``_ci_support``)."""
     out: dict[str, list | None] = {}
     ok = _ci_support(y)
-    for m, v in bootstrap_metrics(y, p, threshold, idx).items():
+    parts = [bootstrap_metrics(y, p, threshold, idx) for idx in blocks]
+    for m in METRICS:
+        v = np.concatenate([b[m] for b in parts]) if parts else np.empty(0)
         v = v[np.isfinite(v)]
         out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) and ok[m] else None
     return out
@@ -424,16 +439,15 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
         y = t["label"][mask]
         if len(np.unique(y)) < 2:
             notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; AUC undefined (null)")
-        rng = np.random.default_rng([seed, s_i])
-        idx = rng.integers(0, len(y), size=(int(bootstrap), len(y)))
+        draw = [seed, s_i], len(y), int(bootstrap)  # the same resamples for every predictor of the split
         if bootstrap:
             short = [m for m, ok in _ci_support(y).items() if not ok]
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
                              "it depends on: a bootstrap of one patient has zero width)")
-            both = int(np.sum(y[idx].min(1) != y[idx].max(1)))
-            if "auc" not in short and both < len(idx):
-                notes.append(f"{split}: AUC intervals from the {both} of {len(idx)} resamples that hold both classes")
+            both = sum(int(np.sum(y[idx].min(1) != y[idx].max(1))) for idx in resamples(*draw))
+            if "auc" not in short and both < bootstrap:
+                notes.append(f"{split}: AUC intervals from the {both} of {bootstrap} resamples that hold both classes")
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]
@@ -441,7 +455,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
                 notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one, "
                              "its AUC of 0.5 is ties, not chance-level ranking")
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
-            block["ci"] = _bootstrap_ci(y, p, thresholds[name], idx)
+            block["ci"] = _bootstrap_ci(y, p, thresholds[name], resamples(*draw))
             result[split][name] = block
             roc[split][name] = roc_points(y, p)
     result["age_groups"] = age_groups(t, preds, thresholds, age_group_splits, notes)
