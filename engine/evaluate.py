@@ -223,6 +223,7 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.nd
                 "accuracy": (tp + tn) / yb.shape[1], "auc": np.where((n1 > 0) & (n0 > 0), auc, np.nan)}
 
 
+MAX_BOOTSTRAP = 100_000  # resamples: beyond this, time without a narrower interval
 MIN_CI = 2  # patients of each class a metric depends on, below which its bootstrap interval is left out
 
 
@@ -361,6 +362,9 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     (recorded, and it makes val a selection set). ``trained``: the bundle's ``patients`` (``train``/``val`` sets,
     see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``).
     """
+    for name, v, top in (("bootstrap", bootstrap, MAX_BOOTSTRAP), ("seed", seed, None)):  # 2.5 ran 2 resamples
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (top is not None and v > top):
+            raise ConfigError(f"{name} must be a whole number from 0{f' to {top:,}' if top else ''}, got {v!r}")
     t = check_table(table)
     notes: list[str] = []
     preds: dict[str, np.ndarray] = {"image": t["image_prob"]}

@@ -4,8 +4,10 @@ guards (see the commit messages)."""
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from slidestream.engine import evaluate as ev
+from slidestream.engine.errors import ConfigError
 
 
 def _table(n, seed=0, split="test"):
@@ -43,3 +45,13 @@ def test_bootstrap_memory_does_not_grow_with_the_resamples():
     blocks the peak is one block's, whatever the number of resamples."""
     small, large = _peak(3000), _peak(20000)  # before: 18 and 118 MiB; in blocks: 16 and 16 MiB
     assert large < 1.3 * small, (small, large)
+
+
+@pytest.mark.parametrize("kw", [{"bootstrap": -5}, {"bootstrap": 2.5}, {"bootstrap": "10"}, {"bootstrap": True},
+                                {"bootstrap": 100_001}, {"seed": 1.5}, {"seed": "x"}, {"seed": -1}, {"seed": None}])
+def test_bad_bootstrap_count_or_seed_from_python_is_one_line(kw):
+    """The CLI refused these (typer); the Python API ran 2 resamples for 2.5, and gave NumPy tracebacks for -5, -1
+    or 'x' ('negative dimensions are not allowed', 'invalid literal for int()')."""
+    with pytest.raises(ConfigError, match=rf"^{next(iter(kw))} must be a whole number from 0") as e:
+        ev.evaluate(_table(20), **kw)
+    assert "\n" not in str(e.value)
