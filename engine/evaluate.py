@@ -54,13 +54,14 @@ NAMES = {"age": "Age", "image": "Image", "age+image": "Age & image"}
 METRICS = ("sensitivity", "specificity", "accuracy", "auc")
 AGE_CUT = 55.0
 AGE_GROUPS = ("<55", ">=55")
-MISSING = ("", "na", "nan", "none", "null")
+MISSING = ("", "na", "n/a", "nan", "none", "null")
 
 
 # ---------------------------------------------------------------------------------------------- input
 def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     """Read a predictions CSV into columns: ``patient_id``/``split`` (str), ``label`` (int), ``age`` (float, NaN
-    when empty), ``image_prob`` (float); other columns are kept as strings. Raises ConfigError on bad input."""
+    when empty or n/a: ``MISSING``), ``image_prob`` (float); other columns are kept as strings. Raises ConfigError
+    on bad input."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictions file {p} not found")
@@ -126,6 +127,10 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     n = len(t["label"])
     if any(len(v) != n for v in t.values()):
         raise ConfigError(f"{source}: columns have different lengths")
+    for c in ("label", "age", "image_prob"):  # text cells (a table built from csv/pandas): parsed as the CSV's are
+        if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
+            t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
+                                    f"{str(t['patient_id'][i])!r})") for i, v in enumerate(t[c])], _DTYPES[c])
     t["patient_id"] = t["patient_id"].astype(str)
     t["split"] = np.char.lower(t["split"].astype(str))
     t["age"] = t["age"].astype(float)

@@ -55,3 +55,38 @@ def test_bad_bootstrap_count_or_seed_from_python_is_one_line(kw):
     with pytest.raises(ConfigError, match=rf"^{next(iter(kw))} must be a whole number from 0") as e:
         ev.evaluate(_table(20), **kw)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- text in numeric columns
+def _text_table(**col):
+    t = {"patient_id": ["a", "b", "c", "d"], "label": ["1", "0", "1", "0"], "age": ["40", "60", "41", "62"],
+         "split": ["val", "val", "test", "test"], "image_prob": ["0.9", "0.1", "0.8", "0.3"]}
+    for c, v in col.items():
+        t[c] = t[c][:2] + [v] + t[c][3:]
+    return t
+
+
+@pytest.mark.parametrize("col,value,match", [
+    ("image_prob", "", r"row 3 \(patient 'c'\): image_prob is missing"),
+    ("image_prob", "n/a", r"row 3 \(patient 'c'\): image_prob is missing"),
+    ("age", "40y", r"row 3 \(patient 'c'\): age must be a number, got '40y'"),
+    ("label", "IDH-mut", r"row 3 \(patient 'c'\): label must be 0 \(wildtype\) or 1 \(mutant\), got 'IDH-mut'"),
+])
+def test_text_in_a_numeric_column_of_a_table_is_one_line(col, value, match):
+    """A table of strings (csv.DictReader, pandas dtype=str) passed to evaluate(): astype(float) of '' or 'n/a' was a
+    ValueError traceback ('could not convert string to float'); labels '1'/'0' were refused as not 0 or 1."""
+    with pytest.raises(ConfigError, match=match):
+        ev.evaluate(_text_table(**{col: value}), bootstrap=0)
+
+
+@pytest.mark.parametrize("value", ["", "n/a", "N/A", None])
+def test_missing_age_as_text_is_missing_in_a_table_and_a_csv(tmp_path, value):
+    """An unknown age is allowed (left out of the age groups): 'n/a' (what pandas also reads as missing) was refused
+    in a CSV ('age must be a number') and '' a traceback in a table."""
+    t = ev.evaluate(_text_table(age=value), bootstrap=0)
+    assert t["patients"]["age"] == [40.0, 60.0, None, 62.0] and t["patients"]["label"] == [1, 0, 1, 0]
+    if value is not None:
+        p = tmp_path / "p.csv"
+        p.write_text("patient_id,label,age,split,image_prob\na,1,40,val,0.9\nb,0,60,val,0.1\n"
+                     f"c,1,{value},test,0.8\nd,0,62,test,0.3\n")
+        assert np.isnan(ev.load_predictions(p)["age"][2])
