@@ -90,3 +90,18 @@ def test_missing_age_as_text_is_missing_in_a_table_and_a_csv(tmp_path, value):
         p.write_text("patient_id,label,age,split,image_prob\na,1,40,val,0.9\nb,0,60,val,0.1\n"
                      f"c,1,{value},test,0.8\nd,0,62,test,0.3\n")
         assert np.isnan(ev.load_predictions(p)["age"][2])
+
+
+# ---------------------------------------------------------------------------------------------- age fusion
+@pytest.mark.parametrize("mutant_ages", [[40.0] * 4, [40.0, 40.2, 40.0, 40.1]])
+def test_age_gda_refuses_a_class_with_almost_no_age_spread(mutant_ages):
+    """All mutant ages 40 (a placeholder): the variance floor of 1e-6 years^2 made P(mutant | age 41) = 0.000 and
+    P(mutant | 40) = 1, absurd calls that went into age+image; now refused, naming the class and its sd."""
+    from slidestream.plugins.fusion import age_gda
+
+    t = {"label": np.array([1, 1, 1, 1, 0, 0, 0, 0]), "age": np.array(mutant_ages + [50.0, 60.0, 70.0, 65.0]),
+         "image_prob": np.linspace(0.1, 0.9, 8)}
+    with pytest.raises(ConfigError, match=r"^age_gda: the mutant training patients' ages have sd 0\.\d\d years"):
+        age_gda.fit(t)
+    t["age"][:4] = [39.0, 40.0, 41.0, 40.0]  # sd 0.71: fitted
+    assert age_gda.fit(t)["age_vars"][1] == pytest.approx(0.5)
