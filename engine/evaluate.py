@@ -14,7 +14,7 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   (the bootstrap uses vectorized NumPy equivalents, tested against scikit-learn).
   A patient is called mutant when its probability is >= the threshold: a fixed one (0.5), or ``youden``:
   per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
-  unchanged to test.
+  unchanged to test (0.5 where undefined: a note, ``meta.threshold_fallback`` and the report say so).
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
   of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it, and
   a note says from how many resamples the AUC intervals come; drawn in blocks of ``BLOCK`` indices, the
@@ -406,11 +406,12 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     if threshold == "youden":
         if not val.any():
             raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows")
-        thresholds = {}
+        thresholds, fallback = {}, []
         for name in order:
             thr = youden_threshold(t["label"][val], preds[name][val])
             if thr is None:
                 notes.append(f"{name}: Youden threshold undefined on val (one class, or no better than chance); used 0.5")
+                fallback.append(name)
                 thr = 0.5
             thresholds[name] = thr
     else:
@@ -425,12 +426,15 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     meta["thresholds"] = thresholds
     meta["threshold_rule"] = ("Youden's J per predictor on the val split" if threshold == "youden"
                               else f"fixed at {float(threshold):g} (not chosen on data)")
+    if threshold == "youden" and fallback:  # the report must not call these thresholds chosen on val
+        meta["threshold_fallback"] = fallback
+        meta["threshold_rule"] += f"; 0.5 for {', '.join(fallback)} (Youden undefined on val)"
     # every choice made on patients, by split: metrics on those patients are selection-set metrics (optimistic);
     # the test split makes no choice
     selection: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     if best_epoch is not None:
         selection["val"].append("best epoch")
-    if threshold == "youden":
+    if threshold == "youden" and len(meta.get("threshold_fallback", [])) < len(order):
         selection["val"].append("threshold")
     if "fusion" in meta:
         for s_ in fit_splits(meta["fusion"]["fit_on"]):
@@ -446,23 +450,25 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             notes.append(f"{split}: no rows; not evaluated")
             continue
         y = t["label"][mask]
-        if len(np.unique(y)) < 2:
-            notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; AUC undefined (null)")
+        undefined = [] if len(np.unique(y)) == 2 else ["specificity" if y[0] else "sensitivity", "auc"]
+        if undefined:
+            notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; {undefined[0]} and AUC "
+                         "undefined (null), without an interval")
         draw = [seed, s_i], len(y), int(bootstrap)  # the same resamples for every predictor of the split
         if bootstrap:
-            short = [m for m, ok in _ci_support(y).items() if not ok]
+            short = [m for m, ok in _ci_support(y).items() if not ok and m not in undefined]  # said above
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
                              "it depends on: a bootstrap of one patient has zero width)")
             both = sum(int(np.sum(y[idx].min(1) != y[idx].max(1))) for idx in resamples(*draw))
-            if "auc" not in short and both < bootstrap:
+            if "auc" not in short + undefined and both < bootstrap:
                 notes.append(f"{split}: AUC intervals from the {both} of {bootstrap} resamples that hold both classes")
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]
             if len(p) > 1 and np.ptp(p) == 0:  # a collapsed model (or no ages): its AUC 0.5 comes from ties alone
-                notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one, "
-                             "its AUC of 0.5 is ties, not chance-level ranking")
+                notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one"
+                             + ("" if undefined else ", its AUC of 0.5 is ties, not chance-level ranking"))
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
             block["ci"] = _bootstrap_ci(y, p, thresholds[name], resamples(*draw))
             result[split][name] = block
@@ -555,7 +561,9 @@ def report_markdown(metrics: dict) -> str:
     lines = ["# IDH prediction: evaluation", ""]
     thr = meta.get("threshold")
     if thr == "youden":
-        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" for k, v in meta.get("thresholds", {}).items())
+        fallback = meta.get("threshold_fallback", [])
+        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" + (" (fallback: Youden undefined on val)" if k in fallback else "")
+                           for k, v in meta.get("thresholds", {}).items())
         lines.append(f"Threshold: Youden's J on the validation set ({picked}), applied to the test set.")
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")

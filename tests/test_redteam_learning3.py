@@ -105,3 +105,31 @@ def test_age_gda_refuses_a_class_with_almost_no_age_spread(mutant_ages):
         age_gda.fit(t)
     t["age"][:4] = [39.0, 40.0, 41.0, 40.0]  # sd 0.71: fitted
     assert age_gda.fit(t)["age_vars"][1] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- notes that agree
+ONE_CLASS_TEST = {"patient_id": list("abcdefgh"), "label": [1, 0, 1, 0, 1, 1, 1, 1], "age": [40, 60, 41, 62, 45, 50, 55, 30],
+                  "split": ["val"] * 4 + ["test"] * 4, "image_prob": [0.9, 0.1, 0.8, 0.3, 0.5, 0.5, 0.5, 0.5]}
+
+
+def test_notes_of_a_one_class_split_do_not_contradict_each_other():
+    """Test split of mutants only, image constant: one note said 'AUC undefined (null)' and another 'its AUC of
+    0.5 is ties'; a third blamed the missing specificity/AUC intervals on 'a bootstrap of one patient' (there are
+    no wildtypes at all). Now one note per fact."""
+    m = ev.evaluate(ONE_CLASS_TEST, bootstrap=50)
+    notes = [n for n in m["meta"]["notes"] if n.startswith("test:")]
+    assert m["test"]["image"]["auc"] is None and m["test"]["image"]["specificity"] is None
+    assert notes == ["test: only mutant patients; specificity and AUC undefined (null), without an interval",
+                     "test: image gives every patient the same probability (0.5); it ranks no one"]
+
+
+def test_youden_fallback_is_not_reported_as_chosen_on_val():
+    """Val of mutants only: the note said 'Youden threshold undefined on val; used 0.5' while the report and
+    threshold_rule said the threshold was Youden's J on the validation set, and val was labelled as having chosen
+    the threshold (selection-set metrics)."""
+    t = {**ONE_CLASS_TEST, "label": [1, 1, 1, 1, 1, 0, 1, 0], "image_prob": [0.9, 0.1, 0.8, 0.3, 0.6, 0.2, 0.7, 0.4]}
+    m = ev.evaluate(t, bootstrap=0, threshold="youden")
+    assert "image: Youden threshold undefined on val (one class, or no better than chance); used 0.5" in m["meta"]["notes"]
+    assert m["meta"]["threshold_rule"].endswith("; 0.5 for image (Youden undefined on val)")
+    assert "Image 0.500 (fallback: Youden undefined on val)" in ev.report_markdown(m)
+    assert "threshold" not in m["meta"]["selection"]["val"]
