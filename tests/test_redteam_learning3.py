@@ -133,3 +133,30 @@ def test_youden_fallback_is_not_reported_as_chosen_on_val():
     assert m["meta"]["threshold_rule"].endswith("; 0.5 for image (Youden undefined on val)")
     assert "Image 0.500 (fallback: Youden undefined on val)" in ev.report_markdown(m)
     assert "threshold" not in m["meta"]["selection"]["val"]
+
+
+# ---------------------------------------------------------------------------------------------- aggregate
+@pytest.mark.parametrize("ids,probs,match", [
+    (["a", "a", "b"], [0.2, float("nan"), 0.9], r"patch 1 \(patient 'a'\) has probability nan \(NaN: the model diverged"),
+    (["a", "a", "b"], [0.2, 1.5, 0.9], r"patch 1 \(patient 'a'\) has probability 1.5; patch probabilities must be in"),
+    (["a", "a", "b"], ["0.2", "", "0.9"], r"probs must be numbers"),
+    ([7, None, 7], [0.2, 0.4, 0.9], r"patch 1 has no patient id \(None\)"),
+    ([], [], r"no patch probabilities"),
+])
+def test_aggregate_refuses_what_would_give_a_wrong_patient_probability(ids, probs, match):
+    """Before: NaN became the patient's probability, 1.5 was averaged in (patient 'a' = 0.85), '' and None ids were
+    ValueError/TypeError tracebacks, and no patches gave 0 patients but 1 probability (NaN)."""
+    from slidestream.engine.aggregate import aggregate
+
+    with pytest.raises(ConfigError, match=r"^aggregate: " + match):
+        aggregate(ids, probs)
+
+
+def test_aggregate_groups_ids_as_evaluate_compares_them():
+    """Patient 7 as an int in one row and as "7" in another is one patient, as evaluate (which compares ids as
+    text) sees it: both one group and, from an object column, text ids."""
+    from slidestream.engine.aggregate import aggregate
+
+    for ids in ([7, "7", 8], np.array([7, "7", 8], dtype=object)):
+        patients, p = aggregate(ids, [0.2, 0.4, 0.9])
+        assert patients.tolist() == ["7", "8"] and p.tolist() == pytest.approx([0.3, 0.9])
