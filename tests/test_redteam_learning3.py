@@ -160,3 +160,61 @@ def test_aggregate_groups_ids_as_evaluate_compares_them():
     for ids in ([7, "7", 8], np.array([7, "7", 8], dtype=object)):
         patients, p = aggregate(ids, [0.2, 0.4, 0.9])
         assert patients.tolist() == ["7", "8"] and p.tolist() == pytest.approx([0.3, 0.9])
+
+
+# ---------------------------------------------------------------------------------------------- against scikit-learn
+@pytest.mark.parametrize("seed", range(8))
+def test_every_reported_number_equals_scikit_learn_on_random_data(seed):
+    """Random splits, ties in the probabilities, stated or Youden thresholds, missing ages, an age of exactly 55:
+    sensitivity, specificity, accuracy, AUC, ROC points, the Youden threshold, the age groups' counts, errors
+    and accuracy, and every bootstrap resample's metrics, each recomputed with scikit-learn."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 60))
+    y = rng.integers(0, 2, n)
+    p = np.round(rng.random(n), int(rng.integers(1, 4)))  # ties
+    age = np.round(rng.uniform(20, 90, n))
+    age[rng.random(n) < 0.1], age[0] = np.nan, 55.0
+    split = np.where(rng.random(n) < 0.5, "val", "test")
+    split[:2], split[2:4] = "val", "test"
+    thr = "youden" if seed % 3 == 0 else float(np.round(rng.uniform(0.05, 0.95), 2))
+    m = ev.evaluate({"patient_id": [f"p{i}" for i in range(n)], "label": y, "age": age, "split": split,
+                     "image_prob": p}, bootstrap=0, threshold=thr)
+    th = m["meta"]["thresholds"]["image"]
+    v = split == "val"
+    if thr == "youden" and len(set(y[v])) == 2:
+        fpr, tpr, tt = roc_curve(y[v], p[v])
+        k = int(np.argmax(tpr - fpr))
+        assert th == (tt[k] if tpr[k] - fpr[k] > 0 else 0.5)
+    for s in ("val", "test"):
+        ys, ps = y[split == s], p[split == s]
+        pred, b = (ps >= th).astype(int), m[s]["image"]
+        two = len(set(ys)) == 2
+        assert b["accuracy"] == pytest.approx(accuracy_score(ys, pred), abs=1e-12)
+        for key, cls in (("sensitivity", 1), ("specificity", 0)):
+            want = recall_score(ys, pred, pos_label=cls) if np.any(ys == cls) else None
+            assert b[key] == (None if want is None else pytest.approx(want, abs=1e-12))
+        assert b["auc"] == (pytest.approx(roc_auc_score(ys, ps), abs=1e-12) if two else None)
+        if two:
+            fpr, tpr, _ = roc_curve(ys, ps)
+            roc = m["meta"]["roc"][s]["image"]
+            np.testing.assert_allclose(roc["fpr"], fpr, atol=1e-6)
+            np.testing.assert_allclose(roc["tpr"], tpr, atol=1e-6)
+        idx = rng.integers(0, len(ys), size=(10, len(ys)))
+        fast = ev.bootstrap_metrics(ys, ps, th, idx)
+        for r in range(len(idx)):
+            yr, pr = ys[idx[r]], ps[idx[r]]
+            tn, fp, fn, tp = confusion_matrix(yr, (pr >= th).astype(int), labels=[0, 1]).ravel()
+            want = {"sensitivity": tp / (tp + fn) if tp + fn else np.nan, "specificity": tn / (tn + fp) if tn + fp else np.nan,
+                    "accuracy": (tp + tn) / len(yr), "auc": roc_auc_score(yr, pr) if len(set(yr)) == 2 else np.nan}
+            for key, w in want.items():
+                assert fast[key][r] == pytest.approx(w, abs=1e-12, nan_ok=True), (r, key)
+    te = split == "test"
+    for group, sel in (("<55", te & (age < 55)), (">=55", te & (age >= 55))):
+        g, pred = m["age_groups"][group], (p[sel] >= th).astype(int)
+        assert (g["n"], g["mutant"]) == (int(sel.sum()), int(y[sel].sum()))
+        assert g["accuracy"]["image"] == (pytest.approx(accuracy_score(y[sel], pred)) if sel.any() else None)
+        if sel.any():
+            tn, fp, fn, tp = confusion_matrix(y[sel], pred, labels=[0, 1]).ravel()
+            assert g["errors"]["image"] == {"mutant": int(fn), "wildtype": int(fp)}
