@@ -131,14 +131,18 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
         if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
             t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
                                     f"{str(t['patient_id'][i])!r})") for i, v in enumerate(t[c])], _DTYPES[c])
+    ids = list(table["patient_id"])  # as given: np.asarray(["a", nan]) holds the text 'nan'
+    no_id = [i for i, v in enumerate(ids) if v is None or v != v or not str(v).strip()]
+    if no_id:  # was kept as a patient named 'None', 'nan' or ''
+        raise ConfigError(f"{source}: row {no_id[0] + 1} has no patient_id ({ids[no_id[0]]!r}); give every patient one")
     t["patient_id"] = t["patient_id"].astype(str)
-    t["split"] = np.char.lower(t["split"].astype(str))
+    t["split"] = np.char.strip(np.char.lower(t["split"].astype(str)))  # as the CSV's cells are
     t["age"] = t["age"].astype(float)
     t["image_prob"] = t["image_prob"].astype(float)
     label = t["label"]
     if not np.all(np.isin(label, (0, 1))):
         bad = label[~np.isin(label, (0, 1))][0]
-        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {bad!r}")
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {str(bad)!r}")
     t["label"] = label.astype(int)
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:

@@ -218,3 +218,22 @@ def test_every_reported_number_equals_scikit_learn_on_random_data(seed):
         if sel.any():
             tn, fp, fn, tp = confusion_matrix(y[sel], pred, labels=[0, 1]).ravel()
             assert g["errors"]["image"] == {"mutant": int(fn), "wildtype": int(fp)}
+
+
+@pytest.mark.parametrize("pid", [None, float("nan"), "", "  "])
+def test_a_table_row_without_a_patient_id_is_refused(pid):
+    """A table (not a CSV, which refused it) with a missing patient id: the patient was evaluated as 'None', 'nan'
+    or '' (and two such rows would be refused as one patient appearing twice)."""
+    t = _text_table()
+    t["patient_id"] = ["a", "b", pid, "d"]
+    with pytest.raises(ConfigError, match=r"^predictions: row 3 has no patient_id"):
+        ev.evaluate(t, bootstrap=0)
+
+
+def test_table_split_with_spaces_and_numpy_label_in_messages():
+    """A table's split ' Test ' was refused as 'test ' (the CSV strips cells); a bad label was shown as
+    np.float64(nan)."""
+    m = ev.evaluate({**_text_table(), "split": ["val", "val", " Test ", "test"]}, bootstrap=0)
+    assert m["test"]["image"]["n"] == 2
+    with pytest.raises(ConfigError, match=r"got 'nan'$"):
+        ev.evaluate({**_text_table(), "label": np.array([1, 0, 1, np.nan])}, bootstrap=0)
