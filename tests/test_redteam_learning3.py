@@ -237,3 +237,22 @@ def test_table_split_with_spaces_and_numpy_label_in_messages():
     assert m["test"]["image"]["n"] == 2
     with pytest.raises(ConfigError, match=r"got 'nan'$"):
         ev.evaluate({**_text_table(), "label": np.array([1, 0, 1, np.nan])}, bootstrap=0)
+
+
+# ---------------------------------------------------------------------------------------------- MIL cross-validation
+def test_mil_cv_says_which_sd_it_reports(tmp_path):
+    """mean ± sd of the folds' test AUCs: np.std(ddof=1), the sample sd, but neither cv.json nor cv.md said which
+    (ddof 0 is NumPy's default; with 3 folds the two differ by 22%)."""
+    import json
+
+    from test_mil import PIPE, coords_store
+
+    from slidestream.engine import config, features, mil
+
+    st = coords_store(tmp_path / "store")
+    pipe = config.parse({**PIPE, "mil": {"epochs": 1, "lr": 1e-3}})
+    features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
+    cv = mil.train(pipe, tmp_path / "f.zarr", tmp_path / "cv", folds=3, log=None)["cv"]
+    assert cv["sd_ddof"] == 1 and cv["sd"] == pytest.approx(np.std(cv["test_auc"], ddof=1))
+    assert "sample sd, ddof 1" in (tmp_path / "cv" / "cv.md").read_text()
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["sd_ddof"] == 1
