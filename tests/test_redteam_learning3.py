@@ -256,3 +256,16 @@ def test_mil_cv_says_which_sd_it_reports(tmp_path):
     assert cv["sd_ddof"] == 1 and cv["sd"] == pytest.approx(np.std(cv["test_auc"], ddof=1))
     assert "sample sd, ddof 1" in (tmp_path / "cv" / "cv.md").read_text()
     assert json.loads((tmp_path / "cv" / "cv.json").read_text())["sd_ddof"] == 1
+
+
+@pytest.mark.parametrize("splits,n", [("test", 2), ("val+test", 4), (["tset"], None), (("train",), None), ((), None)])
+def test_age_group_splits_from_python(splits, n):
+    """evaluate(age_group_splits="test") grouped the splits 't', 'e', 's', 't': Table 4 said 0 patients in each
+    age group; a misspelt split did the same, and 'train' (in-sample scores) was accepted. The CLI refused these."""
+    t = _text_table()
+    if n is None:
+        with pytest.raises(ConfigError, match=r"^age_group_splits must be 'test', 'val' or both"):
+            ev.evaluate(t, bootstrap=0, age_group_splits=splits)
+    else:
+        g = ev.evaluate(t, bootstrap=0, age_group_splits=splits)["age_groups"]
+        assert g["<55"]["n"] + g[">=55"]["n"] == n
