@@ -298,7 +298,12 @@ def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, spl
     if split not in (*FUSION_SPLITS, "oof"):
         raise ConfigError(f"the fusion is fitted on the val (default) or train split, not {split!r}: "
                           "the test split is never used for a choice")
+    from .config import validation_errors
+
     plugin = registry.get("fusion", name)
+    bad = validation_errors({"fusion": {"name": name, "params": params or {}}})  # as a pipeline's fusion section
+    if bad:  # {"C": 0} was scikit-learn's InvalidParameterError traceback, {"c": 1} a TypeError
+        raise ConfigError(f"fusion {name!r}: {bad[0]}")
     t = {k: np.asarray(v) for k, v in table.items()}
     sel = np.isin(t["split"], fit_splits(split))
     if not sel.any():

@@ -269,3 +269,15 @@ def test_age_group_splits_from_python(splits, n):
     else:
         g = ev.evaluate(t, bootstrap=0, age_group_splits=splits)["age_groups"]
         assert g["<55"]["n"] + g[">=55"]["n"] == n
+
+
+@pytest.mark.parametrize("params,match", [({"C": 0}, r"C: 0 is less than or equal to the minimum of 0"),
+                                          ({"c": 1}, r"'c' was unexpected"), ({"C": "1"}, r"'1' is not of type 'number'"),
+                                          ({"C": float("nan")}, r"nan is not a number")])
+def test_fusion_params_from_python_are_checked_like_a_pipelines(params, match):
+    """evaluate(fusion="age_gda", fusion_params=...) skipped the pipeline schema: {"C": 0} was scikit-learn's
+    InvalidParameterError traceback, {"c": 1} 'fit() got an unexpected keyword argument'."""
+    t = _table(40)
+    t["split"] = ["val"] * 20 + ["test"] * 20
+    with pytest.raises(ConfigError, match=r"^fusion 'age_gda': \$\.fusion\.params.*" + match):
+        ev.evaluate(t, bootstrap=0, fusion="age_gda", fusion_params=params)
