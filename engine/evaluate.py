@@ -575,8 +575,8 @@ def report_markdown(metrics: dict) -> str:
     thr = meta.get("threshold")
     if thr == "youden":
         fallback = meta.get("threshold_fallback", [])
-        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" + (" (fallback: Youden undefined on val)" if k in fallback else "")
-                           for k, v in meta.get("thresholds", {}).items())
+        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" + (" (fallback: Youden undefined on val)" if k in fallback
+                                                               else "") for k, v in meta.get("thresholds", {}).items())
         lines.append(f"Threshold: Youden's J on the validation set ({picked}), applied to the test set.")
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")

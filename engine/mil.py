@@ -343,7 +343,8 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
               "train_cpu_s": round(sum(r["train_cpu_s"] for r in results), 3)}
         (out / "cv.json").write_text(json.dumps(cv, indent=1))
         line = (f"{agg['name']}, {folds}-fold patient-level CV: test AUC {cv['mean']:.3f} ± {cv['sd']:.3f} "
-                "(mean ± sd over folds; sample sd, ddof 1)" if cv["sd"] is not None else f"{agg['name']}: test AUC {cv['mean']}")
+                "(mean ± sd over folds; sample sd, ddof 1)" if cv["sd"] is not None
+                else f"{agg['name']}: test AUC {cv['mean']}")
         (out / "cv.md").write_text(f"# Cross-validation\n\n{line}\n\n| fold | test AUC |\n|---|---|\n"
                                    + "".join(f"| {i} | {a if a is None else round(a, 4)} |\n" for i, a in enumerate(aucs)))
         if log:

@@ -8,7 +8,8 @@ model. The age-based prediction was then combined with the image-based predictio
 classifier."
 
 * GDA, closed form, one variance per class (maximum likelihood, as QDA in one dimension): class means and
-  variances (ddof 0) of the training patients' ages (a class whose age sd is under ``MIN_SD`` is refused), class priors = class fractions, and
+  variances (ddof 0) of the training patients' ages (a class whose age sd is under ``MIN_SD`` is refused),
+  class priors = class fractions, and
   ``P(mutant | age) = p1 N(age; m1, v1) / (p1 N(age; m1, v1) + p0 N(age; m0, v0))``.
 * ``sklearn.linear_model.LogisticRegression(C=C)`` on the two features ``(image_prob, P(mutant | age))`` of the
   training patients gives ``age+image``.
