@@ -281,3 +281,19 @@ def test_fusion_params_from_python_are_checked_like_a_pipelines(params, match):
     t["split"] = ["val"] * 20 + ["test"] * 20
     with pytest.raises(ConfigError, match=r"^fusion 'age_gda': \$\.fusion\.params.*" + match):
         ev.evaluate(t, bootstrap=0, fusion="age_gda", fusion_params=params)
+
+
+@pytest.mark.parametrize("age", [-40.0, 400.0, float("nan")])
+def test_predict_fused_refuses_an_age_the_cli_refuses(age):
+    """predict_slides(age=...) from Python: an age of -40 or 400 (a sign or unit slip) got a confident age+image
+    probability from the Gaussians' tails, NaN silently the class prior; `predict --age` refused all three."""
+    from types import SimpleNamespace
+
+    from slidestream.engine import predict
+
+    t = _table(40)
+    t["split"] = ["val"] * 20 + ["test"] * 20
+    b = SimpleNamespace(meta={"fusion": ev.fit_fusion(t, "age_gda")})
+    assert set(predict.fused(b, 0.5, 50.0)) == {"age", "age+image"}
+    with pytest.raises(ConfigError, match=r"^age must be the patient's age in years \(0 to 130\)"):
+        predict.fused(b, 0.5, age)
