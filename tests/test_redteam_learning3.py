@@ -297,3 +297,13 @@ def test_predict_fused_refuses_an_age_the_cli_refuses(age):
     assert set(predict.fused(b, 0.5, 50.0)) == {"age", "age+image"}
     with pytest.raises(ConfigError, match=r"^age must be the patient's age in years \(0 to 130\)"):
         predict.fused(b, 0.5, age)
+
+
+def test_age_group_table_of_val_and_test_says_val_chose_the_threshold():
+    """Table 3 labelled val's metrics as selection-set (val chose the Youden threshold), but Table 4 over val+test
+    (the paper's 68 patients) counted the same val patients' errors without a word."""
+    t = _table(40)
+    t["split"] = ["val"] * 20 + ["test"] * 20
+    both = ev.report_markdown(ev.evaluate(t, bootstrap=0, threshold="youden", age_group_splits="val+test"))
+    assert "Its val patients chose the threshold: these are selection-set counts (optimistic)." in both
+    assert "selection-set counts" not in ev.report_markdown(ev.evaluate(t, bootstrap=0, threshold="youden"))
