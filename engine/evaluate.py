@@ -379,6 +379,9 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     for name, v, top in (("bootstrap", bootstrap, MAX_BOOTSTRAP), ("seed", seed, None)):  # 2.5 ran 2 resamples
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (top is not None and v > top):
             raise ConfigError(f"{name} must be a whole number from 0{f' to {top:,}' if top else ''}, got {v!r}")
+    if fitted and fusion:  # fitted won, silently: the named fusion (and its params) was never fitted
+        raise ConfigError(f"evaluate got a fitted fusion ({fitted.get('name')}, e.g. a bundle's) and fusion={fusion!r} to "
+                          "fit: give one")
     if isinstance(age_group_splits, str):  # "test" was the splits 't', 'e', 's', 't': empty age groups
         age_group_splits = tuple(age_group_splits.split("+"))
     if not age_group_splits or any(s not in EVAL_SPLITS for s in age_group_splits):

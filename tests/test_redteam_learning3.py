@@ -307,3 +307,13 @@ def test_age_group_table_of_val_and_test_says_val_chose_the_threshold():
     both = ev.report_markdown(ev.evaluate(t, bootstrap=0, threshold="youden", age_group_splits="val+test"))
     assert "Its val patients chose the threshold: these are selection-set counts (optimistic)." in both
     assert "selection-set counts" not in ev.report_markdown(ev.evaluate(t, bootstrap=0, threshold="youden"))
+
+
+def test_a_fitted_fusion_and_a_fusion_to_fit_are_not_both_taken():
+    """evaluate(fitted=bundle_fusion, fusion="age_gda", fusion_params={"C": 0.01}) used the bundle's fusion and
+    dropped the asked one without a word (the CLI refuses --bundle with --fusion)."""
+    t = _table(40)
+    t["split"] = ["val"] * 20 + ["test"] * 20
+    fitted = ev.fit_fusion(t, "age_gda")
+    with pytest.raises(ConfigError, match=r"fitted fusion \(age_gda, e\.g\. a bundle's\) and fusion='age_gda' to fit"):
+        ev.evaluate(t, bootstrap=0, fitted=fitted, fusion="age_gda", fusion_params={"C": 0.01})
