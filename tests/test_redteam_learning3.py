@@ -317,3 +317,16 @@ def test_a_fitted_fusion_and_a_fusion_to_fit_are_not_both_taken():
     fitted = ev.fit_fusion(t, "age_gda")
     with pytest.raises(ConfigError, match=r"fitted fusion \(age_gda, e\.g\. a bundle's\) and fusion='age_gda' to fit"):
         ev.evaluate(t, bootstrap=0, fitted=fitted, fusion="age_gda", fusion_params={"C": 0.01})
+
+
+def test_bench_mil_goal_with_an_undefined_test_auc_is_none():
+    """bench/mil.py compared the MIL and CNN test AUCs with >=: None (one class in the test split) was a TypeError
+    at the end of a run of minutes, losing its printed line."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_mil", Path(__file__).parent.parent / "bench" / "mil.py")
+    bench_mil = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_mil)
+    assert bench_mil.done_when(None, 0.8, 1.0, 10.0) is None and bench_mil.done_when(0.8, None, 1.0, 10.0) is None
+    assert bench_mil.done_when(0.9, 0.8, 1.0, 10.0) is True and bench_mil.done_when(0.9, 0.8, 3.0, 10.0) is False
