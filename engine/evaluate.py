@@ -16,8 +16,9 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
   unchanged to test (0.5 where undefined: a note, ``meta.threshold_fallback`` and the report say so).
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
-  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it, and
-  a note says from how many resamples the AUC intervals come; drawn in blocks of ``BLOCK`` indices, the
+  of a split; the threshold stays fixed; a resample with one class only has no AUC (nor sensitivity or
+  specificity, for the class it lacks) and is skipped for it, and a note says from how many resamples those
+  intervals come; drawn in blocks of ``BLOCK`` indices, the
   same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
   whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
   wildtypes; AUC: both): one patient's bootstrap has zero width.
@@ -476,9 +477,16 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
                              "it depends on: a bootstrap of one patient has zero width)")
-            both = sum(int(np.sum(y[idx].min(1) != y[idx].max(1))) for idx in resamples(*draw))
-            if "auc" not in short + undefined and both < bootstrap:
-                notes.append(f"{split}: AUC intervals from the {both} of {bootstrap} resamples that hold both classes")
+            kept = {"sensitivity": 0, "specificity": 0, "auc": 0}  # resamples that define each (AUC: both classes)
+            for idx in resamples(*draw):
+                mut, wild = np.any(y[idx] == 1, 1), np.any(y[idx] == 0, 1)
+                for m, ok in (("sensitivity", mut), ("specificity", wild), ("auc", mut & wild)):
+                    kept[m] += int(ok.sum())
+            held = {"sensitivity": "a mutant", "specificity": "a wildtype", "auc": "both classes"}
+            for m, k in kept.items():  # sensitivity's skipped resamples went unsaid (2 mutants in 60: 13%)
+                if m not in short + undefined and k < bootstrap:
+                    notes.append(f"{split}: {'AUC' if m == 'auc' else m} intervals from the {k} of {bootstrap} "
+                                 f"resamples that hold {held[m]}")
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]

@@ -330,3 +330,17 @@ def test_bench_mil_goal_with_an_undefined_test_auc_is_none():
     spec.loader.exec_module(bench_mil)
     assert bench_mil.done_when(None, 0.8, 1.0, 10.0) is None and bench_mil.done_when(0.8, None, 1.0, 10.0) is None
     assert bench_mil.done_when(0.9, 0.8, 1.0, 10.0) is True and bench_mil.done_when(0.9, 0.8, 3.0, 10.0) is False
+
+
+def test_sensitivity_intervals_say_how_many_resamples_held_a_mutant():
+    """2 mutants in 60 patients: 13% of resamples hold no mutant and have no sensitivity; they were skipped for its
+    interval as for the AUC's, but only the AUC note said so."""
+    y = np.zeros(60, int)
+    y[:2] = 1
+    t = {"patient_id": [f"p{i}" for i in range(60)], "label": y, "age": np.full(60, 50.0), "split": ["test"] * 60,
+         "image_prob": np.linspace(0, 1, 60)}
+    notes = ev.evaluate(t, bootstrap=1000)["meta"]["notes"]
+    auc = next(n for n in notes if n.startswith("test: AUC intervals from the "))
+    sens = next(n for n in notes if n.startswith("test: sensitivity intervals from the "))
+    assert sens.endswith("of 1000 resamples that hold a mutant") and sens.split()[5] == auc.split()[5]
+    assert 800 < int(sens.split()[5]) < 940 and not any(n.startswith("test: specificity intervals") for n in notes)
