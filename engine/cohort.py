@@ -182,8 +182,10 @@ def _dicom_series(files: list[Path]) -> list[Path]:
 
 
 def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, str | None]:
-    """(value, None) or (None, problem) for a cell that must be a number in [lo, hi] (empty -> None)."""
-    if text == "":
+    """(value, None) or (None, problem) for a cell that must be a number in [lo, hi] (empty, n/a, NaN -> None)."""
+    from .evaluate import MISSING
+
+    if text.strip().lower() in MISSING:  # unknown, as in a predictions CSV ('n/a' was "not a number", 'NaN' "outside")
         return None, None
     try:
         v = float(text)

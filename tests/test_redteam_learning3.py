@@ -344,3 +344,15 @@ def test_sensitivity_intervals_say_how_many_resamples_held_a_mutant():
     sens = next(n for n in notes if n.startswith("test: sensitivity intervals from the "))
     assert sens.endswith("of 1000 resamples that hold a mutant") and sens.split()[5] == auc.split()[5]
     assert 800 < int(sens.split()[5]) < 940 and not any(n.startswith("test: specificity intervals") for n in notes)
+
+
+def test_cohort_csv_unknown_age_written_as_na_or_nan_is_unknown(tmp_path):
+    """The cohort CSV said "age 'n/a' is not a number" and "age 'NaN' is outside 0..130" where an empty age is
+    allowed (unknown); the predictions CSV reads all three as missing. Now the cohort does too."""
+    from slidestream.engine import cohort
+
+    for name in ("a.svs", "b.svs", "c.svs"):
+        (tmp_path / name).write_bytes(b"")
+    p = tmp_path / "c.csv"
+    p.write_text("slide_path,patient_id,label,age\na.svs,A,1,n/a\nb.svs,B,0,NaN\nc.svs,C,0,\n")
+    assert all(np.isnan(r.age) for r in cohort.read_csv(p))
