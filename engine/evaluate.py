@@ -99,10 +99,14 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
-        if raw not in ("0", "1", "0.0", "1.0"):
-            why = "; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1" else ""
+        from .cohort import LABELS  # the cohort CSV's words (mutant, wildtype, idh-wt, ...) were refused here
+
+        label = {**LABELS, "0.0": 0, "1.0": 1}.get(raw.lower(), -2)
+        if label < 0:  # -1: unknown ('', -1, unknown)
+            why = ("; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1"
+                   else "; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
             raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
-        return int(float(raw))
+        return label
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:
             if col == "image_prob":

@@ -356,3 +356,17 @@ def test_cohort_csv_unknown_age_written_as_na_or_nan_is_unknown(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("slide_path,patient_id,label,age\na.svs,A,1,n/a\nb.svs,B,0,NaN\nc.svs,C,0,\n")
     assert all(np.isnan(r.age) for r in cohort.read_csv(p))
+
+
+def test_predictions_csv_reads_the_cohort_csvs_label_words(tmp_path):
+    """A cohort CSV may say mutant/wildtype (IDH-mutant, wt, ...); a predictions CSV built from it was refused
+    ('label must be 0 (wildtype) or 1 (mutant)'). The same words now mean the same labels; others (True, IDH-mut)
+    are still refused, naming the line."""
+    p = tmp_path / "p.csv"
+    p.write_text("patient_id,label,age,split,image_prob\na,Mutant,40,val,0.9\nb,wildtype,60,val,0.1\n"
+                 "c,IDH-mutant,41,test,0.8\nd,wt,62,test,0.3\n")
+    assert ev.load_predictions(p)["label"].tolist() == [1, 0, 1, 0]
+    for bad in ("True", "IDH-mut", "unknown", ""):
+        p.write_text(f"patient_id,label,age,split,image_prob\na,1,40,val,0.9\nb,0,60,val,0.1\nc,{bad},41,test,0.8\n")
+        with pytest.raises(ConfigError, match=rf"line 4: label must be 0 \(wildtype\) or 1 \(mutant\), got '{bad}'"):
+            ev.load_predictions(p)
