@@ -18,8 +18,7 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
   of a split; the threshold stays fixed; a resample with one class only has no AUC (nor sensitivity or
   specificity, for the class it lacks) and is skipped for it, and a note says from how many resamples those
-  intervals come; drawn in blocks of ``BLOCK`` indices, the
-  same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
+  intervals come; drawn in blocks of ``BLOCK`` indices, the same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
   whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
   wildtypes; AUC: both): one patient's bootstrap has zero width.
 * Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
@@ -45,6 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cohort import LABELS, MISSING
 from .errors import ConfigError
 
 COLUMNS = ("patient_id", "label", "age", "split", "image_prob")
@@ -55,7 +55,7 @@ NAMES = {"age": "Age", "image": "Image", "age+image": "Age & image"}
 METRICS = ("sensitivity", "specificity", "accuracy", "auc")
 AGE_CUT = 55.0
 AGE_GROUPS = ("<55", ">=55")
-MISSING = ("", "na", "n/a", "nan", "none", "null")
+LABEL_WORDS = {**LABELS, "0.0": 0, "1.0": 1}  # the cohort CSV's words (mutant, wildtype, idh-wt, ...); -1: unknown
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -99,10 +99,8 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
-        from .cohort import LABELS  # the cohort CSV's words (mutant, wildtype, idh-wt, ...) were refused here
-
-        label = {**LABELS, "0.0": 0, "1.0": 1}.get(raw.lower(), -2)
-        if label < 0:  # -1: unknown ('', -1, unknown)
+        label = LABEL_WORDS.get(raw.lower(), -2)  # the cohort's words were refused here
+        if label < 0:
             why = ("; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1"
                    else "; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
             raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
@@ -132,14 +130,14 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     n = len(t["label"])
     if any(len(v) != n for v in t.values()):
         raise ConfigError(f"{source}: columns have different lengths")
-    for c in ("label", "age", "image_prob"):  # text cells (a table built from csv/pandas): parsed as the CSV's are
-        if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
-            t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
-                                    f"{str(t['patient_id'][i])!r})") for i, v in enumerate(t[c])], _DTYPES[c])
     ids = list(table["patient_id"])  # as given: np.asarray(["a", nan]) holds the text 'nan'
     no_id = [i for i, v in enumerate(ids) if v is None or v != v or not str(v).strip()]
     if no_id:  # was kept as a patient named 'None', 'nan' or ''
         raise ConfigError(f"{source}: row {no_id[0] + 1} has no patient_id ({ids[no_id[0]]!r}); give every patient one")
+    for c in ("label", "age", "image_prob"):  # text cells (a table built from csv/pandas): parsed as the CSV's are
+        if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
+            t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
+                                    f"{str(ids[i])!r})") for i, v in enumerate(t[c])], _DTYPES[c])
     t["patient_id"] = t["patient_id"].astype(str)
     t["split"] = np.char.strip(np.char.lower(t["split"].astype(str)))  # as the CSV's cells are
     t["age"] = t["age"].astype(float)
