@@ -28,9 +28,25 @@ def aggregate(patient_ids: Sequence[Any], probs: Sequence[float], method: str = 
     ``k_frac`` (and any other ``params``) go to plugins that declare them.
     """
     ids = np.asarray(patient_ids)
-    p = np.asarray(probs, dtype=float)
+    try:
+        p = np.asarray(probs, dtype=float)
+    except (TypeError, ValueError) as e:  # '' or 'n/a' in a column read as text
+        raise ConfigError(f"aggregate: probs must be numbers (patch probabilities in [0, 1]): {e}") from None
     if ids.shape != p.shape or ids.ndim != 1:
         raise ConfigError(f"aggregate: patient_ids and probs must be 1-D and of equal length, got {ids.shape} and {p.shape}")
+    if not len(p):  # gave 0 patients and 1 probability (NaN)
+        raise ConfigError("aggregate: no patch probabilities; give at least one patch")
+    bad = ~((p >= 0) & (p <= 1))  # NaN too: it became the patient's probability; 1.5 was averaged in
+    if bad.any():
+        i = int(np.argmax(bad))
+        why = " (NaN: the model diverged; retrain it with a lower lr)" if np.isnan(p[i]) else ""
+        raise ConfigError(f"aggregate: patch {i} (patient {str(ids[i])!r}) has probability {p[i]:g}{why}; patch "
+                          "probabilities must be in [0, 1]")
+    if ids.dtype == object:  # mixed types (7 and "7"): one id each as text, as evaluate compares them
+        none = [i for i, v in enumerate(ids) if v is None or v != v]
+        if none:
+            raise ConfigError(f"aggregate: patch {none[0]} has no patient id ({ids[none[0]]!r}); give every patch one")
+        ids = ids.astype(str)
     if method not in methods():
         raise ConfigError(f"aggregate: method must be one of {', '.join(methods())}, not {method!r}")
     if not 0 < k_frac <= 1:

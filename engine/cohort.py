@@ -26,6 +26,7 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".v
                   ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
 LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
           "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
+MISSING = ("", "na", "n/a", "nan", "none", "null")  # a number cell that says unknown (here and in a predictions CSV)
 NEEDED = ("patient_id", "label", "age")  # columns a labelled cohort must have (besides slide_path)
 MAX_LISTED = 20  # problems spelled out in one message; the rest are counted
 
@@ -182,8 +183,8 @@ def _dicom_series(files: list[Path]) -> list[Path]:
 
 
 def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, str | None]:
-    """(value, None) or (None, problem) for a cell that must be a number in [lo, hi] (empty -> None)."""
-    if text == "":
+    """(value, None) or (None, problem) for a cell that must be a number in [lo, hi] (empty, n/a, NaN -> None)."""
+    if text.strip().lower() in MISSING:  # unknown, as in a predictions CSV ('n/a' was "not a number", 'NaN' "outside")
         return None, None
     try:
         v = float(text)

@@ -14,10 +14,11 @@ Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 =
   (the bootstrap uses vectorized NumPy equivalents, tested against scikit-learn).
   A patient is called mutant when its probability is >= the threshold: a fixed one (0.5), or ``youden``:
   per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
-  unchanged to test.
+  unchanged to test (0.5 where undefined: a note, ``meta.threshold_fallback`` and the report say so).
 * 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
-  of a split; the threshold stays fixed; a resample with one class only has no AUC and is skipped for it, and
-  a note says from how many resamples the AUC intervals come). No interval (null, with a note) for a metric
+  of a split; the threshold stays fixed; a resample with one class only has no AUC (nor sensitivity or
+  specificity, for the class it lacks) and is skipped for it, and a note says from how many resamples those
+  intervals come; drawn in blocks of ``BLOCK`` indices, the same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
   whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
   wildtypes; AUC: both): one patient's bootstrap has zero width.
 * Age groups (paper, Table 4): < 55 and >= 55 years, by default on the test split (``age_group_splits``);
@@ -43,6 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cohort import LABELS, MISSING
 from .errors import ConfigError
 
 COLUMNS = ("patient_id", "label", "age", "split", "image_prob")
@@ -53,13 +55,14 @@ NAMES = {"age": "Age", "image": "Image", "age+image": "Age & image"}
 METRICS = ("sensitivity", "specificity", "accuracy", "auc")
 AGE_CUT = 55.0
 AGE_GROUPS = ("<55", ">=55")
-MISSING = ("", "na", "nan", "none", "null")
+LABEL_WORDS = {**LABELS, "0.0": 0, "1.0": 1}  # the cohort CSV's words (mutant, wildtype, idh-wt, ...); -1: unknown
 
 
 # ---------------------------------------------------------------------------------------------- input
 def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     """Read a predictions CSV into columns: ``patient_id``/``split`` (str), ``label`` (int), ``age`` (float, NaN
-    when empty), ``image_prob`` (float); other columns are kept as strings. Raises ConfigError on bad input."""
+    when empty or n/a: ``MISSING``), ``image_prob`` (float); other columns are kept as strings. Raises ConfigError
+    on bad input."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"predictions file {p} not found")
@@ -96,10 +99,12 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
-        if raw not in ("0", "1", "0.0", "1.0"):
-            why = "; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1" else ""
+        label = LABEL_WORDS.get(raw.lower(), -2)  # the cohort's words were refused here
+        if label < 0:
+            why = ("; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1"
+                   else "; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
             raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
-        return int(float(raw))
+        return label
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:
             if col == "image_prob":
@@ -125,14 +130,22 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     n = len(t["label"])
     if any(len(v) != n for v in t.values()):
         raise ConfigError(f"{source}: columns have different lengths")
+    ids = list(table["patient_id"])  # as given: np.asarray(["a", nan]) holds the text 'nan'
+    no_id = [i for i, v in enumerate(ids) if v is None or v != v or not str(v).strip()]
+    if no_id:  # was kept as a patient named 'None', 'nan' or ''
+        raise ConfigError(f"{source}: row {no_id[0] + 1} has no patient_id ({ids[no_id[0]]!r}); give every patient one")
+    for c in ("label", "age", "image_prob"):  # text cells (a table built from csv/pandas): parsed as the CSV's are
+        if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
+            t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
+                                    f"{str(ids[i])!r})") for i, v in enumerate(t[c])], _DTYPES[c])
     t["patient_id"] = t["patient_id"].astype(str)
-    t["split"] = np.char.lower(t["split"].astype(str))
+    t["split"] = np.char.strip(np.char.lower(t["split"].astype(str)))  # as the CSV's cells are
     t["age"] = t["age"].astype(float)
     t["image_prob"] = t["image_prob"].astype(float)
     label = t["label"]
     if not np.all(np.isin(label, (0, 1))):
         bad = label[~np.isin(label, (0, 1))][0]
-        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {bad!r}")
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {str(bad)!r}")
     t["label"] = label.astype(int)
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:
@@ -222,6 +235,7 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.nd
                 "accuracy": (tp + tn) / yb.shape[1], "auc": np.where((n1 > 0) & (n0 > 0), auc, np.nan)}
 
 
+MAX_BOOTSTRAP = 100_000  # resamples: beyond this, time without a narrower interval
 MIN_CI = 2  # patients of each class a metric depends on, below which its bootstrap interval is left out
 
 
@@ -234,12 +248,26 @@ def _ci_support(y: np.ndarray) -> dict[str, bool]:
             "auc": min(n1, n0) >= MIN_CI}
 
 
-def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.ndarray) -> dict[str, list | None]:
-    """95% percentile intervals of the metrics over the resamples that define them; None for a metric the
-    split has too few patients for (``_ci_support``)."""
+BLOCK = 1 << 18  # resampled patient indices held at once: 100,000 resamples of 400 patients took 2.4 GB at once
+
+
+def resamples(seed: Sequence[int], n: int, count: int):
+    """The ``count`` bootstrap resamples of ``n`` patients (rows of indices) of generator ``seed``, in blocks of
+    about ``BLOCK`` indices: the same rows as one ``integers(0, n, (count, n))`` call, in bounded memory."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, BLOCK // max(n, 1))
+    for start in range(0, count, rows):
+        yield rng.integers(0, n, size=(min(rows, count - start), n))
+
+
+def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, blocks) -> dict[str, list | None]:
+    """95% percentile intervals of the metrics over the resamples (``blocks`` of index rows) that define them;
+    None for a metric the split has too few patients for (``_ci_support``)."""
     out: dict[str, list | None] = {}
     ok = _ci_support(y)
-    for m, v in bootstrap_metrics(y, p, threshold, idx).items():
+    parts = [bootstrap_metrics(y, p, threshold, idx) for idx in blocks]
+    for m in METRICS:
+        v = np.concatenate([b[m] for b in parts]) if parts else np.empty(0)
         v = v[np.isfinite(v)]
         out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) and ok[m] else None
     return out
@@ -273,7 +301,12 @@ def fit_fusion(table: dict[str, Any], name: str, params: dict | None = None, spl
     if split not in (*FUSION_SPLITS, "oof"):
         raise ConfigError(f"the fusion is fitted on the val (default) or train split, not {split!r}: "
                           "the test split is never used for a choice")
+    from .config import validation_errors
+
     plugin = registry.get("fusion", name)
+    bad = validation_errors({"fusion": {"name": name, "params": params or {}}})  # as a pipeline's fusion section
+    if bad:  # {"C": 0} was scikit-learn's InvalidParameterError traceback, {"c": 1} a TypeError
+        raise ConfigError(f"fusion {name!r}: {bad[0]}")
     t = {k: np.asarray(v) for k, v in table.items()}
     sel = np.isin(t["split"], fit_splits(split))
     if not sel.any():
@@ -346,6 +379,16 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     (recorded, and it makes val a selection set). ``trained``: the bundle's ``patients`` (``train``/``val`` sets,
     see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``).
     """
+    for name, v, top in (("bootstrap", bootstrap, MAX_BOOTSTRAP), ("seed", seed, None)):  # 2.5 ran 2 resamples
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (top is not None and v > top):
+            raise ConfigError(f"{name} must be a whole number from 0{f' to {top:,}' if top else ''}, got {v!r}")
+    if fitted and fusion:  # fitted won, silently: the named fusion (and its params) was never fitted
+        raise ConfigError(f"evaluate got a fitted fusion ({fitted.get('name')}, e.g. a bundle's) and fusion={fusion!r} to "
+                          "fit: give one")
+    if isinstance(age_group_splits, str):  # "test" was the splits 't', 'e', 's', 't': empty age groups
+        age_group_splits = tuple(age_group_splits.split("+"))
+    if not age_group_splits or any(s not in EVAL_SPLITS for s in age_group_splits):
+        raise ConfigError(f"age_group_splits must be 'test', 'val' or both ('val+test'), got {age_group_splits!r}")
     t = check_table(table)
     notes: list[str] = []
     preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
@@ -382,11 +425,12 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     if threshold == "youden":
         if not val.any():
             raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows")
-        thresholds = {}
+        thresholds, fallback = {}, []
         for name in order:
             thr = youden_threshold(t["label"][val], preds[name][val])
             if thr is None:
                 notes.append(f"{name}: Youden threshold undefined on val (one class, or no better than chance); used 0.5")
+                fallback.append(name)
                 thr = 0.5
             thresholds[name] = thr
     else:
@@ -401,12 +445,15 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     meta["thresholds"] = thresholds
     meta["threshold_rule"] = ("Youden's J per predictor on the val split" if threshold == "youden"
                               else f"fixed at {float(threshold):g} (not chosen on data)")
+    if threshold == "youden" and fallback:  # the report must not call these thresholds chosen on val
+        meta["threshold_fallback"] = fallback
+        meta["threshold_rule"] += f"; 0.5 for {', '.join(fallback)} (Youden undefined on val)"
     # every choice made on patients, by split: metrics on those patients are selection-set metrics (optimistic);
     # the test split makes no choice
     selection: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     if best_epoch is not None:
         selection["val"].append("best epoch")
-    if threshold == "youden":
+    if threshold == "youden" and len(meta.get("threshold_fallback", [])) < len(order):
         selection["val"].append("threshold")
     if "fusion" in meta:
         for s_ in fit_splits(meta["fusion"]["fit_on"]):
@@ -422,26 +469,34 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             notes.append(f"{split}: no rows; not evaluated")
             continue
         y = t["label"][mask]
-        if len(np.unique(y)) < 2:
-            notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; AUC undefined (null)")
-        rng = np.random.default_rng([seed, s_i])
-        idx = rng.integers(0, len(y), size=(int(bootstrap), len(y)))
+        undefined = [] if len(np.unique(y)) == 2 else ["specificity" if y[0] else "sensitivity", "auc"]
+        if undefined:
+            notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; {undefined[0]} and AUC "
+                         "undefined (null), without an interval")
+        draw = [seed, s_i], len(y), int(bootstrap)  # the same resamples for every predictor of the split
         if bootstrap:
-            short = [m for m, ok in _ci_support(y).items() if not ok]
+            short = [m for m, ok in _ci_support(y).items() if not ok and m not in undefined]  # said above
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
                              "it depends on: a bootstrap of one patient has zero width)")
-            both = int(np.sum(y[idx].min(1) != y[idx].max(1)))
-            if "auc" not in short and both < len(idx):
-                notes.append(f"{split}: AUC intervals from the {both} of {len(idx)} resamples that hold both classes")
+            kept = {"sensitivity": 0, "specificity": 0, "auc": 0}  # resamples that define each (AUC: both classes)
+            for idx in resamples(*draw):
+                mut, wild = np.any(y[idx] == 1, 1), np.any(y[idx] == 0, 1)
+                for m, ok in (("sensitivity", mut), ("specificity", wild), ("auc", mut & wild)):
+                    kept[m] += int(ok.sum())
+            held = {"sensitivity": "a mutant", "specificity": "a wildtype", "auc": "both classes"}
+            for m, k in kept.items():  # sensitivity's skipped resamples went unsaid (2 mutants in 60: 13%)
+                if m not in short + undefined and k < bootstrap:
+                    notes.append(f"{split}: {'AUC' if m == 'auc' else m} intervals from the {k} of {bootstrap} "
+                                 f"resamples that hold {held[m]}")
         result[split], roc[split] = {}, {}
         for name in order:
             p = preds[name][mask]
             if len(p) > 1 and np.ptp(p) == 0:  # a collapsed model (or no ages): its AUC 0.5 comes from ties alone
-                notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one, "
-                             "its AUC of 0.5 is ties, not chance-level ranking")
+                notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one"
+                             + ("" if undefined else ", its AUC of 0.5 is ties, not chance-level ranking"))
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
-            block["ci"] = _bootstrap_ci(y, p, thresholds[name], idx)
+            block["ci"] = _bootstrap_ci(y, p, thresholds[name], resamples(*draw))
             result[split][name] = block
             roc[split][name] = roc_points(y, p)
     result["age_groups"] = age_groups(t, preds, thresholds, age_group_splits, notes)
@@ -532,7 +587,9 @@ def report_markdown(metrics: dict) -> str:
     lines = ["# IDH prediction: evaluation", ""]
     thr = meta.get("threshold")
     if thr == "youden":
-        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" for k, v in meta.get("thresholds", {}).items())
+        fallback = meta.get("threshold_fallback", [])
+        picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" + (" (fallback: Youden undefined on val)" if k in fallback
+                                                               else "") for k, v in meta.get("thresholds", {}).items())
         lines.append(f"Threshold: Youden's J on the validation set ({picked}), applied to the test set.")
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
@@ -550,9 +607,12 @@ def report_markdown(metrics: dict) -> str:
             lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(_fmt_ci(b, m) for m in METRICS) + " |")
     groups = metrics.get("age_groups", {})
     splits = " and ".join(meta.get("age_group_splits", ["test"]))
+    used = meta.get("selection", {}).get("val") if "val" in meta.get("age_group_splits", []) else None
     g1, g2 = groups.get("<55", {}), groups.get(">=55", {})
-    lines += ["", f"## Performance on different age groups, {splits} set (cf. Liu et al. 2020, Table 4)", "",
-              "| Age group | Group I: < 55 | Group II: >= 55 |", "|---|---|---|",
+    lines += ["", f"## Performance on different age groups, {splits} set (cf. Liu et al. 2020, Table 4)", ""]
+    if used:  # Table 3 labels val as the selection set; these counts hold its patients too
+        lines += [f"Its val patients chose the {', '.join(used)}: these are selection-set counts (optimistic).", ""]
+    lines += ["| Age group | Group I: < 55 | Group II: >= 55 |", "|---|---|---|",
               f"| Number of patients (mutant:wildtype) | {_count(g1)} | {_count(g2)} |",
               "| **Error incidences (mutant:wildtype)** | | |"]
     for name in names:

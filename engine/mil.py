@@ -7,7 +7,7 @@ of the feature store:
 * Splits: the patch store's ``split`` column (``slidestream split``), read per patient; synthetic patches
   are never in a bag. With ``--folds K``: patient-level stratified K-fold cross-validation instead (fold i
   is test, fold i+1 validation, the rest train; ``OUT/fold<i>/``), reported as mean ± sd test AUC in
-  ``OUT/cv.json``/``cv.md``, as the MIL literature reports.
+  ``OUT/cv.json``/``cv.md`` (sd: the sample sd over folds, ddof 1, ``sd_ddof``), as the MIL literature reports.
 * Training: features standardized per dimension with the training patches' mean/sd (kept in the bundle);
   Adam, one bag per step (optionally ``max_patches`` random patches of it), binary cross-entropy
   of the bag logit (+ the model's ``instance_loss`` if it has one, e.g. CLAM's). The order of bags and the
@@ -339,10 +339,12 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         valid = [a for a in aucs if a is not None]
         cv = {"aggregator": agg["name"], "folds": folds, "test_auc": aucs,
               "mean": float(np.mean(valid)) if valid else None, "sd": float(np.std(valid, ddof=1)) if len(valid) > 1 else None,
+              "sd_ddof": 1,  # the sample sd over folds, as the MIL literature reports it
               "train_cpu_s": round(sum(r["train_cpu_s"] for r in results), 3)}
         (out / "cv.json").write_text(json.dumps(cv, indent=1))
-        line = (f"{agg['name']}, {folds}-fold patient-level CV: test AUC {cv['mean']:.3f} ± {cv['sd']:.3f} (mean ± sd)"
-                if cv["sd"] is not None else f"{agg['name']}: test AUC {cv['mean']}")
+        line = (f"{agg['name']}, {folds}-fold patient-level CV: test AUC {cv['mean']:.3f} ± {cv['sd']:.3f} "
+                "(mean ± sd over folds; sample sd, ddof 1)" if cv["sd"] is not None
+                else f"{agg['name']}: test AUC {cv['mean']}")
         (out / "cv.md").write_text(f"# Cross-validation\n\n{line}\n\n| fold | test AUC |\n|---|---|\n"
                                    + "".join(f"| {i} | {a if a is None else round(a, 4)} |\n" for i, a in enumerate(aucs)))
         if log:

@@ -73,6 +73,8 @@ def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:
     f = b.meta.get("fusion")
     if not f or age is None:
         return {}
+    if not 0 <= age <= 130:  # NaN fails this too; the CLI's --age check, for predict_slides(age=...) from Python
+        raise ConfigError(f"age must be the patient's age in years (0 to 130), not {age:g}")
     out = apply_fusion(f, {"age": np.array([age], float), "image_prob": np.array([image_prob], float)})
     return {k: float(v[0]) for k, v in out.items()}
 

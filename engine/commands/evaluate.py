@@ -14,7 +14,8 @@ from ..errors import ConfigError
 
 def evaluate_command(
     predictions: Path = typer.Argument(..., help="CSV with one row per patient: patient_id,label,age,split,image_prob "
-                                                 "(label 1 = IDH-mutant, 0 = wildtype; split train/val/test)."),
+                                                 "(label 1 = IDH-mutant, 0 = wildtype, or the cohort CSV's words; split "
+                                                 "train/val/test)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, patients.csv, roc_val.png, roc_test.png "
                                                       "and report.md."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`, or a MIL bundle "
@@ -32,7 +33,7 @@ def evaluate_command(
                                                        "mutant: a number in (0, 1), or 'youden' (picked per predictor on "
                                                        "val, applied to test); default: the --bundle's or --pipeline's "
                                                        "training threshold (mil.threshold for a MIL bundle), else 0.5."),
-    bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the 95% confidence intervals (0: none; at most 100,000: each is a row of patient indices in memory)."),
+    bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the 95% confidence intervals (0: none; at most 100,000; drawn in blocks, memory stays flat)."),
     seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling."),
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
                                                 "(the paper's Table 4 counts validation and test patients)."),

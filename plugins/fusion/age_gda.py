@@ -8,7 +8,8 @@ model. The age-based prediction was then combined with the image-based predictio
 classifier."
 
 * GDA, closed form, one variance per class (maximum likelihood, as QDA in one dimension): class means and
-  variances of the training patients' ages, class priors = class fractions, and
+  variances (ddof 0) of the training patients' ages (a class whose age sd is under ``MIN_SD`` is refused),
+  class priors = class fractions, and
   ``P(mutant | age) = p1 N(age; m1, v1) / (p1 N(age; m1, v1) + p0 N(age; m0, v0))``.
 * ``sklearn.linear_model.LogisticRegression(C=C)`` on the two features ``(image_prob, P(mutant | age))`` of the
   training patients gives ``age+image``.
@@ -26,7 +27,7 @@ import numpy as np
 from slidestream.engine.errors import ConfigError
 from slidestream.engine.hookspecs import FusionPlugin
 
-VAR_FLOOR = 1e-6  # years^2; keeps a class whose training ages are all equal usable
+MIN_SD = 0.5  # years: a narrower class Gaussian (e.g. ages all equal) calls a patient a year away 0 or 1
 
 
 def expit(x):
@@ -63,10 +64,15 @@ def fit(table: dict, C: float = 1.0) -> dict:
         raise ConfigError(f"age_gda: needs at least 2 training patients with an age in each class, "
                           f"got {counts[1]} mutant and {counts[0]} wildtype")
     groups = [age[known & (y == c)] for c in (0, 1)]
+    narrow = [(name, g.std()) for name, g in zip(("wildtype", "mutant"), groups) if g.std() < MIN_SD]
+    if narrow:
+        raise ConfigError(f"age_gda: the {narrow[0][0]} training patients' ages have sd {narrow[0][1]:.2f} years "
+                          f"(< {MIN_SD}): too narrow a Gaussian to give age probabilities; check the age column "
+                          "(ages in years, not one placeholder value)")
     state: dict[str, Any] = {
         "classes": ["wildtype", "mutant"],  # index 0, 1 of every pair below
         "age_means": [float(g.mean()) for g in groups],
-        "age_vars": [float(max(g.var(), VAR_FLOOR)) for g in groups],
+        "age_vars": [float(g.var()) for g in groups],
         "priors": [c / sum(counts) for c in counts],
         "n_train": int(len(y)),
         "n_missing_age": int(np.sum(~known)),
