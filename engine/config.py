@@ -263,11 +263,23 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates(p))
     except UnicodeDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def _no_duplicates(path: Path):
+    """``object_pairs_hook`` refusing a key given twice in one object (``json.loads`` keeps the last silently)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ConfigError(f"pipeline file {path} gives the key {k!r} twice in one object; keep one")
+            out[k] = v
+        return out
+    return hook
 
 
 def load(path: str | Path) -> dict[str, Any]:
