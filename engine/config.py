@@ -203,12 +203,17 @@ def schema() -> dict[str, Any]:
     }
 
 
+# "integer" without the floats JSON Schema counts as integers (8.0, 1e3): they reached range() and array shapes
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=jsonschema.Draft202012Validator
+                                          .TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)))
+
+
 def validation_errors(doc: Any) -> list[str]:
     """Every problem in a pipeline document, each as ``$.json.path: message``, sorted by path."""
     if not isinstance(doc, dict):  # else the schema error quotes the whole document
         return [f"$: a pipeline is a JSON object ({{...}}), not a {type(doc).__name__}; "
                 "see schemas/examples/liu2020.json"]
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = _Validator(schema())
     out = _not_finite(doc, "$")  # json.loads reads NaN and Infinity, and every bound of the schema lets NaN through
     for err in validator.iter_errors(doc):
         out.extend(_flatten(err))

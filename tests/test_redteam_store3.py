@@ -21,3 +21,20 @@ def test_duplicate_key_is_refused_naming_it(tmp_path):
     p = _write(tmp_path, '{"name": "a", "magnification": 10, "tiling": {"name": "grid"}, "magnification": 40}')
     with pytest.raises(ConfigError, match=r"p.json.*key 'magnification' twice"):
         config.load(p)
+
+
+@pytest.mark.parametrize("text, path", [('"seed": 1e3', r"\$.seed: 1000.0"), ('"store": {"chunk": 8.0}', r"\$.store.chunk: 8.0")])
+def test_float_in_an_integer_field_is_refused(tmp_path, text, path):
+    """jsonschema's "integer" takes 8.0 and 1e3 (floats with no fraction): they went on as floats."""
+    p = _write(tmp_path, '{"name": "a", %s}' % text)
+    with pytest.raises(ConfigError, match=path + " is not of type 'integer'"):
+        config.load(p)
+
+
+def test_float_in_an_integer_field_from_python_is_refused():
+    doc = json.loads(EXAMPLE.read_text())
+    doc["patches"]["per_tile"] = 8.0
+    with pytest.raises(ConfigError, match=r"\$.patches.per_tile: 8.0 is not of type 'integer'"):
+        config.parse(doc)
+    doc["patches"]["per_tile"] = 8
+    config.parse(doc)
