@@ -257,9 +257,15 @@ def _flatten(err: jsonschema.ValidationError) -> list[str]:
         best = jsonschema.exceptions.best_match(err.context)
         return _flatten(best)
     path = err.json_path
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        valid = sorted(err.schema.get("properties") or {})
+        return [f"{path}: unknown key {k!r}; " + (registry.nearest(k, valid) or f"valid keys: {', '.join(valid) or 'none'}")
+                for k in err.instance if k not in valid]
     if err.validator == "enum" and path.endswith(".name"):
-        return [f"{path}: unknown plugin {err.instance!r}; installed: {', '.join(err.validator_value)}"]
-    return [f"{path}: {err.message}"]
+        return [f"{path}: unknown plugin {err.instance!r}; "
+                + (registry.nearest(err.instance, err.validator_value) or f"installed: {', '.join(err.validator_value)}")]
+    hint = registry.nearest(err.instance, err.validator_value) if err.validator == "enum" else None
+    return [f"{path}: {err.message}" + (f"; {hint}" if hint else "")]
 
 
 def read_json(path: str | Path) -> Any:

@@ -65,9 +65,19 @@ def get(kind: str, name: str) -> Plugin:
     table = plugins(kind)
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
-        raise UnknownPlugin(f"unknown {kind} plugin {name!r}; installed: {known} "
+        raise UnknownPlugin(f"unknown {kind} plugin {name!r}; {nearest(name, table) or f'installed: {known}'} "
                             f"(install the package that provides it, or run `slidestream plugins`)")
     return table[name]
+
+
+def nearest(name, valid) -> str | None:
+    """"did you mean 'X'?" for a misspelt ``name`` among ``valid`` names, or None when none is close."""
+    if not isinstance(name, str):
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, [v for v in valid if isinstance(v, str)], n=1, cutoff=0.7)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 def distribution_versions() -> dict[str, str]:

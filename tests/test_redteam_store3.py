@@ -38,3 +38,23 @@ def test_float_in_an_integer_field_from_python_is_refused():
         config.parse(doc)
     doc["patches"]["per_tile"] = 8
     config.parse(doc)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(magnificaton=10), r"^\$: unknown key 'magnificaton'; did you mean 'magnification'\?"),
+    (lambda d: d["patches"].update(per_tiles=4), r"^\$.patches: unknown key 'per_tiles'; did you mean 'per_tile'\?"),
+    (lambda d: d["tiling"].update(name="gird"), r"^\$.tiling.name: unknown plugin 'gird'; did you mean 'grid'\?"),
+    (lambda d: d.update(zzz=1), r"^\$: unknown key 'zzz'; valid keys: \$schema, aggregator, "),
+])
+def test_typo_gets_the_nearest_valid_name(edit, match):
+    doc = json.loads(EXAMPLE.read_text())
+    edit(doc)
+    errs = config.validation_errors(doc)
+    assert len(errs) == 1 and __import__("re").search(match, errs[0]), errs
+
+
+def test_unknown_plugin_from_python_gets_the_nearest_name():
+    from slidestream.engine import registry
+
+    with pytest.raises(ConfigError, match=r"unknown filter plugin 'dpw.gray'; did you mean 'dpw.grays'\?"):
+        registry.get("filter", "dpw.gray")
