@@ -274,11 +274,22 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        return json.loads(p.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates(p))
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
+        return json.loads(text, object_pairs_hook=_no_duplicates(p))
     except UnicodeDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"pipeline file {p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise ConfigError(f"pipeline file {p}: {_json_slip(text, e)}") from None
+
+
+def _json_slip(text: str, e: json.JSONDecodeError) -> str:
+    """What is wrong at a JSON error, naming the two slips JSON readers of other languages allow."""
+    if text.startswith(("//", "/*"), e.pos):
+        return f"JSON has no comments ({text[e.pos:e.pos + 2]} at line {e.lineno}); remove them"
+    before = text[:e.pos].rstrip()
+    if before.endswith(",") and text.startswith(("}", "]"), e.pos):
+        return f"trailing comma at line {before.count(chr(10)) + 1} (before {text[e.pos]!r}); remove it"
+    return f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
 
 
 def _no_duplicates(path: Path):

@@ -58,3 +58,22 @@ def test_unknown_plugin_from_python_gets_the_nearest_name():
 
     with pytest.raises(ConfigError, match=r"unknown filter plugin 'dpw.gray'; did you mean 'dpw.grays'\?"):
         registry.get("filter", "dpw.gray")
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"name": "a",\n // the paper\n "seed": 0}', r"p.json: JSON has no comments \(// at line 2\); remove them"),
+    ('{"name": "a", /* x */ "seed": 0}', r"JSON has no comments \(/\* at line 1\)"),
+    ('{"name": "a",\n "seed": 0,\n}', r"p.json: trailing comma at line 2 \(before '}'\); remove it"),
+    ('{"filters": [{"name": "otsu"},\n ]}', r"trailing comma at line 1 \(before '\]'\)"),
+])
+def test_comments_and_trailing_commas_are_named(tmp_path, text, match):
+    """Was: 'Expecting property name enclosed in double quotes at line 3 column 1'."""
+    with pytest.raises(ConfigError, match=match):
+        config.load(_write(tmp_path, text))
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    """A Windows editor's UTF-8 BOM: was 'Unexpected UTF-8 BOM'."""
+    p = tmp_path / "p.json"
+    p.write_bytes(b"\xef\xbb\xbf" + EXAMPLE.read_bytes())
+    assert config.load(p)["magnification"] == 10
