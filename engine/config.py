@@ -263,7 +263,8 @@ def _flatten(err: jsonschema.ValidationError) -> list[str]:
                 for k in err.instance if k not in valid]
     if err.validator == "enum" and path.endswith(".name"):
         return [f"{path}: unknown plugin {err.instance!r}; "
-                + (registry.nearest(err.instance, err.validator_value) or f"installed: {', '.join(err.validator_value)}")]
+                + (registry.nearest(err.instance, err.validator_value) or f"installed: {', '.join(err.validator_value)}")
+                + registry.broken_note()]
     hint = registry.nearest(err.instance, err.validator_value) if err.validator == "enum" else None
     return [f"{path}: {err.message}" + (f"; {hint}" if hint else "")]
 

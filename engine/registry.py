@@ -6,6 +6,7 @@ Built-in plugins are registered through the same entry-point group as third-part
 from __future__ import annotations
 
 import functools
+import sys
 from importlib import metadata
 
 import pluggy
@@ -21,8 +22,28 @@ ENTRY_POINT_GROUP = "slidestream.plugins"
 def manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):  # pluggy's load_setuptools_entrypoints, one by one
+        if pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as e:  # noqa: BLE001 (a broken third-party package must not stop every command)
+            _skip(ep, e)
     return pm
+
+
+BROKEN: dict[str, str] = {}  # entry point name -> why its package was skipped
+
+
+def _skip(ep, e: Exception) -> None:
+    dist = ep.dist.name if getattr(ep, "dist", None) else ep.name
+    BROKEN[ep.name] = f"plugin package {dist!r} ({ep.name} = {ep.value}) failed to load ({type(e).__name__}: {e})"
+    print(f"warning: {BROKEN[ep.name]}; its plugins are skipped: reinstall or uninstall it", file=sys.stderr)
+
+
+def broken_note() -> str:
+    """``"; plugin package 'x' (...) failed to load (...)"`` for every package skipped, for unknown-plugin errors."""
+    return "".join(f"; {why}" for why in BROKEN.values())
 
 
 def register(module: object, name: str | None = None) -> None:
@@ -66,7 +87,7 @@ def get(kind: str, name: str) -> Plugin:
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
         raise UnknownPlugin(f"unknown {kind} plugin {name!r}; {nearest(name, table) or f'installed: {known}'} "
-                            f"(install the package that provides it, or run `slidestream plugins`)")
+                            f"(install the package that provides it, or run `slidestream plugins`){broken_note()}")
     return table[name]
 
 

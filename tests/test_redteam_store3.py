@@ -77,3 +77,40 @@ def test_byte_order_mark_is_accepted(tmp_path):
     p = tmp_path / "p.json"
     p.write_bytes(b"\xef\xbb\xbf" + EXAMPLE.read_bytes())
     assert config.load(p)["magnification"] == 10
+
+
+# ------------------------------------------------------------------------------------ plugin loading
+def _broken_site(tmp_path):
+    """An installed package (dist-info + module) whose slidestream.plugins entry point raises on import."""
+    site = tmp_path / "site"
+    (site / "badlab-1.0.dist-info").mkdir(parents=True)
+    (site / "badlab-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: badlab\nVersion: 1.0\n")
+    (site / "badlab-1.0.dist-info" / "entry_points.txt").write_text("[slidestream.plugins]\nbadlab = badlab_filters\n")
+    (site / "badlab_filters.py").write_text("import numpy\nraise ImportError('needs numpy 9')\n")
+    return site
+
+
+def _run(site, *args):
+    import os
+    import subprocess
+
+    from conftest import slidestream_cmd
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([*slidestream_cmd(), *map(str, args)], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_broken_plugin_package_is_skipped_with_a_warning(tmp_path):
+    """A third-party package whose plugin module raised on import killed every command (validate, plugins, extract)
+    with its traceback; now it is skipped with one warning line, and refused only where a pipeline names it."""
+    site = _broken_site(tmp_path)
+    r = _run(site, "validate", EXAMPLE)
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "badlab" in ln]
+    assert len(warn) == 1 and "plugin package 'badlab'" in warn[0] and "needs numpy 9" in warn[0], r.stderr
+    doc = json.loads(EXAMPLE.read_text())
+    doc["filters"].append({"name": "badlab.dark"})
+    p = _write(tmp_path, json.dumps(doc))
+    r = _run(site, "validate", p)
+    err = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "unknown plugin 'badlab.dark'" in err and "plugin package 'badlab'" in err and "failed to load" in err, r.stderr
