@@ -41,6 +41,7 @@ import shutil
 import socket
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
@@ -389,6 +390,8 @@ class PatchStore:
         self.path = path
         self.mode = mode
         self._shards_ok: set[int] = set()  # shard files seen on disk (_check_shards)
+        self._sums_ok: set[int] = set()  # shard files whose size and CRC32 match their record (_check_sums)
+        self._sums_cache: dict[str, list[int]] | None = None
         self._zpatches = None  # the patch array opened with zarr, for reading (_patch_array)
         # consolidated in the root zarr.json: the committed shapes. A writer reopens each array from its own
         # zarr.json (rows an interrupted commit wrote past the committed shapes are cut on opening); a reader
@@ -524,6 +527,7 @@ class PatchStore:
         self._starts = [0]  # first logical row of each run, then the total
         self._logical: dict[tuple[str, str], tuple[int, int]] = {}
         self._phys_cache = None
+        self._sums_cache = None
         current = {}
         for i, rec in enumerate(self._log):
             self._records.setdefault(rec["section"], {})[rec["key"]] = rec
@@ -539,7 +543,7 @@ class PatchStore:
         self._runs.append((p0, n))
         self._starts.append(l0 + n)
         self._logical[rec["section"], rec["key"]] = (l0, l0 + n)
-        self._phys_cache = None
+        self._phys_cache = self._sums_cache = None
 
     def _add(self, rec: dict[str, Any]) -> None:
         """Index a new record without rereading the log: a new key's region lies after all others."""
@@ -604,6 +608,7 @@ class PatchStore:
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
             with self._damaged(f"the patches of {self._owner(int(phys[a]))} (rows {int(phys[a])}..{int(phys[b - 1])})"):
                 out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
+        self._check_sums(phys)
         return out
 
     def _patch_array(self):
@@ -634,6 +639,46 @@ class PatchStore:
                                  f"({self._shard_file(j).relative_to(self.path)}); the store is damaged or incompletely "
                                  "copied: copy it again, or re-extract into a new --out")
             ok.add(j)
+
+    def _check_sums(self, phys: np.ndarray) -> None:
+        """Refuse shard files that are not the ones their commit wrote (size and CRC32 in its record): two slides'
+        files swapped, or one replaced by a copy of another's, decode fine as the other slide's patches. Each shard
+        is checked once (read again, from the page cache when just read)."""
+        for j in np.unique(phys // self.shard).tolist():
+            if j in self._sums_ok:
+                continue
+            f = self._shard_file(j)
+            name = f.relative_to(self.path).as_posix()
+            want = self._sums().get(name)
+            got = _file_sum(f)
+            if want is not None and got != list(want):
+                raise StoreError(f"store {self.path}: the patch shard {name} of {self._owner(j * self.shard)} is not the one "
+                                 f"its commit wrote (size, CRC32 {got} vs {list(want)}): shard files were swapped or "
+                                 "replaced; re-extract that slide (run the same `slidestream extract` again: it "
+                                 "re-extracts slides whose shard files changed size), or the store into a new --out")
+            self._sums_ok.add(j)
+
+    def _sums(self) -> dict[str, list[int]]:
+        """Shard file (``patches/c/...``) -> [size, CRC32] from the current records (none in older stores)."""
+        if self._sums_cache is None:
+            self._sums_cache = {name: v for recs in self._records.values() for r in recs.values()
+                                if r.get("region") for name, v in (r.get("shards") or {}).items()}
+        return self._sums_cache
+
+    def changed_shards(self, section: str = "slides") -> dict[str, str]:
+        """Committed keys whose shard files are missing or changed size since their commit (a stat per file),
+        with the first such file: ``extract`` re-extracts those slides on resume."""
+        out = {}
+        for key, rec in self._records.get(section, {}).items():
+            for name, (size, _) in (rec.get("shards") or {}).items() if rec.get("region") else ():
+                try:
+                    same = (self.path / name).stat().st_size == size
+                except OSError:
+                    same = False
+                if not same:
+                    out[key] = name
+                    break
+        return out
 
     def records(self, section: str = "slides") -> dict[str, dict[str, Any]]:
         """Current records of ``section`` (``slides``, ``synthetic`` or ``errors``) by key: what a slide's or
@@ -721,10 +766,13 @@ class PatchStore:
                 c = src["codecs"][0].get("configuration", {})
                 raise StoreError(f"staged {stage} does not match the store (shape {src['shape']}, chunks "
                                  f"{c.get('chunk_shape')}, codecs {c.get('codecs')}); extract that slide again")
+            rec["shards"] = {}  # each shard file's size and CRC32: swapped or replaced files are found on reading
             for j in range(k):
                 target = self._shard_file(p0 // self.shard + j)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(stage / zarr3.chunk_key(src, (j, 0, 0, 0)), target)
+                staged = stage / zarr3.chunk_key(src, (j, 0, 0, 0))
+                rec["shards"][target.relative_to(self.path).as_posix()] = _file_sum(staged)
+                os.replace(staged, target)
             self._write_columns(p0, p1, n, meta)
         self._cols["records"].write(self.path / "records", i, [json.dumps(rec, default=str)])
         self._commit_point()
@@ -806,6 +854,13 @@ class PatchStore:
         self._attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
         with writing(self.path):
             self._commit_point()
+
+
+def _file_sum(path: Path) -> list[int]:
+    """[size, CRC32] of a file's bytes (a shard's record). Not CRC32C: each chunk ends with its own CRC32C, and a
+    message followed by its CRC has a constant CRC, so two one-chunk shards of equal size had the same CRC32C."""
+    data = path.read_bytes()
+    return [len(data), zlib.crc32(data)]
 
 
 def _codec_cfg(meta: dict[str, Any]) -> dict[str, Any]:

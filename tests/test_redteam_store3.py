@@ -114,3 +114,71 @@ def test_broken_plugin_package_is_skipped_with_a_warning(tmp_path):
     r = _run(site, "validate", p)
     err = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "unknown plugin 'badlab.dark'" in err and "plugin package 'badlab'" in err and "failed to load" in err, r.stderr
+
+
+# ------------------------------------------------------------------------------------ patch store
+def _small(path, n=2, per=4, prefix="S"):
+    from test_redteam_cli import _store
+
+    st = _store(path, prefix=prefix, n=n, per=per)
+    st.close()
+    return st
+
+
+def _shard(st, key):
+    from slidestream.engine.store import PatchStore
+
+    p0 = PatchStore.open(st.path).records()[key]["region"][0]
+    return PatchStore.open(st.path)._shard_file(p0 // st.shard)
+
+
+def test_swapped_shard_files_of_two_slides_are_refused_and_re_extracted(tmp_path):
+    """Two slides' shard files swapped (or one replaced by another slide's copy) read as the other slide's
+    patches, silently: each commit now records its shard files' size and CRC32, checked on reading."""
+    from slidestream.engine.store import PatchStore
+
+    st = _small(tmp_path / "st")
+    a, b = _shard(st, "S0"), _shard(st, "S1")
+    want = PatchStore.open(st.path).read(0, 4)
+    assert PatchStore.open(st.path).records()["S0"]["shards"][a.relative_to(st.path).as_posix()][0] == a.stat().st_size
+    tmp = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(tmp)
+    with pytest.raises(StoreError, match=r"store .*st: the patch shard patches/c/0/0/0/0 of slides 'S0' is not the one "
+                                         r"its commit wrote .*swapped or replaced; re-extract that slide"):
+        PatchStore.open(st.path).read(0, 4)
+    with pytest.raises(StoreError, match="slides 'S1'"):
+        PatchStore.open(st.path).read(4, 8)
+    b.write_bytes(a.read_bytes())
+    a.write_bytes(tmp)
+    assert np.array_equal(PatchStore.open(st.path).read(0, 4), want)
+    w = PatchStore.open(st.path, mode="r+")
+    assert w.changed_shards() == {}
+    b.write_bytes(a.read_bytes() + b"x")  # a shard file of another size: a resume re-extracts that slide
+    assert list(w.changed_shards()) == ["S1"]
+    w.close()
+
+
+def test_extract_resume_re_extracts_a_slide_whose_shard_file_changed(tmp_path):
+    import shutil
+
+    from conftest import WSI
+    from slidestream.engine import runner
+    from slidestream.engine.cohort import read_cohort
+    from slidestream.engine.store import PatchStore
+    from test_redteam_inputs import _small_pipeline
+
+    for name in ("a", "b"):
+        shutil.copy(WSI / "CMU-1-Small-Region.svs", tmp_path / f"{name}.svs")
+    (tmp_path / "c.csv").write_text("slide_path,patient_id,label,age\na.svs,P1,1,50\nb.svs,P2,0,60\n")
+    pipe = config.parse(_small_pipeline())
+    runner.extract(pipe, read_cohort(tmp_path / "c.csv"), tmp_path / "st", progress=False, qa=False)
+    st = PatchStore.open(tmp_path / "st")
+    want, key = st.read(0, len(st)), next(k for k in st.records() if k.startswith("b"))
+    shard = _shard(st, key)
+    shard.write_bytes(shard.read_bytes()[:-100])
+    s = runner.extract(pipe, read_cohort(tmp_path / "c.csv"), tmp_path / "st", progress=False, qa=False)
+    redone = [x for x in s["slides"] if x.get("reason", "").startswith("its shard file")]
+    assert [x["slide_id"] for x in redone] == [key], s["slides"]
+    st = PatchStore.open(tmp_path / "st")
+    assert np.array_equal(st.read(0, len(st)), want)
