@@ -115,12 +115,10 @@ def _units(store) -> list[tuple[str, int, int]]:
 def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str | Path, *, device: str | None = None,
                      batch_size: int | None = None, progress: bool = True, log=print) -> dict[str, Any]:
     """Write (or resume) the feature store ``out`` for the patch store ``store_path``. Returns a summary."""
-    import time
+    import os
+    import shutil
 
-    import torch
-    import zarr
-
-    from .store import PatchStore, writing
+    from .store import PatchStore, acquire_lock, beside, release_lock, writing
 
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     store = PatchStore.open(store_path)
@@ -131,43 +129,94 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     header = _header(spec, cfg, patch_store=str(Path(store_path).resolve()),
                      extraction_hash=store.manifest.get("extraction_hash"), rows=n)
     out = Path(out)
-    if (out / "zarr.json").exists():
-        try:
-            g = zarr.open_group(str(out), mode="r+")
-        except Exception:  # noqa: BLE001 (a damaged zarr.json)
-            raise StoreError(f"{out} exists and is not a readable feature store; choose a new --out") from None
-        old = dict(g.attrs.get(ATTR) or {})
-        if not old:
-            raise StoreError(f"{out} exists and is not a slidestream feature store; choose a new --out")
-        if old.get("features_only"):
-            raise StoreError(f"{out} was written by `extract --features-only`, not from a patch store; choose a new --out")
-        for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
-            if old.get(k) != header[k]:
-                raise StoreError(f"feature store {out} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
-                                 "use a new --out, or delete it to start over")
-        done = dict(old.get("done", {}))
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise StoreError(f"{out} exists and is not a feature store; choose an empty or new --out")
-        g = zarr.open_group(str(out), mode="w")
-        g.create_array("features", shape=(n, header["dim"]), dtype=cfg["dtype"], fill_value=0,
-                       chunks=(min(n, 4096), header["dim"]), compressors=_checked())
-        tab = store.table(list(CARRIED))
-        for c in CARRIED:
-            v = tab[c]
-            a = g.create_array(f"meta/{c}", shape=(n,), dtype=str if v.dtype.kind in "UOT" else v.dtype,
-                               chunks=(min(n, 65536),), compressors=_checked())
-            a[:] = as_str(v) if v.dtype.kind in "UOT" else v
-        done = {}
-        g.attrs[ATTR] = {**header, "done": done}
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out)  # one writer at a time, as for a patch store
+    try:
+        if (out / "zarr.json").exists():
+            g = _resume_features(out, header)
+        else:  # built beside --out and renamed into place when complete: a killed first run leaves no half store there
+            if out.exists() and any(out.iterdir()):
+                raise StoreError(f"{out} exists and is not a feature store; choose an empty or new --out")
+            work = beside(out, "partial")
+            try:
+                g = _resume_features(work, header) if (work / "zarr.json").exists() else None
+            except StoreError:  # an unfinished store of other settings: never a result, start over
+                g = None
+            if g is None:
+                shutil.rmtree(work, ignore_errors=True)
+                with writing(work):
+                    g = _new_features(work, store, header, cfg, n)
+        done = dict(g.attrs[ATTR].get("done", {}))
+        todo, total, seconds, dev = _encode_units(g, store, module, spec, cfg, header, done, out, progress)
+        if not (out / "zarr.json").exists():
+            with writing(out):
+                if out.exists():
+                    out.rmdir()  # the empty folder a user made for it
+                os.rename(work, out)
+    finally:
+        release_lock(out)
+    summary = {"out": str(out), "encoder": spec["name"], "dim": header["dim"], "rows": n, "encoded": total,
+               "skipped": len(done) - len(todo), "seconds": round(seconds, 3),
+               "patches_per_s": round(total / seconds, 1) if total and seconds > 0 else None, "device": str(dev)}
+    if log:
+        log(f"features: {total} patches encoded ({summary['patches_per_s']} /s on {dev}), {n} rows in {out}")
+    return summary
+
+
+def _resume_features(path: Path, header: dict[str, Any]):
+    """The feature store at ``path`` opened to resume, if it was made with the same encoder and patch store."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r+")
+    except Exception:  # noqa: BLE001 (a damaged zarr.json)
+        raise StoreError(f"{path} exists and is not a readable feature store; choose a new --out") from None
+    old = dict(g.attrs.get(ATTR) or {})
+    if not old:
+        raise StoreError(f"{path} exists and is not a slidestream feature store; choose a new --out")
+    if old.get("features_only"):
+        raise StoreError(f"{path} was written by `extract --features-only`, not from a patch store; choose a new --out")
+    for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
+        if old.get(k) != header[k]:
+            raise StoreError(f"feature store {path} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
+                             "use a new --out, or delete it to start over")
+    return g
+
+
+def _new_features(path: Path, store, header: dict[str, Any], cfg: dict[str, Any], n: int):
+    """A new feature store at ``path`` for the ``n`` rows of ``store``: features unwritten, meta columns copied."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w")
+    g.create_array("features", shape=(n, header["dim"]), dtype=cfg["dtype"], fill_value=0,
+                   chunks=(min(n, 4096), header["dim"]), compressors=_checked())
+    tab = store.table(list(CARRIED))
+    for c in CARRIED:
+        v = tab[c]
+        a = g.create_array(f"meta/{c}", shape=(n,), dtype=str if v.dtype.kind in "UOT" else v.dtype,
+                           chunks=(min(n, 65536),), compressors=_checked())
+        a[:] = as_str(v) if v.dtype.kind in "UOT" else v
+    g.attrs[ATTR] = {**header, "done": {}}
+    return g
+
+
+def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
+    """Encode the store's slides and batches not in ``done`` into ``g``, each added to ``done`` once written.
+    Returns (units encoded, patches encoded, seconds, device)."""
+    import time
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .store import writing
+
     dev = torch.device(resolve_device(cfg["device"]))
     module = module.to(dev).eval()
     feats = g["features"]
     todo = [u for u in _units(store) if u[0] not in done]
     total = sum(r1 - r0 for _, r0, r1 in todo)
     t0, bs = time.perf_counter(), int(cfg["batch_size"])
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=False) as bar:
         task = bar.add_task(f"features ({spec['name']})", total=total)
@@ -182,13 +231,7 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
                 feats[r0:r1] = block.astype(cfg["dtype"])
                 done[key] = [r0, r1]
                 g.attrs[ATTR] = {**header, "done": done}  # the slide is in only once its rows are written
-    seconds = time.perf_counter() - t0
-    summary = {"out": str(out), "encoder": spec["name"], "dim": header["dim"], "rows": n, "encoded": total,
-               "skipped": len(done) - len(todo), "seconds": round(seconds, 3),
-               "patches_per_s": round(total / seconds, 1) if total and seconds > 0 else None, "device": str(dev)}
-    if log:
-        log(f"features: {total} patches encoded ({summary['patches_per_s']} /s on {dev}), {n} rows in {out}")
-    return summary
+    return todo, total, time.perf_counter() - t0, dev
 
 
 class FeatureStore:

@@ -182,3 +182,58 @@ def test_extract_resume_re_extracts_a_slide_whose_shard_file_changed(tmp_path):
     assert [x["slide_id"] for x in redone] == [key], s["slides"]
     st = PatchStore.open(tmp_path / "st")
     assert np.array_equal(st.read(0, len(st)), want)
+
+
+# ------------------------------------------------------------------------------------ feature store
+def _pipe():
+    from test_mil import PIPE
+
+    return config.parse({**PIPE, "encoder": {"name": "morphometry"}})
+
+
+def test_features_takes_the_store_lock(tmp_path):
+    """Two `slidestream features` on one --out both wrote it (the patch store's writers take STORE.lock)."""
+    import socket
+    import subprocess
+
+    from slidestream.engine import features
+
+    st = _small(tmp_path / "st")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "f.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        with pytest.raises(StoreError, match=rf"store {tmp_path / 'f'} is being written by pid {other.pid}"):
+            features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+    finally:
+        other.kill()
+        other.wait()
+    features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)  # a dead holder: taken over
+    assert not (tmp_path / "f.lock").exists()
+
+
+def test_interrupted_first_features_run_leaves_no_store_at_out(tmp_path, monkeypatch):
+    """A first `features` run killed mid-way left a half-written store at --out (unwritten rows read as zeros by
+    anything that did not check `done`); now it is built in OUT.partial, resumed from there, renamed when done."""
+    from slidestream.engine import features
+
+    st = _small(tmp_path / "st", n=3)
+    features.extract_features(_pipe(), st.path, tmp_path / "ref", progress=False, log=None)
+    calls, close = [], features.EncoderSink.close
+
+    def dies_on_the_second_slide(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return close(self)
+
+    monkeypatch.setattr(features.EncoderSink, "close", dies_on_the_second_slide)
+    with pytest.raises(KeyboardInterrupt):
+        features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+    monkeypatch.undo()
+    assert not (tmp_path / "f").exists() and (tmp_path / "f.partial" / "zarr.json").is_file()
+    with pytest.raises(StoreError):
+        features.FeatureStore(tmp_path / "f")
+    s = features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+    assert s["skipped"] == 1 and not (tmp_path / "f.partial").exists() and not (tmp_path / "f.lock").exists()
+    fs = features.FeatureStore(tmp_path / "f")
+    assert fs.complete() and np.array_equal(fs.rows(), features.FeatureStore(tmp_path / "ref").rows())
