@@ -127,7 +127,7 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
         raise StoreError(f"store {store_path} has no patches; run `slidestream extract` first")
     module, spec = load_encoder(pipeline.get("encoder"))
     header = _header(spec, cfg, patch_store=str(Path(store_path).resolve()),
-                     extraction_hash=store.manifest.get("extraction_hash"), rows=n)
+                     extraction_hash=store.manifest.get("extraction_hash"), rows=n, patch_store_id=_store_id(store))
     out = Path(out)
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,11 +177,23 @@ def _resume_features(path: Path, header: dict[str, Any]):
         raise StoreError(f"{path} exists and is not a slidestream feature store; choose a new --out")
     if old.get("features_only"):
         raise StoreError(f"{path} was written by `extract --features-only`, not from a patch store; choose a new --out")
+    if old.get("patch_store_id", header["patch_store_id"]) != header["patch_store_id"]:  # older stores: none
+        raise StoreError(f"feature store {path} was made from the patch store {old.get('patch_store')}, not "
+                         f"{header['patch_store']} (other slides or another extraction); give that --store, or a new --out")
     for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
         if old.get(k) != header[k]:
             raise StoreError(f"feature store {path} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
                              "use a new --out, or delete it to start over")
     return g
+
+
+def _store_id(store) -> str:
+    """What makes a patch store the same one wherever it lies: its creation time, its slides' row ranges and
+    their shard files' sizes and CRC32s (same patches, same id)."""
+    from .config import digest
+
+    sums = [r.get("shards") for section in ("slides", "synthetic") for r in store.records(section).values()]
+    return digest([store.manifest.get("created"), _units(store), sums])[:16]
 
 
 def _new_features(path: Path, store, header: dict[str, Any], cfg: dict[str, Any], n: int):

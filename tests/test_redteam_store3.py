@@ -237,3 +237,26 @@ def test_interrupted_first_features_run_leaves_no_store_at_out(tmp_path, monkeyp
     assert s["skipped"] == 1 and not (tmp_path / "f.partial").exists() and not (tmp_path / "f.lock").exists()
     fs = features.FeatureStore(tmp_path / "f")
     assert fs.complete() and np.array_equal(fs.rows(), features.FeatureStore(tmp_path / "ref").rows())
+
+
+def test_features_resume_from_another_patch_store_is_refused(tmp_path):
+    """Same pipeline, same row count, another patch store: the resume encoded the other store's patches over
+    the first one's rows, under the first one's slide ids. A moved or copied store still resumes."""
+    import shutil
+
+    from slidestream.engine import features
+    from slidestream.engine.store import PatchStore, RowWriter
+
+    a, b = _small(tmp_path / "a"), _small(tmp_path / "b")
+    w = PatchStore.open(b.path, mode="r+")  # b: the same slide names and rows as a, other pixels in S1
+    rw = RowWriter(w.stage_dir() / "s1", 4, w.size, w.store_cfg())
+    rw.write(0, np.zeros((4, 32, 32, 3), np.uint8))
+    w.commit_staged("S1", rw.close(), 4, {"slide_id": "S1"}, {"status": "done"}, replace=True)
+    w.close()
+    assert [len(PatchStore.open(x).records()) for x in (a.path, b.path)] == [2, 2] and len(PatchStore.open(b.path)) == 8
+    features.extract_features(_pipe(), a.path, tmp_path / "f", progress=False, log=None)
+    with pytest.raises(StoreError, match=rf"feature store {tmp_path / 'f'} was made from the patch store {tmp_path / 'a'}, "
+                                         rf"not {tmp_path / 'b'}"):
+        features.extract_features(_pipe(), b.path, tmp_path / "f", progress=False, log=None)
+    shutil.copytree(a.path, tmp_path / "a2")
+    assert features.extract_features(_pipe(), tmp_path / "a2", tmp_path / "f", progress=False, log=None)["skipped"] == 2
