@@ -259,6 +259,9 @@ class FeatureStore:
             raise StoreError(f"{path} is not a feature store; run `slidestream features` first") from None
         self.info = copy.deepcopy(dict(self.group.attrs.get(ATTR) or {}))
         if not self.info:
+            if "slidestream" in self.group.attrs:
+                raise StoreError(f"{path} is a patch store (from `slidestream extract`), not a feature store: --features "
+                                 f"wants one from `slidestream features PIPELINE --store {path} --out FEATS`")
             raise StoreError(f"{path} is not a slidestream feature store (no {ATTR} attrs)")
         self.path = path
         try:

@@ -492,6 +492,12 @@ class PatchStore:
                              "new folder: slidestream extract PIPELINE --slides COHORT --out NEW_STORE")
         if not (path / "zarr.json").is_file():
             raise StoreError(f"{path} is not a slidestream patch store (no zarr.json); run `slidestream extract` first")
+        feats = _feature_header(path)
+        if feats is not None:
+            made = f" (its patch store is {feats['patch_store']})" if feats.get("patch_store") else ""
+            raise StoreError(f"{path} is a feature store (from `slidestream features`), not a patch store: --store wants "
+                             f"the patch store from `slidestream extract`{made} in features, train, predict, split, gan and export; "
+                             "a feature store goes to `mil train --features` or `export --features`")
         if mode != "r":
             acquire_lock(path)
         try:
@@ -854,6 +860,16 @@ class PatchStore:
         self._attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
         with writing(self.path):
             self._commit_point()
+
+
+def _feature_header(path: Path) -> dict[str, Any] | None:
+    """The ``slidestream_features`` attributes of the zarr group at ``path`` (a feature store), else None."""
+    try:
+        attrs = zarr3.read_json(path / "zarr.json").get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    v = attrs.get("slidestream_features") if isinstance(attrs, dict) else None
+    return v if isinstance(v, dict) else None
 
 
 def _file_sum(path: Path) -> list[int]:

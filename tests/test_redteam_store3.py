@@ -260,3 +260,26 @@ def test_features_resume_from_another_patch_store_is_refused(tmp_path):
         features.extract_features(_pipe(), b.path, tmp_path / "f", progress=False, log=None)
     shutil.copytree(a.path, tmp_path / "a2")
     assert features.extract_features(_pipe(), tmp_path / "a2", tmp_path / "f", progress=False, log=None)["skipped"] == 2
+
+
+def test_feature_store_given_as_patch_store_is_named(tmp_path):
+    """`train --store FEATS` said 'cannot open the store (FileNotFoundError: .../patches/zarr.json); re-extract it';
+    now it names a feature store, which store it came from, and which option takes it. And the other way round."""
+    import subprocess
+
+    from conftest import slidestream_cmd
+    from slidestream.engine import features
+    from slidestream.engine.store import PatchStore
+
+    st = _small(tmp_path / "st")
+    features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+    with pytest.raises(StoreError, match=rf"{tmp_path / 'f'} is a feature store \(from `slidestream features`\), not a "
+                                         rf"patch store: --store wants .*its patch store is {st.path}.*--features"):
+        PatchStore.open(tmp_path / "f")
+    with pytest.raises(StoreError, match=rf"{st.path} is a patch store \(from `slidestream extract`\), not a feature "
+                                         r"store: --features wants one from `slidestream features"):
+        features.FeatureStore(st.path)
+    p = _write(tmp_path, json.dumps({"name": "t", "classifier": {"name": "small_cnn"}}))
+    r = subprocess.run([*slidestream_cmd(), "train", str(p), "--store", str(tmp_path / "f"), "--out", str(tmp_path / "m")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is a feature store" in r.stderr, r.stderr
