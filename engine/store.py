@@ -411,9 +411,44 @@ class PatchStore:
         self.size, self.chunk = int(chunks[1]), int(chunks[0])
         self.shard = self.chunk * SHARD_CHUNKS
         raw = self._cols["records"].read(path / "records", 0, self._n_records) if self._n_records else []
-        self._log = [json.loads(s) for s in np.asarray(raw).tolist()]
+        self._log = [self._record(i, s) for i, s in enumerate(np.asarray(raw).tolist())]
         self._index()
+        self._check_regions()
         self._check_layout()
+
+    def _record(self, i: int, text: str) -> dict[str, Any]:
+        """Record ``i`` of the log, refused when it is cut short or not of the shape commits write."""
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            self._bad_records(f"record {i} is not a JSON object (cut short?)")
+        if not isinstance(rec.get("section"), str) or not isinstance(rec.get("key"), str):
+            self._bad_records(f"record {i} has no section or key")
+        reg = rec.get("region")
+        if reg is not None and not (isinstance(reg, list) and len(reg) == 2 and all(type(v) is int and v >= 0 for v in reg)):
+            self._bad_records(f"{rec['section']} {rec['key']!r} has the region {reg!r}, not [first row, patches]")
+        return rec
+
+    def _check_regions(self) -> None:
+        """Current regions start at shard boundaries and never overlap: a record copied under another key (or a
+        damaged one) would read the same patches twice, under two slide ids."""
+        end, last = 0, None
+        for rec in sorted((r for recs in self._records.values() for r in recs.values()
+                           if r["section"] in ("slides", "synthetic") and r.get("region") and r["region"][1] > 0),
+                          key=lambda r: r["region"][0]):
+            p0, n = rec["region"]
+            who = f"{rec['section']} {rec['key']!r}"
+            if p0 % self.shard:
+                self._bad_records(f"{who} starts at row {p0}, not at a shard boundary ({self.shard} rows)")
+            if p0 < end:
+                self._bad_records(f"{who} and {last} both claim rows {p0}..{min(end, p0 + n) - 1}")
+            end, last = p0 + n, who
+
+    def _bad_records(self, why: str) -> None:
+        raise StoreError(f"store {self.path}: {why}: its records were edited or the store is damaged; copy it again, "
+                         "or re-extract into a new --out")
 
     def _check_layout(self) -> None:
         """What the metadata says must hold what the records say (an edited or damaged zarr.json would end in

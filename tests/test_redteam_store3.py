@@ -283,3 +283,33 @@ def test_feature_store_given_as_patch_store_is_named(tmp_path):
     r = subprocess.run([*slidestream_cmd(), "train", str(p), "--store", str(tmp_path / "f"), "--out", str(tmp_path / "m")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is a feature store" in r.stderr, r.stderr
+
+
+def _edit_record(st, i, text):
+    """Overwrite record ``i`` of a closed store with ``text`` (as damage or a bad merge would)."""
+    from slidestream.engine.store import PatchStore
+
+    w = PatchStore.open(st.path)
+    w._cols["records"].write(st.path / "records", i, [text])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda log: json.dumps(log[1])[:40], r"record 1 is not a JSON object \(cut short\?"),
+    (lambda log: json.dumps([1, 2]), r"record 1 is not a JSON object"),
+    (lambda log: json.dumps({"status": "done", "region": [64, 4]}), r"record 1 has no section or key"),
+    (lambda log: json.dumps({**log[0], "key": "S0copy"}), r"slides 'S0copy' and slides 'S0' both claim rows 0\.\.3"),
+    (lambda log: json.dumps({**log[1], "region": [60, 4]}), r"slides 'S1' starts at row 60, not at a shard boundary"),
+    (lambda log: json.dumps({**log[1], "region": [64, "4"]}), r"slides 'S1' has the region \[64, '4'\]"),
+])
+def test_broken_or_duplicated_records_are_refused_on_open(tmp_path, edit, match):
+    """A record cut short or of another shape ended in 'cannot open the store (KeyError: 'section')'-style lines or a
+    TypeError deep in a reader; a second record claiming a slide's rows (a copied record) read those patches twice,
+    under two slide ids, silently."""
+    from slidestream.engine.store import PatchStore
+
+    st = _small(tmp_path / "st")
+    _edit_record(st, 1, edit(PatchStore.open(st.path)._log))
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreError, match=rf"store {st.path}: {match}.*re-extract"):
+            PatchStore.open(st.path, mode)
+    assert not (tmp_path / "st.lock").exists()
