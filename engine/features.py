@@ -184,7 +184,34 @@ def _resume_features(path: Path, header: dict[str, Any]):
         if old.get(k) != header[k]:
             raise StoreError(f"feature store {path} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
                              "use a new --out, or delete it to start over")
+    _check_done(path, old)
     return g
+
+
+def _check_done(path: Path, info: dict[str, Any]) -> None:
+    """The header's ``done`` ranges lie inside its rows and never overlap (a range named twice, another slide's
+    gone, passed ``complete()`` with that slide's rows unwritten: zeros)."""
+    rows, done = info.get("rows"), info.get("done")
+    why = None if type(rows) is int and isinstance(done, dict) else "has no row count or `done` table"
+    end, last = 0, None
+    def first(kv):
+        return kv[1][0] if isinstance(kv[1], list) and kv[1] and type(kv[1][0]) is int else -1
+
+    for key, r in sorted((done if why is None else {}).items(), key=first):
+        if not (isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r)):
+            why = f"gives {key!r} the rows {r!r}, not [first row, end]"
+            break
+        if not 0 <= r[0] <= r[1] <= rows:
+            why = f"gives {key!r} the rows {r!r}, outside the store's {rows}"
+            break
+        if r[1] > r[0]:
+            if r[0] < end:
+                why = f"gives {key!r} and {last!r} the same rows {r[0]}..{min(end, r[1]) - 1}"
+                break
+            end, last = r[1], key
+    if why:
+        raise StoreError(f"feature store {path}: its header {why}; it was edited or is damaged: delete it and run "
+                         "`slidestream features` again")
 
 
 def _store_id(store) -> str:
@@ -271,6 +298,7 @@ class FeatureStore:
         except KeyError as e:
             raise StoreError(f"feature store {path} has no {e.args[0]} array (damaged or not written by slidestream); "
                              "delete it and run `slidestream features` again") from None
+        _check_done(path, self.info)
         self._check_chunks()
 
     def _check_chunks(self) -> None:

@@ -313,3 +313,27 @@ def test_broken_or_duplicated_records_are_refused_on_open(tmp_path, edit, match)
         with pytest.raises(StoreError, match=rf"store {st.path}: {match}.*re-extract"):
             PatchStore.open(st.path, mode)
     assert not (tmp_path / "st.lock").exists()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(S0copy=d["S0"]) or d.pop("S1"), r"gives 'S0copy' and 'S0' the same rows 0\.\.3"),
+    (lambda d: d.update(S1=[4, 99]), r"gives 'S1' the rows \[4, 99\], outside the store's 8"),
+    (lambda d: d.update(S1=[4]), r"gives 'S1' the rows \[4\], not \[first row, end\]"),
+])
+def test_feature_store_with_duplicated_or_broken_done_is_refused(tmp_path, edit, match):
+    """A feature store header whose `done` named one slide's rows twice (S1 gone) passed complete(): S1's unwritten
+    rows read as zeros in mil train and export."""
+    import zarr
+
+    from slidestream.engine import features
+
+    st = _small(tmp_path / "st")
+    features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+    g = zarr.open_group(str(tmp_path / "f"), mode="r+")
+    info = dict(g.attrs[features.ATTR])
+    edit(info["done"])
+    g.attrs[features.ATTR] = info
+    with pytest.raises(StoreError, match=rf"feature store {tmp_path / 'f'}: .*{match}.*run `slidestream features` again"):
+        features.FeatureStore(tmp_path / "f")
+    with pytest.raises(StoreError, match=match):
+        features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
