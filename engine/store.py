@@ -75,6 +75,8 @@ COLUMNS: dict[str, tuple[Any, Any]] = {
     "split": (str, ""),  # train / val / test, set by `slidestream train` or `split`
 }
 ARRAYS = ("patches", *COLUMNS, "records")
+# columns nothing rewrites after a commit: each commit records the CRC32 of its rows of them ("columns")
+FIXED = ("slide_id", "x", "y", "size0", "tile_id", "tile_tissue", "tissue")
 
 
 def codec(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -569,6 +571,7 @@ class PatchStore:
         self._logical: dict[tuple[str, str], tuple[int, int]] = {}
         self._phys_cache = None
         self._sums_cache = None
+        self._cols_ok: set[str] = set()  # FIXED columns whose rows matched their commits' CRC32 (_check_column)
         current = {}
         for i, rec in enumerate(self._log):
             self._records.setdefault(rec["section"], {})[rec["key"]] = rec
@@ -585,6 +588,7 @@ class PatchStore:
         self._starts.append(l0 + n)
         self._logical[rec["section"], rec["key"]] = (l0, l0 + n)
         self._phys_cache = self._sums_cache = None
+        self._cols_ok = set()
 
     def _add(self, rec: dict[str, Any]) -> None:
         """Index a new record without rereading the log: a new key's region lies after all others."""
@@ -619,7 +623,23 @@ class PatchStore:
             raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
         with self._damaged(f"its column {name!r}"):
             full = self._cols[name].read(self.path / name, 0, self._rows)
+        if name in FIXED and name not in self._cols_ok:
+            self._check_column(name, full)
+            self._cols_ok.add(name)
         return full[self._phys]
+
+    def _check_column(self, name: str, full: np.ndarray) -> None:
+        """Refuse a column whose rows are not what each commit wrote (CRC32 in its record): two columns' chunk
+        files swapped (x and y: same type and codec) or one replaced decode fine as other values."""
+        for section in ("slides", "synthetic"):
+            for key, rec in self._records.get(section, {}).items():
+                want = (rec.get("columns") or {}).get(name) if rec.get("region") else None
+                p0, n = rec["region"] if want is not None else (0, 0)
+                if want is not None and _values_crc(full[p0:p0 + n]) != want:
+                    raise StoreError(f"store {self.path}: column {name!r} of {section} {key!r} is not what its commit "
+                                     f"wrote (CRC32): its chunk files ({name}/c/...) were swapped or replaced (or a writer "
+                                     "changed the store since it was opened here); copy the store again, or re-extract "
+                                     "into a new --out")
 
     def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Metadata as a dict of equal-length numpy columns."""
@@ -814,7 +834,7 @@ class PatchStore:
                 staged = stage / zarr3.chunk_key(src, (j, 0, 0, 0))
                 rec["shards"][target.relative_to(self.path).as_posix()] = _file_sum(staged)
                 os.replace(staged, target)
-            self._write_columns(p0, p1, n, meta)
+            rec["columns"] = self._write_columns(p0, p1, n, meta)
         self._cols["records"].write(self.path / "records", i, [json.dumps(rec, default=str)])
         self._commit_point()
 
@@ -838,12 +858,17 @@ class PatchStore:
             if meta["shape"][0] != size:
                 zarr3.resize(self.path / name, meta, size)
 
-    def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> None:
+    def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> dict[str, int]:
+        """Write rows ``p0 .. p1`` of every column (``n`` values, then fill); returns the CRC32 of the FIXED ones."""
+        sums = {}
         for name, (dtype, fill) in COLUMNS.items():
             v = meta.get(name, fill)
             vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
             vals[:n] = np.asarray(v) if np.ndim(v) else v
             self._cols[name].write(self.path / name, p0, vals)
+            if name in FIXED:
+                sums[name] = _values_crc(vals[:n])
+        return sums
 
     def _blank(self, p0: int, n: int) -> None:
         """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
@@ -895,6 +920,14 @@ class PatchStore:
         self._attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
         with writing(self.path):
             self._commit_point()
+
+
+def _values_crc(vals: np.ndarray) -> int:
+    """CRC32 of a commit's rows of one column (strings joined by NUL, numbers as their bytes)."""
+    a = np.asarray(vals)
+    if a.dtype.kind in "OUT":
+        return zlib.crc32("\0".join(map(str, a.tolist())).encode())
+    return zlib.crc32(np.ascontiguousarray(a).tobytes())
 
 
 def _feature_header(path: Path) -> dict[str, Any] | None:

@@ -337,3 +337,21 @@ def test_feature_store_with_duplicated_or_broken_done_is_refused(tmp_path, edit,
         features.FeatureStore(tmp_path / "f")
     with pytest.raises(StoreError, match=match):
         features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+
+
+def test_swapped_x_and_y_column_chunks_are_refused(tmp_path):
+    """x/c/0 and y/c/0 swapped (same type, codec and length) read as each other, silently: every commit now
+    records the CRC32 of its rows of the columns nothing rewrites later, checked when a column is read."""
+    from slidestream.engine.store import PatchStore
+
+    st = _small(tmp_path / "st")
+    x, y = st.path / "x" / "c" / "0", st.path / "y" / "c" / "0"
+    assert PatchStore.open(st.path).column("x").tolist() == [0, 128, 256, 384] * 2
+    a, b = x.read_bytes(), y.read_bytes()
+    x.write_bytes(b)
+    y.write_bytes(a)
+    with pytest.raises(StoreError, match=rf"store {st.path}: column 'x' of slides 'S0' is not what its commit wrote"):
+        PatchStore.open(st.path).column("x")
+    with pytest.raises(StoreError, match="column 'y' of slides 'S0'"):
+        PatchStore.open(st.path).table(["y"])
+    assert PatchStore.open(st.path).column("label").tolist() == [0] * 4 + [1] * 4  # label: rewritten by design
