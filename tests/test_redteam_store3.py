@@ -355,3 +355,34 @@ def test_swapped_x_and_y_column_chunks_are_refused(tmp_path):
     with pytest.raises(StoreError, match="column 'y' of slides 'S0'"):
         PatchStore.open(st.path).table(["y"])
     assert PatchStore.open(st.path).column("label").tolist() == [0] * 4 + [1] * 4  # label: rewritten by design
+
+
+# ------------------------------------------------------------------------------------ --help, option by option
+@pytest.mark.parametrize("args, match", [
+    (["split", "P", "--store", "S", "--kfold", "0"], r"--kfold"),  # was: 0 read as "no k-fold", a ratio split
+    (["split", "P", "--store", "S", "--fold", "2"], r"--fold is for a k-fold split"),  # was: ignored silently
+    (["train", "P", "--store", "S", "--out", "O", "--epochs", "0"], r"--epochs"),  # was: a FileNotFoundError traceback
+    (["train", "P", "--store", "S", "--out", "O", "--synthetic", "-5"], r"--synthetic"),  # was: accepted
+    (["experiment", "gan-sweep", "P", "--store", "S", "--out", "O", "--epochs", "0"], r"--epochs"),  # a traceback
+])
+def test_options_do_what_their_help_says(cli, tmp_path, args, match):
+    st = _small(tmp_path / "st", n=8)
+    p = _write(tmp_path, json.dumps({"name": "t", "classifier": {"name": "small_cnn"}}))
+    names = {"P": p, "S": st.path, "O": tmp_path / "o"}
+    code, out, err = cli(*[names.get(a, a) for a in args])
+    assert code == 2 and __import__("re").search(match, out + err), (code, out, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_fold_applies_to_the_pipelines_kfold(cli, tmp_path):
+    """--fold with the pipeline's training.split.kfold (no --kfold) was ignored: fold 0 every time."""
+    from slidestream.engine.store import PatchStore
+
+    st = _small(tmp_path / "st", n=8)
+    p = _write(tmp_path, json.dumps({"name": "t", "training": {"split": {"kfold": 4}}}))
+    tests = []
+    for fold in ("0", "1"):
+        assert cli("split", p, "--store", st.path, "--fold", fold)[0] == 0
+        t = PatchStore.open(st.path).table(["patient_id", "split"])
+        tests.append(sorted(set(t["patient_id"][t["split"] == "test"].tolist())))
+    assert tests[0] != tests[1], tests
