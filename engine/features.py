@@ -188,6 +188,13 @@ def _resume_features(path: Path, header: dict[str, Any]):
     return g
 
 
+def _crc(rows: np.ndarray) -> int:
+    """CRC32 of a slide's feature rows as stored (``features.dtype``)."""
+    import zlib
+
+    return zlib.crc32(np.ascontiguousarray(rows).tobytes())
+
+
 def _check_done(path: Path, info: dict[str, Any]) -> None:
     """The header's ``done`` ranges lie inside its rows and never overlap (a range named twice, another slide's
     gone, passed ``complete()`` with that slide's rows unwritten: zeros)."""
@@ -253,6 +260,7 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
     dev = torch.device(resolve_device(cfg["device"]))
     module = module.to(dev).eval()
     feats = g["features"]
+    sums = dict(g.attrs[ATTR].get("sums") or {})
     todo = [u for u in _units(store) if u[0] not in done]
     total = sum(r1 - r0 for _, r0, r1 in todo)
     t0, bs = time.perf_counter(), int(cfg["batch_size"])
@@ -266,10 +274,11 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
                 sink.write(a - r0, store.read(a, b))
                 bar.advance(task, b - a)
             block = sink.close()
+            block = block.astype(cfg["dtype"])
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
-                feats[r0:r1] = block.astype(cfg["dtype"])
-                done[key] = [r0, r1]
-                g.attrs[ATTR] = {**header, "done": done}  # the slide is in only once its rows are written
+                feats[r0:r1] = block
+                done[key], sums[key] = [r0, r1], _crc(block)
+                g.attrs[ATTR] = {**header, "done": done, "sums": sums}  # the slide is in only once its rows are written
     return todo, total, time.perf_counter() - t0, dev
 
 
@@ -324,8 +333,16 @@ class FeatureStore:
 
     def rows(self, r0: int | None = None, r1: int | None = None) -> np.ndarray:
         """The features of rows ``r0 .. r1`` (all by default)."""
-        with self._damaged(f"the features of rows {r0 or 0}..{len(self) if r1 is None else r1}"):
-            return np.asarray(self.features[r0:r1])
+        a, b = r0 or 0, len(self) if r1 is None else r1
+        with self._damaged(f"the features of rows {a}..{b}"):
+            out = np.asarray(self.features[r0:r1])
+        for key, want in (self.info.get("sums") or {}).items():  # each whole slide read: its CRC32 as written
+            s0, s1 = self.info["done"].get(key, (0, 0))
+            if a <= s0 < s1 <= b and _crc(out[s0 - a:s1 - a]) != want:
+                raise StoreError(f"feature store {self.path}: the features of {key!r} (rows {s0}..{s1 - 1}) are not what "
+                                 "was written (CRC32): its chunk files were swapped or replaced; delete it and run "
+                                 "`slidestream features` again")
+        return out
 
     def _damaged(self, what: str):
         from .store import damaged
@@ -460,6 +477,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         g.attrs[ATTR] = info
     info = {**info, **{k: v for k, v in header.items() if k != "pipeline_file" or v}}
     done, records, errors = dict(info["done"]), dict(info.get("slides") or {}), dict(info.get("errors") or {})
+    sums = dict(info.get("sums") or {})
     try:
         results: dict[str, dict] = {}
         todo = []
@@ -507,8 +525,10 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                 if n:
                     cols = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label,
                             "age": row.age, "synthetic": False}
+                    block = feats[:n].astype(cfg["dtype"])
                     g["features"].resize((rows, header["dim"]))
-                    g["features"][r0:rows] = feats[:n].astype(cfg["dtype"])
+                    g["features"][r0:rows] = block
+                    sums[row.slide_id] = _crc(block)
                     for c in CARRIED:
                         a = g[f"meta/{c}"]
                         a.resize((rows,))
@@ -520,7 +540,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
             pending.remove(row.slide_id)
             # the commit point: the slide's rows are in only once the header names them
             g.attrs[ATTR] = info = {**info, "rows": rows, "done": done, "slides": records, "errors": errors,
-                                    "pending": pending}
+                                    "pending": pending, "sums": sums}
             results[row.slide_id] = rec
 
         with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar:

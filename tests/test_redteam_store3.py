@@ -386,3 +386,37 @@ def test_fold_applies_to_the_pipelines_kfold(cli, tmp_path):
         t = PatchStore.open(st.path).table(["patient_id", "split"])
         tests.append(sorted(set(t["patient_id"][t["split"] == "test"].tolist())))
     assert tests[0] != tests[1], tests
+
+
+def test_replaced_feature_chunk_is_refused(tmp_path):
+    """A feature chunk file replaced by another store's (same shape: it decodes fine) read as other features,
+    silently: each slide's CRC32 of its written features is now kept in the header (`sums`), checked on reading."""
+    import shutil
+
+    from slidestream.engine import features
+
+    a = _small(tmp_path / "a")
+    features.extract_features(_pipe(), a.path, tmp_path / "fa", progress=False, log=None)
+    b = _small(tmp_path / "b", n=3)
+    features.extract_features(_pipe(), b.path, tmp_path / "fb", progress=False, log=None)
+    fa = features.FeatureStore(tmp_path / "fa")
+    assert set(fa.info["sums"]) == {"S0", "S1"}
+    good = fa.rows()
+    chunk = next(p for p in (tmp_path / "fa" / "features" / "c").rglob("*") if p.is_file())
+    other = tmp_path / "fb" / chunk.relative_to(tmp_path / "fa")
+    # fb's first chunk holds rows of 3 slides: make one of fa's shape from fb's rows 4..11 (other patches)
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "fb"), mode="r")
+    tmp = zarr.open_group(str(tmp_path / "t"), mode="w")
+    t = tmp.create_array("features", shape=fa.features.shape, dtype=fa.features.dtype, fill_value=0,
+                         chunks=fa.features.chunks, compressors=features._checked())
+    t[:] = np.asarray(g["features"][4:12])
+    shutil.copy(next(p for p in (tmp_path / "t" / "features" / "c").rglob("*") if p.is_file()), chunk)
+    assert other.exists()
+    with pytest.raises(StoreError, match=rf"feature store {tmp_path / 'fa'}: the features of 'S0' \(rows 0\.\.3\) are not "
+                                         r"what was written"):
+        features.FeatureStore(tmp_path / "fa").rows()
+    with pytest.raises(StoreError, match=r"the features of 'S1' \(rows 4\.\.7\)"):
+        features.FeatureStore(tmp_path / "fa").rows(4, 8)
+    assert features.FeatureStore(tmp_path / "fb").rows().shape[0] == 12 and good.shape[0] == 8
