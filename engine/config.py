@@ -213,6 +213,10 @@ def validation_errors(doc: Any) -> list[str]:
     if not isinstance(doc, dict):  # else the schema error quotes the whole document
         return [f"$: a pipeline is a JSON object ({{...}}), not a {type(doc).__name__}; "
                 "see schemas/examples/liu2020.json"]
+    deep = _depth(doc)
+    if deep > MAX_DEPTH:  # the validators recurse per level (a RecursionError) and quote the whole value
+        return [f"$: nested {deep} levels deep (at most {MAX_DEPTH}); a pipeline is a few levels deep: see "
+                "schemas/examples/liu2020.json"]
     validator = _Validator(schema())
     out = _not_finite(doc, "$")  # json.loads reads NaN and Infinity, and every bound of the schema lets NaN through
     for err in validator.iter_errors(doc):
@@ -220,6 +224,20 @@ def validation_errors(doc: Any) -> list[str]:
     if not out:
         out = _too_big_patch(doc)
     return sorted(set(out))
+
+
+MAX_DEPTH = 32  # nesting of a pipeline document (liu2020.json: 4)
+
+
+def _depth(doc: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def _not_finite(v: Any, path: str) -> list[str]:
@@ -281,6 +299,9 @@ def read_json(path: str | Path) -> Any:
         raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"pipeline file {p}: {_json_slip(text, e)}") from None
+    except RecursionError:  # json's decoder recurses per level: [[[[...]]]] ended in a traceback
+        raise ConfigError(f"pipeline file {p} nests arrays or objects hundreds of levels deep; a pipeline is a few "
+                          "levels deep: see schemas/examples/liu2020.json") from None
 
 
 def _json_slip(text: str, e: json.JSONDecodeError) -> str:
@@ -290,7 +311,7 @@ def _json_slip(text: str, e: json.JSONDecodeError) -> str:
     before = text[:e.pos].rstrip()
     if before.endswith(",") and text.startswith(("}", "]"), e.pos):
         return f"trailing comma at line {before.count(chr(10)) + 1} (before {text[e.pos]!r}); remove it"
-    return f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    return f"not valid JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}"
 
 
 def _no_duplicates(path: Path):

@@ -79,6 +79,20 @@ def test_byte_order_mark_is_accepted(tmp_path):
     assert config.load(p)["magnification"] == 10
 
 
+
+@pytest.mark.parametrize("depth, match", [(3000, "hundreds of levels deep"), (900, r"\$: nested 901 levels deep")])
+def test_deeply_nested_pipeline_is_one_line(tmp_path, depth, match):
+    """[[[[...]]]] a few hundred levels deep ended in a RecursionError traceback (json's decoder, then jsonschema)."""
+    p = _write(tmp_path, '{"name": "a", "filters": %s%s}' % ("[" * depth, "]" * depth))
+    with pytest.raises(ConfigError, match=match):
+        config.load(p)
+
+
+def test_json_error_says_at_once():
+    e = json.JSONDecodeError("Invalid control character at", '{"a": "x\x00"}', 8)
+    assert config._json_slip('{"a": "x\x00"}', e) == "not valid JSON: Invalid control character at line 1 column 9"
+
+
 # ------------------------------------------------------------------------------------ plugin loading
 def _broken_site(tmp_path):
     """An installed package (dist-info + module) whose slidestream.plugins entry point raises on import."""
