@@ -59,7 +59,14 @@ def _table(kind: str) -> dict[str, tuple[Plugin, str]]:
     out: dict[str, tuple[Plugin, str]] = {}
     for impl in hook.get_hookimpls():
         source = pm.get_name(impl.plugin) or repr(impl.plugin)
-        for p in impl.function() or []:
+        try:
+            declared = list(impl.function() or [])
+        except Exception as e:  # noqa: BLE001 (one package's broken hook must not stop every command)
+            if source not in BROKEN:
+                BROKEN[source] = f"plugin package {source!r} failed to declare its {kind} plugins ({type(e).__name__}: {e})"
+                print(f"warning: {BROKEN[source]}; they are skipped: reinstall or uninstall it", file=sys.stderr)
+            continue
+        for p in declared:
             if p.kind != kind:
                 raise ConfigError(f"plugin {p.name!r} from {source} is a {p.kind} but was returned by {HOOK_OF_KIND[kind]}")
             if p.name in out:

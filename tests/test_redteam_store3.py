@@ -104,6 +104,16 @@ def _broken_site(tmp_path):
     return site
 
 
+def test_plugin_package_whose_hook_raises_is_skipped_with_a_warning(tmp_path):
+    """A package that imports but whose hook raises when asked for its plugins: every command's traceback."""
+    site = _broken_site(tmp_path)
+    (site / "badlab_filters.py").write_text("from slidestream.engine.hookspecs import hookimpl\n\n\n@hookimpl\n"
+                                            "def slidestream_filters():\n    raise RuntimeError('no licence file')\n")
+    r = _run(site, "validate", EXAMPLE)
+    warn = [ln for ln in r.stderr.splitlines() if "badlab" in ln]
+    assert r.returncode == 0 and len(warn) == 1 and "no licence file" in warn[0], r.stderr
+
+
 def _run(site, *args):
     import os
     import subprocess
