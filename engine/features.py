@@ -36,6 +36,8 @@ from .errors import ConfigError, StoreError
 
 DEFAULTS: dict[str, Any] = {"batch_size": 64, "dtype": "float16", "device": "auto"}
 CARRIED = ("slide_id", "patient_id", "label", "age", "x", "y", "size0", "synthetic")
+FIXED_META = ("slide_id", "x", "y", "size0")  # never rewritten: each slide's CRC32s of them, in this order, in the
+# header (meta_sums)
 ATTR = "slidestream_features"
 
 
@@ -188,6 +190,12 @@ def _resume_features(path: Path, header: dict[str, Any]):
     return g
 
 
+def _values_crc(vals) -> int:
+    from .store import _values_crc
+
+    return _values_crc(vals)
+
+
 def _crc(rows: np.ndarray) -> int:
     """CRC32 of a slide's feature rows as stored (``features.dtype``)."""
     import zlib
@@ -243,7 +251,8 @@ def _new_features(path: Path, store, header: dict[str, Any], cfg: dict[str, Any]
         a = g.create_array(f"meta/{c}", shape=(n,), dtype=str if v.dtype.kind in "UOT" else v.dtype,
                            chunks=(min(n, 65536),), compressors=_checked())
         a[:] = as_str(v) if v.dtype.kind in "UOT" else v
-    g.attrs[ATTR] = {**header, "done": {}}
+    meta_sums = {key: [_values_crc(tab[c][r0:r1]) for c in FIXED_META] for key, r0, r1 in _units(store)}
+    g.attrs[ATTR] = {**header, "done": {}, "meta_sums": meta_sums}
     return g
 
 
@@ -278,7 +287,7 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
                 feats[r0:r1] = block
                 done[key], sums[key] = [r0, r1], _crc(block)
-                g.attrs[ATTR] = {**header, "done": done, "sums": sums}  # the slide is in only once its rows are written
+                g.attrs[ATTR] = {**g.attrs[ATTR], **header, "done": done, "sums": sums}  # in once its rows are written
     return todo, total, time.perf_counter() - t0, dev
 
 
@@ -329,7 +338,14 @@ class FeatureStore:
     def column(self, name: str) -> np.ndarray:
         with self._damaged(f"its column {name!r}"):
             a = np.asarray(self.group[f"meta/{name}"][:])
-        return as_str(a) if a.dtype.kind in "OT" else a
+        a = as_str(a) if a.dtype.kind in "OT" else a
+        for key, want in (self.info.get("meta_sums") or {}).items() if name in FIXED_META else ():
+            r0, r1 = self.info["done"].get(key, (0, 0))
+            if r1 > r0 and _values_crc(a[r0:r1]) != want[FIXED_META.index(name)]:
+                raise StoreError(f"feature store {self.path}: column {name!r} of {key!r} is not what was written (CRC32): "
+                                 f"its chunk files (meta/{name}/c/...) were swapped or replaced; delete it and run "
+                                 "`slidestream features` again")
+        return a
 
     def rows(self, r0: int | None = None, r1: int | None = None) -> np.ndarray:
         """The features of rows ``r0 .. r1`` (all by default)."""
@@ -477,7 +493,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         g.attrs[ATTR] = info
     info = {**info, **{k: v for k, v in header.items() if k != "pipeline_file" or v}}
     done, records, errors = dict(info["done"]), dict(info.get("slides") or {}), dict(info.get("errors") or {})
-    sums = dict(info.get("sums") or {})
+    sums, meta_sums = dict(info.get("sums") or {}), dict(info.get("meta_sums") or {})
     try:
         results: dict[str, dict] = {}
         todo = []
@@ -532,7 +548,9 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                     for c in CARRIED:
                         a = g[f"meta/{c}"]
                         a.resize((rows,))
-                        a[r0:rows] = _values(a, cols[c], n)
+                        a[r0:rows] = vals = _values(a, cols[c], n)
+                        if c in FIXED_META:
+                            meta_sums.setdefault(row.slide_id, [0] * len(FIXED_META))[FIXED_META.index(c)] = _values_crc(vals)
                 done[row.slide_id] = [r0, rows]
                 records[row.slide_id] = rec
                 errors.pop(row.slide_id, None)
@@ -540,7 +558,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
             pending.remove(row.slide_id)
             # the commit point: the slide's rows are in only once the header names them
             g.attrs[ATTR] = info = {**info, "rows": rows, "done": done, "slides": records, "errors": errors,
-                                    "pending": pending, "sums": sums}
+                                    "pending": pending, "sums": sums, "meta_sums": meta_sums}
             results[row.slide_id] = rec
 
         with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar:

@@ -444,3 +444,19 @@ def test_replaced_feature_chunk_is_refused(tmp_path):
     with pytest.raises(StoreError, match=r"the features of 'S1' \(rows 4\.\.7\)"):
         features.FeatureStore(tmp_path / "fa").rows(4, 8)
     assert features.FeatureStore(tmp_path / "fb").rows().shape[0] == 12 and good.shape[0] == 8
+
+
+def test_swapped_feature_meta_x_and_y_are_refused(tmp_path):
+    """meta/x and meta/y chunk files of a feature store swapped: export wrote each patch's y as its x, silently."""
+    from slidestream.engine import features
+
+    st = _small(tmp_path / "st")
+    features.extract_features(_pipe(), st.path, tmp_path / "f", progress=False, log=None)
+    assert features.FeatureStore(tmp_path / "f").column("x").tolist() == [0, 128, 256, 384] * 2
+    x, y = (tmp_path / "f" / "meta" / c / "c" / "0" for c in ("x", "y"))
+    a, b = x.read_bytes(), y.read_bytes()
+    x.write_bytes(b)
+    y.write_bytes(a)
+    with pytest.raises(StoreError, match=rf"feature store {tmp_path / 'f'}: column 'x' of 'S0' is not what was written"):
+        features.FeatureStore(tmp_path / "f").column("x")
+    assert features.FeatureStore(tmp_path / "f").column("label").tolist() == [0] * 4 + [1] * 4
