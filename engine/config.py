@@ -203,18 +203,41 @@ def schema() -> dict[str, Any]:
     }
 
 
+# "integer" without the floats JSON Schema counts as integers (8.0, 1e3): they reached range() and array shapes
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=jsonschema.Draft202012Validator
+                                          .TYPE_CHECKER.redefine("integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)))
+
+
 def validation_errors(doc: Any) -> list[str]:
     """Every problem in a pipeline document, each as ``$.json.path: message``, sorted by path."""
     if not isinstance(doc, dict):  # else the schema error quotes the whole document
         return [f"$: a pipeline is a JSON object ({{...}}), not a {type(doc).__name__}; "
                 "see schemas/examples/liu2020.json"]
-    validator = jsonschema.Draft202012Validator(schema())
+    deep = _depth(doc)
+    if deep > MAX_DEPTH:  # the validators recurse per level (a RecursionError) and quote the whole value
+        return [f"$: nested {deep} levels deep (at most {MAX_DEPTH}); a pipeline is a few levels deep: see "
+                "schemas/examples/liu2020.json"]
+    validator = _Validator(schema())
     out = _not_finite(doc, "$")  # json.loads reads NaN and Infinity, and every bound of the schema lets NaN through
     for err in validator.iter_errors(doc):
         out.extend(_flatten(err))
     if not out:
         out = _too_big_patch(doc)
     return sorted(set(out))
+
+
+MAX_DEPTH = 32  # nesting of a pipeline document (liu2020.json: 4)
+
+
+def _depth(doc: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
 
 
 def _not_finite(v: Any, path: str) -> list[str]:
@@ -252,9 +275,16 @@ def _flatten(err: jsonschema.ValidationError) -> list[str]:
         best = jsonschema.exceptions.best_match(err.context)
         return _flatten(best)
     path = err.json_path
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        valid = sorted(err.schema.get("properties") or {})
+        return [f"{path}: unknown key {k!r}; " + (registry.nearest(k, valid) or f"valid keys: {', '.join(valid) or 'none'}")
+                for k in err.instance if k not in valid]
     if err.validator == "enum" and path.endswith(".name"):
-        return [f"{path}: unknown plugin {err.instance!r}; installed: {', '.join(err.validator_value)}"]
-    return [f"{path}: {err.message}"]
+        return [f"{path}: unknown plugin {err.instance!r}; "
+                + (registry.nearest(err.instance, err.validator_value) or f"installed: {', '.join(err.validator_value)}")
+                + registry.broken_note()]
+    hint = registry.nearest(err.instance, err.validator_value) if err.validator == "enum" else None
+    return [f"{path}: {err.message}" + (f"; {hint}" if hint else "")]
 
 
 def read_json(path: str | Path) -> Any:
@@ -263,11 +293,37 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
+        return json.loads(text, object_pairs_hook=_no_duplicates(p))
     except UnicodeDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"pipeline file {p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise ConfigError(f"pipeline file {p}: {_json_slip(text, e)}") from None
+    except RecursionError:  # json's decoder recurses per level: [[[[...]]]] ended in a traceback
+        raise ConfigError(f"pipeline file {p} nests arrays or objects hundreds of levels deep; a pipeline is a few "
+                          "levels deep: see schemas/examples/liu2020.json") from None
+
+
+def _json_slip(text: str, e: json.JSONDecodeError) -> str:
+    """What is wrong at a JSON error, naming the two slips JSON readers of other languages allow."""
+    if text.startswith(("//", "/*"), e.pos):
+        return f"JSON has no comments ({text[e.pos:e.pos + 2]} at line {e.lineno}); remove them"
+    before = text[:e.pos].rstrip()
+    if before.endswith(",") and text.startswith(("}", "]"), e.pos):
+        return f"trailing comma at line {before.count(chr(10)) + 1} (before {text[e.pos]!r}); remove it"
+    return f"not valid JSON: {e.msg.removesuffix(' at')} at line {e.lineno} column {e.colno}"
+
+
+def _no_duplicates(path: Path):
+    """``object_pairs_hook`` refusing a key given twice in one object (``json.loads`` keeps the last silently)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ConfigError(f"pipeline file {path} gives the key {k!r} twice in one object; keep one")
+            out[k] = v
+        return out
+    return hook
 
 
 def load(path: str | Path) -> dict[str, Any]:

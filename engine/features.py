@@ -36,6 +36,8 @@ from .errors import ConfigError, StoreError
 
 DEFAULTS: dict[str, Any] = {"batch_size": 64, "dtype": "float16", "device": "auto"}
 CARRIED = ("slide_id", "patient_id", "label", "age", "x", "y", "size0", "synthetic")
+FIXED_META = ("slide_id", "x", "y", "size0")  # never rewritten: each slide's CRC32s of them, in this order, in the
+# header (meta_sums)
 ATTR = "slidestream_features"
 
 
@@ -115,12 +117,10 @@ def _units(store) -> list[tuple[str, int, int]]:
 def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str | Path, *, device: str | None = None,
                      batch_size: int | None = None, progress: bool = True, log=print) -> dict[str, Any]:
     """Write (or resume) the feature store ``out`` for the patch store ``store_path``. Returns a summary."""
-    import time
+    import os
+    import shutil
 
-    import torch
-    import zarr
-
-    from .store import PatchStore, writing
+    from .store import PatchStore, acquire_lock, beside, release_lock, writing
 
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     store = PatchStore.open(store_path)
@@ -129,45 +129,150 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
         raise StoreError(f"store {store_path} has no patches; run `slidestream extract` first")
     module, spec = load_encoder(pipeline.get("encoder"))
     header = _header(spec, cfg, patch_store=str(Path(store_path).resolve()),
-                     extraction_hash=store.manifest.get("extraction_hash"), rows=n)
+                     extraction_hash=store.manifest.get("extraction_hash"), rows=n, patch_store_id=_store_id(store))
     out = Path(out)
-    if (out / "zarr.json").exists():
-        try:
-            g = zarr.open_group(str(out), mode="r+")
-        except Exception:  # noqa: BLE001 (a damaged zarr.json)
-            raise StoreError(f"{out} exists and is not a readable feature store; choose a new --out") from None
-        old = dict(g.attrs.get(ATTR) or {})
-        if not old:
-            raise StoreError(f"{out} exists and is not a slidestream feature store; choose a new --out")
-        if old.get("features_only"):
-            raise StoreError(f"{out} was written by `extract --features-only`, not from a patch store; choose a new --out")
-        for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
-            if old.get(k) != header[k]:
-                raise StoreError(f"feature store {out} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
-                                 "use a new --out, or delete it to start over")
-        done = dict(old.get("done", {}))
-    else:
-        if out.exists() and any(out.iterdir()):
-            raise StoreError(f"{out} exists and is not a feature store; choose an empty or new --out")
-        g = zarr.open_group(str(out), mode="w")
-        g.create_array("features", shape=(n, header["dim"]), dtype=cfg["dtype"], fill_value=0,
-                       chunks=(min(n, 4096), header["dim"]), compressors=_checked())
-        tab = store.table(list(CARRIED))
-        for c in CARRIED:
-            v = tab[c]
-            a = g.create_array(f"meta/{c}", shape=(n,), dtype=str if v.dtype.kind in "UOT" else v.dtype,
-                               chunks=(min(n, 65536),), compressors=_checked())
-            a[:] = as_str(v) if v.dtype.kind in "UOT" else v
-        done = {}
-        g.attrs[ATTR] = {**header, "done": done}
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out)  # one writer at a time, as for a patch store
+    try:
+        if (out / "zarr.json").exists():
+            g = _resume_features(out, header)
+        else:  # built beside --out and renamed into place when complete: a killed first run leaves no half store there
+            if out.exists() and any(out.iterdir()):
+                raise StoreError(f"{out} exists and is not a feature store; choose an empty or new --out")
+            work = beside(out, "partial")
+            try:
+                g = _resume_features(work, header) if (work / "zarr.json").exists() else None
+            except StoreError:  # an unfinished store of other settings: never a result, start over
+                g = None
+            if g is None:
+                shutil.rmtree(work, ignore_errors=True)
+                with writing(work):
+                    g = _new_features(work, store, header, cfg, n)
+        done = dict(g.attrs[ATTR].get("done", {}))
+        todo, total, seconds, dev = _encode_units(g, store, module, spec, cfg, header, done, out, progress)
+        if not (out / "zarr.json").exists():
+            with writing(out):
+                if out.exists():
+                    out.rmdir()  # the empty folder a user made for it
+                os.rename(work, out)
+    finally:
+        release_lock(out)
+    summary = {"out": str(out), "encoder": spec["name"], "dim": header["dim"], "rows": n, "encoded": total,
+               "skipped": len(done) - len(todo), "seconds": round(seconds, 3),
+               "patches_per_s": round(total / seconds, 1) if total and seconds > 0 else None, "device": str(dev)}
+    if log:
+        log(f"features: {total} patches encoded ({summary['patches_per_s']} /s on {dev}), {n} rows in {out}")
+    return summary
+
+
+def _resume_features(path: Path, header: dict[str, Any]):
+    """The feature store at ``path`` opened to resume, if it was made with the same encoder and patch store."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r+")
+    except Exception:  # noqa: BLE001 (a damaged zarr.json)
+        raise StoreError(f"{path} exists and is not a readable feature store; choose a new --out") from None
+    old = dict(g.attrs.get(ATTR) or {})
+    if not old:
+        raise StoreError(f"{path} exists and is not a slidestream feature store; choose a new --out")
+    if old.get("features_only"):
+        raise StoreError(f"{path} was written by `extract --features-only`, not from a patch store; choose a new --out")
+    if old.get("patch_store_id", header["patch_store_id"]) != header["patch_store_id"]:  # older stores: none
+        raise StoreError(f"feature store {path} was made from the patch store {old.get('patch_store')}, not "
+                         f"{header['patch_store']} (other slides or another extraction); give that --store, or a new --out")
+    for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
+        if old.get(k) != header[k]:
+            raise StoreError(f"feature store {path} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
+                             "use a new --out, or delete it to start over")
+    _check_done(path, old)
+    return g
+
+
+def _values_crc(vals) -> int:
+    from .store import _values_crc
+
+    return _values_crc(vals)
+
+
+def _crc(rows: np.ndarray) -> int:
+    """CRC32 of a slide's feature rows as stored (``features.dtype``)."""
+    import zlib
+
+    return zlib.crc32(np.ascontiguousarray(rows).tobytes())
+
+
+def _check_done(path: Path, info: dict[str, Any]) -> None:
+    """The header's ``done`` ranges lie inside its rows and never overlap (a range named twice, another slide's
+    gone, passed ``complete()`` with that slide's rows unwritten: zeros)."""
+    rows, done = info.get("rows"), info.get("done")
+    why = None if type(rows) is int and isinstance(done, dict) else "has no row count or `done` table"
+    end, last = 0, None
+    def first(kv):
+        return kv[1][0] if isinstance(kv[1], list) and kv[1] and type(kv[1][0]) is int else -1
+
+    for key, r in sorted((done if why is None else {}).items(), key=first):
+        if not (isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r)):
+            why = f"gives {key!r} the rows {r!r}, not [first row, end]"
+            break
+        if not 0 <= r[0] <= r[1] <= rows:
+            why = f"gives {key!r} the rows {r!r}, outside the store's {rows}"
+            break
+        if r[1] > r[0]:
+            if r[0] < end:
+                why = f"gives {key!r} and {last!r} the same rows {r[0]}..{min(end, r[1]) - 1}"
+                break
+            end, last = r[1], key
+    if why:
+        raise StoreError(f"feature store {path}: its header {why}; it was edited or is damaged: delete it and run "
+                         "`slidestream features` again")
+
+
+def _store_id(store) -> str:
+    """What makes a patch store the same one wherever it lies: its creation time, its slides' row ranges and
+    their shard files' sizes and CRC32s (same patches, same id)."""
+    from .config import digest
+
+    sums = [r.get("shards") for section in ("slides", "synthetic") for r in store.records(section).values()]
+    return digest([store.manifest.get("created"), _units(store), sums])[:16]
+
+
+def _new_features(path: Path, store, header: dict[str, Any], cfg: dict[str, Any], n: int):
+    """A new feature store at ``path`` for the ``n`` rows of ``store``: features unwritten, meta columns copied."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w")
+    g.create_array("features", shape=(n, header["dim"]), dtype=cfg["dtype"], fill_value=0,
+                   chunks=(min(n, 4096), header["dim"]), compressors=_checked())
+    tab = store.table(list(CARRIED))
+    for c in CARRIED:
+        v = tab[c]
+        a = g.create_array(f"meta/{c}", shape=(n,), dtype=str if v.dtype.kind in "UOT" else v.dtype,
+                           chunks=(min(n, 65536),), compressors=_checked())
+        a[:] = as_str(v) if v.dtype.kind in "UOT" else v
+    meta_sums = {key: [_values_crc(tab[c][r0:r1]) for c in FIXED_META] for key, r0, r1 in _units(store)}
+    g.attrs[ATTR] = {**header, "done": {}, "meta_sums": meta_sums}
+    return g
+
+
+def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
+    """Encode the store's slides and batches not in ``done`` into ``g``, each added to ``done`` once written.
+    Returns (units encoded, patches encoded, seconds, device)."""
+    import time
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .store import writing
+
     dev = torch.device(resolve_device(cfg["device"]))
     module = module.to(dev).eval()
     feats = g["features"]
+    sums = dict(g.attrs[ATTR].get("sums") or {})
     todo = [u for u in _units(store) if u[0] not in done]
     total = sum(r1 - r0 for _, r0, r1 in todo)
     t0, bs = time.perf_counter(), int(cfg["batch_size"])
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=False) as bar:
         task = bar.add_task(f"features ({spec['name']})", total=total)
@@ -178,17 +283,12 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
                 sink.write(a - r0, store.read(a, b))
                 bar.advance(task, b - a)
             block = sink.close()
+            block = block.astype(cfg["dtype"])
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
-                feats[r0:r1] = block.astype(cfg["dtype"])
-                done[key] = [r0, r1]
-                g.attrs[ATTR] = {**header, "done": done}  # the slide is in only once its rows are written
-    seconds = time.perf_counter() - t0
-    summary = {"out": str(out), "encoder": spec["name"], "dim": header["dim"], "rows": n, "encoded": total,
-               "skipped": len(done) - len(todo), "seconds": round(seconds, 3),
-               "patches_per_s": round(total / seconds, 1) if total and seconds > 0 else None, "device": str(dev)}
-    if log:
-        log(f"features: {total} patches encoded ({summary['patches_per_s']} /s on {dev}), {n} rows in {out}")
-    return summary
+                feats[r0:r1] = block
+                done[key], sums[key] = [r0, r1], _crc(block)
+                g.attrs[ATTR] = {**g.attrs[ATTR], **header, "done": done, "sums": sums}  # in once its rows are written
+    return todo, total, time.perf_counter() - t0, dev
 
 
 class FeatureStore:
@@ -204,6 +304,9 @@ class FeatureStore:
             raise StoreError(f"{path} is not a feature store; run `slidestream features` first") from None
         self.info = copy.deepcopy(dict(self.group.attrs.get(ATTR) or {}))
         if not self.info:
+            if "slidestream" in self.group.attrs:
+                raise StoreError(f"{path} is a patch store (from `slidestream extract`), not a feature store: --features "
+                                 f"wants one from `slidestream features PIPELINE --store {path} --out FEATS`")
             raise StoreError(f"{path} is not a slidestream feature store (no {ATTR} attrs)")
         self.path = path
         try:
@@ -213,6 +316,7 @@ class FeatureStore:
         except KeyError as e:
             raise StoreError(f"feature store {path} has no {e.args[0]} array (damaged or not written by slidestream); "
                              "delete it and run `slidestream features` again") from None
+        _check_done(path, self.info)
         self._check_chunks()
 
     def _check_chunks(self) -> None:
@@ -234,12 +338,27 @@ class FeatureStore:
     def column(self, name: str) -> np.ndarray:
         with self._damaged(f"its column {name!r}"):
             a = np.asarray(self.group[f"meta/{name}"][:])
-        return as_str(a) if a.dtype.kind in "OT" else a
+        a = as_str(a) if a.dtype.kind in "OT" else a
+        for key, want in (self.info.get("meta_sums") or {}).items() if name in FIXED_META else ():
+            r0, r1 = self.info["done"].get(key, (0, 0))
+            if r1 > r0 and _values_crc(a[r0:r1]) != want[FIXED_META.index(name)]:
+                raise StoreError(f"feature store {self.path}: column {name!r} of {key!r} is not what was written (CRC32): "
+                                 f"its chunk files (meta/{name}/c/...) were swapped or replaced; delete it and run "
+                                 "`slidestream features` again")
+        return a
 
     def rows(self, r0: int | None = None, r1: int | None = None) -> np.ndarray:
         """The features of rows ``r0 .. r1`` (all by default)."""
-        with self._damaged(f"the features of rows {r0 or 0}..{len(self) if r1 is None else r1}"):
-            return np.asarray(self.features[r0:r1])
+        a, b = r0 or 0, len(self) if r1 is None else r1
+        with self._damaged(f"the features of rows {a}..{b}"):
+            out = np.asarray(self.features[r0:r1])
+        for key, want in (self.info.get("sums") or {}).items():  # each whole slide read: its CRC32 as written
+            s0, s1 = self.info["done"].get(key, (0, 0))
+            if a <= s0 < s1 <= b and _crc(out[s0 - a:s1 - a]) != want:
+                raise StoreError(f"feature store {self.path}: the features of {key!r} (rows {s0}..{s1 - 1}) are not what "
+                                 "was written (CRC32): its chunk files were swapped or replaced; delete it and run "
+                                 "`slidestream features` again")
+        return out
 
     def _damaged(self, what: str):
         from .store import damaged
@@ -374,6 +493,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         g.attrs[ATTR] = info
     info = {**info, **{k: v for k, v in header.items() if k != "pipeline_file" or v}}
     done, records, errors = dict(info["done"]), dict(info.get("slides") or {}), dict(info.get("errors") or {})
+    sums, meta_sums = dict(info.get("sums") or {}), dict(info.get("meta_sums") or {})
     try:
         results: dict[str, dict] = {}
         todo = []
@@ -421,12 +541,16 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                 if n:
                     cols = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label,
                             "age": row.age, "synthetic": False}
+                    block = feats[:n].astype(cfg["dtype"])
                     g["features"].resize((rows, header["dim"]))
-                    g["features"][r0:rows] = feats[:n].astype(cfg["dtype"])
+                    g["features"][r0:rows] = block
+                    sums[row.slide_id] = _crc(block)
                     for c in CARRIED:
                         a = g[f"meta/{c}"]
                         a.resize((rows,))
-                        a[r0:rows] = _values(a, cols[c], n)
+                        a[r0:rows] = vals = _values(a, cols[c], n)
+                        if c in FIXED_META:
+                            meta_sums.setdefault(row.slide_id, [0] * len(FIXED_META))[FIXED_META.index(c)] = _values_crc(vals)
                 done[row.slide_id] = [r0, rows]
                 records[row.slide_id] = rec
                 errors.pop(row.slide_id, None)
@@ -434,7 +558,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
             pending.remove(row.slide_id)
             # the commit point: the slide's rows are in only once the header names them
             g.attrs[ATTR] = info = {**info, "rows": rows, "done": done, "slides": records, "errors": errors,
-                                    "pending": pending}
+                                    "pending": pending, "sums": sums, "meta_sums": meta_sums}
             results[row.slide_id] = rec
 
         with ExtractProgress(len(cohort), skipped + len(results), enabled=progress) as bar:

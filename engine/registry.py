@@ -6,6 +6,7 @@ Built-in plugins are registered through the same entry-point group as third-part
 from __future__ import annotations
 
 import functools
+import sys
 from importlib import metadata
 
 import pluggy
@@ -21,8 +22,28 @@ ENTRY_POINT_GROUP = "slidestream.plugins"
 def manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):  # pluggy's load_setuptools_entrypoints, one by one
+        if pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as e:  # noqa: BLE001 (a broken third-party package must not stop every command)
+            _skip(ep, e)
     return pm
+
+
+BROKEN: dict[str, str] = {}  # entry point name -> why its package was skipped
+
+
+def _skip(ep, e: Exception) -> None:
+    dist = ep.dist.name if getattr(ep, "dist", None) else ep.name
+    BROKEN[ep.name] = f"plugin package {dist!r} ({ep.name} = {ep.value}) failed to load ({type(e).__name__}: {e})"
+    print(f"warning: {BROKEN[ep.name]}; its plugins are skipped: reinstall or uninstall it", file=sys.stderr)
+
+
+def broken_note() -> str:
+    """``"; plugin package 'x' (...) failed to load (...)"`` for every package skipped, for unknown-plugin errors."""
+    return "".join(f"; {why}" for why in BROKEN.values())
 
 
 def register(module: object, name: str | None = None) -> None:
@@ -38,7 +59,14 @@ def _table(kind: str) -> dict[str, tuple[Plugin, str]]:
     out: dict[str, tuple[Plugin, str]] = {}
     for impl in hook.get_hookimpls():
         source = pm.get_name(impl.plugin) or repr(impl.plugin)
-        for p in impl.function() or []:
+        try:
+            declared = list(impl.function() or [])
+        except Exception as e:  # noqa: BLE001 (one package's broken hook must not stop every command)
+            if source not in BROKEN:
+                BROKEN[source] = f"plugin package {source!r} failed to declare its {kind} plugins ({type(e).__name__}: {e})"
+                print(f"warning: {BROKEN[source]}; they are skipped: reinstall or uninstall it", file=sys.stderr)
+            continue
+        for p in declared:
             if p.kind != kind:
                 raise ConfigError(f"plugin {p.name!r} from {source} is a {p.kind} but was returned by {HOOK_OF_KIND[kind]}")
             if p.name in out:
@@ -65,9 +93,19 @@ def get(kind: str, name: str) -> Plugin:
     table = plugins(kind)
     if name not in table:
         known = ", ".join(sorted(table)) or "none"
-        raise UnknownPlugin(f"unknown {kind} plugin {name!r}; installed: {known} "
-                            f"(install the package that provides it, or run `slidestream plugins`)")
+        raise UnknownPlugin(f"unknown {kind} plugin {name!r}; {nearest(name, table) or f'installed: {known}'} "
+                            f"(install the package that provides it, or run `slidestream plugins`){broken_note()}")
     return table[name]
+
+
+def nearest(name, valid) -> str | None:
+    """"did you mean 'X'?" for a misspelt ``name`` among ``valid`` names, or None when none is close."""
+    if not isinstance(name, str):
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(name, [v for v in valid if isinstance(v, str)], n=1, cutoff=0.7)
+    return f"did you mean {close[0]!r}?" if close else None
 
 
 def distribution_versions() -> dict[str, str]:

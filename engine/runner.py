@@ -385,11 +385,14 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
         results: dict[str, dict] = {}
         done = store.records("slides")
         todo, notes = [], {}
+        moved = store.changed_shards()  # shard files swapped or replaced since their commit
         for r in cohort:
             if r.slide_id not in done:
                 todo.append(r)
                 continue
             again, changed, why = _cohort_changes(done[r.slide_id], r)
+            if r.slide_id in moved:
+                again, why = True, [f"its shard file {moved[r.slide_id]} changed since its commit: re-extracted"]
             if again:
                 todo.append(r)
                 notes[r.slide_id] = "; ".join(why)

@@ -41,6 +41,7 @@ import shutil
 import socket
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
@@ -74,6 +75,8 @@ COLUMNS: dict[str, tuple[Any, Any]] = {
     "split": (str, ""),  # train / val / test, set by `slidestream train` or `split`
 }
 ARRAYS = ("patches", *COLUMNS, "records")
+# columns nothing rewrites after a commit: each commit records the CRC32 of its rows of them ("columns")
+FIXED = ("slide_id", "x", "y", "size0", "tile_id", "tile_tissue", "tissue")
 
 
 def codec(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -389,6 +392,8 @@ class PatchStore:
         self.path = path
         self.mode = mode
         self._shards_ok: set[int] = set()  # shard files seen on disk (_check_shards)
+        self._sums_ok: set[int] = set()  # shard files whose size and CRC32 match their record (_check_sums)
+        self._sums_cache: dict[str, list[int]] | None = None
         self._zpatches = None  # the patch array opened with zarr, for reading (_patch_array)
         # consolidated in the root zarr.json: the committed shapes. A writer reopens each array from its own
         # zarr.json (rows an interrupted commit wrote past the committed shapes are cut on opening); a reader
@@ -408,9 +413,44 @@ class PatchStore:
         self.size, self.chunk = int(chunks[1]), int(chunks[0])
         self.shard = self.chunk * SHARD_CHUNKS
         raw = self._cols["records"].read(path / "records", 0, self._n_records) if self._n_records else []
-        self._log = [json.loads(s) for s in np.asarray(raw).tolist()]
+        self._log = [self._record(i, s) for i, s in enumerate(np.asarray(raw).tolist())]
         self._index()
+        self._check_regions()
         self._check_layout()
+
+    def _record(self, i: int, text: str) -> dict[str, Any]:
+        """Record ``i`` of the log, refused when it is cut short or not of the shape commits write."""
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            self._bad_records(f"record {i} is not a JSON object (cut short?)")
+        if not isinstance(rec.get("section"), str) or not isinstance(rec.get("key"), str):
+            self._bad_records(f"record {i} has no section or key")
+        reg = rec.get("region")
+        if reg is not None and not (isinstance(reg, list) and len(reg) == 2 and all(type(v) is int and v >= 0 for v in reg)):
+            self._bad_records(f"{rec['section']} {rec['key']!r} has the region {reg!r}, not [first row, patches]")
+        return rec
+
+    def _check_regions(self) -> None:
+        """Current regions start at shard boundaries and never overlap: a record copied under another key (or a
+        damaged one) would read the same patches twice, under two slide ids."""
+        end, last = 0, None
+        for rec in sorted((r for recs in self._records.values() for r in recs.values()
+                           if r["section"] in ("slides", "synthetic") and r.get("region") and r["region"][1] > 0),
+                          key=lambda r: r["region"][0]):
+            p0, n = rec["region"]
+            who = f"{rec['section']} {rec['key']!r}"
+            if p0 % self.shard:
+                self._bad_records(f"{who} starts at row {p0}, not at a shard boundary ({self.shard} rows)")
+            if p0 < end:
+                self._bad_records(f"{who} and {last} both claim rows {p0}..{min(end, p0 + n) - 1}")
+            end, last = p0 + n, who
+
+    def _bad_records(self, why: str) -> None:
+        raise StoreError(f"store {self.path}: {why}: its records were edited or the store is damaged; copy it again, "
+                         "or re-extract into a new --out")
 
     def _check_layout(self) -> None:
         """What the metadata says must hold what the records say (an edited or damaged zarr.json would end in
@@ -489,6 +529,12 @@ class PatchStore:
                              "new folder: slidestream extract PIPELINE --slides COHORT --out NEW_STORE")
         if not (path / "zarr.json").is_file():
             raise StoreError(f"{path} is not a slidestream patch store (no zarr.json); run `slidestream extract` first")
+        feats = _feature_header(path)
+        if feats is not None:
+            made = f" (its patch store is {feats['patch_store']})" if feats.get("patch_store") else ""
+            raise StoreError(f"{path} is a feature store (from `slidestream features`), not a patch store: --store wants "
+                             f"the patch store from `slidestream extract`{made} in features, train, predict, split, gan and export; "
+                             "a feature store goes to `mil train --features` or `export --features`")
         if mode != "r":
             acquire_lock(path)
         try:
@@ -524,6 +570,8 @@ class PatchStore:
         self._starts = [0]  # first logical row of each run, then the total
         self._logical: dict[tuple[str, str], tuple[int, int]] = {}
         self._phys_cache = None
+        self._sums_cache = None
+        self._cols_ok: set[str] = set()  # FIXED columns whose rows matched their commits' CRC32 (_check_column)
         current = {}
         for i, rec in enumerate(self._log):
             self._records.setdefault(rec["section"], {})[rec["key"]] = rec
@@ -539,7 +587,8 @@ class PatchStore:
         self._runs.append((p0, n))
         self._starts.append(l0 + n)
         self._logical[rec["section"], rec["key"]] = (l0, l0 + n)
-        self._phys_cache = None
+        self._phys_cache = self._sums_cache = None
+        self._cols_ok = set()
 
     def _add(self, rec: dict[str, Any]) -> None:
         """Index a new record without rereading the log: a new key's region lies after all others."""
@@ -574,7 +623,23 @@ class PatchStore:
             raise StoreError(f"unknown column {name!r}; columns: {', '.join(COLUMNS)}")
         with self._damaged(f"its column {name!r}"):
             full = self._cols[name].read(self.path / name, 0, self._rows)
+        if name in FIXED and name not in self._cols_ok:
+            self._check_column(name, full)
+            self._cols_ok.add(name)
         return full[self._phys]
+
+    def _check_column(self, name: str, full: np.ndarray) -> None:
+        """Refuse a column whose rows are not what each commit wrote (CRC32 in its record): two columns' chunk
+        files swapped (x and y: same type and codec) or one replaced decode fine as other values."""
+        for section in ("slides", "synthetic"):
+            for key, rec in self._records.get(section, {}).items():
+                want = (rec.get("columns") or {}).get(name) if rec.get("region") else None
+                p0, n = rec["region"] if want is not None else (0, 0)
+                if want is not None and _values_crc(full[p0:p0 + n]) != want:
+                    raise StoreError(f"store {self.path}: column {name!r} of {section} {key!r} is not what its commit "
+                                     f"wrote (CRC32): its chunk files ({name}/c/...) were swapped or replaced (or a writer "
+                                     "changed the store since it was opened here); copy the store again, or re-extract "
+                                     "into a new --out")
 
     def table(self, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Metadata as a dict of equal-length numpy columns."""
@@ -604,6 +669,7 @@ class PatchStore:
         for a, b in zip(np.r_[0, breaks], np.r_[breaks, len(phys)]):
             with self._damaged(f"the patches of {self._owner(int(phys[a]))} (rows {int(phys[a])}..{int(phys[b - 1])})"):
                 out[a:b] = arr[int(phys[a]): int(phys[b - 1]) + 1]
+        self._check_sums(phys)
         return out
 
     def _patch_array(self):
@@ -634,6 +700,46 @@ class PatchStore:
                                  f"({self._shard_file(j).relative_to(self.path)}); the store is damaged or incompletely "
                                  "copied: copy it again, or re-extract into a new --out")
             ok.add(j)
+
+    def _check_sums(self, phys: np.ndarray) -> None:
+        """Refuse shard files that are not the ones their commit wrote (size and CRC32 in its record): two slides'
+        files swapped, or one replaced by a copy of another's, decode fine as the other slide's patches. Each shard
+        is checked once (read again, from the page cache when just read)."""
+        for j in np.unique(phys // self.shard).tolist():
+            if j in self._sums_ok:
+                continue
+            f = self._shard_file(j)
+            name = f.relative_to(self.path).as_posix()
+            want = self._sums().get(name)
+            got = _file_sum(f)
+            if want is not None and got != list(want):
+                raise StoreError(f"store {self.path}: the patch shard {name} of {self._owner(j * self.shard)} is not the one "
+                                 f"its commit wrote (size, CRC32 {got} vs {list(want)}): shard files were swapped or "
+                                 "replaced; re-extract that slide (run the same `slidestream extract` again: it "
+                                 "re-extracts slides whose shard files changed size), or the store into a new --out")
+            self._sums_ok.add(j)
+
+    def _sums(self) -> dict[str, list[int]]:
+        """Shard file (``patches/c/...``) -> [size, CRC32] from the current records (none in older stores)."""
+        if self._sums_cache is None:
+            self._sums_cache = {name: v for recs in self._records.values() for r in recs.values()
+                                if r.get("region") for name, v in (r.get("shards") or {}).items()}
+        return self._sums_cache
+
+    def changed_shards(self, section: str = "slides") -> dict[str, str]:
+        """Committed keys whose shard files are missing or changed size since their commit (a stat per file),
+        with the first such file: ``extract`` re-extracts those slides on resume."""
+        out = {}
+        for key, rec in self._records.get(section, {}).items():
+            for name, (size, _) in (rec.get("shards") or {}).items() if rec.get("region") else ():
+                try:
+                    same = (self.path / name).stat().st_size == size
+                except OSError:
+                    same = False
+                if not same:
+                    out[key] = name
+                    break
+        return out
 
     def records(self, section: str = "slides") -> dict[str, dict[str, Any]]:
         """Current records of ``section`` (``slides``, ``synthetic`` or ``errors``) by key: what a slide's or
@@ -721,11 +827,14 @@ class PatchStore:
                 c = src["codecs"][0].get("configuration", {})
                 raise StoreError(f"staged {stage} does not match the store (shape {src['shape']}, chunks "
                                  f"{c.get('chunk_shape')}, codecs {c.get('codecs')}); extract that slide again")
+            rec["shards"] = {}  # each shard file's size and CRC32: swapped or replaced files are found on reading
             for j in range(k):
                 target = self._shard_file(p0 // self.shard + j)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(stage / zarr3.chunk_key(src, (j, 0, 0, 0)), target)
-            self._write_columns(p0, p1, n, meta)
+                staged = stage / zarr3.chunk_key(src, (j, 0, 0, 0))
+                rec["shards"][target.relative_to(self.path).as_posix()] = _file_sum(staged)
+                os.replace(staged, target)
+            rec["columns"] = self._write_columns(p0, p1, n, meta)
         self._cols["records"].write(self.path / "records", i, [json.dumps(rec, default=str)])
         self._commit_point()
 
@@ -749,12 +858,17 @@ class PatchStore:
             if meta["shape"][0] != size:
                 zarr3.resize(self.path / name, meta, size)
 
-    def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> None:
+    def _write_columns(self, p0: int, p1: int, n: int, meta: Mapping[str, Any]) -> dict[str, int]:
+        """Write rows ``p0 .. p1`` of every column (``n`` values, then fill); returns the CRC32 of the FIXED ones."""
+        sums = {}
         for name, (dtype, fill) in COLUMNS.items():
             v = meta.get(name, fill)
             vals = np.full(p1 - p0, fill, dtype=object if dtype is str else dtype)
             vals[:n] = np.asarray(v) if np.ndim(v) else v
             self._cols[name].write(self.path / name, p0, vals)
+            if name in FIXED:
+                sums[name] = _values_crc(vals[:n])
+        return sums
 
     def _blank(self, p0: int, n: int) -> None:
         """Turn the rows of a superseded region into padding (fill values, shard files removed)."""
@@ -806,6 +920,31 @@ class PatchStore:
         self._attrs["slidestream"] = json.loads(json.dumps(self.manifest, default=str))
         with writing(self.path):
             self._commit_point()
+
+
+def _values_crc(vals: np.ndarray) -> int:
+    """CRC32 of a commit's rows of one column (strings joined by NUL, numbers as their bytes)."""
+    a = np.asarray(vals)
+    if a.dtype.kind in "OUT":
+        return zlib.crc32("\0".join(map(str, a.tolist())).encode())
+    return zlib.crc32(np.ascontiguousarray(a).tobytes())
+
+
+def _feature_header(path: Path) -> dict[str, Any] | None:
+    """The ``slidestream_features`` attributes of the zarr group at ``path`` (a feature store), else None."""
+    try:
+        attrs = zarr3.read_json(path / "zarr.json").get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    v = attrs.get("slidestream_features") if isinstance(attrs, dict) else None
+    return v if isinstance(v, dict) else None
+
+
+def _file_sum(path: Path) -> list[int]:
+    """[size, CRC32] of a file's bytes (a shard's record). Not CRC32C: each chunk ends with its own CRC32C, and a
+    message followed by its CRC has a constant CRC, so two one-chunk shards of equal size had the same CRC32C."""
+    data = path.read_bytes()
+    return [len(data), zlib.crc32(data)]
 
 
 def _codec_cfg(meta: dict[str, Any]) -> dict[str, Any]:

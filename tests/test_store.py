@@ -241,6 +241,10 @@ class _ZarrStore:
                 vals[:n] = np.asarray(v) if np.ndim(v) else v
                 a[name][p0:p1] = vals.astype(str) if dtype is str else vals
         rec = {**record, "section": section, "key": key, "region": [p0, n] if n else None}
+        if n:  # the size and CRC32 of each shard file and of its rows of the FIXED columns, as PatchStore records them
+            rec["shards"] = {f"patches/c/{j}/0/0/0": store_mod._file_sum(self.path / f"patches/c/{j}/0/0/0")
+                             for j in range(p0 // self.shard, p1 // self.shard)}
+            rec["columns"] = {name: store_mod._values_crc(a[name][p0:p0 + n]) for name in store_mod.FIXED}
         a["records"][i:i + 1] = np.array([json.dumps(rec)])
         if point:
             _consolidate(self.path)
@@ -285,7 +289,8 @@ def test_store_files_are_the_bytes_zarr_writes(tmp_path, monkeypatch):
     a = ref.arrays()
     a["label"][0:13], a["age"][0:13] = np.zeros(13, np.int8), np.full(13, 50.0, np.float32)
     a["records"].resize((ref.n_records + 1,))
-    rec = {"status": "done", "region": [0, 13], "label": 0, "section": "slides", "key": "s1"}
+    rec = {"status": "done", "region": [0, 13], "shards": {"patches/c/0/0/0/0": store_mod._file_sum(ref.path / "patches/c/0/0/0/0")},
+           "columns": st.records()["s1"]["columns"], "label": 0, "section": "slides", "key": "s1"}
     a["records"][ref.n_records:] = np.array([json.dumps(rec)])
     _consolidate(ref.path)
     split = np.array(["train", "val", "test"] * 32 + ["train"])[:len(st)]

@@ -30,10 +30,11 @@ def _load(pipeline: Path, encoder: Optional[str], weights: Optional[str]) -> dic
 def features_command(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON with an encoder section (and optionally features)."),
     store: Path = typer.Option(..., "--store", help="Patch store to encode (from `slidestream extract`)."),
-    out: Path = typer.Option(..., "--out", help="Feature store (zarr) to write, or to resume if it exists."),
+    out: Path = typer.Option(..., "--out", help="Feature store (zarr) to write (built in OUT.partial, renamed when complete), "
+                                                "or to resume if it or OUT.partial exists."),
     encoder: Optional[str] = typer.Option(None, help="Encoder plugin instead of the pipeline's (see `slidestream plugins --kind encoder`)."),
     weights: Optional[str] = typer.Option(None, help="Local weights file of the encoder (nothing is downloaded)."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Patches per encoder call (default 64)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Patches per encoder call (default: features.batch_size, 64)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: features.device)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),

@@ -14,8 +14,9 @@ def split_command(
     store: Path = typer.Option(..., "--store", help="Patch store whose `split` column is (re)written."),
     ratios: Optional[str] = typer.Option(None, help="train:val:test patient ratios, e.g. 6:1:1 (default: the pipeline's)."),
     seed: Optional[int] = typer.Option(None, min=0, help="Split seed (default: the pipeline's training.split.seed)."),
-    kfold: Optional[int] = typer.Option(None, help="Stratified k-fold instead of ratios: fold --fold is test, the next val."),
-    fold: int = typer.Option(0, help="With --kfold: the test fold (0-based)."),
+    kfold: Optional[int] = typer.Option(None, min=2, help="Stratified k-fold instead of ratios: fold --fold is test, the next val."),
+    fold: Optional[int] = typer.Option(None, min=0, help="The test fold (0-based) of a k-fold split (--kfold, or the "
+                                       "pipeline's training.split.kfold); default 0 with --kfold, else the pipeline's fold."),
     patient_from: Optional[str] = typer.Option(None, "--patient-from", help="Where patients come from when the cohort "
                                                "gave no patient_id (the store refuses otherwise): 'tcga' (first 12 "
                                                "characters of TCGA slide barcodes, e.g. TCGA-CS-4938) or 'slide' (each "
@@ -32,9 +33,12 @@ def split_command(
         r = [float(v) for v in ratios.split(":")] if ratios else sp["ratios"]
     except ValueError:
         raise ConfigError(f"--ratios {ratios}: give train:val:test as numbers, e.g. 6:1:1") from None
+    if fold is not None and not (kfold or sp.get("kfold")):
+        raise ConfigError(f"--fold is for a k-fold split: add --kfold K (or set training.split.kfold in {pipeline})")
     st = PatchStore.open(store, mode="r+")
-    out = splits.split_store(st, r, sp["seed"] if seed is None else seed, kfold or sp.get("kfold"),
-                             fold if kfold else sp.get("fold", 0), patient_from=patient_from)
+    fold = fold if fold is not None else 0 if kfold else sp.get("fold", 0)
+    out = splits.split_store(st, r, sp["seed"] if seed is None else seed, kfold or sp.get("kfold"), fold,
+                             patient_from=patient_from)
     for name, v in out.items():
         typer.echo(f"{name}: {v['patients']} patients ({v['mutant']} mutant, {v['wildtype']} wildtype), {v['patches']} patches"
                    + (f" + {v['synthetic']} synthetic" if v.get("synthetic") else ""))
@@ -50,8 +54,8 @@ def train_command(
     arch: Optional[List[str]] = typer.Option(None, "--arch", help="Architecture(s) to train, repeatable "
                                              "(resnet50, inception_v3, inception_resnet_v2, vgg19, resnet18, small_cnn); "
                                              "default: the pipeline's classifier."),
-    epochs: Optional[int] = typer.Option(None, help="Override training.epochs."),
-    synthetic: Optional[int] = typer.Option(None, help="Add this many synthetic (GAN) patches of the store to training."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Override training.epochs."),
+    synthetic: Optional[int] = typer.Option(None, min=0, help="Add this many synthetic (GAN) patches of the store to training."),
     seed: Optional[int] = typer.Option(None, min=0, help="Override training.seed (initialisation, batch order, dropout)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: training.device)."),
     split: bool = typer.Option(False, "--split", help="Split the store first when it has no split yet."),
