@@ -134,6 +134,10 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     no_id = [i for i, v in enumerate(ids) if v is None or v != v or not str(v).strip()]
     if no_id:  # was kept as a patient named 'None', 'nan' or ''
         raise ConfigError(f"{source}: row {no_id[0] + 1} has no patient_id ({ids[no_id[0]]!r}); give every patient one")
+    flag = next((i for i, v in enumerate(table["label"]) if isinstance(v, (bool, np.bool_))), None)
+    if flag is not None:  # True/False became 1/0 here while the CSV refuses 'True': refused in both
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {table['label'][flag]!r} (patient "
+                          f"{str(ids[flag])!r}); give 1/0, not True/False")
     for c in ("label", "age", "image_prob"):  # text cells (a table built from csv/pandas): parsed as the CSV's are
         if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
             t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
