@@ -31,7 +31,9 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     """P(mutant) per patient for every real patient of ``store``; writes ``out`` (CSV:
     patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline. ``warn`` (default:
     stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
-    the result: their probabilities are in-sample, not held out)."""
+    the result: their probabilities are in-sample, not held out). A store that was never split (new patients)
+    gets split ``test`` for every patient the bundle did not train or select on, the bundle's own split for
+    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is."""
     dev = pick_device(device)
     b = load(bundle, dev)
     st = PatchStore.open(store)
@@ -47,6 +49,12 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     rows = np.nonzero(~tab["synthetic"].astype(bool))[0]
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
+    own = b.meta.get("patients") or {}
+    unsplit = not any(table["split"])
+    if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
+        # patients the bundle trained or selected on keep that role (evaluate --bundle checks them)
+        role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
+        table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, table)
@@ -55,7 +63,6 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     missing = sorted(listed - {str(p) for p in table["patient_id"]})
     # patients the bundle trained on that this store does not call train (a re-split, another store): their
     # probabilities are in-sample whatever the CSV's split says; `evaluate --bundle` refuses them in test
-    own = b.meta.get("patients") or {}
     split_of = {str(p): str(sp) for p, sp in zip(table["patient_id"], table["split"])}
     trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
     if trained_on and warn:
@@ -63,7 +70,7 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
              f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
     return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
-            "trained_on": trained_on}
+            "trained_on": trained_on, "unsplit": unsplit}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:

@@ -34,3 +34,74 @@ def test_csv_refuses_true_as_a_label(tmp_path):
     p.write_text("patient_id,label,age,split,image_prob\na,True,50,test,0.3\nb,0,50,test,0.6\n")
     with pytest.raises(ConfigError, match="label must be 0 .wildtype. or 1 .mutant., got 'True'"):
         ev.load_predictions(p)
+
+
+# ---------------------------------------------------------------------------------------------- held-out predict
+PIPE = {"name": "b", "classifier": {"name": "small_cnn", "params": {"width": 8}}, "fusion": {"name": "age_gda"},
+        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1}}
+
+
+def _store(path, ids, labels, ages, seed=0, per=6, patch=32):
+    """A store of the given patients (one slide each), cut from rendered images like synthetic.make_store."""
+    from slidestream.engine import config
+    from slidestream.engine.store import PatchStore
+    from slidestream.engine.synthetic import render
+
+    pipe = config.with_defaults({"name": "synthetic-store", "magnification": 10, "patches": {"size": patch},
+                                 "store": {"codec": "zstd", "level": 1, "chunk": 16}})
+    st = PatchStore.create(path, patch, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    side = 3 * patch
+    patches, meta = [], {"slide_id": [], "patient_id": [], "label": [], "age": []}
+    for i, (pid, lab, age) in enumerate(zip(ids, labels, ages)):
+        img = render((side, side), int(lab), seed=seed * 7919 + i, mpp=1.0, full=True)
+        patches += [img[y:y + patch, x:x + patch] for y in range(0, side, patch) for x in range(0, side, patch)][:per]
+        for k, v in (("slide_id", f"S-{pid}"), ("patient_id", pid), ("label", int(lab)), ("age", age)):
+            meta[k] += [v] * per
+    st.append("all", np.stack(patches), {k: np.asarray(v) for k, v in meta.items()}, {"status": "done"})
+    return st
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from slidestream.engine import config, splits, train
+    from slidestream.engine.synthetic import make_store
+
+    d = tmp_path_factory.mktemp("rt4")
+    st = make_store(d / "s", n_patients=12, per_patient=6, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    train.train(config.parse(PIPE), st.path, d / "model", log=None)
+    return st.path, d / "model" / "small_cnn"
+
+
+NEW = ["007", "7", "7.0", "TCGA-06-0129", "0.5e1", "nan"]
+
+
+def test_predict_on_an_unsplit_store_of_new_patients_evaluates_as_test(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from slidestream.engine import bundle, predict
+    from slidestream.engine.cli import app
+
+    _, b = trained
+    _store(tmp_path / "new", NEW, [1, 0, 1, 0, 1, 0], [50.0, np.nan, 30.0, 60.0, np.nan, 40.0], seed=5)
+    r = predict.predict_store(b, tmp_path / "new", tmp_path / "p.csv")
+    t = ev.load_predictions(tmp_path / "p.csv")  # was refused: every patient had split ''
+    assert sorted(t["patient_id"]) == sorted(NEW) and set(t["split"]) == {"test"} and r["unsplit"]
+    assert np.all((t["image_prob"] >= 0) & (t["image_prob"] <= 1))
+    meta = bundle.read(b)[1]
+    m = ev.evaluate(t, fitted=meta["fusion"], trained=meta["patients"], bootstrap=0)
+    assert m["test"]["image"]["n"] == 6 and "val: no rows; not evaluated" in m["meta"]["notes"]
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--out", str(tmp_path / "rep"), "--bundle", str(b)])
+    assert res.exit_code == 0, res.output
+
+
+def test_predict_on_an_unsplit_store_keeps_the_bundles_own_patients_out_of_test(trained, tmp_path):
+    from slidestream.engine import bundle, predict
+
+    _, b = trained
+    meta = bundle.read(b)[1]
+    seen = meta["patients"]["train"]["patients"][0]
+    _store(tmp_path / "mix", ["N1", seen, "N2"], [1, 0, 0], [50.0, 60.0, 40.0], seed=3)
+    predict.predict_store(b, tmp_path / "mix", tmp_path / "p.csv", warn=None)
+    t = ev.load_predictions(tmp_path / "p.csv")
+    assert dict(zip(t["patient_id"], t["split"])) == {"N1": "test", seen: "train", "N2": "test"}
