@@ -1,7 +1,8 @@
 """Patient-level evaluation of IDH predictions, laid out like Liu et al. 2020 (Tables 3 and 4, Fig. 4).
 
 Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 = IDH-mutant, the positive class;
-0 = IDH-wildtype; split train/val/test; image_prob = the patient's aggregated image probability of mutant).
+0 = IDH-wildtype, -1 or empty = unknown: left out of every metric, counted in ``meta.unlabeled`` and a note; split
+train/val/test; image_prob = the patient's aggregated image probability of mutant).
 
 * Predictors (paper, "Combining age- and image-based prediction"): ``image``; with a fusion plugin also its
   outputs, for ``age_gda`` ``age`` and ``age+image``. The fusion is fitted out of sample: on the *val* patients
@@ -100,10 +101,9 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
         label = LABEL_WORDS.get(raw.lower(), -2)  # the cohort's words were refused here
-        if label < 0:
-            why = ("; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1"
-                   else "; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
-            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
+        if label < -1:  # -1, empty, unknown: no IDH label (predict of an unlabelled patient); evaluate leaves it out
+            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}; -1 or empty when "
+                              "unknown; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
         return label
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:
@@ -147,9 +147,9 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     t["age"] = t["age"].astype(float)
     t["image_prob"] = t["image_prob"].astype(float)
     label = t["label"]
-    if not np.all(np.isin(label, (0, 1))):
-        bad = label[~np.isin(label, (0, 1))][0]
-        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {str(bad)!r}")
+    if not np.all(np.isin(label, (-1, 0, 1))):
+        bad = label[~np.isin(label, (-1, 0, 1))][0]
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant) (-1: unknown), got {str(bad)!r}")
     t["label"] = label.astype(int)
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:
@@ -393,20 +393,31 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
         age_group_splits = tuple(age_group_splits.split("+"))
     if not age_group_splits or any(s not in EVAL_SPLITS for s in age_group_splits):
         raise ConfigError(f"age_group_splits must be 'test', 'val' or both ('val+test'), got {age_group_splits!r}")
-    t = check_table(table)
+    full = check_table(table)
     notes: list[str] = []
-    preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
     meta: dict[str, Any] = {"positive_class": "IDH-mutant (label 1)", "bootstrap": int(bootstrap), "seed": int(seed)}
+    unknown = full["label"] < 0  # no IDH label: left out of every metric, counted and named
+    t = _subset(full, ~unknown)
+    if unknown.any():
+        meta["unlabeled"] = {s_: int(np.sum(unknown & (full["split"] == s_))) for s_ in SPLITS}
+        meta["unlabeled"]["patients"] = sorted(full["patient_id"][unknown].tolist())
+        notes.append(f"{int(unknown.sum())} patient(s) without a label (-1/empty) left out of every metric ("
+                     + ", ".join(f"{k} {v}" for k, v in meta["unlabeled"].items() if k != "patients" and v)
+                     + f"; e.g. {meta['unlabeled']['patients'][0]})")
+        if not np.any(t["split"] == "test"):
+            raise ConfigError("no test patient has a label (0 wildtype or 1 mutant): nothing to evaluate; give the "
+                              "test patients their IDH status in the cohort CSV")
+    preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
     if trained:
-        check_leakage(t, trained)
+        check_leakage(full, trained)
         meta["trained_patients"] = {k: {"n": v["n"], "ids_digest": v["ids_digest"]} for k, v in trained.items()}
     if fitted:
-        leaked = sorted(set(fitted.get("patients", [])) & set(t["patient_id"][t["split"] == "test"]))
+        leaked = sorted(set(fitted.get("patients", [])) & set(full["patient_id"][full["split"] == "test"]))
         if leaked:
             raise ConfigError(f"the bundle's fusion was fitted on {len(leaked)} patient(s) of this table's test split "
                               f"(e.g. {leaked[0]}); evaluate predictions of the store split the bundle was trained on")
         meta["fusion"] = {**fitted, "source": "bundle"}
-        own = sorted(str(p) for p in t["patient_id"][np.isin(t["split"], fit_splits(fitted.get("fit_on")))])
+        own = sorted(str(p) for p in full["patient_id"][np.isin(full["split"], fit_splits(fitted.get("fit_on")))])
         if "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:
             notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
                          f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")

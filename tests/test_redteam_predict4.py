@@ -105,3 +105,24 @@ def test_predict_on_an_unsplit_store_keeps_the_bundles_own_patients_out_of_test(
     predict.predict_store(b, tmp_path / "mix", tmp_path / "p.csv", warn=None)
     t = ev.load_predictions(tmp_path / "p.csv")
     assert dict(zip(t["patient_id"], t["split"])) == {"N1": "test", seen: "train", "N2": "test"}
+
+
+# ---------------------------------------------------------------------------------------------- unknown labels
+def test_evaluate_leaves_out_and_counts_patients_without_a_label(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("patient_id,label,age,split,image_prob\nv1,1,40,val,0.9\nv2,0,60,val,0.2\nv3,,50,val,0.5\n"
+                 "a,1,41,test,0.8\nb,0,62,test,0.3\nc,-1,55,test,0.7\nd,unknown,45,test,0.1\ne,1,30,test,0.6\n"
+                 "f,0,70,test,0.4\n")
+    m = ev.evaluate(ev.load_predictions(p), bootstrap=0)  # was refused: "label must be 0 or 1, got ''"
+    assert m["test"]["image"]["n"] == 4 and m["val"]["image"]["n"] == 2
+    assert m["meta"]["unlabeled"] == {"train": 0, "val": 1, "test": 2, "patients": ["c", "d", "v3"]}
+    assert any("3 patient(s) without a label (-1/empty) left out of every metric (val 1, test 2" in n
+               for n in m["meta"]["notes"])
+    assert sorted(m["patients"]["patient_id"]) == ["a", "b", "e", "f", "v1", "v2"]
+
+
+def test_evaluate_refuses_when_no_test_patient_has_a_label():
+    t = {"patient_id": ["a", "b", "c"], "label": [1, 0, -1], "age": [40.0, 50.0, 60.0], "split": ["val", "val", "test"],
+         "image_prob": [0.2, 0.4, 0.6]}
+    with pytest.raises(ConfigError, match="no test patient has a label"):
+        ev.evaluate(t, bootstrap=0)

@@ -14,8 +14,8 @@ from ..errors import ConfigError
 
 def evaluate_command(
     predictions: Path = typer.Argument(..., help="CSV with one row per patient: patient_id,label,age,split,image_prob "
-                                                 "(label 1 = IDH-mutant, 0 = wildtype, or the cohort CSV's words; split "
-                                                 "train/val/test)."),
+                                                 "(label 1 = IDH-mutant, 0 = wildtype, or the cohort CSV's words; -1/empty = "
+                                                 "unknown: left out, counted; split train/val/test)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, patients.csv, roc_val.png, roc_test.png "
                                                       "and report.md."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`, or a MIL bundle "
