@@ -374,14 +374,16 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
              bootstrap: int = 1000, seed: int = 0, fusion_params: dict | None = None,
              age_group_splits: Sequence[str] = ("test",), fusion_split: str = "val",
              fitted: dict[str, Any] | None = None, best_epoch: int | None = None,
-             trained: dict[str, Any] | None = None) -> dict[str, Any]:
+             trained: dict[str, Any] | None = None, val_thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a predictions table; returns the ``metrics.json`` dict (see the module docstring), plus
     ``patients`` (every patient's predictor values; ``write_report`` writes it to ``patients.csv``).
 
     Fusion: ``fitted`` (a bundle's fitted fusion, used exactly as it is) or ``fusion`` (a plugin name, fitted
     here on the ``fusion_split`` patients, val by default). ``best_epoch``: the bundle's, chosen on val
     (recorded, and it makes val a selection set). ``trained``: the bundle's ``patients`` (``train``/``val`` sets,
-    see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``).
+    see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``). ``val_thresholds``: the
+    bundle's ``youden`` (per predictor, chosen on its val patients by ``train``): ``threshold="youden"`` on a table
+    without val rows (held-out patients) applies them, as the paper applies val's threshold to test.
     """
     for name, v, top in (("bootstrap", bootstrap, MAX_BOOTSTRAP), ("seed", seed, None)):  # 2.5 ran 2 resamples
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (top is not None and v > top):
@@ -438,11 +440,12 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
 
     val = t["split"] == "val"
     if threshold == "youden":
-        if not val.any():
-            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows")
+        if not val.any() and not val_thresholds:
+            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows; "
+                              "give --bundle (a bundle records its val-chosen thresholds) or a numeric --threshold")
         thresholds, fallback = {}, []
         for name in order:
-            thr = youden_threshold(t["label"][val], preds[name][val])
+            thr = youden_threshold(t["label"][val], preds[name][val]) if val.any() else val_thresholds.get(name)
             if thr is None:
                 notes.append(f"{name}: Youden threshold undefined on val (one class, or no better than chance); used 0.5")
                 fallback.append(name)
@@ -460,6 +463,9 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     meta["thresholds"] = thresholds
     meta["threshold_rule"] = ("Youden's J per predictor on the val split" if threshold == "youden"
                               else f"fixed at {float(threshold):g} (not chosen on data)")
+    if threshold == "youden" and not val.any():  # held-out table: the bundle's, chosen on its val patients
+        meta["threshold_rule"] += " of the bundle's training (recorded in the bundle; this table has no val rows)"
+        meta["threshold_source"] = "bundle"
     if threshold == "youden" and fallback:  # the report must not call these thresholds chosen on val
         meta["threshold_fallback"] = fallback
         meta["threshold_rule"] += f"; 0.5 for {', '.join(fallback)} (Youden undefined on val)"

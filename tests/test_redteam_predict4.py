@@ -126,3 +126,31 @@ def test_evaluate_refuses_when_no_test_patient_has_a_label():
          "image_prob": [0.2, 0.4, 0.6]}
     with pytest.raises(ConfigError, match="no test patient has a label"):
         ev.evaluate(t, bootstrap=0)
+
+
+# ---------------------------------------------------------------------------------------------- the bundle's threshold
+def test_youden_threshold_chosen_on_val_is_applied_to_held_out_patients(trained, tmp_path):
+    """A table of new patients has no val rows: --threshold youden was refused, so held-out data could not be
+    called at the threshold the demo's test metrics use. The bundle now records it, and evaluate says so."""
+    from typer.testing import CliRunner
+
+    from slidestream.engine import bundle, predict
+    from slidestream.engine.cli import app
+
+    store, b = trained
+    meta = bundle.read(b)[1]
+    predict.predict_store(b, store, tmp_path / "own.csv", warn=None)  # the training store: val rows present
+    own = ev.evaluate(ev.load_predictions(tmp_path / "own.csv"), fitted=meta["fusion"], threshold="youden", bootstrap=0)
+    assert {k: v for k, v in meta["youden"].items() if v is not None} == {
+        k: v for k, v in own["meta"]["thresholds"].items() if k not in own["meta"].get("threshold_fallback", [])}
+    _store(tmp_path / "new", NEW, [1, 0, 1, 0, 1, 0], [50.0, 45.0, 30.0, 60.0, 35.0, 40.0], seed=5)
+    predict.predict_store(b, tmp_path / "new", tmp_path / "p.csv")
+    m = ev.evaluate(ev.load_predictions(tmp_path / "p.csv"), fitted=meta["fusion"], threshold="youden", bootstrap=0,
+                    val_thresholds=meta["youden"])
+    assert m["meta"]["thresholds"] == own["meta"]["thresholds"] and m["meta"]["threshold_source"] == "bundle"
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--out", str(tmp_path / "rep"), "--bundle",
+                                   str(b), "--threshold", "youden", "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "recorded in the bundle" in " ".join(res.output.split())
+    with pytest.raises(ConfigError, match="no val rows; give --bundle"):  # without the bundle's: one line
+        ev.evaluate(ev.load_predictions(tmp_path / "p.csv"), threshold="youden", bootstrap=0)
