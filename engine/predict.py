@@ -47,6 +47,9 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     # a patient's row takes the split of its first slide: refuse patients across splits (an unsplit store is fine)
     check_assigned(tab["split"], tab["patient_id"], tab["slide_id"], tab["synthetic"], store, unsplit_ok=True)
     rows = np.nonzero(~tab["synthetic"].astype(bool))[0]
+    if not len(rows):  # was aggregate's "no patch probabilities; give at least one patch", naming no store
+        raise ConfigError(f"store {store} holds no patches of real slides (every slide was empty or failed): nothing to "
+                          "predict; check the slides, or the pipeline's tiling.min_tissue, and extract again")
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
     own = b.meta.get("patients") or {}

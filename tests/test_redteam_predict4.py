@@ -154,3 +154,47 @@ def test_youden_threshold_chosen_on_val_is_applied_to_held_out_patients(trained,
     assert "recorded in the bundle" in " ".join(res.output.split())
     with pytest.raises(ConfigError, match="no val rows; give --bundle"):  # without the bundle's: one line
         ev.evaluate(ev.load_predictions(tmp_path / "p.csv"), threshold="youden", bootstrap=0)
+
+
+# ---------------------------------------------------------------------------------------------- store vs slides
+def _slides(d, sizes, mpp=1.0):
+    import csv
+
+    from slidestream.engine.synthetic import make_slide
+
+    rows = []
+    for i, size in enumerate(sizes):
+        p = make_slide(d / f"X{i}.svs", size=size, label=i % 2, seed=i, mpp=mpp, levels=(1, 4))
+        rows.append({"slide_path": str(p), "patient_id": f"0{i}", "label": i % 2, "age": 50 + i})
+    with open(d / "c.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return d / "c.csv", [r["slide_path"] for r in rows]
+
+
+def test_predict_of_a_store_without_patches_names_the_store(trained, tmp_path):
+    from slidestream.engine import bundle, predict, runner
+    from slidestream.engine.cohort import read_cohort
+
+    _, b = trained
+    cohort, _ = _slides(tmp_path, [(1024, 768)], mpp=0.5)  # 512 x 384 at 10x: no tile, an empty slide
+    runner.extract(bundle.read(b)[2], read_cohort(cohort), tmp_path / "empty", progress=False)
+    with pytest.raises(ConfigError, match=r"store .*empty holds no patches of real slides"):  # was "aggregate: ..."
+        predict.predict_store(b, tmp_path / "empty", tmp_path / "p.csv")
+
+
+def test_predict_over_a_store_equals_the_slides_one_by_one_and_repeats(trained, tmp_path):
+    from slidestream.engine import bundle, predict, runner
+    from slidestream.engine.cohort import read_cohort
+
+    _, b = trained
+    cohort, paths = _slides(tmp_path, [(1024, 1024)] * 2)
+    runner.extract(bundle.read(b)[2], read_cohort(cohort), tmp_path / "new", progress=False)
+    predict.predict_store(b, tmp_path / "new", tmp_path / "p1.csv")
+    predict.predict_store(b, tmp_path / "new", tmp_path / "p2.csv")
+    assert (tmp_path / "p1.csv").read_text() == (tmp_path / "p2.csv").read_text()
+    t = ev.load_predictions(tmp_path / "p1.csv")
+    assert t["patient_id"].tolist() == ["00", "01"]  # ids kept verbatim, zeros included
+    one = [r["image_prob"] for r in predict.predict_slides(b, paths, out_dir=tmp_path / "h")]
+    assert np.allclose(t["image_prob"], one, atol=1e-6)
