@@ -134,6 +134,11 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     no_id = [i for i, v in enumerate(ids) if v is None or v != v or not str(v).strip()]
     if no_id:  # was kept as a patient named 'None', 'nan' or ''
         raise ConfigError(f"{source}: row {no_id[0] + 1} has no patient_id ({ids[no_id[0]]!r}); give every patient one")
+    num = next((i for i, v in enumerate(ids) if isinstance(v, (int, float, np.number))), None)
+    if num is not None:  # pandas.read_csv turns '007' into 7 and '7' (beside '7.5') into 7.0: no longer the store's ids
+        raise ConfigError(f"{source}: row {num + 1} has patient_id {ids[num]!r}, a number: ids are text ('007' and '7' "
+                          "differ); read the CSV with dtype=str (pandas.read_csv(path, dtype=str)) or with "
+                          "evaluate.load_predictions")
     flag = next((i for i, v in enumerate(table["label"]) if isinstance(v, (bool, np.bool_))), None)
     if flag is not None:  # True/False became 1/0 here while the CSV refuses 'True': refused in both
         raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {table['label'][flag]!r} (patient "

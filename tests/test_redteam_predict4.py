@@ -198,3 +198,21 @@ def test_predict_over_a_store_equals_the_slides_one_by_one_and_repeats(trained, 
     assert t["patient_id"].tolist() == ["00", "01"]  # ids kept verbatim, zeros included
     one = [r["image_prob"] for r in predict.predict_slides(b, paths, out_dir=tmp_path / "h")]
     assert np.allclose(t["image_prob"], one, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- ids as text
+def test_numeric_patient_ids_from_pandas_are_refused_and_text_ids_kept(tmp_path):
+    """pandas.read_csv without dtype=str gave ids 7.0, 7 and 7 for '007', '7', '7.0': their rows no longer matched
+    the bundle's patients (leakage checks, fusion ids), silently."""
+    pd = pytest.importorskip("pandas")
+    p = tmp_path / "p.csv"
+    p.write_text("patient_id,label,age,split,image_prob\n007,1,40,val,0.9\n7,0,60,val,0.2\n7.0,1,41,test,0.8\n"
+                 "TCGA-06-0129,0,62,test,0.3\n")
+    bad = pd.read_csv(p)
+    bad = bad[bad["patient_id"] != "TCGA-06-0129"]  # a numeric column, as a cohort of numeric ids gives
+    bad = bad.assign(patient_id=pd.to_numeric(bad["patient_id"]))
+    with pytest.raises(ConfigError, match=r"row 1 has patient_id 7.0, a number: .*dtype=str"):
+        ev.check_table(bad)
+    good = ev.check_table(pd.read_csv(p, dtype=str))
+    assert good["patient_id"].tolist() == ["007", "7", "7.0", "TCGA-06-0129"]
+    assert ev.load_predictions(p)["patient_id"].tolist() == ["007", "7", "7.0", "TCGA-06-0129"]
