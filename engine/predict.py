@@ -118,7 +118,8 @@ def heatmap(thumb: np.ndarray, table: dict[str, np.ndarray], probs: np.ndarray, 
 def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float | None = None, mpp: float | None = None,
                    out_dir: str | Path = ".", device: str = "auto", batch_size: int = 64) -> list[dict[str, Any]]:
     """Extract each slide/photo with the bundle's pipeline, classify its patches, aggregate, fuse with ``age``;
-    writes ``<out_dir>/<name>_heatmap.png``. Returns one result dict per input."""
+    writes ``<out_dir>/<name>_heatmap.png``. Returns one result dict per input (``call``: mutant when the image
+    probability is at or above the bundle's ``threshold``, the one ``evaluate --bundle`` uses by default)."""
     from . import runner
 
     dev = pick_device(device)
@@ -143,7 +144,9 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
         probs = infer(b.model, batches, b.meta["input_size"], dev)
         agg = b.meta["aggregation"]
         _, p = aggregate(np.zeros(len(probs), int), probs, agg.get("method", "mean"), agg.get("k_frac", 0.2))
-        res = {"input": str(path), "patches": int(len(probs)), "image_prob": float(p[0]), **fused(b, float(p[0]), age)}
+        thr = float(b.meta.get("threshold", 0.5))  # the bundle's training threshold, as `evaluate --bundle` calls it
+        res = {"input": str(path), "patches": int(len(probs)), "image_prob": float(p[0]), **fused(b, float(p[0]), age),
+               "threshold": thr, "call": "mutant" if p[0] >= thr else "wildtype"}
         res["heatmap"] = str(heatmap(thumb, table, probs, geometry.thumb_scale, out_dir / f"{path.stem}_heatmap.png"))
         results.append(res)
     return results

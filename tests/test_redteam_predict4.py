@@ -196,8 +196,16 @@ def test_predict_over_a_store_equals_the_slides_one_by_one_and_repeats(trained, 
     assert (tmp_path / "p1.csv").read_text() == (tmp_path / "p2.csv").read_text()
     t = ev.load_predictions(tmp_path / "p1.csv")
     assert t["patient_id"].tolist() == ["00", "01"]  # ids kept verbatim, zeros included
-    one = [r["image_prob"] for r in predict.predict_slides(b, paths, out_dir=tmp_path / "h")]
-    assert np.allclose(t["image_prob"], one, atol=1e-6)
+    res = predict.predict_slides(b, paths, out_dir=tmp_path / "h")
+    assert np.allclose(t["image_prob"], [r["image_prob"] for r in res], atol=1e-6)
+    thr = bundle.read(b)[1]["threshold"]  # each slide is called at the bundle's threshold, and says so
+    assert [r["call"] for r in res] == ["mutant" if r["image_prob"] >= thr else "wildtype" for r in res]
+    from typer.testing import CliRunner
+
+    from slidestream.engine.cli import app
+
+    out = CliRunner().invoke(app, ["predict", str(b), paths[0], "--out", str(tmp_path / "h2")])
+    assert out.exit_code == 0 and f"at the bundle's threshold {thr:g}" in out.output, out.output
 
 
 # ---------------------------------------------------------------------------------------------- ids as text

@@ -128,6 +128,7 @@ def predict_command(
         line = f"{r['input']}: P(IDH-mutant) = {r['image_prob']:.3f} from {r['patches']} patches"
         if "age+image" in r:
             line += f"; with age {age:g}: {r['age+image']:.3f}"
+        line += f"; image call {r['call']} at the bundle's threshold {r['threshold']:g}"
         typer.echo(line + f"; heatmap {r['heatmap']}")
 
 
