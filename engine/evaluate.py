@@ -425,7 +425,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
                               f"(e.g. {leaked[0]}); evaluate predictions of the store split the bundle was trained on")
         meta["fusion"] = {**fitted, "source": "bundle"}
         own = sorted(str(p) for p in full["patient_id"][np.isin(full["split"], fit_splits(fitted.get("fit_on")))])
-        if "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:
+        if own and "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:  # none: a held-out table
             notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
                          f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")
     elif fusion:

@@ -91,6 +91,10 @@ def test_predict_on_an_unsplit_store_of_new_patients_evaluates_as_test(trained, 
     meta = bundle.read(b)[1]
     m = ev.evaluate(t, fitted=meta["fusion"], trained=meta["patients"], bootstrap=0)
     assert m["test"]["image"]["n"] == 6 and "val: no rows; not evaluated" in m["meta"]["notes"]
+    # no val rows is no evidence of other fusion patients (the note compared the digest of an empty list)
+    assert not any("fitted on other patients" in n for n in m["meta"]["notes"])
+    assert any("test: 2 patient(s) without an age" in n and "class prior" in n for n in m["meta"]["notes"])
+    assert np.all(np.isfinite(m["patients"]["age+image_prob"]))  # missing ages: the prior, not 0 or NaN
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "p.csv"), "--out", str(tmp_path / "rep"), "--bundle", str(b)])
     assert res.exit_code == 0, res.output
 
