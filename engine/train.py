@@ -342,6 +342,11 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     from .splits import check_assigned, check_patients
 
     t0 = time.perf_counter()
+    given = {k: v for k, v in dict(synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides).items()
+             if v is not None}
+    bad = config.validation_errors({"training": given})  # as a pipeline's: epochs=2.5 ran 2 epochs, synthetic=2.5 a traceback
+    if bad:
+        raise ConfigError(f"train: {bad[0].replace('$.training.', 'training.')}; give it as in a pipeline's training section")
     cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
     cref = pipeline.get("classifier") or {"name": "resnet50"}
     arch = arch or cref["name"]

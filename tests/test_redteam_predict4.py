@@ -228,3 +228,14 @@ def test_numeric_patient_ids_from_pandas_are_refused_and_text_ids_kept(tmp_path)
     good = ev.check_table(pd.read_csv(p, dtype=str))
     assert good["patient_id"].tolist() == ["007", "7", "7.0", "TCGA-06-0129"]
     assert ev.load_predictions(p)["patient_id"].tolist() == ["007", "7", "7.0", "TCGA-06-0129"]
+
+
+@pytest.mark.parametrize("kw, match", [({"synthetic": 2.5}, r"training.synthetic: 2.5 is not of type 'integer'"),
+                                       ({"epochs": 2.5}, r"training.epochs: 2.5 is not of type 'integer'"),
+                                       ({"batch_size": 0}, r"training.batch_size: 0")])
+def test_train_overrides_from_python_are_checked_like_a_pipelines(tmp_path, kw, match):
+    """train(epochs=2.5) ran 2 epochs and recorded 2.5; synthetic=2.5 (a gan-sweep count) ended in a traceback."""
+    from slidestream.engine import config, train
+
+    with pytest.raises(ConfigError, match=match):
+        train.train(config.parse(PIPE), tmp_path / "no-store", tmp_path / "m", log=None, **kw)
