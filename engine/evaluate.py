@@ -616,7 +616,9 @@ def report_markdown(metrics: dict) -> str:
         fallback = meta.get("threshold_fallback", [])
         picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" + (" (fallback: Youden undefined on val)" if k in fallback
                                                                else "") for k, v in meta.get("thresholds", {}).items())
-        lines.append(f"Threshold: Youden's J on the validation set ({picked}), applied to the test set.")
+        where = ("the validation set of the bundle's training (recorded in the bundle; this table has no val rows)"
+                 if meta.get("threshold_source") == "bundle" else "the validation set")
+        lines.append(f"Threshold: Youden's J on {where} ({picked}), applied to the test set.")
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
     if meta.get("bootstrap"):

@@ -156,6 +156,7 @@ def test_youden_threshold_chosen_on_val_is_applied_to_held_out_patients(trained,
                                    str(b), "--threshold", "youden", "--bootstrap", "0"])
     assert res.exit_code == 0, res.output
     assert "recorded in the bundle" in " ".join(res.output.split())
+    assert "Youden's J on the validation set of the bundle's training" in (tmp_path / "rep" / "report.md").read_text()
     with pytest.raises(ConfigError, match="no val rows; give --bundle"):  # without the bundle's: one line
         ev.evaluate(ev.load_predictions(tmp_path / "p.csv"), threshold="youden", bootstrap=0)
 
