@@ -1,7 +1,8 @@
 """Patient-level evaluation of IDH predictions, laid out like Liu et al. 2020 (Tables 3 and 4, Fig. 4).
 
 Input: one row per patient, ``patient_id,label,age,split,image_prob`` (label 1 = IDH-mutant, the positive class;
-0 = IDH-wildtype; split train/val/test; image_prob = the patient's aggregated image probability of mutant).
+0 = IDH-wildtype, -1 or empty = unknown: left out of every metric, counted in ``meta.unlabeled`` and a note; split
+train/val/test; image_prob = the patient's aggregated image probability of mutant).
 
 * Predictors (paper, "Combining age- and image-based prediction"): ``image``; with a fusion plugin also its
   outputs, for ``age_gda`` ``age`` and ``age+image``. The fusion is fitted out of sample: on the *val* patients
@@ -100,10 +101,9 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
         label = LABEL_WORDS.get(raw.lower(), -2)  # the cohort's words were refused here
-        if label < 0:
-            why = ("; -1: the store has no IDH label for this patient, give it one in the cohort CSV" if raw == "-1"
-                   else "; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
-            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}{why}")
+        if label < -1:  # -1, empty, unknown: no IDH label (predict of an unlabelled patient); evaluate leaves it out
+            raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}; -1 or empty when "
+                              "unknown; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
         return label
     if col in ("age", "image_prob"):
         if raw.lower() in MISSING:
@@ -134,6 +134,15 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     no_id = [i for i, v in enumerate(ids) if v is None or v != v or not str(v).strip()]
     if no_id:  # was kept as a patient named 'None', 'nan' or ''
         raise ConfigError(f"{source}: row {no_id[0] + 1} has no patient_id ({ids[no_id[0]]!r}); give every patient one")
+    num = next((i for i, v in enumerate(ids) if isinstance(v, (int, float, np.number))), None)
+    if num is not None:  # pandas.read_csv turns '007' into 7 and '7' (beside '7.5') into 7.0: no longer the store's ids
+        raise ConfigError(f"{source}: row {num + 1} has patient_id {ids[num]!r}, a number: ids are text ('007' and '7' "
+                          "differ); read the CSV with dtype=str (pandas.read_csv(path, dtype=str)) or with "
+                          "evaluate.load_predictions")
+    flag = next((i for i, v in enumerate(table["label"]) if isinstance(v, (bool, np.bool_))), None)
+    if flag is not None:  # True/False became 1/0 here while the CSV refuses 'True': refused in both
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {table['label'][flag]!r} (patient "
+                          f"{str(ids[flag])!r}); give 1/0, not True/False")
     for c in ("label", "age", "image_prob"):  # text cells (a table built from csv/pandas): parsed as the CSV's are
         if t[c].dtype.kind not in "biuf":  # astype(float) of '' or 'n/a' was a ValueError traceback
             t[c] = np.array([_parse(c, "" if v is None else str(v).strip(), f"{source} row {i + 1} (patient "
@@ -143,9 +152,9 @@ def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str,
     t["age"] = t["age"].astype(float)
     t["image_prob"] = t["image_prob"].astype(float)
     label = t["label"]
-    if not np.all(np.isin(label, (0, 1))):
-        bad = label[~np.isin(label, (0, 1))][0]
-        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant), got {str(bad)!r}")
+    if not np.all(np.isin(label, (-1, 0, 1))):
+        bad = label[~np.isin(label, (-1, 0, 1))][0]
+        raise ConfigError(f"{source}: label must be 0 (wildtype) or 1 (mutant) (-1: unknown), got {str(bad)!r}")
     t["label"] = label.astype(int)
     bad_split = sorted(set(t["split"]) - set(SPLITS))
     if bad_split:
@@ -370,14 +379,16 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
              bootstrap: int = 1000, seed: int = 0, fusion_params: dict | None = None,
              age_group_splits: Sequence[str] = ("test",), fusion_split: str = "val",
              fitted: dict[str, Any] | None = None, best_epoch: int | None = None,
-             trained: dict[str, Any] | None = None) -> dict[str, Any]:
+             trained: dict[str, Any] | None = None, val_thresholds: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a predictions table; returns the ``metrics.json`` dict (see the module docstring), plus
     ``patients`` (every patient's predictor values; ``write_report`` writes it to ``patients.csv``).
 
     Fusion: ``fitted`` (a bundle's fitted fusion, used exactly as it is) or ``fusion`` (a plugin name, fitted
     here on the ``fusion_split`` patients, val by default). ``best_epoch``: the bundle's, chosen on val
     (recorded, and it makes val a selection set). ``trained``: the bundle's ``patients`` (``train``/``val`` sets,
-    see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``).
+    see ``bundle.patient_set``); a test patient among them is refused (``check_leakage``). ``val_thresholds``: the
+    bundle's ``youden`` (per predictor, chosen on its val patients by ``train``): ``threshold="youden"`` on a table
+    without val rows (held-out patients) applies them, as the paper applies val's threshold to test.
     """
     for name, v, top in (("bootstrap", bootstrap, MAX_BOOTSTRAP), ("seed", seed, None)):  # 2.5 ran 2 resamples
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 or (top is not None and v > top):
@@ -389,21 +400,32 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
         age_group_splits = tuple(age_group_splits.split("+"))
     if not age_group_splits or any(s not in EVAL_SPLITS for s in age_group_splits):
         raise ConfigError(f"age_group_splits must be 'test', 'val' or both ('val+test'), got {age_group_splits!r}")
-    t = check_table(table)
+    full = check_table(table)
     notes: list[str] = []
-    preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
     meta: dict[str, Any] = {"positive_class": "IDH-mutant (label 1)", "bootstrap": int(bootstrap), "seed": int(seed)}
+    unknown = full["label"] < 0  # no IDH label: left out of every metric, counted and named
+    t = _subset(full, ~unknown)
+    if unknown.any():
+        meta["unlabeled"] = {s_: int(np.sum(unknown & (full["split"] == s_))) for s_ in SPLITS}
+        meta["unlabeled"]["patients"] = sorted(full["patient_id"][unknown].tolist())
+        notes.append(f"{int(unknown.sum())} patient(s) without a label (-1/empty) left out of every metric ("
+                     + ", ".join(f"{k} {v}" for k, v in meta["unlabeled"].items() if k != "patients" and v)
+                     + f"; e.g. {meta['unlabeled']['patients'][0]})")
+        if not np.any(t["split"] == "test"):
+            raise ConfigError("no test patient has a label (0 wildtype or 1 mutant): nothing to evaluate; give the "
+                              "test patients their IDH status in the cohort CSV")
+    preds: dict[str, np.ndarray] = {"image": t["image_prob"]}
     if trained:
-        check_leakage(t, trained)
+        check_leakage(full, trained)
         meta["trained_patients"] = {k: {"n": v["n"], "ids_digest": v["ids_digest"]} for k, v in trained.items()}
     if fitted:
-        leaked = sorted(set(fitted.get("patients", [])) & set(t["patient_id"][t["split"] == "test"]))
+        leaked = sorted(set(fitted.get("patients", [])) & set(full["patient_id"][full["split"] == "test"]))
         if leaked:
             raise ConfigError(f"the bundle's fusion was fitted on {len(leaked)} patient(s) of this table's test split "
                               f"(e.g. {leaked[0]}); evaluate predictions of the store split the bundle was trained on")
         meta["fusion"] = {**fitted, "source": "bundle"}
-        own = sorted(str(p) for p in t["patient_id"][np.isin(t["split"], fit_splits(fitted.get("fit_on")))])
-        if "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:
+        own = sorted(str(p) for p in full["patient_id"][np.isin(full["split"], fit_splits(fitted.get("fit_on")))])
+        if own and "ids_digest" in fitted and ids_digest(own) != fitted["ids_digest"]:  # none: a held-out table
             notes.append(f"the bundle's fusion was fitted on other patients (ids {fitted['ids_digest']}) than this "
                          f"table's {fitted.get('fit_on')} split (ids {ids_digest(own)})")
     elif fusion:
@@ -423,11 +445,12 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
 
     val = t["split"] == "val"
     if threshold == "youden":
-        if not val.any():
-            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows")
+        if not val.any() and not val_thresholds:
+            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows; "
+                              "give --bundle (a bundle records its val-chosen thresholds) or a numeric --threshold")
         thresholds, fallback = {}, []
         for name in order:
-            thr = youden_threshold(t["label"][val], preds[name][val])
+            thr = youden_threshold(t["label"][val], preds[name][val]) if val.any() else val_thresholds.get(name)
             if thr is None:
                 notes.append(f"{name}: Youden threshold undefined on val (one class, or no better than chance); used 0.5")
                 fallback.append(name)
@@ -445,6 +468,9 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     meta["thresholds"] = thresholds
     meta["threshold_rule"] = ("Youden's J per predictor on the val split" if threshold == "youden"
                               else f"fixed at {float(threshold):g} (not chosen on data)")
+    if threshold == "youden" and not val.any():  # held-out table: the bundle's, chosen on its val patients
+        meta["threshold_rule"] += " of the bundle's training (recorded in the bundle; this table has no val rows)"
+        meta["threshold_source"] = "bundle"
     if threshold == "youden" and fallback:  # the report must not call these thresholds chosen on val
         meta["threshold_fallback"] = fallback
         meta["threshold_rule"] += f"; 0.5 for {', '.join(fallback)} (Youden undefined on val)"
@@ -590,7 +616,9 @@ def report_markdown(metrics: dict) -> str:
         fallback = meta.get("threshold_fallback", [])
         picked = ", ".join(f"{NAMES.get(k, k)} {v:.3f}" + (" (fallback: Youden undefined on val)" if k in fallback
                                                                else "") for k, v in meta.get("thresholds", {}).items())
-        lines.append(f"Threshold: Youden's J on the validation set ({picked}), applied to the test set.")
+        where = ("the validation set of the bundle's training (recorded in the bundle; this table has no val rows)"
+                 if meta.get("threshold_source") == "bundle" else "the validation set")
+        lines.append(f"Threshold: Youden's J on {where} ({picked}), applied to the test set.")
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
     if meta.get("bootstrap"):

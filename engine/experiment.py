@@ -25,6 +25,9 @@ def gan_sweep(pipeline: dict[str, Any], store: str | Path, counts: Sequence[int]
     """Train one classifier per count of synthetic patches; write ``table.md``, ``table.json`` and ``roc.png``."""
     from . import train as train_mod
 
+    bad = next((c for c in counts if isinstance(c, bool) or not float(c).is_integer()), None)
+    if bad is not None:  # int(2.5) was 2, silently: a run of other patches than the table says
+        raise ConfigError(f"gan-sweep: counts must be whole numbers of synthetic patches, got {bad!r}")
     counts = sorted({int(c) for c in counts})
     if not counts or counts[0] < 0:
         raise ConfigError("gan-sweep: give non-negative counts, e.g. --counts 0,1000,2000,3000")

@@ -31,7 +31,9 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     """P(mutant) per patient for every real patient of ``store``; writes ``out`` (CSV:
     patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline. ``warn`` (default:
     stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
-    the result: their probabilities are in-sample, not held out)."""
+    the result: their probabilities are in-sample, not held out). A store that was never split (new patients)
+    gets split ``test`` for every patient the bundle did not train or select on, the bundle's own split for
+    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is."""
     dev = pick_device(device)
     b = load(bundle, dev)
     st = PatchStore.open(store)
@@ -45,8 +47,17 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     # a patient's row takes the split of its first slide: refuse patients across splits (an unsplit store is fine)
     check_assigned(tab["split"], tab["patient_id"], tab["slide_id"], tab["synthetic"], store, unsplit_ok=True)
     rows = np.nonzero(~tab["synthetic"].astype(bool))[0]
+    if not len(rows):  # was aggregate's "no patch probabilities; give at least one patch", naming no store
+        raise ConfigError(f"store {store} holds no patches of real slides (every slide was empty or failed): nothing to "
+                          "predict; check the slides, or the pipeline's tiling.min_tissue, and extract again")
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
+    own = b.meta.get("patients") or {}
+    unsplit = not any(table["split"])
+    if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
+        # patients the bundle trained or selected on keep that role (evaluate --bundle checks them)
+        role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
+        table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, table)
@@ -55,7 +66,6 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     missing = sorted(listed - {str(p) for p in table["patient_id"]})
     # patients the bundle trained on that this store does not call train (a re-split, another store): their
     # probabilities are in-sample whatever the CSV's split says; `evaluate --bundle` refuses them in test
-    own = b.meta.get("patients") or {}
     split_of = {str(p): str(sp) for p, sp in zip(table["patient_id"], table["split"])}
     trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
     if trained_on and warn:
@@ -63,7 +73,7 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
              f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
     return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
-            "trained_on": trained_on}
+            "trained_on": trained_on, "unsplit": unsplit}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:
@@ -108,7 +118,8 @@ def heatmap(thumb: np.ndarray, table: dict[str, np.ndarray], probs: np.ndarray, 
 def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float | None = None, mpp: float | None = None,
                    out_dir: str | Path = ".", device: str = "auto", batch_size: int = 64) -> list[dict[str, Any]]:
     """Extract each slide/photo with the bundle's pipeline, classify its patches, aggregate, fuse with ``age``;
-    writes ``<out_dir>/<name>_heatmap.png``. Returns one result dict per input."""
+    writes ``<out_dir>/<name>_heatmap.png``. Returns one result dict per input (``call``: mutant when the image
+    probability is at or above the bundle's ``threshold``, the one ``evaluate --bundle`` uses by default)."""
     from . import runner
 
     dev = pick_device(device)
@@ -133,7 +144,9 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
         probs = infer(b.model, batches, b.meta["input_size"], dev)
         agg = b.meta["aggregation"]
         _, p = aggregate(np.zeros(len(probs), int), probs, agg.get("method", "mean"), agg.get("k_frac", 0.2))
-        res = {"input": str(path), "patches": int(len(probs)), "image_prob": float(p[0]), **fused(b, float(p[0]), age)}
+        thr = float(b.meta.get("threshold", 0.5))  # the bundle's training threshold, as `evaluate --bundle` calls it
+        res = {"input": str(path), "patches": int(len(probs)), "image_prob": float(p[0]), **fused(b, float(p[0]), age),
+               "threshold": thr, "call": "mutant" if p[0] >= thr else "wildtype"}
         res["heatmap"] = str(heatmap(thumb, table, probs, geometry.thumb_scale, out_dir / f"{path.stem}_heatmap.png"))
         results.append(res)
     return results

@@ -338,10 +338,15 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     ``lr``, ...). Resumes from ``OUT/<arch>/checkpoint.pt`` when it belongs to the same run; a finished run is not trained again.
     ``patient_from``: "slide" or "tcga" to accept a store whose patient ids are slide ids (see splits.py).
     """
-    from .evaluate import fit_fusion, metrics_at, roc_points
+    from .evaluate import apply_fusion, fit_fusion, metrics_at, roc_points, youden_threshold
     from .splits import check_assigned, check_patients
 
     t0 = time.perf_counter()
+    given = {k: v for k, v in dict(synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides).items()
+             if v is not None}
+    bad = config.validation_errors({"training": given})  # as a pipeline's: epochs=2.5 ran 2 epochs, synthetic=2.5 a traceback
+    if bad:
+        raise ConfigError(f"train: {bad[0].replace('$.training.', 'training.')}; give it as in a pipeline's training section")
     cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
     cref = pipeline.get("classifier") or {"name": "resnet50"}
     arch = arch or cref["name"]
@@ -472,6 +477,11 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
             f"({cv['k']} folds, {cv['epochs']} epochs each; fold digest {cv['folds_digest']})")
     else:
         fusion = fit_fusion(ptab, fref["name"], fref.get("params"), cfg["fusion_split"]) if fref else None
+    # per predictor, the Youden threshold on the val patients: `evaluate --bundle --threshold youden` applies it to
+    # a table of held-out patients (no val rows there to choose it on)
+    val = ptab["split"] == "val"
+    scores = {"image": ptab["image_prob"], **(apply_fusion(fusion, ptab) if fusion else {})}
+    youden = {k: youden_threshold(ptab["label"][val], v[val]) for k, v in scores.items()} if val.any() else {}
     metrics = {}
     for split in ("val", "test"):
         sel = ptab["split"] == split
@@ -481,7 +491,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     meta = {"arch": arch, "classifier_params": cparams, "in_channels": channels, "input_size": size,
             "patch_size": int(st.patches.shape[1]), "dropout": float(cfg["dropout"]),
             "normalization": (pipeline.get("normalization") or {}).get("classifier"), "aggregation": cfg["aggregation"],
-            "threshold": float(cfg["threshold"]), "fusion": fusion, "init": init, "training": cfg,
+            "threshold": float(cfg["threshold"]), "youden": youden, "fusion": fusion, "init": init, "training": cfg,
             "best_epoch": best["epoch"] if best else None, "selection": cfg["select"], "selection_split": "val",
             "metrics": {s: {k: v for k, v in m.items() if k != "roc"} for s, m in metrics.items()},
             # the patients it trained on (real train rows; synthetic rows come from generators of train patients)

@@ -366,7 +366,7 @@ def test_predictions_csv_reads_the_cohort_csvs_label_words(tmp_path):
     p.write_text("patient_id,label,age,split,image_prob\na,Mutant,40,val,0.9\nb,wildtype,60,val,0.1\n"
                  "c,IDH-mutant,41,test,0.8\nd,wt,62,test,0.3\n")
     assert ev.load_predictions(p)["label"].tolist() == [1, 0, 1, 0]
-    for bad in ("True", "IDH-mut", "unknown", ""):
+    for bad in ("True", "IDH-mut", "2"):  # unknown/empty: no label (-1), tests/test_redteam_predict4.py
         p.write_text(f"patient_id,label,age,split,image_prob\na,1,40,val,0.9\nb,0,60,val,0.1\nc,{bad},41,test,0.8\n")
         with pytest.raises(ConfigError, match=rf"line 4: label must be 0 \(wildtype\) or 1 \(mutant\), got '{bad}'"):
             ev.load_predictions(p)

@@ -14,8 +14,8 @@ from ..errors import ConfigError
 
 def evaluate_command(
     predictions: Path = typer.Argument(..., help="CSV with one row per patient: patient_id,label,age,split,image_prob "
-                                                 "(label 1 = IDH-mutant, 0 = wildtype, or the cohort CSV's words; split "
-                                                 "train/val/test)."),
+                                                 "(label 1 = IDH-mutant, 0 = wildtype, or the cohort CSV's words; -1/empty = "
+                                                 "unknown: left out, counted; split train/val/test)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, patients.csv, roc_val.png, roc_test.png "
                                                       "and report.md."),
     bundle: Optional[Path] = typer.Option(None, "--bundle", help="Model bundle (from `slidestream train`, or a MIL bundle "
@@ -31,7 +31,8 @@ def evaluate_command(
                                                "(default: out of sample) or 'train' (in sample); never test."),
     threshold: Optional[str] = typer.Option(None, help="Probability of mutant at or above which a patient is called "
                                                        "mutant: a number in (0, 1), or 'youden' (picked per predictor on "
-                                                       "val, applied to test); default: the --bundle's or --pipeline's "
+                                                       "val, applied to test; a table without val rows takes the --bundle's, chosen on "
+                                                       "its val patients); default: the --bundle's or --pipeline's "
                                                        "training threshold (mil.threshold for a MIL bundle), else 0.5."),
     bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the 95% confidence intervals (0: none; at most 100,000; drawn in blocks, memory stays flat)."),
     seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling."),
@@ -56,7 +57,7 @@ def evaluate_command(
                 thr = float(thr)
             except ValueError:
                 raise ConfigError(f"--threshold must be a number in (0, 1) or 'youden', got {threshold!r}") from None
-    params, fitted, best_epoch, trained, own_thr = None, None, None, None, None
+    params, fitted, best_epoch, trained, own_thr, youden = None, None, None, None, None, None
     if bundle:
         if fusion or fusion_split or pipeline:
             raise ConfigError("--bundle uses the bundle's own fitted fusion; leave out --fusion, --fusion-split and --pipeline")
@@ -71,6 +72,7 @@ def evaluate_command(
 
             _, meta, _ = bundle_mod.read(bundle)
             fitted, best_epoch, own_thr = meta.get("fusion"), meta.get("best_epoch"), meta.get("threshold")
+            youden = meta.get("youden")  # its val-chosen thresholds, for --threshold youden on held-out patients
         trained = meta.get("patients")
         if not trained:
             typer.echo(f"note: bundle {bundle} records no training patients (written by an older slidestream): "
@@ -99,7 +101,7 @@ def evaluate_command(
     table = ev.load_predictions(predictions)
     metrics = ev.evaluate(table, fusion=fusion, threshold=thr, bootstrap=bootstrap, seed=seed, age_group_splits=splits,
                           fusion_params=params, fusion_split=fusion_split or "val", fitted=fitted, best_epoch=best_epoch,
-                          trained=trained)
+                          trained=trained, val_thresholds=youden)
     ev.write_report(metrics, out)
 
     console = Console()
@@ -111,6 +113,8 @@ def evaluate_command(
         for name, b in metrics.get(split, {}).items():
             t.add_row(label, ev.NAMES.get(name, name), str(b["n"]), *(ev._fmt(b[m]) for m in ev.METRICS))
     console.print(t)
+    console.print(f"threshold: {metrics['meta']['threshold_rule']}"
+                  + (" (the bundle's training threshold)" if bundle and threshold is None else ""))
     f = metrics["meta"].get("fusion")
     if f:
         console.print(f"fusion {f['name']} ({f['source']}): fitted on {f['fit_on']}, n = {f['n']}, ids {f['ids_digest']}")

@@ -116,6 +116,9 @@ def predict_command(
     if store:
         r = predict.predict_store(bundle, store, out or Path("predictions.csv"), device)
         typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
+        if r["unsplit"]:
+            typer.echo("note: the store has no split: its patients are written as test (held out), those the bundle "
+                       "trained or selected on as its train/val", err=True)
         if r["without_patches"]:
             typer.echo(f"note: {len(r['without_patches'])} patient(s) of the store have no patches (their slides were "
                        f"empty or failed) and are not in the CSV: {', '.join(r['without_patches'][:10])}", err=True)
@@ -129,6 +132,7 @@ def predict_command(
         line = f"{r['input']}: P(IDH-mutant) = {r['image_prob']:.3f} from {r['patches']} patches"
         if "age+image" in r:
             line += f"; with age {age:g}: {r['age+image']:.3f}"
+        line += f"; image call {r['call']} at the bundle's threshold {r['threshold']:g}"
         typer.echo(line + f"; heatmap {r['heatmap']}")
 
 
