@@ -104,7 +104,9 @@ def nearest(name, valid) -> str | None:
         return None
     import difflib
 
-    close = difflib.get_close_matches(name, [v for v in valid if isinstance(v, str)], n=1, cutoff=0.7)
+    names = [v for v in valid if isinstance(v, str)]
+    same_case = [v for v in names if v.lower() == name.lower()]  # 'c' for 'C': difflib alone finds nothing
+    close = same_case or difflib.get_close_matches(name, names, n=1, cutoff=0.7)
     return f"did you mean {close[0]!r}?" if close else None
 
 

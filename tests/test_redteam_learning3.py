@@ -272,7 +272,7 @@ def test_age_group_splits_from_python(splits, n):
 
 
 @pytest.mark.parametrize("params,match", [({"C": 0}, r"C: 0 is less than or equal to the minimum of 0"),
-                                          ({"c": 1}, r"'c' was unexpected"), ({"C": "1"}, r"'1' is not of type 'number'"),
+                                          ({"c": 1}, r"unknown key 'c'; did you mean 'C'\?"), ({"C": "1"}, r"'1' is not of type 'number'"),
                                           ({"C": float("nan")}, r"nan is not a number")])
 def test_fusion_params_from_python_are_checked_like_a_pipelines(params, match):
     """evaluate(fusion="age_gda", fusion_params=...) skipped the pipeline schema: {"C": 0} was scikit-learn's
