@@ -342,7 +342,12 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     from .splits import check_assigned, check_patients
 
     t0 = time.perf_counter()
-    cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
+    given = {k: v for k, v in dict(synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides).items()
+             if v is not None}
+    bad = config.validation_errors({"training": given})  # the pipeline's own values were checked when it was loaded
+    if bad:  # --epochs 0 ran no epoch and ended in a FileNotFoundError traceback (best.safetensors)
+        raise ConfigError(f"training setting {bad[0].removeprefix('$.training.')}; give a valid value")
+    cfg = settings(pipeline, **given)
     cref = pipeline.get("classifier") or {"name": "resnet50"}
     arch = arch or cref["name"]
     cparams = dict(cref.get("params") or {}) if cref["name"] == arch else {}

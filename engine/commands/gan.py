@@ -81,7 +81,7 @@ def gan_sweep_command(
     store: Path = typer.Option(..., "--store", help="Split store holding enough synthetic patches (`gan sample`)."),
     counts: str = typer.Option("0,1000,2000,3000,4000,5000", "--counts", help="Synthetic patches added per run."),
     out: Path = typer.Option(..., "--out", help="Output folder: one training run per count, table and ROC figures."),
-    epochs: Optional[int] = typer.Option(None, help="Override training.epochs."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Override training.epochs."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
 ):
     """Retrain the classifier per number of GAN patches on identical splits and seeds (paper Table 2, Fig. 3)."""

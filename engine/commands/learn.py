@@ -50,8 +50,8 @@ def train_command(
     arch: Optional[List[str]] = typer.Option(None, "--arch", help="Architecture(s) to train, repeatable "
                                              "(resnet50, inception_v3, inception_resnet_v2, vgg19, resnet18, small_cnn); "
                                              "default: the pipeline's classifier."),
-    epochs: Optional[int] = typer.Option(None, help="Override training.epochs."),
-    synthetic: Optional[int] = typer.Option(None, help="Add this many synthetic (GAN) patches of the store to training."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Override training.epochs."),
+    synthetic: Optional[int] = typer.Option(None, min=0, help="Add this many synthetic (GAN) patches of the store to training."),
     seed: Optional[int] = typer.Option(None, min=0, help="Override training.seed (initialisation, batch order, dropout)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: training.device)."),
     split: bool = typer.Option(False, "--split", help="Split the store first when it has no split yet."),
