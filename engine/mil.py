@@ -200,6 +200,10 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["opt"])
         history, best_state = json.loads(c["history"]), c["best_state"]
+        if len(history) > cfg["epochs"]:  # its history and best epoch would pass for a shorter run's
+            raise ConfigError(f"{out} holds a MIL run already trained for {len(history)} epochs, more than the "
+                              f"{cfg['epochs']} asked (--epochs, mil.epochs); ask for {len(history)} or more to "
+                              "resume it, or use a new --out")
         best = next(m for m in history if m["epoch"] == int(c["best_epoch"]))
         start = len(history)
         if log:

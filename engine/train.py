@@ -425,6 +425,10 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         if c.get("run_id") != run_id:
             raise ConfigError(f"{out_dir} holds a checkpoint of a different training run (other pipeline, store, split "
                               "or settings); use a new --out or delete it to start over")
+        if int(c["epoch"]) + 1 > int(cfg["epochs"]):  # its history and best epoch would pass for a shorter run's
+            raise ConfigError(f"{out_dir} holds a run already trained for {int(c['epoch']) + 1} epochs, more than the "
+                              f"{cfg['epochs']} asked (--epochs, training.epochs); ask for {int(c['epoch']) + 1} or more "
+                              "to resume it, or use a new --out")
         _restore(c, model, opt, sched)
         history, start = json.loads(c["history"]), int(c["epoch"]) + 1
         best = json.loads(c["best"]) if c.get("best") else None

@@ -48,3 +48,33 @@ def test_bad_training_overrides_from_python_are_one_line(store, tmp_path, kw):
     with pytest.raises(ConfigError, match=rf"^training setting {next(iter(kw))}: .* minimum") as e:
         train.train(config.parse(PIPE), store, tmp_path, log=None, **kw)
     assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- reruns, other settings
+def test_rerun_with_fewer_epochs_is_refused_not_mixed(store, tmp_path):
+    """`train --epochs 1` into the folder of a finished 2-epoch run resumed "after epoch 2 of 1", kept the 2-epoch
+    history and best epoch, and wrote a bundle and training.json saying 1 epoch. More epochs still resume."""
+    train.train(config.parse(PIPE), store, tmp_path, log=None)
+    before = (tmp_path / "small_cnn" / "training.json").read_text()
+    with pytest.raises(ConfigError, match=r"already trained for 2 epochs, more than the 1 asked .*ask for 2 or more"):
+        train.train(config.parse(PIPE), store, tmp_path, epochs=1, log=None)
+    assert (tmp_path / "small_cnn" / "training.json").read_text() == before
+    logs = []
+    train.train(config.parse(PIPE), store, tmp_path, epochs=3, log=logs.append)
+    assert any("resuming after epoch 2 of 3" in line for line in logs)
+
+
+def test_mil_rerun_with_fewer_epochs_is_refused_not_mixed(tmp_path):
+    from slidestream.engine import features, mil
+    from test_mil import PIPE as MIL_PIPE
+
+    from test_redteam_cli import _store
+
+    st = _store(tmp_path / "store")
+    pipe = config.parse(MIL_PIPE)  # mil.epochs 2
+    features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "m", log=None)
+    before = (tmp_path / "m" / "mil.json").read_text()
+    with pytest.raises(ConfigError, match=r"already trained for 2 epochs, more than the 1 asked"):
+        mil.train(pipe, tmp_path / "f.zarr", tmp_path / "m", log=None, epochs=1)
+    assert (tmp_path / "m" / "mil.json").read_text() == before
