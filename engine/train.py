@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -112,14 +113,17 @@ def patient_table(store_tab: dict[str, np.ndarray], rows: np.ndarray, probs: np.
 
 
 def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:
+    """Replace ``path`` atomically: a kill or a full disk leaves the previous file whole, never a table missing
+    its last patients that `evaluate` would read as good."""
     cols = ["patient_id", "label", "age", "split", "image_prob"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for i in range(len(table["patient_id"])):
-            age = table["age"][i]
-            w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else repr(float(age)),
-                        table["split"][i], repr(float(table['image_prob'][i]))])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(cols)
+    for i in range(len(table["patient_id"])):
+        age = table["age"][i]
+        w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else repr(float(age)),
+                    table["split"][i], repr(float(table['image_prob'][i]))])
+    atomic_write_text(path, f.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- rows

@@ -78,3 +78,25 @@ def test_mil_rerun_with_fewer_epochs_is_refused_not_mixed(tmp_path):
     with pytest.raises(ConfigError, match=r"already trained for 2 epochs, more than the 1 asked"):
         mil.train(pipe, tmp_path / "f.zarr", tmp_path / "m", log=None, epochs=1)
     assert (tmp_path / "m" / "mil.json").read_text() == before
+
+
+# ---------------------------------------------------------------------------------------------- half-written outputs
+def test_failed_predictions_write_keeps_the_previous_table_whole(tmp_path):
+    """predictions.csv (train, mil train, predict --store) was written in place: a full disk or a kill mid-write
+    left a table cut after some patients, which `evaluate` read as the whole cohort (an OSError traceback too)."""
+    import numpy as np
+
+    from slidestream.engine.store import WriteError
+    from test_write_failures import file_size_limit
+
+    def table(n):
+        return {"patient_id": np.array([f"P{i:05d}" for i in range(n)]), "label": np.arange(n) % 2,
+                "age": np.full(n, 50.0), "split": np.array(["test"] * n), "image_prob": np.linspace(0, 1, n)}
+
+    path = tmp_path / "predictions.csv"
+    train.write_predictions(path, table(10))
+    before = path.read_bytes()
+    with file_size_limit(64 * 1024), pytest.raises(WriteError, match=rf"^{path}: File too large; free space"):
+        train.write_predictions(path, table(5000))  # ~200 kB
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
