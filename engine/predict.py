@@ -32,6 +32,10 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline. ``warn`` (default:
     stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
     the result: their probabilities are in-sample, not held out)."""
+    out = Path(out)
+    if out.is_dir():  # the rename onto it failed after scoring the whole store, naming a temporary file
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a --out under a regular file fails now
     dev = pick_device(device)
     b = load(bundle, dev)
     st = PatchStore.open(store)
@@ -47,8 +51,6 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     rows = np.nonzero(~tab["synthetic"].astype(bool))[0]
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, table)
     # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
     listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}

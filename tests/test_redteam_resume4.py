@@ -100,3 +100,23 @@ def test_failed_predictions_write_keeps_the_previous_table_whole(tmp_path):
         train.write_predictions(path, table(5000))  # ~200 kB
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
+
+
+@pytest.fixture(scope="module")
+def bundle(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b")
+    train.train(config.parse(PIPE), store, out, epochs=1, log=None)
+    return out / "small_cnn"
+
+
+def test_predict_into_a_folder_is_refused_before_scoring(store, bundle, tmp_path, monkeypatch):
+    """`predict --store S --out DIR` scored the whole store, then failed renaming onto DIR with
+    'error: .DIR.<pid>.tmp: Is a directory' (a temporary file the user never named)."""
+    from slidestream.engine import predict
+
+    monkeypatch.setattr(predict, "store_probs", lambda *a, **k: pytest.fail("scored before checking --out"))
+    with pytest.raises(ConfigError, match=rf"^--out {tmp_path} is a folder; give the CSV file to write"):
+        predict.predict_store(bundle, store, tmp_path)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(FileExistsError):  # the CLI's one line: 'f: File exists; check the path ...'
+        predict.predict_store(bundle, store, tmp_path / "f" / "p.csv")
