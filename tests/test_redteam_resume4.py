@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import slidestream_cmd
@@ -120,3 +121,19 @@ def test_predict_into_a_folder_is_refused_before_scoring(store, bundle, tmp_path
     (tmp_path / "f").write_text("")
     with pytest.raises(FileExistsError):  # the CLI's one line: 'f: File exists; check the path ...'
         predict.predict_store(bundle, store, tmp_path / "f" / "p.csv")
+
+
+def test_gan_rerun_with_a_smaller_total_kimg_is_refused_not_relabelled(tmp_path):
+    """total_kimg may change on a resume (it does not change what is learned), but a smaller one than the GAN
+    already trained for skipped the loop and marked the generator done "at 0.2 kimg" after 0.4."""
+    from slidestream.plugins.augmenters import pggan
+
+    x = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+    cfg = {"resolution": 8, "start_resolution": 4, "fmap_base": 64, "fmap_max": 16, "training_kimg": 0.3,
+           "transition_kimg": 0.3, "minibatch": {}, "minibatch_default": 8, "checkpoint_kimg": 0.2, "tick_kimg": 1,
+           "swd_images": 16, "device": "cpu"}
+    pggan.train(x, tmp_path / "g", progress=False, total_kimg=0.4, **cfg)
+    before = (tmp_path / "g" / "pggan.json").read_text()
+    with pytest.raises(ConfigError, match=r"already trained for 0.4 kimg, more than total_kimg 0.2; ask for 0.4 or more"):
+        pggan.train(x, tmp_path / "g", progress=False, total_kimg=0.2, **cfg)
+    assert (tmp_path / "g" / "pggan.json").read_text() == before

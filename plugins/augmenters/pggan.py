@@ -363,6 +363,12 @@ def train(patches: Any, out_dir: str | Path, progress: bool | None = None, **par
             raise ValueError(f"pggan: {out} holds a GAN trained with other {what}; use a new output directory")
         if state["status"] == "done" and state["config"]["total_kimg"] == cfg["total_kimg"]:
             return state
+        if state["nimg"] > round(cfg["total_kimg"] * 1000):  # it was marked done at total_kimg, trained for more
+            from slidestream.engine.errors import ConfigError
+
+            raise ConfigError(f"pggan: {out} holds a GAN already trained for {state['nimg'] / 1000:g} kimg, more than "
+                              f"total_kimg {cfg['total_kimg']:g}; ask for {state['nimg'] / 1000:g} or more to resume "
+                              "it, or use a new output directory")
         state["config"] = cfg
         state["status"] = "training"
         if state.get("checkpoint"):
