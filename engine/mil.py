@@ -153,6 +153,16 @@ def _better(m: dict, best: dict | None) -> bool:
     return m["val_loss"] < best["val_loss"]
 
 
+def _stops_after(history: list[dict], cfg: dict[str, Any]) -> int:
+    """Epochs a run with ``cfg`` trains when its validation epochs are ``history`` (``epochs``, early stopping)."""
+    best = None
+    for e, m in enumerate(history[:cfg["epochs"]]):
+        if cfg["patience"] and best is not None and e - best["epoch"] >= cfg["patience"]:
+            return e
+        best = m if _better(m, best) else best
+    return min(len(history), cfg["epochs"])
+
+
 def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: dict[str, Any], cfg: dict[str, Any],
               out: Path, header: dict[str, Any], log=print) -> dict[str, Any]:
     """Train one aggregator on the ``split`` (train/val/test per patient) and write its bundle to ``out``.
@@ -200,10 +210,11 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["opt"])
         history, best_state = json.loads(c["history"]), c["best_state"]
-        if len(history) > cfg["epochs"]:  # its history and best epoch would pass for a shorter run's
-            raise ConfigError(f"{out} holds a MIL run already trained for {len(history)} epochs, more than the "
-                              f"{cfg['epochs']} asked (--epochs, mil.epochs); ask for {len(history)} or more to "
-                              "resume it, or use a new --out")
+        stop = _stops_after(history, cfg)
+        if len(history) > stop:  # its history and best epoch would pass for those of a run that stopped earlier
+            raise ConfigError(f"{out} holds a MIL run already trained for {len(history)} epochs; with mil.epochs "
+                              f"{cfg['epochs']} (--epochs) and mil.patience {cfg['patience']} it stops after {stop}: "
+                              "give the settings it was trained with to resume it, or use a new --out")
         best = next(m for m in history if m["epoch"] == int(c["best_epoch"]))
         start = len(history)
         if log:

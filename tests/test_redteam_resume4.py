@@ -65,7 +65,9 @@ def test_rerun_with_fewer_epochs_is_refused_not_mixed(store, tmp_path):
     assert any("resuming after epoch 2 of 3" in line for line in logs)
 
 
-def test_mil_rerun_with_fewer_epochs_is_refused_not_mixed(tmp_path):
+def test_mil_rerun_with_fewer_epochs_or_less_patience_is_refused_not_mixed(tmp_path):
+    """The same for `mil train`; and a rerun with a smaller mil.patience, whose run would have stopped earlier,
+    wrote a bundle recording that patience over the longer run's history and best epoch."""
     from slidestream.engine import features, mil
     from test_mil import PIPE as MIL_PIPE
 
@@ -76,8 +78,13 @@ def test_mil_rerun_with_fewer_epochs_is_refused_not_mixed(tmp_path):
     features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
     mil.train(pipe, tmp_path / "f.zarr", tmp_path / "m", log=None)
     before = (tmp_path / "m" / "mil.json").read_text()
-    with pytest.raises(ConfigError, match=r"already trained for 2 epochs, more than the 1 asked"):
+    with pytest.raises(ConfigError, match=r"already trained for 2 epochs; with mil.epochs 1 .* stops after 1"):
         mil.train(pipe, tmp_path / "f.zarr", tmp_path / "m", log=None, epochs=1)
+    # early stopping: patience 1 stops a run whose best epoch is its first after epoch 2 (not 5)
+    pipe5 = config.parse({**MIL_PIPE, "mil": {**MIL_PIPE["mil"], "epochs": 5, "lr": 1e-12}})  # lr ~0: epoch 1 stays best
+    mil.train(pipe5, tmp_path / "f.zarr", tmp_path / "m5", log=None)
+    with pytest.raises(ConfigError, match=r"already trained for 5 epochs; with mil.epochs 5 .*patience 1 it stops after [2-4]"):
+        mil.train(pipe5, tmp_path / "f.zarr", tmp_path / "m5", log=None, patience=1)
     assert (tmp_path / "m" / "mil.json").read_text() == before
 
 
