@@ -17,7 +17,8 @@ is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 pen
   patch probabilities, ``aggregation``). The best epoch has the highest validation patient AUC, ties
   broken by the lower validation patch cross-entropy; ``select: "loss"`` uses the loss alone (also the
   fallback when the validation split holds one class, where the AUC is undefined).
-* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, lr schedule, history and every RNG state:
+* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, lr schedule, history, the best epoch's weights
+  (one file: a failed or killed save never leaves best weights of another epoch) and every RNG state:
   torch CPU, CUDA on all devices when present, numpy's global generator and Python's ``random``; tensors and
   plain containers only, loaded with ``weights_only=True``) is replaced atomically after every epoch. Run the
   same command again after a kill and training continues from the last finished epoch; batch order depends
@@ -349,7 +350,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     given = {k: v for k, v in dict(synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides).items()
              if v is not None}
     bad = config.validation_errors({"training": given})  # the pipeline's own values were checked when it was loaded
-    if bad:  # --epochs 0 ran no epoch and ended in a FileNotFoundError traceback (best.safetensors)
+    if bad:  # --epochs 0 ran no epoch and ended in a FileNotFoundError traceback (no best weights)
         raise ConfigError(f"training setting {bad[0].removeprefix('$.training.')}; give a valid value")
     cfg = settings(pipeline, **given)
     cref = pipeline.get("classifier") or {"name": "resnet50"}
@@ -422,6 +423,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     opt, sched = optimizer(model, cfg)
     history: list[dict] = []
     best: dict | None = None
+    best_state: dict | None = None  # the best epoch's weights: in the checkpoint, committed with it
     start = 0
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.is_file():
@@ -436,6 +438,12 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
         _restore(c, model, opt, sched)
         history, start = json.loads(c["history"]), int(c["epoch"]) + 1
         best = json.loads(c["best"]) if c.get("best") else None
+        if "best_state" in c:
+            best_state = c["best_state"]
+        else:  # a checkpoint of an older version: its best weights were written beside it
+            from safetensors.torch import load_file
+
+            best_state = load_file(str(out_dir / "best.safetensors"))
         say(f"resuming after epoch {start} of {cfg['epochs']} from {ckpt}")
 
     loader = train_loader(st, train_rows, chain, cfg)
@@ -456,21 +464,16 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
              "seconds": round(time.perf_counter() - te, 2)}
         history.append(m)
         if _better(m, best, cfg["select"]):
-            best = m
-            from safetensors.torch import save
-            atomic_write_bytes(out_dir / "best.safetensors",
-                               save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+            best, best_state = m, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         _atomic_torch_save({"run_id": run_id, "epoch": epoch, **_state(model, opt, sched), "history": json.dumps(history),
-                            "best": json.dumps(best)}, ckpt)
+                            "best": json.dumps(best), "best_state": best_state}, ckpt)
         auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
         say(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "
             f"val patient AUC {auc} ({m['seconds']:.1f} s){'  *best' if best is m else ''}")
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
 
     # ---- the best epoch: score every split, fit fusion, write bundle + predictions
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
+    model.load_state_dict(best_state)
     real = np.nonzero(~tab["synthetic"].astype(bool))[0]
     probs = store_probs(model, st, real, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
     ptab = patient_table(tab, real, probs, cfg["aggregation"])

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import slidestream_cmd
 from slidestream.engine import config, splits, train
@@ -144,3 +145,31 @@ def test_gan_rerun_with_a_smaller_total_kimg_is_refused_not_relabelled(tmp_path)
     with pytest.raises(ConfigError, match=r"already trained for 0.4 kimg, more than total_kimg 0.2; ask for 0.4 or more"):
         pggan.train(x, tmp_path / "g", progress=False, total_kimg=0.2, **cfg)
     assert (tmp_path / "g" / "pggan.json").read_text() == before
+
+
+def test_checkpoint_write_failing_after_a_new_best_keeps_the_best_weights_consistent(store, tmp_path, monkeypatch):
+    """best.safetensors was replaced before the checkpoint: when the checkpoint of that epoch then failed (a full
+    disk, or a kill between the two writes) the rerun resumed from the previous checkpoint, whose best epoch's
+    weights were gone, and a rerun that does not redo that epoch (here --epochs 2) bundled the unfinished
+    epoch's weights under the checkpoint's best epoch. The best weights now live in the checkpoint itself."""
+    from safetensors.torch import load_file
+
+    from slidestream.engine.store import WriteError
+
+    pipe = config.parse({**PIPE, "training": {**PIPE["training"], "lr": 1e-3}})  # val loss falls each epoch
+    ref = train.train(pipe, store, tmp_path / "ref", log=None)  # 2 epochs, uninterrupted
+    save = train._atomic_torch_save
+
+    def full_at_epoch_2(obj, path):
+        if obj.get("epoch") == 2:
+            raise WriteError(f"{path}: No space left on device; free space and run the same command again to resume")
+        save(obj, path)
+
+    monkeypatch.setattr(train, "_atomic_torch_save", full_at_epoch_2)
+    with pytest.raises(WriteError):
+        train.train(pipe, store, tmp_path / "run", epochs=3, log=None)
+    monkeypatch.setattr(train, "_atomic_torch_save", save)
+    res = train.train(pipe, store, tmp_path / "run", log=None)  # resumes after epoch 2 of 2: nothing to train
+    assert res["best_epoch"] == ref["best_epoch"]
+    a, b = (load_file(str(tmp_path / d / "small_cnn" / "model.safetensors")) for d in ("ref", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
