@@ -162,7 +162,8 @@ def schema() -> dict[str, Any]:
                     "fusion_cv": {"type": ["integer", "null"], "minimum": 2, "description": "K: fit the fusion on "
                                   "out-of-fold image scores of all train+val patients (K extra networks, each trained "
                                   "on K-1 folds for the main run's best epoch + 1 epochs); null (default): on fusion_split"},
-                    "num_workers": {"type": "integer", "minimum": 0, "description": "loader threads"},
+                    "num_workers": {"type": "integer", "minimum": 0, "maximum": 64,  # each reads a block ahead: 10^5 = 10^5 threads
+                                    "description": "loader threads (at most 64)"},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },
             },

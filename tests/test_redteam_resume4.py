@@ -173,3 +173,13 @@ def test_checkpoint_write_failing_after_a_new_best_keeps_the_best_weights_consis
     assert res["best_epoch"] == ref["best_epoch"]
     a, b = (load_file(str(tmp_path / d / "small_cnn" / "model.safetensors")) for d in ("ref", "run"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_huge_loader_thread_count_is_refused(store, tmp_path):
+    """training.num_workers 100000 was accepted: the loader reads 2 x workers blocks ahead, one thread each, so a
+    store of 10^5 blocks started 10^5 threads holding every block in memory (108 threads for 100 blocks)."""
+    pipe = {**PIPE, "training": {**PIPE["training"], "num_workers": 100_000}}
+    with pytest.raises(ConfigError, match=r"num_workers: 100000 is greater than the maximum of 64"):
+        config.parse(pipe)
+    with pytest.raises(ConfigError, match=r"^training setting num_workers: 100000 is greater than the maximum of 64"):
+        train.train(config.parse(PIPE), store, tmp_path, num_workers=100_000, log=None)
