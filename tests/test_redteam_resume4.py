@@ -183,3 +183,20 @@ def test_huge_loader_thread_count_is_refused(store, tmp_path):
         config.parse(pipe)
     with pytest.raises(ConfigError, match=r"^training setting num_workers: 100000 is greater than the maximum of 64"):
         train.train(config.parse(PIPE), store, tmp_path, num_workers=100_000, log=None)
+
+
+def test_demo_rerun_with_other_settings_is_refused_before_touching_the_folder(tmp_path):
+    """`demo --patients 20` into a 16-patient demo's folder regenerated the cohort, extracted 4 more slides and
+    re-split the store, and only then train refused the folder's checkpoint; after that the first command
+    (16 patients) was refused too: neither could resume. Now refused before any work; the same settings resume."""
+    from slidestream.engine import demo
+
+    kw = dict(size=(512, 384), mpp=1.0, epochs=1, bootstrap=0, heatmap=False, log=None)  # ~8 s
+    demo.run(tmp_path, n_patients=16, **kw)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(ConfigError, match=r"holds a demo made with patients 16 \(now 20\); use a new --out"):
+        demo.run(tmp_path, n_patients=20, **kw)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    with pytest.raises(ConfigError, match=r"holds a demo made with epochs 1 \(now 2\)"):  # in its pipeline: train refused it
+        demo.run(tmp_path, n_patients=16, **{**kw, "epochs": 2})
+    assert demo.run(tmp_path, n_patients=16, **kw)["metrics"]  # the same settings: resumes, nothing to train
