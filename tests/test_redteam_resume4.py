@@ -200,3 +200,24 @@ def test_demo_rerun_with_other_settings_is_refused_before_touching_the_folder(tm
     with pytest.raises(ConfigError, match=r"holds a demo made with epochs 1 \(now 2\)"):  # in its pipeline: train refused it
         demo.run(tmp_path, n_patients=16, **{**kw, "epochs": 2})
     assert demo.run(tmp_path, n_patients=16, **kw)["metrics"]  # the same settings: resumes, nothing to train
+
+
+def test_failed_evaluate_write_keeps_the_previous_metrics_whole(tmp_path):
+    """evaluate wrote metrics.json, patients.csv and report.md in place: a full disk (or a kill) mid-write left the
+    previous run's metrics.json cut short (invalid JSON) and patients.csv missing patients."""
+    from slidestream.engine import evaluate as ev
+    from slidestream.engine.store import WriteError
+    from test_write_failures import file_size_limit
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    t = {"patient_id": [f"P{i:05d}" for i in range(n)], "label": np.arange(n) // 2 % 2, "age": rng.uniform(20, 80, n),
+         "split": ["val", "test"] * (n // 2), "image_prob": rng.uniform(0, 1, n)}
+    ev.write_report(ev.evaluate({k: v[:40] for k, v in t.items()}, bootstrap=0), tmp_path)
+    before = {f: (tmp_path / f).read_bytes() for f in ("metrics.json", "patients.csv", "report.md")}
+    big = ev.evaluate(t, bootstrap=0)
+    with file_size_limit(48 * 1024), pytest.raises(WriteError, match=r"File too large; free space"):
+        ev.write_report(big, tmp_path)
+    assert (tmp_path / "patients.csv").read_bytes() == before["patients.csv"]  # the write that failed: kept whole
+    json.loads((tmp_path / "metrics.json").read_text())  # each file old or new, never cut
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
