@@ -221,3 +221,36 @@ def test_failed_evaluate_write_keeps_the_previous_metrics_whole(tmp_path):
     assert (tmp_path / "patients.csv").read_bytes() == before["patients.csv"]  # the write that failed: kept whole
     json.loads((tmp_path / "metrics.json").read_text())  # each file old or new, never cut
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_gan_resumed_for_more_kimg_and_stopped_is_not_sampled_as_done(tmp_path, monkeypatch):
+    """`gan train` rerun with a larger total_kimg on a finished generator kept manifest status "done" while it
+    trained on: stopped there (a full disk here, or a kill), `gan sample` went ahead and failed in the plugin with a
+    RuntimeError traceback. A refused rerun (smaller total_kimg) leaves the finished generator usable."""
+    from slidestream.engine import augment
+    from slidestream.engine.store import WriteError
+    from slidestream.plugins.augmenters import pggan
+
+    st = make_store(tmp_path / "store", n_patients=8, per_patient=8, patch=32)
+    splits.split_store(st, (6, 1, 1), 0)
+    small = {"resolution": 8, "start_resolution": 4, "fmap_base": 64, "fmap_max": 16, "training_kimg": 0.3,
+             "transition_kimg": 0.3, "minibatch": {}, "minibatch_default": 8, "checkpoint_kimg": 0.1, "tick_kimg": 1,
+             "swd_images": 16, "device": "cpu"}
+
+    def pipe(kimg):
+        return config.parse({"name": "g", "augmenter": {"name": "pggan", "params": {**small, "total_kimg": kimg}}})
+
+    out = tmp_path / "gan"
+    augment.train_gan(pipe(0.2), st.path, "wildtype", out, progress=False, log=None)
+    with pytest.raises(ConfigError, match="already trained for 0.2 kimg"):
+        augment.train_gan(pipe(0.1), st.path, "wildtype", out, progress=False, log=None)
+    assert augment.read_manifest(out)["status"] == "done" and augment.read_manifest(out)["params"]["total_kimg"] == 0.2
+
+    def full(*a, **k):
+        raise WriteError(f"{out}: No space left on device; free space and run the same command again to resume")
+
+    monkeypatch.setattr(pggan, "_save_checkpoint", full)
+    with pytest.raises(WriteError):
+        augment.train_gan(pipe(0.6), st.path, "wildtype", out, progress=False, log=None)
+    with pytest.raises(ConfigError, match="has not finished training; rerun `slidestream gan train` to resume it"):
+        augment.sample_into_store(out, 4, st.path)
