@@ -258,11 +258,16 @@ def _flatten(err: jsonschema.ValidationError) -> list[str]:
     return [f"{path}: {err.message}"]
 
 
+def not_a_file(p: Path) -> str:
+    """Why ``p``, which is no regular file, cannot be read as one (a folder said "not found")."""
+    return "is a folder" if p.is_dir() else "is not a regular file (a pipe, device or socket)" if p.exists() else "not found"
+
+
 def read_json(path: str | Path) -> Any:
     """The JSON document of a pipeline file, or a one-line ConfigError."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
+        raise ConfigError(f"pipeline file {p} {not_a_file(p)}; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:

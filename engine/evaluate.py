@@ -66,7 +66,9 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     on bad input."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"predictions file {p} not found")
+        from .config import not_a_file
+
+        raise ConfigError(f"predictions file {p} {not_a_file(p)}; give the CSV of `slidestream predict --store` or `train`")
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate an Excel BOM
             reader = csv.DictReader(f)

@@ -260,3 +260,23 @@ def test_gan_resumed_for_more_kimg_and_stopped_is_not_sampled_as_done(tmp_path, 
         augment.train_gan(pipe(0.6), st.path, "wildtype", out, progress=False, log=None)
     with pytest.raises(ConfigError, match="has not finished training; rerun `slidestream gan train` to resume it"):
         augment.sample_into_store(out, 4, st.path)
+
+
+@pytest.mark.parametrize("kind, what", [("dir", "is a folder"), ("fifo", r"is not a regular file \(a pipe, device or socket\)"),
+                                        ("none", "not found")])
+def test_pipeline_or_predictions_path_that_is_no_file_says_what_it_is(tmp_path, kind, what):
+    """A folder (or a pipe) given as the pipeline of train/mil train/gan/evaluate --pipeline, or as evaluate's
+    predictions, was reported as 'not found'."""
+    import os
+
+    from slidestream.engine import evaluate as ev
+
+    p = tmp_path / "x"
+    if kind == "dir":
+        p.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(p)
+    with pytest.raises(ConfigError, match=rf"^pipeline file {p} {what}; give a JSON pipeline"):
+        config.load(p)
+    with pytest.raises(ConfigError, match=rf"^predictions file {p} {what}; give the CSV"):
+        ev.load_predictions(p)
