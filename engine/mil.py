@@ -38,7 +38,7 @@ from . import registry
 from .device import resolve_device
 from .errors import ConfigError
 from .features import FeatureStore, as_str
-from .train import _atomic_torch_save, write_predictions
+from .train import _atomic_torch_save, load_checkpoint, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
                             "threshold": 0.5, "device": "auto"}
@@ -203,7 +203,7 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
              "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
     ckpt, history, best, best_state, start = out / "checkpoint.pt", [], None, None, 0
     if ckpt.exists():
-        c = torch.load(ckpt, map_location=device, weights_only=True)
+        c = load_checkpoint(ckpt, device)
         if c["ident"] != json.dumps(ident, sort_keys=True):
             raise ConfigError(f"{out} holds a checkpoint of another MIL run (other settings or split); "
                               "use a new --out, or delete it to start over")

@@ -209,6 +209,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((v, tuple(internal), gauss))
 
 
+def load_checkpoint(path: Path, map_location="cpu") -> dict[str, Any]:
+    """A checkpoint of ``_atomic_torch_save``, or a one-line ConfigError when the file is damaged (a copy cut
+    short, a disk error): torch's zip reader raised a RuntimeError traceback."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"{path} is damaged and cannot be resumed from ({str(e).splitlines()[0][:80]}); delete it "
+                          "to train that run from the start, or use a new --out") from None
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     """Replace ``path`` with ``obj``: serialized in memory, then written and renamed, so a full disk leaves the
     previous checkpoint (and raises the one-line ``WriteError``; torch's own file writer reports it as a
@@ -304,7 +316,7 @@ def fusion_cv_scores(st: PatchStore, tab: dict[str, np.ndarray], cfg: dict[str, 
         opt, sched = optimizer(model, cfg)
         ckpt, start = d / "checkpoint.pt", 0
         if ckpt.is_file():
-            c = torch.load(ckpt, map_location="cpu", weights_only=True)
+            c = load_checkpoint(ckpt)
             if c.get("run_id") == fold_id and int(c["epoch"]) < epochs:
                 _restore(c, model, opt, sched)
                 start = int(c["epoch"]) + 1
@@ -427,7 +439,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     start = 0
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.is_file():
-        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        c = load_checkpoint(ckpt)
         if c.get("run_id") != run_id:
             raise ConfigError(f"{out_dir} holds a checkpoint of a different training run (other pipeline, store, split "
                               "or settings); use a new --out or delete it to start over")

@@ -280,3 +280,14 @@ def test_pipeline_or_predictions_path_that_is_no_file_says_what_it_is(tmp_path, 
         config.load(p)
     with pytest.raises(ConfigError, match=rf"^predictions file {p} {what}; give the CSV"):
         ev.load_predictions(p)
+
+
+def test_damaged_checkpoint_is_one_line_not_a_torch_traceback(store, tmp_path):
+    """A checkpoint cut short (a partial copy, a disk error; our own writes are atomic) gave torch's 'PytorchStreamReader
+    failed reading zip archive' RuntimeError traceback on the rerun."""
+    train.train(config.parse(PIPE), store, tmp_path, epochs=1, log=None)
+    ckpt = tmp_path / "small_cnn" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(ConfigError, match=rf"^{ckpt} is damaged and cannot be resumed from \(.*\); delete it") as e:
+        train.train(config.parse(PIPE), store, tmp_path, log=None)
+    assert "\n" not in str(e.value)
