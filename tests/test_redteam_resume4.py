@@ -291,3 +291,19 @@ def test_damaged_checkpoint_is_one_line_not_a_torch_traceback(store, tmp_path):
     with pytest.raises(ConfigError, match=rf"^{ckpt} is damaged and cannot be resumed from \(.*\); delete it") as e:
         train.train(config.parse(PIPE), store, tmp_path, log=None)
     assert "\n" not in str(e.value)
+
+
+def test_damaged_gan_checkpoint_is_one_line(tmp_path, one_thread):
+    """A cut-short PG-GAN checkpoint gave safetensors' SafetensorError traceback on the resume."""
+    from slidestream.plugins.augmenters import pggan
+
+    x = np.random.default_rng(0).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+    cfg = {"resolution": 8, "start_resolution": 4, "fmap_base": 64, "fmap_max": 16, "training_kimg": 0.3,
+           "transition_kimg": 0.3, "minibatch": {}, "minibatch_default": 8, "checkpoint_kimg": 0.2, "tick_kimg": 1,
+           "swd_images": 16, "device": "cpu"}
+    state = pggan.train(x, tmp_path / "g", progress=False, total_kimg=0.2, **cfg)
+    ck = tmp_path / "g" / state["checkpoint"]
+    ck.write_bytes(ck.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match=rf"^pggan: checkpoint {ck} is damaged \(.*\); delete") as e:
+        pggan.train(x, tmp_path / "g", progress=False, total_kimg=0.4, **cfg)
+    assert "\n" not in str(e.value)
