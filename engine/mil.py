@@ -356,12 +356,14 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
               "mean": float(np.mean(valid)) if valid else None, "sd": float(np.std(valid, ddof=1)) if len(valid) > 1 else None,
               "sd_ddof": 1,  # the sample sd over folds, as the MIL literature reports it
               "train_cpu_s": round(sum(r["train_cpu_s"] for r in results), 3)}
-        (out / "cv.json").write_text(json.dumps(cv, indent=1))
+        from .store import atomic_write_text
+
+        atomic_write_text(out / "cv.json", json.dumps(cv, indent=1))
         line = (f"{agg['name']}, {folds}-fold patient-level CV: test AUC {cv['mean']:.3f} ± {cv['sd']:.3f} "
                 "(mean ± sd over folds; sample sd, ddof 1)" if cv["sd"] is not None
                 else f"{agg['name']}: test AUC {cv['mean']}")
-        (out / "cv.md").write_text(f"# Cross-validation\n\n{line}\n\n| fold | test AUC |\n|---|---|\n"
-                                   + "".join(f"| {i} | {a if a is None else round(a, 4)} |\n" for i, a in enumerate(aucs)))
+        atomic_write_text(out / "cv.md", f"# Cross-validation\n\n{line}\n\n| fold | test AUC |\n|---|---|\n"
+                          + "".join(f"| {i} | {a if a is None else round(a, 4)} |\n" for i, a in enumerate(aucs)))
         if log:
             log(line)
         return {"cv": cv, "folds": results}

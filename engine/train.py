@@ -571,10 +571,10 @@ def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Pat
             lines.append(f"| {'val (selection set)' if split == 'val' else split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
                          f"{f(m['auc'])} | {r['best_epoch'] + 1} | {r['init']} |")
     md = out / "comparison.md"
-    md.write_text("# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"
-                  + "\n".join(lines) + "\n")
+    atomic_write_text(md, "# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"
+                      + "\n".join(lines) + "\n")
     js = out / "comparison.json"
-    js.write_text(json.dumps(rows, indent=1))
+    atomic_write_text(js, json.dumps(rows, indent=1))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, split, title in zip(axes, ("val", "test"), ("(a) validation set", "(b) test set")):
         for r in results:

@@ -307,3 +307,18 @@ def test_damaged_gan_checkpoint_is_one_line(tmp_path, one_thread):
     with pytest.raises(ConfigError, match=rf"^pggan: checkpoint {ck} is damaged \(.*\); delete") as e:
         pggan.train(x, tmp_path / "g", progress=False, total_kimg=0.4, **cfg)
     assert "\n" not in str(e.value)
+
+
+def test_failed_comparison_write_keeps_the_previous_tables_whole(store, bundle, tmp_path):
+    """train's comparison.md/.json (and gan-sweep's table.md/.json, mil's cv.json/.md) were written in place: a full
+    disk or a kill mid-write left the previous tables cut short."""
+    from slidestream.engine.store import WriteError
+    from test_write_failures import file_size_limit
+
+    summary = {**json.loads((bundle / "training.json").read_text()), "init": "scratch"}
+    summary["metrics"] = {s: {**m, "roc": {"fpr": [0, 1], "tpr": [0, 1]}} for s, m in summary["metrics"].items()}
+    train.compare([summary], tmp_path)
+    before = {f: (tmp_path / f).read_bytes() for f in ("comparison.md", "comparison.json")}
+    with file_size_limit(100), pytest.raises(WriteError, match="File too large; free space"):
+        train.compare([{**summary, "arch": "x" * 300}], tmp_path)
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
