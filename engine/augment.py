@@ -142,12 +142,16 @@ def train_gan(pipeline: dict[str, Any], store: str | Path, label: str, out: str 
            "split": st.manifest.get("split"), "rows": config.digest(rows.tolist()), "normalization": refs}
     gid = f"{ref['name']}-{label}-{config.digest(key)[:8]}"
     out = Path(out)
+    old = None
     if _manifest_path(out).is_file():
         old = read_manifest(out)
         if old.get("generator_id") != gid:
             raise ConfigError(f"{out} holds a generator trained with other settings, class or patches "
                               f"({old.get('generator_id')}); use a new --out")
-        manifest = {**old, "params": params, "patients": patients, "patients_digest": config.digest(patients)}
+        # "training" until the plugin returns: a finished generator resumed for more kimg and then killed (or
+        # stopped by a full disk) stayed "done", and `gan sample` failed in the plugin with a traceback
+        manifest = {**old, "params": params, "patients": patients, "patients_digest": config.digest(patients),
+                    "status": "training"}
     else:
         out.mkdir(parents=True, exist_ok=True)
         manifest = {"generator": ref["name"], "generator_id": gid, "label": label, "label_value": LABELS[label],
@@ -159,7 +163,12 @@ def train_gan(pipeline: dict[str, Any], store: str | Path, label: str, out: str 
     if log:
         log(f"{gid}: {len(rows)} {label} training patches of {store} -> {out}")
     patches = normalized_rows(st, rows, chain)
-    result = plugin.train(patches, out, progress=progress, **params)
+    try:
+        result = plugin.train(patches, out, progress=progress, **params)
+    except ConfigError:  # refused before training (e.g. a smaller total_kimg): the generator stays as it was
+        if old is not None:
+            write_manifest(out, old)
+        raise
     manifest["status"] = "done"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if isinstance(result, dict) and result.get("swd"):

@@ -162,7 +162,8 @@ def schema() -> dict[str, Any]:
                     "fusion_cv": {"type": ["integer", "null"], "minimum": 2, "description": "K: fit the fusion on "
                                   "out-of-fold image scores of all train+val patients (K extra networks, each trained "
                                   "on K-1 folds for the main run's best epoch + 1 epochs); null (default): on fusion_split"},
-                    "num_workers": {"type": "integer", "minimum": 0, "description": "loader threads"},
+                    "num_workers": {"type": "integer", "minimum": 0, "maximum": 64,  # each reads a block ahead: 10^5 = 10^5 threads
+                                    "description": "loader threads (at most 64)"},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
                 },
             },
@@ -287,11 +288,16 @@ def _flatten(err: jsonschema.ValidationError) -> list[str]:
     return [f"{path}: {err.message}" + (f"; {hint}" if hint else "")]
 
 
+def not_a_file(p: Path) -> str:
+    """Why ``p``, which is no regular file, cannot be read as one (a folder said "not found")."""
+    return "is a folder" if p.is_dir() else "is not a regular file (a pipe, device or socket)" if p.exists() else "not found"
+
+
 def read_json(path: str | Path) -> Any:
     """The JSON document of a pipeline file, or a one-line ConfigError."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"pipeline file {p} not found; give a JSON pipeline such as schemas/examples/liu2020.json")
+        raise ConfigError(f"pipeline file {p} {not_a_file(p)}; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
         text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
         return json.loads(text, object_pairs_hook=_no_duplicates(p))

@@ -58,6 +58,25 @@ def _shuffle_labels(csv_path: Path, seed: int) -> None:
         w.writerows(rows)
 
 
+def _same_demo(out: Path, settings: dict[str, Any]) -> None:
+    """Record the demo's settings in ``OUT/demo.json``, or refuse a rerun into ``out`` with other ones (before any
+    work: it regenerated the cohort, extracted the new slides and re-split the store, then train refused the
+    folder's checkpoint, and the first settings could not resume either)."""
+    from .errors import ConfigError
+    from .store import atomic_write_text
+
+    f = out / "demo.json"
+    if f.is_file():
+        old = json.loads(f.read_text())
+        diff = [f"{k} {old.get(k)!r} (now {v!r})" for k, v in settings.items() if old.get(k) != v]
+        if diff:
+            raise ConfigError(f"{out} holds a demo made with {', '.join(diff)}; use a new --out, or the same settings "
+                              "to resume it")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(f, json.dumps(settings))
+
+
 def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
         epochs: int = 3, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
         mpp: float = 0.25, gan: bool = False, mil: bool = False,
@@ -75,15 +94,17 @@ def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple
     from . import predict, runner, splits, synthetic, train
     from .store import PatchStore
 
+    if mil and (shuffle_labels or gan or mpp != 0.25):
+        raise ValueError("demo --mil runs the default cohort (mpp 0.25) without --gan or shuffled labels")
+    out = Path(out)
+    _same_demo(out, {"patients": n_patients, "seed": seed, "size": list(size), "mpp": mpp, "epochs": None if mil else epochs,
+                     "shuffle_labels": shuffle_labels, "gan": gan, "mil": mil})
     if mil:
-        if shuffle_labels or gan or mpp != 0.25:
-            raise ValueError("demo --mil runs the default cohort (mpp 0.25) without --gan or shuffled labels")
         from .mil import demo as mil_demo
 
         return mil_demo(out, n_patients=n_patients, size=size, seed=seed, bootstrap=bootstrap, log=log)
     say = log or (lambda s: None)
     t0 = time.perf_counter()
-    out = Path(out)
     pipe = demo_pipeline(epochs, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(pipe, indent=1))

@@ -38,6 +38,7 @@ one-class split, sensitivity without mutants) are ``null``, with a line in ``met
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -66,7 +67,9 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
     on bad input."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"predictions file {p} not found")
+        from .config import not_a_file
+
+        raise ConfigError(f"predictions file {p} {not_a_file(p)}; give the CSV of `slidestream predict --store` or `train`")
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate an Excel BOM
             reader = csv.DictReader(f)
@@ -689,23 +692,29 @@ def _errors(g: dict, name: str) -> str:
 
 
 def _write_patients(cols: dict[str, list], path: Path) -> None:
+    from .store import atomic_write_text
+
     names = list(cols)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for row in zip(*(cols[c] for c in names)):
-            w.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])  # exact floats
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(names)
+    for row in zip(*(cols[c] for c in names)):
+        w.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])  # exact floats
+    atomic_write_text(path, f.getvalue())
 
 
 def write_report(metrics: dict, out_dir: str | Path) -> list[Path]:
     """Write ``metrics.json``, ``patients.csv`` (every patient's predictor values), ``roc_val.png`` /
-    ``roc_test.png`` (splits present) and ``report.md``."""
+    ``roc_test.png`` (splits present) and ``report.md``; each replaced atomically (a full disk or a kill keeps the
+    previous file whole)."""
+    from .store import atomic_write_text
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "patients.csv"]
     patients = metrics.get("patients")
     metrics = {k: v for k, v in metrics.items() if k != "patients"}
-    written[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(written[0], json.dumps(metrics, indent=2) + "\n")
     if patients:
         _write_patients(patients, written[1])
     else:
@@ -714,6 +723,6 @@ def write_report(metrics: dict, out_dir: str | Path) -> list[Path]:
         if split in metrics:
             plot_roc(metrics, split, out / f"roc_{split}.png")
             written.append(out / f"roc_{split}.png")
-    (out / "report.md").write_text(report_markdown(metrics))
+    atomic_write_text(out / "report.md", report_markdown(metrics))
     written.append(out / "report.md")
     return written

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ConfigError
-from .store import PatchStore
+from .store import PatchStore, atomic_write_text
 
 
 def gan_sweep(pipeline: dict[str, Any], store: str | Path, counts: Sequence[int], out: str | Path,
@@ -76,8 +76,8 @@ def write_table(results: list[dict[str, Any]], out: Path) -> dict[str, Path]:
                          **{k: m[k] for k in ("n", "sensitivity", "specificity", "accuracy", "auc")}})
         md.append("")
     md.append(f"Each run: `{results[0]['arch']}`, identical patient split and seed; the first row (+{base}) is the reference.")
-    (out / "table.md").write_text("\n".join(md) + "\n")
-    (out / "table.json").write_text(json.dumps(rows, indent=1))
+    atomic_write_text(out / "table.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "table.json", json.dumps(rows, indent=1))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, split, title in zip(axes, ("val", "test"), ("(a) validation set", "(b) test set")):
         for r in results:

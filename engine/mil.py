@@ -38,7 +38,7 @@ from . import registry
 from .device import resolve_device
 from .errors import ConfigError
 from .features import FeatureStore, as_str
-from .train import _atomic_torch_save, write_predictions
+from .train import _atomic_torch_save, load_checkpoint, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
                             "threshold": 0.5, "device": "auto"}
@@ -153,6 +153,16 @@ def _better(m: dict, best: dict | None) -> bool:
     return m["val_loss"] < best["val_loss"]
 
 
+def _stops_after(history: list[dict], cfg: dict[str, Any]) -> int:
+    """Epochs a run with ``cfg`` trains when its validation epochs are ``history`` (``epochs``, early stopping)."""
+    best = None
+    for e, m in enumerate(history[:cfg["epochs"]]):
+        if cfg["patience"] and best is not None and e - best["epoch"] >= cfg["patience"]:
+            return e
+        best = m if _better(m, best) else best
+    return min(len(history), cfg["epochs"])
+
+
 def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: dict[str, Any], cfg: dict[str, Any],
               out: Path, header: dict[str, Any], log=print) -> dict[str, Any]:
     """Train one aggregator on the ``split`` (train/val/test per patient) and write its bundle to ``out``.
@@ -193,13 +203,18 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
              "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
     ckpt, history, best, best_state, start = out / "checkpoint.pt", [], None, None, 0
     if ckpt.exists():
-        c = torch.load(ckpt, map_location=device, weights_only=True)
+        c = load_checkpoint(ckpt, device)
         if c["ident"] != json.dumps(ident, sort_keys=True):
             raise ConfigError(f"{out} holds a checkpoint of another MIL run (other settings or split); "
                               "use a new --out, or delete it to start over")
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["opt"])
         history, best_state = json.loads(c["history"]), c["best_state"]
+        stop = _stops_after(history, cfg)
+        if len(history) > stop:  # its history and best epoch would pass for those of a run that stopped earlier
+            raise ConfigError(f"{out} holds a MIL run already trained for {len(history)} epochs; with mil.epochs "
+                              f"{cfg['epochs']} (--epochs) and mil.patience {cfg['patience']} it stops after {stop}: "
+                              "give the settings it was trained with to resume it, or use a new --out")
         best = next(m for m in history if m["epoch"] == int(c["best_epoch"]))
         start = len(history)
         if log:
@@ -341,12 +356,14 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
               "mean": float(np.mean(valid)) if valid else None, "sd": float(np.std(valid, ddof=1)) if len(valid) > 1 else None,
               "sd_ddof": 1,  # the sample sd over folds, as the MIL literature reports it
               "train_cpu_s": round(sum(r["train_cpu_s"] for r in results), 3)}
-        (out / "cv.json").write_text(json.dumps(cv, indent=1))
+        from .store import atomic_write_text
+
+        atomic_write_text(out / "cv.json", json.dumps(cv, indent=1))
         line = (f"{agg['name']}, {folds}-fold patient-level CV: test AUC {cv['mean']:.3f} ± {cv['sd']:.3f} "
                 "(mean ± sd over folds; sample sd, ddof 1)" if cv["sd"] is not None
                 else f"{agg['name']}: test AUC {cv['mean']}")
-        (out / "cv.md").write_text(f"# Cross-validation\n\n{line}\n\n| fold | test AUC |\n|---|---|\n"
-                                   + "".join(f"| {i} | {a if a is None else round(a, 4)} |\n" for i, a in enumerate(aucs)))
+        atomic_write_text(out / "cv.md", f"# Cross-validation\n\n{line}\n\n| fold | test AUC |\n|---|---|\n"
+                          + "".join(f"| {i} | {a if a is None else round(a, 4)} |\n" for i, a in enumerate(aucs)))
         if log:
             log(line)
         return {"cv": cv, "folds": results}

@@ -34,6 +34,10 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     the result: their probabilities are in-sample, not held out). A store that was never split (new patients)
     gets split ``test`` for every patient the bundle did not train or select on, the bundle's own split for
     those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is."""
+    out = Path(out)
+    if out.is_dir():  # the rename onto it failed after scoring the whole store, naming a temporary file
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the work: a --out under a regular file fails now
     dev = pick_device(device)
     b = load(bundle, dev)
     st = PatchStore.open(store)
@@ -58,8 +62,6 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
         # patients the bundle trained or selected on keep that role (evaluate --bundle checks them)
         role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
         table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(out, table)
     # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
     listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}

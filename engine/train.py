@@ -17,7 +17,8 @@ is no weight decay unless ``weight_decay`` asks for it (default 0; Adam's L2 pen
   patch probabilities, ``aggregation``). The best epoch has the highest validation patient AUC, ties
   broken by the lower validation patch cross-entropy; ``select: "loss"`` uses the loss alone (also the
   fallback when the validation split holds one class, where the AUC is undefined).
-* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, lr schedule, history and every RNG state:
+* Checkpoints: ``OUT/<arch>/checkpoint.pt`` (model, optimizer, lr schedule, history, the best epoch's weights
+  (one file: a failed or killed save never leaves best weights of another epoch) and every RNG state:
   torch CPU, CUDA on all devices when present, numpy's global generator and Python's ``random``; tensors and
   plain containers only, loaded with ``weights_only=True``) is replaced atomically after every epoch. Run the
   same command again after a kill and training continues from the last finished epoch; batch order depends
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -112,14 +114,17 @@ def patient_table(store_tab: dict[str, np.ndarray], rows: np.ndarray, probs: np.
 
 
 def write_predictions(path: Path, table: dict[str, np.ndarray]) -> None:
+    """Replace ``path`` atomically: a kill or a full disk leaves the previous file whole, never a table missing
+    its last patients that `evaluate` would read as good."""
     cols = ["patient_id", "label", "age", "split", "image_prob"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for i in range(len(table["patient_id"])):
-            age = table["age"][i]
-            w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else repr(float(age)),
-                        table["split"][i], repr(float(table['image_prob'][i]))])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(cols)
+    for i in range(len(table["patient_id"])):
+        age = table["age"][i]
+        w.writerow([table["patient_id"][i], int(table["label"][i]), "" if np.isnan(age) else repr(float(age)),
+                    table["split"][i], repr(float(table['image_prob'][i]))])
+    atomic_write_text(path, f.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -202,6 +207,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     v, internal, gauss = json.loads(state["python"])
     random.setstate((v, tuple(internal), gauss))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict[str, Any]:
+    """A checkpoint of ``_atomic_torch_save``, or a one-line ConfigError when the file is damaged (a copy cut
+    short, a disk error): torch's zip reader raised a RuntimeError traceback."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"{path} is damaged and cannot be resumed from ({str(e).splitlines()[0][:80]}); delete it "
+                          "to train that run from the start, or use a new --out") from None
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -299,7 +316,7 @@ def fusion_cv_scores(st: PatchStore, tab: dict[str, np.ndarray], cfg: dict[str, 
         opt, sched = optimizer(model, cfg)
         ckpt, start = d / "checkpoint.pt", 0
         if ckpt.is_file():
-            c = torch.load(ckpt, map_location="cpu", weights_only=True)
+            c = load_checkpoint(ckpt)
             if c.get("run_id") == fold_id and int(c["epoch"]) < epochs:
                 _restore(c, model, opt, sched)
                 start = int(c["epoch"]) + 1
@@ -344,10 +361,10 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     t0 = time.perf_counter()
     given = {k: v for k, v in dict(synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides).items()
              if v is not None}
-    bad = config.validation_errors({"training": given})  # as a pipeline's: epochs=2.5 ran 2 epochs, synthetic=2.5 a traceback
-    if bad:
-        raise ConfigError(f"train: {bad[0].replace('$.training.', 'training.')}; give it as in a pipeline's training section")
-    cfg = settings(pipeline, synthetic=synthetic, seed=seed, epochs=epochs, device=device, **overrides)
+    bad = config.validation_errors({"training": given})  # the pipeline's own values were checked when it was loaded
+    if bad:  # epochs=2.5 ran 2 epochs; --epochs 0 ran no epoch and ended in a FileNotFoundError traceback (no best weights)
+        raise ConfigError(f"training setting {bad[0].removeprefix('$.training.')}; give a valid value")
+    cfg = settings(pipeline, **given)
     cref = pipeline.get("classifier") or {"name": "resnet50"}
     arch = arch or cref["name"]
     cparams = dict(cref.get("params") or {}) if cref["name"] == arch else {}
@@ -418,16 +435,27 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
     opt, sched = optimizer(model, cfg)
     history: list[dict] = []
     best: dict | None = None
+    best_state: dict | None = None  # the best epoch's weights: in the checkpoint, committed with it
     start = 0
     ckpt = out_dir / "checkpoint.pt"
     if ckpt.is_file():
-        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        c = load_checkpoint(ckpt)
         if c.get("run_id") != run_id:
             raise ConfigError(f"{out_dir} holds a checkpoint of a different training run (other pipeline, store, split "
                               "or settings); use a new --out or delete it to start over")
+        if int(c["epoch"]) + 1 > int(cfg["epochs"]):  # its history and best epoch would pass for a shorter run's
+            raise ConfigError(f"{out_dir} holds a run already trained for {int(c['epoch']) + 1} epochs, more than the "
+                              f"{cfg['epochs']} asked (--epochs, training.epochs); ask for {int(c['epoch']) + 1} or more "
+                              "to resume it, or use a new --out")
         _restore(c, model, opt, sched)
         history, start = json.loads(c["history"]), int(c["epoch"]) + 1
         best = json.loads(c["best"]) if c.get("best") else None
+        if "best_state" in c:
+            best_state = c["best_state"]
+        else:  # a checkpoint of an older version: its best weights were written beside it
+            from safetensors.torch import load_file
+
+            best_state = load_file(str(out_dir / "best.safetensors"))
         say(f"resuming after epoch {start} of {cfg['epochs']} from {ckpt}")
 
     loader = train_loader(st, train_rows, chain, cfg)
@@ -448,21 +476,16 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
              "seconds": round(time.perf_counter() - te, 2)}
         history.append(m)
         if _better(m, best, cfg["select"]):
-            best = m
-            from safetensors.torch import save
-            atomic_write_bytes(out_dir / "best.safetensors",
-                               save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+            best, best_state = m, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         _atomic_torch_save({"run_id": run_id, "epoch": epoch, **_state(model, opt, sched), "history": json.dumps(history),
-                            "best": json.dumps(best)}, ckpt)
+                            "best": json.dumps(best), "best_state": best_state}, ckpt)
         auc = "n/a" if vm["auc"] is None else f"{vm['auc']:.3f}"
         say(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {m['train_loss']:.4f}, val loss {vloss:.4f}, "
             f"val patient AUC {auc} ({m['seconds']:.1f} s){'  *best' if best is m else ''}")
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
 
     # ---- the best epoch: score every split, fit fusion, write bundle + predictions
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(out_dir / "best.safetensors")))
+    model.load_state_dict(best_state)
     real = np.nonzero(~tab["synthetic"].astype(bool))[0]
     probs = store_probs(model, st, real, chain, size, dev, workers=int(cfg["num_workers"]) or 1)
     ptab = patient_table(tab, real, probs, cfg["aggregation"])
@@ -553,10 +576,10 @@ def compare(results: Sequence[dict[str, Any]], out: str | Path) -> dict[str, Pat
             lines.append(f"| {'val (selection set)' if split == 'val' else split} | {r['arch']} | {f(m['sensitivity'])} | {f(m['specificity'])} | {f(m['accuracy'])} | "
                          f"{f(m['auc'])} | {r['best_epoch'] + 1} | {r['init']} |")
     md = out / "comparison.md"
-    md.write_text("# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"
-                  + "\n".join(lines) + "\n")
+    atomic_write_text(md, "# Classification performance by architecture (patient level, cf. Liu et al. 2020 Table 1)\n\n"
+                      + "\n".join(lines) + "\n")
     js = out / "comparison.json"
-    js.write_text(json.dumps(rows, indent=1))
+    atomic_write_text(js, json.dumps(rows, indent=1))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, split, title in zip(axes, ("val", "test"), ("(a) validation set", "(b) test set")):
         for r in results:

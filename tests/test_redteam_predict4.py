@@ -231,9 +231,9 @@ def test_numeric_patient_ids_from_pandas_are_refused_and_text_ids_kept(tmp_path)
     assert ev.load_predictions(p)["patient_id"].tolist() == ["007", "7", "7.0", "TCGA-06-0129"]
 
 
-@pytest.mark.parametrize("kw, match", [({"synthetic": 2.5}, r"training.synthetic: 2.5 is not of type 'integer'"),
-                                       ({"epochs": 2.5}, r"training.epochs: 2.5 is not of type 'integer'"),
-                                       ({"batch_size": 0}, r"training.batch_size: 0")])
+@pytest.mark.parametrize("kw, match", [({"synthetic": 2.5}, r"training setting synthetic: 2.5 is not of type 'integer'"),
+                                       ({"epochs": 2.5}, r"training setting epochs: 2.5 is not of type 'integer'"),
+                                       ({"batch_size": 0}, r"training setting batch_size: 0")])
 def test_train_overrides_from_python_are_checked_like_a_pipelines(tmp_path, kw, match):
     """train(epochs=2.5) ran 2 epochs and recorded 2.5; synthetic=2.5 (a gan-sweep count) ended in a traceback."""
     from slidestream.engine import config, train

@@ -363,10 +363,23 @@ def train(patches: Any, out_dir: str | Path, progress: bool | None = None, **par
             raise ValueError(f"pggan: {out} holds a GAN trained with other {what}; use a new output directory")
         if state["status"] == "done" and state["config"]["total_kimg"] == cfg["total_kimg"]:
             return state
+        if state["nimg"] > round(cfg["total_kimg"] * 1000):  # it was marked done at total_kimg, trained for more
+            from slidestream.engine.errors import ConfigError
+
+            raise ConfigError(f"pggan: {out} holds a GAN already trained for {state['nimg'] / 1000:g} kimg, more than "
+                              f"total_kimg {cfg['total_kimg']:g}; ask for {state['nimg'] / 1000:g} or more to resume "
+                              "it, or use a new output directory")
         state["config"] = cfg
         state["status"] = "training"
         if state.get("checkpoint"):
-            trainer.load(load_file(str(out / state["checkpoint"]), device=str(device)), state.get("opt_key"))
+            try:
+                tensors = load_file(str(out / state["checkpoint"]), device=str(device))
+            except Exception as e:  # cut short or corrupted (safetensors' own error type): a traceback before
+                from slidestream.engine.errors import ConfigError
+
+                raise ConfigError(f"pggan: checkpoint {out / state['checkpoint']} is damaged ({str(e)[:80]}); delete "
+                                  f"{out} to train from the start, or use a new output directory") from None
+            trainer.load(tensors, state.get("opt_key"))
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
         state.setdefault("runs", []).append({"resumed_at_kimg": state["nimg"] / 1000, "time": time.time()})
