@@ -727,13 +727,15 @@ class PatchStore:
         return self._sums_cache
 
     def changed_shards(self, section: str = "slides") -> dict[str, str]:
-        """Committed keys whose shard files are missing or changed size since their commit (a stat per file),
-        with the first such file: ``extract`` re-extracts those slides on resume."""
+        """Committed keys whose shard files are missing or not the ones their commit wrote (size and fingerprint,
+        ``_file_sum``: a few small reads per file), with the first such file: ``extract`` re-extracts those slides
+        on resume (a file swapped for another slide's of the same size too)."""
         out = {}
+        per, crc = self.shard // self.chunk, _inner_codecs(self._meta["patches"])[1]
         for key, rec in self._records.get(section, {}).items():
-            for name, (size, _) in (rec.get("shards") or {}).items() if rec.get("region") else ():
+            for name, want in (rec.get("shards") or {}).items() if rec.get("region") else ():
                 try:
-                    same = (self.path / name).stat().st_size == size
+                    same = _file_sum(self.path / name, per, crc) == list(want)
                 except OSError:
                     same = False
                 if not same:

@@ -173,6 +173,8 @@ def test_swapped_shard_files_of_two_slides_are_refused_and_re_extracted(tmp_path
         PatchStore.open(st.path).read(0, 4)
     with pytest.raises(StoreError, match="slides 'S1'"):
         PatchStore.open(st.path).read(4, 8)
+    assert a.stat().st_size == b.stat().st_size  # random patches: equal shard sizes, so a size check misses the swap
+    assert set(PatchStore.open(st.path).changed_shards()) == {"S0", "S1"}  # a resume re-extracts both
     b.write_bytes(a.read_bytes())
     a.write_bytes(tmp)
     assert np.array_equal(PatchStore.open(st.path).read(0, 4), want)
