@@ -716,7 +716,7 @@ class PatchStore:
                 raise StoreError(f"store {self.path}: the patch shard {name} of {self._owner(j * self.shard)} is not the one "
                                  f"its commit wrote (size, fingerprint {got} vs {list(want)}): shard files were swapped or "
                                  "replaced; re-extract that slide (run the same `slidestream extract` again: it "
-                                 "re-extracts slides whose shard files changed size), or the store into a new --out")
+                                 "re-extracts slides whose shard files changed), or the store into a new --out")
             self._sums_ok.add(j)
 
     def _sums(self) -> dict[str, list[int]]:

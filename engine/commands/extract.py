@@ -116,7 +116,7 @@ def extract_cmd(
     store is being written by another process (STORE.lock names it).
 
     A rerun updates the label, age and patient_id columns of finished slides whose cohort values
-    changed, and extracts again a slide whose mpp changed or whose shard file changed size since its commit.
+    changed, and extracts again a slide whose mpp changed or whose shard file changed since its commit.
 
     With --features-only no patch is kept: each slide's patches go through the pipeline's encoder and
     only their features and meta columns (slide_id, patient_id, label, age, x, y, size0) are written
