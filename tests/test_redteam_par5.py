@@ -49,3 +49,27 @@ def test_worker_dying_hard_fails_only_its_slide_and_rerun_resumes(tmp_path):
     rc, out, err = _run(tmp_path, "")
     assert rc == 0, err
     assert out["skipped"] == 2 and [s["status"] for s in out["slides"] if s["slide_id"] == "b"] != ["error"], out
+
+
+def test_sigterm_during_parallel_run_with_a_hanging_slide_exits_and_rerun_resumes(tmp_path):
+    import signal
+    import time
+    (tmp_path / "a.svs").symlink_to(WSI / "CMU-1-Small-Region.svs")
+    (tmp_path / "b.svs").symlink_to(WSI / "tcga-cr-7395-01a-01-ts1.svs")
+    (tmp_path / "c.csv").write_text("slide_path,patient_id,label,age,mpp\na.svs,p1,1,40,0.5\nb.svs,p2,0,50,0.5\n")
+    hang = KILLER.replace("os._exit(9)", "import time; time.sleep(1000)")
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-c", hang, "extract", str(PIPELINE), "--slides", str(tmp_path / "c.csv"),
+                              "--out", str(tmp_path / "s.zarr"), "--workers", "2", "--json", "--no-qa"],
+                             stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ, KILL_SLIDE="b"))
+    try:
+        t = time.monotonic()
+        while " a: " not in log.read_text() and time.monotonic() - t < 30:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=15) != 0
+    finally:
+        p.kill()
+    rc, out, err = _run(tmp_path, "")
+    assert rc == 0 and out["skipped"] == 1, (err, out)  # slide a, committed before the signal, is kept
