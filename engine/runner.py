@@ -466,30 +466,48 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
     else:
         import multiprocessing
 
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        # One single-worker pool per slide, at most `workers` at a time: a worker that dies hard (killed, out of
+        # memory, a crash in a reader) breaks only its own slide's pool, not every slide in flight.
+        pools = {}
 
         def submit(row, *args):
-            return pool.submit(process_slide, *args)
+            pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            fut = pool.submit(process_slide, *args)
+            pools[fut] = pool
+            return fut
 
         def wait(futs):
             return cf.wait(futs, timeout=0.5, return_when=cf.FIRST_COMPLETED)
 
         def close():
-            pool.shutdown(cancel_futures=True)
+            for pool in pools.values():
+                pool.shutdown(cancel_futures=True)
     try:
         futures = {}
         updates = {}
-        for row in todo:
-            fut = submit(row, pipeline, row, str(stage_dir), store_cfg, str(qa_dir) if qa_dir else None, threads, None,
-                         _FileProgress(str(stage_dir / f"{row.slide_id}.progress")), None, allow_corrupt)
-            futures[fut] = row
-            updates[row.slide_id] = bar.slide_started(row.slide_id)
+        queue = list(todo)
+        running = set()
+
+        def start(n):
+            for row in queue[:n]:
+                fut = submit(row, pipeline, row, str(stage_dir), store_cfg, str(qa_dir) if qa_dir else None, threads,
+                             None, _FileProgress(str(stage_dir / f"{row.slide_id}.progress")), None, allow_corrupt)
+                futures[fut] = row
+                running.add(fut)
+                updates[row.slide_id] = bar.slide_started(row.slide_id)
+            del queue[:n]
+
+        start(len(queue) if scheduler else workers)
         pending: dict[str, tuple] = {}
         order = [r.slide_id for r in todo]
         nxt = 0
-        running = set(futures)
         while running:
             done, running = wait(running)
+            running = set(running)
+            if not scheduler:
+                for fut in done:
+                    pools.pop(fut).shutdown()
+                start(len(done))
             for row in (futures[f] for f in running):
                 prog = stage_dir / f"{row.slide_id}.progress"
                 try:
@@ -503,6 +521,9 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                     rec = fut.result()
                 except WriteError:
                     raise
+                except cf.BrokenExecutor:
+                    rec = {"status": "error", "reason": f"{row.slide_path}: its worker process died (killed, out of "
+                           "memory or a crash in a reader); the other slides went on; rerun to retry it"}
                 except Exception as e:
                     rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
                 (stage_dir / f"{row.slide_id}.progress").unlink(missing_ok=True)
