@@ -205,8 +205,8 @@ def _pid_alive(pid: int) -> bool:
 _HELD: set[Path] = set()
 
 
-def acquire_lock(path: Path) -> None:
-    """Make this process the one writer of the store at ``path`` (``STORE.lock``: host and pid).
+def acquire_lock(path: Path, what: str = "store") -> None:
+    """Make this process the one writer of the store (or output folder: ``what``) at ``path`` (``PATH.lock``: host and pid).
 
     A live holder is refused with its name; a dead one on this host is taken over, with a message."""
     lock = beside(path, "lock")
@@ -230,13 +230,21 @@ def acquire_lock(path: Path) -> None:
                       file=sys.stderr)
                 lock.unlink(missing_ok=True)
                 continue
-            raise StoreError(f"store {path} is being written by pid {pid} on host {host} (lock {lock}); wait for "
+            raise StoreError(f"{what} {path} is being written by pid {pid} on host {host} (lock {lock}); wait for "
                              "it to finish, or delete the lock if that process is gone")
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         _HELD.add(lock)
         return
     raise StoreError(f"cannot take the lock {lock}; delete it if no slidestream process writes {path}")
+
+
+def lock_output(out: str | Path) -> None:
+    """One writer per output folder (``train``, ``mil train``, ``gan train``): ``OUT.lock`` as a store's, released
+    on exit; a lock of a dead process on this host is taken over."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out, "output folder")
 
 
 def _mtime(p: Path) -> float:

@@ -75,10 +75,11 @@ def train_command(
     on out-of-fold scores of the train+val patients; training.json, history.json, predictions.csv."""
     from .. import config, splits, train
     from ..device import check_option
-    from ..store import PatchStore
+    from ..store import PatchStore, lock_output
 
     p = config.load(pipeline)
     check_option(device)
+    lock_output(out)
     if split:
         st = PatchStore.open(store, mode="r+")
         if "train" not in set(st.column("split").tolist()):

@@ -1,0 +1,45 @@
+"""rt5lock: one writer per output folder (train, mil train, gan train)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+HOLD = ("import sys, time\nfrom slidestream.engine.store import lock_output\n"
+        "lock_output(sys.argv[1]); print('held', flush=True); time.sleep(60)")
+
+
+@pytest.mark.parametrize("cmd", [["train"], ["mil", "train"], ["gan", "train"]])
+def test_second_writer_of_an_output_folder_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, cli, cmd):
+    from slidestream.engine import config
+    from slidestream.engine.store import release_lock
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = [*cmd, config.example("liu2020"), "--out", out, "--store" if cmd[0] != "mil" else "--features",
+                tmp_path / "missing.zarr", *(["--label", "mutant"] if cmd[0] == "gan" else [])]
+        code, _, err = cli(*args)
+        assert code != 0
+        assert f"output folder {out} is being written by pid {holder.pid}" in err, err
+        assert "\n" not in err.strip()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder died without releasing: the next writer takes its lock over (then fails on the missing store)
+    cli(*args)
+    lock = out.with_name("run.lock")
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    release_lock(out)
+    assert not lock.exists()
+
+
+def test_the_lock_is_released_when_the_writer_exits(tmp_path):
+    out = tmp_path / "run"
+    code = ("import sys\nfrom slidestream.engine.store import lock_output\nlock_output(sys.argv[1])\n"
+            "import pathlib\nassert pathlib.Path(sys.argv[1] + '.lock').is_file()")
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=60)
+    assert not out.with_name("run.lock").exists()
