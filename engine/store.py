@@ -146,6 +146,12 @@ def writing(path: str | Path):
         raise err from None
 
 
+def years(age: np.ndarray) -> np.ndarray:
+    """Ages as read from a store: float64 rounded to 1/1000 year, not float32 images (62.3, not 62.29999923706055),
+    so train, predict, fusion and evaluate (which reads the CSV) all see the same value."""
+    return np.round(np.asarray(age, np.float64), 3)
+
+
 def beside(path: str | Path, what: str) -> Path:
     """``STORE.lock``, ``STORE.partial``, ``STORE.qa``: files a store keeps next to its zarr hierarchy."""
     path = Path(path)
@@ -634,7 +640,7 @@ class PatchStore:
         if name in FIXED and name not in self._cols_ok:
             self._check_column(name, full)
             self._cols_ok.add(name)
-        return full[self._phys]
+        return years(full[self._phys]) if name == "age" else full[self._phys]
 
     def _check_column(self, name: str, full: np.ndarray) -> None:
         """Refuse a column whose rows are not what each commit wrote (CRC32 in its record): two columns' chunk

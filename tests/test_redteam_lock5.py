@@ -43,3 +43,22 @@ def test_the_lock_is_released_when_the_writer_exits(tmp_path):
             "import pathlib\nassert pathlib.Path(sys.argv[1] + '.lock').is_file()")
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=60)
     assert not out.with_name("run.lock").exists()
+
+
+def test_ages_read_from_a_store_are_the_cohorts_decimals_in_predictions_csv(tmp_path):
+    import numpy as np
+
+    from slidestream.engine import evaluate
+    from slidestream.engine.store import PatchStore
+    from slidestream.engine.train import patient_table, write_predictions
+
+    st = PatchStore.create(tmp_path / "s", 8, {"chunk": 4}, {"extraction_hash": "h"})
+    for i, age in enumerate((62.3, 47.1)):
+        st.append(f"s{i}", np.zeros((2, 8, 8, 3), np.uint8),
+                  {"slide_id": f"s{i}", "patient_id": f"p{i}", "label": i, "age": age, "split": "test"}, {"status": "done"})
+    tab = PatchStore.open(tmp_path / "s").table()
+    assert tab["age"][0] == 62.3  # not the float32 image 62.29999923706055
+    write_predictions(tmp_path / "p.csv", patient_table(tab, np.arange(4), np.full(4, 0.5), {}))
+    text = (tmp_path / "p.csv").read_text()
+    assert ",62.3," in text and ",47.1," in text, text
+    assert list(evaluate.load_predictions(tmp_path / "p.csv")["age"]) == [62.3, 47.1]
