@@ -62,3 +62,27 @@ def test_ages_read_from_a_store_are_the_cohorts_decimals_in_predictions_csv(tmp_
     text = (tmp_path / "p.csv").read_text()
     assert ",62.3," in text and ",47.1," in text, text
     assert list(evaluate.load_predictions(tmp_path / "p.csv")["age"]) == [62.3, 47.1]
+
+
+def test_a_predictions_csv_without_split_says_how_to_add_it(tmp_path):
+    from slidestream.engine import evaluate
+    from slidestream.engine.errors import ConfigError
+
+    p = tmp_path / "other_tool.csv"
+    p.write_text("patient_id,label,age,image_prob\np0,1,40,0.9\np1,0,70,0.2\n")
+    with pytest.raises(ConfigError, match="add a split column: test on every row for held-out predictions"):
+        evaluate.load_predictions(p)
+
+
+def test_a_store_with_only_some_of_the_bundles_val_patients_is_not_called_missing():
+    import numpy as np
+
+    from slidestream.engine import evaluate
+    from slidestream.engine.errors import ConfigError
+
+    t = {"patient_id": np.array(["v1", "t1"]), "split": np.array(["val", "test"])}
+    trained = {"train": {"patients": ["a"]}, "val": {"patients": ["v1", "v2"]}}
+    with pytest.raises(ConfigError) as e:
+        evaluate.check_leakage(t, trained)
+    msg = str(e.value)
+    assert "holds 1 patient(s) but not 1 of the bundle's val split (first: 'v2')" in msg and "mark its rows test" in msg
