@@ -86,3 +86,30 @@ def test_a_store_with_only_some_of_the_bundles_val_patients_is_not_called_missin
         evaluate.check_leakage(t, trained)
     msg = str(e.value)
     assert "holds 1 patient(s) but not 1 of the bundle's val split (first: 'v2')" in msg and "mark its rows test" in msg
+
+
+def test_train_and_evaluate_agree_on_youden_thresholds_and_fusion_through_the_csv(tmp_path):
+    import numpy as np
+
+    from slidestream.engine import evaluate
+    from slidestream.engine.evaluate import apply_fusion, fit_fusion, youden_threshold
+    from slidestream.engine.store import years
+    from slidestream.engine.train import write_predictions
+
+    rng = np.random.default_rng(0)
+    n = 40
+    label = np.arange(n) % 2
+    ptab = {"patient_id": np.array([f"p{i}" for i in range(n)]), "label": label,
+            "age": years(np.float32(rng.uniform(20, 80, n).round(1))),  # as train reads them from the store
+            "split": np.array(["val" if i < 20 else "test" for i in range(n)]),
+            "image_prob": np.clip(0.3 * label + rng.uniform(0, 0.7, n), 0, 1)}
+    fusion = fit_fusion(ptab, "age_gda", None, "val")  # what train does
+    val = ptab["split"] == "val"
+    scores = {"image": ptab["image_prob"], **apply_fusion(fusion, ptab)}
+    youden = {k: youden_threshold(ptab["label"][val], v[val]) for k, v in scores.items()}
+    write_predictions(tmp_path / "p.csv", ptab)
+    t = evaluate.load_predictions(tmp_path / "p.csv")
+    m = evaluate.evaluate(t, threshold="youden", bootstrap=0, fitted=fusion)
+    assert m["meta"]["thresholds"] == pytest.approx(youden, abs=0)
+    again = apply_fusion(fusion, t)
+    assert all(np.array_equal(again[k], scores[k]) for k in again)
