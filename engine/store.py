@@ -245,12 +245,17 @@ def acquire_lock(path: Path, what: str = "store") -> None:
     raise StoreError(f"cannot take the lock {lock}; delete it if no slidestream process writes {path}")
 
 
-def lock_output(out: str | Path) -> None:
+@contextlib.contextmanager
+def lock_output(out: str | Path):
     """One writer per output folder (``train``, ``mil train``, ``gan train``): ``OUT.lock`` as a store's, released
-    on exit; a lock of a dead process on this host is taken over."""
+    when the block ends (or the process exits); a lock of a dead process on this host is taken over."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     acquire_lock(out, "output folder")
+    try:
+        yield
+    finally:
+        release_lock(out)
 
 
 def _mtime(p: Path) -> float:

@@ -72,9 +72,9 @@ def mil_train_command(
     from ..store import lock_output
 
     check_option(device)
-    lock_output(out)
-    mil.train(config.load(pipeline), features, out, store=store, folds=folds, aggregator=aggregator, epochs=epochs,
-              seed=seed, device=device, log=typer.echo)
+    with lock_output(out):
+        mil.train(config.load(pipeline), features, out, store=store, folds=folds, aggregator=aggregator, epochs=epochs,
+                  seed=seed, device=device, log=typer.echo)
 
 
 @mil_app.command("demo")

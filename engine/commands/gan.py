@@ -27,8 +27,8 @@ def train_command(
     from ..augment import train_gan
     from ..store import lock_output
 
-    lock_output(out)
-    m = train_gan(config.load(pipeline), store, label, out, progress=progress, log=typer.echo)
+    with lock_output(out):
+        m = train_gan(config.load(pipeline), store, label, out, progress=progress, log=typer.echo)
     if m.get("swd_training"):
         typer.echo(f"SWD x1e3 vs training patches: mean {m['swd_training']['mean']:.2f} "
                    f"(levels {', '.join(f'{k}: {v:.2f}' for k, v in m['swd_training']['levels'].items())})")
