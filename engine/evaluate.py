@@ -76,7 +76,7 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
             fields = [c.strip() for c in (reader.fieldnames or [])]
             missing = [c for c in COLUMNS if c not in fields]
             if missing:
-                raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
+                raise ConfigError(f"{p}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}{_split_hint(missing)}")
             twice = next((c for c in fields if fields.count(c) > 1), None)
             if twice is not None:  # csv.DictReader would keep the last one's values
                 raise ConfigError(f"{p}: column {twice!r} appears more than once in the header; keep one")
@@ -124,11 +124,18 @@ def _parse(col: str, raw: str, where: str) -> Any:
     return raw
 
 
+def _split_hint(missing: list[str]) -> str:
+    """Why a table without ``split`` is refused rather than read as all test: val picks the Youden threshold and
+    fits the fusion, so which patients are held out must be said, never guessed."""
+    return (" (add a split column: test on every row for held-out predictions of another tool, val on the rows "
+            "that choose the threshold and fusion)") if "split" in missing else ""
+
+
 def check_table(table: dict[str, Any], source: str = "predictions") -> dict[str, np.ndarray]:
     """Validate a predictions table (dict of equal-length columns) and return it as numpy columns."""
     missing = [c for c in COLUMNS if c not in table]
     if missing:
-        raise ConfigError(f"{source}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
+        raise ConfigError(f"{source}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}{_split_hint(missing)}")
     t = {k: np.asarray(v) for k, v in table.items()}
     n = len(t["label"])
     if any(len(v) != n for v in t.values()):
@@ -374,8 +381,10 @@ def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
                           "bias the test metrics; evaluate predictions of the store split the bundle was trained on")
     missing = sorted(set((trained.get("val") or {}).get("patients", [])) - val) if val else []
     if missing:  # a cut or filtered table: the val (selection-set) metrics would be of other patients than the bundle's
-        raise ConfigError(f"patient {missing[0]!r} of the bundle's val split is missing from this table ({len(missing)} "
-                          "val patient(s) missing); give the whole predictions CSV")
+        raise ConfigError(f"this table's val split holds {len(val)} patient(s) but not {len(missing)} of the bundle's val "
+                          f"split (first: {missing[0]!r}): the threshold and fusion would be judged on other patients; "
+                          "give predictions of the store the bundle was trained on (a store with only some of its "
+                          "patients: mark its rows test), or the whole predictions CSV")
 
 
 def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,

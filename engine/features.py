@@ -338,7 +338,9 @@ class FeatureStore:
     def column(self, name: str) -> np.ndarray:
         with self._damaged(f"its column {name!r}"):
             a = np.asarray(self.group[f"meta/{name}"][:])
-        a = as_str(a) if a.dtype.kind in "OT" else a
+        from .store import years
+
+        a = as_str(a) if a.dtype.kind in "OT" else years(a) if name == "age" else a
         for key, want in (self.info.get("meta_sums") or {}).items() if name in FIXED_META else ():
             r0, r1 = self.info["done"].get(key, (0, 0))
             if r1 > r0 and _values_crc(a[r0:r1]) != want[FIXED_META.index(name)]:

@@ -146,6 +146,12 @@ def writing(path: str | Path):
         raise err from None
 
 
+def years(age: np.ndarray) -> np.ndarray:
+    """Ages as read from a store: float64 rounded to 1/1000 year, not float32 images (62.3, not 62.29999923706055),
+    so train, predict, fusion and evaluate (which reads the CSV) all see the same value."""
+    return np.round(np.asarray(age, np.float64), 3)
+
+
 def beside(path: str | Path, what: str) -> Path:
     """``STORE.lock``, ``STORE.partial``, ``STORE.qa``: files a store keeps next to its zarr hierarchy."""
     path = Path(path)
@@ -205,8 +211,8 @@ def _pid_alive(pid: int) -> bool:
 _HELD: set[Path] = set()
 
 
-def acquire_lock(path: Path) -> None:
-    """Make this process the one writer of the store at ``path`` (``STORE.lock``: host and pid).
+def acquire_lock(path: Path, what: str = "store") -> None:
+    """Make this process the one writer of the store (or output folder: ``what``) at ``path`` (``PATH.lock``: host and pid).
 
     A live holder is refused with its name; a dead one on this host is taken over, with a message."""
     lock = beside(path, "lock")
@@ -230,13 +236,26 @@ def acquire_lock(path: Path) -> None:
                       file=sys.stderr)
                 lock.unlink(missing_ok=True)
                 continue
-            raise StoreError(f"store {path} is being written by pid {pid} on host {host} (lock {lock}); wait for "
+            raise StoreError(f"{what} {path} is being written by pid {pid} on host {host} (lock {lock}); wait for "
                              "it to finish, or delete the lock if that process is gone")
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         _HELD.add(lock)
         return
     raise StoreError(f"cannot take the lock {lock}; delete it if no slidestream process writes {path}")
+
+
+@contextlib.contextmanager
+def lock_output(out: str | Path):
+    """One writer per output folder (``train``, ``mil train``, ``gan train``): ``OUT.lock`` as a store's, released
+    when the block ends (or the process exits); a lock of a dead process on this host is taken over."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    acquire_lock(out, "output folder")
+    try:
+        yield
+    finally:
+        release_lock(out)
 
 
 def _mtime(p: Path) -> float:
@@ -626,7 +645,7 @@ class PatchStore:
         if name in FIXED and name not in self._cols_ok:
             self._check_column(name, full)
             self._cols_ok.add(name)
-        return full[self._phys]
+        return years(full[self._phys]) if name == "age" else full[self._phys]
 
     def _check_column(self, name: str, full: np.ndarray) -> None:
         """Refuse a column whose rows are not what each commit wrote (CRC32 in its record): two columns' chunk

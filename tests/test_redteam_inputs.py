@@ -399,7 +399,7 @@ def test_evaluate_with_a_bundle_refuses_a_table_missing_val_patients(tmp_path):
         if ok:
             evaluate.evaluate(t, bootstrap=0, trained=trained)
         else:
-            with pytest.raises(ConfigError, match=r"patient 'G' of the bundle's val split is missing from this table"):
+            with pytest.raises(ConfigError, match=r"not \d+ of the bundle's val split \(first: 'G'\)"):
                 evaluate.evaluate(t, bootstrap=0, trained=trained)
 
 

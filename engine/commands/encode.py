@@ -69,9 +69,12 @@ def mil_train_command(
     from .. import config, mil
     from ..device import check_option
 
+    from ..store import lock_output
+
     check_option(device)
-    mil.train(config.load(pipeline), features, out, store=store, folds=folds, aggregator=aggregator, epochs=epochs,
-              seed=seed, device=device, log=typer.echo)
+    with lock_output(out):
+        mil.train(config.load(pipeline), features, out, store=store, folds=folds, aggregator=aggregator, epochs=epochs,
+                  seed=seed, device=device, log=typer.echo)
 
 
 @mil_app.command("demo")

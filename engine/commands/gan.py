@@ -25,8 +25,10 @@ def train_command(
     """Train one class's generator on its training-split patches (resumes from the last checkpoint)."""
     from .. import config
     from ..augment import train_gan
+    from ..store import lock_output
 
-    m = train_gan(config.load(pipeline), store, label, out, progress=progress, log=typer.echo)
+    with lock_output(out):
+        m = train_gan(config.load(pipeline), store, label, out, progress=progress, log=typer.echo)
     if m.get("swd_training"):
         typer.echo(f"SWD x1e3 vs training patches: mean {m['swd_training']['mean']:.2f} "
                    f"(levels {', '.join(f'{k}: {v:.2f}' for k, v in m['swd_training']['levels'].items())})")

@@ -75,17 +75,18 @@ def train_command(
     on out-of-fold scores of the train+val patients; training.json, history.json, predictions.csv."""
     from .. import config, splits, train
     from ..device import check_option
-    from ..store import PatchStore
+    from ..store import PatchStore, lock_output
 
     p = config.load(pipeline)
     check_option(device)
-    if split:
-        st = PatchStore.open(store, mode="r+")
-        if "train" not in set(st.column("split").tolist()):
-            sp = train.settings(p)["split"]
-            splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0), patient_from)
-    res = train.train_many(p, store, out, arch, epochs=epochs, synthetic=synthetic, seed=seed, device=device,
-                           strict=strict, log=typer.echo, patient_from=patient_from, fusion_cv=fusion_cv)
+    with lock_output(out):
+        if split:
+            st = PatchStore.open(store, mode="r+")
+            if "train" not in set(st.column("split").tolist()):
+                sp = train.settings(p)["split"]
+                splits.split_store(st, sp["ratios"], sp["seed"], sp.get("kfold"), sp.get("fold", 0), patient_from)
+        res = train.train_many(p, store, out, arch, epochs=epochs, synthetic=synthetic, seed=seed, device=device,
+                               strict=strict, log=typer.echo, patient_from=patient_from, fusion_cv=fusion_cv)
     typer.echo(f"comparison: {res['comparison']['markdown']}, ROC: {res['comparison']['roc']}")
 
 
