@@ -279,15 +279,24 @@ def resamples(seed: Sequence[int], n: int, count: int):
         yield rng.integers(0, n, size=(min(rows, count - start), n))
 
 
-def _bootstrap_ci(y: np.ndarray, p: np.ndarray, threshold: float, blocks) -> dict[str, list | None]:
-    """95% percentile intervals of the metrics over the resamples (``blocks`` of index rows) that define them;
-    None for a metric the split has too few patients for (``_ci_support``)."""
+def _bootstrap(y: np.ndarray, preds: dict[str, np.ndarray], thresholds: dict[str, float], draw) -> dict[str, dict]:
+    """Every predictor's metrics (``bootstrap_metrics``) on the same resamples, ``resamples(*draw)``, drawn once
+    for all of them: per predictor, per metric, one value per resample (NaN where undefined)."""
+    parts: dict[str, list] = {name: [] for name in preds}
+    for idx in resamples(*draw):
+        for name, p in preds.items():
+            parts[name].append(bootstrap_metrics(y, p, thresholds[name], idx))
+    return {name: {m: np.concatenate([b[m] for b in blocks]) if blocks else np.empty(0) for m in METRICS}
+            for name, blocks in parts.items()}
+
+
+def _bootstrap_ci(y: np.ndarray, boot: dict[str, np.ndarray]) -> dict[str, list | None]:
+    """95% percentile intervals of the metrics over the resamples that define them (``boot``: one predictor's
+    ``_bootstrap``); None for a metric the split has too few patients for (``_ci_support``)."""
     out: dict[str, list | None] = {}
     ok = _ci_support(y)
-    parts = [bootstrap_metrics(y, p, threshold, idx) for idx in blocks]
     for m in METRICS:
-        v = np.concatenate([b[m] for b in parts]) if parts else np.empty(0)
-        v = v[np.isfinite(v)]
+        v = boot[m][np.isfinite(boot[m])]
         out[m] = [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if len(v) and ok[m] else None
     return out
 
@@ -512,16 +521,14 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             notes.append(f"{split}: only {'mutant' if y[0] else 'wildtype'} patients; {undefined[0]} and AUC "
                          "undefined (null), without an interval")
         draw = [seed, s_i], len(y), int(bootstrap)  # the same resamples for every predictor of the split
+        boot = _bootstrap(y, {name: preds[name][mask] for name in order}, thresholds, draw)
         if bootstrap:
             short = [m for m, ok in _ci_support(y).items() if not ok and m not in undefined]  # said above
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
                              "it depends on: a bootstrap of one patient has zero width)")
-            kept = {"sensitivity": 0, "specificity": 0, "auc": 0}  # resamples that define each (AUC: both classes)
-            for idx in resamples(*draw):
-                mut, wild = np.any(y[idx] == 1, 1), np.any(y[idx] == 0, 1)
-                for m, ok in (("sensitivity", mut), ("specificity", wild), ("auc", mut & wild)):
-                    kept[m] += int(ok.sum())
+            # resamples that define each (a mutant, a wildtype, both: the same for every predictor)
+            kept = {m: int(np.isfinite(boot[order[0]][m]).sum()) for m in ("sensitivity", "specificity", "auc")}
             held = {"sensitivity": "a mutant", "specificity": "a wildtype", "auc": "both classes"}
             for m, k in kept.items():  # sensitivity's skipped resamples went unsaid (2 mutants in 60: 13%)
                 if m not in short + undefined and k < bootstrap:
@@ -534,7 +541,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
                 notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one"
                              + ("" if undefined else ", its AUC of 0.5 is ties, not chance-level ranking"))
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
-            block["ci"] = _bootstrap_ci(y, p, thresholds[name], resamples(*draw))
+            block["ci"] = _bootstrap_ci(y, boot[name])
             result[split][name] = block
             roc[split][name] = roc_points(y, p)
     result["age_groups"] = age_groups(t, preds, thresholds, age_group_splits, notes)

@@ -191,16 +191,10 @@ def _resume_features(path: Path, header: dict[str, Any]):
 
 
 def _values_crc(vals) -> int:
+    """CRC32 of rows as stored (strings joined by NUL, numbers as their bytes): ``store._values_crc``."""
     from .store import _values_crc
 
     return _values_crc(vals)
-
-
-def _crc(rows: np.ndarray) -> int:
-    """CRC32 of a slide's feature rows as stored (``features.dtype``)."""
-    import zlib
-
-    return zlib.crc32(np.ascontiguousarray(rows).tobytes())
 
 
 def _check_done(path: Path, info: dict[str, Any]) -> None:
@@ -286,7 +280,7 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
             block = block.astype(cfg["dtype"])
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
                 feats[r0:r1] = block
-                done[key], sums[key] = [r0, r1], _crc(block)
+                done[key], sums[key] = [r0, r1], _values_crc(block)
                 g.attrs[ATTR] = {**g.attrs[ATTR], **header, "done": done, "sums": sums}  # in once its rows are written
     return todo, total, time.perf_counter() - t0, dev
 
@@ -356,7 +350,7 @@ class FeatureStore:
             out = np.asarray(self.features[r0:r1])
         for key, want in (self.info.get("sums") or {}).items():  # each whole slide read: its CRC32 as written
             s0, s1 = self.info["done"].get(key, (0, 0))
-            if a <= s0 < s1 <= b and _crc(out[s0 - a:s1 - a]) != want:
+            if a <= s0 < s1 <= b and _values_crc(out[s0 - a:s1 - a]) != want:
                 raise StoreError(f"feature store {self.path}: the features of {key!r} (rows {s0}..{s1 - 1}) are not what "
                                  "was written (CRC32): its chunk files were swapped or replaced; delete it and run "
                                  "`slidestream features` again")
@@ -546,7 +540,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                     block = feats[:n].astype(cfg["dtype"])
                     g["features"].resize((rows, header["dim"]))
                     g["features"][r0:rows] = block
-                    sums[row.slide_id] = _crc(block)
+                    sums[row.slide_id] = _values_crc(block)
                     for c in CARRIED:
                         a = g[f"meta/{c}"]
                         a.resize((rows,))

@@ -37,8 +37,14 @@ BROKEN: dict[str, str] = {}  # entry point name -> why its package was skipped
 
 def _skip(ep, e: Exception) -> None:
     dist = ep.dist.name if getattr(ep, "dist", None) else ep.name
-    BROKEN[ep.name] = f"plugin package {dist!r} ({ep.name} = {ep.value}) failed to load ({type(e).__name__}: {e})"
-    print(f"warning: {BROKEN[ep.name]}; its plugins are skipped: reinstall or uninstall it", file=sys.stderr)
+    _broken(ep.name, f"plugin package {dist!r} ({ep.name} = {ep.value}) failed to load ({type(e).__name__}: {e})")
+
+
+def _broken(key: str, why: str) -> None:
+    """Record (for ``broken_note``) and warn once that a plugin package is skipped."""
+    if key not in BROKEN:
+        BROKEN[key] = why
+        print(f"warning: {why}; its plugins are skipped: reinstall or uninstall it", file=sys.stderr)
 
 
 def broken_note() -> str:
@@ -62,9 +68,7 @@ def _table(kind: str) -> dict[str, tuple[Plugin, str]]:
         try:
             declared = list(impl.function() or [])
         except Exception as e:  # noqa: BLE001 (one package's broken hook must not stop every command)
-            if source not in BROKEN:
-                BROKEN[source] = f"plugin package {source!r} failed to declare its {kind} plugins ({type(e).__name__}: {e})"
-                print(f"warning: {BROKEN[source]}; they are skipped: reinstall or uninstall it", file=sys.stderr)
+            _broken(source, f"plugin package {source!r} failed to declare its {kind} plugins ({type(e).__name__}: {e})")
             continue
         for p in declared:
             if p.kind != kind:

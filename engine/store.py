@@ -730,13 +730,17 @@ class PatchStore:
             f = self._shard_file(j)
             name = f.relative_to(self.path).as_posix()
             want = self._sums().get(name)
-            got = _file_sum(f, self.shard // self.chunk, _inner_codecs(self._meta["patches"])[1])
+            got = self._shard_sum(f)
             if want is not None and got != list(want):
                 raise StoreError(f"store {self.path}: the patch shard {name} of {self._owner(j * self.shard)} is not the one "
                                  f"its commit wrote (size, fingerprint {got} vs {list(want)}): shard files were swapped or "
                                  "replaced; re-extract that slide (run the same `slidestream extract` again: it "
                                  "re-extracts slides whose shard files changed), or the store into a new --out")
             self._sums_ok.add(j)
+
+    def _shard_sum(self, path: Path) -> list[int]:
+        """``_file_sum`` of one of this store's shard files (its chunks per shard; CRC32C per chunk or not)."""
+        return _file_sum(path, self.shard // self.chunk, _inner_codecs(self._meta["patches"])[1])
 
     def _sums(self) -> dict[str, list[int]]:
         """Shard file (``patches/c/...``) -> [size, fingerprint] from the current records (none in older stores)."""
@@ -750,11 +754,10 @@ class PatchStore:
         ``_file_sum``: a few small reads per file), with the first such file: ``extract`` re-extracts those slides
         on resume (a file swapped for another slide's of the same size too)."""
         out = {}
-        per, crc = self.shard // self.chunk, _inner_codecs(self._meta["patches"])[1]
         for key, rec in self._records.get(section, {}).items():
             for name, want in (rec.get("shards") or {}).items() if rec.get("region") else ():
                 try:
-                    same = _file_sum(self.path / name, per, crc) == list(want)
+                    same = self._shard_sum(self.path / name) == list(want)
                 except OSError:
                     same = False
                 if not same:
@@ -849,12 +852,11 @@ class PatchStore:
                 raise StoreError(f"staged {stage} does not match the store (shape {src['shape']}, chunks "
                                  f"{c.get('chunk_shape')}, codecs {c.get('codecs')}); extract that slide again")
             rec["shards"] = {}  # each shard file's size and fingerprint: swapped or replaced files are found on reading
-            per, crc = src["chunk_grid"]["configuration"]["chunk_shape"][0] // self.chunk, _inner_codecs(src)[1]
             for j in range(k):
                 target = self._shard_file(p0 // self.shard + j)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 staged = stage / zarr3.chunk_key(src, (j, 0, 0, 0))
-                rec["shards"][target.relative_to(self.path).as_posix()] = _file_sum(staged, per, crc)
+                rec["shards"][target.relative_to(self.path).as_posix()] = self._shard_sum(staged)
                 os.replace(staged, target)
             rec["columns"] = self._write_columns(p0, p1, n, meta)
         self._cols["records"].write(self.path / "records", i, [json.dumps(rec, default=str)])

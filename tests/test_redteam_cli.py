@@ -183,7 +183,7 @@ def test_mil_train_refuses_nan_features_and_another_store(made, tmp_path):
     a[:] = x
     g = zarr.open_group(str(fs), mode="r+")  # as an encoder wrote them: the header's CRC32s of these rows
     info = dict(g.attrs[features.ATTR])
-    g.attrs[features.ATTR] = {**info, "sums": {k: features._crc(x[r0:r1]) for k, (r0, r1) in info["done"].items()}}
+    g.attrs[features.ATTR] = {**info, "sums": {k: features._values_crc(x[r0:r1]) for k, (r0, r1) in info["done"].items()}}
     with pytest.raises(ConfigError, match=r"1 row\(s\) hold NaN/inf features \(first: row 5\)"):
         mil.train(pipe, fs, tmp_path / "m2", log=None)
 
