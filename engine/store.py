@@ -610,14 +610,18 @@ class PatchStore:
         self._cols_ok = set()
 
     def _add(self, rec: dict[str, Any]) -> None:
-        """Index a new record without rereading the log: a new key's region lies after all others."""
+        """Index a new record without rereading the log: a new key's region lies after all others; a key's new
+        record with its old region (``update_rows``, another error) replaces the old one where it is."""
         self._log.append(rec)
-        if rec["key"] in self._records.get(rec["section"], {}):
-            self._index()  # a replaced record (rare): index again
+        old = self._records.get(rec["section"], {}).get(rec["key"])
+        if old is not None and old.get("region") != rec.get("region"):
+            self._index()  # a re-extracted key (rare): index again
             return
         self._records.setdefault(rec["section"], {})[rec["key"]] = rec
         self._seq[rec["section"], rec["key"]] = len(self._log) - 1
-        if rec["section"] in ("slides", "synthetic") and rec.get("region") and rec["region"][1] > 0:
+        if old is not None:  # the same rows: only what _index would clear (rows may have been rewritten)
+            self._sums_cache, self._cols_ok = None, set()
+        elif rec["section"] in ("slides", "synthetic") and rec.get("region") and rec["region"][1] > 0:
             self._add_run(rec)
 
     @property
