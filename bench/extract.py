@@ -4,8 +4,8 @@
     python bench/extract.py SLIDE [--pipeline schemas/examples/liu2020.json] [--threads N] [--codec zstd] [--decoder dali]
 
 Prints one JSON line (medians of ``--repeat`` interleaved runs): the stage timers of one slide run stage by
-stage (``stages_ms``: create, open, thumbnail, filters, plan, decode, compress, commit), engine seconds (wall, and
-CPU of all threads in ``engine_cpu_s``), tiles/s, patches/s, MP/s decoded, bytes per stored patch, peak RSS,
+stage (``stages_ms``: create, open, thumbnail, filters, plan, decode, compress, commit; their CPU time in
+``stages_cpu_ms``), engine seconds (wall, and CPU of all threads in ``engine_cpu_s``), tiles/s, patches/s, MP/s decoded, bytes per stored patch, peak RSS,
 and the bare-decode seconds of the same pixels (the thumbnail's level plus the kept tiles' regions,
 read with the fastest reader, cuCIM, with the same number of threads and with one).
 Make a realistic slide with ``slidestream bench make-slide bench40x.svs --size 32768 24576`` (or
@@ -33,7 +33,7 @@ from slidestream.engine.store import PatchStore
 
 
 def stage_times(pipeline: dict, path: str, mpp, threads: int, tmp: Path) -> dict[str, float]:
-    """Seconds of each extraction stage of one slide, run one after the other (no overlap): store creation,
+    """Seconds (wall, and CPU as ``NAME_cpu``) of each extraction stage of one slide, run one after the other (no overlap): store creation,
     open, thumbnail, filters, plan (tiling and patch positions), decode (tiles read and cut into patches),
     compress (into the staging array) and commit (into the store)."""
     from slidestream.engine import runner
@@ -42,9 +42,10 @@ def stage_times(pipeline: dict, path: str, mpp, threads: int, tmp: Path) -> dict
     t: dict[str, float] = {}
 
     def clock(name, f):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = f()
         t[name] = time.perf_counter() - t0
+        t[name + "_cpu"] = time.process_time() - c0  # all threads of the process
         return out
 
     shutil.rmtree(tmp / "stages", ignore_errors=True)
@@ -144,7 +145,10 @@ def main() -> None:
             "bare_decode_1thread_s": round(bare_1, 3), "engine_over_bare": round(engine_s / bare_n, 2),
             "bytes_per_patch": int(patch_bytes / max(n, 1)), "raw_bytes_per_patch": int(np.prod((256, 256, 3))),
             "peak_rss_mb": round(rss_mb, 1),
-            "stages_ms": {k: round(float(np.median([st[k] for st in stages])) * 1e3, 1) for k in stages[0]},
+            "stages_ms": {k: round(float(np.median([st[k] for st in stages])) * 1e3, 1) for k in stages[0]
+                          if not k.endswith("_cpu")},
+            "stages_cpu_ms": {k[:-4]: round(float(np.median([st[k] for st in stages])) * 1e3, 1) for k in stages[0]
+                              if k.endswith("_cpu")},
         }))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -399,7 +399,7 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
             elif changed:
                 cols = {k: (np.nan if v is None else v) for k, v in changed.items() if k != "patient_source"}
                 store.update_rows(r.slide_id, cols, changed)
-                results[r.slide_id] = {**store.records("slides")[r.slide_id], "status": "updated",
+                results[r.slide_id] = {**done[r.slide_id], **changed, "status": "updated",  # its record now
                                        "reason": "; ".join(why) or "patient_source updated", "seconds": 0.0}
         skipped = len(cohort) - len(todo) - len(results)
         if threads is None:
