@@ -392,8 +392,9 @@ def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
     if missing:  # a cut or filtered table: the val (selection-set) metrics would be of other patients than the bundle's
         raise ConfigError(f"this table's val split holds {len(val)} patient(s) but not {len(missing)} of the bundle's val "
                           f"split (first: {missing[0]!r}): the threshold and fusion would be judged on other patients; "
-                          "give predictions of the store the bundle was trained on (a store with only some of its "
-                          "patients: mark its rows test), or the whole predictions CSV")
+                          "give predictions of the store the bundle was trained on, or the whole predictions CSV (a "
+                          "store with only some of them: mark those rows train, as `predict --store` of an unsplit "
+                          "store does; the bundle chose its epoch on them, so never test)")
 
 
 def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,

@@ -33,7 +33,8 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
     the result: their probabilities are in-sample, not held out). A store that was never split (new patients)
     gets split ``test`` for every patient the bundle did not train or select on, the bundle's own split for
-    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is."""
+    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is; its val patients only when the
+    store holds all of them, else ``train`` (``val_as_train``: never held out, in no metric)."""
     out = Path(out)
     if out.is_dir():  # the rename onto it failed after scoring the whole store, naming a temporary file
         raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
@@ -58,10 +59,21 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
     own = b.meta.get("patients") or {}
     unsplit = not any(table["split"])
+    seen_val: list[str] = []
     if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
-        # patients the bundle trained or selected on keep that role (evaluate --bundle checks them)
+        # patients the bundle trained or selected on are never test: they keep that role, but val only when the store
+        # holds all of the bundle's val patients (evaluate --bundle judges the threshold on that whole set); some of
+        # them are written as train (seen by the model, in no metric)
+        ids = {str(p) for p in table["patient_id"]}
+        val = set((own.get("val") or {}).get("patients", []))
+        seen_val = sorted(ids & val) if not val <= ids else []
         role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
+        role.update({p: "train" for p in seen_val})
         table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
+        if seen_val and warn:
+            warn(f"warning: store {store} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
+                 f"{seen_val[0]}; it chose its epoch on them): written with split train, not test (not held out) "
+                 "nor val (evaluate judges the threshold on the whole val set); they are in no metric")
     write_predictions(out, table)
     # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
     listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
@@ -75,7 +87,8 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
              f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
     return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
-            "trained_on": trained_on, "unsplit": unsplit}
+            "trained_on": trained_on, "unsplit": unsplit,
+            "val_as_train": seen_val}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:
