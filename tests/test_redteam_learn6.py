@@ -9,7 +9,9 @@ from slidestream.engine import evaluate as ev
 from slidestream.engine.errors import ConfigError
 
 PIPE = {"name": "b6", "classifier": {"name": "small_cnn", "params": {"width": 8}}, "fusion": {"name": "age_gda"},
-        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1}}
+        "normalization": {"classifier": [{"name": "gamma", "params": {"gamma": 2.0}}]},
+        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1,
+                     "aggregation": {"method": "topk", "k_frac": 0.5}}}
 
 
 def _store(path, ids, labels, ages, seed=0, per=6, patch=32):
@@ -64,3 +66,32 @@ def test_unsplit_store_with_all_of_the_bundles_val_patients_keeps_them_val(train
     t = ev.load_predictions(tmp_path / "p.csv")
     assert dict(zip(t["patient_id"], t["split"])) == {"N1": "test", **{p: "val" for p in val}} and not r["val_as_train"]
     ev.evaluate(t, fitted=meta["fusion"], trained=meta["patients"], bootstrap=0)  # the whole val set: accepted
+
+
+# ---------------------------------------------------------------------------------------------- patch -> patient
+def test_predict_store_is_the_bundles_normalization_network_and_topk_by_hand(trained, tmp_path):
+    """Each patient's image_prob = mean of its top half patch probabilities (the bundle's topk, k_frac 0.5), the
+    patches gamma-2 normalized (the bundle's pipeline), the network run by hand; batch size and workers change
+    nothing beyond float noise."""
+    import torch
+
+    from slidestream.engine import bundle, predict
+    from slidestream.engine.loader import to_tensor
+    from slidestream.engine.store import PatchStore
+
+    _, b, meta = trained
+    ids = ["A", "B", "C"]
+    _store(tmp_path / "new", ids, [1, 0, 1], [50.0, 60.0, 40.0], seed=9, per=5)
+    bd = bundle.load(b)
+    st = PatchStore.open(tmp_path / "new")
+    x = np.asarray(st.patches[:]).astype(np.float64) / 255
+    x = np.round(255 * x ** 2).astype(np.uint8)  # gamma 2 by hand
+    with torch.no_grad():
+        p = torch.softmax(bd.model(to_tensor(x, meta["input_size"])), 1)[:, 1].numpy()
+    pid = np.array([str(v) for v in st.table()["patient_id"]])
+    want = {i: float(np.mean(np.sort(p[pid == i])[::-1][:3])) for i in ids}  # ceil(0.5 * 5) = 3 highest
+    for bs, w in ((64, 1), (1, 3), (4, 2)):
+        predict.predict_store(b, tmp_path / "new", tmp_path / f"p{bs}.csv", batch_size=bs, workers=w, warn=None)
+        t = ev.load_predictions(tmp_path / f"p{bs}.csv")
+        got = dict(zip(t["patient_id"], t["image_prob"]))
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in ids), (bs, w, got, want)
