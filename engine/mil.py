@@ -27,6 +27,7 @@ of the feature store:
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ def aggregator_ref(pipeline: dict[str, Any], name: str | None = None) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- bags
-def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[str, np.ndarray] | None = None,
+                 unlabeled_ok: bool = False) -> dict[str, Any]:
     """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``.
     ``meta``: the patch store's ``patient_id``, ``label`` and ``age`` columns (row-aligned), when there is one: the
     feature store's copies are those of when the features were computed; ``split --patient-from`` may have
@@ -78,7 +80,7 @@ def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[s
     first = [g[0] for g in groups]
     out = {"patients": patients, "rows": groups, "label": label[first].astype(int), "age": age[first].astype(float),
            "split": as_str(split_column[first]) if split_column is not None else np.full(len(patients), "")}
-    if np.any(out["label"] < 0):
+    if np.any(out["label"] < 0) and not unlabeled_ok:  # predict: unknown labels are written -1, evaluate leaves them out
         bad = patients[out["label"] < 0][0]
         raise ConfigError(f"patient {bad!r} has no IDH label in the store; give every patient a label in the cohort CSV")
     return out
@@ -335,11 +337,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     if not fs.complete():
         raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
     header = {**fs.info, "path": str(Path(features).resolve())}
-    feats = fs.rows()
-    bad = ~np.isfinite(feats).all(1)
-    if bad.any():
-        raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
-                          f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
+    feats = _finite_rows(fs, features)
     out = Path(out)
     ps = _patch_store(fs, store, features)
     meta = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
@@ -381,6 +379,67 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")
     return res
+
+
+def _finite_rows(fs: FeatureStore, features: str | Path) -> np.ndarray:
+    """Every row of a feature store; NaN/inf rows refused in one line."""
+    feats = fs.rows()
+    bad = ~np.isfinite(feats).all(1)
+    if bad.any():
+        raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
+                          f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
+    return feats
+
+
+def check_encoder(bundle: str | Path, meta: dict[str, Any], fs: FeatureStore) -> None:
+    """Refuse (one line) features of another encoder, encoder params or weights than the MIL bundle learned from."""
+    enc = meta.get("encoder") or {}
+    if meta["in_dim"] != fs.info["dim"] or any(enc.get(k) != fs.info.get(k) for k in ("encoder", "params", "weights_sha256")):
+        raise ConfigError(f"MIL bundle {bundle} was trained on {enc.get('encoder')} features ({meta['in_dim']}-d, params "
+                          f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
+                          f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
+                          f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
+
+
+def predict(bundle: str | Path, features: str | Path, out: str | Path, *, store: str | Path | None = None,
+            warn=lambda m: print(m, file=sys.stderr)) -> dict[str, Any]:
+    """P(mutant) per patient of a feature store with a MIL bundle: the bag of each patient's real patches through
+    the bundle's network (as `mil train` scores); writes ``out``, a predictions CSV for ``evaluate``. Patients,
+    labels (unknown: -1), ages and splits are the patch store's (``store``, else the one the features were computed
+    from; without one the feature store's, unsplit); splits as ``predict --store`` gives them
+    (``predict.held_out_roles``: a never-split store's new patients are test, the bundle's own never)."""
+    from .predict import held_out_roles
+
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, meta = load_bundle(bundle)
+    fs = FeatureStore(features)
+    if not fs.complete():
+        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
+    check_encoder(bundle, meta, fs)
+    feats = _finite_rows(fs, features)
+    ps = _patch_store(fs, store, features)
+    cols = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
+    sp = ps.column("split") if ps is not None else None
+    if ps is not None:
+        from .splits import check_assigned
+
+        check_assigned(sp, cols["patient_id"], ps.column("slide_id"), ps.column("synthetic"), ps.path, unsplit_ok=True)
+    bags = patient_bags(fs, sp, cols, unlabeled_ok=True)
+    if not len(bags["patients"]):
+        raise ConfigError(f"feature store {features} holds no patches of real slides: nothing to predict")
+    with torch.no_grad():
+        probs = np.array([float(torch.sigmoid(model(torch.from_numpy(feats[r]).float())[0])) for r in bags["rows"]])
+    if not np.all(np.isfinite(probs)):
+        raise ConfigError(f"MIL bundle {bundle} gave no probability (NaN) for {int(np.sum(~np.isfinite(probs)))} "
+                          "patients: its weights diverged; retrain it with a lower mil.lr")
+    table = {"patient_id": bags["patients"], "label": bags["label"], "age": bags["age"],
+             "split": np.asarray(bags["split"], dtype=object), "image_prob": probs}
+    roles = held_out_roles(table, meta.get("patients") or {}, f"feature store {features}", warn)
+    write_predictions(out, table)
+    return {"patients": len(probs), "patches": int(sum(len(r) for r in bags["rows"])), "out": str(out), **roles}
 
 
 def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Path):

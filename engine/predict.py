@@ -57,7 +57,21 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
                           "predict; check the slides, or the pipeline's tiling.min_tissue, and extract again")
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
-    own = b.meta.get("patients") or {}
+    roles = held_out_roles(table, b.meta.get("patients") or {}, f"store {store}", warn)
+    write_predictions(out, table)
+    # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
+    listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
+    missing = sorted(listed - {str(p) for p in table["patient_id"]})
+    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
+            **roles}
+
+
+def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,
+                   warn: Callable[[str], None] | None) -> dict[str, Any]:
+    """The predictions ``table``'s split column for ``evaluate``, given the bundle's ``patients`` (``own``) and
+    ``what`` the patients come from (a store, for the warnings). A never-split table: ``test`` for every patient the
+    bundle did not train or select on; its own keep their train/val, val only when all of its val patients are
+    here, else train (``val_as_train``). ``trained_on``: train patients outside the train split (warned)."""
     unsplit = not any(table["split"])
     seen_val: list[str] = []
     if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
@@ -71,24 +85,18 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
         role.update({p: "train" for p in seen_val})
         table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
         if seen_val and warn:
-            warn(f"warning: store {store} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
+            warn(f"warning: {what} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
                  f"{seen_val[0]}; it chose its epoch on them): written with split train, not test (not held out) "
                  "nor val (evaluate judges the threshold on the whole val set); they are in no metric")
-    write_predictions(out, table)
-    # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
-    listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
-    missing = sorted(listed - {str(p) for p in table["patient_id"]})
     # patients the bundle trained on that this store does not call train (a re-split, another store): their
     # probabilities are in-sample whatever the CSV's split says; `evaluate --bundle` refuses them in test
     split_of = {str(p): str(sp) for p, sp in zip(table["patient_id"], table["split"])}
     trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
     if trained_on and warn:
-        warn(f"warning: {len(trained_on)} patient(s) of store {store} outside its train split were in the bundle's "
+        warn(f"warning: {len(trained_on)} patient(s) of {what} outside its train split were in the bundle's "
              f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
-    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
-            "trained_on": trained_on, "unsplit": unsplit,
-            "val_as_train": seen_val}
+    return {"trained_on": trained_on, "unsplit": unsplit, "val_as_train": seen_val}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:

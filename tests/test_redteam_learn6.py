@@ -95,3 +95,91 @@ def test_predict_store_is_the_bundles_normalization_network_and_topk_by_hand(tra
         t = ev.load_predictions(tmp_path / f"p{bs}.csv")
         got = dict(zip(t["patient_id"], t["image_prob"]))
         assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in ids), (bs, w, got, want)
+
+
+# ---------------------------------------------------------------------------------------------- mil predict
+@pytest.fixture(scope="module")
+def mil_trained(tmp_path_factory):
+    from test_mil import PIPE as MPIPE
+    from test_mil import coords_store
+
+    from slidestream.engine import config, features, mil
+
+    d = tmp_path_factory.mktemp("rt6mil")
+    st = coords_store(d / "store", n_patients=8, per=4)
+    pipe = config.parse(MPIPE)
+    features.extract_features(pipe, st.path, d / "f.zarr", progress=False, log=None)
+    mil.train(pipe, d / "f.zarr", d / "mil", log=None)
+    return d, st, pipe
+
+
+def _bag_store(path, bags):
+    """An unsplit patch store (no coordinates needed): patient -> uint8 patches (one slide each)."""
+    from slidestream.engine import config
+    from slidestream.engine.store import PatchStore
+
+    pipe = config.with_defaults({"name": "t", "magnification": 10, "patches": {"size": 32}, "store": {"chunk": 8}})
+    st = PatchStore.create(path, 32, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    for i, (pid, patches) in enumerate(bags.items()):
+        st.append(f"N{i}", patches, {"slide_id": f"N{i}", "patient_id": pid, "label": i % 2, "age": 50.0 + i,
+                                     "x": np.arange(len(patches)) * 128, "y": np.full(len(patches), 64 * i),
+                                     "size0": 128}, {"status": "done"})
+    return st
+
+
+def test_mil_predict_scores_as_mil_train_did_and_by_hand(mil_trained, tmp_path):
+    """There was no way to score patients with a MIL bundle (`mil predict`): only mil train's own predictions.csv."""
+    import torch
+
+    from slidestream.engine import mil
+    from slidestream.engine.features import FeatureStore
+
+    d, st, _ = mil_trained
+    r = mil.predict(d / "mil", d / "f.zarr", tmp_path / "p.csv", warn=None)
+    got, own = ev.load_predictions(tmp_path / "p.csv"), ev.load_predictions(d / "mil" / "predictions.csv")
+    assert list(got["patient_id"]) == list(own["patient_id"]) and list(got["split"]) == list(own["split"])
+    np.testing.assert_allclose(got["image_prob"], own["image_prob"], atol=1e-6)
+    model, _ = mil.load_bundle(d / "mil")
+    fs = FeatureStore(d / "f.zarr")
+    x = fs.rows()[np.flatnonzero(fs.column("patient_id").astype(str) == "P3")]
+    with torch.no_grad():
+        want = float(torch.sigmoid(model(torch.from_numpy(x).float())[0]))
+    assert abs(dict(zip(got["patient_id"], got["image_prob"]))["P3"] - want) < 1e-6 and r["patients"] == 8
+
+
+def test_mil_predict_new_unsplit_patients_bag_order_one_patch_and_split_roles(mil_trained, tmp_path):
+    from slidestream.engine import features, mil
+
+    d, st, pipe = mil_trained
+    meta = mil.read_bundle(d / "mil")
+    seen = meta["patients"]["train"]["patients"][0]
+    rng = np.random.default_rng(1)
+    bag = rng.integers(0, 228, (5, 32, 32, 3), dtype=np.uint8)
+    one = rng.integers(0, 228, (1, 32, 32, 3), dtype=np.uint8)
+    probs = []
+    for name, b in (("a", bag), ("b", bag[::-1].copy())):  # the same bag, its patches in reverse order
+        ps = _bag_store(tmp_path / name, {"Q": b, "ONE": one, seen: bag[:2]})
+        features.extract_features(pipe, ps.path, tmp_path / f"{name}.zarr", progress=False, log=None)
+        said = []
+        mil.predict(d / "mil", tmp_path / f"{name}.zarr", tmp_path / f"{name}.csv", warn=said.append)
+        t = ev.load_predictions(tmp_path / f"{name}.csv")
+        assert dict(zip(t["patient_id"], t["split"])) == {"Q": "test", "ONE": "test", seen: "train"}
+        assert np.all((t["image_prob"] > 0) & (t["image_prob"] < 1))
+        probs.append(dict(zip(t["patient_id"], t["image_prob"])))
+    assert abs(probs[0]["Q"] - probs[1]["Q"]) < 1e-4 and abs(probs[0]["ONE"] - probs[1]["ONE"]) < 1e-6
+    ev.evaluate(ev.load_predictions(tmp_path / "a.csv"), trained=meta["patients"], bootstrap=0)
+
+
+def test_mil_predict_refuses_features_of_other_encoder_weights(mil_trained, tmp_path):
+    import shutil
+
+    import zarr
+
+    from slidestream.engine import mil
+
+    d, _, _ = mil_trained
+    shutil.copytree(d / "f.zarr", tmp_path / "f.zarr")
+    g = zarr.open_group(str(tmp_path / "f.zarr"), mode="r+")
+    g.attrs["slidestream_features"] = {**g.attrs["slidestream_features"], "weights_sha256": "ab" * 32}
+    with pytest.raises(ConfigError, match=r"MIL bundle .* was trained on timm features .*give the feature store it was"):
+        mil.predict(d / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", warn=None)
