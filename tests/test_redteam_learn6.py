@@ -183,3 +183,38 @@ def test_mil_predict_refuses_features_of_other_encoder_weights(mil_trained, tmp_
     g.attrs["slidestream_features"] = {**g.attrs["slidestream_features"], "weights_sha256": "ab" * 32}
     with pytest.raises(ConfigError, match=r"MIL bundle .* was trained on timm features .*give the feature store it was"):
         mil.predict(d / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", warn=None)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate by hand
+def test_evaluate_youden_from_val_on_test_age_groups_and_ci_match_sklearn_by_hand():
+    from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(3)
+    n = 60
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.35 * y + rng.normal(0.35, 0.2, n), 0.01, 0.99)
+    age = rng.uniform(20, 80, n).round(1)
+    split = np.array(["val"] * 24 + ["test"] * 36)
+    t = {"patient_id": [f"p{i}" for i in range(n)], "label": y, "age": age, "split": split, "image_prob": p}
+    m = ev.evaluate(t, threshold="youden", bootstrap=300, seed=7)
+    v, te = split == "val", split == "test"
+    fpr, tpr, thr = roc_curve(y[v], p[v])
+    want = float(thr[np.argmax(tpr - fpr)])
+    assert m["meta"]["thresholds"]["image"] == want  # chosen on val, not re-tuned on test
+    called = p[te] >= want
+    assert m["test"]["image"]["sensitivity"] == np.mean(called[y[te] == 1])
+    assert m["test"]["image"]["specificity"] == np.mean(~called[y[te] == 0])
+    assert m["test"]["image"]["auc"] == roc_auc_score(y[te], p[te])
+    for g, sel in (("<55", te & (age < 55)), (">=55", te & (age >= 55))):
+        c = p[sel] >= want
+        got = m["age_groups"][g]
+        assert got["n"] == sel.sum() and got["accuracy"]["image"] == accuracy_score(y[sel], c)
+        assert got["errors"]["image"] == {"mutant": int(np.sum((y[sel] == 1) & ~c)), "wildtype": int(np.sum((y[sel] == 0) & c))}
+    again, other = ev.evaluate(t, threshold="youden", bootstrap=300, seed=7), ev.evaluate(t, threshold="youden",
+                                                                                           bootstrap=300, seed=8)
+    assert again["test"]["image"]["ci"] == m["test"]["image"]["ci"] != other["test"]["image"]["ci"]
+    # the percentile bootstrap by hand: the same seeded resamples of the test patients
+    idx = np.random.default_rng([7, 1]).integers(0, te.sum(), (300, te.sum()))
+    yt, pt = y[te], p[te]
+    aucs = [roc_auc_score(yt[i], pt[i]) for i in idx if len(set(yt[i])) == 2]
+    np.testing.assert_allclose(m["test"]["image"]["ci"]["auc"], np.percentile(aucs, [2.5, 97.5]), atol=1e-12)
