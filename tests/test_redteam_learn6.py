@@ -2,14 +2,20 @@
 computation (numpy by hand, scikit-learn)."""
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from slidestream.engine import evaluate as ev
 from slidestream.engine.errors import ConfigError
 
+TARGET = Path(__file__).parent / "data" / "patches" / "tiatoolbox-source_image.png"
 PIPE = {"name": "b6", "classifier": {"name": "small_cnn", "params": {"width": 8}}, "fusion": {"name": "age_gda"},
-        "normalization": {"classifier": [{"name": "gamma", "params": {"gamma": 2.0}}]},
+        "normalization": {"classifier": [{"name": "reinhard", "params": {"target": "TARGET"}},
+                                         {"name": "gamma", "params": {"gamma": 2.0}}]},
         "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1,
                      "aggregation": {"method": "topk", "k_frac": 0.5}}}
 
@@ -27,9 +33,11 @@ def trained(tmp_path_factory):
     from slidestream.engine.synthetic import make_store
 
     d = tmp_path_factory.mktemp("rt6")
+    shutil.copy(TARGET, d / "target.png")  # the stain target image training normalizes to (reinhard)
     st = make_store(d / "s", n_patients=16, per_patient=6, patch=32)
     splits.split_store(st, (2, 1, 1), seed=0)
-    train.train(config.parse(PIPE), st.path, d / "model", log=None)
+    pipe = json.loads(json.dumps(PIPE).replace("TARGET", str(d / "target.png")))
+    train.train(config.parse(pipe), st.path, d / "model", log=None)
     b = d / "model" / "small_cnn"
     return st, b, bundle.read(b)[1]
 
@@ -71,7 +79,7 @@ def test_unsplit_store_with_all_of_the_bundles_val_patients_keeps_them_val(train
 # ---------------------------------------------------------------------------------------------- patch -> patient
 def test_predict_store_is_the_bundles_normalization_network_and_topk_by_hand(trained, tmp_path):
     """Each patient's image_prob = mean of its top half patch probabilities (the bundle's topk, k_frac 0.5), the
-    patches gamma-2 normalized (the bundle's pipeline), the network run by hand; batch size and workers change
+    patches reinhard-to-target then gamma-2 normalized (the bundle's pipeline), the network run by hand; batch size and workers change
     nothing beyond float noise."""
     import torch
 
@@ -84,7 +92,10 @@ def test_predict_store_is_the_bundles_normalization_network_and_topk_by_hand(tra
     _store(tmp_path / "new", ids, [1, 0, 1], [50.0, 60.0, 40.0], seed=9, per=5)
     bd = bundle.load(b)
     st = PatchStore.open(tmp_path / "new")
-    x = np.asarray(st.patches[:]).astype(np.float64) / 255
+    from slidestream.plugins.normalization import stain
+
+    means, stds = stain.reinhard_target(str(TARGET))  # the training target's Lab statistics
+    x = stain.reinhard(np.asarray(st.patches[:]), target_means=means, target_stds=stds, device="cpu") / 255
     x = np.round(255 * x ** 2).astype(np.uint8)  # gamma 2 by hand
     with torch.no_grad():
         p = torch.softmax(bd.model(to_tensor(x, meta["input_size"])), 1)[:, 1].numpy()
@@ -218,3 +229,46 @@ def test_evaluate_youden_from_val_on_test_age_groups_and_ci_match_sklearn_by_han
     yt, pt = y[te], p[te]
     aucs = [roc_auc_score(yt[i], pt[i]) for i in idx if len(set(yt[i])) == 2]
     np.testing.assert_allclose(m["test"]["image"]["ci"]["auc"], np.percentile(aucs, [2.5, 97.5]), atol=1e-12)
+
+
+def test_predict_normalizes_to_the_training_stain_target_after_the_file_changed_or_moved(trained, tmp_path):
+    """The bundle recorded the reinhard target as a file path: predict re-read it, so an edited target image
+    changed every probability silently, and a moved one (or a relative path from another folder) failed."""
+    from slidestream.engine import predict
+    from slidestream.plugins.normalization import stain
+
+    st, b, _ = trained
+    target = Path(st.path).parent / "target.png"  # the file training normalized to
+    predict.predict_store(b, st.path, tmp_path / "before.csv", warn=None)
+    saved = target.read_bytes()
+    try:
+        from skimage import io
+
+        io.imsave(target, (255 - io.imread(TARGET)[..., :3]).astype(np.uint8), check_contrast=False)  # another image
+        stain.reinhard_target.cache_clear()  # as a new process would
+        predict.predict_store(b, st.path, tmp_path / "edited.csv", warn=None)
+        target.unlink()
+        stain.reinhard_target.cache_clear()
+        predict.predict_store(b, st.path, tmp_path / "gone.csv", warn=None)  # was: cannot read stain target image
+    finally:
+        target.write_bytes(saved)
+        stain.reinhard_target.cache_clear()
+    want = ev.load_predictions(tmp_path / "before.csv")["image_prob"]
+    for name in ("edited", "gone"):
+        np.testing.assert_array_equal(ev.load_predictions(tmp_path / f"{name}.csv")["image_prob"], want)
+
+
+@pytest.mark.parametrize("name", ["reinhard", "macenko"])
+def test_frozen_stain_params_normalize_exactly_as_the_target_file(name):
+    from slidestream.engine import registry
+    from slidestream.engine.loader import frozen
+
+    pipe = {"normalization": {"classifier": {"name": name, "params": {"target": str(TARGET), "device": "cpu"}}}}
+    ref = frozen(pipe)["normalization"]["classifier"]
+    assert "target" not in ref["params"] and ref["name"] == name and json.loads(json.dumps(ref)) == ref
+    from skimage import io
+
+    img = io.imread(TARGET)[..., :3]
+    batch = np.stack([img[:64, :64], img[64:128, 64:128]]).astype(np.uint8)
+    apply = registry.get("normalization", name).apply
+    np.testing.assert_array_equal(apply(batch, **ref["params"]), apply(batch, target=str(TARGET), device="cpu"))
