@@ -278,7 +278,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     atomic_write_bytes(out / "model.safetensors", save({k: v.contiguous().cpu() for k, v in best_state.items()}))
     meta = {"kind": "mil", "aggregator": agg["name"], "params": agg["params"], "in_dim": int(feats.shape[1]),
             "encoder": {k: header.get(k) for k in ("encoder", "params", "weights_sha256", "input_size", "mean", "std")},
-            "feature_store": header.get("path"), "best_epoch": best["epoch"], "epochs": cfg["epochs"],
+            "feature_store": header.get("path"), "extraction_hash": header.get("extraction_hash"),
+            "best_epoch": best["epoch"], "epochs": cfg["epochs"],
             "epochs_trained": len(history),
             "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3),
             # the patients it trained on and those that chose its epoch: `evaluate --bundle` refuses them in test
@@ -399,6 +400,11 @@ def check_encoder(bundle: str | Path, meta: dict[str, Any], fs: FeatureStore) ->
                           f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
                           f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
                           f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
+    own, theirs = meta.get("extraction_hash"), fs.info.get("extraction_hash")
+    if own and theirs and own != theirs:  # same encoder on patches cut otherwise (magnification, size, tiling)
+        raise ConfigError(f"MIL bundle {bundle} was trained on features of patches of extraction hash {own[:12]}, this "
+                          f"feature store's patches have {theirs[:12]}; extract the slides with the pipeline of the "
+                          "bundle's training store, then run `slidestream features`")
 
 
 def predict(bundle: str | Path, features: str | Path, out: str | Path, *, store: str | Path | None = None,

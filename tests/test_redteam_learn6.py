@@ -194,6 +194,10 @@ def test_mil_predict_refuses_features_of_other_encoder_weights(mil_trained, tmp_
     g.attrs["slidestream_features"] = {**g.attrs["slidestream_features"], "weights_sha256": "ab" * 32}
     with pytest.raises(ConfigError, match=r"MIL bundle .* was trained on timm features .*give the feature store it was"):
         mil.predict(d / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", warn=None)
+    g.attrs["slidestream_features"] = {**g.attrs["slidestream_features"], "extraction_hash": "cd" * 32,  # other cuts
+                                       "weights_sha256": mil.read_bundle(d / "mil")["encoder"]["weights_sha256"]}
+    with pytest.raises(ConfigError, match=r"features of patches of extraction hash .* extract the slides with"):
+        mil.predict(d / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", warn=None)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate by hand
