@@ -276,3 +276,29 @@ def test_frozen_stain_params_normalize_exactly_as_the_target_file(name):
     batch = np.stack([img[:64, :64], img[64:128, 64:128]]).astype(np.uint8)
     apply = registry.get("normalization", name).apply
     np.testing.assert_array_equal(apply(batch, **ref["params"]), apply(batch, target=str(TARGET), device="cpu"))
+
+
+# ---------------------------------------------------------------------------------------------- label words
+WORDS = {"IDH-mutant": 1, "IDH mutant": 1, " idh_MUT ": 1, "Mutant": 1, "IDH-wt": 0, "IDH wildtype": 0,
+         "wild-type": 0, "Wild type": 0, "IDH-WILDTYPE": 0, "-1": -1, "": -1}
+
+
+def test_label_words_in_a_predictions_csv_and_a_cohort_csv(tmp_path):
+    """'IDH-wt' (named in evaluate's own error as read), 'IDH mutant', 'wild-type' were refused."""
+    from slidestream.engine.cohort import read_csv
+
+    p = tmp_path / "p.csv"
+    rows = "".join(f'p{i},"{w}",50,test,0.{i + 1}\n' for i, w in enumerate(WORDS))
+    p.write_text("patient_id,label,age,split,image_prob\n" + rows)
+    assert ev.load_predictions(p)["label"].tolist() == list(WORDS.values())
+    (tmp_path / "s.svs").write_bytes(b"x")
+    c = tmp_path / "c.csv"
+    c.write_text("slide_path,patient_id,label,age\n" + "".join(f's.svs,p{i},"{w}",50\n'.replace("s.svs", f"s{i}.svs")
+                                                               for i, w in enumerate(WORDS)))
+    for i in range(len(WORDS)):
+        (tmp_path / f"s{i}.svs").write_bytes(bytes([i]))
+    assert [r.label for r in read_csv(c)] == list(WORDS.values())
+    for bad in ("IDH", "mutant?", "positive", "1 0", "- 1"):
+        p.write_text(f"patient_id,label,age,split,image_prob\na,{bad},50,test,0.5\n")
+        with pytest.raises(ConfigError, match="label must be 0 .wildtype. or 1 .mutant., got"):
+            ev.load_predictions(p)
