@@ -71,7 +71,8 @@ def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,
     """The predictions ``table``'s split column for ``evaluate``, given the bundle's ``patients`` (``own``) and
     ``what`` the patients come from (a store, for the warnings). A never-split table: ``test`` for every patient the
     bundle did not train or select on; its own keep their train/val, val only when all of its val patients are
-    here, else train (``val_as_train``). ``trained_on``: train patients outside the train split (warned)."""
+    here, else train (``val_as_train``). ``trained_on``: train patients outside the train split, ``selected_on``: val
+    patients in the test split (both warned)."""
     unsplit = not any(table["split"])
     seen_val: list[str] = []
     if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
@@ -96,7 +97,13 @@ def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,
         warn(f"warning: {len(trained_on)} patient(s) of {what} outside its train split were in the bundle's "
              f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
-    return {"trained_on": trained_on, "unsplit": unsplit, "val_as_train": seen_val}
+    # the bundle's val patients (they chose its epoch) that a re-split store calls test: not held out either
+    selected_on = sorted(p for p in (own.get("val") or {}).get("patients", []) if split_of.get(p) == "test")
+    if selected_on and warn:
+        warn(f"warning: {len(selected_on)} patient(s) in the test split of {what} chose the bundle's epoch (its val "
+             f"patients, e.g. {selected_on[0]}): their test metrics are not held out; predict a store with the split "
+             "the bundle was trained on")
+    return {"trained_on": trained_on, "selected_on": selected_on, "unsplit": unsplit, "val_as_train": seen_val}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:

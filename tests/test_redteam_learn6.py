@@ -302,3 +302,26 @@ def test_label_words_in_a_predictions_csv_and_a_cohort_csv(tmp_path):
         p.write_text(f"patient_id,label,age,split,image_prob\na,{bad},50,test,0.5\n")
         with pytest.raises(ConfigError, match="label must be 0 .wildtype. or 1 .mutant., got"):
             ev.load_predictions(p)
+
+
+def test_predict_of_a_resplit_store_warns_about_the_bundles_val_patients_in_test(trained, tmp_path):
+    """Only the bundle's train patients outside train were warned about; its val patients (they chose the epoch)
+    in a re-split store's test split went unsaid."""
+    import shutil
+
+    from slidestream.engine import predict
+    from slidestream.engine.store import PatchStore
+
+    st, b, meta = trained
+    copy = tmp_path / "resplit"
+    shutil.copytree(st.path, copy)
+    ps = PatchStore.open(copy, mode="r+")
+    val = meta["patients"]["val"]["patients"]
+    tab = ps.table(["patient_id", "split"])
+    ps.set_column("split", np.array(["test" if str(p) in val else str(s) for p, s in zip(tab["patient_id"], tab["split"])],
+                                    dtype=object))
+    said = []
+    r = predict.predict_store(b, copy, tmp_path / "p.csv", warn=said.append)
+    assert r["selected_on"] == sorted(val) and any("chose the bundle's epoch" in s and val[0] in s for s in said)
+    with pytest.raises(ConfigError, match="selected its best epoch on"):  # and evaluate --bundle refuses the table
+        ev.evaluate(ev.load_predictions(tmp_path / "p.csv"), trained=meta["patients"], bootstrap=0)
