@@ -325,3 +325,42 @@ def test_predict_of_a_resplit_store_warns_about_the_bundles_val_patients_in_test
     assert r["selected_on"] == sorted(val) and any("chose the bundle's epoch" in s and val[0] in s for s in said)
     with pytest.raises(ConfigError, match="selected its best epoch on"):  # and evaluate --bundle refuses the table
         ev.evaluate(ev.load_predictions(tmp_path / "p.csv"), trained=meta["patients"], bootstrap=0)
+
+
+# ---------------------------------------------------------------------------------------------- age fusion by hand
+def test_age_fusion_at_predict_is_the_val_fit_of_training_by_hand(trained, tmp_path):
+    """GDA + logistic regression refitted by hand (numpy, scikit-learn) on the val rows of train's predictions.csv
+    gives the bundle's fusion; predict's fused probability for a new patient and evaluate --bundle on a held-out
+    table use it unchanged (not refitted on the new patients)."""
+    from scipy.stats import norm
+    from sklearn.linear_model import LogisticRegression
+
+    from slidestream.engine import bundle, predict
+
+    st, b, meta = trained
+    tr = ev.load_predictions(b / "predictions.csv")
+    v = (tr["split"] == "val") & np.isfinite(tr["age"])
+    y, age, img = tr["label"][v], tr["age"][v], tr["image_prob"][v]
+    g = [(age[y == c].mean(), age[y == c].std()) for c in (0, 1)]
+    prior = np.array([np.mean(y == 0), np.mean(y == 1)])
+
+    def p_age(a):
+        d = [prior[c] * norm.pdf(a, *g[c]) for c in (0, 1)]
+        return d[1] / (d[0] + d[1])
+
+    lr = LogisticRegression(C=1.0).fit(np.column_stack([img, p_age(age)]), y)
+    state = meta["fusion"]["state"]
+    np.testing.assert_allclose(state["coef"], lr.coef_[0], rtol=1e-6)
+    for a, ip in ((30.0, 0.2), (70.0, 0.8)):
+        want = 1 / (1 + np.exp(-(lr.intercept_[0] + lr.coef_[0] @ [ip, p_age(a)])))
+        got = predict.fused(bundle.load(b), ip, a)
+        assert abs(got["age"] - p_age(a)) < 1e-9 and abs(got["age+image"] - want) < 1e-6
+    new = {"patient_id": ["n1", "n2", "n3", "n4"], "label": [1, 0, 1, 0], "age": [30.0, 70.0, np.nan, 50.0],
+           "split": ["test"] * 4, "image_prob": [0.9, 0.1, 0.6, 0.4]}
+    m = ev.evaluate(new, fitted=meta["fusion"], trained=meta["patients"], bootstrap=0)
+    fused = np.array(m["patients"]["age+image_prob"])
+    pa = np.array([p_age(30.0), p_age(70.0), prior[1], p_age(50.0)])  # missing age: the class prior
+    want = 1 / (1 + np.exp(-(lr.intercept_[0] + lr.coef_[0][0] * np.array(new["image_prob"]) + lr.coef_[0][1] * pa)))
+    np.testing.assert_allclose(fused, want, rtol=1e-6)
+    with pytest.raises(ConfigError, match="age must be the patient's age in years"):
+        predict.fused(bundle.load(b), 0.5, -3.0)
