@@ -166,8 +166,10 @@ def _stops_after(history: list[dict], cfg: dict[str, Any]) -> int:
 
 
 def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: dict[str, Any], cfg: dict[str, Any],
-              out: Path, header: dict[str, Any], log=print) -> dict[str, Any]:
+              out: Path, header: dict[str, Any], log=print, fusion: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one aggregator on the ``split`` (train/val/test per patient) and write its bundle to ``out``.
+    ``fusion`` (the pipeline's section): fitted on the val patients' scores at the best epoch and kept in the
+    bundle with the per-predictor Youden thresholds on val, as ``train`` does, for ``evaluate --bundle``.
 
     On the CPU it runs on one thread: a bag is a small matrix, and thread hand-offs cost more than they gain
     (measured: 3 epochs of 48 bags, 10.7 s on 2 threads of a busy machine vs 0.11 s on one)."""
@@ -175,16 +177,17 @@ def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: d
     if resolve_device(cfg["device"]) == "cpu":
         torch.set_num_threads(1)
     try:
-        return _train_one(feats, bags, split, agg, cfg, out, header, log)
+        return _train_one(feats, bags, split, agg, cfg, out, header, log, fusion)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str, Any]:
+def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) -> dict[str, Any]:
     import torch.nn.functional as F
     from safetensors.torch import save
 
     from .bundle import patient_set, seal
+    from .evaluate import apply_fusion, fit_fusion, youden_threshold
     from .store import atomic_write_bytes, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,14 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     if len(tr) == 0 or len(va) == 0:
         raise ConfigError("MIL training needs train and val patients; run `slidestream split` on the patch store, "
                           "or use --folds K")
+    table = {"patient_id": bags["patients"], "label": bags["label"], "age": bags["age"], "split": split,
+             "image_prob": np.full(len(split), 0.5)}
+    if fref:  # known now, not after training: too few val patients (ages) for the fusion leave it out, with a warning
+        try:
+            fit_fusion(table, fref["name"], fref.get("params"), "val")
+        except ConfigError as e:
+            print(f"warning: the MIL bundle {out} gets no fusion: {e}", file=sys.stderr)
+            fref = None
     device = torch.device(resolve_device(cfg["device"]))
     plugin = registry.get("aggregator", agg["name"])
     torch.manual_seed(cfg["seed"])
@@ -269,8 +280,12 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             y, p = bags["label"][sel], probs[sel]
             metrics[s] = {"n": int(sel.sum()), "auc": _auc(y, p),
                           "accuracy": float(np.mean((p >= cfg["threshold"]) == (y == 1)))}
-    write_predictions(out / "predictions.csv", {"patient_id": bags["patients"], "label": bags["label"],
-                                                "age": bags["age"], "split": split, "image_prob": probs})
+    table["image_prob"] = probs
+    write_predictions(out / "predictions.csv", table)
+    fusion = fit_fusion(table, fref["name"], fref.get("params"), "val") if fref else None
+    scores = {"image": probs, **(apply_fusion(fusion, table) if fusion else {})}
+    va_mask = split == "val"  # evaluate --bundle --threshold youden applies these to a held-out table
+    youden = {k: youden_threshold(bags["label"][va_mask], v[va_mask]) for k, v in scores.items()}
     attention = np.full(len(feats), np.nan, np.float32)
     for i, a in att.items():
         attention[bags["rows"][i]] = a
@@ -282,6 +297,7 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             "best_epoch": best["epoch"], "epochs": cfg["epochs"],
             "epochs_trained": len(history),
             "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3),
+            "fusion": fusion, "youden": youden,
             # the patients it trained on and those that chose its epoch: `evaluate --bundle` refuses them in test
             "patients": {"train": patient_set(bags["patients"][tr]), "val": patient_set(bags["patients"][va])}}
     atomic_write_text(out / "mil.json", json.dumps(seal(out, meta, FILES), indent=1))  # sha256 of the weights + hash
@@ -348,7 +364,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         for i, split in enumerate(kfold_splits(bags["label"], folds, cfg["seed"])):
             if log:
                 log(f"fold {i + 1}/{folds}")
-            results.append(train_one(feats, bags, split, agg, cfg, out / f"fold{i}", header, log))
+            results.append(train_one(feats, bags, split, agg, cfg, out / f"fold{i}", header, log, pipeline.get("fusion")))
         aucs = [r["metrics"]["test"]["auc"] for r in results]
         valid = [a for a in aucs if a is not None]
         cv = {"aggregator": agg["name"], "folds": folds, "test_auc": aucs,
@@ -375,7 +391,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     sp = ps.column("split")
     check_assigned(sp, meta["patient_id"], ps.column("slide_id"), ps.column("synthetic"), ps.path)
     bags = patient_bags(fs, sp, meta)
-    res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
+    res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log, pipeline.get("fusion"))
     if log:
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")

@@ -117,8 +117,8 @@ def mil_trained(tmp_path_factory):
     from slidestream.engine import config, features, mil
 
     d = tmp_path_factory.mktemp("rt6mil")
-    st = coords_store(d / "store", n_patients=8, per=4)
-    pipe = config.parse(MPIPE)
+    st = coords_store(d / "store", n_patients=16, per=4)
+    pipe = config.parse({**MPIPE, "fusion": {"name": "age_gda"}})
     features.extract_features(pipe, st.path, d / "f.zarr", progress=False, log=None)
     mil.train(pipe, d / "f.zarr", d / "mil", log=None)
     return d, st, pipe
@@ -155,7 +155,7 @@ def test_mil_predict_scores_as_mil_train_did_and_by_hand(mil_trained, tmp_path):
     x = fs.rows()[np.flatnonzero(fs.column("patient_id").astype(str) == "P3")]
     with torch.no_grad():
         want = float(torch.sigmoid(model(torch.from_numpy(x).float())[0]))
-    assert abs(dict(zip(got["patient_id"], got["image_prob"]))["P3"] - want) < 1e-6 and r["patients"] == 8
+    assert abs(dict(zip(got["patient_id"], got["image_prob"]))["P3"] - want) < 1e-6 and r["patients"] == 16
 
 
 def test_mil_predict_new_unsplit_patients_bag_order_one_patch_and_split_roles(mil_trained, tmp_path):
@@ -364,3 +364,28 @@ def test_age_fusion_at_predict_is_the_val_fit_of_training_by_hand(trained, tmp_p
     np.testing.assert_allclose(fused, want, rtol=1e-6)
     with pytest.raises(ConfigError, match="age must be the patient's age in years"):
         predict.fused(bundle.load(b), 0.5, -3.0)
+
+
+def test_mil_bundle_keeps_its_val_fusion_and_youden_for_held_out_patients(mil_trained, tmp_path):
+    """A MIL bundle had no fusion and no val-chosen thresholds: `evaluate --bundle MIL --threshold youden` of held-out
+    patients (mil predict of a new store: no val rows) was refused, and age+image impossible with the leakage check."""
+    from typer.testing import CliRunner
+
+    from slidestream.engine import mil
+    from slidestream.engine.cli import app
+
+    d, _, _ = mil_trained
+    meta = mil.read_bundle(d / "mil")
+    own = ev.load_predictions(d / "mil" / "predictions.csv")
+    want = ev.fit_fusion(own, "age_gda")  # on its val rows, as evaluate --fusion age_gda fits it
+    assert meta["fusion"]["state"] == want["state"] and meta["fusion"]["patients"] == want["patients"]
+    v = own["split"] == "val"
+    assert meta["youden"]["image"] == ev.youden_threshold(own["label"][v], own["image_prob"][v])
+    p = tmp_path / "new.csv"
+    p.write_text("patient_id,label,age,split,image_prob\nn1,1,41,test,0.7\nn2,0,66,test,0.4\nn3,1,45,test,0.3\n"
+                 "n4,0,70,test,0.6\n")
+    res = CliRunner().invoke(app, ["evaluate", str(p), "--out", str(tmp_path / "r"), "--bundle", str(d / "mil"),
+                                   "--threshold", "youden", "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert set(m["test"]) == {"age", "image", "age+image"} and m["meta"]["threshold_source"] == "bundle"
