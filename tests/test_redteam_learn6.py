@@ -16,7 +16,7 @@ TARGET = Path(__file__).parent / "data" / "patches" / "tiatoolbox-source_image.p
 PIPE = {"name": "b6", "classifier": {"name": "small_cnn", "params": {"width": 8}}, "fusion": {"name": "age_gda"},
         "normalization": {"classifier": [{"name": "reinhard", "params": {"target": "TARGET"}},
                                          {"name": "gamma", "params": {"gamma": 2.0}}]},
-        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1,
+        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1, "input_size": 32,
                      "aggregation": {"method": "topk", "k_frac": 0.5}}}
 
 
@@ -243,17 +243,18 @@ def test_predict_normalizes_to_the_training_stain_target_after_the_file_changed_
 
     st, b, _ = trained
     target = Path(st.path).parent / "target.png"  # the file training normalized to
-    predict.predict_store(b, st.path, tmp_path / "before.csv", warn=None)
+    new = _store(tmp_path / "new", ["A", "B"], [1, 0], [50.0, 60.0], seed=2, per=4).path
+    predict.predict_store(b, new, tmp_path / "before.csv", warn=None)
     saved = target.read_bytes()
     try:
         from skimage import io
 
         io.imsave(target, (255 - io.imread(TARGET)[..., :3]).astype(np.uint8), check_contrast=False)  # another image
         stain.reinhard_target.cache_clear()  # as a new process would
-        predict.predict_store(b, st.path, tmp_path / "edited.csv", warn=None)
+        predict.predict_store(b, new, tmp_path / "edited.csv", warn=None)
         target.unlink()
         stain.reinhard_target.cache_clear()
-        predict.predict_store(b, st.path, tmp_path / "gone.csv", warn=None)  # was: cannot read stain target image
+        predict.predict_store(b, new, tmp_path / "gone.csv", warn=None)  # was: cannot read stain target image
     finally:
         target.write_bytes(saved)
         stain.reinhard_target.cache_clear()
