@@ -430,7 +430,7 @@ def predict(bundle: str | Path, features: str | Path, out: str | Path, *, store:
     labels (unknown: -1), ages and splits are the patch store's (``store``, else the one the features were computed
     from; without one the feature store's, unsplit); splits as ``predict --store`` gives them
     (``predict.held_out_roles``: a never-split store's new patients are test, the bundle's own never)."""
-    from .predict import held_out_roles
+    from .predict import held_out_roles, without_patches
 
     out = Path(out)
     if out.is_dir():
@@ -461,7 +461,8 @@ def predict(bundle: str | Path, features: str | Path, out: str | Path, *, store:
              "split": np.asarray(bags["split"], dtype=object), "image_prob": probs}
     roles = held_out_roles(table, meta.get("patients") or {}, f"feature store {features}", warn)
     write_predictions(out, table)
-    return {"patients": len(probs), "patches": int(sum(len(r) for r in bags["rows"])), "out": str(out), **roles}
+    return {"patients": len(probs), "patches": int(sum(len(r) for r in bags["rows"])), "out": str(out), **roles,
+            "without_patches": without_patches(ps, table["patient_id"]) if ps is not None else []}
 
 
 def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Path):

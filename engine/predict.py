@@ -59,11 +59,14 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
     roles = held_out_roles(table, b.meta.get("patients") or {}, f"store {store}", warn)
     write_predictions(out, table)
-    # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
+    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out),
+            "without_patches": without_patches(st, table["patient_id"]), **roles}
+
+
+def without_patches(st: PatchStore, predicted) -> list[str]:
+    """Patients of the store's cohort whose slides all gave no patches (empty, failed): not in the CSV, to be said."""
     listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
-    missing = sorted(listed - {str(p) for p in table["patient_id"]})
-    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
-            **roles}
+    return sorted(listed - {str(p) for p in predicted})
 
 
 def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,

@@ -135,6 +135,7 @@ def _bag_store(path, bags):
         st.append(f"N{i}", patches, {"slide_id": f"N{i}", "patient_id": pid, "label": i % 2, "age": 50.0 + i,
                                      "x": np.arange(len(patches)) * 128, "y": np.full(len(patches), 64 * i),
                                      "size0": 128}, {"status": "done"})
+    st.append("E", np.zeros((0, 32, 32, 3), np.uint8), {}, {"status": "empty", "patient_id": "EMPTY"})  # no tissue
     return st
 
 
@@ -172,7 +173,8 @@ def test_mil_predict_new_unsplit_patients_bag_order_one_patch_and_split_roles(mi
         ps = _bag_store(tmp_path / name, {"Q": b, "ONE": one, seen: bag[:2]})
         features.extract_features(pipe, ps.path, tmp_path / f"{name}.zarr", progress=False, log=None)
         said = []
-        mil.predict(d / "mil", tmp_path / f"{name}.zarr", tmp_path / f"{name}.csv", warn=said.append)
+        r = mil.predict(d / "mil", tmp_path / f"{name}.zarr", tmp_path / f"{name}.csv", warn=said.append)
+        assert r["without_patches"] == ["EMPTY"]  # said, not scored 0.5
         t = ev.load_predictions(tmp_path / f"{name}.csv")
         assert dict(zip(t["patient_id"], t["split"])) == {"Q": "test", "ONE": "test", seen: "train"}
         assert np.all((t["image_prob"] > 0) & (t["image_prob"] < 1))

@@ -92,6 +92,9 @@ def mil_predict_command(
 
     r = mil.predict(bundle, features, out, store=store)
     typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
+    if r["without_patches"]:
+        typer.echo(f"note: {len(r['without_patches'])} patient(s) of the store have no patches (their slides were "
+                   f"empty or failed) and are not in the CSV: {', '.join(r['without_patches'][:10])}", err=True)
 
 
 @mil_app.command("demo")
