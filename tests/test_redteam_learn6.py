@@ -101,8 +101,17 @@ def test_predict_store_is_the_bundles_normalization_network_and_topk_by_hand(tra
         p = torch.softmax(bd.model(to_tensor(x, meta["input_size"])), 1)[:, 1].numpy()
     pid = np.array([str(v) for v in st.table()["patient_id"]])
     want = {i: float(np.mean(np.sort(p[pid == i])[::-1][:3])) for i in ids}  # ceil(0.5 * 5) = 3 highest
+    from typer.testing import CliRunner
+
+    from slidestream.engine.cli import app
+
     for bs, w in ((64, 1), (1, 3), (4, 2)):
-        predict.predict_store(b, tmp_path / "new", tmp_path / f"p{bs}.csv", batch_size=bs, workers=w, warn=None)
+        if bs == 4:  # the command's options (it had none for them)
+            res = CliRunner().invoke(app, ["predict", str(b), "--store", str(tmp_path / "new"), "--out",
+                                           str(tmp_path / "p4.csv"), "--batch-size", "4", "--workers", "2"])
+            assert res.exit_code == 0, res.output
+        else:
+            predict.predict_store(b, tmp_path / "new", tmp_path / f"p{bs}.csv", batch_size=bs, workers=w, warn=None)
         t = ev.load_predictions(tmp_path / f"p{bs}.csv")
         got = dict(zip(t["patient_id"], t["image_prob"]))
         assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in ids), (bs, w, got, want)
