@@ -74,20 +74,26 @@ def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,
     """The predictions ``table``'s split column for ``evaluate``, given the bundle's ``patients`` (``own``) and
     ``what`` the patients come from (a store, for the warnings). A never-split table: ``test`` for every patient the
     bundle did not train or select on; its own keep their train/val, val only when all of its val patients are
-    here, else train (``val_as_train``). ``trained_on``: train patients outside the train split, ``selected_on``: val
+    here, else train (``val_as_train``); likewise the patients in no split of a split table (warned). ``trained_on``: train patients outside the train split, ``selected_on``: val
     patients in the test split (both warned)."""
-    unsplit = not any(table["split"])
+    blank = np.array([not s for s in table["split"]], bool)  # patients in no split
+    unsplit = bool(blank.all())
     seen_val: list[str] = []
-    if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
-        # patients the bundle trained or selected on are never test: they keep that role, but val only when the store
-        # holds all of the bundle's val patients (evaluate --bundle judges the threshold on that whole set); some of
-        # them are written as train (seen by the model, in no metric)
+    if blank.any():  # a store of new patients, never split (or slides extracted after `split`): held out by definition,
+        # so test (evaluate refused '' splits); patients the bundle trained or selected on are never test: they keep that
+        # role, but val only when the store holds all of the bundle's val patients (evaluate --bundle judges the
+        # threshold on that whole set); some of them are written as train (seen by the model, in no metric)
         ids = {str(p) for p in table["patient_id"]}
         val = set((own.get("val") or {}).get("patients", []))
-        seen_val = sorted(ids & val) if not val <= ids else []
+        seen_val = sorted({str(p) for p in table["patient_id"][blank]} & val) if not val <= ids else []
         role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
         role.update({p: "train" for p in seen_val})
-        table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
+        table["split"] = np.array([role.get(str(p), "test") if b else s for p, s, b in
+                                   zip(table["patient_id"], table["split"], blank)], dtype=object)
+        if not unsplit and warn:
+            warn(f"warning: {int(blank.sum())} patient(s) of {what} are in no split (slides extracted after `slidestream "
+                 f"split`?, e.g. {table['patient_id'][blank][0]}): written as test unless the bundle trained or "
+                 "selected on them")
         if seen_val and warn:
             warn(f"warning: {what} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
                  f"{seen_val[0]}; it chose its epoch on them): written with split train, not test (not held out) "

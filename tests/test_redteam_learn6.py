@@ -401,3 +401,27 @@ def test_mil_bundle_keeps_its_val_fusion_and_youden_for_held_out_patients(mil_tr
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert set(m["test"]) == {"age", "image", "age+image"} and m["meta"]["threshold_source"] == "bundle"
+
+
+def test_predict_of_a_split_store_with_a_slide_added_after_the_split_calls_it_test(trained, tmp_path):
+    """A slide extracted after `split` left its new patient with split '': the CSV was refused by evaluate ('has no
+    split; the store had none when it was predicted'). A patient the bundle never saw is test."""
+    import shutil
+
+    from slidestream.engine import predict
+    from slidestream.engine.store import PatchStore
+
+    st, b, meta = trained
+    shutil.copytree(st.path, tmp_path / "s")
+    ps = PatchStore.open(tmp_path / "s", mode="r+")
+    ps.append("LATE", np.asarray(ps.patches[:4]), {"slide_id": "LATE", "patient_id": "LATE", "label": 1, "age": 44.0},
+              {"status": "done", "patient_id": "LATE"})
+    said = []
+    r = predict.predict_store(b, tmp_path / "s", tmp_path / "p.csv", warn=said.append)
+    t = ev.load_predictions(tmp_path / "p.csv")  # was refused
+    split = dict(zip(t["patient_id"], t["split"]))
+    assert split["LATE"] == "test" and not r["unsplit"] and any("in no split" in s and "LATE" in s for s in said)
+    tab = PatchStore.open(st.path).table(["patient_id", "split"])
+    assert all(split[str(p)] == str(s) for p, s in zip(tab["patient_id"], tab["split"]))  # the others: the store's
+    m = ev.evaluate(t, fitted=meta["fusion"], trained=meta["patients"], bootstrap=0)
+    assert "LATE" in [p for p, s in zip(m["patients"]["patient_id"], m["patients"]["split"]) if s == "test"]
