@@ -19,10 +19,13 @@ of the feature store:
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
   is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
-  name/params and weights sha256, best epoch, metrics, the train and val patients (n, sorted ids, digest), the
+  name/params and weights sha256, the features' extraction hash, best epoch, metrics, the train and val patients (n,
+  sorted ids, digest), the pipeline's fusion fitted on the val patients and the Youden thresholds on val, the
   sha256 of model.safetensors and ``hash``, checked on load as a model bundle's), ``history.json``, ``predictions.csv``
   (patient_id,label,age,split,image_prob: what ``slidestream evaluate`` reads, so evaluation and age fusion
   work unchanged) and ``attention.npy`` (float32, one weight per feature-store row, NaN outside bags).
+* Prediction (``slidestream mil predict``, :func:`predict`): the same scoring of another feature store of the same
+  encoder and extraction, into the same CSV.
 """
 from __future__ import annotations
 
