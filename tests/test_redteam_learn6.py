@@ -423,3 +423,11 @@ def test_predict_of_a_split_store_with_a_slide_added_after_the_split_calls_it_te
     assert all(split[str(p)] == str(s) for p, s in zip(tab["patient_id"], tab["split"]))  # the others: the store's
     m = ev.evaluate(t, fitted=meta["fusion"], trained=meta["patients"], bootstrap=0)
     assert "LATE" in [p for p, s in zip(m["patients"]["patient_id"], m["patients"]["split"]) if s == "test"]
+
+
+def test_predict_of_a_mil_bundle_points_to_mil_predict(mil_trained, tmp_path):
+    from slidestream.engine import predict
+
+    d, st, _ = mil_trained
+    with pytest.raises(ConfigError, match=r"is a MIL bundle \(mil.json\), not a model bundle: .*slidestream mil predict"):
+        predict.predict_store(d / "mil", st.path, tmp_path / "p.csv")
