@@ -374,6 +374,8 @@ def test_age_fusion_at_predict_is_the_val_fit_of_training_by_hand(trained, tmp_p
     np.testing.assert_allclose(fused, want, rtol=1e-6)
     with pytest.raises(ConfigError, match="age must be the patient's age in years"):
         predict.fused(bundle.load(b), 0.5, -3.0)
+    with pytest.raises(ConfigError, match=r"patient 'n1' has age 744; ages are years, 0 to 130"):  # months
+        ev.evaluate({**new, "age": [744.0, 70.0, 60.0, 50.0]}, fitted=meta["fusion"], bootstrap=0)
 
 
 def test_mil_bundle_keeps_its_val_fusion_and_youden_for_held_out_patients(mil_trained, tmp_path):
