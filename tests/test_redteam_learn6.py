@@ -433,3 +433,15 @@ def test_predict_of_a_mil_bundle_points_to_mil_predict(mil_trained, tmp_path):
     d, st, _ = mil_trained
     with pytest.raises(ConfigError, match=r"is a MIL bundle \(mil.json\), not a model bundle: .*slidestream mil predict"):
         predict.predict_store(d / "mil", st.path, tmp_path / "p.csv")
+
+
+def test_predict_of_the_training_store_equals_trains_own_predictions(trained, tmp_path):
+    """The bundle (frozen stain target, topk) reproduces what train scored with the pipeline itself."""
+    from slidestream.engine import predict
+
+    st, b, _ = trained
+    predict.predict_store(b, st.path, tmp_path / "p.csv", warn=None)
+    got, own = ev.load_predictions(tmp_path / "p.csv"), ev.load_predictions(b / "predictions.csv")
+    for c in ("patient_id", "split", "label"):
+        assert got[c].tolist() == own[c].tolist()
+    np.testing.assert_array_equal(got["image_prob"], own["image_prob"])
