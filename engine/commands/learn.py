@@ -123,7 +123,8 @@ def predict_command(
         typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
         if r["unsplit"]:
             typer.echo("note: the store has no split: its patients are written as test (held out), those the bundle "
-                       "trained or selected on as its train/val", err=True)
+                       "trained or selected on as its train/val (val only when all of its val patients are here, else "
+                       "train: never test)", err=True)
         if r["without_patches"]:
             typer.echo(f"note: {len(r['without_patches'])} patient(s) of the store have no patches (their slides were "
                        f"empty or failed) and are not in the CSV: {', '.join(r['without_patches'][:10])}", err=True)
