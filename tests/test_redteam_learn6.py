@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("rt6")
     shutil.copy(TARGET, d / "target.png")  # the stain target image training normalizes to (reinhard)
-    st = make_store(d / "s", n_patients=16, per_patient=6, patch=32)
+    st = make_store(d / "s", n_patients=16, per_patient=4, patch=32)
     splits.split_store(st, (2, 1, 1), seed=0)
     pipe = json.loads(json.dumps(PIPE).replace("TARGET", str(d / "target.png")))
     train.train(config.parse(pipe), st.path, d / "model", log=None)
