@@ -104,6 +104,9 @@ def resolve(path: str | Path) -> Path:
     if inner:
         names = ", ".join(str(d.parent) for d in inner)
         raise ConfigError(f"{p} holds several model bundles ({names}); give one of them")
+    if (p / "mil.json").is_file():  # `predict` of a MIL bundle
+        raise ConfigError(f"{p} is a MIL bundle (mil.json), not a model bundle: score patients with `slidestream mil "
+                          f"predict {p} --features FEATS.zarr`")
     raise ConfigError(f"{p} is not a model bundle (no bundle.json); give the --out of `slidestream train` or a bundle in it")
 
 

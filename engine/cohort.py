@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,17 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".v
                   ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
 LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
           "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
+_SEP = re.compile(r"[\s_-]+")
+_WORDS = {_SEP.sub("", k): v for k, v in LABELS.items() if k.isalpha() or "-" in k[1:]}  # 'idh-mutant' -> 'idhmutant'
+
+
+def label_value(text: str) -> int | None:
+    """The label a cell means (1 mutant, 0 wildtype, -1 unknown): a ``LABELS`` word in any case, with spaces, '_' and
+    '-' between its parts ignored ('IDH mutant', 'IDH_wt', 'wild-type', 'IDH-WT'); None for anything else."""
+    t = text.strip().lower()
+    return LABELS[t] if t in LABELS else _WORDS.get(_SEP.sub("", t))
+
+
 MISSING = ("", "na", "n/a", "nan", "none", "null")  # a number cell that says unknown (here and in a predictions CSV)
 NEEDED = ("patient_id", "label", "age")  # columns a labelled cohort must have (besides slide_path)
 MAX_LISTED = 20  # problems spelled out in one message; the rest are counted
@@ -252,10 +264,10 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         sp = Path(os.path.expanduser(r["slide_path"]))
         if not sp.is_absolute():
             sp = path.parent / sp
-        label = r.get("label", "").lower()
-        if label not in LABELS:
+        label = label_value(r.get("label", ""))
+        if label is None:
             problems.append(f"line {i}: label {r.get('label')!r} is not 1/0, mutant/wildtype or empty")
-            label = ""
+            label = -1
         age, p1 = _number(r.get("age", ""), "age", 0, 130)
         mpp, p2 = _number(r.get("mpp", ""), "mpp", 1e-3, 1e3)
         problems += [f"line {i}: {p}" for p in (p1, p2) if p]
@@ -278,7 +290,7 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
                 problems.append(f"line {i}: {what} is already on line {lines[kind][k]}"
                                 + ("; add a unique `slide_id` column" if kind == "id" else ""))
             lines[kind].setdefault(k, i)
-        row = SlideRow(str(sp), sid, pid, LABELS[label], math.nan if age is None else age,
+        row = SlideRow(str(sp), sid, pid, label, math.nan if age is None else age,
                        default_mpp if mpp is None else mpp, source)
         patients.setdefault(pid, []).append((i, row.label, row.age))
         out.append(row)

@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cohort import LABELS, MISSING
+from .cohort import MISSING, label_value
 from .errors import ConfigError
 
 COLUMNS = ("patient_id", "label", "age", "split", "image_prob")
@@ -57,7 +57,7 @@ NAMES = {"age": "Age", "image": "Image", "age+image": "Age & image"}
 METRICS = ("sensitivity", "specificity", "accuracy", "auc")
 AGE_CUT = 55.0
 AGE_GROUPS = ("<55", ">=55")
-LABEL_WORDS = {**LABELS, "0.0": 0, "1.0": 1}  # the cohort CSV's words (mutant, wildtype, idh-wt, ...); -1: unknown
+LABEL_WORDS = {"0.0": 0, "1.0": 1}  # besides the cohort CSV's words (cohort.label_value: mutant, wildtype, idh-wt, ...)
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -103,8 +103,8 @@ _DTYPES = {"label": int, "age": float, "image_prob": float, "patient_id": object
 
 def _parse(col: str, raw: str, where: str) -> Any:
     if col == "label":
-        label = LABEL_WORDS.get(raw.lower(), -2)  # the cohort's words were refused here
-        if label < -1:  # -1, empty, unknown: no IDH label (predict of an unlabelled patient); evaluate leaves it out
+        label = LABEL_WORDS.get(raw.lower(), label_value(raw))  # the cohort's words were refused here
+        if label is None:  # -1, empty, unknown: no IDH label (predict of an unlabelled patient); evaluate leaves it out
             raise ConfigError(f"{where}: label must be 0 (wildtype) or 1 (mutant), got {raw!r}; -1 or empty when "
                               "unknown; a cohort CSV's words for them (mutant, wildtype, idh-wt, ...) are read too")
         return label
@@ -392,8 +392,9 @@ def check_leakage(t: dict[str, np.ndarray], trained: dict[str, Any]) -> None:
     if missing:  # a cut or filtered table: the val (selection-set) metrics would be of other patients than the bundle's
         raise ConfigError(f"this table's val split holds {len(val)} patient(s) but not {len(missing)} of the bundle's val "
                           f"split (first: {missing[0]!r}): the threshold and fusion would be judged on other patients; "
-                          "give predictions of the store the bundle was trained on (a store with only some of its "
-                          "patients: mark its rows test), or the whole predictions CSV")
+                          "give predictions of the store the bundle was trained on, or the whole predictions CSV (a "
+                          "store with only some of them: mark those rows train, as `predict --store` of an unsplit "
+                          "store does; the bundle chose its epoch on them, so never test)")
 
 
 def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float | str = 0.5,

@@ -47,15 +47,10 @@ def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | No
     ``patient_id``: the patch store's column (the patients `mil train --store` made its bags of)."""
     import torch
 
-    from .mil import load_bundle, patient_bags
+    from .mil import check_encoder, load_bundle, patient_bags
 
     model, meta = load_bundle(bundle)
-    enc = meta.get("encoder") or {}
-    if meta["in_dim"] != fs.info["dim"] or any(enc.get(k) != fs.info.get(k) for k in ("encoder", "params", "weights_sha256")):
-        raise ConfigError(f"MIL bundle {bundle} was trained on {enc.get('encoder')} features ({meta['in_dim']}-d, params "
-                          f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
-                          f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
-                          f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
+    check_encoder(bundle, meta, fs)
     bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id})
     att = np.full(len(fs), np.nan, np.float32)
     prob = np.full(len(fs), np.nan, np.float32)

@@ -177,10 +177,13 @@ class TilingPlugin(Plugin):
 class NormalizationPlugin(Plugin):
     """Normalizes a batch of patches. ``apply(batch, **params) -> batch``: ``batch`` is (n, h, w, 3)
     uint8 (numpy, or a CuPy array on the GPU path); it returns (n, h, w, c) uint8 with ``c`` = 3 or 1.
-    ``channels`` tells the classifier which ``c`` to expect."""
+    ``channels`` tells the classifier which ``c`` to expect. Optional ``freeze(params) -> params``: the same
+    normalization with no file behind it (a ``target`` image replaced by the statistics fitted to it), what a
+    model bundle records so that prediction normalizes as training did wherever the bundle is copied."""
 
     apply: Callable[..., Any] | None = None
     channels: int = 3
+    freeze: Callable[..., Any] | None = None
     kind: str = "normalization"
 
 

@@ -57,6 +57,20 @@ def norm_chain(pipeline: dict[str, Any], which: str = "classifier") -> tuple[lis
     return steps, channels
 
 
+def frozen(pipeline: dict[str, Any]) -> dict[str, Any]:
+    """``pipeline`` with every normalization step's params frozen by its plugin (``freeze``: a ``target`` image
+    file replaced by its fitted statistics): what a bundle records, so prediction needs no file of training's."""
+    norm = pipeline.get("normalization") or {}
+    out = {}
+    for which, section in norm.items():
+        steps = []
+        for ref in config.refs(section):
+            fz = registry.get("normalization", ref["name"]).freeze
+            steps.append({**ref, "params": fz(dict(ref.get("params") or {}))} if fz and ref.get("params") else ref)
+        out[which] = steps if isinstance(section, list) else steps[0]
+    return {**pipeline, "normalization": out} if norm else pipeline
+
+
 def apply_chain(batch: np.ndarray, chain: list[tuple[Callable, dict]]) -> np.ndarray:
     for fn, params in chain:
         batch = np.asarray(fn(batch, **params))

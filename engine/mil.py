@@ -19,14 +19,18 @@ of the feature store:
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
   is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
-  name/params and weights sha256, best epoch, metrics, the train and val patients (n, sorted ids, digest), the
+  name/params and weights sha256, the features' extraction hash, best epoch, metrics, the train and val patients (n,
+  sorted ids, digest), the pipeline's fusion fitted on the val patients and the Youden thresholds on val, the
   sha256 of model.safetensors and ``hash``, checked on load as a model bundle's), ``history.json``, ``predictions.csv``
   (patient_id,label,age,split,image_prob: what ``slidestream evaluate`` reads, so evaluation and age fusion
   work unchanged) and ``attention.npy`` (float32, one weight per feature-store row, NaN outside bags).
+* Prediction (``slidestream mil predict``, :func:`predict`): the same scoring of another feature store of the same
+  encoder and extraction, into the same CSV.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +66,8 @@ def aggregator_ref(pipeline: dict[str, Any], name: str | None = None) -> dict[st
 
 
 # ---------------------------------------------------------------------------------------------- bags
-def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[str, np.ndarray] | None = None,
+                 unlabeled_ok: bool = False) -> dict[str, Any]:
     """Per patient (sorted ids): ``rows`` (feature-store rows of its real patches), ``label``, ``age``, ``split``.
     ``meta``: the patch store's ``patient_id``, ``label`` and ``age`` columns (row-aligned), when there is one: the
     feature store's copies are those of when the features were computed; ``split --patient-from`` may have
@@ -78,7 +83,7 @@ def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[s
     first = [g[0] for g in groups]
     out = {"patients": patients, "rows": groups, "label": label[first].astype(int), "age": age[first].astype(float),
            "split": as_str(split_column[first]) if split_column is not None else np.full(len(patients), "")}
-    if np.any(out["label"] < 0):
+    if np.any(out["label"] < 0) and not unlabeled_ok:  # predict: unknown labels are written -1, evaluate leaves them out
         bad = patients[out["label"] < 0][0]
         raise ConfigError(f"patient {bad!r} has no IDH label in the store; give every patient a label in the cohort CSV")
     return out
@@ -164,8 +169,10 @@ def _stops_after(history: list[dict], cfg: dict[str, Any]) -> int:
 
 
 def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: dict[str, Any], cfg: dict[str, Any],
-              out: Path, header: dict[str, Any], log=print) -> dict[str, Any]:
+              out: Path, header: dict[str, Any], log=print, fusion: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one aggregator on the ``split`` (train/val/test per patient) and write its bundle to ``out``.
+    ``fusion`` (the pipeline's section): fitted on the val patients' scores at the best epoch and kept in the
+    bundle with the per-predictor Youden thresholds on val, as ``train`` does, for ``evaluate --bundle``.
 
     On the CPU it runs on one thread: a bag is a small matrix, and thread hand-offs cost more than they gain
     (measured: 3 epochs of 48 bags, 10.7 s on 2 threads of a busy machine vs 0.11 s on one)."""
@@ -173,16 +180,17 @@ def train_one(feats: np.ndarray, bags: dict[str, Any], split: np.ndarray, agg: d
     if resolve_device(cfg["device"]) == "cpu":
         torch.set_num_threads(1)
     try:
-        return _train_one(feats, bags, split, agg, cfg, out, header, log)
+        return _train_one(feats, bags, split, agg, cfg, out, header, log, fusion)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str, Any]:
+def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) -> dict[str, Any]:
     import torch.nn.functional as F
     from safetensors.torch import save
 
     from .bundle import patient_set, seal
+    from .evaluate import apply_fusion, fit_fusion, youden_threshold
     from .store import atomic_write_bytes, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +198,14 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     if len(tr) == 0 or len(va) == 0:
         raise ConfigError("MIL training needs train and val patients; run `slidestream split` on the patch store, "
                           "or use --folds K")
+    table = {"patient_id": bags["patients"], "label": bags["label"], "age": bags["age"], "split": split,
+             "image_prob": np.full(len(split), 0.5)}
+    if fref:  # known now, not after training: too few val patients (ages) for the fusion leave it out, with a warning
+        try:
+            fit_fusion(table, fref["name"], fref.get("params"), "val")
+        except ConfigError as e:
+            print(f"warning: the MIL bundle {out} gets no fusion: {e}", file=sys.stderr)
+            fref = None
     device = torch.device(resolve_device(cfg["device"]))
     plugin = registry.get("aggregator", agg["name"])
     torch.manual_seed(cfg["seed"])
@@ -267,8 +283,12 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             y, p = bags["label"][sel], probs[sel]
             metrics[s] = {"n": int(sel.sum()), "auc": _auc(y, p),
                           "accuracy": float(np.mean((p >= cfg["threshold"]) == (y == 1)))}
-    write_predictions(out / "predictions.csv", {"patient_id": bags["patients"], "label": bags["label"],
-                                                "age": bags["age"], "split": split, "image_prob": probs})
+    table["image_prob"] = probs
+    write_predictions(out / "predictions.csv", table)
+    fusion = fit_fusion(table, fref["name"], fref.get("params"), "val") if fref else None
+    scores = {"image": probs, **(apply_fusion(fusion, table) if fusion else {})}
+    va_mask = split == "val"  # evaluate --bundle --threshold youden applies these to a held-out table
+    youden = {k: youden_threshold(bags["label"][va_mask], v[va_mask]) for k, v in scores.items()}
     attention = np.full(len(feats), np.nan, np.float32)
     for i, a in att.items():
         attention[bags["rows"][i]] = a
@@ -276,9 +296,11 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     atomic_write_bytes(out / "model.safetensors", save({k: v.contiguous().cpu() for k, v in best_state.items()}))
     meta = {"kind": "mil", "aggregator": agg["name"], "params": agg["params"], "in_dim": int(feats.shape[1]),
             "encoder": {k: header.get(k) for k in ("encoder", "params", "weights_sha256", "input_size", "mean", "std")},
-            "feature_store": header.get("path"), "best_epoch": best["epoch"], "epochs": cfg["epochs"],
+            "feature_store": header.get("path"), "extraction_hash": header.get("extraction_hash"),
+            "best_epoch": best["epoch"], "epochs": cfg["epochs"],
             "epochs_trained": len(history),
             "settings": {k: cfg[k] for k in DEFAULTS}, "metrics": metrics, "train_cpu_s": round(cpu_s, 3),
+            "fusion": fusion, "youden": youden,
             # the patients it trained on and those that chose its epoch: `evaluate --bundle` refuses them in test
             "patients": {"train": patient_set(bags["patients"][tr]), "val": patient_set(bags["patients"][va])}}
     atomic_write_text(out / "mil.json", json.dumps(seal(out, meta, FILES), indent=1))  # sha256 of the weights + hash
@@ -335,11 +357,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     if not fs.complete():
         raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
     header = {**fs.info, "path": str(Path(features).resolve())}
-    feats = fs.rows()
-    bad = ~np.isfinite(feats).all(1)
-    if bad.any():
-        raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
-                          f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
+    feats = _finite_rows(fs, features)
     out = Path(out)
     ps = _patch_store(fs, store, features)
     meta = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
@@ -349,7 +367,7 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         for i, split in enumerate(kfold_splits(bags["label"], folds, cfg["seed"])):
             if log:
                 log(f"fold {i + 1}/{folds}")
-            results.append(train_one(feats, bags, split, agg, cfg, out / f"fold{i}", header, log))
+            results.append(train_one(feats, bags, split, agg, cfg, out / f"fold{i}", header, log, pipeline.get("fusion")))
         aucs = [r["metrics"]["test"]["auc"] for r in results]
         valid = [a for a in aucs if a is not None]
         cv = {"aggregator": agg["name"], "folds": folds, "test_auc": aucs,
@@ -376,11 +394,78 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     sp = ps.column("split")
     check_assigned(sp, meta["patient_id"], ps.column("slide_id"), ps.column("synthetic"), ps.path)
     bags = patient_bags(fs, sp, meta)
-    res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log)
+    res = train_one(feats, bags, bags["split"], agg, cfg, out, header, log, pipeline.get("fusion"))
     if log:
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")
     return res
+
+
+def _finite_rows(fs: FeatureStore, features: str | Path) -> np.ndarray:
+    """Every row of a feature store; NaN/inf rows refused in one line."""
+    feats = fs.rows()
+    bad = ~np.isfinite(feats).all(1)
+    if bad.any():
+        raise ConfigError(f"feature store {features}: {int(bad.sum())} row(s) hold NaN/inf features (first: row "
+                          f"{int(np.argmax(bad))}); recompute it with `slidestream features` into a new --out")
+    return feats
+
+
+def check_encoder(bundle: str | Path, meta: dict[str, Any], fs: FeatureStore) -> None:
+    """Refuse (one line) features of another encoder, encoder params or weights than the MIL bundle learned from."""
+    enc = meta.get("encoder") or {}
+    if meta["in_dim"] != fs.info["dim"] or any(enc.get(k) != fs.info.get(k) for k in ("encoder", "params", "weights_sha256")):
+        raise ConfigError(f"MIL bundle {bundle} was trained on {enc.get('encoder')} features ({meta['in_dim']}-d, params "
+                          f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
+                          f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
+                          f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
+    own, theirs = meta.get("extraction_hash"), fs.info.get("extraction_hash")
+    if own and theirs and own != theirs:  # same encoder on patches cut otherwise (magnification, size, tiling)
+        raise ConfigError(f"MIL bundle {bundle} was trained on features of patches of extraction hash {own[:12]}, this "
+                          f"feature store's patches have {theirs[:12]}; extract the slides with the pipeline of the "
+                          "bundle's training store, then run `slidestream features`")
+
+
+def predict(bundle: str | Path, features: str | Path, out: str | Path, *, store: str | Path | None = None,
+            warn=lambda m: print(m, file=sys.stderr)) -> dict[str, Any]:
+    """P(mutant) per patient of a feature store with a MIL bundle: the bag of each patient's real patches through
+    the bundle's network (as `mil train` scores); writes ``out``, a predictions CSV for ``evaluate``. Patients,
+    labels (unknown: -1), ages and splits are the patch store's (``store``, else the one the features were computed
+    from; without one the feature store's, unsplit); splits as ``predict --store`` gives them
+    (``predict.held_out_roles``: a never-split store's new patients are test, the bundle's own never)."""
+    from .predict import held_out_roles, without_patches
+
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, meta = load_bundle(bundle)
+    fs = FeatureStore(features)
+    if not fs.complete():
+        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
+    check_encoder(bundle, meta, fs)
+    feats = _finite_rows(fs, features)
+    ps = _patch_store(fs, store, features)
+    cols = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
+    sp = ps.column("split") if ps is not None else None
+    if ps is not None:
+        from .splits import check_assigned
+
+        check_assigned(sp, cols["patient_id"], ps.column("slide_id"), ps.column("synthetic"), ps.path, unsplit_ok=True)
+    bags = patient_bags(fs, sp, cols, unlabeled_ok=True)
+    if not len(bags["patients"]):
+        raise ConfigError(f"feature store {features} holds no patches of real slides: nothing to predict")
+    with torch.no_grad():
+        probs = np.array([float(torch.sigmoid(model(torch.from_numpy(feats[r]).float())[0])) for r in bags["rows"]])
+    if not np.all(np.isfinite(probs)):
+        raise ConfigError(f"MIL bundle {bundle} gave no probability (NaN) for {int(np.sum(~np.isfinite(probs)))} "
+                          "patients: its weights diverged; retrain it with a lower mil.lr")
+    table = {"patient_id": bags["patients"], "label": bags["label"], "age": bags["age"],
+             "split": np.asarray(bags["split"], dtype=object), "image_prob": probs}
+    roles = held_out_roles(table, meta.get("patients") or {}, f"feature store {features}", warn)
+    write_predictions(out, table)
+    return {"patients": len(probs), "patches": int(sum(len(r) for r in bags["rows"])), "out": str(out), **roles,
+            "without_patches": without_patches(ps, table["patient_id"]) if ps is not None else []}
 
 
 def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Path):

@@ -33,7 +33,8 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
     stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
     the result: their probabilities are in-sample, not held out). A store that was never split (new patients)
     gets split ``test`` for every patient the bundle did not train or select on, the bundle's own split for
-    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is."""
+    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is; its val patients only when the
+    store holds all of them, else ``train`` (``val_as_train``: never held out, in no metric)."""
     out = Path(out)
     if out.is_dir():  # the rename onto it failed after scoring the whole store, naming a temporary file
         raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
@@ -56,26 +57,62 @@ def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device
                           "predict; check the slides, or the pipeline's tiling.min_tissue, and extract again")
     probs = store_probs(b.model, st, rows, chain, b.meta["input_size"], dev, batch_size, workers)
     table = patient_table(tab, rows, probs, b.meta["aggregation"])
-    own = b.meta.get("patients") or {}
-    unsplit = not any(table["split"])
-    if unsplit:  # a store of new patients, never split: held out by definition, so test (evaluate refused '' splits);
-        # patients the bundle trained or selected on keep that role (evaluate --bundle checks them)
-        role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
-        table["split"] = np.array([role.get(str(p), "test") for p in table["patient_id"]], dtype=object)
+    roles = held_out_roles(table, b.meta.get("patients") or {}, f"store {store}", warn)
     write_predictions(out, table)
-    # patients of the cohort whose slides all gave no patches (empty, failed): not in the CSV, say so
+    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out),
+            "without_patches": without_patches(st, table["patient_id"]), **roles}
+
+
+def without_patches(st: PatchStore, predicted) -> list[str]:
+    """Patients of the store's cohort whose slides all gave no patches (empty, failed): not in the CSV, to be said."""
     listed = {str(r["patient_id"]) for sec in ("slides", "errors") for r in st.records(sec).values() if r.get("patient_id")}
-    missing = sorted(listed - {str(p) for p in table["patient_id"]})
+    return sorted(listed - {str(p) for p in predicted})
+
+
+def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,
+                   warn: Callable[[str], None] | None) -> dict[str, Any]:
+    """The predictions ``table``'s split column for ``evaluate``, given the bundle's ``patients`` (``own``) and
+    ``what`` the patients come from (a store, for the warnings). A never-split table: ``test`` for every patient the
+    bundle did not train or select on; its own keep their train/val, val only when all of its val patients are
+    here, else train (``val_as_train``); likewise the patients in no split of a split table (warned). ``trained_on``: train patients outside the train split, ``selected_on``: val
+    patients in the test split (both warned)."""
+    blank = np.array([not s for s in table["split"]], bool)  # patients in no split
+    unsplit = bool(blank.all())
+    seen_val: list[str] = []
+    if blank.any():  # a store of new patients, never split (or slides extracted after `split`): held out by definition,
+        # so test (evaluate refused '' splits); patients the bundle trained or selected on are never test: they keep that
+        # role, but val only when the store holds all of the bundle's val patients (evaluate --bundle judges the
+        # threshold on that whole set); some of them are written as train (seen by the model, in no metric)
+        ids = {str(p) for p in table["patient_id"]}
+        val = set((own.get("val") or {}).get("patients", []))
+        seen_val = sorted({str(p) for p in table["patient_id"][blank]} & val) if not val <= ids else []
+        role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
+        role.update({p: "train" for p in seen_val})
+        table["split"] = np.array([role.get(str(p), "test") if b else s for p, s, b in
+                                   zip(table["patient_id"], table["split"], blank)], dtype=object)
+        if not unsplit and warn:
+            warn(f"warning: {int(blank.sum())} patient(s) of {what} are in no split (slides extracted after `slidestream "
+                 f"split`?, e.g. {table['patient_id'][blank][0]}): written as test unless the bundle trained or "
+                 "selected on them")
+        if seen_val and warn:
+            warn(f"warning: {what} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
+                 f"{seen_val[0]}; it chose its epoch on them): written with split train, not test (not held out) "
+                 "nor val (evaluate judges the threshold on the whole val set); they are in no metric")
     # patients the bundle trained on that this store does not call train (a re-split, another store): their
     # probabilities are in-sample whatever the CSV's split says; `evaluate --bundle` refuses them in test
     split_of = {str(p): str(sp) for p, sp in zip(table["patient_id"], table["split"])}
     trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
     if trained_on and warn:
-        warn(f"warning: {len(trained_on)} patient(s) of store {store} outside its train split were in the bundle's "
+        warn(f"warning: {len(trained_on)} patient(s) of {what} outside its train split were in the bundle's "
              f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
              "not held out; predict a store with the split the bundle was trained on")
-    return {"patients": len(table["patient_id"]), "patches": len(rows), "out": str(out), "without_patches": missing,
-            "trained_on": trained_on, "unsplit": unsplit}
+    # the bundle's val patients (they chose its epoch) that a re-split store calls test: not held out either
+    selected_on = sorted(p for p in (own.get("val") or {}).get("patients", []) if split_of.get(p) == "test")
+    if selected_on and warn:
+        warn(f"warning: {len(selected_on)} patient(s) in the test split of {what} chose the bundle's epoch (its val "
+             f"patients, e.g. {selected_on[0]}): their test metrics are not held out; predict a store with the split "
+             "the bundle was trained on")
+    return {"trained_on": trained_on, "selected_on": selected_on, "unsplit": unsplit, "val_as_train": seen_val}
 
 
 def fused(b: Bundle, image_prob: float, age: float | None) -> dict[str, float]:

@@ -57,7 +57,7 @@ from . import config, registry
 from .aggregate import aggregate
 from .device import resolve_device
 from .errors import ConfigError
-from .loader import PatchLoader, norm_chain, to_tensor
+from .loader import PatchLoader, frozen, norm_chain, to_tensor
 from .store import PatchStore, atomic_write_bytes, atomic_write_text
 
 DEFAULTS: dict[str, Any] = {
@@ -524,7 +524,7 @@ def train(pipeline: dict[str, Any], store: str | Path, out: str | Path, arch: st
                          "val": bundle_mod.patient_set(tab["patient_id"][val_rows])}}
     # the bundle's pipeline: the store's extraction sections (how its patches were cut) + this run's learning ones
     spipe = st.manifest.get("pipeline") or {}
-    bpipe = {**pipeline, **{k: spipe[k] for k in config.EXTRACTION_SECTIONS if k in spipe}}
+    bpipe = frozen({**pipeline, **{k: spipe[k] for k in config.EXTRACTION_SECTIONS if k in spipe}})  # no stain-target file
     meta["extraction_hash"] = st.manifest.get("extraction_hash") or config.extraction_hash(bpipe)
     bundle_mod.save(out_dir, model, bpipe, meta)
     summary = {"arch": arch, "bundle": str(out_dir), "best_epoch": meta["best_epoch"], "epochs": int(cfg["epochs"]),

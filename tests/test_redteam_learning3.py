@@ -70,7 +70,7 @@ def _text_table(**col):
     ("image_prob", "", r"row 3 \(patient 'c'\): image_prob is missing"),
     ("image_prob", "n/a", r"row 3 \(patient 'c'\): image_prob is missing"),
     ("age", "40y", r"row 3 \(patient 'c'\): age must be a number, got '40y'"),
-    ("label", "IDH-mut", r"row 3 \(patient 'c'\): label must be 0 \(wildtype\) or 1 \(mutant\), got 'IDH-mut'"),
+    ("label", "IDH-positive", r"row 3 \(patient 'c'\): label must be 0 \(wildtype\) or 1 \(mutant\), got 'IDH-positive'"),
 ])
 def test_text_in_a_numeric_column_of_a_table_is_one_line(col, value, match):
     """A table of strings (csv.DictReader, pandas dtype=str) passed to evaluate(): astype(float) of '' or 'n/a' was a
@@ -360,13 +360,13 @@ def test_cohort_csv_unknown_age_written_as_na_or_nan_is_unknown(tmp_path):
 
 def test_predictions_csv_reads_the_cohort_csvs_label_words(tmp_path):
     """A cohort CSV may say mutant/wildtype (IDH-mutant, wt, ...); a predictions CSV built from it was refused
-    ('label must be 0 (wildtype) or 1 (mutant)'). The same words now mean the same labels; others (True, IDH-mut)
+    ('label must be 0 (wildtype) or 1 (mutant)'). The same words now mean the same labels; others (True, IDH-positive)
     are still refused, naming the line."""
     p = tmp_path / "p.csv"
     p.write_text("patient_id,label,age,split,image_prob\na,Mutant,40,val,0.9\nb,wildtype,60,val,0.1\n"
                  "c,IDH-mutant,41,test,0.8\nd,wt,62,test,0.3\n")
     assert ev.load_predictions(p)["label"].tolist() == [1, 0, 1, 0]
-    for bad in ("True", "IDH-mut", "2"):  # unknown/empty: no label (-1), tests/test_redteam_predict4.py
+    for bad in ("True", "IDH-positive", "2"):  # unknown/empty: no label (-1), tests/test_redteam_predict4.py
         p.write_text(f"patient_id,label,age,split,image_prob\na,1,40,val,0.9\nb,0,60,val,0.1\nc,{bad},41,test,0.8\n")
         with pytest.raises(ConfigError, match=rf"line 4: label must be 0 \(wildtype\) or 1 \(mutant\), got '{bad}'"):
             ev.load_predictions(p)

@@ -83,7 +83,7 @@ def test_a_store_with_only_some_of_the_bundles_val_patients_is_not_called_missin
     with pytest.raises(ConfigError) as e:
         evaluate.check_leakage(t, trained)
     msg = str(e.value)
-    assert "holds 1 patient(s) but not 1 of the bundle's val split (first: 'v2')" in msg and "mark its rows test" in msg
+    assert "holds 1 patient(s) but not 1 of the bundle's val split (first: 'v2')" in msg and "mark those rows train" in msg
 
 
 def test_train_and_evaluate_agree_on_youden_thresholds_and_fusion_through_the_csv(tmp_path):

@@ -77,6 +77,26 @@ def mil_train_command(
                   seed=seed, device=device, log=typer.echo)
 
 
+@mil_app.command("predict")
+def mil_predict_command(
+    bundle: Path = typer.Argument(..., help="MIL bundle (OUT of `slidestream mil train`)."),
+    features: Path = typer.Option(..., "--features", help="Feature store of the patients to score, made with the "
+                                                          "bundle's encoder, params and weights (others are refused)."),
+    out: Path = typer.Option(Path("predictions.csv"), "--out", help="Predictions CSV for `slidestream evaluate`."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Patch store of the features: patients, labels, ages and "
+                                                                "split (default: the one the features were computed from)."),
+):
+    """P(IDH-mutant) per patient with a MIL bundle, one row per patient (as `predict --store`): a store that was never
+    split is held out (test), except the patients the bundle trained or selected on."""
+    from .. import mil
+
+    r = mil.predict(bundle, features, out, store=store)
+    typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
+    if r["without_patches"]:
+        typer.echo(f"note: {len(r['without_patches'])} patient(s) of the store have no patches (their slides were "
+                   f"empty or failed) and are not in the CSV: {', '.join(r['without_patches'][:10])}", err=True)
+
+
 @mil_app.command("demo")
 def mil_demo_command(
     out: Path = typer.Option(Path("slidestream-mil-demo"), "--out", help="Output folder."),

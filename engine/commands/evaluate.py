@@ -61,12 +61,13 @@ def evaluate_command(
     if bundle:
         if fusion or fusion_split or pipeline:
             raise ConfigError("--bundle uses the bundle's own fitted fusion; leave out --fusion, --fusion-split and --pipeline")
-        if (bundle / "mil.json").is_file():  # a MIL bundle (`slidestream mil train --out`): no fusion of its own
+        if (bundle / "mil.json").is_file():  # a MIL bundle (`slidestream mil train --out`): a fusion when its pipeline had one
             from ..mil import read_bundle
 
             meta = read_bundle(bundle)
             best_epoch = meta["best_epoch"] - 1 if meta.get("best_epoch") else None  # mil.json counts epochs from 1
             own_thr = (meta.get("settings") or {}).get("threshold")
+            fitted, youden = meta.get("fusion"), meta.get("youden")
         else:
             from .. import bundle as bundle_mod
 

@@ -102,6 +102,10 @@ def predict_command(
                                                              "one `evaluate --bundle` uses)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for inputs without resolution metadata (photos)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Patches per network call (the probabilities do "
+                                                                    "not depend on it beyond float rounding)."),
+    workers: int = typer.Option(2, "--workers", min=1, help="With --store: threads reading store blocks ahead (order "
+                                                            "and probabilities unchanged)."),
 ):
     """Predict IDH-mutant probability: per patient of a store (CSV for `slidestream evaluate`), or per slide/photo
     with a heatmap of patch probabilities."""
@@ -115,18 +119,19 @@ def predict_command(
     if age is not None and not 0 <= age <= 130:  # NaN fails this too
         raise ConfigError(f"--age must be the patient's age in years (0 to 130), not {age:g}")
     if store:
-        r = predict.predict_store(bundle, store, out or Path("predictions.csv"), device)
+        r = predict.predict_store(bundle, store, out or Path("predictions.csv"), device, batch_size, workers)
         typer.echo(f"{r['patients']} patients ({r['patches']} patches) -> {r['out']}")
         if r["unsplit"]:
             typer.echo("note: the store has no split: its patients are written as test (held out), those the bundle "
-                       "trained or selected on as its train/val", err=True)
+                       "trained or selected on as its train/val (val only when all of its val patients are here, else "
+                       "train: never test)", err=True)
         if r["without_patches"]:
             typer.echo(f"note: {len(r['without_patches'])} patient(s) of the store have no patches (their slides were "
                        f"empty or failed) and are not in the CSV: {', '.join(r['without_patches'][:10])}", err=True)
         return
     if not inputs:
         raise ConfigError("give slide/photo files to classify, or --store STORE")
-    for r in predict.predict_slides(bundle, inputs, age, mpp, out or Path("."), device):
+    for r in predict.predict_slides(bundle, inputs, age, mpp, out or Path("."), device, batch_size):
         if r["image_prob"] is None:
             typer.echo(f"{r['input']}: {r['note']}")
             continue

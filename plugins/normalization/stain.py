@@ -149,6 +149,26 @@ def macenko(batch: Any, target: str | None = None, stain_matrix: Sequence[Sequen
     return restore(out)
 
 
+def _rest(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k != "target"}
+
+
+def freeze_reinhard(params: dict) -> dict:
+    """``target`` (an image file) replaced by its Lab statistics: the same transfer, no file needed."""
+    if params.get("target") is None:
+        return dict(params)
+    means, stds = reinhard_target(str(params["target"]))
+    return {**_rest(params), "target_means": list(means), "target_stds": list(stds)}
+
+
+def freeze_macenko(params: dict) -> dict:
+    """``target`` (an image file) replaced by its stain matrix and concentrations (for its beta and alpha)."""
+    if params.get("target") is None:
+        return dict(params)
+    he, max_c = macenko_target(str(params["target"]), params.get("beta", 0.15), params.get("alpha", 1.0))
+    return {**_rest(params), "stain_matrix": [list(r) for r in he], "max_concentrations": list(max_c)}
+
+
 _DEV = {"device": DEVICE_PARAM}
 _TARGET = {"target": {"type": "string", "description": "path of a reference H&E image to normalize to "
                                                       "(default: built-in statistics of tiatoolbox's target image)"}}
@@ -158,14 +178,14 @@ _VEC3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems"
 def slidestream_normalization():
     return [
         NormalizationPlugin(
-            name="reinhard", apply=reinhard, channels=3,
+            name="reinhard", apply=reinhard, channels=3, freeze=freeze_reinhard,
             summary="Reinhard colour transfer: match each patch's Lab mean/std to a target",
             params={**_TARGET,
                     "target_means": {**_VEC3, "description": "target L*, a*, b* means (instead of target)"},
                     "target_stds": {**_VEC3, "description": "target L*, a*, b* standard deviations"},
                     **_DEV}),
         NormalizationPlugin(
-            name="macenko", apply=macenko, channels=3,
+            name="macenko", apply=macenko, channels=3, freeze=freeze_macenko,
             summary="Macenko H&E stain normalization to a target's stain vectors and concentrations",
             params={**_TARGET,
                     "stain_matrix": {"type": "array", "items": _VEC3, "minItems": 2, "maxItems": 2,
