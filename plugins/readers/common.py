@@ -198,6 +198,8 @@ def _check_page(page, k: int, file_size: int) -> None:
         rps = min(int(page.rowsperstrip or h), h) or h
         need = math.ceil(h / rps) * planes
         raw, unit = w * rps * item // planes, f"strips of {rps} rows"
+    if 262 not in page.tags:  # required: without it each reader guesses the colours (cuCIM: RGB, tifffile: inverted gray)
+        raise BrokenFile(f"{what} has no PhotometricInterpretation tag (how its samples are colours): a broken header")
     offsets, counts = page.dataoffsets, page.databytecounts
     if len(offsets) != need or len(counts) != need:
         counted = f" and {len(counts):,} byte counts" if len(counts) != len(offsets) else ""
