@@ -339,7 +339,8 @@ def _level_lie(reader: SlideReader) -> str | None:
     downsample (up to the rounding of each side) must give both its width and its height. A level whose
     header claims another size was read with the wrong scale: patches from the wrong place, silently. Levels
     whose sides are both multiples of 128 are not judged: some formats (Philips TIFF) pad levels to whole tiles;
-    but no level may have width and height the other way round than level 0 (portrait vs landscape)."""
+    but no level may have width and height the other way round than level 0 (portrait vs landscape), and the
+    levels of a square level 0 are square (both sides rounded, or padded with square tiles, alike)."""
     dims = [tuple(int(v) for v in d) for d in reader.level_dimensions]
     if not dims or min(min(d) for d in dims) < 1:
         return f"a pyramid level of {dims} has no pixels"
@@ -353,6 +354,8 @@ def _level_lie(reader: SlideReader) -> str | None:
         if (w - h) * (w0 - h0) < 0:  # rounding and tile padding never turn a landscape level into a portrait one
             return (f"pyramid level {i} is {w} x {h} px, {'portrait' if h > w else 'landscape'} where level 0 "
                     f"({w0} x {h0} px) is {'portrait' if h0 > w0 else 'landscape'}")
+        if w0 == h0 and abs(w - h) > 1:
+            return f"pyramid level {i} is {w} x {h} px, not square where level 0 ({w0} x {h0} px) is"
     return None
 
 

@@ -38,6 +38,7 @@ BOX = 512  # level-0 box side read through read_checked
 SAME = 2.0  # mean grey-level difference per box still counted as the same pixels (another reader's JPEG decode)
 MAX_RSS = 2 << 30
 LIMIT_S = 10.0
+EXTRA = 0  # more seeded flips in each file's header / directories (``python tests/fuzzread.py KINDS EXTRA``)
 
 
 # ------------------------------------------------------------------------------------------ reading one slide
@@ -185,13 +186,13 @@ def tiff_cases(src: Path):
     reg = tiff_regions(src)
     size = len(data)
 
-    for s in range(16):  # the 8-byte header and the first directory
+    for s in range(16 + EXTRA):  # the 8-byte header and the first directory
         lo, hi = reg["ifds"][0]
         yield f"ifd0-flip{s}", bytes(flip(bytearray(data), lo, hi, 1 + s % 3, _seed(f"ifd0{s}")))
     for s in range(3):
         yield f"header-flip{s}", bytes(flip(bytearray(data), 0, 8, 1, _seed(f"hdr{s}")))
     for i, (lo, hi) in enumerate(reg["ifds"][1:], 1):  # the other directories
-        for s in range(2):
+        for s in range(2 + EXTRA // 4):
             yield f"ifd{i}-flip{s}", bytes(flip(bytearray(data), lo, hi, 2, _seed(f"ifd{i}{s}")))
     for key in ("offsets", "counts", "jpegtables"):
         for i, (lo, hi) in enumerate(reg[key][:2]):
@@ -256,7 +257,7 @@ def dicom_cases(src: bytes, name: str):
     size = len(data)
     pix = data.find(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
     items = [i for i in range(pix, size - 8) if data[i:i + 4] == b"\xfe\xff\x00\xe0"]  # item tags: BOT, frames
-    for s in range(24):
+    for s in range(24 + EXTRA):
         yield f"{name}-header-flip{s}", bytes(flip(bytearray(data), 132, pix, 1 + s % 3, _seed(f"{name}h{s}")))
     for s in range(4):
         yield f"{name}-pixeltag-flip{s}", bytes(flip(bytearray(data), pix, pix + 12, 1, _seed(f"{name}p{s}")))
@@ -355,4 +356,5 @@ def main(kinds=("svs", "ome", "dicom", "dcm1"), folder: str = "/tmp/fuzzread") -
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    EXTRA = int(sys.argv[2]) if len(sys.argv) > 2 else 0
     sys.exit(main(*(sys.argv[1:2] and [tuple(sys.argv[1].split(","))])))

@@ -3,9 +3,13 @@ OME-TIFF and DICOM slides of tests/data. Each damaged copy must be refused in on
 with the file's own pixels (other pixels only after damage inside one tile's compressed data that still
 decodes), within 10 s, without a traceback, a crash or more than 2 GB. ``python tests/fuzzread.py`` runs the
 whole campaign; the cases kept here are one or more of each kind of damage, and every one that failed."""
+import numpy as np
 import pytest
+from PIL import Image
 
 import fuzzread
+from slidestream.engine.errors import SlideError
+from slidestream.engine.slide import open_slide
 
 KEEP = {
     "svs": ["svs-ifd0-flip0", "svs-ifd0-flip1", "svs-ifd0-flip2", "svs-header-flip2", "svs-ifd1-flip0",
@@ -59,3 +63,39 @@ def test_dicom_level_file_with_damaged_sop_class_is_refused_not_skipped(corpus, 
     res = fuzzread.run(path, ref)
     assert res["outcome"] == "refused", res
     assert "level-0-frames-0-30.dcm: a whole-slide DICOM file without a readable header or pixel data" in res["why"]
+
+
+APERIO = "Aperio Image Library v12.0.0\r\n512x512 [0,0 512x512] (256x256) JPEG/RGB Q=85|AppMag = 20|MPP = 0.5"
+
+
+def _pyramid(path, level0, level1):
+    import tifffile
+
+    with tifffile.TiffWriter(path) as tw:
+        for im in (level0, level1):
+            tw.write(im, tile=(128, 128), photometric="rgb", compression="jpeg", description=APERIO, metadata=None,
+                     subfiletype=0 if im is level0 else 1)
+
+
+def _cmu(w, h):
+    import tifffile
+
+    return np.ascontiguousarray(tifffile.imread(fuzzread.SOURCES["svs"])[:h, :w])
+
+
+@pytest.mark.parametrize("order", [None, ["openslide"]])
+@pytest.mark.parametrize("claimed", [(512, 384), (384, 512)])
+def test_square_slide_with_a_level_of_other_aspect_is_refused(tmp_path, order, claimed):
+    """A square slide (2048 x 2048) whose level 1 header claims 512 x 384 (or 384 x 512) px, the first rows (columns)
+    of the true 512 x 512: sides that are multiples of 128 are not judged (tile padding), a square level 0 has
+    no orientation to compare, and the content check saw the same tissue at the same place, so the slide opened
+    and any read of level 1 past row (column) 384 came back as white glass, silently. Rounding and square-tile
+    padding keep a square's levels square: refused."""
+    a = np.full((2048, 2048, 3), 235, np.uint8)
+    a[256:768, 256:768] = _cmu(512, 512)  # tissue in the part both levels hold
+    reduced = np.asarray(Image.fromarray(a).reduce(4))
+    p = tmp_path / "cut.svs"
+    _pyramid(p, a, np.ascontiguousarray(reduced[:claimed[1], :claimed[0]]))
+    with pytest.raises(SlideError, match=rf"cut.svs: pyramid level 1 is {claimed[0]} x {claimed[1]} px, not square "
+                                         r"where level 0 \(2048 x 2048 px\) is: a broken or patched header"):
+        open_slide(p, order=order)
