@@ -251,6 +251,12 @@ def tiff_cases(src: Path):
             yield f"entry{code}-{s}", bytes(flip(bytearray(data), pos + lo, pos + hi, 1, _seed(f"e{code}{s}")))
 
 
+DICOM_TAGS = {"SOPClassUID": (0x0008, 0x0016), "ImageType": (0x0008, 0x0008), "Rows": (0x0028, 0x0010),
+              "Columns": (0x0028, 0x0011), "NumberOfFrames": (0x0028, 0x0008),
+              "TotalPixelMatrixColumns": (0x0048, 0x0006), "TotalPixelMatrixRows": (0x0048, 0x0007),
+              "SeriesInstanceUID": (0x0020, 0x000E), "TransferSyntaxUID": (0x0002, 0x0010)}
+
+
 def dicom_cases(src: bytes, name: str):
     """(name, damaged bytes) of one DICOM file, one after the other."""
     data = src
@@ -259,6 +265,12 @@ def dicom_cases(src: bytes, name: str):
     items = [i for i in range(pix, size - 8) if data[i:i + 4] == b"\xfe\xff\x00\xe0"]  # item tags: BOT, frames
     for s in range(24 + EXTRA):
         yield f"{name}-header-flip{s}", bytes(flip(bytearray(data), 132, pix, 1 + s % 3, _seed(f"{name}h{s}")))
+    for key, tag in DICOM_TAGS.items():  # a key element's tag damaged (a flipped bit in its element number)
+        at = data.find(struct.pack("<HH", *tag), 132)
+        if 0 <= at < pix:
+            b = bytearray(data)
+            b[at + 2] ^= 0x70
+            yield f"{name}-tag-{key}", bytes(b)
     for s in range(4):
         yield f"{name}-pixeltag-flip{s}", bytes(flip(bytearray(data), pix, pix + 12, 1, _seed(f"{name}p{s}")))
     for s in range(4):  # an item header (tag or length) of a frame

@@ -20,7 +20,8 @@ KEEP = {
     "ome": ["ome-ifd0-flip3", "ome-tile-flip2", "ome-trunc0.9", "ome-zerotile1", "ome-counts0-flip1",
             "ome-entry259-0"],
     "dicom": ["dicom0-header-flip14", "dicom0-header-flip23", "dicom0-item-flip1", "dicom0-trunc0.9",
-              "dicom1-frame-flip2", "dicom1-zero-tail"],
+              "dicom1-frame-flip2", "dicom1-zero-tail", "dicom0-tag-Rows", "dicom0-tag-Columns",
+              "dicom0-tag-TotalPixelMatrixRows", "dicom1-tag-TotalPixelMatrixRows", "dicom0-tag-SeriesInstanceUID"],
     "dcm1": ["dcm1-header-flip3", "dcm1-bot-flip0", "dcm1-frame-flip0", "dcm1-trunc0.5"],
 }
 
@@ -54,11 +55,13 @@ def test_tiff_without_photometric_is_refused(corpus, name):
     assert res["why"].endswith("has no PhotometricInterpretation tag (how its samples are colours): a broken header")
 
 
-@pytest.mark.parametrize("name", ["dicom0-header-flip14", "dicom0-header-flip23"])
+@pytest.mark.parametrize("name", ["dicom0-header-flip14", "dicom0-header-flip23", "dicom0-tag-Rows",
+                                  "dicom0-tag-TotalPixelMatrixRows"])
 def test_dicom_level_file_with_damaged_sop_class_is_refused_not_skipped(corpus, name):
     """A flipped byte in a level-0 file's header (a length that swallows the rest of the header) also damaged
     its MediaStorageSOPClassUID: the file was skipped as no whole-slide image and the folder opened with
-    level 1 (1110 x 1483) as its level 0, silently: patches at twice the asked scale."""
+    level 1 (1110 x 1483) as its level 0, silently: patches at twice the asked scale. Likewise a damaged tag number
+    of its Rows, Columns or TotalPixelMatrixRows (only TotalPixelMatrixColumns was asked for)."""
     path, ref = corpus[name]
     res = fuzzread.run(path, ref)
     assert res["outcome"] == "refused", res

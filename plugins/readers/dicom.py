@@ -110,7 +110,7 @@ def _check_wsi_file(path: Path, ds) -> None:
     uid = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     # a SOP class that is no UID is a damaged header too (it hid a level-0 file: the slide opened at level 1)
     wsi = WSI_SOP_CLASS in (uid, str(ds.get("SOPClassUID", ""))) or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid)
-    if wsi and ("PixelData" not in ds or "TotalPixelMatrixColumns" not in ds):
+    if wsi and any(k not in ds for k in ("PixelData", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "Rows", "Columns")):
         raise BrokenFile(f"{path.name}: a whole-slide DICOM file without a readable header or pixel data: "
                          "truncated or damaged")
 
