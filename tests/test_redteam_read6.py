@@ -102,3 +102,38 @@ def test_square_slide_with_a_level_of_other_aspect_is_refused(tmp_path, order, c
     with pytest.raises(SlideError, match=rf"cut.svs: pyramid level 1 is {claimed[0]} x {claimed[1]} px, not square "
                                          r"where level 0 \(2048 x 2048 px\) is: a broken or patched header"):
         open_slide(p, order=order)
+
+
+def test_subifd_claiming_millions_of_tiles_is_refused_before_reading_its_tables(tmp_path):
+    """An OME-TIFF pyramid in SubIFDs whose level 1 claims 2^27 tile offsets and byte counts (inside the file: a
+    1 GB sparse tail): the raw walk that refuses such tables before tifffile reads them (MAX_TILES) walked only
+    the main chain of directories, so tifffile read both tables whole: 2.6 GB peak, 4.4 s, before the tile-count
+    check refused the slide. SubIFDs are walked too."""
+    import struct
+
+    import tifffile
+
+    a = _cmu(1024, 1024)
+    p = tmp_path / "sub.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:
+        tw.write(a, subifds=1, tile=(128, 128), compression="jpeg", photometric="rgb",
+                 metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(np.asarray(Image.fromarray(a).reduce(2)), subfiletype=1, tile=(128, 128), compression="jpeg",
+                 photometric="rgb")
+    with tifffile.TiffFile(p) as tf:
+        sub = tf.pages[0].tags[330].value[0]
+    data = bytearray(p.read_bytes())
+    size, n = len(data), struct.unpack("<H", data[sub:sub + 2])[0]
+    for k in range(n):
+        e = sub + 2 + 12 * k
+        tag = struct.unpack("<H", data[e:e + 2])[0]
+        if tag in (324, 325):  # 2^27 LONGs each, after the file's own bytes
+            data[e + 4:e + 12] = struct.pack("<II", 1 << 27, size + (0 if tag == 324 else 1 << 29))
+    with open(p, "wb") as f:
+        f.write(data)
+        f.truncate(size + (1 << 30))
+    res = fuzzread.run(p, None)
+    assert res["outcome"] == "refused", res
+    assert res["why"].endswith("a broken TIFF header: a SubIFD image (pyramid level) claims 134,217,728 tiles or "
+                               "strips (at most 4,194,304)")
+    assert res["seconds"] < 2 and res["rss"] < 1 << 30

@@ -100,33 +100,63 @@ def tiff_directory_problem(path: str) -> str:
     """What is wrong with a TIFF's chain of directories (IFDs), '' when nothing: a loop, more than ``MAX_IFDS``
     of them, or a tile/strip table of more than ``MAX_TILES`` entries. Walks the raw chain before tifffile parses
     it: tifffile follows a loop quietly (a warning), loads every directory of a long chain (8 s for 20,000) and
-    reads each table whole (10^8 tile offsets: 800 MB). Cost: one small read per directory."""
+    reads each table whole (10^8 tile offsets: 800 MB). SubIFDs (tag 330: OME-TIFF pyramid levels) and their own
+    chains are walked too (one listed twice, or chained and listed, as tifffile writes them, is read once).
+    Cost: one small read per directory."""
     with open(path, "rb") as f:
         head = f.read(16)
         bo = "<" if head[:2] == b"II" else ">"
         big = struct.unpack(bo + "H", head[2:4])[0] == 43  # BigTIFF: 8-byte counts and offsets
         count, word, entry = ("Q", "Q", 20) if big else ("H", "I", 12)
+        wsize = struct.calcsize(word)
         offset = struct.unpack(bo + word, head[8:16] if big else head[4:8])[0]
         seen: set[int] = set()
+        subifds: list[int] = []
+
+        def directory(offset: int, what: str) -> tuple[str, int]:
+            """(problem, next offset) of the directory at ``offset``; its SubIFDs go into ``subifds``."""
+            f.seek(offset)
+            raw = f.read(struct.calcsize(count))
+            if len(raw) < struct.calcsize(count):
+                return "", 0  # past the end of the file: check_tiff names it
+            n = min(struct.unpack(bo + count, raw)[0], 65535)
+            body = f.read(n * entry + wsize)
+            if len(body) < n * entry + wsize:
+                return "", 0
+            for k in range(n):
+                tag, kind, values = struct.unpack(bo + "HH" + word, body[k * entry:k * entry + 4 + wsize])
+                if tag in (273, 279, 324, 325) and values > MAX_TILES:  # Strip/Tile Offsets/ByteCounts
+                    return f"{what} claims {values:,} tiles or strips (at most {MAX_TILES:,})", 0
+                if tag == 330 and 0 < values <= MAX_IFDS:  # SubIFDs: LONG/IFD (4 bytes) or LONG8/IFD8 (8 bytes)
+                    item = "Q" if kind in (16, 18) else "I"
+                    data = body[k * entry + 4 + wsize:(k + 1) * entry]
+                    if values * struct.calcsize(item) > wsize:  # not in the entry: at the offset it holds
+                        f.seek(struct.unpack(bo + word, data)[0])
+                        data = f.read(values * struct.calcsize(item))
+                        f.seek(offset + struct.calcsize(count) + n * entry + wsize)
+                    subifds.extend(struct.unpack(bo + item * (len(data) // struct.calcsize(item)), data)[:values])
+            return "", struct.unpack(bo + word, body[-wsize:])[0]
+
         while offset:
             if offset in seen:
                 return f"its directories form a loop (directory {len(seen) - 1} points back to the one at byte {offset:,})"
             if len(seen) >= MAX_IFDS:
                 return f"more than {MAX_IFDS:,} images (directories) in one TIFF"
             seen.add(offset)
-            f.seek(offset)
-            raw = f.read(struct.calcsize(count))
-            if len(raw) < struct.calcsize(count):
-                return ""  # past the end of the file: check_tiff names it
-            n = min(struct.unpack(bo + count, raw)[0], 65535)
-            body = f.read(n * entry + struct.calcsize(word))
-            if len(body) < n * entry + struct.calcsize(word):
-                return ""
-            for k in range(n):
-                tag, _, values = struct.unpack(bo + "HH" + word, body[k * entry:k * entry + 4 + struct.calcsize(word)])
-                if tag in (273, 279, 324, 325) and values > MAX_TILES:  # Strip/Tile Offsets/ByteCounts
-                    return f"image {len(seen) - 1} claims {values:,} tiles or strips (at most {MAX_TILES:,})"
-            offset = struct.unpack(bo + word, body[-struct.calcsize(word):])[0]
+            why, offset = directory(offset, f"image {len(seen) - 1}")
+            if why:
+                return why
+        while subifds:
+            offset = subifds.pop()
+            if not offset or offset in seen:
+                continue
+            if len(seen) >= MAX_IFDS:
+                return f"more than {MAX_IFDS:,} images (directories) in one TIFF"
+            seen.add(offset)
+            why, nxt = directory(offset, "a SubIFD image (pyramid level)")
+            if why:
+                return why
+            subifds.append(nxt)
     return ""
 
 
