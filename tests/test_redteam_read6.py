@@ -137,3 +137,19 @@ def test_subifd_claiming_millions_of_tiles_is_refused_before_reading_its_tables(
     assert res["why"].endswith("a broken TIFF header: a SubIFD image (pyramid level) claims 134,217,728 tiles or "
                                "strips (at most 4,194,304)")
     assert res["seconds"] < 2 and res["rss"] < 1 << 30
+
+
+@pytest.mark.parametrize("order", [None, ["openslide"]])
+def test_square_slide_with_a_transposed_pale_level_is_refused(tmp_path, order):
+    """A square slide (2048 x 2048) whose level 1 holds its own reduced image transposed, where the tissue is pale and
+    fine-grained (random shades: reduced 8x for the comparison, its std falls under 10 grey levels): the level-content
+    check compared tissue (mean 128) with glass (235), a mean difference of 107, but let it pass because neither
+    box had a std over 10 ('flat boxes prove nothing'). The level's size says nothing for a square, so the slide
+    opened and patches read from level 1 came from the mirrored place, silently."""
+    a = np.full((2048, 2048, 3), 235, np.uint8)
+    a[256:768, 1024:1536] = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    p = tmp_path / "transposed.svs"
+    _pyramid(p, a, np.ascontiguousarray(np.asarray(Image.fromarray(a).reduce(4)).transpose(1, 0, 2)))
+    with pytest.raises(SlideError, match=r"transposed.svs: pyramid level 1 \(512 x 512 px\) does not show what level 0 "
+                                         r"shows at the same place \(mean difference \d+ grey levels"):
+        open_slide(p, order=order)
