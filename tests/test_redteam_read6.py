@@ -153,3 +153,21 @@ def test_square_slide_with_a_transposed_pale_level_is_refused(tmp_path, order):
     with pytest.raises(SlideError, match=r"transposed.svs: pyramid level 1 \(512 x 512 px\) does not show what level 0 "
                                          r"shows at the same place \(mean difference \d+ grey levels"):
         open_slide(p, order=order)
+
+
+@pytest.mark.parametrize("order", [None, ["tifffile"], ["openslide"]])
+def test_a_tiff_is_parsed_once_per_reader(monkeypatch, order):
+    """tifffile parsed the same TIFF 5 times per open (claims check, JFIF check, cuCIM's own checks, tile check,
+    level count; 3 in the tifffile reader, 2 in OpenSlide's): now the claims check's parse is handed on."""
+    import tifffile
+
+    parses = []
+    init = tifffile.TiffFile.__init__
+
+    def counted(self, *args, **kwargs):
+        parses.append(args[0] if args else kwargs)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", counted)
+    open_slide(fuzzread.SOURCES["svs"], order=order).close()
+    assert len(parses) == 1, parses

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -82,14 +83,37 @@ def file_kind(path: str) -> str:
     return "dicom" if head[128:132] == b"DICM" else ""
 
 
-def check_claims(path: str) -> None:
+def check_claims(path: str, keep: bool = False):
     """Refuse a file whose header claims do not add up, before any pixel is read (BrokenFile, one line).
 
     The shared gate of every reader: TIFFs are checked here (:func:`check_tiff`); DICOM frame tables are
     checked by the DICOM reader as it indexes the frames (``dicom._Level``); plain images by Pillow's
-    decompression-bomb limit (``image.ImageSlide``)."""
+    decompression-bomb limit (``image.ImageSlide``). ``keep``: return the TIFF as parsed for the check, open
+    (the caller closes it; None for other files), so a reader parses it once."""
     if os.path.isfile(path) and file_kind(path) == "tiff":
-        check_tiff(path)
+        return check_tiff(path, keep)
+    return None
+
+
+@contextmanager
+def tiff_file(path: str, tf=None):
+    """``tf`` (a TIFF parsed already, left open) when given, else ``path`` parsed for the block."""
+    if tf is not None:
+        yield tf
+        return
+    import tifffile
+
+    with tifffile.TiffFile(path) as own:
+        yield own
+
+
+def tiff_pages(tf) -> list:
+    """Every image of a TIFF: its directories, and the SubIFD pyramid levels of its first series (not in tf.pages)."""
+    pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
+    for series in tf.series[:1]:
+        for lv in series.levels[1:]:
+            pages += [p for p in lv.pages if p is not None and p not in pages]
+    return pages
 
 
 MAX_IFDS = 10_000  # images (directories) in one TIFF: slides have < 20; tifffile took 8 s to open 20,000
@@ -160,8 +184,9 @@ def tiff_directory_problem(path: str) -> str:
     return ""
 
 
-def check_tiff(path: str) -> None:
-    """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies.
+def check_tiff(path: str, keep: bool = False):
+    """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies
+    (``keep``: return the parsed TiffFile, open, instead of closing it).
 
     * level size at most ``MAX_LEVEL_PIXELS`` and one tile/strip at most ``MAX_TILE_BYTES`` decompressed;
     * as many tile (strip) offsets and byte counts as the size needs: ceil(W/tw) x ceil(H/th) (x samples
@@ -187,14 +212,11 @@ def check_tiff(path: str) -> None:
     handler, propagate = Catch(level=logging.WARNING), log.propagate
     log.addHandler(handler)
     log.propagate = False
+    tf = None
     try:
-        with tifffile.TiffFile(path) as tf:
-            pages = list(tf.pages)
-            for series in tf.series[:1]:
-                for lv in series.levels[1:]:  # SubIFD pyramid levels are not in tf.pages
-                    pages += [p for p in lv.pages if p is not None and p not in pages]
-            for k, page in enumerate(pages):
-                _check_page(page, k, size)
+        tf = tifffile.TiffFile(path)
+        for k, page in enumerate(tiff_pages(tf)):
+            _check_page(page, k, size)
     except BrokenFile as e:
         broken = e
     except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
@@ -205,11 +227,15 @@ def check_tiff(path: str) -> None:
         log.removeHandler(handler)
         log.propagate = propagate
     # a table or directory past the end of the file: the cause of what else is wrong (a truncated copy)
-    if any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
-            or any("truncated" in p.lower() for p in problems):
+    truncated = any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
+        or any("truncated" in p.lower() for p in problems)
+    if tf is not None and (truncated or broken is not None or not keep):
+        tf.close()
+    if truncated:
         raise BrokenFile("truncated file: TIFF directories point past the end of the file")
     if broken is not None:
         raise broken
+    return tf if keep else None
 
 
 def _check_page(page, k: int, file_size: int) -> None:
@@ -368,19 +394,13 @@ class TiffTileCheck:
     and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
     colour planes, each plane's tile). Other compressions are not checked."""
 
-    def __init__(self, path: str, decode: bool = False):
-        import tifffile
-
+    def __init__(self, path: str, decode: bool = False, tf=None):
         self.path = path
         self.decode = decode  # also decode each JPEG tile once with libjpeg warnings as errors (strict_jpeg_problem)
         self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
-        with tifffile.TiffFile(path) as tf:
-            pages = list(tf.pages)
-            for series in tf.series[:1]:
-                for lv in series.levels[1:]:
-                    pages += [p for p in lv.pages if p is not None and p not in pages]
-            for page in pages:
+        with tiff_file(path, tf) as tf:
+            for page in tiff_pages(tf):
                 if page.compression in (7,) + J2K_CODECS + tuple(SIZED_CODECS):
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
@@ -542,15 +562,13 @@ def mpp_from_tiff_tags(page) -> float | None:
 JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"
 
 
-def tiff_jfif_marked_rgb(path: str) -> bool:
+def tiff_jfif_marked_rgb(path: str, tf=None) -> bool:
     """True when a JPEG TIFF says Photometric=RGB but its tiles are JFIF (YCbCr) streams.
 
     Decoders that trust the Photometric tag (cuCIM) then skip the YCbCr->RGB conversion and return
     false colours; libjpeg via tifffile/imagecodecs honours the JFIF marker and decodes correctly.
     """
-    import tifffile
-
-    with tifffile.TiffFile(path) as tf:
+    with tiff_file(path, tf) as tf:
         page = tf.pages[0]
         if page.compression != 7 or page.photometric != 2 or not len(page.dataoffsets):
             return False
@@ -574,18 +592,16 @@ def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def tiff_level_count(path: str) -> int:
+def tiff_level_count(path: str, tf=None) -> int:
     """Pyramid levels tifffile finds in a TIFF's first series (SubIFDs included); 0 if not a TIFF."""
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tiff_file(path, tf) as tf:
             return len(tf.series[0].levels) if tf.series else 1
     except Exception:
         return 0
 
 
-def openslide_misread(path: str) -> str:
+def openslide_misread(path: str, tf=None) -> str:
     """Why OpenSlide would return other colours than a TIFF's first image holds ('' when none, or not a TIFF):
     signed samples come back as their raw bytes (-100 as 156); gray + alpha as the gray multiplied by the
     alpha, then composited over white again (64 grey levels too dark at alpha 128)."""
@@ -594,7 +610,7 @@ def openslide_misread(path: str) -> str:
     if file_kind(path) != "tiff":
         return ""
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tiff_file(path, tf) as tf:
             pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
     except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
         return ""
