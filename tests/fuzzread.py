@@ -35,6 +35,7 @@ WSI = ROOT / "data" / "wsi"
 SOURCES = {"svs": WSI / "CMU-1-Small-Region.svs", "ome": WSI / "OS-1-detail.ome.tif",
            "dicom": WSI / "dicom-cmu-1-small-region", "dcm1": WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm",
            "j2k": WSI / "tcga-cr-7395-01a-01-ts1.svs"}  # Aperio JPEG 2000: slow to decode, not in the tests
+PYRAMID = Path("/tmp/fuzzread-omepyr.ome.tif")  # kind "omepyr": the OME-TIFF's pixels as a SubIFD pyramid (made once)
 BOX = 512  # level-0 box side read through read_checked
 SAME = 2.0  # mean grey-level difference per box still counted as the same pixels (another reader's JPEG decode)
 MAX_RSS = 2 << 30
@@ -165,9 +166,11 @@ def tiff_regions(path: Path) -> dict:
     import tifffile
 
     out = {"ifds": [], "offsets": [], "counts": [], "jpegtables": [], "tiles": [], "entries": []}
+    from slidestream.plugins.readers.common import tiff_pages
+
     with tifffile.TiffFile(path) as tf:
         big = tf.is_bigtiff
-        for p in tf.pages:
+        for p in tiff_pages(tf):  # SubIFD pyramid levels included
             n = len(p.tags)
             esz = 20 if big else 12
             start = p.offset + (8 if big else 2)
@@ -300,12 +303,32 @@ def dicom_cases(src: bytes, name: str):
     yield f"{name}-zero-tail", bytes(b)
 
 
+def source(kind: str) -> Path:
+    """The slide damaged for ``kind``; "omepyr": OS-1-detail.ome.tif's pixels written as a 3-level SubIFD pyramid."""
+    if kind != "omepyr":
+        return SOURCES[kind]
+    if not PYRAMID.exists():
+        import tifffile
+        from PIL import Image
+
+        a = tifffile.imread(SOURCES["ome"])
+        part = PYRAMID.with_name(f"{PYRAMID.name}.{os.getpid()}")  # then renamed: another run may write it too
+        with tifffile.TiffWriter(part, ome=True) as tw:
+            tw.write(a, subifds=2, tile=(256, 256), compression="jpeg", photometric="rgb",
+                     metadata={"PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25})
+            for f in (2, 4):
+                tw.write(np.asarray(Image.fromarray(a).reduce(f)), subfiletype=1, tile=(256, 256), compression="jpeg",
+                         photometric="rgb")
+        os.replace(part, PYRAMID)
+    return PYRAMID
+
+
 def cases(kind: str, folder: Path, only=None) -> dict[str, Path]:
-    """Damaged copies of ``SOURCES[kind]`` written under ``folder`` (those named in ``only``, else all): {name: path}."""
-    src = SOURCES[kind]
+    """Damaged copies of ``source(kind)`` written under ``folder`` (those named in ``only``, else all): {name: path}."""
+    src = source(kind)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    if kind in ("svs", "ome", "j2k"):
+    if kind in ("svs", "ome", "j2k", "omepyr"):
         for name, b in tiff_cases(src):
             if only is not None and f"{kind}-{name}" not in only:
                 continue
@@ -351,7 +374,7 @@ def main(kinds=("svs", "ome", "dicom", "dcm1"), folder: str | None = None) -> in
     tally: dict[str, int] = {}
     bad = []
     for kind in kinds:
-        ref = read_all(str(SOURCES[kind]))
+        ref = read_all(str(source(kind)))
         assert "refused" not in ref, ref
         for name, p in cases(kind, Path(folder) / kind).items():
             res = run(p, ref)

@@ -23,6 +23,7 @@ KEEP = {
               "dicom1-frame-flip2", "dicom1-zero-tail", "dicom0-tag-Rows", "dicom0-tag-Columns",
               "dicom0-tag-TotalPixelMatrixRows", "dicom1-tag-TotalPixelMatrixRows", "dicom0-tag-SeriesInstanceUID"],
     "dcm1": ["dcm1-header-flip3", "dcm1-bot-flip0", "dcm1-frame-flip0", "dcm1-trunc0.5"],
+    "omepyr": ["omepyr-tilehead-flip2", "omepyr-ifd1-flip0", "omepyr-trunc0.5", "omepyr-offsets1-flip1"],
 }
 
 
@@ -31,7 +32,7 @@ def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     out = {}
     for kind, names in KEEP.items():
-        ref = fuzzread.read_all(str(fuzzread.SOURCES[kind]))
+        ref = fuzzread.read_all(str(fuzzread.source(kind)))
         for name, path in fuzzread.cases(kind, folder / kind, only=set(names)).items():
             out[name] = (path, ref)
     return out
@@ -53,6 +54,19 @@ def test_tiff_without_photometric_is_refused(corpus, name):
     res = fuzzread.run(path, ref)
     assert res["outcome"] == "refused", res
     assert res["why"].endswith("has no PhotometricInterpretation tag (how its samples are colours): a broken header")
+
+
+def test_jpeg_tile_with_a_damaged_header_marker_is_refused_before_decoding(corpus):
+    """A flipped byte turned a marker in a JPEG tile's header into FF81 (of an OME-TIFF pyramid in SubIFDs): the
+    tile check walked the header's segments without asking what they were, libjpeg-turbo's strict decode said
+    'Unsupported marker type' (not 'corrupt', so not taken as damage), and imagecodecs raised Jpeg8Error from the
+    tifffile reader's read: a traceback out of read_checked (extract failed the slide with libjpeg's words, and
+    --allow-corrupt-tiles could not leave the tile out). Only header markers may come before the scan."""
+    path, ref = corpus["omepyr-tilehead-flip2"]
+    res = fuzzread.run(path, ref)
+    assert res["outcome"] == "refused", res
+    assert res["why"].endswith("corrupt JPEG tile 15 of the 1101 x 1101 px level (column 0, row 3): JPEG marker FF81 "
+                               "where a header segment belongs, at byte 20")
 
 
 @pytest.mark.parametrize("name", ["dicom0-header-flip14", "dicom0-header-flip23", "dicom0-tag-Rows",

@@ -293,6 +293,7 @@ def _check_page(page, k: int, file_size: int) -> None:
 
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
 PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}  # start-of-frame markers of progressive JPEG
+HEADER = {*range(0xC0, 0xD0), *range(0xDA, 0xF0), 0xFE}  # SOFn, DHT, DAC, SOS, DQT, DNL, DRI, DHP, EXP, APPn, COM
 BETWEEN_SCANS = [0xC4, 0xCC, 0xDA, 0xDB, 0xDD, *range(0xE0, 0xF0), 0xFE]  # DHT, DAC, SOS, DQT, DRI, APPn, COM
 
 
@@ -318,6 +319,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
         if m == 0xFF:  # fill byte
             i += 1
             continue
+        if m not in HEADER:  # a damaged marker: libjpeg stops with 'Unsupported marker type', uncaught
+            return f"JPEG marker FF{m:02X} where a header segment belongs, at byte {i}"
         length = int.from_bytes(end[i + 2:i + 4], "big")
         if length < 2 or i + 2 + length > n:
             return f"JPEG header segment at byte {i} has a bad length ({length})"
