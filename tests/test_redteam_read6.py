@@ -23,7 +23,7 @@ KEEP = {
               "dicom1-frame-flip2", "dicom1-zero-tail", "dicom0-tag-Rows", "dicom0-tag-Columns",
               "dicom0-tag-TotalPixelMatrixRows", "dicom1-tag-TotalPixelMatrixRows", "dicom0-tag-SeriesInstanceUID"],
     "dcm1": ["dcm1-header-flip3", "dcm1-bot-flip0", "dcm1-frame-flip0", "dcm1-trunc0.5"],
-    "omepyr": ["omepyr-tilehead-flip2", "omepyr-ifd1-flip0", "omepyr-trunc0.5", "omepyr-offsets1-flip1"],
+    "omepyr": ["omepyr-tilehead-flip2", "omepyr-ifd0-flip6", "omepyr-ifd1-flip0", "omepyr-trunc0.5", "omepyr-offsets1-flip1"],
 }
 
 
@@ -67,6 +67,17 @@ def test_jpeg_tile_with_a_damaged_header_marker_is_refused_before_decoding(corpu
     assert res["outcome"] == "refused", res
     assert res["why"].endswith("corrupt JPEG tile 15 of the 1101 x 1101 px level (column 0, row 3): JPEG marker FF81 "
                                "where a header segment belongs, at byte 20")
+
+
+def test_ome_tiff_taller_than_its_ome_metadata_is_refused(corpus):
+    """A flipped byte made the OME-TIFF's level 0 1101 x 1183 px (ImageLength), still 5 rows of 256 px tiles, so the
+    tile count was right: tifffile dropped the SubIFD levels ('OME series cannot handle discontiguous storage',
+    a log line), cuCIM then saw all the levels there were and read the slide 82 rows taller, the rows from the
+    tiles' padding. The OME metadata says 1101 x 1101: refused."""
+    path, ref = corpus["omepyr-ifd0-flip6"]
+    res = fuzzread.run(path, ref)
+    assert res["outcome"] == "refused", res
+    assert res["why"].endswith("image 0 is 1101 x 1183 px, its OME metadata says 1101 x 1101: a broken or patched header")
 
 
 @pytest.mark.parametrize("name", ["dicom0-header-flip14", "dicom0-header-flip23", "dicom0-tag-Rows",

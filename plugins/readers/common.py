@@ -217,6 +217,9 @@ def check_tiff(path: str, keep: bool = False):
         tf = tifffile.TiffFile(path)
         for k, page in enumerate(tiff_pages(tf)):
             _check_page(page, k, size)
+        why = ome_size_problem(tf)
+        if why:
+            raise BrokenFile(why)
     except BrokenFile as e:
         broken = e
     except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
@@ -236,6 +239,27 @@ def check_tiff(path: str, keep: bool = False):
     if broken is not None:
         raise broken
     return tf if keep else None
+
+
+def ome_size_problem(tf) -> str:
+    """Why an OME-TIFF's first image is not the size its OME metadata gives it ('' when it is, or not OME): a size
+    changed within the last row or column of tiles keeps the tile count right, and the rows or columns added
+    came from the tiles' padding (black), silently; tifffile then also drops the SubIFD levels."""
+    import re
+
+    if not tf.is_ome:
+        return ""
+    image = re.search(r"<(?:\w+:)?Image\b.*?</(?:\w+:)?Image>", tf.ome_metadata or "", re.S)
+    pixels = image and re.search(r"<(?:\w+:)?Pixels\b([^>]*)>", image.group(0))
+    ifd = image and re.search(r"<(?:\w+:)?TiffData\b[^>]*?\bIFD=\"(\d+)\"", image.group(0))
+    if not pixels or (ifd and ifd.group(1) != "0"):
+        return ""
+    size = [re.search(rf'\bSize{a}="(\d+)"', pixels.group(1)) for a in "XY"]
+    page = tf.pages.first
+    if None in size or (int(size[0].group(1)), int(size[1].group(1))) == (page.imagewidth, page.imagelength):
+        return ""
+    return (f"image 0 is {page.imagewidth} x {page.imagelength} px, its OME metadata says {size[0].group(1)} x "
+            f"{size[1].group(1)}: a broken or patched header")
 
 
 def _check_page(page, k: int, file_size: int) -> None:
