@@ -88,6 +88,10 @@ class Slide:
         except BrokenFile as e:  # the reader saw a damaged tile before decoding it
             self.log.append(str(e))
             return None, str(e)
+        except (RuntimeError, ValueError, OSError) as e:  # the decoder gave up on it (as for the thumbnail: _region)
+            why = f"cannot decode the image data: {plain(e)}"
+            self.log.append(why)
+            return None, why
         if said:
             self.log.append(said)
         return rgb, complaint(said)

@@ -184,6 +184,32 @@ def tiff_regions(path: Path) -> dict:
     return out
 
 
+def duplicated_entry(data: bytes, ifd: int, code: int, first: bool, bo: str) -> bytes | None:
+    """The first directory written again at the end of the file with entry ``code`` twice, the copy's value field
+    changed (each byte's low bit flipped), before or after the original; None if absent (or BigTIFF)."""
+    if data[2:4] in (b"\x2b\x00", b"\x00\x2b"):  # BigTIFF: not done
+        return None
+    n = struct.unpack(bo + "H", data[ifd:ifd + 2])[0]
+    ents = [data[ifd + 2 + 12 * k:ifd + 14 + 12 * k] for k in range(n)]
+    out = []
+    for e in ents:
+        if struct.unpack(bo + "H", e[:2])[0] == code:
+            copy = e[:8] + bytes(v ^ 0x01 for v in e[8:12])
+            out += [copy, e] if first else [e, copy]
+        else:
+            out.append(e)
+    if len(out) == n:
+        return None
+    at = len(data) + len(data) % 2
+    b = bytearray(data) + bytes(at - len(data))
+    b += struct.pack(bo + "H", len(out)) + b"".join(out) + data[ifd + 2 + 12 * n:ifd + 6 + 12 * n]
+    if struct.unpack(bo + "I", data[4:8])[0] == ifd:
+        b[4:8] = struct.pack(bo + "I", at)
+    else:
+        return None
+    return bytes(b)
+
+
 def tiff_cases(src: Path):
     """(name, damaged bytes) of a TIFF (SVS, OME-TIFF), each from its own fixed seed, one after the other."""
     data = src.read_bytes()
@@ -249,6 +275,11 @@ def tiff_cases(src: Path):
     b = bytearray(data)
     b[reg["ifds"][0][0]:reg["ifds"][0][0] + 2] = struct.pack(bo + "H", 0)
     yield "ifd-count-0", bytes(b)
+    for code in (256, 257, 259, 262, 273, 279, 322, 324, 325, 347):  # an entry twice, the copy's value changed
+        for first in (False, True):
+            b = duplicated_entry(data, reg["ifds"][0][0], code, first, bo)
+            if b is not None:
+                yield f"dup{code}-{'first' if first else 'second'}", b
     for (pos, n) in ents:  # each entry of the first directory: its type, count or value damaged
         code = struct.unpack(bo + "H", data[pos:pos + 2])[0]
         for s, (lo, hi) in enumerate(((2, 4), (4, 8), (8, 12), (8, 12))):

@@ -196,3 +196,19 @@ def test_a_tiff_is_parsed_once_per_reader(monkeypatch, order):
     monkeypatch.setattr(tifffile.TiffFile, "__init__", counted)
     open_slide(fuzzread.SOURCES["svs"], order=order).close()
     assert len(parses) == 1, parses
+
+
+@pytest.mark.parametrize("name, why", [
+    ("j2k-dup259-first", "cannot decode the image data: 33260 is not a known COMPRESSION"),
+    ("j2k-dup262-first", "cannot decode the image data: This format (compression: 33005, sample_per_pixel: 3, "
+                         "planar_config: 1, photometric: 259) is not supported yet!")])
+def test_box_the_decoder_gives_up_on_is_a_refused_box_not_a_traceback(tmp_path, name, why):
+    """The Aperio J2K SVS with its level-0 Compression (or Photometric) entry twice, the first copy damaged: the
+    slide opened (the thumbnail came from level 1), then every level-0 read raised the decoder's ValueError (tifffile)
+    or RuntimeError (cuCIM) out of read_checked: a traceback for the library user, the whole slide failed in
+    extract, and --allow-corrupt-tiles could not drop the tiles. Such a box is now refused with the decoder's
+    words, as the thumbnail's reads were."""
+    (path,) = fuzzread.cases("j2k", tmp_path, only={name}).values()
+    res = fuzzread.run(path, None)
+    assert res["outcome"] == "refused", res
+    assert why in res["why"] and "box (0, 0)" in res["why"]
