@@ -212,3 +212,37 @@ def test_box_the_decoder_gives_up_on_is_a_refused_box_not_a_traceback(tmp_path, 
     res = fuzzread.run(path, None)
     assert res["outcome"] == "refused", res
     assert why in res["why"] and "box (0, 0)" in res["why"]
+
+
+def test_subifd_levels_chained_after_the_listed_one_are_levels(tmp_path):
+    """An OME-TIFF pyramid whose SubIFDs tag lists only its first level, the others chained from it (next-directory
+    offsets): tifffile reads only the SubIFDs listed, so the slide had 2 of its 4 levels (thumbnails and patches
+    read from 4x the pixels; a large slide's thumbnail was refused as having no pyramid). The chain is followed."""
+    import struct
+
+    import tifffile
+
+    a = _cmu(2048, 2048)
+    full, p = tmp_path / "listed.ome.tif", tmp_path / "chained.ome.tif"
+    with tifffile.TiffWriter(full, ome=True) as tw:  # tifffile lists all 3 SubIFDs and chains them too
+        tw.write(a, subifds=3, tile=(128, 128), compression="jpeg", photometric="rgb",
+                 metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        for f in (2, 4, 8):
+            tw.write(np.asarray(Image.fromarray(a).reduce(f)), subfiletype=1, tile=(128, 128), compression="jpeg",
+                     photometric="rgb")
+    with tifffile.TiffFile(full) as tf:
+        tag = tf.pages[0].tags[330]
+        entry, first = tag.offset, tag.value[0]
+    data = bytearray(full.read_bytes())
+    data[entry + 4:entry + 12] = struct.pack("<II", 1, first)  # the tag lists the first SubIFD only
+    p.write_bytes(data)
+    for order in (None, ["tifffile"]):
+        s, ref = open_slide(p, order=order), open_slide(full, order=order)
+        try:
+            assert s.reader.level_dimensions == ref.reader.level_dimensions == [(2048, 2048), (1024, 1024), (512, 512),
+                                                                                (256, 256)]
+            assert np.array_equal(s.reader.read_region((512, 512), 2, (200, 200)),
+                                  ref.reader.read_region((512, 512), 2, (200, 200)))
+        finally:
+            s.close()
+            ref.close()
