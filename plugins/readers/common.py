@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -82,14 +83,57 @@ def file_kind(path: str) -> str:
     return "dicom" if head[128:132] == b"DICM" else ""
 
 
-def check_claims(path: str) -> None:
+def check_claims(path: str, keep: bool = False):
     """Refuse a file whose header claims do not add up, before any pixel is read (BrokenFile, one line).
 
     The shared gate of every reader: TIFFs are checked here (:func:`check_tiff`); DICOM frame tables are
     checked by the DICOM reader as it indexes the frames (``dicom._Level``); plain images by Pillow's
-    decompression-bomb limit (``image.ImageSlide``)."""
+    decompression-bomb limit (``image.ImageSlide``). ``keep``: return the TIFF as parsed for the check, open
+    (the caller closes it; None for other files), so a reader parses it once."""
     if os.path.isfile(path) and file_kind(path) == "tiff":
-        check_tiff(path)
+        return check_tiff(path, keep)
+    return None
+
+
+@contextmanager
+def tiff_file(path: str, tf=None):
+    """``tf`` (a TIFF parsed already, left open) when given, else ``path`` parsed for the block."""
+    if tf is not None:
+        yield tf
+        return
+    import tifffile
+
+    with tifffile.TiffFile(path) as own:
+        yield own
+
+
+def tiff_pages(tf) -> list:
+    """Every image of a TIFF: its directories, and the SubIFD pyramid levels of its first series (not in tf.pages).
+    SubIFDs chained after the last one the SubIFDs tag lists are added to it first: tifffile reads only those
+    listed (a tag listing the first level of a chain gave 2 of 4 levels)."""
+    pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
+    for page in pages:
+        if page.subifds:
+            page.subifds = _subifd_chain(tf, list(page.subifds))
+    for series in tf.series[:1]:
+        for lv in series.levels[1:]:
+            pages += [p for p in lv.pages if p is not None and p not in pages]
+    return pages
+
+
+def _subifd_chain(tf, chain: list[int]) -> tuple[int, ...]:
+    """``chain`` followed on from its last directory's next-directory offset (no loops, at most ``MAX_IFDS``)."""
+    t, fh = tf.tiff, tf.filehandle
+    while len(chain) < MAX_IFDS:
+        fh.seek(chain[-1])
+        n = struct.unpack(t.tagnoformat, fh.read(t.tagnosize))[0]
+        fh.seek(chain[-1] + t.tagnosize + n * t.tagsize)
+        raw = fh.read(t.offsetsize)
+        nxt = struct.unpack(t.offsetformat, raw)[0] if len(raw) == t.offsetsize else 0
+        if not nxt or nxt in chain or nxt >= fh.size:
+            break
+        chain.append(nxt)
+    return tuple(chain)
 
 
 MAX_IFDS = 10_000  # images (directories) in one TIFF: slides have < 20; tifffile took 8 s to open 20,000
@@ -100,38 +144,69 @@ def tiff_directory_problem(path: str) -> str:
     """What is wrong with a TIFF's chain of directories (IFDs), '' when nothing: a loop, more than ``MAX_IFDS``
     of them, or a tile/strip table of more than ``MAX_TILES`` entries. Walks the raw chain before tifffile parses
     it: tifffile follows a loop quietly (a warning), loads every directory of a long chain (8 s for 20,000) and
-    reads each table whole (10^8 tile offsets: 800 MB). Cost: one small read per directory."""
+    reads each table whole (10^8 tile offsets: 800 MB). SubIFDs (tag 330: OME-TIFF pyramid levels) and their own
+    chains are walked too (one listed twice, or chained and listed, as tifffile writes them, is read once).
+    Cost: one small read per directory."""
     with open(path, "rb") as f:
         head = f.read(16)
         bo = "<" if head[:2] == b"II" else ">"
         big = struct.unpack(bo + "H", head[2:4])[0] == 43  # BigTIFF: 8-byte counts and offsets
         count, word, entry = ("Q", "Q", 20) if big else ("H", "I", 12)
+        wsize = struct.calcsize(word)
         offset = struct.unpack(bo + word, head[8:16] if big else head[4:8])[0]
         seen: set[int] = set()
+        subifds: list[int] = []
+
+        def directory(offset: int, what: str) -> tuple[str, int]:
+            """(problem, next offset) of the directory at ``offset``; its SubIFDs go into ``subifds``."""
+            f.seek(offset)
+            raw = f.read(struct.calcsize(count))
+            if len(raw) < struct.calcsize(count):
+                return "", 0  # past the end of the file: check_tiff names it
+            n = min(struct.unpack(bo + count, raw)[0], 65535)
+            body = f.read(n * entry + wsize)
+            if len(body) < n * entry + wsize:
+                return "", 0
+            for k in range(n):
+                tag, kind, values = struct.unpack(bo + "HH" + word, body[k * entry:k * entry + 4 + wsize])
+                if tag in (273, 279, 324, 325) and values > MAX_TILES:  # Strip/Tile Offsets/ByteCounts
+                    return f"{what} claims {values:,} tiles or strips (at most {MAX_TILES:,})", 0
+                if tag == 330 and 0 < values <= MAX_IFDS:  # SubIFDs: LONG/IFD (4 bytes) or LONG8/IFD8 (8 bytes)
+                    item = "Q" if kind in (16, 18) else "I"
+                    data = body[k * entry + 4 + wsize:(k + 1) * entry]
+                    if values * struct.calcsize(item) > wsize:  # not in the entry: at the offset it holds
+                        f.seek(struct.unpack(bo + word, data)[0])
+                        data = f.read(values * struct.calcsize(item))
+                        f.seek(offset + struct.calcsize(count) + n * entry + wsize)
+                    subifds.extend(struct.unpack(bo + item * (len(data) // struct.calcsize(item)), data)[:values])
+            return "", struct.unpack(bo + word, body[-wsize:])[0]
+
         while offset:
             if offset in seen:
                 return f"its directories form a loop (directory {len(seen) - 1} points back to the one at byte {offset:,})"
             if len(seen) >= MAX_IFDS:
                 return f"more than {MAX_IFDS:,} images (directories) in one TIFF"
             seen.add(offset)
-            f.seek(offset)
-            raw = f.read(struct.calcsize(count))
-            if len(raw) < struct.calcsize(count):
-                return ""  # past the end of the file: check_tiff names it
-            n = min(struct.unpack(bo + count, raw)[0], 65535)
-            body = f.read(n * entry + struct.calcsize(word))
-            if len(body) < n * entry + struct.calcsize(word):
-                return ""
-            for k in range(n):
-                tag, _, values = struct.unpack(bo + "HH" + word, body[k * entry:k * entry + 4 + struct.calcsize(word)])
-                if tag in (273, 279, 324, 325) and values > MAX_TILES:  # Strip/Tile Offsets/ByteCounts
-                    return f"image {len(seen) - 1} claims {values:,} tiles or strips (at most {MAX_TILES:,})"
-            offset = struct.unpack(bo + word, body[-struct.calcsize(word):])[0]
+            why, offset = directory(offset, f"image {len(seen) - 1}")
+            if why:
+                return why
+        while subifds:
+            offset = subifds.pop()
+            if not offset or offset in seen:
+                continue
+            if len(seen) >= MAX_IFDS:
+                return f"more than {MAX_IFDS:,} images (directories) in one TIFF"
+            seen.add(offset)
+            why, nxt = directory(offset, "a SubIFD image (pyramid level)")
+            if why:
+                return why
+            subifds.append(nxt)
     return ""
 
 
-def check_tiff(path: str) -> None:
-    """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies.
+def check_tiff(path: str, keep: bool = False):
+    """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies
+    (``keep``: return the parsed TiffFile, open, instead of closing it).
 
     * level size at most ``MAX_LEVEL_PIXELS`` and one tile/strip at most ``MAX_TILE_BYTES`` decompressed;
     * as many tile (strip) offsets and byte counts as the size needs: ceil(W/tw) x ceil(H/th) (x samples
@@ -157,14 +232,14 @@ def check_tiff(path: str) -> None:
     handler, propagate = Catch(level=logging.WARNING), log.propagate
     log.addHandler(handler)
     log.propagate = False
+    tf = None
     try:
-        with tifffile.TiffFile(path) as tf:
-            pages = list(tf.pages)
-            for series in tf.series[:1]:
-                for lv in series.levels[1:]:  # SubIFD pyramid levels are not in tf.pages
-                    pages += [p for p in lv.pages if p is not None and p not in pages]
-            for k, page in enumerate(pages):
-                _check_page(page, k, size)
+        tf = tifffile.TiffFile(path)
+        for k, page in enumerate(tiff_pages(tf)):
+            _check_page(page, k, size)
+        why = ome_size_problem(tf)
+        if why:
+            raise BrokenFile(why)
     except BrokenFile as e:
         broken = e
     except (tifffile.TiffFileError, struct.error, ValueError, IndexError, KeyError) as e:
@@ -175,11 +250,36 @@ def check_tiff(path: str) -> None:
         log.removeHandler(handler)
         log.propagate = propagate
     # a table or directory past the end of the file: the cause of what else is wrong (a truncated copy)
-    if any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
-            or any("truncated" in p.lower() for p in problems):
+    truncated = any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
+        or any("truncated" in p.lower() for p in problems)
+    if tf is not None and (truncated or broken is not None or not keep):
+        tf.close()
+    if truncated:
         raise BrokenFile("truncated file: TIFF directories point past the end of the file")
     if broken is not None:
         raise broken
+    return tf if keep else None
+
+
+def ome_size_problem(tf) -> str:
+    """Why an OME-TIFF's first image is not the size its OME metadata gives it ('' when it is, or not OME): a size
+    changed within the last row or column of tiles keeps the tile count right, and the rows or columns added
+    came from the tiles' padding (black), silently; tifffile then also drops the SubIFD levels."""
+    import re
+
+    if not tf.is_ome:
+        return ""
+    image = re.search(r"<(?:\w+:)?Image\b.*?</(?:\w+:)?Image>", tf.ome_metadata or "", re.S)
+    pixels = image and re.search(r"<(?:\w+:)?Pixels\b([^>]*)>", image.group(0))
+    ifd = image and re.search(r"<(?:\w+:)?TiffData\b[^>]*?\bIFD=\"(\d+)\"", image.group(0))
+    if not pixels or (ifd and ifd.group(1) != "0"):
+        return ""
+    size = [re.search(rf'\bSize{a}="(\d+)"', pixels.group(1)) for a in "XY"]
+    page = tf.pages.first
+    if None in size or (int(size[0].group(1)), int(size[1].group(1))) == (page.imagewidth, page.imagelength):
+        return ""
+    return (f"image 0 is {page.imagewidth} x {page.imagelength} px, its OME metadata says {size[0].group(1)} x "
+            f"{size[1].group(1)}: a broken or patched header")
 
 
 def _check_page(page, k: int, file_size: int) -> None:
@@ -198,6 +298,8 @@ def _check_page(page, k: int, file_size: int) -> None:
         rps = min(int(page.rowsperstrip or h), h) or h
         need = math.ceil(h / rps) * planes
         raw, unit = w * rps * item // planes, f"strips of {rps} rows"
+    if 262 not in page.tags:  # required: without it each reader guesses the colours (cuCIM: RGB, tifffile: inverted gray)
+        raise BrokenFile(f"{what} has no PhotometricInterpretation tag (how its samples are colours): a broken header")
     offsets, counts = page.dataoffsets, page.databytecounts
     if len(offsets) != need or len(counts) != need:
         counted = f" and {len(counts):,} byte counts" if len(counts) != len(offsets) else ""
@@ -235,6 +337,7 @@ def _check_page(page, k: int, file_size: int) -> None:
 
 SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (DHT, JPG, DAC are not)
 PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}  # start-of-frame markers of progressive JPEG
+HEADER = {*range(0xC0, 0xD0), *range(0xDA, 0xF0), 0xFE}  # SOFn, DHT, DAC, SOS, DQT, DNL, DRI, DHP, EXP, APPn, COM
 BETWEEN_SCANS = [0xC4, 0xCC, 0xDA, 0xDB, 0xDD, *range(0xE0, 0xF0), 0xFE]  # DHT, DAC, SOS, DQT, DRI, APPn, COM
 
 
@@ -260,6 +363,8 @@ def jpeg_tile_problem(data: bytes, width: int, height: int, components: int, tab
         if m == 0xFF:  # fill byte
             i += 1
             continue
+        if m not in HEADER:  # a damaged marker: libjpeg stops with 'Unsupported marker type', uncaught
+            return f"JPEG marker FF{m:02X} where a header segment belongs, at byte {i}"
         length = int.from_bytes(end[i + 2:i + 4], "big")
         if length < 2 or i + 2 + length > n:
             return f"JPEG header segment at byte {i} has a bad length ({length})"
@@ -336,19 +441,13 @@ class TiffTileCheck:
     and a box in its pixels; it raises ``BrokenFile`` naming the first bad tile the box touches (with separate
     colour planes, each plane's tile). Other compressions are not checked."""
 
-    def __init__(self, path: str, decode: bool = False):
-        import tifffile
-
+    def __init__(self, path: str, decode: bool = False, tf=None):
         self.path = path
         self.decode = decode  # also decode each JPEG tile once with libjpeg warnings as errors (strict_jpeg_problem)
         self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
-        with tifffile.TiffFile(path) as tf:
-            pages = list(tf.pages)
-            for series in tf.series[:1]:
-                for lv in series.levels[1:]:
-                    pages += [p for p in lv.pages if p is not None and p not in pages]
-            for page in pages:
+        with tiff_file(path, tf) as tf:
+            for page in tiff_pages(tf):
                 if page.compression in (7,) + J2K_CODECS + tuple(SIZED_CODECS):
                     w, h = int(page.imagewidth), int(page.imagelength)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
@@ -510,15 +609,13 @@ def mpp_from_tiff_tags(page) -> float | None:
 JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"
 
 
-def tiff_jfif_marked_rgb(path: str) -> bool:
+def tiff_jfif_marked_rgb(path: str, tf=None) -> bool:
     """True when a JPEG TIFF says Photometric=RGB but its tiles are JFIF (YCbCr) streams.
 
     Decoders that trust the Photometric tag (cuCIM) then skip the YCbCr->RGB conversion and return
     false colours; libjpeg via tifffile/imagecodecs honours the JFIF marker and decodes correctly.
     """
-    import tifffile
-
-    with tifffile.TiffFile(path) as tf:
+    with tiff_file(path, tf) as tf:
         page = tf.pages[0]
         if page.compression != 7 or page.photometric != 2 or not len(page.dataoffsets):
             return False
@@ -542,18 +639,16 @@ def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
-def tiff_level_count(path: str) -> int:
+def tiff_level_count(path: str, tf=None) -> int:
     """Pyramid levels tifffile finds in a TIFF's first series (SubIFDs included); 0 if not a TIFF."""
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tiff_file(path, tf) as tf:
             return len(tf.series[0].levels) if tf.series else 1
     except Exception:
         return 0
 
 
-def openslide_misread(path: str) -> str:
+def openslide_misread(path: str, tf=None) -> str:
     """Why OpenSlide would return other colours than a TIFF's first image holds ('' when none, or not a TIFF):
     signed samples come back as their raw bytes (-100 as 156); gray + alpha as the gray multiplied by the
     alpha, then composited over white again (64 grey levels too dark at alpha 128)."""
@@ -562,7 +657,7 @@ def openslide_misread(path: str) -> str:
     if file_kind(path) != "tiff":
         return ""
     try:
-        with tifffile.TiffFile(path) as tf:
+        with tiff_file(path, tf) as tf:
             pages = list(tf.pages)  # before any tf.pages[i]: see CucimSlide
     except Exception:  # noqa: BLE001 - not readable by tifffile: the readers' own errors follow
         return ""

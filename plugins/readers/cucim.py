@@ -58,12 +58,12 @@ class CucimSlide:
     GPUDirect Storage is absent. GPU decoding is DALI's (``reader.decoder: dali``, plugins/readers/dali.py)."""
 
     def __init__(self, path: str, device: str = "cpu"):
-        check_claims(path)
-        if tiff_jfif_marked_rgb(path):
-            raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
         import tifffile
 
-        with tifffile.TiffFile(path) as tf:
+        tf = check_claims(path, keep=True)  # the one parse of the file by tifffile, for every check below
+        with tf if tf is not None else tifffile.TiffFile(path) as tf:
+            if tiff_jfif_marked_rgb(path, tf):
+                raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
             pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
             if pages[0].photometric == 2 and {1, 2} & set(pages[0].extrasamples or ()):  # RGB + alpha:
                 raise ValueError("RGBA: left to the next reader (cuCIM multiplies unassociated colours by the alpha, "
@@ -79,10 +79,11 @@ class CucimSlide:
                 if page.compression not in CUCIM_CODECS or page.sampleformat != 1:
                     raise ValueError(f"compression {int(page.compression)}, sample format {int(page.sampleformat)}: "
                                      "left to the next reader (cuCIM opens such a TIFF, then fails every read)")
+            self._tiles = TiffTileCheck(path, tf=tf)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
+            self._file_levels = tiff_level_count(path, tf)
         self.path = path
         self.device = device
         self.decode_device = "cpu"  # also with device="cuda": see the class docstring
-        self._tiles = TiffTileCheck(path)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
         self._img = _cuimage(path)
         res = self._img.resolutions
         self.level_dimensions = [tuple(int(v) for v in d) for d in res["level_dimensions"]]
@@ -98,7 +99,7 @@ class CucimSlide:
                 self.mpp = square_mpp(spacing[dims.index("X")], spacing[dims.index("Y")])
 
     def _check_levels(self) -> None:
-        levels = tiff_level_count(self.path)
+        levels = self._file_levels
         if levels > len(self.level_dimensions):
             raise ValueError(f"cuCIM sees {len(self.level_dimensions)} of {levels} pyramid levels")
 

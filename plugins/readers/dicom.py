@@ -107,9 +107,10 @@ def _check_wsi_file(path: Path, ds) -> None:
     quietly where a header is cut short or overwritten); skipping it would silently drop a pyramid level.
     Checked for the files of a folder; a single file given opens with the readable siblings of its series
     (its own header describes its own level, so a damaged sibling costs a level, not correctness)."""
-    meta = getattr(ds, "file_meta", None)
-    if str(getattr(meta, "MediaStorageSOPClassUID", "")) == WSI_SOP_CLASS and (
-            "PixelData" not in ds or "TotalPixelMatrixColumns" not in ds):
+    uid = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    # a SOP class that is no UID is a damaged header too (it hid a level-0 file: the slide opened at level 1)
+    wsi = WSI_SOP_CLASS in (uid, str(ds.get("SOPClassUID", ""))) or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", uid)
+    if wsi and any(k not in ds for k in ("PixelData", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "Rows", "Columns")):
         raise BrokenFile(f"{path.name}: a whole-slide DICOM file without a readable header or pixel data: "
                          "truncated or damaged")
 

@@ -26,8 +26,13 @@ class OpenSlideSlide:
             if not dcm:
                 raise ValueError("folder holds no .dcm files")
             p = dcm[0]
-        check_claims(str(p))
-        misread = openslide_misread(str(p))
+        tf = check_claims(str(p), keep=True)  # the one parse of a TIFF by tifffile, for the checks below
+        try:
+            misread = openslide_misread(str(p), tf)
+            tiff_levels = tiff_level_count(str(p), tf) if tf is not None else 0
+        finally:
+            if tf is not None:
+                tf.close()
         if misread:
             raise ValueError(misread)
         self.path = path
@@ -38,7 +43,7 @@ class OpenSlideSlide:
         if props.get("openslide.vendor") == "dicom":  # OpenSlide decodes damaged DICOM frames silently
             self._s.close()
             raise ValueError("DICOM slides are read by the dicom reader, which checks every frame it decodes")
-        if props.get("openslide.vendor") == "generic-tiff" and tiff_level_count(str(p)) > len(self.level_dimensions):
+        if props.get("openslide.vendor") == "generic-tiff" and tiff_levels > len(self.level_dimensions):
             raise ValueError("OpenSlide misses this TIFF's SubIFD pyramid levels")
         self.mpp = square_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
         self.objective_power = positive_float(props.get("openslide.objective-power"))

@@ -23,10 +23,10 @@ class TiffSlide:
         import tifffile
         import zarr
 
-        check_claims(path)
+        tf = check_claims(path, keep=True)  # the one parse of the file by tifffile
         self.path = path
-        self._tiles = TiffTileCheck(path, decode=True)  # imagecodecs decodes damaged JPEG tiles without a word
-        self._tf = tifffile.TiffFile(path)
+        self._tf = tf if tf is not None else tifffile.TiffFile(path)
+        self._tiles = TiffTileCheck(path, decode=True, tf=self._tf)  # imagecodecs decodes damaged JPEG tiles silently
         series = self._tf.series[0]
         axes = series.axes
         if "Y" not in axes or "X" not in axes:
