@@ -27,6 +27,7 @@ of the feature store:
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,15 @@ from .features import FeatureStore, as_str
 from .train import _atomic_torch_save, load_checkpoint, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
-                            "threshold": 0.5, "device": "auto"}
+                            "threshold": 0.5, "device": "auto", "schedule": "constant"}
+
+
+def epoch_lr(cfg: dict[str, Any], epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): ``mil.lr``, or with ``schedule: cosine`` ``lr`` decayed along a half
+    cosine over ``mil.epochs`` (Loshchilov & Hutter 2017, no restarts). A function of the epoch alone: resume-safe."""
+    if cfg.get("schedule", "constant") == "cosine":
+        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * epoch / cfg["epochs"]))
+    return cfg["lr"]
 
 
 def settings(pipeline: dict[str, Any], **overrides) -> dict[str, Any]:
@@ -201,6 +210,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     ident = {"aggregator": agg, "split": split.tolist(), **{k: cfg[k] for k in ("lr", "weight_decay", "seed", "max_patches")},
              "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
+    if cfg.get("schedule", "constant") != "constant":  # only then: checkpoints of runs before it still resume
+        ident["schedule"] = [cfg["schedule"], cfg["epochs"]]  # its rates depend on mil.epochs: no extending it
     ckpt, history, best, best_state, start = out / "checkpoint.pt", [], None, None, 0
     if ckpt.exists():
         c = load_checkpoint(ckpt, device)
@@ -226,6 +237,8 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
         model.train()
         torch.manual_seed(cfg["seed"] * 100_003 + epoch)  # dropout depends on (seed, epoch) only: resume = no kill
         rng = np.random.default_rng([cfg["seed"], epoch])
+        for g in opt.param_groups:
+            g["lr"] = epoch_lr(cfg, epoch)
         losses = []
         for i in rng.permutation(tr):
             rows = bags["rows"][i]
@@ -246,7 +259,7 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             opt.step()
         vp, vloss, _ = _score(model, feats, bags, va, device)
         m = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": vloss,
-             "val_auc": _auc(bags["label"][va], vp)}
+             "val_auc": _auc(bags["label"][va], vp), "lr": opt.param_groups[0]["lr"]}
         history.append(m)
         if _better(m, best):
             best, best_state = m, {k: v.detach().clone() for k, v in model.state_dict().items()}

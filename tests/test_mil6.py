@@ -1,0 +1,57 @@
+"""Issue 8, round 6: MIL training settings (learning-rate schedule) and the bundle applying what training fitted."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from slidestream.engine import mil
+
+from test_mil import key_instance_bags
+
+AGG = {"name": "abmil", "params": {"hidden": 16, "attention": 8}}
+
+
+def test_bundle_applies_the_training_standardization(tmp_path):
+    """Features far from unit scale (x 1000 + 500): the bundle's model, given the raw bag as `export` gives it,
+    reproduces the training run's patient probabilities, so the mean/sd fitted on the training patches are
+    stored and applied; with them left out (identity) the probabilities are not those of training."""
+    feats, bags, _ = key_instance_bags(n_patients=24)
+    feats = feats * 1000 + 500
+    cfg = {**mil.DEFAULTS, "epochs": 3, "lr": 1e-3, "device": "cpu"}
+    mil.train_one(feats, bags, bags["split"], AGG, cfg, tmp_path, {}, log=None)
+    want = np.loadtxt(tmp_path / "predictions.csv", delimiter=",", skiprows=1, usecols=4)
+    model, meta = mil.load_bundle(tmp_path)
+    rows = np.concatenate([bags["rows"][i] for i in np.flatnonzero(bags["split"] == "train")])
+    with torch.no_grad():
+        got = [float(torch.sigmoid(model(torch.from_numpy(feats[r]).float())[0])) for r in bags["rows"]]
+        raw = [float(torch.sigmoid(model.net(torch.from_numpy(feats[r]).float())[0])) for r in bags["rows"]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.array(raw) - want).max() > 0.05
+    np.testing.assert_allclose(model.mean.numpy(), feats[rows].mean(0), rtol=1e-4)
+
+
+def test_cosine_schedule_decays_lr_per_epoch_and_resumes(tmp_path):
+    """mil.schedule cosine: epoch e trains at lr * (1 + cos(pi e / epochs)) / 2 (recorded in history.json and the
+    bundle's settings); a run killed after 2 of 4 epochs and resumed equals an uninterrupted one byte for byte;
+    resuming it with other epochs (other rates) or without the schedule is refused."""
+    feats, bags, _ = key_instance_bags(n_patients=24)
+    cfg = {**mil.DEFAULTS, "epochs": 4, "lr": 1e-3, "device": "cpu", "schedule": "cosine"}
+
+    def kill(line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mil.train_one(feats, bags, bags["split"], AGG, cfg, tmp_path / "a", {}, log=kill)
+    for other in ({"epochs": 6}, {"schedule": "constant"}):
+        with pytest.raises(mil.ConfigError, match="checkpoint of another MIL run"):
+            mil.train_one(feats, bags, bags["split"], AGG, {**cfg, **other}, tmp_path / "a", {}, log=None)
+    mil.train_one(feats, bags, bags["split"], AGG, cfg, tmp_path / "a", {}, log=None)
+    mil.train_one(feats, bags, bags["split"], AGG, cfg, tmp_path / "b", {}, log=None)
+    hist = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [m["lr"] for m in hist] == pytest.approx([1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    assert json.loads((tmp_path / "a" / "history.json").read_text()) == hist
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "b" / "mil.json").read_text())["settings"]["schedule"] == "cosine"
