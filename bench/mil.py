@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--mil-encoders", default="morphometry,resnet10t",
                     help="comma-separated: morphometry and/or timm model names (random init)")
     ap.add_argument("--mil-epochs", type=int, default=20, help="ABMIL's most epochs (the demo's settings, "
-                    "engine/mil.py DEMO_MIL: early stopping after 5 epochs without a better validation AUC)")
+                    "engine/mil.py DEMO_MIL: early stopping after 5 epochs without a better validation AUC, weight decay 0.1)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="cohort seed (also the split's and both trainings')")
     ap.add_argument("--seeds", default=None, help="comma-separated cohort seeds, one after another (OUT/s<seed>), "
