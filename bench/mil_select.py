@@ -36,7 +36,7 @@ VARIANTS = {
     "wd 1e-2 + cosine, 40 ep, patience 10": {"epochs": 40, "patience": 10, "weight_decay": 1e-2, "schedule": "cosine"},
     # round 3 (after round 2: wd 1e-1 +0.012 +- 0.007, wd 1e-2 + dropout 0.5 +0.010 +- 0.004)
     "wd 1e-1 + dropout 0.5": {"epochs": 20, "patience": 5, "weight_decay": 1e-1, "params": {"dropout": 0.5}},
-    "wd 1": {"epochs": 20, "patience": 5, "weight_decay": 1.0},
+    "wd 1.0": {"epochs": 20, "patience": 5, "weight_decay": 1.0},
 }
 SKIP = ("params", "ensemble")
 

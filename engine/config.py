@@ -200,6 +200,9 @@ def schema() -> dict[str, Any]:
                     "schedule": {"enum": ["constant", "cosine"],
                                  "description": "learning rate over the epochs: constant (default) or cosine decay to 0 "
                                                 "at mil.epochs"},
+                    "class_weight": {"enum": ["balanced", None],
+                                     "description": "balanced: weigh the positive bags' loss by n_negative/n_positive "
+                                                    "of the training patients (null, default: unweighted)"},
                 },
             },
         },

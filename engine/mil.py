@@ -42,7 +42,8 @@ from .features import FeatureStore, as_str
 from .train import _atomic_torch_save, load_checkpoint, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
-                            "threshold": 0.5, "device": "auto", "schedule": "constant"}
+                            "threshold": 0.5, "device": "auto", "schedule": "constant",
+                            "class_weight": None}
 
 
 def epoch_lr(cfg: dict[str, Any], epoch: int) -> float:
@@ -212,6 +213,14 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
              "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
     if cfg.get("schedule", "constant") != "constant":  # only then: checkpoints of runs before it still resume
         ident["schedule"] = [cfg["schedule"], cfg["epochs"]]  # its rates depend on mil.epochs: no extending it
+    pos_weight = None
+    if cfg.get("class_weight") == "balanced":  # each class weighs half of the training loss, whatever its share
+        ident["class_weight"] = "balanced"
+        n_pos = int(bags["label"][tr].sum())
+        if n_pos in (0, len(tr)):
+            raise ConfigError(f"mil.class_weight balanced: the training patients hold one class only ({len(tr)} patients); "
+                              "give both classes training patients (split or --folds)")
+        pos_weight = torch.tensor((len(tr) - n_pos) / n_pos, device=device)
     ckpt, history, best, best_state, start = out / "checkpoint.pt", [], None, None, 0
     if ckpt.exists():
         c = load_checkpoint(ckpt, device)
@@ -247,7 +256,7 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log) -> dict[str
             bag = torch.from_numpy(feats[rows]).float().to(device)
             y = torch.tensor(float(bags["label"][i]), device=device)
             logit, a = model(bag)
-            loss = F.binary_cross_entropy_with_logits(logit, y)
+            loss = F.binary_cross_entropy_with_logits(logit, y, pos_weight=pos_weight)
             if hasattr(model.net, "instance_loss"):
                 loss = loss + model.net.instance_loss(bag, y, a)
             losses.append(loss.item())

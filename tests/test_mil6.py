@@ -55,3 +55,30 @@ def test_cosine_schedule_decays_lr_per_epoch_and_resumes(tmp_path):
     assert json.loads((tmp_path / "a" / "history.json").read_text()) == hist
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert json.loads((tmp_path / "b" / "mil.json").read_text())["settings"]["schedule"] == "cosine"
+
+
+def test_balanced_class_weight_centres_an_imbalanced_cohort(tmp_path):
+    """Features without signal, 1 positive patient in 4: unweighted BCE learns the prevalence (mean probability
+    ~0.25); mil.class_weight balanced weighs each class half of the loss, so the mean probability is ~0.5. It is
+    recorded in the bundle, part of the checkpoint's identity, and refused on a one-class training split."""
+    rng = np.random.default_rng(0)
+    n, per = 48, 8
+    labels = (np.arange(n) % 4 == 0).astype(int)
+    bags = {"patients": np.array([f"P{i:02d}" for i in range(n)]), "rows": [np.arange(i * per, (i + 1) * per) for i in range(n)],
+            "label": labels, "age": np.full(n, 50.0),  # 4 consecutive patients (one positive) share a split
+            "split": np.array(["train", "train", "val", "test"])[(np.arange(n) // 4) % 4]}
+    feats = rng.normal(size=(n * per, 4)).astype(np.float32)
+    cfg = {**mil.DEFAULTS, "epochs": 4, "lr": 5e-2, "device": "cpu"}
+    mean_p = {}
+    for cw in (None, "balanced"):
+        out = tmp_path / str(cw)
+        mil.train_one(feats, bags, bags["split"], AGG, {**cfg, "class_weight": cw}, out, {}, log=None)
+        mean_p[cw] = np.loadtxt(out / "predictions.csv", delimiter=",", skiprows=1, usecols=4).mean()
+    assert mean_p[None] < 0.35 and 0.4 < mean_p["balanced"] < 0.6, mean_p
+    assert json.loads((tmp_path / "balanced" / "mil.json").read_text())["settings"]["class_weight"] == "balanced"
+    with pytest.raises(mil.ConfigError, match="checkpoint of another MIL run"):
+        mil.train_one(feats, bags, bags["split"], AGG, cfg, tmp_path / "balanced", {}, log=None)
+    one = bags["split"].copy()
+    one[(labels == 1) & (one == "train")] = "test"
+    with pytest.raises(mil.ConfigError, match="one class only"):
+        mil.train_one(feats, bags, one, AGG, {**cfg, "class_weight": "balanced"}, tmp_path / "one", {}, log=None)
