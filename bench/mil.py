@@ -65,11 +65,9 @@ def oracle_auc(seed: int, n_patients: int, size: tuple[int, int], st) -> float:
     return float(roc_auc_score(labels[test], np.array(frac)[test]))
 
 
-def paired_auc_delta(a_csv: Path, b_csv: Path, split: str = "test", n: int = 2000, seed: int = 0) -> dict | None:
-    """AUC(a) - AUC(b) on the patients of ``split`` in both prediction files, with the 95 % percentile interval of
-    a paired bootstrap over patients (resamples holding one class only are dropped and counted)."""
+def paired_arrays(a_csv: Path, b_csv: Path, split: str = "test"):
+    """(labels, a's probabilities, b's probabilities) of the patients of ``split``, aligned by patient id."""
     import numpy as np
-    from sklearn.metrics import roc_auc_score
 
     from slidestream.engine import evaluate as ev
 
@@ -79,20 +77,37 @@ def paired_auc_delta(a_csv: Path, b_csv: Path, split: str = "test", n: int = 200
     ids = sorted(set(pa) & set(pb))
     if len(ids) != len(pa) or len(ids) != len(pb):
         raise SystemExit(f"the two prediction files hold different {split} patients ({len(pa)} vs {len(pb)})")
-    y = np.array([pa[i][0] for i in ids])
-    if y.min() == y.max():
-        return None  # one class among the test patients: no AUC to compare
-    qa, qb = np.array([pa[i][1] for i in ids]), np.array([pb[i] for i in ids])
+    return np.array([pa[i][0] for i in ids]), np.array([pa[i][1] for i in ids]), np.array([pb[i] for i in ids])
+
+
+def paired_auc_delta(a_csv: Path, b_csv: Path, split: str = "test", n: int = 2000, seed: int = 0) -> dict | None:
+    """AUC(a) - AUC(b) on the patients of ``split`` in both prediction files, with the 95 % percentile interval of
+    a paired bootstrap over patients (resamples holding one class only are dropped and counted)."""
+    return mean_paired_delta([(a_csv, b_csv)], split, n, seed)
+
+
+def mean_paired_delta(pairs: list, split: str = "test", n: int = 2000, seed: int = 0) -> dict | None:
+    """The mean over cohorts of AUC(a) - AUC(b), each pair (a_csv, b_csv) one cohort, with the 95 % percentile
+    interval of a paired bootstrap that resamples every cohort's patients at once (one pair: the plain paired
+    bootstrap). A resample holding one class in some cohort is dropped and counted."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    arrays = [paired_arrays(a, b, split) for a, b in pairs]
+    if any(y.min() == y.max() for y, _, _ in arrays):
+        return None  # one class among a cohort's test patients: no AUC to compare
     rng = np.random.default_rng(seed)
     deltas, dropped = [], 0
-    for idx in rng.integers(0, len(ids), size=(n, len(ids))):
-        if y[idx].min() == y[idx].max():
+    for _ in range(n):
+        idx = [rng.integers(0, len(y), len(y)) for y, _, _ in arrays]
+        if any(y[i].min() == y[i].max() for (y, _, _), i in zip(arrays, idx)):
             dropped += 1
             continue
-        deltas.append(roc_auc_score(y[idx], qa[idx]) - roc_auc_score(y[idx], qb[idx]))
+        deltas.append(np.mean([roc_auc_score(y[i], qa[i]) - roc_auc_score(y[i], qb[i]) for (y, qa, qb), i in zip(arrays, idx)]))
     lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return {"delta_auc": round(float(roc_auc_score(y, qa) - roc_auc_score(y, qb)), 3), "ci95": [round(float(lo), 3),
-            round(float(hi), 3)], "patients": len(ids), "resamples": len(deltas), "one_class_resamples": dropped}
+    point = np.mean([roc_auc_score(y, qa) - roc_auc_score(y, qb) for y, qa, qb in arrays])
+    return {"delta_auc": round(float(point), 3), "ci95": [round(float(lo), 3), round(float(hi), 3)],
+            "patients": sum(len(y) for y, _, _ in arrays), "resamples": len(deltas), "one_class_resamples": dropped}
 
 
 def mean_pool_lr(feats: Path, store: Path) -> dict:
@@ -210,10 +225,12 @@ def cohort_run(a, seed: int, out: Path, variants: dict) -> list[dict]:
                     "cpu_s": round(f_cpu + m_cpu, 1), "wall_s": round(f_wall + m_wall, 1),
                     "cpu_ratio_vs_cnn": round((f_cpu + m_cpu) / cnn_cpu, 3),
                     "mil_minus_cnn": paired_auc_delta(mout / "predictions.csv", out / "cnn" / r["arch"] / "predictions.csv"),
-                    "done_when": done_when(auc, cnn_auc, f_cpu + m_cpu, cnn_cpu)}
+                    "done_when": done_when(auc, cnn_auc, f_cpu + m_cpu, cnn_cpu),
+                    "predictions": str(mout / "predictions.csv"),
+                    "cnn_predictions": str(out / "cnn" / r["arch"] / "predictions.csv")}
             if variant != "demo":
-                line["variant_minus_demo"] = paired_auc_delta(mout / "predictions.csv",
-                                                              out / f"mil-{name}" / "predictions.csv")
+                line["demo_predictions"] = str(out / f"mil-{name}" / "predictions.csv")
+                line["variant_minus_demo"] = paired_auc_delta(mout / "predictions.csv", line["demo_predictions"])
             print(json.dumps(line), flush=True)
             lines.append(line)
         lr = {"path": "mean-pooled features + logistic regression (sanity baseline)", "seed": seed, "encoder": name,
@@ -243,21 +260,22 @@ def summary(rows: list[dict], seeds: list[int]) -> None:
     lrs = {(r["seed"], r["encoder"]): r for r in rows if r["path"].startswith("mean-pooled")}
     print("\n| seed | encoder | variant | CNN test AUC | MIL val AUC | MIL test AUC | MIL − CNN [95% CI] | "
           "variant − demo [95% CI] | MIL/CNN CPU | mean-pool LR test AUC | done-when |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for r in mils:
         print(f"| {r['seed']} | {r['encoder']} | {r['variant']} | {f3(r['cnn_test_auc'])} | {f3(r['val_auc'])} | "
               f"{f3(r['test_auc'])} | {ci(r['mil_minus_cnn'])} | {ci(r.get('variant_minus_demo')) if r['variant'] != 'demo' else ''} | "
-              f"{r['cpu_ratio_vs_cnn']:.2f} | {lrs[(r['seed'], r['encoder'])]['test_auc']:.3f} | {r['done_when']} |")
+              f"{r['cpu_ratio_vs_cnn']:.2f} | {lrs[(r['seed'], r['encoder'])]['test_auc']:.3f} | {r['done_when']} |", flush=True)
     for key in sorted({(r["encoder"], r["variant"]) for r in mils}, key=lambda k: [r["variant"] for r in mils].index(k[1])):
         g = [r for r in mils if (r["encoder"], r["variant"]) == key]
         mean = lambda f: float(np.mean([np.nan if f(r) is None else f(r) for r in g]))  # noqa: E731
-        delta = lambda k: mean(lambda r: (r.get(k) or {}).get("delta_auc"))  # noqa: E731
+        vs_cnn = mean_paired_delta([(r["predictions"], r["cnn_predictions"]) for r in g])
+        vs_demo = mean_paired_delta([(r["predictions"], r["demo_predictions"]) for r in g]) if key[1] != "demo" else None
         print(f"| mean {','.join(map(str, seeds))} | {key[0]} | {key[1]} | {f3(mean(lambda r: r['cnn_test_auc']))} | "
-              f"{f3(mean(lambda r: r['val_auc']))} | {f3(mean(lambda r: r['test_auc']))} | {delta('mil_minus_cnn'):+.3f} | "
-              + (f"{delta('variant_minus_demo'):+.3f}" if key[1] != "demo" else "")
+              f"{f3(mean(lambda r: r['val_auc']))} | {f3(mean(lambda r: r['test_auc']))} | {ci(vs_cnn)} | "
+              + (ci(vs_demo) if key[1] != "demo" else "")
               + f" | {mean(lambda r: r['cpu_ratio_vs_cnn']):.2f} | "
               f"{f3(float(np.mean([lrs[(r['seed'], key[0])]['test_auc'] for r in g])))} | "
-              f"{sum(bool(r['done_when']) for r in g)}/{len(g)} |")
+              f"{sum(bool(r['done_when']) for r in g)}/{len(g)} |", flush=True)
 
 
 def throughput(names: list[str], threads: int, n: int = 8) -> None:
