@@ -82,3 +82,30 @@ def test_balanced_class_weight_centres_an_imbalanced_cohort(tmp_path):
     one[(labels == 1) & (one == "train")] = "test"
     with pytest.raises(mil.ConfigError, match="one class only"):
         mil.train_one(feats, bags, one, AGG, {**cfg, "class_weight": "balanced"}, tmp_path / "one", {}, log=None)
+
+
+def test_bench_mean_paired_delta_is_the_mean_of_the_cohorts_differences(tmp_path):
+    """bench/mil.py's mean rows: the mean over cohorts of AUC(a) - AUC(b), with an interval from resampling every
+    cohort's patients at once; with one cohort it is the plain paired bootstrap (``paired_auc_delta``)."""
+    import importlib.util
+    from pathlib import Path
+
+    from slidestream.engine.train import write_predictions
+
+    spec = importlib.util.spec_from_file_location("bench_mil", Path(__file__).parent.parent / "bench" / "mil.py")
+    b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(b)
+    rng = np.random.default_rng(0)
+    pairs, want = [], []
+    for c in range(2):
+        y = np.array([0, 1] * 10)
+        qa, qb = 1 / (1 + np.exp(-(4 * y - 2 + rng.normal(0, 1 + c, 20)))), rng.random(20)
+        for name, q in (("a", qa), ("b", qb)):
+            write_predictions(tmp_path / f"{name}{c}.csv", {"patient_id": np.array([f"P{i}" for i in range(20)]),
+                              "label": y, "age": np.full(20, np.nan), "split": np.array(["test"] * 20), "image_prob": q})
+        pairs.append((tmp_path / f"a{c}.csv", tmp_path / f"b{c}.csv"))
+        want.append(b.paired_auc_delta(*pairs[-1], n=200)["delta_auc"])
+    m = b.mean_paired_delta(pairs, n=200)
+    assert m["delta_auc"] == pytest.approx(np.mean(want), abs=1e-3) and m["patients"] == 40
+    assert m["ci95"][0] < m["delta_auc"] < m["ci95"][1]
+    assert b.mean_paired_delta(pairs[:1], n=200) == b.paired_auc_delta(*pairs[0], n=200)
