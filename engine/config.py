@@ -197,6 +197,12 @@ def schema() -> dict[str, Any]:
                                                 "validation epoch (null = train all epochs)"},
                     "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                     "device": {"enum": ["auto", "cpu", "cuda"]},
+                    "schedule": {"enum": ["constant", "cosine"],
+                                 "description": "learning rate over the epochs: constant (default) or cosine decay to 0 "
+                                                "at mil.epochs"},
+                    "class_weight": {"enum": ["balanced", None],
+                                     "description": "balanced: weigh the positive bags' loss by n_negative/n_positive "
+                                                    "of the training patients (null, default: unweighted)"},
                 },
             },
         },

@@ -275,3 +275,5 @@ def test_mil_demo_end_to_end(tmp_path):
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "mil" / "model.safetensors").is_file()
     assert "image" in r["metrics"]["test"] and "age+image" in r["metrics"]["test"]
     assert len(r["heatmaps"]) == 1 and r["heatmaps"][0].endswith(".png")
+    settings = json.loads((tmp_path / "mil" / "mil.json").read_text())["settings"]
+    assert settings["weight_decay"] == 0.1 and settings["patience"] == 5  # the demo's settings, recorded in its bundle

@@ -102,7 +102,7 @@ def mil_demo_command(
     out: Path = typer.Option(Path("slidestream-mil-demo"), "--out", help="Output folder."),
     patients: int = typer.Option(160, min=16, help="Synthetic patients (one slide each; at least 16: the age fusion needs 2 val patients of each class); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
-    epochs: int = typer.Option(20, min=1, help="ABMIL's most epochs (early stopping after 5 without a better val AUC)."),
+    epochs: int = typer.Option(20, min=1, help="ABMIL's most epochs (early stopping after 5 without a better val AUC; weight decay 0.1)."),
     seed: int = typer.Option(0, min=0, help="Cohort, split and training seed."),
 ):
     """The encoder path on the synthetic demo cohort (CPU, a few minutes; the same as `slidestream demo --mil`):
