@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -353,14 +354,20 @@ def _cohort_changes(rec: dict[str, Any], row: SlideRow) -> tuple[bool, dict[str,
 def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt: bool = False):
     """Yield ``(row, prepared)`` per slide of ``todo`` (``prepared()``: its ``prepare_slide`` result, for
     ``process_slide``), opening and planning slide k+1 in a thread while the caller processes slide k."""
-    with ThreadPoolExecutor(1) as planner:
-        def plan(row: SlideRow):
-            return planner.submit(prepare_slide, pipeline, row, None, allow_corrupt)
+    planner = ThreadPoolExecutor(1)
 
+    def plan(row: SlideRow):
+        return planner.submit(prepare_slide, pipeline, row, None, allow_corrupt)
+
+    try:
         ahead = plan(todo[0]) if todo else None
         for k, row in enumerate(todo):
             current, ahead = ahead, (plan(todo[k + 1]) if k + 1 < len(todo) else None)
             yield row, current.result
+    except BaseException:  # Ctrl-C, SIGTERM: do not wait for a slide that hangs (cli.exit_now leaves it)
+        planner.shutdown(wait=False, cancel_futures=True)
+        raise
+    planner.shutdown()
 
 
 SLIDE_TIMEOUT_S = 1800.0  # extract.slide_timeout_s when the pipeline does not say
@@ -455,7 +462,7 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
     store. Local workers are forked from this process (they start at once, with everything imported); on
     a cluster a task whose worker dies is run again by dask on another worker, into a new staging folder.
     ``timeout`` (seconds, 0 = none; local workers only): a slide running longer has its worker killed and
-    is recorded failed."""
+    is recorded failed. An exception here (Ctrl-C, SIGTERM, a full disk) kills the local workers in flight."""
     import concurrent.futures as cf
 
     if scheduler:
@@ -487,7 +494,9 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
         pools, idle = {}, []
 
         def submit(row, **kw):  # serial: the worker opens and plans the next slide meanwhile (``planned_ahead``)
-            pool = idle.pop() if idle else cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            pool = idle.pop() if idle else cf.ProcessPoolExecutor(  # SIGTERM kills a worker (not cli.main's handler)
+                1, mp_context=multiprocessing.get_context("fork"), initializer=signal.signal,
+                initargs=(signal.SIGTERM, signal.SIG_DFL))
             fut = pool.submit(_worker_slide, pipeline, row, queue[1:2] if workers == 1 else [], **kw)
             pools[fut] = pool
             return fut
@@ -506,7 +515,9 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
             for proc in list((pools[fut]._processes or {}).values()):
                 proc.kill()  # its future then fails with BrokenProcessPool
 
-        def close():
+        def close():  # after an exception (Ctrl-C, SIGTERM, a full disk) the slides in flight are abandoned
+            for fut in pools:
+                kill(fut)
             for pool in idle + list(pools.values()):
                 pool.shutdown(cancel_futures=True)
     try:

@@ -1,4 +1,4 @@
-"""A batch never stalls on one bad slide (per-slide time limit).
+"""A batch never stalls on one bad slide (per-slide time limit), interruption is clean, --workers is bounded.
 
 Every CLI run here is a subprocess under a timeout, so a hang fails the test instead of stalling the suite."""
 import json
@@ -19,6 +19,8 @@ HANG = textwrap.dedent("""
     orig = runner.open_slide
     def open_slide(path, *a, **k):
         if os.path.basename(str(path)).split(".")[0] == os.environ.get("HANG_SLIDE"):
+            if os.environ.get("HANG_PIDS"):  # where the hanging process is (driver or worker)
+                open(os.path.join(os.environ["HANG_PIDS"], str(os.getpid())), "w").close()
             time.sleep(1000)
         return orig(path, *a, **k)
     runner.open_slide = open_slide
@@ -81,3 +83,61 @@ def test_a_hanging_slide_is_stopped_at_the_limit_and_the_others_finish(tmp_path)
     for w in dirs:
         rc, by, out, err = _result(runs[w])
         assert rc == 0 and by["h"]["status"] == "done" and out["skipped"] == 1, (err, out)
+
+
+def _committed(store: Path) -> set:
+    from slidestream.engine.store import PatchStore
+
+    try:
+        return set(PatchStore.open(store).records("slides"))
+    except Exception:  # not created yet, or being written
+        return set()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()  # a zombie is dead
+    except OSError:
+        return True
+
+
+def test_sigint_and_sigterm_stop_serial_and_parallel_runs_cleanly(tmp_path):
+    """A slide hangs; the run is interrupted after the first slide's commit: one line, exit 128 + signal, no
+    worker left behind, the committed slide kept; the rerun extracts only the other one. The runs (SIGINT,
+    SIGTERM x serial, 2 workers, and serial without a time limit) go side by side."""
+    import signal
+    import time
+
+    runs = {}
+    for sig, extra in ((signal.SIGINT, ("--workers", 1)), (signal.SIGTERM, ("--workers", 1)),
+                       (signal.SIGINT, ("--workers", 2)), (signal.SIGTERM, ("--workers", 2)),
+                       (signal.SIGTERM, ("--slide-timeout", 0))):  # no limit: the slides run in the driver
+        d = tmp_path / f"{sig.name}{''.join(map(str, extra))}"
+        d.mkdir()
+        (d / "pids").mkdir()
+        _cohort(d)
+        (d / "c.csv").write_text("slide_path,patient_id,label,age,mpp\na.ome.tif,p1,0,50,0.5\nh.svs,p2,1,40,0.5\n")
+        runs[d] = (sig, _start(d, *extra, hang="h", HANG_PIDS=str(d / "pids")))
+    try:
+        t = time.monotonic()
+        for d, (sig, p) in runs.items():
+            while "a" not in _committed(d / "s.zarr") or not any((d / "pids").iterdir()):
+                assert time.monotonic() - t < 40 and p.poll() is None, (d, p.poll())
+                time.sleep(0.1)
+            p.send_signal(sig)
+        for d, (sig, p) in runs.items():
+            _, err = p.communicate(timeout=15)
+            assert p.returncode == 128 + sig, (d.name, p.returncode, err)
+            assert err.splitlines()[-1] == "error: interrupted; run the same command again to resume", (d.name, err)
+            assert "Traceback" not in err, err
+            assert all(_gone(int(f.name)) for f in (d / "pids").iterdir()), (d.name, "a worker was left running")
+    finally:
+        for d, (_, p) in runs.items():
+            p.kill()
+            for f in (d / "pids").iterdir():  # a worker left hanging by a failed run
+                if not _gone(int(f.name)):
+                    os.kill(int(f.name), signal.SIGKILL)
+    reruns = {d: _start(d) for d in runs}
+    for d, p in reruns.items():
+        rc, by, out, err = _result(p)
+        assert rc == 0 and out["skipped"] == 1 and by["h"]["status"] == "done", (d.name, err, out)

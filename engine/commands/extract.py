@@ -118,7 +118,7 @@ def extract_cmd(
     failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input or the
     store is being written by another process (STORE.lock names it). A slide that takes longer than
     --slide-timeout (extract.slide_timeout_s, 1800 s by default) has its worker process stopped and is
-    recorded failed.
+    recorded failed. Ctrl-C or SIGTERM stops the run (exit 130 / 143), keeping the slides committed so far.
 
     A rerun updates the label, age and patient_id columns of finished slides whose cohort values
     changed, and extracts again a slide whose mpp changed or whose shard file changed since its commit.
