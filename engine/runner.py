@@ -371,11 +371,21 @@ def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt:
 
 
 SLIDE_TIMEOUT_S = 1800.0  # extract.slide_timeout_s when the pipeline does not say
+WORKERS_PER_CORE = 4  # --workers above this many per CPU core is refused
 
 
 def slide_timeout(pipeline: dict[str, Any]) -> float:
     """Seconds a slide may take before its worker is stopped (``extract.slide_timeout_s``; 0 or null: no limit)."""
     return float((pipeline.get("extract") or {}).get("slide_timeout_s", SLIDE_TIMEOUT_S) or 0)
+
+
+def check_workers(workers: int) -> None:
+    """Refuse a ``--workers`` below 1 or above ``WORKERS_PER_CORE`` per core: each is a forked process with its
+    own batches of tiles in memory, and 10,000 forked a process for each of the first 10,000 slides at once."""
+    most = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    if not 1 <= workers <= most:
+        raise ConfigError(f"--workers {workers}: give 1 to {most} ({WORKERS_PER_CORE} per CPU core here; each worker is "
+                          "a process decoding its own slide), or --scheduler to run on a dask cluster")
 
 
 def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, workers: int = 1,
@@ -393,6 +403,8 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
     slide takes longer (the slide is recorded failed; a rerun retries it); without one, a serial run
     (``workers`` 1) runs the slides in this process."""
     t0 = time.perf_counter()
+    if not scheduler:
+        check_workers(workers)
     timeout = slide_timeout(pipeline)
     out = Path(out)
     store = PatchStore.create(out, int(pipeline["patches"]["size"]), pipeline["store"],

@@ -141,3 +141,19 @@ def test_sigint_and_sigterm_stop_serial_and_parallel_runs_cleanly(tmp_path):
     for d, p in reruns.items():
         rc, by, out, err = _result(p)
         assert rc == 0 and out["skipped"] == 1 and by["h"]["status"] == "done", (d.name, err, out)
+
+
+def test_absurd_worker_counts_are_refused_before_work(cli, tmp_path):
+    _cohort(tmp_path)
+    most = 4 * (os.cpu_count() or 1)
+    for n in (10000, most + 1):
+        code, _, err = cli("extract", tmp_path / "small.json", "--slides", tmp_path / "c.csv", "--out",
+                           tmp_path / "s.zarr", "--workers", n, "--quiet")
+        assert code == 2 and err.startswith(f"--workers {n}: give 1 to {most} (4 per CPU core here"), (n, err)
+        assert not (tmp_path / "s.zarr").exists(), n
+    for n in (0, -1):  # the option's own bound, one line from the console script
+        p = subprocess.run([sys.executable, "-m", "slidestream.engine", "extract", str(tmp_path / "small.json"),
+                            "--slides", str(tmp_path / "c.csv"), "--out", str(tmp_path / "s.zarr"), "--workers", str(n)],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "--workers" in p.stderr, (n, p.stderr)
+        assert not (tmp_path / "s.zarr").exists(), n
