@@ -10,6 +10,7 @@ tiles, whatever the slide's size.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -496,7 +497,13 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
             except TimeoutError:  # nothing finished in this half second: just refresh the bars
                 return set(), futs
 
-        close = client.close
+        chatter = logging.getLogger("distributed.client")  # "Couldn't gather 1 keys, rescheduling" after a
+        level = chatter.level  # worker died: dask computes them again; not for the terminal
+        chatter.setLevel(logging.ERROR)
+
+        def close():
+            chatter.setLevel(level)
+            client.close()
     else:
         import multiprocessing
 
@@ -580,15 +587,16 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                     rec = fut.result()
                 except WriteError:
                     raise
-                except cf.BrokenExecutor:
-                    rec = {"status": "error", "reason": f"{row.slide_path}: its worker process died (killed, out of "
-                           "memory or a crash in a reader); the other slides went on; rerun to retry it"}
-                    if fut in late:
-                        rec["reason"] = (f"{row.slide_path}: not finished after {timeout:g} s, its worker was stopped; "
-                                         "the other slides went on; rerun to retry it, with a larger "
-                                         "extract.slide_timeout_s in the pipeline (or --slide-timeout) if it is just slow")
                 except Exception as e:
-                    rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
+                    reason = f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"
+                    if isinstance(e, cf.BrokenExecutor) or type(e).__name__ == "KilledWorker":  # dask: each try died
+                        reason = (f"{row.slide_path}: its worker process died (killed, out of memory or a crash in a "
+                                  "reader); the other slides went on; rerun to retry it")
+                    if fut in late:
+                        reason = (f"{row.slide_path}: not finished after {timeout:g} s, its worker was stopped; the "
+                                  "other slides went on; rerun to retry it, with a larger extract.slide_timeout_s in "
+                                  "the pipeline (or --slide-timeout) if it is just slow")
+                    rec = {"status": "error", "reason": reason}
                 (stage_dir / f"{row.slide_id}.progress").unlink(missing_ok=True)
                 pending[row.slide_id] = (row, rec)
             while nxt < len(order) and order[nxt] in pending:  # commit in cohort order

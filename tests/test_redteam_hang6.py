@@ -157,3 +157,29 @@ def test_absurd_worker_counts_are_refused_before_work(cli, tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "--workers" in p.stderr, (n, p.stderr)
         assert not (tmp_path / "s.zarr").exists(), n
+
+
+def test_a_dask_worker_dying_hard_fails_only_its_slide_in_our_words(tmp_path):
+    """`--scheduler`: every dask worker that runs slide h dies (os._exit, as on SIGKILL or a segfault); dask gives up
+    after 4 tries. The slide's reason is the local one, and dask's own warnings stay off the terminal."""
+    from distributed import LocalCluster
+
+    _cohort(tmp_path)
+    (tmp_path / "die.py").write_text(textwrap.dedent("""
+        import os
+        from slidestream.engine import runner
+        if not hasattr(runner, "_real_process_slide"):  # dask may run a preload twice
+            runner._real_process_slide = runner.process_slide
+            def process_slide(pipeline, row, *a, **k):
+                if row.slide_id == "h":
+                    os._exit(9)
+                return runner._real_process_slide(pipeline, row, *a, **k)
+            runner.process_slide = process_slide
+    """))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50,
+                      preload=[str(tmp_path / "die.py")]) as cluster:
+        rc, by, _, err = _result(_start(tmp_path, "--scheduler", cluster.scheduler_address))
+    assert rc == 1 and by["a"]["status"] == "done", (err, by)
+    assert by["h"]["reason"] == (f"{tmp_path / 'h.svs'}: its worker process died (killed, out of memory or a crash in "
+                                 "a reader); the other slides went on; rerun to retry it"), by["h"]
+    assert all(line.startswith("error ") for line in err.splitlines()), err
