@@ -2,8 +2,8 @@
 
 Per slide (``process_slide``, opens its own reader): thumbnail -> filters -> tissue mask -> tiling ->
 tiles read in batches -> patches, compressed into a staging array beside the store (``STORE.partial``)
-by whichever process runs the slide: the driver itself (the next slide is planned meanwhile) or a dask
-worker. The driver then commits finished slides in cohort order -- a rename of the staged shards plus the
+by whichever process runs the slide: a forked local worker (killed at the per-slide time limit; a serial
+run's worker plans the next slide meanwhile), the driver itself when there is no limit, or a dask worker. The driver then commits finished slides in cohort order -- a rename of the staged shards plus the
 slide's column rows and record, constant time (see ``store``) -- so the store does not depend on
 scheduling, and an interrupted run resumes from the committed records. Memory per worker is one batch of
 tiles, whatever the slide's size.
