@@ -62,6 +62,7 @@ def clock(obj, name, key):
 
 clock(runner.PatchStore, "create", "store_create")
 clock(runner, "process_slide", "slide")
+clock(runner, "_run_dask", "slide")  # a slide run in a worker process (the default, with a time limit): its commit inside
 clock(runner, "commit", "commit")
 
 import atexit

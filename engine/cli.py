@@ -5,6 +5,7 @@ Each area's commands live in ``engine/commands/<area>.py`` and attach themselves
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 
 import typer
@@ -34,11 +35,13 @@ def main() -> None:
         from typer._click import exceptions as click
     except ImportError:  # an older typer on plain click
         from click import exceptions as click
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         try:
             code = app(standalone_mode=False)  # click's usage errors come here, not as its multi-line box
-            if code == 130:  # typer's Exit(130) for Ctrl-C
+            if code == 130:  # typer's Exit(130) for Ctrl-C (or SIGTERM: _terminated)
                 print_error("interrupted; run the same command again to resume")
+                code = 128 + _SIGNAL[0]
             sys.exit(code if isinstance(code, int) else 0)
         except click.UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError":  # `slidestream` alone: the help, as click prints it
@@ -57,7 +60,7 @@ def main() -> None:
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             print_error("interrupted; run the same command again to resume")
-            sys.exit(130)
+            sys.exit(128 + _SIGNAL[0])
         except OSError as e:  # a path the user gave cannot be read or written (e.g. --out under a regular file)
             from .store import write_error
 
@@ -72,6 +75,16 @@ def main() -> None:
         raise
 
 
+_SIGNAL = [signal.SIGINT]  # the signal that interrupted the command
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (``kill``, a batch scheduler, a container stop) stops a command as Ctrl-C does: the same line,
+    finished work kept (workers stopped, locks released), exit 143 (128 + 15) instead of 130."""
+    _SIGNAL[0] = signum
+    raise KeyboardInterrupt
+
+
 def usage_line(e) -> str:
     """A command-line usage error as one line: where, what, and where the help is."""
     where = e.ctx.command_path if e.ctx is not None else "slidestream"
@@ -82,8 +95,9 @@ def exit_now(code) -> None:
     """End the process with ``code`` (as ``sys.exit``) but skip the interpreter's teardown: freeing ~1,100
     modules one by one and the last garbage collections took 0.2-0.3 s CPU after a one-slide ``extract``
     (bench/startup.py), more than the slide's commit. What teardown does that matters is done first:
-    non-daemon threads are joined (idle thread pools), ``atexit`` handlers run (store locks, logging, temp
-    files) and stdout/stderr are flushed; then ``os._exit``, as CPython's own ``multiprocessing`` workers end."""
+    non-daemon threads are joined (idle thread pools; not after Ctrl-C or SIGTERM, 130 or 143: a thread stuck
+    in a reader would never end), ``atexit`` handlers run (store locks, logging, temp files) and stdout/stderr
+    are flushed; then ``os._exit``, as CPython's own ``multiprocessing`` workers end."""
     import atexit
     import os
     import threading
@@ -95,7 +109,8 @@ def exit_now(code) -> None:
     else:
         print(code, file=sys.stderr)
         status = 1
-    threading._shutdown()  # what Py_Finalize does first: join the non-daemon threads
+    if status not in (130, 143):  # interrupted: a thread may be stuck in a reader; exit as at a kill
+        threading._shutdown()  # what Py_Finalize does first: join the non-daemon threads
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -118,6 +118,13 @@ def schema() -> dict[str, Any]:
                                     "description": "tiles read per batch (bounds worker memory)"},
                 },
             },
+            "extract": {
+                "type": "object", "additionalProperties": False,
+                "properties": {"slide_timeout_s": {
+                    "type": ["number", "null"], "minimum": 0,
+                    "description": "seconds one slide may take in `slidestream extract` (default 1800) before its worker "
+                                   "process is stopped and the slide recorded failed; 0 or null: no limit"}},
+            },
             # ---- learning (issue: learning and evaluation) ----
             "normalization": {
                 "type": "object", "additionalProperties": False,

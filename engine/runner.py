@@ -2,17 +2,19 @@
 
 Per slide (``process_slide``, opens its own reader): thumbnail -> filters -> tissue mask -> tiling ->
 tiles read in batches -> patches, compressed into a staging array beside the store (``STORE.partial``)
-by whichever process runs the slide: the driver itself (the next slide is planned meanwhile) or a dask
-worker. The driver then commits finished slides in cohort order -- a rename of the staged shards plus the
+by whichever process runs the slide: a forked local worker (killed at the per-slide time limit; a serial
+run's worker plans the next slide meanwhile), the driver itself when there is no limit, or a dask worker. The driver then commits finished slides in cohort order -- a rename of the staged shards plus the
 slide's column rows and record, constant time (see ``store``) -- so the store does not depend on
 scheduling, and an interrupted run resumes from the committed records. Memory per worker is one batch of
 tiles, whatever the slide's size.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
+import signal
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -353,14 +355,38 @@ def _cohort_changes(rec: dict[str, Any], row: SlideRow) -> tuple[bool, dict[str,
 def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt: bool = False):
     """Yield ``(row, prepared)`` per slide of ``todo`` (``prepared()``: its ``prepare_slide`` result, for
     ``process_slide``), opening and planning slide k+1 in a thread while the caller processes slide k."""
-    with ThreadPoolExecutor(1) as planner:
-        def plan(row: SlideRow):
-            return planner.submit(prepare_slide, pipeline, row, None, allow_corrupt)
+    planner = ThreadPoolExecutor(1)
 
+    def plan(row: SlideRow):
+        return planner.submit(prepare_slide, pipeline, row, None, allow_corrupt)
+
+    try:
         ahead = plan(todo[0]) if todo else None
         for k, row in enumerate(todo):
             current, ahead = ahead, (plan(todo[k + 1]) if k + 1 < len(todo) else None)
             yield row, current.result
+    except BaseException:  # Ctrl-C, SIGTERM: do not wait for a slide that hangs (cli.exit_now leaves it)
+        planner.shutdown(wait=False, cancel_futures=True)
+        raise
+    planner.shutdown()
+
+
+SLIDE_TIMEOUT_S = 1800.0  # extract.slide_timeout_s when the pipeline does not say
+WORKERS_PER_CORE = 4  # --workers above this many per CPU core is refused
+
+
+def slide_timeout(pipeline: dict[str, Any]) -> float:
+    """Seconds a slide may take before its worker is stopped (``extract.slide_timeout_s``; 0 or null: no limit)."""
+    return float((pipeline.get("extract") or {}).get("slide_timeout_s", SLIDE_TIMEOUT_S) or 0)
+
+
+def check_workers(workers: int) -> None:
+    """Refuse a ``--workers`` below 1 or above ``WORKERS_PER_CORE`` per core: each is a forked process with its
+    own batches of tiles in memory, and 10,000 forked a process for each of the first 10,000 slides at once."""
+    most = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    if not 1 <= workers <= most:
+        raise ConfigError(f"--workers {workers}: give 1 to {most} ({WORKERS_PER_CORE} per CPU core here; each worker is "
+                          "a process decoding its own slide), or --scheduler to run on a dask cluster")
 
 
 def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, workers: int = 1,
@@ -372,8 +398,15 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
 
     A finished slide whose cohort ``mpp`` changed is extracted again; one whose label, age or
     patient_id changed gets those columns updated (summary status ``updated``). ``allow_corrupt_tiles``:
-    tiles whose decoder complains are dropped and listed in the slide's record instead of failing it."""
+    tiles whose decoder complains are dropped and listed in the slide's record instead of failing it.
+
+    With a time limit (``slide_timeout``, on by default) each slide runs in a child process, killed when the
+    slide takes longer (the slide is recorded failed; a rerun retries it); without one, a serial run
+    (``workers`` 1) runs the slides in this process."""
     t0 = time.perf_counter()
+    if not scheduler:
+        check_workers(workers)
+    timeout = slide_timeout(pipeline)
     out = Path(out)
     store = PatchStore.create(out, int(pipeline["patches"]["size"]), pipeline["store"],
                               manifest_base(pipeline, pipeline_path))
@@ -417,7 +450,7 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                 if on_slide:
                     on_slide(row, rec)
 
-            if workers <= 1 and not scheduler:
+            if workers <= 1 and not scheduler and not timeout:
                 for row, prepared in planned_ahead(pipeline, todo, allow_corrupt_tiles):
                     cb = bar.slide_started(row.slide_id)
                     finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,
@@ -425,7 +458,7 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                                               allow_corrupt=allow_corrupt_tiles))
             else:
                 _run_dask(pipeline, todo, stage_dir, cfg, qa_dir, workers, scheduler, threads, bar, finish,
-                          allow_corrupt_tiles)
+                          allow_corrupt_tiles, timeout)
         shutil.rmtree(stage_dir, ignore_errors=True)  # leftovers of killed workers
         return summarize(store, cohort, results, skipped, time.perf_counter() - t0)
     finally:
@@ -433,14 +466,16 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
 
 
 def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, threads, bar, finish,
-              allow_corrupt: bool = False) -> None:
+              allow_corrupt: bool = False, timeout: float = 0) -> None:
     """One task per slide, on local worker processes or at a ``dask.distributed`` ``scheduler``; commit in
     cohort order.
 
     Workers write their slide's shards into ``STORE.partial`` (a shared filesystem for a cluster) and
     report tile progress through small files there; the driver only renames finished shards into the
     store. Local workers are forked from this process (they start at once, with everything imported); on
-    a cluster a task whose worker dies is run again by dask on another worker, into a new staging folder."""
+    a cluster a task whose worker dies is run again by dask on another worker, into a new staging folder.
+    ``timeout`` (seconds, 0 = none; local workers only): a slide running longer has its worker killed and
+    is recorded failed. An exception here (Ctrl-C, SIGTERM, a full disk) kills the local workers in flight."""
     import concurrent.futures as cf
 
     if scheduler:
@@ -452,9 +487,9 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
             raise ConfigError(f"--scheduler {scheduler}: cannot connect ({_plain(e)}); give the address of a running "
                               "dask scheduler, e.g. tcp://host:8786, or drop --scheduler to run here") from None
 
-        def submit(row, *args):
-            return client.submit(process_slide, *args, key=f"slide-{row.slide_id}-{os.getpid()}-{time.monotonic_ns()}",
-                                 pure=False)
+        def submit(row, **kw):
+            return client.submit(process_slide, pipeline, row, **kw, key=f"slide-{row.slide_id}-{os.getpid()}-"
+                                 f"{time.monotonic_ns()}", pure=False)
 
         def wait(futs):
             try:
@@ -462,37 +497,63 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
             except TimeoutError:  # nothing finished in this half second: just refresh the bars
                 return set(), futs
 
-        close = client.close
+        chatter = logging.getLogger("distributed.client")  # "Couldn't gather 1 keys, rescheduling" after a
+        level = chatter.level  # worker died: dask computes them again; not for the terminal
+        chatter.setLevel(logging.ERROR)
+
+        def close():
+            chatter.setLevel(level)
+            client.close()
     else:
         import multiprocessing
 
-        # One single-worker pool per slide, at most `workers` at a time: a worker that dies hard (killed, out of
-        # memory, a crash in a reader) breaks only its own slide's pool, not every slide in flight.
-        pools = {}
+        # One single-worker pool per slide in flight, at most `workers`, reused for a next slide while its worker
+        # lives: a worker that dies hard (killed, out of memory, a crash in a reader, stopped at the time limit)
+        # breaks only its own slide's pool, not every slide in flight, and is not reused.
+        pools, idle = {}, []
 
-        def submit(row, *args):
-            pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            fut = pool.submit(process_slide, *args)
+        def submit(row, **kw):  # serial: the worker opens and plans the next slide meanwhile (``planned_ahead``)
+            pool = idle.pop() if idle else cf.ProcessPoolExecutor(  # SIGTERM kills a worker (not cli.main's handler)
+                1, mp_context=multiprocessing.get_context("fork"), initializer=signal.signal,
+                initargs=(signal.SIGTERM, signal.SIG_DFL))
+            fut = pool.submit(_worker_slide, pipeline, row, queue[1:2] if workers == 1 else [], **kw)
             pools[fut] = pool
             return fut
+
+        def release(fut):
+            pool = pools.pop(fut)
+            if isinstance(fut.exception(), cf.BrokenExecutor):
+                pool.shutdown()
+            else:
+                idle.append(pool)
 
         def wait(futs):
             return cf.wait(futs, timeout=0.5, return_when=cf.FIRST_COMPLETED)
 
-        def close():
-            for pool in pools.values():
+        def kill(fut):
+            for proc in list((pools[fut]._processes or {}).values()):
+                proc.kill()  # its future then fails with BrokenProcessPool
+
+        def close():  # after an exception (Ctrl-C, SIGTERM, a full disk) the slides in flight are abandoned
+            for fut in pools:
+                kill(fut)
+            for pool in idle + list(pools.values()):
                 pool.shutdown(cancel_futures=True)
     try:
         futures = {}
         updates = {}
         queue = list(todo)
         running = set()
+        started: dict[Any, float] = {}
+        late = set()
 
         def start(n):
             for row in queue[:n]:
-                fut = submit(row, pipeline, row, str(stage_dir), store_cfg, str(qa_dir) if qa_dir else None, threads,
-                             None, _FileProgress(str(stage_dir / f"{row.slide_id}.progress")), None, allow_corrupt)
+                fut = submit(row, stage_dir=str(stage_dir), store_cfg=store_cfg, qa_dir=str(qa_dir) if qa_dir else None,
+                             threads=threads, progress=_FileProgress(str(stage_dir / f"{row.slide_id}.progress")),
+                             allow_corrupt=allow_corrupt)
                 futures[fut] = row
+                started[fut] = time.monotonic()
                 running.add(fut)
                 updates[row.slide_id] = bar.slide_started(row.slide_id)
             del queue[:n]
@@ -504,9 +565,14 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
         while running:
             done, running = wait(running)
             running = set(running)
+            if timeout and not scheduler:
+                for fut in running - late:
+                    if time.monotonic() - started[fut] > timeout:
+                        late.add(fut)
+                        kill(fut)
             if not scheduler:
                 for fut in done:
-                    pools.pop(fut).shutdown()
+                    release(fut)
                 start(len(done))
             for row in (futures[f] for f in running):
                 prog = stage_dir / f"{row.slide_id}.progress"
@@ -521,11 +587,16 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                     rec = fut.result()
                 except WriteError:
                     raise
-                except cf.BrokenExecutor:
-                    rec = {"status": "error", "reason": f"{row.slide_path}: its worker process died (killed, out of "
-                           "memory or a crash in a reader); the other slides went on; rerun to retry it"}
                 except Exception as e:
-                    rec = {"status": "error", "reason": f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"}
+                    reason = f"{row.slide_path}: worker failed: {type(e).__name__}: {e}"
+                    if isinstance(e, cf.BrokenExecutor) or type(e).__name__ == "KilledWorker":  # dask: each try died
+                        reason = (f"{row.slide_path}: its worker process died (killed, out of memory or a crash in a "
+                                  "reader); the other slides went on; rerun to retry it")
+                    if fut in late:
+                        reason = (f"{row.slide_path}: not finished after {timeout:g} s, its worker was stopped; the "
+                                  "other slides went on; rerun to retry it, with a larger extract.slide_timeout_s in "
+                                  "the pipeline (or --slide-timeout) if it is just slow")
+                    rec = {"status": "error", "reason": reason}
                 (stage_dir / f"{row.slide_id}.progress").unlink(missing_ok=True)
                 pending[row.slide_id] = (row, rec)
             while nxt < len(order) and order[nxt] in pending:  # commit in cohort order
@@ -533,6 +604,21 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                 nxt += 1
     finally:
         close()
+
+
+_AHEAD: dict[str, Any] = {}  # in a local worker process: futures of slides opened and planned ahead
+_PLANNER: list = []  # the worker's planning thread
+
+
+def _worker_slide(pipeline, row, ahead, **kw):
+    """``process_slide`` in a local worker process, with the slide's planning if this worker did it ahead;
+    the slides in ``ahead`` (a serial run's next one: this worker's next task) are planned meanwhile."""
+    prepared = _AHEAD.pop(row.slide_id, None)
+    for nxt in ahead:
+        if not _PLANNER:
+            _PLANNER.append(ThreadPoolExecutor(1))
+        _AHEAD[nxt.slide_id] = _PLANNER[0].submit(prepare_slide, pipeline, nxt, None, kw["allow_corrupt"])
+    return process_slide(pipeline, row, prepared=prepared.result if prepared else None, **kw)
 
 
 class _FileProgress:

@@ -114,6 +114,18 @@ def test_bad_slides_beside_a_good_one(corpus):
     assert np.array_equal(_good_patches(c["d"] / "all"), _good_patches(c["d"] / "ref"))
 
 
+def test_the_corpus_with_two_workers_ends_as_the_serial_run(corpus):
+    """--workers 2: the same status and reason per slide, the same exit code and stderr lines, the good slide's
+    patches identical (each worker process reads and captures its own slides' chatter)."""
+    c = corpus
+    code, summary, err, _ = _extract(c["pipe"], c["d"] / "all.csv", c["d"] / "all-w2", "--workers", "2")
+    assert code == c["code"]
+    assert [(s["slide_id"], s["status"], s["reason"]) for s in summary["slides"]] == \
+        [(s["slide_id"], s["status"], s["reason"]) for s in c["summary"]["slides"]]
+    assert sorted(err.splitlines()) == sorted(c["err"].splitlines())
+    assert np.array_equal(_good_patches(c["d"] / "all-w2"), _good_patches(c["d"] / "all"))
+
+
 def test_flipped_jpeg_bytes_are_never_silently_done(corpus):
     by = {s["slide_id"]: s for s in corpus["summary"]["slides"]}
     flipped = [by[f"flip{s}"] for s in range(N_FLIPPED)]

@@ -92,8 +92,11 @@ def extract_cmd(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON file (e.g. schemas/examples/liu2020.json)."),
     slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp]) or a folder of slides."),
     out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists); with --features-only the feature store."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel by worker processes on this machine (each compresses its own slides)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel by worker processes on this machine (each compresses its own slides); at most 4 per CPU core."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
+    slide_timeout: Optional[float] = typer.Option(None, "--slide-timeout", min=0, help="Seconds one slide may take "
+                                                  "before its worker is stopped and the slide recorded failed (default: "
+                                                  "the pipeline's extract.slide_timeout_s, 1800; 0 = no limit)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
     qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE.qa/<slide>.png beside the store: mask overlay and kept tiles."),
@@ -113,7 +116,9 @@ def extract_cmd(
 
     Exit status: 0 all slides done (slides without tissue are recorded, not errors), 1 some slides
     failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input or the
-    store is being written by another process (STORE.lock names it).
+    store is being written by another process (STORE.lock names it). A slide that takes longer than
+    --slide-timeout (extract.slide_timeout_s, 1800 s by default) has its worker process stopped and is
+    recorded failed. Ctrl-C or SIGTERM stops the run (exit 130 / 143), keeping the slides committed so far.
 
     A rerun updates the label, age and patient_id columns of finished slides whose cohort values
     changed, and extracts again a slide whose mpp changed or whose shard file changed since its commit.
@@ -127,12 +132,15 @@ def extract_cmd(
     from ..runner import extract
 
     p = config.load(pipeline)
+    if slide_timeout is not None:
+        p["extract"] = {**(p.get("extract") or {}), "slide_timeout_s": slide_timeout}
     if features_only:
         if not p.get("encoder"):
             raise ConfigError(f"{pipeline} has no encoder section, which --features-only needs; add e.g. "
                               '"encoder": {"name": "resnet50_trunc", "params": {"weights": "resnet50.pth"}}')
-        if workers > 1 or scheduler:
-            raise ConfigError("--features-only runs in one process (one encoder); drop --workers/--scheduler")
+        if workers > 1 or scheduler or slide_timeout is not None:
+            raise ConfigError("--features-only runs in one process (one encoder, no time limit per slide); drop "
+                              "--workers/--scheduler/--slide-timeout")
         from ..device import check_option
 
         check_option(device)
