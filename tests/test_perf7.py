@@ -72,3 +72,17 @@ def test_values_and_errors_are_typers(name, value):
     param = _params()[name]
     ours = cli._Coercion(param.type_descriptor, cli._build)
     assert _outcome(ours, value, param) == _outcome(cli._build(param.type_descriptor), value, param)
+
+
+@pytest.mark.parametrize("args, env, threads", [(["extract"], {}, "1"), (["validate"], {}, None),
+                                                (["extract"], {"OPENBLAS_NUM_THREADS": "3"}, "3")])
+def test_extract_loads_numpy_with_one_blas_thread(args, env, threads):
+    """An extract process loads numpy (OpenBLAS) with one thread (it makes no BLAS call; starting the worker
+    threads cost ~30 ms CPU, ~80 ms wall); other commands, and a value the user set, are left alone."""
+    import os
+
+    code = "import os, slidestream.engine.cli; print(os.environ.get('OPENBLAS_NUM_THREADS'))"
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code, *args], env={**base, **env}, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split()[-1] == str(threads)
