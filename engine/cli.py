@@ -9,9 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-if sys.argv[1:2] == ["extract"] and "numpy" not in sys.modules:
-    # extract makes no BLAS call; OpenBLAS starting its worker threads as numpy is imported cost a one-slide
-    # process ~30 ms CPU and ~80 ms wall on 2 cores (bench/README.md round 7). A value the user set is kept.
+if sys.argv[1:2] == ["extract"] and "--features-only" not in sys.argv and "numpy" not in sys.modules:
+    # extract makes no BLAS call (--features-only runs an encoder: left alone); OpenBLAS starting its worker
+    # threads as numpy is imported cost a one-slide process ~30 ms CPU and ~80 ms wall on 2 cores
+    # (bench/README.md round 7). A value the user set is kept.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer

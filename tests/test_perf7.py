@@ -75,10 +75,12 @@ def test_values_and_errors_are_typers(name, value):
 
 
 @pytest.mark.parametrize("args, env, threads", [(["extract"], {}, "1"), (["validate"], {}, None),
+                                                (["extract", "--features-only"], {}, None),
                                                 (["extract"], {"OPENBLAS_NUM_THREADS": "3"}, "3")])
 def test_extract_loads_numpy_with_one_blas_thread(args, env, threads):
     """An extract process loads numpy (OpenBLAS) with one thread (it makes no BLAS call; starting the worker
-    threads cost ~30 ms CPU, ~80 ms wall); other commands, and a value the user set, are left alone."""
+    threads cost ~30 ms CPU, ~80 ms wall); other commands, --features-only (an encoder runs), and a value the
+    user set are left alone."""
     import os
 
     code = "import os, slidestream.engine.cli; print(os.environ.get('OPENBLAS_NUM_THREADS'))"
