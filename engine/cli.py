@@ -20,13 +20,14 @@ if sys.argv[1:2] == ["extract"] and "--features-only" not in sys.argv and "numpy
 # process: collected neither while importing nor later (frozen). GC CPU of a one-slide extract: 30-36 -> 8-10 ms.
 _GC = gc.isenabled()
 gc.disable()
-import typer
+try:
+    import typer
 
-from .commands import bench, encode, evaluate, extract, gan, learn
-
-if _GC:
-    gc.freeze()
-    gc.enable()
+    from .commands import bench, encode, evaluate, extract, gan, learn
+finally:  # also when an import fails: the collector is never left off
+    if _GC:
+        gc.freeze()
+        gc.enable()
 
 app = typer.Typer(
     name="slidestream",
