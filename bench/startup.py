@@ -2,6 +2,7 @@
 """Wall time of a one-slide ``slidestream extract`` process (issue 11), this tree against a baseline, in one run.
 
     python bench/startup.py SLIDE [--repeat 3] [--ab REV] [--pipeline schemas/examples/liu2020.json] [--importtime]
+    python bench/startup.py SLIDE --cohort 8 [--repeat 3] [--ab REV]   # one process over 8 copies: wall / 8
 
 Each round runs, for every version (this tree, and with ``--ab REV`` the git revision REV, interleaved):
 
@@ -20,7 +21,9 @@ is set, as on the dev machine): every version then starts from ``.pyc`` files, a
 and the single runs. This tree (uncommitted changes included) and REV, checked out with ``git archive`` into a
 temporary folder, are each put first on ``PYTHONPATH`` (as ``slidestream.engine``/``plugins``/``schemas``),
 with the same installed dependencies and the installed ``slidestream`` console script. ``--importtime`` adds, per version, ``python -X importtime`` of one plain run
-summed by top-level package (self times, ms): who the start-up time goes to.
+summed by top-level package (self times, ms): who the start-up time goes to. ``--cohort N``: the folder holds N
+links to SLIDE and one plain process extracts them all; the line adds wall and CPU per slide (start-up
+included), and there are no phased runs.
 This script imports nothing heavy itself; slidestream is imported only in the child processes.
 """
 from __future__ import annotations
@@ -122,13 +125,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ab", metavar="REV", help="also time git revision REV (interleaved, same run)")
     ap.add_argument("--importtime", action="store_true", help="also sum -X importtime by top-level package")
+    ap.add_argument("--cohort", type=int, default=1, help="one process over N links to SLIDE (wall / N; no phases)")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="startup-"))
     try:
         slides = tmp / "slides"
         slides.mkdir()
-        (slides / Path(a.slide).name).symlink_to(Path(a.slide).resolve())
+        for k in range(a.cohort):
+            name = Path(a.slide).name if a.cohort == 1 else f"{Path(a.slide).stem}_{k}{Path(a.slide).suffix}"
+            (slides / name).symlink_to(Path(a.slide).resolve())
         exe = shutil.which("slidestream") or sys.exit("the `slidestream` console script is not on PATH")
         versions = {"this": str(shim(ROOT, tmp / "this"))}  # this working tree, whatever is installed
         if a.ab:
@@ -165,6 +171,8 @@ def main() -> None:
                 t0, t1, cpu, _p = run([exe], env(path))
                 res[v]["wall"].append(t1 - t0)
                 res[v]["cpu"].append(cpu)
+                if a.cohort > 1:
+                    continue
                 tf = tmp / "times.json"
                 t0, t1, cpu, _p = run([sys.executable, "-c", CHILD], env(path, STARTUP_TIMES=str(tf)))
                 t = json.loads(tf.read_text())
@@ -185,12 +193,17 @@ def main() -> None:
                     "wall_s_runs": [round(x, 3) for x in r["wall"]],
                     "cpu_s_median": round(statistics.median(r["cpu"]), 3),
                     "cpu_s_runs": [round(x, 3) for x in r["cpu"]],
-                    "phases_wall_ms_median": {k: round(1000 * statistics.median(x[k] for x in r["phased"]), 1)
-                                              for k in PHASES},
-                    "phases_cpu_ms_median": {k: round(1000 * statistics.median(x[k] for x in r["phased_cpu"]), 1)
-                                             for k in PHASES},
-                    "phased_wall_s_runs": [round(sum(x.values()), 3) for x in r["phased"]],
                     "loadavg_end": [round(x, 2) for x in load]}
+            if a.cohort > 1:
+                line.update(cohort=a.cohort, wall_s_per_slide_median=round(statistics.median(r["wall"]) / a.cohort, 3),
+                            cpu_s_per_slide_median=round(statistics.median(r["cpu"]) / a.cohort, 3))
+            else:
+                line.update(
+                    phases_wall_ms_median={k: round(1000 * statistics.median(x[k] for x in r["phased"]), 1)
+                                           for k in PHASES},
+                    phases_cpu_ms_median={k: round(1000 * statistics.median(x[k] for x in r["phased_cpu"]), 1)
+                                          for k in PHASES},
+                    phased_wall_s_runs=[round(sum(x.values()), 3) for x in r["phased"]])
             if v in imports:
                 line["importtime_ms_by_package"] = imports[v]
             print(json.dumps(line), flush=True)

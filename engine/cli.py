@@ -5,12 +5,30 @@ Each area's commands live in ``engine/commands/<area>.py`` and attach themselves
 from __future__ import annotations
 
 import errno
+import gc
+import os
 import signal
 import sys
+from pathlib import Path
 
-import typer
+if sys.argv[1:2] == ["extract"] and "--features-only" not in sys.argv and "numpy" not in sys.modules:
+    # extract makes no BLAS call (--features-only runs an encoder: left alone); OpenBLAS starting its worker
+    # threads as numpy is imported cost a one-slide process ~30 ms CPU and ~80 ms wall on 2 cores
+    # (bench/README.md round 7). A value the user set is kept.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .commands import bench, encode, evaluate, extract, gan, learn
+# The imports below ran ~70 garbage collections that freed nothing, and what they make lives as long as the
+# process: collected neither while importing nor later (frozen). GC CPU of a one-slide extract: 30-36 -> 8-10 ms.
+_GC = gc.isenabled()
+gc.disable()
+try:
+    import typer
+
+    from .commands import bench, encode, evaluate, extract, gan, learn
+finally:  # also when an import fails: the collector is never left off
+    if _GC:
+        gc.freeze()
+        gc.enable()
 
 app = typer.Typer(
     name="slidestream",
@@ -23,6 +41,45 @@ app = typer.Typer(
 
 for module in (extract, learn, evaluate, gan, encode, bench):
     module.register(app)
+
+
+class _Coercion:
+    """typer 0.29 coerces every non-flag parameter of the command it runs through a pydantic ``TypeAdapter``,
+    built even for an option left at None, so every command imported pydantic (~55 ms CPU of a one-slide
+    ``extract`` process, bench/README.md round 7). This returns, without pydantic, the values typer's
+    adapters return unchanged: None, a ``str``, an ``int`` already of its type and within ``min``/``max``
+    (a default), and a plain ``Path`` (typer's own path checks on the string, then ``Path``). Anything
+    else (``--workers 2``, a float, a choice, a list) goes to typer's adapter, built on first use."""
+
+    def __init__(self, descriptor, build):
+        self.d, self.build, self.real = descriptor, build, None
+
+    def coerce(self, value, param, ctx):
+        d, info = self.d, self.d.parameter_info
+        many = param.multiple or param.nargs == -1
+        if value is None:  # typer's RuntimeParam.coerce
+            return () if many else None
+        if d.file_annotation is None and info.parser is None and not many:
+            if d.annotation is str and type(value) is str:
+                return value
+            if d.annotation is int and type(value) is int and not info.clamp \
+                    and (info.min is None or value >= info.min) and (info.max is None or value <= info.max):
+                return value
+            if d.annotation is Path and info.path_type is None and type(value) is str:
+                return Path(coerce_cli_path(value, info, path_type=None, param=param, ctx=ctx))
+        if self.real is None:
+            self.real = self.build(d)
+        return self.real.coerce(value, param=param, ctx=ctx)
+
+
+try:  # typer 0.29's coercion layer; another typer is left as it is
+    from typer import core as _typer_core
+    from typer._param_types import coerce_cli_path
+
+    _build = _typer_core.build_runtime_param
+    _typer_core.build_runtime_param = lambda descriptor: _Coercion(descriptor, _build)
+except (ImportError, AttributeError):
+    pass
 
 
 def main() -> None:
