@@ -1,0 +1,92 @@
+"""Docs stay true to the code: the pipeline schema against the code's defaults and enums; the DALI batch
+read path refuses a tile its decoder gives up on in one line."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slidestream.engine import config, features, mil, train
+from slidestream.engine.errors import SlideError
+
+
+def _doc(path, value):
+    for k in reversed(path):
+        value = {k: value}
+    return value
+
+
+def _enums(s, path=()):
+    if isinstance(s, dict):
+        if "enum" in s and path[-1:] != ("name",):
+            yield path, s["enum"]
+        for k, v in s.get("properties", {}).items():
+            yield from _enums(v, path + (k,))
+
+
+def test_schema_and_code_defaults_agree():
+    """Every default the code fills in is a key of the schema and validates; every schema key has a default."""
+    props = config.schema()["properties"]
+    bad = [f"{k}={v!r}: {config.validation_errors({k: v})}" for k, v in config.DEFAULTS.items()
+           if k not in props or config.validation_errors({k: v})]
+    for section, defaults in (("training", train.DEFAULTS), ("features", features.DEFAULTS), ("mil", mil.DEFAULTS)):
+        keys = props[section]["properties"]
+        bad += [f"{section}.{k} not in the schema" for k in defaults if k not in keys]
+        bad += [f"{section}.{k} has no default in the code" for k in keys if k not in defaults]
+        bad += [f"{section}.{k}={v!r}: {config.validation_errors({section: {k: v}})}" for k, v in defaults.items()
+                if config.validation_errors({section: {k: v}})]
+    assert not bad
+
+
+def test_every_schema_enum_value_is_accepted():
+    bad = [f"{'.'.join(p)}={v!r}" for p, values in _enums(config.schema()) for v in values
+           if config.validation_errors(_doc(p, v))]
+    assert not bad
+
+
+def test_bundled_examples_validate():
+    for name in ("liu2020", "uni_abmil"):
+        assert config.validation_errors(config.read_json(config.example(name))) == []
+
+
+# ---------------------------------------------------------------------------------------------- DALI
+def _bad_sampling_slide(path):
+    """A 512² JPEG-tiled TIFF whose tile 1 says 'sampling factor 0' (libjpeg: Bogus sampling factors): the
+    tile checks pass it, DALI's decoder fails on it."""
+    tifffile = pytest.importorskip("tifffile")
+    rgb = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
+    tifffile.imwrite(path, rgb, tile=(256, 256), compression="jpeg", photometric="rgb")
+    with tifffile.TiffFile(path) as tf:
+        off, cnt = tf.pages[0].dataoffsets[1], tf.pages[0].databytecounts[1]
+    data = bytearray(path.read_bytes())
+    sof = bytes(data[off:off + cnt]).find(b"\xff\xc0")
+    data[off + sof + 11] = 0  # first component's sampling factors
+    path.write_bytes(bytes(data))
+
+
+def test_dali_batch_read_refuses_an_undecodable_tile_in_one_line(tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from slidestream.engine.runner import iter_patch_batches
+    from slidestream.engine.slide import open_slide
+
+    path = tmp_path / "bad.tif"
+    _bad_sampling_slide(path)
+    slide = open_slide(path, order=["dali"], mpp=0.25)
+    try:
+        out = slide.read_batch_checked([(0, 0, 256, 256), (256, 0, 256, 256), (0, 256, 256, 256)])
+        assert [said == "" for _, said in out] == [True, False, True]
+        assert out[1][0] is None and "cannot decode the image data" in out[1][1] and "DALI's cpu decoder gave up" in out[1][1]
+        assert out[0][0].shape == (256, 256, 3) and out[2][0].shape == (256, 256, 3)  # the pipeline still decodes
+
+        class Tile:
+            def __init__(self, x):
+                self.x, self.y, self.w = x, 0, 256
+
+        class Geo:
+            factor = 1.0
+
+        pipeline = {"patches": {"size": 64}, "store": {"batch_tiles": 4}}
+        with pytest.raises(SlideError, match=r"bad\.tif: corrupt image data in tile 1 .*cannot decode") as e:
+            list(iter_patch_batches(pipeline, slide, [Tile(0), Tile(256)], [(0, 0, 0), (1, 0, 0)], Geo()))
+        assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+    finally:
+        slide.close()
