@@ -90,3 +90,15 @@ def test_dali_batch_read_refuses_an_undecodable_tile_in_one_line(tmp_path):
         assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
     finally:
         slide.close()
+
+
+# ---------------------------------------------------------------------------------------------- --help
+def test_bench_size_help_states_the_limits_the_code_enforces(cli, tmp_path):
+    from slidestream.engine.benchslide import make_slide
+    from slidestream.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="multiples of 1024, at least 4096"):
+        make_slide(tmp_path / "s.svs", size=(4096, 3072))  # multiples of 1024, as the help said, and refused
+    for cmd in (["make-slide"], ["extract"], ["decode"], ["features"]):
+        code, out, _ = cli("bench", *cmd, "--help")
+        assert code == 0 and "multiples of 1024, at least 4096" in " ".join(out.replace("│", " ").split()), cmd
