@@ -102,3 +102,37 @@ def test_bench_size_help_states_the_limits_the_code_enforces(cli, tmp_path):
     for cmd in (["make-slide"], ["extract"], ["decode"], ["features"]):
         code, out, _ = cli("bench", *cmd, "--help")
         assert code == 0 and "multiples of 1024, at least 4096" in " ".join(out.replace("│", " ").split()), cmd
+
+
+# ---------------------------------------------------------------------------------------------- hookspecs
+def test_hookspecs_document_each_kind_with_an_example_and_what_the_engine_calls():
+    """A plugin author reads engine/hookspecs.py and one example: each kind's class names an existing built-in
+    example of that kind, documents every field it declares, and the optional members the engine looks up."""
+    import dataclasses
+    import inspect
+    import re
+    from pathlib import Path
+
+    from slidestream.engine import hookspecs
+
+    root = Path(hookspecs.__file__).resolve().parents[1]
+    folder = {"reader": "readers", "filter": "filters", "tiling": "tiling", "normalization": "normalization",
+              "augmenter": "augmenters", "classifier": "classifiers", "fusion": "fusion", "encoder": "encoders",
+              "aggregator": "aggregators"}
+    classes = {c.kind: c for c in vars(hookspecs).values()
+               if inspect.isclass(c) and issubclass(c, hookspecs.Plugin) and c is not hookspecs.Plugin}
+    assert sorted(classes) == sorted(hookspecs.KINDS)
+    common = {f.name for f in dataclasses.fields(hookspecs.Plugin)}
+    bad = []
+    for kind, cls in classes.items():
+        doc = cls.__doc__ or ""
+        m = re.search(r"Example: ``(plugins/[\w/]+\.py)``", doc)
+        if not m or not (root / m[1]).is_file() or not m[1].startswith(f"plugins/{folder[kind]}/"):
+            bad.append(f"{cls.__name__}: no existing example of its kind ({m and m[1]})")
+        bad += [f"{cls.__name__}.{f.name} undocumented" for f in dataclasses.fields(cls)
+                if f.name not in common and f"``{f.name}" not in doc]
+    source = inspect.getsource(hookspecs)
+    # optional members the engine reads with getattr/hasattr (runner, slide, augment, loader, mil)
+    bad += [f"optional {name} undocumented" for name in ("read_regions", "decode_device", "BrokenFile", "stages",
+                                                         "freeze", "instance_loss") if f"``{name}" not in source]
+    assert not bad
