@@ -136,3 +136,32 @@ def test_hookspecs_document_each_kind_with_an_example_and_what_the_engine_calls(
     bad += [f"optional {name} undocumented" for name in ("read_regions", "decode_device", "BrokenFile", "stages",
                                                          "freeze", "instance_loss") if f"``{name}" not in source]
     assert not bad
+
+
+def test_pipeline_keys_named_in_readme_and_hookspecs_exist_in_the_schema():
+    """`section.key` in README (backticked) or hookspecs names a key the schema accepts (README named a
+    `store.checksum` that every pipeline refuses as an unknown key)."""
+    import re
+    from pathlib import Path
+
+    from slidestream.engine import hookspecs
+
+    root = Path(hookspecs.__file__).resolve().parents[1]
+    props = config.schema()["properties"]
+    named = set(re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", (root / "README.md").read_text(encoding="utf-8")))
+    named |= set(re.findall(r"``([a-z_]+(?:\.[a-z_]+)+)``", Path(hookspecs.__file__).read_text(encoding="utf-8")))
+    bad = []
+    for key in sorted(named):
+        first, *rest = key.split(".")
+        if first not in props or key.endswith(".json"):  # file names (training.json, mil.json)
+            continue
+        s = props[first]
+        for k in rest:
+            if k in (s.get("properties") or {}):
+                s = s["properties"][k]
+            elif "allOf" not in s:  # a plugin reference's params are the plugin's own
+                bad.append(key)
+                break
+            else:
+                break
+    assert not bad
