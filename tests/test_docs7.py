@@ -165,3 +165,13 @@ def test_pipeline_keys_named_in_readme_and_hookspecs_exist_in_the_schema():
             else:
                 break
     assert not bad
+
+
+def test_a_tile_overlap_the_tiling_refuses_is_refused_by_validation():
+    """The schema let any overlap >= 0 through; the grid tiling raised 'overlap must be smaller than size' for
+    every slide at extraction (exit 1) although `slidestream validate` said valid."""
+    tiling = {"name": "grid", "params": {"size": 128, "overlap": 128}}
+    assert config.validation_errors({"tiling": tiling}) == [
+        "$.tiling.params.overlap: 128 is not smaller than the tiles (128 px, $.tiling.params.size); lower it"]
+    assert config.validation_errors({"tiling": {"name": "grid", "params": {"overlap": 1024}}})  # the default size
+    assert config.validation_errors({"tiling": {"name": "grid", "params": {"size": 128, "overlap": 127}}}) == []
