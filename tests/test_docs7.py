@@ -175,3 +175,12 @@ def test_a_tile_overlap_the_tiling_refuses_is_refused_by_validation():
         "$.tiling.params.overlap: 128 is not smaller than the tiles (128 px, $.tiling.params.size); lower it"]
     assert config.validation_errors({"tiling": {"name": "grid", "params": {"overlap": 1024}}})  # the default size
     assert config.validation_errors({"tiling": {"name": "grid", "params": {"size": 128, "overlap": 127}}}) == []
+
+
+def test_adam_betas_of_one_are_refused_by_validation_as_torch_refuses_them():
+    """pggan's schema let betas up to 1 through; torch.optim.Adam raised 'Invalid beta parameter at index 1: 1.0'
+    as a traceback from `slidestream gan train` (the classifier's training.betas already stopped below 1)."""
+    gan = {"augmenter": {"name": "pggan", "params": {"betas": [0.0, 1.0]}}}
+    assert [e.split(":")[0] for e in config.validation_errors(gan)] == ["$.augmenter.params.betas[1]"]
+    assert config.validation_errors({"augmenter": {"name": "pggan", "params": {"betas": [0.0, 0.99]}}}) == []
+    assert config.validation_errors({"training": {"betas": [0.9, 1.0]}})
