@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slidestream.engine import config, features, mil, train
-from slidestream.engine.errors import SlideError
+from slidestream.engine.errors import ConfigError, SlideError
 
 
 def _doc(path, value):
@@ -184,3 +184,13 @@ def test_adam_betas_of_one_are_refused_by_validation_as_torch_refuses_them():
     assert [e.split(":")[0] for e in config.validation_errors(gan)] == ["$.augmenter.params.betas[1]"]
     assert config.validation_errors({"augmenter": {"name": "pggan", "params": {"betas": [0.0, 0.99]}}}) == []
     assert config.validation_errors({"training": {"betas": [0.9, 1.0]}})
+
+
+def test_gan_train_refuses_a_start_resolution_above_the_resolution_in_one_line():
+    """Both are valid resolutions for the schema; `gan train` ended in pggan's ValueError traceback (the
+    refusal is now a ConfigError: one 'error:' line, exit 2)."""
+    pytest.importorskip("torch")
+    from slidestream.plugins.augmenters.pggan import resolve
+
+    with pytest.raises(ConfigError, match="start_resolution 32 is larger than resolution 16; lower"):
+        resolve({"resolution": 16, "start_resolution": 32})
