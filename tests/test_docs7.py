@@ -1,5 +1,7 @@
-"""Docs stay true to the code: the pipeline schema against the code's defaults and enums; the DALI batch
-read path refuses a tile its decoder gives up on in one line."""
+"""Docs stay true to the code: the pipeline schema against the code's defaults, enums and the refusals of the
+plugins (tile overlap, Adam betas, GAN resolutions); --help against the code's limits; hookspecs against what
+the engine calls; README's pipeline keys against the schema; and the DALI batch read path refusing a tile its
+decoder gives up on in one line."""
 from __future__ import annotations
 
 import numpy as np
