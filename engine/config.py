@@ -265,8 +265,16 @@ def _not_finite(v: Any, path: str) -> list[str]:
 
 
 def _too_big_patch(doc: dict[str, Any]) -> list[str]:
-    """Patches larger than the tiles they are cut from (the tiling's ``size``, its default when not given)."""
+    """Patches larger than the tiles they are cut from (the tiling's ``size``, its default when not given), and a
+    tile ``overlap`` not smaller than the tiles (no grid step: every slide failed at extraction)."""
     tiling, patches = doc.get("tiling"), doc.get("patches")
+    params = tiling.get("params") if isinstance(tiling, dict) else None
+    if isinstance(params, dict) and isinstance(params.get("overlap"), int):
+        plugin = registry.plugins("tiling").get(tiling.get("name"))
+        size = params.get("size", (plugin.param_schema().get("properties", {}).get("size", {}) if plugin else {}).get("default"))
+        if isinstance(size, int) and params["overlap"] >= size:
+            return [f"$.tiling.params.overlap: {params['overlap']} is not smaller than the tiles ({size} px, "
+                    "$.tiling.params.size); lower it"]
     if not isinstance(tiling, dict) or not isinstance(patches, dict) or not isinstance(patches.get("size"), int):
         return []
     plugin = registry.plugins("tiling").get(tiling.get("name"))

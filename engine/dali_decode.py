@@ -143,7 +143,11 @@ class DaliTiles:
         for i in range(0, len(streams), self.batch):
             chunk = [np.frombuffer(s, np.uint8) for s in streams[i:i + self.batch]]
             pipe.feed_input("jpeg", chunk)
-            (tl,) = pipe.run()
+            try:
+                (tl,) = pipe.run()
+            except RuntimeError:  # DALI's multi-line report, its pipeline "no longer valid": build a new one
+                self._pipe = None
+                raise ValueError(f"DALI's {self.device} decoder gave up on a JPEG tile (damaged data)") from None
             if self.device == "mixed" and on_device:
                 import cupy
 

@@ -20,7 +20,8 @@ entry-point group ``slidestream.plugins`` in your package's ``pyproject.toml``::
                              params={"max_mean": {"type": "number", "minimum": 0, "maximum": 255}})]
 
 The built-in plugins in ``plugins/`` register exactly this way (see ``plugins/filters/otsu.py`` for a
-short one). A pipeline file then names the plugin, ``{"name": "mylab.dark", "params": {"max_mean": 30}}``,
+short one); each kind's class below names one built-in example (``Example:``), and ``tests/plugin_pkg/``
+is a third-party package with a filter, an encoder and an aggregator. A pipeline file then names the plugin, ``{"name": "mylab.dark", "params": {"max_mean": 30}}``,
 and ``slidestream validate`` checks the params against the fragment you declared before any slide is read.
 
 Rules every kind follows:
@@ -108,6 +109,13 @@ class SlideReader(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional. ``read_regions(requests) -> list`` (``requests``: ``[(location, level, size), ...]``): several
+    # regions in one call; the engine then reads a batch of tiles at once (the DALI reader). ``decode_device``
+    # (``"cpu"``/``"cuda"``): which device decoded the pixels, recorded per slide (default ``"cpu"``).
+    # Damaged data: raise ``slidestream.engine.errors.BrokenFile`` (from ``open`` or a read) with the cause in
+    # plain words; any other exception of a read (RuntimeError, ValueError, OSError) is reported as
+    # "cannot decode the image data: <its words>".
+
 
 @dataclass(frozen=True)
 class ReaderPlugin(Plugin):
@@ -115,9 +123,10 @@ class ReaderPlugin(Plugin):
     the engine then tries the next reader, in ascending ``priority`` (the pipeline's ``reader.order``
     overrides). ``device`` is ``"cpu"`` or ``"cuda"``: a reader that can decode on the GPU does so
     (regions still come back as numpy arrays); others ignore it. ``suffixes`` lists the file endings
-    it is meant for (lower case, with dot; empty = any)."""
+    it is meant for (lower case, with dot; empty = any). A ``BrokenFile`` from ``open`` ends the search (no
+    other reader is tried). Example: ``plugins/readers/image.py``."""
 
-    open: Callable[[str], SlideReader] | None = None
+    open: Callable[..., SlideReader] | None = None
     priority: int = 100
     suffixes: Sequence[str] = ()
     kind: str = "reader"
@@ -130,7 +139,7 @@ class FilterPlugin(Plugin):
     ``apply(rgb, mask, **params) -> mask``: ``rgb`` is the (h, w, 3) uint8 thumbnail, ``mask`` the bool
     (h, w) mask so far (True = tissue, all True before the first filter). Return the new mask: a colour
     filter usually returns ``mask & keep(rgb)``; a clean-up filter (small objects) works on ``mask``.
-    Filters run in the order the pipeline lists them.
+    Filters run in the order the pipeline lists them. Example: ``plugins/filters/otsu.py``.
     """
 
     apply: Callable[..., np.ndarray] | None = None
@@ -167,7 +176,8 @@ class Geometry:
 class TilingPlugin(Plugin):
     """Chooses tiles. ``select(mask, rgb, geometry, **params) -> list[Tile]``: ``mask`` is the bool tissue
     mask of the thumbnail, ``rgb`` the thumbnail (uint8, masked pixels kept as they are), ``geometry`` a
-    :class:`Geometry`. Tiles are returned best first; the engine reads them in that order."""
+    :class:`Geometry`. Tiles are returned best first; the engine reads them in that order.
+    Example: ``plugins/tiling/grid.py``."""
 
     select: Callable[..., list[Tile]] | None = None
     kind: str = "tiling"
@@ -179,7 +189,8 @@ class NormalizationPlugin(Plugin):
     uint8 (numpy, or a CuPy array on the GPU path); it returns (n, h, w, c) uint8 with ``c`` = 3 or 1.
     ``channels`` tells the classifier which ``c`` to expect. Optional ``freeze(params) -> params``: the same
     normalization with no file behind it (a ``target`` image replaced by the statistics fitted to it), what a
-    model bundle records so that prediction normalizes as training did wherever the bundle is copied."""
+    model bundle records so that prediction normalizes as training did wherever the bundle is copied (called
+    only when the step has params). Example: ``plugins/normalization/stain.py`` (``reinhard``, with ``freeze``)."""
 
     apply: Callable[..., Any] | None = None
     channels: int = 3
@@ -200,6 +211,7 @@ class AugmenterPlugin(Plugin):
     for a seed. Optional ``stages(model_dir, n, seed) -> [(label, patches)]``: samples from coarse to
     fine training stages, for ``slidestream gan grid``. ``runtime_params`` names the params that do not
     change what is learned (device, checkpoint interval, ...): a resumed training may change them.
+    Example: ``plugins/augmenters/__init__.py`` (declaration) and ``pggan.py``.
     """
 
     train: Callable[..., Any] | None = None
@@ -213,8 +225,11 @@ class AugmenterPlugin(Plugin):
 class ClassifierPlugin(Plugin):
     """A patch classifier architecture. ``build(num_classes, in_channels, dropout, **params) ->
     torch.nn.Module`` returns a network mapping (n, in_channels, s, s) float tensors to (n, num_classes)
-    logits, with a dropout layer before its output layer. ``input_size`` is its native patch size;
-    ``backbone_keys`` a prefix the ImageNet weights file's keys match (for local initialisation)."""
+    logits, with a dropout layer before its output layer; ``params`` are the pipeline's ``classifier.params``.
+    ``input_size`` is its native patch size (patches are resized to it unless ``training.input_size`` is set).
+    ``training.weights`` (a local ImageNet state dict) is loaded into the module by key name and shape; the
+    first conv is summed over RGB for one-channel input. Example: ``plugins/classifiers/__init__.py``
+    (declarations) and ``nets.py``."""
 
     build: Callable[..., Any] | None = None
     input_size: int = 224
@@ -225,10 +240,12 @@ class ClassifierPlugin(Plugin):
 class FusionPlugin(Plugin):
     """Combines the patient-level image probability with clinical variables.
 
-    ``fit(table, **params) -> state`` learns from the training patients, ``table`` being a dict of
-    equal-length numpy columns (``label``, ``age``, ``image_prob``, ...); ``state`` must be a JSON-able
-    dict. ``predict(state, table) -> dict[str, np.ndarray]`` returns one probability column per
-    predictor it defines (e.g. ``{"age": ..., "age+image": ...}``)."""
+    ``fit(table, **params) -> state`` learns from the patients of ``training.fusion_split`` (val by default,
+    out of sample; out-of-fold train+val with ``fusion_cv``), ``table`` being a dict of equal-length numpy
+    columns (``patient_id``, ``label``, ``age``, ``image_prob``, ``split``); ``state`` must be a JSON-able
+    dict (stored in the bundle); raise ``ConfigError`` when these patients cannot fit it (the engine names the
+    split). ``predict(state, table) -> dict[str, np.ndarray]`` returns one probability column per
+    predictor it defines (e.g. ``{"age": ..., "age+image": ...}``). Example: ``plugins/fusion/age_gda.py``."""
 
     fit: Callable[..., dict] | None = None
     predict: Callable[..., dict] | None = None
@@ -243,7 +260,9 @@ class EncoderPlugin(Plugin):
     (RGB scaled to 0..1, then ``(x - mean) / std``) to (n, dim) float features; ``s`` = ``input_size``
     (the engine resizes patches of another size: to ``resize`` then centre-cropped, or straight to ``s``). Weights come only from a local file the user names
     (a ``weights`` param); nothing is downloaded. A plugin whose size or dim depends on its params declares
-    0 here and sets ``input_size`` / ``dim`` attributes on the module it builds (they take precedence)."""
+    0 here and sets ``input_size`` / ``dim`` (or ``mean``, ``std``, ``resize``, ``interpolation``) attributes on
+    the module it builds (they take precedence). Example: ``plugins/encoders/__init__.py`` (declarations) and
+    ``morphometry.py``."""
 
     build: Callable[..., Any] | None = None
     input_size: int = 224
@@ -268,6 +287,10 @@ class AggregatorPlugin(Plugin):
       logit of the patient being positive and (n,) attention weights summing to 1. It may define
       ``instance_loss(bag, label, attention)`` (an extra loss, e.g. CLAM's instance clustering), which
       training adds.
+
+    Only ``"probs"`` aggregators can be named in ``training.aggregation.method``; only ``"features"`` ones in
+    the ``aggregator`` section (``slidestream mil train``). Example: ``plugins/aggregators/__init__.py``
+    (declarations), ``pooling.py`` and ``attention.py``.
     """
 
     input: str = "probs"

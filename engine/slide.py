@@ -109,7 +109,7 @@ class Slide:
         if batch is not None and reqs and None not in reqs:
             try:
                 rgbs, said = checked_read(lambda: batch(reqs))
-            except BrokenFile:
+            except (RuntimeError, ValueError, OSError):  # BrokenFile, or the decoder gave up: read one by one
                 rgbs, said = None, ""
             if rgbs is not None and not complaint(said):
                 if said:

@@ -15,7 +15,7 @@ bench_app = typer.Typer(help="Throughput benchmarks (tiles/s, patches/s, decode 
 
 DEVICE = typer.Option("cpu", "--device", help="cpu or cuda (cuda without a visible GPU is an error).")
 JSON = typer.Option(False, "--json", help="Print one JSON object instead of a table.")
-SIZE = typer.Option((16384, 12288), "--size", help="Size of the built-in benchmark slide (W H, multiples of 1024); "
+SIZE = typer.Option((16384, 12288), "--size", help="Size of the built-in benchmark slide (W H, multiples of 1024, at least 4096); "
                                                    "made once into ~/.cache/slidestream or $SLIDESTREAM_CACHE.")
 
 LABELS = {"tiles_per_s": "tiles/s", "patches_per_s": "patches/s", "decode_mp_per_s": "decode MP/s (bare cuCIM)",
@@ -55,7 +55,7 @@ def _slides(slides: Optional[List[Path]], size: tuple[int, int], seed: int) -> l
 @bench_app.command("make-slide")
 def make_slide_command(
     out: Path = typer.Argument(..., help="Output .svs path."),
-    size: tuple[int, int] = typer.Option((98304, 65536), "--size", help="W H in level-0 pixels (multiples of 1024); "
+    size: tuple[int, int] = typer.Option((98304, 65536), "--size", help="W H in level-0 pixels (multiples of 1024, at least 4096); "
                                                                         "the default is TCGA-size."),
     seed: int = typer.Option(0, "--seed", min=0, help="Same seed, same slide."),
     quality: int = typer.Option(80, "--quality", min=1, max=100, help="JPEG quality."),

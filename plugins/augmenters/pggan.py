@@ -50,8 +50,11 @@ def resolve(params: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown pggan parameter(s): {', '.join(sorted(unknown))}")
     cfg = {**copy.deepcopy(DEFAULTS), **copy.deepcopy(params)}
-    if cfg["start_resolution"] > cfg["resolution"]:
-        raise ValueError("pggan: start_resolution must not exceed resolution")
+    if cfg["start_resolution"] > cfg["resolution"]:  # the schema cannot compare two params: a traceback before
+        from slidestream.engine.errors import ConfigError
+
+        raise ConfigError(f"pggan: start_resolution {cfg['start_resolution']} is larger than resolution "
+                          f"{cfg['resolution']}; lower augmenter.params.start_resolution")
     return cfg
 
 
