@@ -276,13 +276,22 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
                 b = min(a + bs, r1)
                 sink.write(a - r0, store.read(a, b))
                 bar.advance(task, b - a)
-            block = sink.close()
-            block = block.astype(cfg["dtype"])
+            block = stored(sink.close(), cfg["dtype"], spec, key)
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
                 feats[r0:r1] = block
                 done[key], sums[key] = [r0, r1], _values_crc(block)
                 g.attrs[ATTR] = {**g.attrs[ATTR], **header, "done": done, "sums": sums}  # in once its rows are written
     return todo, total, time.perf_counter() - t0, dev
+
+
+def stored(block: np.ndarray, dtype: str, spec: dict[str, Any], key: str) -> np.ndarray:
+    """A slide's float32 features as stored (``dtype``); NaN/inf features refused, naming the slide."""
+    bad = ~np.isfinite(block).all(1)
+    if bad.any():
+        raise ConfigError(f"encoder {spec['name']!r} gave NaN/inf features for {int(bad.sum())} of {len(block)} patches "
+                          f"of {key!r} (first: its patch {int(np.argmax(bad))}); fix the encoder or its weights, then rerun "
+                          "(the slides written so far are kept)")
+    return block.astype(dtype)
 
 
 class FeatureStore:
@@ -537,7 +546,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                 if n:
                     cols = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label,
                             "age": row.age, "synthetic": False}
-                    block = feats[:n].astype(cfg["dtype"])
+                    block = stored(feats[:n], cfg["dtype"], spec, row.slide_id)
                     g["features"].resize((rows, header["dim"]))
                     g["features"][r0:rows] = block
                     sums[row.slide_id] = _values_crc(block)
