@@ -285,12 +285,17 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
 
 
 def stored(block: np.ndarray, dtype: str, spec: dict[str, Any], key: str) -> np.ndarray:
-    """A slide's float32 features as stored (``dtype``); NaN/inf features refused, naming the slide."""
+    """A slide's float32 features as stored (``dtype``); NaN/inf features, and features beyond float16's range
+    when stored as float16 (they would read as inf), refused naming the slide."""
     bad = ~np.isfinite(block).all(1)
     if bad.any():
         raise ConfigError(f"encoder {spec['name']!r} gave NaN/inf features for {int(bad.sum())} of {len(block)} patches "
                           f"of {key!r} (first: its patch {int(np.argmax(bad))}); fix the encoder or its weights, then rerun "
                           "(the slides written so far are kept)")
+    top = float(np.abs(block).max(initial=0))
+    if dtype == "float16" and top > 65504:  # float16's largest: stored as inf
+        raise ConfigError(f"encoder {spec['name']!r} gave features up to {top:.4g} for {key!r}, beyond float16's "
+                          '65504; set "features": {"dtype": "float32"} in the pipeline and write a new --out')
     return block.astype(dtype)
 
 

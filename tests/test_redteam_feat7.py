@@ -53,3 +53,12 @@ def store(tmp_path_factory):
 def test_encoder_nan_inf_refused_naming_the_slide(store, tmp_path, bad):
     with pytest.raises(ConfigError, match=r"NaN/inf features for 4 of 4 patches of 'S1'"):
         features.extract_features(_pipe(bad=bad), store.path, tmp_path / "f.zarr", progress=False, log=None)
+
+
+def test_float16_overflow_refused_float32_kept(store, tmp_path):
+    with pytest.raises(ConfigError, match=r"features up to [0-9.e+]+ for 'S0', beyond float16's 65504; set"):
+        features.extract_features(_pipe(scale=1e6), store.path, tmp_path / "f.zarr", progress=False, log=None)
+    pipe = config.parse({**_pipe(scale=1e6), "features": {"batch_size": 5, "dtype": "float32"}})
+    features.extract_features(pipe, store.path, tmp_path / "g.zarr", progress=False, log=None)
+    f = features.FeatureStore(tmp_path / "g.zarr").rows()
+    assert f.dtype == np.float32 and np.isfinite(f).all() and f.max() > 65504
