@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .features import ATTR, FeatureStore, as_str
+from .features import ATTR, FeatureStore, as_str, check_patch_store
 from .store import PatchStore, beside
 
 FORMATS = ("geojson", "h5", "png")
@@ -99,6 +99,8 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         fs, what = (FeatureStore(features) if features else None), "rerun `slidestream features` to finish it"
         if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
             raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
+        if fs is not None:
+            check_patch_store(fs, store, store_path, features)
         slides = _slides(store)
         tab = store.table(["slide_id", "patient_id", "x", "y", "size0"])
         pipe = store.manifest.get("pipeline") or {}

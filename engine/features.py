@@ -232,6 +232,23 @@ def _store_id(store) -> str:
     return digest([store.manifest.get("created"), _units(store), sums])[:16]
 
 
+def check_patch_store(fs, ps, path, features) -> None:
+    """Refuse (one line) a patch store ``ps`` (at ``path``) the feature store ``fs`` was not computed from: other
+    rows, slides or coordinates, or other patches of them (its ``patch_store_id``: re-extracted, shards replaced).
+    Patients, labels, ages and splits may have changed since: they are read from the patch store."""
+    same = len(ps) == len(fs) and all(np.array_equal(as_str(ps.column(c)) if c == "slide_id" else ps.column(c),
+                                                     fs.column(c)) for c in ("slide_id", "x", "y"))
+    if not same:
+        raise ConfigError(f"the patch store {path} ({len(ps)} rows) is not the one the feature store {features} "
+                          f"({len(fs)} rows) was computed from (other rows, slides or coordinates); give that patch store "
+                          "(--store), or rerun `slidestream features` on this one")
+    own = fs.info.get("patch_store_id")  # None: `extract --features-only`, or an older store
+    if own and own != _store_id(ps):
+        raise ConfigError(f"the feature store {features} is stale: the patch store {path} holds other patches of its "
+                          "slides than those it was computed from (re-extracted, or shard files replaced); rerun "
+                          f"`slidestream features` on {path} into a new --out")
+
+
 def _new_features(path: Path, store, header: dict[str, Any], cfg: dict[str, Any], n: int):
     """A new feature store at ``path`` for the ``n`` rows of ``store``: features unwritten, meta columns copied."""
     import zarr

@@ -41,7 +41,7 @@ import torch
 from . import registry
 from .device import resolve_device
 from .errors import ConfigError
-from .features import FeatureStore, as_str
+from .features import FeatureStore, as_str, check_patch_store
 from .train import _atomic_torch_save, load_checkpoint, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
@@ -477,10 +477,7 @@ def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Pat
     if not path or (store is None and not Path(path).exists()):
         return None
     ps = PatchStore.open(path)
-    if len(ps) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
-        raise ConfigError(f"the patch store {path} ({len(ps)} rows) is not the one the feature store {features} "
-                          f"({len(fs)} rows) was computed from (other rows or slides); give that patch store (--store), or "
-                          "rerun `slidestream features` on this one")
+    check_patch_store(fs, ps, path, features)
     return ps
 
 

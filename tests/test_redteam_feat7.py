@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from slidestream.engine import config, features, registry
+from slidestream.engine import config, export, features, mil, registry, splits
 from slidestream.engine.errors import ConfigError
 from slidestream.engine.hookspecs import EncoderPlugin, hookimpl
+from slidestream.engine.store import PatchStore
 from test_mil import coords_store
 
 
@@ -62,3 +63,31 @@ def test_float16_overflow_refused_float32_kept(store, tmp_path):
     features.extract_features(pipe, store.path, tmp_path / "g.zarr", progress=False, log=None)
     f = features.FeatureStore(tmp_path / "g.zarr").rows()
     assert f.dtype == np.float32 and np.isfinite(f).all() and f.max() > 65504
+
+
+def _other_pixels(path, n=4, per=4, seed=1):
+    """coords_store's slides, patients, labels and coordinates with other patches (a re-extraction)."""
+    pipe = config.with_defaults({"name": "t", "magnification": 10, "patches": {"size": 32}, "store": {"chunk": 8}})
+    st = PatchStore.create(path, 32, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        patches = rng.integers(0, 128, (per, 32, 32, 3), dtype=np.uint8) + np.uint8(100 * (i % 2))
+        st.append(f"S{i}", patches, {"slide_id": f"S{i}", "patient_id": f"P{i}", "label": i % 2, "age": 40.0 + 3 * i,
+                                     "x": np.arange(per) * 128, "y": np.full(per, 64 * i), "size0": 128}, {"status": "done"})
+    splits.split_store(st, (2, 1, 1), seed=0)
+    return st
+
+
+def test_stale_features_of_another_extraction_refused_by_mil_and_export(store, tmp_path):
+    """Same slides, rows and coordinates, other patches: mil train/predict --store and export --features took the
+    old features as this store's (only the row count and slide ids were compared)."""
+    pipe = {**_pipe(), "aggregator": {"name": "abmil", "params": {"hidden": 8, "attention": 4}}, "mil": {"epochs": 1}}
+    features.extract_features(pipe, store.path, tmp_path / "f.zarr", progress=False, log=None)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", store=store.path, log=None, device="cpu")  # its own: fine
+    other = _other_pixels(tmp_path / "other")
+    for run in (lambda: mil.train(pipe, tmp_path / "f.zarr", tmp_path / "m2", store=other.path, log=None, device="cpu"),
+                lambda: mil.predict(tmp_path / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", store=other.path, warn=None),
+                lambda: export.export(other.path, "h5", tmp_path / "h5", features=tmp_path / "f.zarr")):
+        with pytest.raises(ConfigError, match=r"feature store .*f\.zarr is stale: the patch store .*other holds other patches"):
+            run()
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "h5").exists()
