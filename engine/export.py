@@ -1,6 +1,7 @@
 """Exports of a patch store for the tools of the field: GeoJSON for QuPath, h5 in CLAM/TRIDENT's layout.
 
-``slidestream export STORE --format geojson --out DIR`` writes ``DIR/<slide_id>.geojson`` per slide: a
+``slidestream export STORE --format geojson --out DIR`` writes ``DIR/<slide_id>.geojson`` per slide (:func:`file_name`
+for ids that are no file name: ``/``, ``..``, spaces; each file's ``slide_id``/``name`` is the id itself): a
 FeatureCollection with one Polygon per patch, its level-0 square (x, y) .. (x + size0, y + size0), with
 properties ``objectType: "tile"``, ``slide_id``, ``patient_id``, ``row`` and, given a MIL bundle and its
 feature store (``--mil OUT --features FEATS.zarr``), ``attention`` (the patch's weight in its patient's
@@ -40,6 +41,19 @@ def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
     out = [(k, int(r["rows"][0]), int(r["rows"][1])) for k, r in store.records("slides").items()
            if r.get("rows") and r["rows"][1] > r["rows"][0]]
     return sorted(out, key=lambda s: s[1])
+
+
+def file_name(slide: str) -> str:
+    """A slide id as a file name: itself when it is one (letters, digits, ``-_.``, at most 200 characters, not
+    ``.``/``..``), else those characters kept, the rest ``_``, plus ``-`` and 8 hex digits of its sha1, so two
+    slides (``a/b``, ``a_b``) never write the same file."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)[:200]
+    if safe == slide and slide.strip(".") and len(slide.encode()) <= 200:
+        return slide
+    short = safe.encode()[:100].decode(errors="ignore")  # file names are at most 255 bytes
+    return f"{short}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
 
 
 def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +136,7 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         if np.any(x < 0) or np.any(s0 <= 0):
             raise ConfigError(f"slide {slide!r} of {store_path} has patches without level-0 coordinates; "
                               "export needs a store made by `slidestream extract`")
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)
+        name = file_name(slide)
         if fmt == "geojson":
             path = out / f"{name}.geojson"
             feats = []

@@ -65,16 +65,18 @@ def test_float16_overflow_refused_float32_kept(store, tmp_path):
     assert f.dtype == np.float32 and np.isfinite(f).all() and f.max() > 65504
 
 
-def _other_pixels(path, n=4, per=4, seed=1):
+def _other_pixels(path, n=4, per=4, seed=1, ids=None, split=True):
     """coords_store's slides, patients, labels and coordinates with other patches (a re-extraction)."""
+    ids = ids or [f"S{i}" for i in range(n)]
     pipe = config.with_defaults({"name": "t", "magnification": 10, "patches": {"size": 32}, "store": {"chunk": 8}})
     st = PatchStore.create(path, 32, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
     rng = np.random.default_rng(seed)
     for i in range(n):
         patches = rng.integers(0, 128, (per, 32, 32, 3), dtype=np.uint8) + np.uint8(100 * (i % 2))
-        st.append(f"S{i}", patches, {"slide_id": f"S{i}", "patient_id": f"P{i}", "label": i % 2, "age": 40.0 + 3 * i,
+        st.append(ids[i], patches, {"slide_id": ids[i], "patient_id": f"P{i}", "label": i % 2, "age": 40.0 + 3 * i,
                                      "x": np.arange(per) * 128, "y": np.full(per, 64 * i), "size0": 128}, {"status": "done"})
-    splits.split_store(st, (2, 1, 1), seed=0)
+    if split:
+        splits.split_store(st, (2, 1, 1), seed=0)
     return st
 
 
@@ -91,3 +93,26 @@ def test_stale_features_of_another_extraction_refused_by_mil_and_export(store, t
         with pytest.raises(ConfigError, match=r"feature store .*f\.zarr is stale: the patch store .*other holds other patches"):
             run()
     assert not (tmp_path / "m2").exists() and not (tmp_path / "h5").exists()
+
+
+def test_export_unsafe_slide_ids_never_share_or_escape_a_file(tmp_path):
+    """'a/b' and 'a_b' were both written to a_b.geojson (the second overwrote the first, silently)."""
+    import json
+
+    import h5py
+
+    ids = ["a/b", "a_b", "..", "é x", "ok-1.2"]
+    st = _other_pixels(tmp_path / "s", n=5, ids=ids, split=False)
+    for fmt in ("geojson", "h5"):
+        paths = export.export(st.path, fmt, tmp_path / fmt)
+        assert len({p.name for p in paths}) == 5 and sorted((tmp_path / fmt).iterdir()) == sorted(paths)
+        assert tmp_path / fmt / f"ok-1.2.{fmt}" in paths and tmp_path / fmt / f"a_b.{fmt}" in paths
+    x, y, s0 = st.column("x"), st.column("y"), st.column("size0")
+    for i, sid in enumerate(ids):
+        rows = slice(4 * i, 4 * i + 4)
+        g = json.loads((tmp_path / "geojson" / f"{export.file_name(sid)}.geojson").read_text())
+        assert {f["properties"]["slide_id"] for f in g["features"]} == {sid}
+        assert [f["geometry"]["coordinates"][0][2] for f in g["features"]] == (
+            np.stack([x[rows] + s0[rows], y[rows] + s0[rows]], 1).tolist())
+        with h5py.File(tmp_path / "h5" / f"{export.file_name(sid)}.h5") as h:
+            assert h["coords"].attrs["name"] == sid and h["coords"][:].tolist() == np.stack([x[rows], y[rows]], 1).tolist()
