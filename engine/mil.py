@@ -81,6 +81,12 @@ def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[s
     order = np.argsort(inverse, kind="stable")
     groups = np.split(rows[order], np.searchsorted(inverse[order], np.arange(1, len(patients))))
     first = [g[0] for g in groups]
+    mixed = label[rows] != label[first][inverse]  # a bag has one label: that of each of its slides
+    if mixed.any():
+        i = int(np.argmax(mixed))
+        raise ConfigError(f"patient {str(patients[inverse[i]])!r} has slides with different labels ({label[first][inverse[i]]} "
+                          f"and {label[rows[i]]}); give all slides of a patient one label in the cohort CSV and rerun "
+                          "`slidestream extract`")
     out = {"patients": patients, "rows": groups, "label": label[first].astype(int), "age": age[first].astype(float),
            "split": as_str(split_column[first]) if split_column is not None else np.full(len(patients), "")}
     if np.any(out["label"] < 0) and not unlabeled_ok:  # predict: unknown labels are written -1, evaluate leaves them out

@@ -116,3 +116,16 @@ def test_export_unsafe_slide_ids_never_share_or_escape_a_file(tmp_path):
             np.stack([x[rows] + s0[rows], y[rows] + s0[rows]], 1).tolist())
         with h5py.File(tmp_path / "h5" / f"{export.file_name(sid)}.h5") as h:
             assert h["coords"].attrs["name"] == sid and h["coords"][:].tolist() == np.stack([x[rows], y[rows]], 1).tolist()
+
+
+def test_mil_refuses_a_patient_whose_slides_have_two_labels(tmp_path):
+    """Two slides of P0, labels 0 and 1 (--folds, no split to catch it): the bag took its first slide's label."""
+    st = _other_pixels(tmp_path / "s", n=9, split=False)
+    pid = st.column("patient_id").astype(object).astype(str)
+    pid[pid == "P1"] = "P0"  # S1 (label 1) becomes a second slide of P0 (label 0)
+    st.set_column("patient_id", pid)
+    pipe = {**_pipe(), "mil": {"epochs": 1}}
+    features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
+    with pytest.raises(ConfigError, match=r"patient 'P0' has slides with different labels \(0 and 1\); give all"):
+        mil.train(pipe, tmp_path / "f.zarr", tmp_path / "cv", folds=3, log=None, device="cpu")
+    assert not (tmp_path / "cv").exists()
