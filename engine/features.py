@@ -120,10 +120,13 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     import os
     import shutil
 
-    from .store import PatchStore, acquire_lock, beside, release_lock, writing
+    from .store import PatchStore, acquire_lock, beside, live_writer, release_lock, writing
 
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     store = PatchStore.open(store_path)
+    if live_writer(store_path):
+        raise StoreError(f"patch store {store_path} is being written by {live_writer(store_path)} (`extract` still "
+                         "running: its slides are not all in); wait for it to finish, then run `slidestream features`")
     n = len(store)
     if n == 0:
         raise StoreError(f"store {store_path} has no patches; run `slidestream extract` first")

@@ -129,3 +129,27 @@ def test_mil_refuses_a_patient_whose_slides_have_two_labels(tmp_path):
     with pytest.raises(ConfigError, match=r"patient 'P0' has slides with different labels \(0 and 1\); give all"):
         mil.train(pipe, tmp_path / "f.zarr", tmp_path / "cv", folds=3, log=None, device="cpu")
     assert not (tmp_path / "cv").exists()
+
+
+def test_features_refuse_a_patch_store_extract_is_still_writing(tmp_path):
+    """A live extract holds STORE.lock: features encoded the slides committed so far and called the result complete."""
+    import json
+    import socket
+    import subprocess
+
+    from slidestream.engine.errors import StoreError
+    from slidestream.engine.store import beside
+
+    store = _other_pixels(tmp_path / "s", split=False)
+    store.close()  # this process's lock released: another one's extract is writing it
+    lock = beside(store.path, "lock")
+    writer = subprocess.Popen(["sleep", "30"])
+    try:
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": writer.pid}))
+        with pytest.raises(StoreError, match=rf"is being written by pid {writer.pid} on host .*wait for it to finish"):
+            features.extract_features(_pipe(), store.path, tmp_path / "f.zarr", progress=False, log=None)
+        writer.kill()
+        writer.wait()  # killed: its committed slides are the store
+        features.extract_features(_pipe(), store.path, tmp_path / "f.zarr", progress=False, log=None)
+    finally:
+        writer.kill()
