@@ -153,3 +153,25 @@ def test_features_refuse_a_patch_store_extract_is_still_writing(tmp_path):
         features.extract_features(_pipe(), store.path, tmp_path / "f.zarr", progress=False, log=None)
     finally:
         writer.kill()
+
+
+def test_features_only_refuses_nan_features_naming_the_slide(tmp_path):
+    """extract --features-only wrote an encoder's NaN rows as the slide's features; now refused, nothing committed."""
+    import json
+
+    from conftest import EXAMPLE
+
+    from slidestream.engine import synthetic
+    from slidestream.engine.runner import read_cohort
+
+    doc = json.loads(EXAMPLE.read_text())
+    doc["tiling"]["params"].update(size=256, min_tissue=0.2, max_tiles=2)
+    doc.update(patches={"size": 64, "mode": "random", "per_tile": 2}, features={"batch_size": 5},
+               encoder={"name": "rt7.tiny", "params": {"bad": "nan"}})
+    slide = synthetic.make_slide(tmp_path / "s0.svs", size=(1536, 1024), label=1, seed=0)
+    (tmp_path / "c.csv").write_text(f"slide_path,patient_id,label,age\n{slide},P0,1,50\n")
+    with pytest.raises(ConfigError, match=r"NaN/inf features for \d+ of \d+ patches of 's0'"):
+        features.extract_features_only(config.parse(doc), read_cohort(tmp_path / "c.csv"), tmp_path / "f.zarr",
+                                       progress=False, qa=False)
+    info = features.FeatureStore(tmp_path / "f.zarr").info
+    assert info["done"] == {} and info["rows"] == 0 and info["pending"] == ["s0"]
