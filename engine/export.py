@@ -65,7 +65,7 @@ def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | No
 
     model, meta = load_bundle(bundle)
     check_encoder(bundle, meta, fs)
-    bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id})
+    bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id}, unlabeled_ok=True)
     att = np.full(len(fs), np.nan, np.float32)
     prob = np.full(len(fs), np.nan, np.float32)
     feats = fs.rows()  # all of them (small: N x dim), each slide checked against its CRC32

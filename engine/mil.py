@@ -90,7 +90,7 @@ def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[s
     out = {"patients": patients, "rows": groups, "label": label[first].astype(int), "age": age[first].astype(float),
            "split": as_str(split_column[first]) if split_column is not None else np.full(len(patients), "")}
     if np.any(out["label"] < 0) and not unlabeled_ok:  # predict: unknown labels are written -1, evaluate leaves them out
-        bad = patients[out["label"] < 0][0]
+        bad = str(patients[out["label"] < 0][0])
         raise ConfigError(f"patient {bad!r} has no IDH label in the store; give every patient a label in the cohort CSV")
     return out
 

@@ -175,3 +175,26 @@ def test_features_only_refuses_nan_features_naming_the_slide(tmp_path):
                                        progress=False, qa=False)
     info = features.FeatureStore(tmp_path / "f.zarr").info
     assert info["done"] == {} and info["rows"] == 0 and info["pending"] == ["s0"]
+
+
+def test_export_attention_of_new_unlabeled_patients(tmp_path):
+    """export --mil on a new cohort (labels unknown, -1) was refused ("has no IDH label"), though attention and
+    probability need no label (mil predict scores them)."""
+    import csv
+    import json
+
+    pipe = {**_pipe(), "aggregator": {"name": "abmil", "params": {"hidden": 8, "attention": 4}}, "mil": {"epochs": 1}}
+    train = coords_store(tmp_path / "train", n_patients=4, per=4)
+    features.extract_features(pipe, train.path, tmp_path / "f.zarr", progress=False, log=None)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", log=None, device="cpu")
+    new = _other_pixels(tmp_path / "new", split=False)
+    new.set_column("label", np.full(len(new), -1))
+    features.extract_features(pipe, new.path, tmp_path / "g.zarr", progress=False, log=None)
+    mil.predict(tmp_path / "mil", tmp_path / "g.zarr", tmp_path / "p.csv", warn=None)
+    want = {r["patient_id"]: float(r["image_prob"]) for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    paths = export.export(new.path, "geojson", tmp_path / "gj", features=tmp_path / "g.zarr", mil=tmp_path / "mil")
+    assert len(paths) == 4
+    for p in paths:
+        props = [f["properties"] for f in json.loads(p.read_text())["features"]]
+        assert np.isclose(sum(q["attention"] for q in props), 1, atol=1e-4)
+        assert np.isclose(props[0]["probability"], want[props[0]["patient_id"]], atol=1e-6)
