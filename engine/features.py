@@ -428,11 +428,12 @@ class EncoderSink:
         buf = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         k = len(buf) if final else len(buf) // self.bs * self.bs
         for a in range(0, k, self.bs):
+            n = min(a + self.bs, k) - a
             with torch.inference_mode():
-                f = self.module(preprocess(buf[a:min(a + self.bs, k)], self.spec, self.device)).float().cpu().numpy()
-            if f.shape[1:] != self.out.shape[1:]:
-                raise ConfigError(f"encoder {self.spec['name']!r} returned features of shape {f.shape[1:]}, "
-                                  f"declared ({self.out.shape[1]},)")
+                f = self.module(preprocess(buf[a:a + n], self.spec, self.device)).float().cpu().numpy()
+            if f.shape != (n, self.out.shape[1]):  # one row per patch, or every later row is another patch's
+                raise ConfigError(f"encoder {self.spec['name']!r} returned features of shape {f.shape[1:]} for {n} patches "
+                                  f"({f.shape[0]} rows), declared ({self.out.shape[1]},) per patch; fix the encoder plugin")
             self.out[self.row:self.row + len(f)] = f
             self.row += len(f)
         self.pending = [buf[k:]] if k < len(buf) else []

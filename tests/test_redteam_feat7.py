@@ -13,23 +13,24 @@ from test_mil import coords_store
 class _Net(torch.nn.Module):
     """6-d features: the patch's mean RGB, twice, times ``scale``; ``bad`` (e.g. NaN) for bright patches (label 1)."""
 
-    def __init__(self, scale=1.0, bad=None):
+    def __init__(self, scale=1.0, bad=None, drop=0):
         super().__init__()
-        self.scale, self.bad = scale, bad
+        self.scale, self.bad, self.drop = scale, bad, drop
 
     def forward(self, x):
         f = x.mean((2, 3)).repeat(1, 2) * self.scale
         if self.bad is not None:
             f[x.mean((1, 2, 3)) > 0.5] = float(self.bad)
-        return f
+        return f[self.drop:]
 
 
 class _Tiny:
     @staticmethod
     @hookimpl
     def slidestream_encoders():
-        return [EncoderPlugin(name="rt7.tiny", build=lambda scale=1.0, bad=None: _Net(scale, bad),
-                              params={"scale": {"type": "number"}, "bad": {"type": "string"}},
+        return [EncoderPlugin(name="rt7.tiny", build=lambda scale=1.0, bad=None, drop=0: _Net(scale, bad, drop),
+                              params={"scale": {"type": "number"}, "bad": {"type": "string"},
+                                      "drop": {"type": "integer"}},
                               input_size=8, dim=6, mean=(0, 0, 0), std=(1, 1, 1))]
 
 
@@ -198,3 +199,9 @@ def test_export_attention_of_new_unlabeled_patients(tmp_path):
         props = [f["properties"] for f in json.loads(p.read_text())["features"]]
         assert np.isclose(sum(q["attention"] for q in props), 1, atol=1e-4)
         assert np.isclose(props[0]["probability"], want[props[0]["patient_id"]], atol=1e-6)
+
+
+def test_encoder_returning_fewer_rows_than_patches_refused(store, tmp_path):
+    """An encoder giving 4 rows for 5 patches: each later row went to another patch, the slide's last rows stayed 0."""
+    with pytest.raises(ConfigError, match=r"returned features of shape \(6,\) for 4 patches \(3 rows\)"):
+        features.extract_features(_pipe(drop=1), store.path, tmp_path / "f.zarr", progress=False, log=None)
