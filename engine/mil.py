@@ -17,7 +17,8 @@ of the feature store:
   Early stopping (``mil.patience``: P): training stops once P epochs have passed without a better one (a
   rerun of a stopped run stops again; the epochs it trained are those of an uninterrupted run).
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
-  is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
+  is replaced atomically after every epoch; rerunning the same command continues from the last epoch
+  (on other features, patients or labels it is refused: another run).
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
   name/params and weights sha256, the features' extraction hash, best epoch, metrics, the train and val patients (n,
   sorted ids, digest), the pipeline's fusion fitted on the val patients and the Youden thresholds on val, the
@@ -221,8 +222,12 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) 
     del train_feats
     model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    from .config import digest
+
     ident = {"aggregator": agg, "split": split.tolist(), **{k: cfg[k] for k in ("lr", "weight_decay", "seed", "max_patches")},
-             "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
+             "features": header.get("weights_sha256"), "encoder": header.get("encoder"),
+             # the bags themselves: other features (each slide's CRC32), patients or labels are another run
+             "data": digest([header.get("sums"), bags["patients"].tolist(), bags["label"].tolist()])[:16]}
     ckpt, history, best, best_state, start = out / "checkpoint.pt", [], None, None, 0
     if ckpt.exists():
         c = load_checkpoint(ckpt, device)

@@ -205,3 +205,18 @@ def test_encoder_returning_fewer_rows_than_patches_refused(store, tmp_path):
     """An encoder giving 4 rows for 5 patches: each later row went to another patch, the slide's last rows stayed 0."""
     with pytest.raises(ConfigError, match=r"returned features of shape \(6,\) for 4 patches \(3 rows\)"):
         features.extract_features(_pipe(drop=1), store.path, tmp_path / "f.zarr", progress=False, log=None)
+
+
+def test_mil_rerun_into_the_same_out_with_other_features_is_refused(tmp_path):
+    """A finished run's --out, rerun with features recomputed from a re-extracted store (same encoder, split and
+    settings): it 'resumed' with 0 epochs to go and wrote predictions of the old model on the new features."""
+    pipe = {**_pipe(), "aggregator": {"name": "abmil", "params": {"hidden": 8, "attention": 4}}, "mil": {"epochs": 1}}
+    a = coords_store(tmp_path / "a", n_patients=4, per=4)
+    b = _other_pixels(tmp_path / "b")
+    assert np.array_equal(a.column("split"), b.column("split"))
+    for st, f in ((a, "fa.zarr"), (b, "fb.zarr")):
+        features.extract_features(pipe, st.path, tmp_path / f, progress=False, log=None)
+    mil.train(pipe, tmp_path / "fa.zarr", tmp_path / "mil", log=None, device="cpu")
+    mil.train(pipe, tmp_path / "fa.zarr", tmp_path / "mil", log=None, device="cpu")  # the same run: resumes
+    with pytest.raises(ConfigError, match="holds a checkpoint of another MIL run"):
+        mil.train(pipe, tmp_path / "fb.zarr", tmp_path / "mil", log=None, device="cpu")
