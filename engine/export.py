@@ -112,7 +112,9 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         store = PatchStore.open(store_path)
         fs, what = (FeatureStore(features) if features else None), "rerun `slidestream features` to finish it"
         if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
-            raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
+            raise ConfigError(f"feature store {features} was not computed from the patch store {store_path} ({len(fs)} vs "
+                              f"{len(store)} rows, or another extraction); give the feature store `slidestream features` "
+                              "wrote for it, or run `slidestream features` on it")
         if fs is not None:
             check_patch_store(fs, store, store_path, features)
         slides = _slides(store)

@@ -220,3 +220,11 @@ def test_mil_rerun_into_the_same_out_with_other_features_is_refused(tmp_path):
     mil.train(pipe, tmp_path / "fa.zarr", tmp_path / "mil", log=None, device="cpu")  # the same run: resumes
     with pytest.raises(ConfigError, match="holds a checkpoint of another MIL run"):
         mil.train(pipe, tmp_path / "fb.zarr", tmp_path / "mil", log=None, device="cpu")
+
+
+def test_export_with_features_of_another_store_names_the_fix(store, tmp_path):
+    features.extract_features(_pipe(), store.path, tmp_path / "f.zarr", progress=False, log=None)
+    small = _other_pixels(tmp_path / "s3", n=3, split=False)
+    with pytest.raises(ConfigError, match=r"was not computed from the patch store .*s3 \(16 vs 12 rows, or another "
+                                          r"extraction\); give the feature store .* or run `slidestream features` on it"):
+        export.export(small.path, "geojson", tmp_path / "gj", features=tmp_path / "f.zarr")
