@@ -121,14 +121,19 @@ class Standardized(torch.nn.Module):
     """An aggregator behind per-feature standardization with the training patches' mean and sd (saved with
     the weights as ``mean``/``std`` buffers): encoders' feature scales differ by orders of magnitude."""
 
-    def __init__(self, net, mean: np.ndarray, std: np.ndarray):
+    def __init__(self, net, mean: np.ndarray, std: np.ndarray, name: str = "?"):
         super().__init__()
-        self.net = net
+        self.net, self.name = net, name
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, bag):
-        return self.net((bag - self.mean) / self.std)
+        logit, a = self.net((bag - self.mean) / self.std)
+        if logit.numel() != 1 or a is None or tuple(a.shape) != (len(bag),):  # else broadcast onto the bag's rows
+            raise ConfigError(f"aggregator {self.name!r} returned a logit of shape {tuple(logit.shape)} and attention of "
+                              f"shape {None if a is None else tuple(a.shape)} for a bag of {len(bag)} patches; it must return "
+                              "(scalar logit, (n,) attention): fix the aggregator plugin")
+        return logit, a
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -220,7 +225,7 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) 
     train_feats = feats[rows].astype(np.float64)  # one copy of the training patches, not two
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     del train_feats
-    model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std).to(device)
+    model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std, agg["name"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     from .config import digest
 
@@ -354,7 +359,7 @@ def load_bundle(path: str | Path):
     meta = read_bundle(path)
     in_dim, name, params = int(meta["in_dim"]), meta["aggregator"], meta["params"]
     net = registry.get("aggregator", name).build(in_dim=in_dim, **params)
-    model = Standardized(net, np.zeros(in_dim), np.ones(in_dim))
+    model = Standardized(net, np.zeros(in_dim), np.ones(in_dim), name)
     load_weights(model, path / "model.safetensors", f"MIL bundle {path}")
     return model.eval(), meta
 

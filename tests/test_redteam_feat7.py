@@ -228,3 +228,37 @@ def test_export_with_features_of_another_store_names_the_fix(store, tmp_path):
     with pytest.raises(ConfigError, match=r"was not computed from the patch store .*s3 \(16 vs 12 rows, or another "
                                           r"extraction\); give the feature store .* or run `slidestream features` on it"):
         export.export(small.path, "geojson", tmp_path / "gj", features=tmp_path / "f.zarr")
+
+
+class _OneWeight(torch.nn.Module):
+    """A bag's mean through a linear layer, with one attention weight for the whole bag (not one per patch)."""
+
+    def __init__(self, in_dim):
+        super().__init__()
+        self.lin = torch.nn.Linear(in_dim, 1)
+
+    def forward(self, bag):
+        return self.lin(bag.mean(0)).squeeze(-1), torch.ones(1)
+
+
+def test_aggregator_attention_not_one_per_patch_refused(tmp_path):
+    """An aggregator returning (1,) attention: broadcast onto every row of attention.npy (all 1.0) and exports."""
+    from slidestream.engine.hookspecs import AggregatorPlugin
+    from test_mil import key_instance_bags
+
+    class Agg:
+        @staticmethod
+        @hookimpl
+        def slidestream_aggregators():
+            return [AggregatorPlugin(name="rt7.one", input="features", build=lambda in_dim: _OneWeight(in_dim))]
+
+    registry.register(Agg, name="rt7-agg")
+    try:
+        feats, bags, _ = key_instance_bags(n_patients=12, n=4, d=6)
+        cfg = {**mil.DEFAULTS, "epochs": 1, "device": "cpu"}
+        with pytest.raises(ConfigError, match=r"aggregator 'rt7.one' returned a logit of shape \(\) and attention of "
+                                              r"shape \(1,\) for a bag of 4 patches; it must return"):
+            mil.train_one(feats, bags, bags["split"], {"name": "rt7.one", "params": {}}, cfg, tmp_path, {}, log=None)
+    finally:
+        registry.manager().unregister(name="rt7-agg")
+        registry._table.cache_clear()
