@@ -39,6 +39,7 @@ CARRIED = ("slide_id", "patient_id", "label", "age", "x", "y", "size0", "synthet
 FIXED_META = ("slide_id", "x", "y", "size0")  # never rewritten: each slide's CRC32s of them, in this order, in the
 # header (meta_sums)
 ATTR = "slidestream_features"
+TRANSFORM = ("input_size", "mean", "std", "resize", "interpolation")  # the encoder's input transform (its plugin's)
 
 
 def _checked() -> list:
@@ -185,8 +186,8 @@ def _resume_features(path: Path, header: dict[str, Any]):
     if old.get("patch_store_id", header["patch_store_id"]) != header["patch_store_id"]:  # older stores: none
         raise StoreError(f"feature store {path} was made from the patch store {old.get('patch_store')}, not "
                          f"{header['patch_store']} (other slides or another extraction); give that --store, or a new --out")
-    for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
-        if old.get(k) != header[k]:
+    for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params", *TRANSFORM):
+        if old.get(k) != header[k] and (k in old or k not in TRANSFORM):  # older stores: no transform recorded
             raise StoreError(f"feature store {path} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
                              "use a new --out, or delete it to start over")
     _check_done(path, old)
@@ -501,8 +502,8 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         info = dict(g.attrs.get(ATTR) or {})
         if not info.get("features_only"):
             raise StoreError(f"{out} exists and is not a store of `extract --features-only`; choose a new --out")
-        for k in ("encoder", "weights_sha256", "dim", "dtype", "params", "extraction_hash"):
-            if info.get(k) != header[k]:
+        for k in ("encoder", "weights_sha256", "dim", "dtype", "params", "extraction_hash", *TRANSFORM):
+            if info.get(k) != header[k] and (k in info or k not in TRANSFORM):
                 what = "pipeline (tiling, filters, patches)" if k == "extraction_hash" else k
                 raise StoreError(f"feature store {out} was made with another {what} ({info.get(k)!r} vs {header[k]!r}); "
                                  "use a new --out, or delete it to start over")

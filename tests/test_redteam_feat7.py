@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slidestream.engine import config, export, features, mil, registry, splits
-from slidestream.engine.errors import ConfigError
+from slidestream.engine.errors import ConfigError, StoreError
 from slidestream.engine.hookspecs import EncoderPlugin, hookimpl
 from slidestream.engine.store import PatchStore
 from test_mil import coords_store
@@ -138,7 +138,6 @@ def test_features_refuse_a_patch_store_extract_is_still_writing(tmp_path):
     import socket
     import subprocess
 
-    from slidestream.engine.errors import StoreError
     from slidestream.engine.store import beside
 
     store = _other_pixels(tmp_path / "s", split=False)
@@ -262,3 +261,19 @@ def test_aggregator_attention_not_one_per_patch_refused(tmp_path):
     finally:
         registry.manager().unregister(name="rt7-agg")
         registry._table.cache_clear()
+
+
+def test_resume_refuses_another_input_transform(store, tmp_path):
+    """The same encoder name, params and weights with another input transform (a plugin upgrade changed its mean/std):
+    the rerun resumed, the store mixing slides encoded two ways."""
+    import zarr
+
+    out = tmp_path / "f.zarr"
+    features.extract_features(_pipe(), store.path, out, progress=False, log=None)
+    g = zarr.open_group(str(out), mode="r+")
+    info = dict(g.attrs[features.ATTR])
+    info["done"].pop("S3")
+    info["mean"] = [0.5, 0.5, 0.5]  # as the plugin's earlier version declared it
+    g.attrs[features.ATTR] = info
+    with pytest.raises(StoreError, match=r"was made with another mean \(\[0.5, 0.5, 0.5\] vs \[0, 0, 0\]\)"):
+        features.extract_features(_pipe(), store.path, out, progress=False, log=None)
