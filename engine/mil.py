@@ -435,6 +435,11 @@ def check_encoder(bundle: str | Path, meta: dict[str, Any], fs: FeatureStore) ->
                           f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
                           f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
                           f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
+    for k in ("input_size", "mean", "std"):  # the input transform, when both recorded it (a plugin upgrade changed it)
+        if enc.get(k) is not None and fs.info.get(k) is not None and enc[k] != fs.info[k]:
+            raise ConfigError(f"MIL bundle {bundle} was trained on features of patches with encoder {k} {enc[k]}, this "
+                              f"feature store's have {fs.info[k]}; recompute the features with the encoder version the "
+                              "bundle was trained with, or retrain it")
     own, theirs = meta.get("extraction_hash"), fs.info.get("extraction_hash")
     if own and theirs and own != theirs:  # same encoder on patches cut otherwise (magnification, size, tiling)
         raise ConfigError(f"MIL bundle {bundle} was trained on features of patches of extraction hash {own[:12]}, this "

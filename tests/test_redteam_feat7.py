@@ -277,3 +277,19 @@ def test_resume_refuses_another_input_transform(store, tmp_path):
     g.attrs[features.ATTR] = info
     with pytest.raises(StoreError, match=r"was made with another mean \(\[0.5, 0.5, 0.5\] vs \[0, 0, 0\]\)"):
         features.extract_features(_pipe(), store.path, out, progress=False, log=None)
+
+
+def test_mil_predict_refuses_features_of_another_input_transform(store, tmp_path):
+    import shutil
+
+    import zarr
+
+    pipe = {**_pipe(), "aggregator": {"name": "abmil", "params": {"hidden": 8, "attention": 4}}, "mil": {"epochs": 1}}
+    features.extract_features(pipe, store.path, tmp_path / "f.zarr", progress=False, log=None)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", log=None, device="cpu")
+    shutil.copytree(tmp_path / "f.zarr", tmp_path / "g.zarr")
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="r+")
+    g.attrs[features.ATTR] = {**g.attrs[features.ATTR], "std": [0.2, 0.2, 0.2]}  # another version of the plugin
+    with pytest.raises(ConfigError, match=r"trained on features of patches with encoder std \[1, 1, 1\], this feature "
+                                          r"store's have \[0.2, 0.2, 0.2\]"):
+        mil.predict(tmp_path / "mil", tmp_path / "g.zarr", tmp_path / "p.csv", warn=None)
