@@ -1,6 +1,7 @@
 """Exports of a patch store for the tools of the field: GeoJSON for QuPath, h5 in CLAM/TRIDENT's layout.
 
-``slidestream export STORE --format geojson --out DIR`` writes ``DIR/<slide_id>.geojson`` per slide: a
+``slidestream export STORE --format geojson --out DIR`` writes ``DIR/<slide_id>.geojson`` per slide (:func:`file_name`
+for ids that are no file name: ``/``, ``..``, spaces; each file's ``slide_id``/``name`` is the id itself): a
 FeatureCollection with one Polygon per patch, its level-0 square (x, y) .. (x + size0, y + size0), with
 properties ``objectType: "tile"``, ``slide_id``, ``patient_id``, ``row`` and, given a MIL bundle and its
 feature store (``--mil OUT --features FEATS.zarr``), ``attention`` (the patch's weight in its patient's
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .features import ATTR, FeatureStore, as_str
+from .features import ATTR, FeatureStore, as_str, check_patch_store
 from .store import PatchStore, beside
 
 FORMATS = ("geojson", "h5", "png")
@@ -42,6 +43,19 @@ def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
     return sorted(out, key=lambda s: s[1])
 
 
+def file_name(slide: str) -> str:
+    """A slide id as a file name: itself when it is one (letters, digits, ``-_.``, at most 200 characters, not
+    ``.``/``..``), else those characters kept, the rest ``_``, plus ``-`` and 8 hex digits of its sha1, so two
+    slides (``a/b``, ``a_b``) never write the same file."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)[:200]
+    if safe == slide and slide.strip(".") and len(slide.encode()) <= 200:
+        return slide
+    short = safe.encode()[:100].decode(errors="ignore")  # file names are at most 255 bytes
+    return f"{short}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
+
+
 def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per feature-store row: attention within its patient's bag and the patient's probability (NaN outside bags).
     ``patient_id``: the patch store's column (the patients `mil train --store` made its bags of)."""
@@ -51,7 +65,7 @@ def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | No
 
     model, meta = load_bundle(bundle)
     check_encoder(bundle, meta, fs)
-    bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id})
+    bags = patient_bags(fs, None, None if patient_id is None else {"patient_id": patient_id}, unlabeled_ok=True)
     att = np.full(len(fs), np.nan, np.float32)
     prob = np.full(len(fs), np.nan, np.float32)
     feats = fs.rows()  # all of them (small: N x dim), each slide checked against its CRC32
@@ -98,7 +112,11 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         store = PatchStore.open(store_path)
         fs, what = (FeatureStore(features) if features else None), "rerun `slidestream features` to finish it"
         if fs is not None and (len(fs) != len(store) or fs.info.get("extraction_hash") != store.manifest.get("extraction_hash")):
-            raise ConfigError(f"feature store {features} was not computed from the patch store {store_path}")
+            raise ConfigError(f"feature store {features} was not computed from the patch store {store_path} ({len(fs)} vs "
+                              f"{len(store)} rows, or another extraction); give the feature store `slidestream features` "
+                              "wrote for it, or run `slidestream features` on it")
+        if fs is not None:
+            check_patch_store(fs, store, store_path, features)
         slides = _slides(store)
         tab = store.table(["slide_id", "patient_id", "x", "y", "size0"])
         pipe = store.manifest.get("pipeline") or {}
@@ -120,7 +138,7 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
         if np.any(x < 0) or np.any(s0 <= 0):
             raise ConfigError(f"slide {slide!r} of {store_path} has patches without level-0 coordinates; "
                               "export needs a store made by `slidestream extract`")
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)
+        name = file_name(slide)
         if fmt == "geojson":
             path = out / f"{name}.geojson"
             feats = []

@@ -39,6 +39,7 @@ CARRIED = ("slide_id", "patient_id", "label", "age", "x", "y", "size0", "synthet
 FIXED_META = ("slide_id", "x", "y", "size0")  # never rewritten: each slide's CRC32s of them, in this order, in the
 # header (meta_sums)
 ATTR = "slidestream_features"
+TRANSFORM = ("input_size", "mean", "std", "resize", "interpolation")  # the encoder's input transform (its plugin's)
 
 
 def _checked() -> list:
@@ -120,10 +121,13 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
     import os
     import shutil
 
-    from .store import PatchStore, acquire_lock, beside, release_lock, writing
+    from .store import PatchStore, acquire_lock, beside, live_writer, release_lock, writing
 
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     store = PatchStore.open(store_path)
+    if live_writer(store_path):
+        raise StoreError(f"patch store {store_path} is being written by {live_writer(store_path)} (`extract` still "
+                         "running: its slides are not all in); wait for it to finish, then run `slidestream features`")
     n = len(store)
     if n == 0:
         raise StoreError(f"store {store_path} has no patches; run `slidestream extract` first")
@@ -182,8 +186,8 @@ def _resume_features(path: Path, header: dict[str, Any]):
     if old.get("patch_store_id", header["patch_store_id"]) != header["patch_store_id"]:  # older stores: none
         raise StoreError(f"feature store {path} was made from the patch store {old.get('patch_store')}, not "
                          f"{header['patch_store']} (other slides or another extraction); give that --store, or a new --out")
-    for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params"):
-        if old.get(k) != header[k]:
+    for k in ("encoder", "weights_sha256", "dim", "dtype", "extraction_hash", "rows", "params", *TRANSFORM):
+        if old.get(k) != header[k] and (k in old or k not in TRANSFORM):  # older stores: no transform recorded
             raise StoreError(f"feature store {path} was made with another {k} ({old.get(k)!r} vs {header[k]!r}); "
                              "use a new --out, or delete it to start over")
     _check_done(path, old)
@@ -232,6 +236,23 @@ def _store_id(store) -> str:
     return digest([store.manifest.get("created"), _units(store), sums])[:16]
 
 
+def check_patch_store(fs, ps, path, features) -> None:
+    """Refuse (one line) a patch store ``ps`` (at ``path``) the feature store ``fs`` was not computed from: other
+    rows, slides or coordinates, or other patches of them (its ``patch_store_id``: re-extracted, shards replaced).
+    Patients, labels, ages and splits may have changed since: they are read from the patch store."""
+    same = len(ps) == len(fs) and all(np.array_equal(as_str(ps.column(c)) if c == "slide_id" else ps.column(c),
+                                                     fs.column(c)) for c in ("slide_id", "x", "y"))
+    if not same:
+        raise ConfigError(f"the patch store {path} ({len(ps)} rows) is not the one the feature store {features} "
+                          f"({len(fs)} rows) was computed from (other rows, slides or coordinates); give that patch store "
+                          "(--store), or rerun `slidestream features` on this one")
+    own = fs.info.get("patch_store_id")  # None: `extract --features-only`, or an older store
+    if own and own != _store_id(ps):
+        raise ConfigError(f"the feature store {features} is stale: the patch store {path} holds other patches of its "
+                          "slides than those it was computed from (re-extracted, or shard files replaced); rerun "
+                          f"`slidestream features` on {path} into a new --out")
+
+
 def _new_features(path: Path, store, header: dict[str, Any], cfg: dict[str, Any], n: int):
     """A new feature store at ``path`` for the ``n`` rows of ``store``: features unwritten, meta columns copied."""
     import zarr
@@ -276,13 +297,27 @@ def _encode_units(g, store, module, spec, cfg, header, done, out, progress):
                 b = min(a + bs, r1)
                 sink.write(a - r0, store.read(a, b))
                 bar.advance(task, b - a)
-            block = sink.close()
-            block = block.astype(cfg["dtype"])
+            block = stored(sink.close(), cfg["dtype"], spec, key)
             with writing(out):  # a full disk: one line, exit 2; the slides done so far stay done
                 feats[r0:r1] = block
                 done[key], sums[key] = [r0, r1], _values_crc(block)
                 g.attrs[ATTR] = {**g.attrs[ATTR], **header, "done": done, "sums": sums}  # in once its rows are written
     return todo, total, time.perf_counter() - t0, dev
+
+
+def stored(block: np.ndarray, dtype: str, spec: dict[str, Any], key: str) -> np.ndarray:
+    """A slide's float32 features as stored (``dtype``); NaN/inf features, and features beyond float16's range
+    when stored as float16 (they would read as inf), refused naming the slide."""
+    bad = ~np.isfinite(block).all(1)
+    if bad.any():
+        raise ConfigError(f"encoder {spec['name']!r} gave NaN/inf features for {int(bad.sum())} of {len(block)} patches "
+                          f"of {key!r} (first: its patch {int(np.argmax(bad))}); fix the encoder or its weights, then rerun "
+                          "(the slides written so far are kept)")
+    top = float(np.abs(block).max(initial=0))
+    if dtype == "float16" and top > 65504:  # float16's largest: stored as inf
+        raise ConfigError(f"encoder {spec['name']!r} gave features up to {top:.4g} for {key!r}, beyond float16's "
+                          '65504; set "features": {"dtype": "float32"} in the pipeline and write a new --out')
+    return block.astype(dtype)
 
 
 class FeatureStore:
@@ -394,11 +429,12 @@ class EncoderSink:
         buf = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         k = len(buf) if final else len(buf) // self.bs * self.bs
         for a in range(0, k, self.bs):
+            n = min(a + self.bs, k) - a
             with torch.inference_mode():
-                f = self.module(preprocess(buf[a:min(a + self.bs, k)], self.spec, self.device)).float().cpu().numpy()
-            if f.shape[1:] != self.out.shape[1:]:
-                raise ConfigError(f"encoder {self.spec['name']!r} returned features of shape {f.shape[1:]}, "
-                                  f"declared ({self.out.shape[1]},)")
+                f = self.module(preprocess(buf[a:a + n], self.spec, self.device)).float().cpu().numpy()
+            if f.shape != (n, self.out.shape[1]):  # one row per patch, or every later row is another patch's
+                raise ConfigError(f"encoder {self.spec['name']!r} returned features of shape {f.shape[1:]} for {n} patches "
+                                  f"({f.shape[0]} rows), declared ({self.out.shape[1]},) per patch; fix the encoder plugin")
             self.out[self.row:self.row + len(f)] = f
             self.row += len(f)
         self.pending = [buf[k:]] if k < len(buf) else []
@@ -466,8 +502,8 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
         info = dict(g.attrs.get(ATTR) or {})
         if not info.get("features_only"):
             raise StoreError(f"{out} exists and is not a store of `extract --features-only`; choose a new --out")
-        for k in ("encoder", "weights_sha256", "dim", "dtype", "params", "extraction_hash"):
-            if info.get(k) != header[k]:
+        for k in ("encoder", "weights_sha256", "dim", "dtype", "params", "extraction_hash", *TRANSFORM):
+            if info.get(k) != header[k] and (k in info or k not in TRANSFORM):
                 what = "pipeline (tiling, filters, patches)" if k == "extraction_hash" else k
                 raise StoreError(f"feature store {out} was made with another {what} ({info.get(k)!r} vs {header[k]!r}); "
                                  "use a new --out, or delete it to start over")
@@ -537,7 +573,7 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
                 if n:
                     cols = {**meta, "slide_id": row.slide_id, "patient_id": row.patient_id, "label": row.label,
                             "age": row.age, "synthetic": False}
-                    block = feats[:n].astype(cfg["dtype"])
+                    block = stored(feats[:n], cfg["dtype"], spec, row.slide_id)
                     g["features"].resize((rows, header["dim"]))
                     g["features"][r0:rows] = block
                     sums[row.slide_id] = _values_crc(block)

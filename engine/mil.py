@@ -17,7 +17,8 @@ of the feature store:
   Early stopping (``mil.patience``: P): training stops once P epochs have passed without a better one (a
   rerun of a stopped run stops again; the epochs it trained are those of an uninterrupted run).
 * Resume: ``OUT/checkpoint.pt`` (model, optimizer, history, best state; tensors only, ``weights_only=True``)
-  is replaced atomically after every epoch; rerunning the same command continues from the last epoch.
+  is replaced atomically after every epoch; rerunning the same command continues from the last epoch
+  (on other features, patients or labels it is refused: another run).
 * Output: a bundle ``OUT/model.safetensors`` + ``OUT/mil.json`` (aggregator, params, input dim, the encoder's
   name/params and weights sha256, the features' extraction hash, best epoch, metrics, the train and val patients (n,
   sorted ids, digest), the pipeline's fusion fitted on the val patients and the Youden thresholds on val, the
@@ -42,7 +43,7 @@ import torch
 from . import registry
 from .device import resolve_device
 from .errors import ConfigError
-from .features import FeatureStore, as_str
+from .features import FeatureStore, as_str, check_patch_store
 from .train import _atomic_torch_save, load_checkpoint, write_predictions
 
 DEFAULTS: dict[str, Any] = {"epochs": 20, "lr": 2e-4, "weight_decay": 1e-5, "seed": 0, "max_patches": None, "patience": None,
@@ -91,10 +92,16 @@ def patient_bags(fs: FeatureStore, split_column: np.ndarray | None, meta: dict[s
     order = np.argsort(inverse, kind="stable")
     groups = np.split(rows[order], np.searchsorted(inverse[order], np.arange(1, len(patients))))
     first = [g[0] for g in groups]
+    mixed = label[rows] != label[first][inverse]  # a bag has one label: that of each of its slides
+    if mixed.any():
+        i = int(np.argmax(mixed))
+        raise ConfigError(f"patient {str(patients[inverse[i]])!r} has slides with different labels ({label[first][inverse[i]]} "
+                          f"and {label[rows[i]]}); give all slides of a patient one label in the cohort CSV and rerun "
+                          "`slidestream extract`")
     out = {"patients": patients, "rows": groups, "label": label[first].astype(int), "age": age[first].astype(float),
            "split": as_str(split_column[first]) if split_column is not None else np.full(len(patients), "")}
     if np.any(out["label"] < 0) and not unlabeled_ok:  # predict: unknown labels are written -1, evaluate leaves them out
-        bad = patients[out["label"] < 0][0]
+        bad = str(patients[out["label"] < 0][0])
         raise ConfigError(f"patient {bad!r} has no IDH label in the store; give every patient a label in the cohort CSV")
     return out
 
@@ -124,14 +131,19 @@ class Standardized(torch.nn.Module):
     """An aggregator behind per-feature standardization with the training patches' mean and sd (saved with
     the weights as ``mean``/``std`` buffers): encoders' feature scales differ by orders of magnitude."""
 
-    def __init__(self, net, mean: np.ndarray, std: np.ndarray):
+    def __init__(self, net, mean: np.ndarray, std: np.ndarray, name: str = "?"):
         super().__init__()
-        self.net = net
+        self.net, self.name = net, name
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, bag):
-        return self.net((bag - self.mean) / self.std)
+        logit, a = self.net((bag - self.mean) / self.std)
+        if logit.numel() != 1 or a is None or tuple(a.shape) != (len(bag),):  # else broadcast onto the bag's rows
+            raise ConfigError(f"aggregator {self.name!r} returned a logit of shape {tuple(logit.shape)} and attention of "
+                              f"shape {None if a is None else tuple(a.shape)} for a bag of {len(bag)} patches; it must return "
+                              "(scalar logit, (n,) attention): fix the aggregator plugin")
+        return logit, a
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
@@ -223,10 +235,14 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) 
     train_feats = feats[rows].astype(np.float64)  # one copy of the training patches, not two
     mean, std = train_feats.mean(0), train_feats.std(0) + 1e-6
     del train_feats
-    model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std).to(device)
+    model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std, agg["name"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    from .config import digest
+
     ident = {"aggregator": agg, "split": split.tolist(), **{k: cfg[k] for k in ("lr", "weight_decay", "seed", "max_patches")},
-             "features": header.get("weights_sha256"), "encoder": header.get("encoder")}
+             "features": header.get("weights_sha256"), "encoder": header.get("encoder"),
+             # the bags themselves: other features (each slide's CRC32), patients or labels are another run
+             "data": digest([header.get("sums"), bags["patients"].tolist(), bags["label"].tolist()])[:16]}
     if cfg.get("schedule", "constant") != "constant":  # only then: checkpoints of runs before it still resume
         ident["schedule"] = [cfg["schedule"], cfg["epochs"]]  # its rates depend on mil.epochs: no extending it
     pos_weight = None
@@ -365,7 +381,7 @@ def load_bundle(path: str | Path):
     meta = read_bundle(path)
     in_dim, name, params = int(meta["in_dim"]), meta["aggregator"], meta["params"]
     net = registry.get("aggregator", name).build(in_dim=in_dim, **params)
-    model = Standardized(net, np.zeros(in_dim), np.ones(in_dim))
+    model = Standardized(net, np.zeros(in_dim), np.ones(in_dim), name)
     load_weights(model, path / "model.safetensors", f"MIL bundle {path}")
     return model.eval(), meta
 
@@ -441,6 +457,11 @@ def check_encoder(bundle: str | Path, meta: dict[str, Any], fs: FeatureStore) ->
                           f"{enc.get('params')}, weights sha256 {str(enc.get('weights_sha256'))[:12]}), not this feature "
                           f"store's {fs.info['encoder']} ({fs.info['dim']}-d, params {fs.info.get('params')}, weights "
                           f"sha256 {str(fs.info.get('weights_sha256'))[:12]}); give the feature store it was trained on")
+    for k in ("input_size", "mean", "std"):  # the input transform, when both recorded it (a plugin upgrade changed it)
+        if enc.get(k) is not None and fs.info.get(k) is not None and enc[k] != fs.info[k]:
+            raise ConfigError(f"MIL bundle {bundle} was trained on features of patches with encoder {k} {enc[k]}, this "
+                              f"feature store's have {fs.info[k]}; recompute the features with the encoder version the "
+                              "bundle was trained with, or retrain it")
     own, theirs = meta.get("extraction_hash"), fs.info.get("extraction_hash")
     if own and theirs and own != theirs:  # same encoder on patches cut otherwise (magnification, size, tiling)
         raise ConfigError(f"MIL bundle {bundle} was trained on features of patches of extraction hash {own[:12]}, this "
@@ -499,10 +520,7 @@ def _patch_store(fs: FeatureStore, store: str | Path | None, features: str | Pat
     if not path or (store is None and not Path(path).exists()):
         return None
     ps = PatchStore.open(path)
-    if len(ps) != len(fs) or not np.array_equal(as_str(ps.column("slide_id")), fs.column("slide_id")):
-        raise ConfigError(f"the patch store {path} ({len(ps)} rows) is not the one the feature store {features} "
-                          f"({len(fs)} rows) was computed from (other rows or slides); give that patch store (--store), or "
-                          "rerun `slidestream features` on this one")
+    check_patch_store(fs, ps, path, features)
     return ps
 
 

@@ -258,6 +258,20 @@ def lock_output(out: str | Path):
         release_lock(out)
 
 
+def live_writer(path: str | Path) -> str | None:
+    """``"pid N on host H"`` when another live process holds the lock of the store at ``path`` (an ``extract``
+    still running: its slides are not all in), else None (no lock, this process's, or a dead holder's here)."""
+    lock = beside(path, "lock")
+    try:
+        holder = json.loads(lock.read_text())
+        host, pid = str(holder["host"]), int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if lock in _HELD or host == socket.gethostname() and (pid == os.getpid() or not _pid_alive(pid)):
+        return None
+    return f"pid {pid} on host {host}"
+
+
 def _mtime(p: Path) -> float:
     try:
         return p.stat().st_mtime
