@@ -88,7 +88,7 @@ def compare(got: dict, ref: dict) -> dict:
                                          f"thumbnail {t:.1f}", "worst": worst, "boxes": bad, "reader": got["reader"]}
 
 
-def _child(path: str, ref: dict | None, wfd: int) -> None:
+def _child(path: str, ref: dict | None, wfd: int, rss0: int = 0) -> None:
     try:
         got = read_all(path)
         if "refused" in got:
@@ -99,6 +99,7 @@ def _child(path: str, ref: dict | None, wfd: int) -> None:
             res = compare(got, ref) if ref is not None else {"outcome": "same"}
     except BaseException as e:  # noqa: BLE001 - anything else would be a traceback in the CLI
         res = {"outcome": "raw", "why": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
+    res["rss0"] = rss0  # KiB at the fork: what the parent brought
     os.write(wfd, json.dumps(res).encode())
     os._exit(0)
 
@@ -111,9 +112,12 @@ def run(path: str | Path, ref: dict | None, limit: float = LIMIT_S) -> dict:
     pid = os.fork()
     if pid == 0:
         os.close(r)
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # the machine stays usable
+        # a forked child starts with its parent's memory (a pytest process that loaded torch: GBs): its limits and
+        # its peak RSS count from there
+        vm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (8 << 30), vm + (8 << 30)))  # the machine stays usable
         try:
-            _child(path, ref, w)
+            _child(path, ref, w, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         finally:
             os._exit(3)
     os.close(w)
@@ -135,7 +139,7 @@ def run(path: str | Path, ref: dict | None, limit: float = LIMIT_S) -> dict:
     if os.WIFSIGNALED(status):
         return {"outcome": "crash", "why": f"signal {os.WTERMSIG(status)}", "seconds": seconds}
     res = json.loads(b"".join(chunks) or b'{"outcome": "crash", "why": "no result"}')
-    res.update(seconds=seconds, rss=usage.ru_maxrss * 1024)
+    res.update(seconds=seconds, rss=(usage.ru_maxrss - res.pop("rss0", 0)) * 1024)  # what the read added
     if res["rss"] > MAX_RSS:
         res.update(outcome="memory", why=f"peak RSS {res['rss'] / 2**30:.1f} GB; " + res.get("why", ""))
     return res

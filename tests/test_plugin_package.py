@@ -64,6 +64,7 @@ def test_out_of_tree_encoder_and_aggregator(site, tmp_path):
     r = _run(site, "plugins")
     assert r.returncode == 0 and "mylab.meanrgb" in r.stdout and "mylab.max" in r.stdout
     st = make_store(tmp_path / "s", n_patients=2, per_patient=4, patch=32)
+    st.close()  # its writer lock: this (pytest) process stays alive while the features subprocess runs
     pipe = tmp_path / "p.json"
     pipe.write_text(json.dumps({"encoder": {"name": "mylab.meanrgb"}, "training": {"aggregation": {"method": "mylab.max"}}}))
     r = _run(site, "features", pipe, "--store", st.path, "--out", tmp_path / "f.zarr", "--quiet")

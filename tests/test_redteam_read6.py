@@ -246,3 +246,36 @@ def test_subifd_levels_chained_after_the_listed_one_are_levels(tmp_path):
         finally:
             s.close()
             ref.close()
+
+
+def test_tiff_check_ignores_another_threads_tifffile_warnings():
+    """extract parses the next slide in a thread while this one is checked: a truncated slide's tifffile warnings
+    (another thread) made a good slide 'truncated file' in the full suite. Only this thread's warnings count."""
+    import logging
+    import threading
+
+    from slidestream.plugins.readers.common import check_tiff
+
+    stop = threading.Event()
+
+    def spam():
+        log = logging.getLogger("tifffile")
+        while not stop.is_set():
+            log.warning("<TiffFile 'broken.svs'> invalid page offset 99999999 (truncated file)")
+
+    t = threading.Thread(target=spam, daemon=True)
+    t.start()
+    try:
+        for _ in range(30):
+            check_tiff(str(fuzzread.source("svs")))
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_fuzz_memory_counts_what_the_read_adds_not_the_parent(tmp_path):
+    """A forked case starts with its parent's memory: a test process holding 2.5 GB made every case 'memory'."""
+    ballast = np.ones(int(2.5 * 2**30), np.uint8)  # touched: resident
+    res = fuzzread.run(fuzzread.source("svs"), None)
+    assert res["outcome"] == "same" and res["rss"] < 1 << 30, res
+    del ballast

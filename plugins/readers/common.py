@@ -215,6 +215,7 @@ def check_tiff(path: str, keep: bool = False):
     * no directory pointing past the end of the file (tifffile logs those; collected, not printed).
     """
     import logging
+    import threading
 
     import tifffile
 
@@ -224,9 +225,12 @@ def check_tiff(path: str, keep: bool = False):
     size = os.path.getsize(path)
     problems: list[str] = []
 
+    me = threading.get_ident()
+
     class Catch(logging.Handler):
         def emit(self, record):
-            problems.append(record.getMessage())
+            if record.thread == me:  # another slide parsed meanwhile (extract plans the next slide) is not this one
+                problems.append(record.getMessage())
 
     log = logging.getLogger("tifffile")
     handler, propagate = Catch(level=logging.WARNING), log.propagate
