@@ -122,7 +122,7 @@ def schema() -> dict[str, Any]:
                 "type": "object", "additionalProperties": False,
                 "properties": {"slide_timeout_s": {
                     "type": ["number", "null"], "minimum": 0,
-                    "description": "seconds one slide may take in `slidestream extract` (default 1800) before its worker "
+                    "description": "seconds one slide may take in `slidestream extract` (default 1800 with --workers > 1; a serial run has a limit only when this is set) before its worker "
                                    "process is stopped and the slide recorded failed; 0 or null: no limit"}},
             },
             # ---- learning (issue: learning and evaluation) ----

@@ -400,9 +400,10 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
     patient_id changed gets those columns updated (summary status ``updated``). ``allow_corrupt_tiles``:
     tiles whose decoder complains are dropped and listed in the slide's record instead of failing it.
 
-    With a time limit (``slide_timeout``, on by default) each slide runs in a child process, killed when the
-    slide takes longer (the slide is recorded failed; a rerun retries it); without one, a serial run
-    (``workers`` 1) runs the slides in this process."""
+    With a time limit (``slide_timeout``: 1800 s by default for parallel runs; a serial run only when the
+    pipeline sets ``extract.slide_timeout_s``) each slide runs in a child process, killed when the slide takes
+    longer (the slide is recorded failed; a rerun retries it); otherwise a serial run (``workers`` 1) runs the
+    slides in this process."""
     t0 = time.perf_counter()
     if not scheduler:
         check_workers(workers)
@@ -450,7 +451,11 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                 if on_slide:
                     on_slide(row, rec)
 
-            if workers <= 1 and not scheduler and not timeout:
+            # a serial run forks its worker only for a limit the user set: the default limit guards parallel runs,
+            # whose slides run in worker processes anyway (forking a big, threaded caller, e.g. a notebook that
+            # loaded torch, is not free of risk)
+            explicit = "slide_timeout_s" in (pipeline.get("extract") or {})
+            if workers <= 1 and not scheduler and not (timeout and explicit):
                 for row, prepared in planned_ahead(pipeline, todo, allow_corrupt_tiles):
                     cb = bar.slide_started(row.slide_id)
                     finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,

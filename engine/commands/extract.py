@@ -96,7 +96,7 @@ def extract_cmd(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
     slide_timeout: Optional[float] = typer.Option(None, "--slide-timeout", min=0, help="Seconds one slide may take "
                                                   "before its worker is stopped and the slide recorded failed (default: "
-                                                  "the pipeline's extract.slide_timeout_s, 1800; 0 = no limit)."),
+                                                  "the pipeline's extract.slide_timeout_s; else 1800 with --workers > 1 and none serially; 0 = no limit)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decode threads per worker (default: cores / workers)."),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Level-0 µm/px for slides without resolution metadata."),
     qa: bool = typer.Option(True, "--qa/--no-qa", help="Write STORE.qa/<slide>.png beside the store: mask overlay and kept tiles."),
@@ -117,7 +117,7 @@ def extract_cmd(
     Exit status: 0 all slides done (slides without tissue are recorded, not errors), 1 some slides
     failed (see the summary; a rerun retries them and skips finished ones), 2 invalid input or the
     store is being written by another process (STORE.lock names it). A slide that takes longer than
-    --slide-timeout (extract.slide_timeout_s, 1800 s by default) has its worker process stopped and is
+    --slide-timeout (extract.slide_timeout_s; 1800 s by default with --workers > 1, none serially unless set) has its worker process stopped and is
     recorded failed. Ctrl-C or SIGTERM stops the run (exit 130 / 143), keeping the slides committed so far.
 
     A rerun updates the label, age and patient_id columns of finished slides whose cohort values
