@@ -125,8 +125,9 @@ def extract_features(pipeline: dict[str, Any], store_path: str | Path, out: str 
 
     cfg = settings(pipeline, device=device, batch_size=batch_size)
     store = PatchStore.open(store_path)
-    if live_writer(store_path):
-        raise StoreError(f"patch store {store_path} is being written by {live_writer(store_path)} (`extract` still "
+    holder = live_writer(store_path)
+    if holder:
+        raise StoreError(f"patch store {store_path} is being written by {holder} (`extract` still "
                          "running: its slides are not all in); wait for it to finish, then run `slidestream features`")
     n = len(store)
     if n == 0:

@@ -212,6 +212,7 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) 
     from safetensors.torch import save
 
     from .bundle import patient_set, seal
+    from .config import digest
     from .evaluate import apply_fusion, fit_fusion, youden_threshold
     from .store import atomic_write_bytes, atomic_write_text
 
@@ -237,8 +238,6 @@ def _train_one(feats, bags, split, agg, cfg, out: Path, header, log, fref=None) 
     del train_feats
     model = Standardized(plugin.build(in_dim=feats.shape[1], **agg["params"]), mean, std, agg["name"]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    from .config import digest
-
     ident = {"aggregator": agg, "split": split.tolist(), **{k: cfg[k] for k in ("lr", "weight_decay", "seed", "max_patches")},
              "features": header.get("weights_sha256"), "encoder": header.get("encoder"),
              # the bags themselves: other features (each slide's CRC32), patients or labels are another run
@@ -391,14 +390,9 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
     """Train on the patch store's split, or K-fold cross-validate (``folds``). Returns a summary."""
     cfg = settings(pipeline, **overrides)
     agg = aggregator_ref(pipeline, aggregator)
-    fs = FeatureStore(features)
-    if not fs.complete():
-        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
+    fs, feats, ps, meta = _inputs(features, store)
     header = {**fs.info, "path": str(Path(features).resolve())}
-    feats = _finite_rows(fs, features)
     out = Path(out)
-    ps = _patch_store(fs, store, features)
-    meta = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
     if folds:  # the patch store's patients when there is one: slides of a patient never in two folds
         bags = patient_bags(fs, None, meta)
         results = []
@@ -437,6 +431,21 @@ def train(pipeline: dict[str, Any], features: str | Path, out: str | Path, *, st
         log(f"{agg['name']}: best epoch {res['best_epoch']}, test AUC {res['metrics'].get('test', {}).get('auc')}; "
             f"predictions: {out / 'predictions.csv'}")
     return res
+
+
+def _inputs(features: str | Path, store: str | Path | None, check=None):
+    """``(fs, feats, ps, cols)`` of `mil train` and `mil predict`: the complete feature store (``check(fs)`` next:
+    predict's encoder check), all its rows (NaN/inf refused), its patch store (:func:`_patch_store`) and that
+    store's ``patient_id``/``label``/``age`` columns (None without one)."""
+    fs = FeatureStore(features)
+    if not fs.complete():
+        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
+    if check:
+        check(fs)
+    feats = _finite_rows(fs, features)
+    ps = _patch_store(fs, store, features)
+    cols = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
+    return fs, feats, ps, cols
 
 
 def _finite_rows(fs: FeatureStore, features: str | Path) -> np.ndarray:
@@ -483,13 +492,7 @@ def predict(bundle: str | Path, features: str | Path, out: str | Path, *, store:
         raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     model, meta = load_bundle(bundle)
-    fs = FeatureStore(features)
-    if not fs.complete():
-        raise ConfigError(f"feature store {features} is incomplete; rerun `slidestream features` to finish it")
-    check_encoder(bundle, meta, fs)
-    feats = _finite_rows(fs, features)
-    ps = _patch_store(fs, store, features)
-    cols = {c: ps.column(c) for c in ("patient_id", "label", "age")} if ps is not None else None
+    fs, feats, ps, cols = _inputs(features, store, lambda fs: check_encoder(bundle, meta, fs))
     sp = ps.column("split") if ps is not None else None
     if ps is not None:
         from .splits import check_assigned

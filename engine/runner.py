@@ -375,9 +375,12 @@ SLIDE_TIMEOUT_S = 1800.0  # extract.slide_timeout_s when the pipeline does not s
 WORKERS_PER_CORE = 4  # --workers above this many per CPU core is refused
 
 
-def slide_timeout(pipeline: dict[str, Any]) -> float:
-    """Seconds a slide may take before its worker is stopped (``extract.slide_timeout_s``; 0 or null: no limit)."""
-    return float((pipeline.get("extract") or {}).get("slide_timeout_s", SLIDE_TIMEOUT_S) or 0)
+def slide_timeout(pipeline: dict[str, Any], parallel: bool = True) -> float:
+    """Seconds a slide may take before its worker is stopped (``extract.slide_timeout_s``; 0 or null: no limit).
+    Unset: ``SLIDE_TIMEOUT_S`` for a ``parallel`` run, whose slides run in worker processes anyway; none for a
+    serial one, which would fork a worker only for it (forking a big, threaded caller, e.g. a notebook that
+    loaded torch, is not free of risk)."""
+    return float((pipeline.get("extract") or {}).get("slide_timeout_s", SLIDE_TIMEOUT_S if parallel else 0) or 0)
 
 
 def check_workers(workers: int) -> None:
@@ -407,7 +410,7 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
     t0 = time.perf_counter()
     if not scheduler:
         check_workers(workers)
-    timeout = slide_timeout(pipeline)
+    timeout = slide_timeout(pipeline, parallel=workers > 1 or bool(scheduler))
     out = Path(out)
     store = PatchStore.create(out, int(pipeline["patches"]["size"]), pipeline["store"],
                               manifest_base(pipeline, pipeline_path))
@@ -451,11 +454,7 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                 if on_slide:
                     on_slide(row, rec)
 
-            # a serial run forks its worker only for a limit the user set: the default limit guards parallel runs,
-            # whose slides run in worker processes anyway (forking a big, threaded caller, e.g. a notebook that
-            # loaded torch, is not free of risk)
-            explicit = "slide_timeout_s" in (pipeline.get("extract") or {})
-            if workers <= 1 and not scheduler and not (timeout and explicit):
+            if workers <= 1 and not scheduler and not timeout:
                 for row, prepared in planned_ahead(pipeline, todo, allow_corrupt_tiles):
                     cb = bar.slide_started(row.slide_id)
                     finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,
