@@ -1,0 +1,105 @@
+"""Red team, round 8: held-out numbers in the remaining corners (re-split stores, MIL fusion split, slide ids as
+file names, h5 export attributes, predict of a slide vs of its store)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from slidestream.engine import evaluate as ev
+from slidestream.engine.errors import ConfigError
+
+PIPE = {"name": "b8", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+        "training": {"epochs": 1, "batch_size": 16, "lr": 3e-3, "num_workers": 1}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from slidestream.engine import bundle, config, splits, train
+    from slidestream.engine.synthetic import make_store
+
+    d = tmp_path_factory.mktemp("rt8")
+    st = make_store(d / "s", n_patients=12, per_patient=4, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    train.train(config.parse(PIPE), st.path, d / "model", log=None)
+    b = d / "model" / "small_cnn"
+    return st.path, b, bundle.read(b)[1]["patients"]
+
+
+def _bundle_roles(ids, own):
+    train, val = set(own["train"]["patients"]), set(own["val"]["patients"])
+    return {p: "train" if p in train else "val" if p in val else "test" for p in ids}
+
+
+def _resplit(store, copy, seed):
+    from slidestream.engine import splits
+    from slidestream.engine.store import PatchStore
+
+    shutil.copytree(store, copy)
+    ps = PatchStore.open(copy, mode="r+")
+    splits.split_store(ps, (1, 1, 2), seed=seed)
+    tab = ps.table(["patient_id", "split"])
+    return {str(p): str(s) for p, s in zip(tab["patient_id"], tab["split"])}
+
+
+# ---------------------------------------------------------------------------------------------- 1. re-split store
+def test_predict_of_a_resplit_store_writes_the_bundles_split_not_the_stores(trained, tmp_path):
+    """Known defect: the CSV kept the re-split store's split (warnings only), so a plain `evaluate` reported
+    patients the bundle trained or selected on as held-out test."""
+    from slidestream.engine import predict
+
+    store, b, own = trained
+    now = _resplit(store, tmp_path / "re", seed=7)
+    want = _bundle_roles(now, own)
+    assert any(now[p] == "test" and want[p] != "test" for p in now)  # the re-split puts seen patients in test
+    said = []
+    r = predict.predict_store(b, tmp_path / "re", tmp_path / "p.csv", warn=said.append)
+    t = ev.load_predictions(tmp_path / "p.csv")
+    assert dict(zip(t["patient_id"], t["split"])) == want
+    seen = set(own["train"]["patients"]) | set(own["val"]["patients"])
+    m = ev.evaluate(t, bootstrap=0)  # plain evaluate: no seen patient in the held-out metrics
+    assert not seen & {p for p, s in zip(m["patients"]["patient_id"], m["patients"]["split"]) if s == "test"}
+    ev.evaluate(t, trained=own, bootstrap=0)  # and `evaluate --bundle` takes the table (it refused it)
+    assert r["trained_on"] and any("outside its train split" in s for s in said)
+
+
+def test_mil_predict_of_a_resplit_store_writes_the_bundles_split(tmp_path):
+    from slidestream.engine import config, features, mil
+
+    from test_mil import coords_store
+
+    st = coords_store(tmp_path / "store", n_patients=12, per=3)
+    pipe = config.parse({"name": "m8", "encoder": {"name": "morphometry", "params": {"input_size": 32}},
+                         "aggregator": {"name": "abmil", "params": {"hidden": 8, "attention": 4}},
+                         "mil": {"epochs": 1, "device": "cpu"}})
+    features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
+    mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", log=None)
+    own = mil.read_bundle(tmp_path / "mil")["patients"]
+    now = _resplit(st.path, tmp_path / "re", seed=3)
+    mil.predict(tmp_path / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", store=tmp_path / "re", warn=lambda m: None)
+    t = ev.load_predictions(tmp_path / "p.csv")
+    assert dict(zip(t["patient_id"], t["split"])) == _bundle_roles(now, own) != now
+
+
+# ---------------------------------------------------------------------------------------------- 2. MIL fusion split
+def test_mil_fusion_honours_training_fusion_split_and_refuses_fusion_cv(tmp_path):
+    """Known defect: `mil train` fitted the age fusion on val whatever training.fusion_split said."""
+    from slidestream.engine import mil
+
+    from test_mil import key_instance_bags
+
+    feats, bags, _ = key_instance_bags(n_patients=24)
+    bags["age"] = np.linspace(30, 75, 24)
+    cfg = {**mil.DEFAULTS, "epochs": 1, "lr": 1e-3, "device": "cpu"}
+    agg = {"name": "abmil", "params": {"hidden": 8, "attention": 4}}
+    res = {}
+    for split in ("val", "train"):
+        mil.train_one(feats, bags, bags["split"], agg, cfg, tmp_path / split, {}, log=None,
+                      fusion={"name": "age_gda"}, fusion_split=split)
+        res[split] = mil.read_bundle(tmp_path / split)["fusion"]
+    assert res["val"]["fit_on"] == "val" and res["val"]["n"] == int(np.sum(bags["split"] == "val"))
+    assert res["train"]["fit_on"] == "train" and res["train"]["n"] == int(np.sum(bags["split"] == "train"))
+    pipe = {"name": "x", "fusion": {"name": "age_gda"}, "training": {"fusion_cv": 3}}
+    with pytest.raises(ConfigError, match="training.fusion_cv is for `slidestream train`"):
+        mil.train(pipe, tmp_path / "none.zarr", tmp_path / "o", log=None)
