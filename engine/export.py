@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .cohort import file_name  # noqa: F401 (export.file_name: where it was first)
 from .errors import ConfigError
 from .features import ATTR, FeatureStore, as_str, check_patch_store
 from .store import PatchStore, beside
@@ -41,19 +42,6 @@ def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
     out = [(k, int(r["rows"][0]), int(r["rows"][1])) for k, r in store.records("slides").items()
            if r.get("rows") and r["rows"][1] > r["rows"][0]]
     return sorted(out, key=lambda s: s[1])
-
-
-def file_name(slide: str) -> str:
-    """A slide id as a file name: itself when it is one (letters, digits, ``-_.``, at most 200 characters, not
-    ``.``/``..``), else those characters kept, the rest ``_``, plus ``-`` and 8 hex digits of its sha1, so two
-    slides (``a/b``, ``a_b``) never write the same file."""
-    import hashlib
-
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)[:200]
-    if safe == slide and slide.strip(".") and len(slide.encode()) <= 200:
-        return slide
-    short = safe.encode()[:100].decode(errors="ignore")  # file names are at most 255 bytes
-    return f"{short}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
 
 
 def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +172,7 @@ def heatmap(qa_dir: Path, rec: dict, scale: float, slide: str, x: np.ndarray, y:
     from PIL import Image
 
     width0 = (rec.get("dimensions") or [None])[0]
-    qa = Path(qa_dir) / f"{slide}.png"
+    qa = Path(qa_dir) / f"{file_name(slide)}.png"  # as extract named it
     if qa.is_file() and width0:
         base = Image.open(qa).convert("RGB")
         scale = width0 / base.size[0]  # level-0 px per thumbnail px
