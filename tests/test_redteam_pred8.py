@@ -131,3 +131,35 @@ def test_slide_ids_with_path_characters_keep_their_qa_picture_inside_store_qa(tm
     rec = {"dimensions": [1024, 1024]}
     img = np.asarray(export.heatmap(qa, rec, 32.0, "a/b", np.array([0]), np.array([0]), np.array([64]), np.array([1.0])))
     assert img.shape[:2] == (32, 32) and not (img == 255).all()  # the QA thumbnail, not a white canvas
+
+
+# ---------------------------------------------------------------------------------------------- 5. h5 attributes
+def _h5_store(path, size0, patch=16, mag=10):
+    from slidestream.engine import config
+    from slidestream.engine.store import PatchStore
+
+    pipe = config.with_defaults({"name": "t", "magnification": mag, "patches": {"size": patch}, "store": {"chunk": 8}})
+    st = PatchStore.create(path, patch, pipe["store"], {"extraction_hash": config.extraction_hash(pipe), "pipeline": pipe})
+    st.append("S0", np.zeros((2, patch, patch, 3), np.uint8), {"slide_id": "S0", "patient_id": "P0", "label": 1,
+              "age": 50.0, "x": np.array([0, size0]), "y": np.array([0, 0]), "size0": size0}, {"status": "done"})
+    return path
+
+
+@pytest.mark.parametrize("size0", [64, 16])  # 10x patches of a 40x slide; patches cut at level-0 resolution
+def test_h5_coords_attributes_mean_what_trident_and_clam_read(tmp_path, size0):
+    """TRIDENT reads patch_size px at target_magnification (level-0 side: x level0_magnification / target);
+    CLAM's extract_features_fp reads read_region(coord, patch_level, (patch_size, patch_size)). Known defect:
+    patch_level 0 with patch_size 16 (target px) for 64 px level-0 patches: CLAM read a 16 px square at level 0,
+    a quarter of the patch's side; downsample said 4 where CLAM means level 0's downsample (1)."""
+    import h5py
+
+    from slidestream.engine import export
+
+    (path,) = export.export(_h5_store(tmp_path / "s", size0), "h5", tmp_path / "h5")
+    with h5py.File(path, "r") as h:
+        a = dict(h["coords"].attrs)
+    assert a["patch_size"] == 16 and a["patch_size_level0"] == size0 and a["target_magnification"] == 10
+    assert a["patch_size"] * a["level0_magnification"] / a["target_magnification"] == size0  # TRIDENT's side
+    if "patch_level" in a or size0 == 16:  # CLAM's region: patch_size px at a level of downsample `downsample`
+        assert a["patch_level"] == 0 and list(a["downsample"]) == [1.0, 1.0]
+        assert a["patch_size"] * a["downsample"][0] == size0
