@@ -160,7 +160,10 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
                    out_dir: str | Path = ".", device: str = "auto", batch_size: int = 64) -> list[dict[str, Any]]:
     """Extract each slide/photo with the bundle's pipeline, classify its patches, aggregate, fuse with ``age``;
     writes ``<out_dir>/<name>_heatmap.png``. Returns one result dict per input (``call``: mutant when the image
-    probability is at or above the bundle's ``threshold``, the one ``evaluate --bundle`` uses by default)."""
+    probability is at or above the bundle's ``threshold``, the one ``evaluate --bundle`` uses by default).
+    The slide id is the file name's (``cohort.slide_id``): the patches, and so the probability, are those of
+    ``extract`` + ``predict_store`` of a store listing the slide under that id; random patch positions are seeded
+    by the slide id, so a cohort CSV's other ``slide_id`` cuts other (equally valid) patches."""
     from . import runner
 
     dev = pick_device(device)

@@ -163,3 +163,35 @@ def test_h5_coords_attributes_mean_what_trident_and_clam_read(tmp_path, size0):
     if "patch_level" in a or size0 == 16:  # CLAM's region: patch_size px at a level of downsample `downsample`
         assert a["patch_level"] == 0 and list(a["downsample"]) == [1.0, 1.0]
         assert a["patch_size"] * a["downsample"][0] == size0
+
+
+# ---------------------------------------------------------------------------------------------- 3. slide vs its store
+def test_predict_of_a_slide_equals_its_store_row_under_the_same_id_and_says_why_not_otherwise(trained, tmp_path):
+    """`predict SLIDE` cuts the slide with the bundle's pipeline under the id of its file name; random patch
+    positions (patches.mode random, the default) are seeded by (seed, slide id, tile). Same id as the store's:
+    same patches, same probability. A cohort CSV's other slide_id: other (equally valid) positions, so another
+    probability: the documented reason (README, predict_slides)."""
+    from slidestream.engine import bundle, predict, runner
+    from slidestream.engine.cohort import read_cohort
+    from slidestream.engine.store import PatchStore
+    from slidestream.engine.synthetic import make_slide
+
+    _, b, _ = trained
+    pipe = bundle.read(b)[2]
+    assert pipe["patches"]["mode"] == "random"
+    p = make_slide(tmp_path / "X0.svs", size=(1024, 1024), label=1, seed=3, mpp=1.0, levels=(1, 4))
+    q = shutil.copy(p, tmp_path / "copy.svs")  # the same pixels, listed under another slide_id
+    (tmp_path / "c.csv").write_text(f"slide_path,patient_id,label,age,slide_id\n{p},A,1,50,X0\n{q},B,1,50,other-id\n")
+    runner.extract(pipe, read_cohort(tmp_path / "c.csv"), tmp_path / "s", progress=False)
+    predict.predict_store(b, tmp_path / "s", tmp_path / "p.csv", warn=None)
+    t = ev.load_predictions(tmp_path / "p.csv")
+    store = dict(zip(t["patient_id"], t["image_prob"]))
+    (one,) = predict.predict_slides(b, [p], out_dir=tmp_path / "h")
+    tab = PatchStore.open(tmp_path / "s").table(["slide_id", "x", "y"])
+    _, table, _, _, _ = runner.extract_slide_patches(pipe, str(p))
+    for sid, same in (("X0", True), ("other-id", False)):
+        rows = tab["slide_id"] == sid
+        xy = sorted(zip(tab["x"][rows].tolist(), tab["y"][rows].tolist()))
+        assert (xy == sorted(zip(table["x"].tolist(), table["y"].tolist()))) is same
+    assert one["image_prob"] == pytest.approx(store["A"], abs=1e-6)
+    assert one["image_prob"] != pytest.approx(store["B"], abs=1e-6)
