@@ -72,10 +72,13 @@ def test_mil_predict_of_a_resplit_store_writes_the_bundles_split(tmp_path):
     st = coords_store(tmp_path / "store", n_patients=12, per=3)
     pipe = config.parse({"name": "m8", "encoder": {"name": "morphometry", "params": {"input_size": 32}},
                          "aggregator": {"name": "abmil", "params": {"hidden": 8, "attention": 4}},
-                         "mil": {"epochs": 1, "device": "cpu"}})
+                         "mil": {"epochs": 1, "device": "cpu"}, "fusion": {"name": "age_gda"},
+                         "training": {"fusion_split": "train"}})
     features.extract_features(pipe, st.path, tmp_path / "f.zarr", progress=False, log=None)
     mil.train(pipe, tmp_path / "f.zarr", tmp_path / "mil", log=None)
-    own = mil.read_bundle(tmp_path / "mil")["patients"]
+    meta = mil.read_bundle(tmp_path / "mil")
+    own = meta["patients"]
+    assert meta["fusion"]["fit_on"] == "train" and meta["fusion"]["patients"] == own["train"]["patients"]  # corner 2
     now = _resplit(st.path, tmp_path / "re", seed=3)
     mil.predict(tmp_path / "mil", tmp_path / "f.zarr", tmp_path / "p.csv", store=tmp_path / "re", warn=lambda m: None)
     t = ev.load_predictions(tmp_path / "p.csv")
