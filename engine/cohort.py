@@ -131,6 +131,20 @@ def identical_copies(rows: list[SlideRow]) -> list[tuple[SlideRow, SlideRow]]:
     return pairs
 
 
+def file_name(slide: str) -> str:
+    """A slide id as a file name (extract's ``STORE.qa/<name>.png`` and progress files, export's files): itself
+    when it is one (letters, digits, ``-_.``, at most 200 characters, not ``.``/``..``), else those characters
+    kept, the rest ``_``, plus ``-`` and 8 hex digits of its sha1, so two slides (``a/b``, ``a_b``) never write the
+    same file and ``../x`` stays in its folder."""
+    import hashlib
+
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)[:200]
+    if safe == slide and slide.strip(".") and len(slide.encode()) <= 200:
+        return slide
+    short = safe.encode()[:100].decode(errors="ignore")  # file names are at most 255 bytes
+    return f"{short}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
+
+
 def slide_id(p: Path) -> str:
     name = p.name
     for suf in (".ome.tiff", ".ome.tif"):

@@ -8,11 +8,21 @@ feature store (``--mil OUT --features FEATS.zarr``), ``attention`` (the patch's 
 bag) and ``probability`` (the patient's predicted probability of IDH-mutant), also under ``measurements``
 (QuPath shows those as measurements).
 
-``--format h5`` writes ``DIR/<slide_id>.h5`` as CLAM's ``create_patches_fp.py`` / TRIDENT do: dataset
-``coords`` (n, 2) int64 level-0 top-left (x, y) with attributes ``patch_size`` (px at the target
-magnification), ``patch_size_level0``, ``patch_level`` (0: coordinates are level-0), ``downsample``,
-``target_magnification``, ``level0_magnification``, ``overlap`` and ``name``; with ``--features`` also
-dataset ``features`` (n, dim) float32, as CLAM's ``extract_features_fp.py`` writes it.
+``--format h5`` writes ``DIR/<slide_id>.h5`` as TRIDENT's ``extract_tissue_coords`` (and CLAM's
+``create_patches_fp.py``) do: dataset ``coords`` (n, 2) int64 level-0 top-left (x, y) with attributes, read as:
+
+* TRIDENT (its own layout, taken when ``patch_size``, ``level0_magnification`` and ``target_magnification`` are all
+  there): ``patch_size`` = px at ``target_magnification`` (the patch as stored), ``patch_size_level0`` = the same
+  square in level-0 px (= patch_size x level0_magnification / target_magnification; slide encoders such as TITAN
+  read it), ``level0_magnification``, ``target_magnification``, ``overlap`` (0), ``name``.
+* CLAM (``extract_features_fp.py`` reads ``read_region(coord, patch_level, (patch_size, patch_size))``:
+  ``patch_size`` = px *at* ``patch_level``; ``downsample`` = that level's downsample from level 0): one
+  ``patch_size`` cannot mean both when the patches were resampled (level-0 px != patch px, e.g. 10x patches of a 40x
+  slide: CLAM would read a 4x too small field of view), so ``patch_level`` 0 and ``downsample`` (1, 1) are written
+  only for patches cut at level-0 resolution, where both meanings agree; otherwise they are left out and CLAM stops
+  (KeyError 'patch_level') instead of reading the wrong region.
+
+With ``--features`` also dataset ``features`` (n, dim) float32, as CLAM's ``extract_features_fp.py`` writes it.
 
 STORE may also be a feature store written by ``extract --features-only`` (no patch store): its own rows, meta
 columns and header give the slides, coordinates, patch size and magnification, and its features go into the h5
@@ -30,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from .cohort import file_name  # noqa: F401 (export.file_name: where it was first)
 from .errors import ConfigError
 from .features import ATTR, FeatureStore, as_str, check_patch_store
 from .store import PatchStore, beside
@@ -41,19 +52,6 @@ def _slides(store: PatchStore) -> list[tuple[str, int, int]]:
     out = [(k, int(r["rows"][0]), int(r["rows"][1])) for k, r in store.records("slides").items()
            if r.get("rows") and r["rows"][1] > r["rows"][0]]
     return sorted(out, key=lambda s: s[1])
-
-
-def file_name(slide: str) -> str:
-    """A slide id as a file name: itself when it is one (letters, digits, ``-_.``, at most 200 characters, not
-    ``.``/``..``), else those characters kept, the rest ``_``, plus ``-`` and 8 hex digits of its sha1, so two
-    slides (``a/b``, ``a_b``) never write the same file."""
-    import hashlib
-
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in slide)[:200]
-    if safe == slide and slide.strip(".") and len(slide.encode()) <= 200:
-        return slide
-    short = safe.encode()[:100].decode(errors="ignore")  # file names are at most 255 bytes
-    return f"{short}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
 
 
 def mil_scores(bundle: str | Path, fs: FeatureStore, patient_id: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -164,9 +162,10 @@ def export(store_path: str | Path, fmt: str, out: str | Path, features: str | Pa
             size0 = int(np.median(s0))
             with h5py.File(path, "w") as h:
                 d = h.create_dataset("coords", data=np.stack([x, y], axis=1).astype(np.int64))
-                d.attrs.update({"patch_size": patch, "patch_size_level0": size0, "patch_level": 0,
-                                "downsample": [size0 / patch, size0 / patch], "target_magnification": target,
+                d.attrs.update({"patch_size": patch, "patch_size_level0": size0, "target_magnification": target,
                                 "level0_magnification": target * size0 / patch, "overlap": 0, "name": slide})
+                if size0 == patch:  # CLAM reads patch_size px at patch_level: true only here (module docstring)
+                    d.attrs.update({"patch_level": 0, "downsample": [1.0, 1.0]})
                 if fs is not None:
                     h.create_dataset("features", data=fs.rows(r0, r1).astype(np.float32))
                 if att is not None:
@@ -184,7 +183,7 @@ def heatmap(qa_dir: Path, rec: dict, scale: float, slide: str, x: np.ndarray, y:
     from PIL import Image
 
     width0 = (rec.get("dimensions") or [None])[0]
-    qa = Path(qa_dir) / f"{slide}.png"
+    qa = Path(qa_dir) / f"{file_name(slide)}.png"  # as extract named it
     if qa.is_file() and width0:
         base = Image.open(qa).convert("RGB")
         scale = width0 / base.size[0]  # level-0 px per thumbnail px

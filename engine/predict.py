@@ -29,12 +29,13 @@ def _stderr(msg: str) -> None:
 def predict_store(bundle: str | Path, store: str | Path, out: str | Path, device: str = "auto",
                   batch_size: int = 64, workers: int = 2, warn: Callable[[str], None] | None = _stderr) -> dict[str, Any]:
     """P(mutant) per patient for every real patient of ``store``; writes ``out`` (CSV:
-    patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline. ``warn`` (default:
-    stderr) is told when patients the bundle trained on are outside the store's train split (``trained_on`` in
-    the result: their probabilities are in-sample, not held out). A store that was never split (new patients)
-    gets split ``test`` for every patient the bundle did not train or select on, the bundle's own split for
-    those it did (``unsplit`` in the result), so ``evaluate`` reads the CSV as it is; its val patients only when the
-    store holds all of them, else ``train`` (``val_as_train``: never held out, in no metric)."""
+    patient_id,label,age,split,image_prob). Refuses a store extracted by another pipeline. The split column is the
+    bundle's record (``held_out_roles``), whatever the store's split says (a store re-split after training): its
+    train patients train, its val patients val (train when the store holds only some of them: ``val_as_train``),
+    every other patient test, so plain ``evaluate`` never counts a patient the bundle saw as held out. ``warn``
+    (default: stderr) is told where the store's split differs (``trained_on``: its train patients outside the
+    store's train split; ``selected_on``: its val patients in the store's test split). ``unsplit``: the store was
+    never split. A bundle without that record (older) keeps the store's split, patients in no split test."""
     out = Path(out)
     if out.is_dir():  # the rename onto it failed after scoring the whole store, naming a temporary file
         raise ConfigError(f"--out {out} is a folder; give the CSV file to write, e.g. {out / 'predictions.csv'}")
@@ -72,46 +73,47 @@ def without_patches(st: PatchStore, predicted) -> list[str]:
 def held_out_roles(table: dict[str, np.ndarray], own: dict[str, Any], what: str,
                    warn: Callable[[str], None] | None) -> dict[str, Any]:
     """The predictions ``table``'s split column for ``evaluate``, given the bundle's ``patients`` (``own``) and
-    ``what`` the patients come from (a store, for the warnings). A never-split table: ``test`` for every patient the
-    bundle did not train or select on; its own keep their train/val, val only when all of its val patients are
-    here, else train (``val_as_train``); likewise the patients in no split of a split table (warned). ``trained_on``: train patients outside the train split, ``selected_on``: val
-    patients in the test split (both warned)."""
-    blank = np.array([not s for s in table["split"]], bool)  # patients in no split
+    ``what`` the patients come from (a store, for the warnings). With the bundle's record, every patient's split
+    is the bundle's, whatever the store's split says (a store re-split after training): its train patients
+    ``train``, its val patients ``val`` when all of them are here, else ``train`` (``val_as_train``: never held
+    out, in no metric), every other patient ``test``. Without a record (an older bundle) the store's split is
+    kept, and patients in no split are ``test``. ``trained_on``: train patients outside the store's train split,
+    ``selected_on``: val patients in its test split (both warned, as is any other patient the store put elsewhere)."""
+    ids = [str(p) for p in table["patient_id"]]
+    stored = {p: str(s) for p, s in zip(ids, table["split"])}  # the store's split ('' = in no split)
+    blank = np.array([not stored[p] for p in ids], bool)
     unsplit = bool(blank.all())
-    seen_val: list[str] = []
-    if blank.any():  # a store of new patients, never split (or slides extracted after `split`): held out by definition,
-        # so test (evaluate refused '' splits); patients the bundle trained or selected on are never test: they keep that
-        # role, but val only when the store holds all of the bundle's val patients (evaluate --bundle judges the
-        # threshold on that whole set); some of them are written as train (seen by the model, in no metric)
-        ids = {str(p) for p in table["patient_id"]}
-        val = set((own.get("val") or {}).get("patients", []))
-        seen_val = sorted({str(p) for p in table["patient_id"][blank]} & val) if not val <= ids else []
-        role = {str(p): sp for sp in ("val", "train") for p in (own.get(sp) or {}).get("patients", [])}
-        role.update({p: "train" for p in seen_val})
-        table["split"] = np.array([role.get(str(p), "test") if b else s for p, s, b in
-                                   zip(table["patient_id"], table["split"], blank)], dtype=object)
-        if not unsplit and warn:
-            warn(f"warning: {int(blank.sum())} patient(s) of {what} are in no split (slides extracted after `slidestream "
-                 f"split`?, e.g. {table['patient_id'][blank][0]}): written as test unless the bundle trained or "
-                 "selected on them")
-        if seen_val and warn:
-            warn(f"warning: {what} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
-                 f"{seen_val[0]}; it chose its epoch on them): written with split train, not test (not held out) "
-                 "nor val (evaluate judges the threshold on the whole val set); they are in no metric")
-    # patients the bundle trained on that this store does not call train (a re-split, another store): their
-    # probabilities are in-sample whatever the CSV's split says; `evaluate --bundle` refuses them in test
-    split_of = {str(p): str(sp) for p, sp in zip(table["patient_id"], table["split"])}
-    trained_on = sorted(p for p in (own.get("train") or {}).get("patients", []) if split_of.get(p, "train") != "train")
-    if trained_on and warn:
+    train = set((own.get("train") or {}).get("patients", []))
+    val = set((own.get("val") or {}).get("patients", []))
+    # the bundle's val patients, when the store holds only some of them: tuned on (never test), but a part of val
+    # cannot judge the threshold (evaluate --bundle needs the whole val set): written train, in no metric
+    seen_val = sorted(set(ids) & val) if not val <= set(ids) else []
+    if train or val:  # the bundle's record decides every patient's role, not the store's split column
+        role = {p: "train" if p in train or p in seen_val else "val" if p in val else "test" for p in ids}
+    else:  # a bundle written before it recorded its patients: the store's split; patients in no split are held out
+        role = {p: stored[p] or "test" for p in ids}
+    table["split"] = np.array([role[p] for p in ids], dtype=object)
+    trained_on = sorted(p for p in train if stored.get(p, "train") not in ("train", ""))
+    selected_on = sorted(p for p in val if stored.get(p) == "test")
+    if warn and blank.any() and not unsplit:
+        warn(f"warning: {int(blank.sum())} patient(s) of {what} are in no split (slides extracted after `slidestream "
+             f"split`?, e.g. {table['patient_id'][blank][0]}): written as test unless the bundle trained or "
+             "selected on them")
+    if warn and seen_val:
+        warn(f"warning: {what} holds {len(seen_val)} of the bundle's {len(val)} val patients (e.g. "
+             f"{seen_val[0]}; it chose its epoch on them): written with split train, not test (not held out) "
+             "nor val (evaluate judges the threshold on the whole val set); they are in no metric")
+    if warn and trained_on:  # a re-split store, another store: their probabilities are in-sample
         warn(f"warning: {len(trained_on)} patient(s) of {what} outside its train split were in the bundle's "
-             f"training set (e.g. {trained_on[0]}, now {split_of[trained_on[0]] or 'in no split'}): their probabilities are in-sample, "
-             "not held out; predict a store with the split the bundle was trained on")
-    # the bundle's val patients (they chose its epoch) that a re-split store calls test: not held out either
-    selected_on = sorted(p for p in (own.get("val") or {}).get("patients", []) if split_of.get(p) == "test")
-    if selected_on and warn:
+             f"training set (e.g. {trained_on[0]}, there {stored[trained_on[0]]}): written with split train (the "
+             "bundle's), never as held out")
+    if warn and selected_on:
         warn(f"warning: {len(selected_on)} patient(s) in the test split of {what} chose the bundle's epoch (its val "
-             f"patients, e.g. {selected_on[0]}): their test metrics are not held out; predict a store with the split "
-             "the bundle was trained on")
+             f"patients, e.g. {selected_on[0]}): written with the bundle's split, not as held out")
+    moved = sorted(p for p in ids if stored[p] and stored[p] != role[p] and p not in trained_on + selected_on)
+    if warn and moved and (train or val):  # e.g. the store's new val/train patients the bundle never saw: test
+        warn(f"warning: {len(moved)} patient(s) of {what} have another split in it than in the bundle's record (e.g. "
+             f"{moved[0]}: {stored[moved[0]]} there, written {role[moved[0]]}): predictions take the bundle's split")
     return {"trained_on": trained_on, "selected_on": selected_on, "unsplit": unsplit, "val_as_train": seen_val}
 
 
@@ -158,7 +160,10 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
                    out_dir: str | Path = ".", device: str = "auto", batch_size: int = 64) -> list[dict[str, Any]]:
     """Extract each slide/photo with the bundle's pipeline, classify its patches, aggregate, fuse with ``age``;
     writes ``<out_dir>/<name>_heatmap.png``. Returns one result dict per input (``call``: mutant when the image
-    probability is at or above the bundle's ``threshold``, the one ``evaluate --bundle`` uses by default)."""
+    probability is at or above the bundle's ``threshold``, the one ``evaluate --bundle`` uses by default).
+    The slide id is the file name's (``cohort.slide_id``): the patches, and so the probability, are those of
+    ``extract`` + ``predict_store`` of a store listing the slide under that id; random patch positions are seeded
+    by the slide id, so a cohort CSV's other ``slide_id`` cuts other (equally valid) patches."""
     from . import runner
 
     dev = pick_device(device)

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import config, registry
 from .chatter import CAPTURE
-from .cohort import SLIDE_SUFFIXES, SlideRow, fingerprint, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
+from .cohort import SLIDE_SUFFIXES, SlideRow, file_name, fingerprint, read_cohort, slide_id as _slide_id  # noqa: F401 (re-exported)
 from .errors import ConfigError, SlideError, SlidestreamError
 from .progress import ExtractProgress
 from .device import resolve_device
@@ -243,8 +243,9 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         if qa_dir:
             from PIL import Image
 
-            with writing(Path(qa_dir) / f"{row.slide_id}.png"):
-                Image.fromarray(overlay(thumb, mask, tiles, geometry.thumb_scale)).save(Path(qa_dir) / f"{row.slide_id}.png")
+            qa = Path(qa_dir) / f"{file_name(row.slide_id)}.png"  # an id like '../x' or 'a/b' stays in STORE.qa/
+            with writing(qa):
+                Image.fromarray(overlay(thumb, mask, tiles, geometry.thumb_scale)).save(qa)
         if not rows:
             gray = (thumb.size and int(thumb.max()) - int(thumb.min()) > 32  # a picture, not blank glass or black
                     and (thumb[..., 0] == thumb[..., 1]).all() and (thumb[..., 1] == thumb[..., 2]).all())
@@ -554,7 +555,7 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
         def start(n):
             for row in queue[:n]:
                 fut = submit(row, stage_dir=str(stage_dir), store_cfg=store_cfg, qa_dir=str(qa_dir) if qa_dir else None,
-                             threads=threads, progress=_FileProgress(str(stage_dir / f"{row.slide_id}.progress")),
+                             threads=threads, progress=_FileProgress(str(stage_dir / f"{file_name(row.slide_id)}.progress")),
                              allow_corrupt=allow_corrupt)
                 futures[fut] = row
                 started[fut] = time.monotonic()
@@ -579,7 +580,7 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                     release(fut)
                 start(len(done))
             for row in (futures[f] for f in running):
-                prog = stage_dir / f"{row.slide_id}.progress"
+                prog = stage_dir / f"{file_name(row.slide_id)}.progress"
                 try:
                     d, n = map(int, prog.read_text().split())
                     updates[row.slide_id](d, n)
@@ -601,7 +602,7 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
                                   "other slides went on; rerun to retry it, with a larger extract.slide_timeout_s in "
                                   "the pipeline (or --slide-timeout) if it is just slow")
                     rec = {"status": "error", "reason": reason}
-                (stage_dir / f"{row.slide_id}.progress").unlink(missing_ok=True)
+                (stage_dir / f"{file_name(row.slide_id)}.progress").unlink(missing_ok=True)
                 pending[row.slide_id] = (row, rec)
             while nxt < len(order) and order[nxt] in pending:  # commit in cohort order
                 finish(*pending.pop(order[nxt]))
