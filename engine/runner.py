@@ -359,8 +359,7 @@ PLAN_AHEAD = 2  # slides opened and planned ahead of the one being extracted (ea
 def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt: bool = False):
     """Yield ``(row, prepared)`` per slide of ``todo`` (``prepared()``: its ``prepare_slide`` result, for
     ``process_slide``), opening and planning slides k+1 .. k+``PLAN_AHEAD`` in two threads while the caller
-    processes slide k: the first two slides plan at once, and a core left idle by slide k's last compression
-    and commit plans the next ones instead of waiting for slide k+1 to start."""
+    processes slide k: the first two slides plan at once instead of one after the other while the caller waits."""
     planner = ThreadPoolExecutor(2)
 
     def plan(row: SlideRow):
