@@ -104,7 +104,7 @@ def fingerprint(path: str) -> str | None:
 def identical_copies(rows: list[SlideRow]) -> list[tuple[SlideRow, SlideRow]]:
     """Pairs of rows whose slide files are byte-identical (a copy under another name; a symbolic link is
     caught earlier by its real path). Only files of equal size are read: the first and last 64 KiB, then, where
-    those agree, the whole files. FIFOs, folders (DICOM) and missing files are skipped, never opened."""
+    those agree, the whole files (``same_bytes``: not at all for links to one file). FIFOs, folders (DICOM) and missing files are skipped, never opened."""
     by_size: dict[int, list[SlideRow]] = {}
     for r in rows:
         try:
@@ -115,13 +115,11 @@ def identical_copies(rows: list[SlideRow]) -> list[tuple[SlideRow, SlideRow]]:
             by_size.setdefault(st.st_size, []).append(r)
     pairs: list[tuple[SlideRow, SlideRow]] = []
     for group in (g for g in by_size.values() if len(g) > 1):
-        import filecmp
-
         first: dict[str, SlideRow] = {}
         for r in group:
             key = fingerprint(r.slide_path)
             try:
-                same = key in first and filecmp.cmp(first[key].slide_path, r.slide_path, shallow=False)
+                same = key in first and same_bytes(first[key].slide_path, r.slide_path)
             except OSError:  # unreadable: the slide's own error comes when it is extracted
                 continue
             if same:
@@ -143,6 +141,21 @@ def file_name(slide: str) -> str:
         return slide
     short = safe.encode()[:100].decode(errors="ignore")  # file names are at most 255 bytes
     return f"{short}-{hashlib.sha1(slide.encode()).hexdigest()[:8]}"
+
+
+def same_bytes(a: str, b: str, block: int = 1 << 20) -> bool:
+    """Whether two files hold the same bytes: one file under two names (a link) without reading it, else compared
+    in 1 MiB blocks (filecmp's 8 KiB reads cost ~3x the CPU: 47 vs 14 ms for two 98 MB copies, bench/README.md)."""
+    if os.path.samefile(a, b):
+        return True
+    x, y = bytearray(block), bytearray(block)
+    with open(a, "rb") as f, open(b, "rb") as g:
+        while True:
+            n, m = f.readinto(x), g.readinto(y)  # a buffered file fills the block unless at the end
+            if n != m or (x != y if n == block else x[:n] != y[:n]):
+                return False
+            if n < block:
+                return True
 
 
 def slide_id(p: Path) -> str:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import time
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -353,19 +354,24 @@ def _cohort_changes(rec: dict[str, Any], row: SlideRow) -> tuple[bool, dict[str,
     return False, changed, notes
 
 
+PLAN_AHEAD = 2  # slides opened and planned ahead of the one being extracted (each holds its thumbnail and mask)
+
+
 def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt: bool = False):
     """Yield ``(row, prepared)`` per slide of ``todo`` (``prepared()``: its ``prepare_slide`` result, for
-    ``process_slide``), opening and planning slide k+1 in a thread while the caller processes slide k."""
-    planner = ThreadPoolExecutor(1)
+    ``process_slide``), opening and planning slides k+1 .. k+``PLAN_AHEAD`` in two threads while the caller
+    processes slide k: the first two slides plan at once instead of one after the other while the caller waits."""
+    planner = ThreadPoolExecutor(2)
 
     def plan(row: SlideRow):
         return planner.submit(prepare_slide, pipeline, row, None, allow_corrupt)
 
+    ahead = deque(plan(row) for row in todo[:PLAN_AHEAD])  # a processed slide's plan is not kept
     try:
-        ahead = plan(todo[0]) if todo else None
         for k, row in enumerate(todo):
-            current, ahead = ahead, (plan(todo[k + 1]) if k + 1 < len(todo) else None)
-            yield row, current.result
+            if k + PLAN_AHEAD < len(todo):
+                ahead.append(plan(todo[k + PLAN_AHEAD]))
+            yield row, ahead.popleft().result
     except BaseException:  # Ctrl-C, SIGTERM: do not wait for a slide that hangs (cli.exit_now leaves it)
         planner.shutdown(wait=False, cancel_futures=True)
         raise
