@@ -168,15 +168,18 @@ def slide_id(p: Path) -> str:
 
 def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
     """Slide files under ``d`` (hidden files skipped; symlinked folders are not followed, so a link loop
-    cannot hang the scan); a folder of DICOM files is one slide per series."""
-    files = []
+    cannot hang the scan); a folder of DICOM files is one slide per series. A slide name that is not a regular
+    file (a pipe, a device, a broken link) is never opened here but kept as a slide of its own, so extraction
+    records it failed, naming why, instead of the run passing without it."""
+    files, odd = [], []
     for root, dirs, names in os.walk(d):  # followlinks=False
         dirs[:] = sorted(x for x in dirs if not x.startswith(".") and not _store_part(Path(root), x))
         for n in names:
             p = Path(root) / n
-            if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith(".") and p.is_file():
-                files.append(p)
-    rows, dicom = [], {}
+            if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith("."):
+                (files if p.is_file() else odd).append(p)
+    rows = [SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide") for p in odd]
+    dicom: dict[Path, list[Path]] = {}
     for p in sorted(files):
         if p.suffix.lower() == ".dcm":
             dicom.setdefault(p.parent, []).append(p)

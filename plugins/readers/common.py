@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from contextlib import contextmanager
 from typing import Callable
 
@@ -204,6 +205,10 @@ def tiff_directory_problem(path: str) -> str:
     return ""
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET = [0, True]  # checks running, the tifffile logger's own propagate (restored by the last one out)
+
+
 def check_tiff(path: str, keep: bool = False):
     """Every TIFF image (pyramid level, label, macro): its size, its tile/strip count and where its data lies
     (``keep``: return the parsed TiffFile, open, instead of closing it).
@@ -215,7 +220,6 @@ def check_tiff(path: str, keep: bool = False):
     * no directory pointing past the end of the file (tifffile logs those; collected, not printed).
     """
     import logging
-    import threading
 
     import tifffile
 
@@ -233,9 +237,13 @@ def check_tiff(path: str, keep: bool = False):
                 problems.append(record.getMessage())
 
     log = logging.getLogger("tifffile")
-    handler, propagate = Catch(level=logging.WARNING), log.propagate
+    handler = Catch(level=logging.WARNING)
     log.addHandler(handler)
-    log.propagate = False
+    with _QUIET_LOCK:  # two slides checked at once: the first in sets propagate off, the last out restores it
+        if not _QUIET[0]:
+            _QUIET[1] = log.propagate
+            log.propagate = False
+        _QUIET[0] += 1
     tf = None
     try:
         tf = tifffile.TiffFile(path)
@@ -252,7 +260,10 @@ def check_tiff(path: str, keep: bool = False):
         broken = None
     finally:
         log.removeHandler(handler)
-        log.propagate = propagate
+        with _QUIET_LOCK:
+            _QUIET[0] -= 1
+            if not _QUIET[0]:
+                log.propagate = _QUIET[1]
     # a table or directory past the end of the file: the cause of what else is wrong (a truncated copy)
     truncated = any(w in p for p in problems for w in ("invalid page offset", "invalid offset", "invalid value offset")) \
         or any("truncated" in p.lower() for p in problems)
