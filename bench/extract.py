@@ -53,10 +53,10 @@ def stage_times(pipeline: dict, path: str, mpp, threads: int, tmp: Path) -> dict
     size = int(pipeline["patches"]["size"])
     store = clock("create", lambda: PatchStore.create(tmp / "stages", size, pipeline["store"], runner.manifest_base(pipeline)))
     slide = clock("open", lambda: open_slide(row.slide_path, order=runner.readers_for(pipeline), mpp=row.mpp))
-    thumb = clock("thumbnail", lambda: slide.thumbnail(float(pipeline["thumbnail"]["scale"])))
+    thumb = clock("thumbnail", lambda: slide.thumbnail(float(pipeline["thumbnail"]["scale"]), pipeline["thumbnail"].get("decode", "dct")))
     mask = clock("filters", lambda: runner.tissue_mask(pipeline, thumb))
     real = runner.tissue_mask  # plan_slide without the thumbnail and filters timed above
-    runner.tissue_mask, slide.thumbnail = (lambda p, rgb: mask), (lambda scale: thumb)
+    runner.tissue_mask, slide.thumbnail = (lambda p, rgb: mask), (lambda scale, decode="dct": thumb)
     try:
         _, _, geometry, tiles, rows = clock("plan", lambda: runner.plan_slide(pipeline, slide, row.slide_id))
     finally:
@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="dask workers for --cohort")
     ap.add_argument("--decoder", choices=["cucim", "dali"], default=None,
                     help="override reader.decoder (dali: batches of tiles decoded by DALI; the bare decode stays cuCIM)")
+    ap.add_argument("--thumbnail-decode", choices=["dct", "resize"], default=None,
+                    help="override thumbnail.decode (resize: the level decoded whole and resized, as DPW)")
     a = ap.parse_args()
 
     pipeline = config.load(a.pipeline)
@@ -101,6 +103,8 @@ def main() -> None:
         pipeline["reader"]["decoder"] = a.decoder
     if a.level is not None:
         pipeline["store"]["level"] = a.level
+    if a.thumbnail_decode:
+        pipeline["thumbnail"]["decode"] = a.thumbnail_decode
     tmp = Path(tempfile.mkdtemp(prefix="ss-bench-"))
     try:
         cohort = read_cohort(a.slide, default_mpp=a.mpp)
@@ -136,7 +140,8 @@ def main() -> None:
         mp = len(tiles) * len(cohort) * out_px * out_px / 1e6
         print(json.dumps({
             "slide": os.path.basename(a.slide), "dimensions": rec.get("dimensions"), "reader": rec.get("reader"),
-            "decoder": pipeline["reader"].get("decoder", "cucim"), "slides": len(cohort), "workers": a.workers, "slides_per_s": round(len(cohort) / engine_s, 2),
+            "decoder": pipeline["reader"].get("decoder", "cucim"),
+            "thumbnail_decode": pipeline["thumbnail"].get("decode", "dct"), "slides": len(cohort), "workers": a.workers, "slides_per_s": round(len(cohort) / engine_s, 2),
             "tiles": len(tiles) * len(cohort), "patches": n, "threads": a.threads, "codec": pipeline["store"]["codec"],
             "level": pipeline["store"]["level"], "repeat": a.repeat, "engine_s": round(engine_s, 3),
             "engine_s_min": round(min(runs), 3), "engine_cpu_s": round(float(np.median(cpus)), 3),

@@ -44,10 +44,10 @@ rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 with CAPTURE.on():
     slide = clock("open", lambda: open_slide(os.environ["FIXED_SLIDE"], order=runner.readers_for(pipeline)))
     rss0 = rss()
-    thumb = clock("thumbnail", lambda: slide.thumbnail(scale))
+    thumb = clock("thumbnail", lambda: slide.thumbnail(scale, pipeline["thumbnail"].get("decode", "dct")))
     rss1 = rss()
     mask = clock("filters", lambda: runner.tissue_mask(pipeline, thumb))
-    runner.tissue_mask, slide.thumbnail = (lambda p, rgb: mask), (lambda s: thumb)
+    runner.tissue_mask, slide.thumbnail = (lambda p, rgb: mask), (lambda s, decode="dct": thumb)
     _, _, _, tiles, rows = clock("plan", lambda: runner.plan_slide(pipeline, slide, "s"))
 sha = lambda b: hashlib.sha256(b).hexdigest()[:16]
 print(json.dumps({"ms": T, "rss_before_thumbnail_mb": rss0, "rss_after_thumbnail_mb": rss1,

@@ -76,6 +76,24 @@ def jpeg_levels(path: str | os.PathLike) -> list[Level]:
     return levels
 
 
+def jpeg_level(path: str | os.PathLike, width: int, height: int) -> Level | None:
+    """The JPEG-tiled RGB page of a TIFF that is ``width`` x ``height`` px (a reader's level), or None (not a
+    TIFF, no such page, another codec): only that page's tile offsets are read, not every level's."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        for p in tf.pages:
+            if (p.imagewidth, p.imagelength) == (width, height) and p.is_tiled:
+                if p.compression != 7 or p.samplesperpixel != 3 or p.bitspersample != 8 or p.planarconfig != 1:
+                    return None
+                tables = bytes(p.jpegtables or b"")
+                prefix = (ADOBE_RGB if p.photometric == 2 else b"") + (tables[2:-2] if tables else b"")
+                return Level(p.imagewidth, p.imagelength, p.tilewidth, p.tilelength,
+                             np.asarray(p.dataoffsets, np.int64), np.asarray(p.databytecounts, np.int64), prefix,
+                             p.photometric == 2)
+    return None
+
+
 class DaliTiles:
     """Batched DALI decoding of a JPEG-tiled TIFF's tiles; ``read_region(s)`` like the readers."""
 

@@ -77,7 +77,7 @@ def plan_slide(pipeline: dict[str, Any], slide: Slide, slide_id: str):
 
     Patch rows are ``(tile index, px, py, level-0 x, y, size0, patch tissue)``, all computed at once."""
     scale = float(pipeline["thumbnail"]["scale"])
-    thumb = slide.thumbnail(scale)
+    thumb = slide.thumbnail(scale, pipeline["thumbnail"].get("decode", "dct"))
     mask = tissue_mask(pipeline, thumb)
     geometry = slide.geometry(scale, float(pipeline.get("magnification", 10)))
     tiling = pipeline["tiling"]

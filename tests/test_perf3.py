@@ -33,7 +33,7 @@ def test_thumbnail_and_mask_equal_the_whole_level_resize(monkeypatch, path, read
     if band:
         monkeypatch.setattr(sl, "BAND_PIXELS", band)  # several bands (and 2 threads) on these small slides
     s = open_slide(path, order=[reader], mpp=0.25)
-    old, new = whole_resize(s, 32), s.thumbnail(32)
+    old, new = whole_resize(s, 32), s.thumbnail(32, "resize")
     assert new.shape == old.shape
     assert np.array_equal(new, old)  # byte for byte, so within 1 grey level
     pipeline = config.load(str(EXAMPLE))
@@ -59,10 +59,10 @@ def test_thumbnail_does_not_hold_the_level_whole(monkeypatch):
     """Bands of BAND_PIXELS, two at a time: the 6.6 Mpx level (19.8 MB as RGB) is never in memory at once."""
     monkeypatch.setattr(sl, "BAND_PIXELS", 2220 * 512, raising=False)  # 6 bands
     s = open_slide(CMU)
-    s.thumbnail(32)  # warm up
+    s.thumbnail(32, "resize")  # warm up
     tracemalloc.start()
     try:
-        s.thumbnail(32)
+        s.thumbnail(32, "resize")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -78,7 +78,7 @@ def tissue_cmd(
         with CAPTURE.on():  # decoders' chatter off the terminal; a damaged thumbnail level is an error
             slide = open_slide(input, order=readers_for(p), mpp=mpp if mpp else float("nan"))
             try:
-                rgb = slide.thumbnail(float(p["thumbnail"]["scale"]))
+                rgb = slide.thumbnail(float(p["thumbnail"]["scale"]), p["thumbnail"].get("decode", "dct"))
             finally:
                 slide.close()
     mask = tissue_mask(p, rgb)
