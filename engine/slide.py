@@ -192,10 +192,10 @@ class Slide:
                 for i in range(gx * gy):
                     f.seek(int(lv.offsets[i]))
                     raw = f.read(int(lv.counts[i]))
-                    if raw[:2] != b"\xff\xd8":
-                        return None
-                    px = simplejpeg.decode_jpeg(raw[:2] + lv.prefix + raw[2:], colorspace="RGB", min_width=sw,
-                                                min_height=sh, strict=True)
+                    stream = raw[:2] + lv.prefix + raw[2:]
+                    if raw[:2] != b"\xff\xd8" or simplejpeg.decode_jpeg_header(stream)[:2] != (lv.tile_h, lv.tile_w):
+                        return None  # a header claiming another size is not decoded (the reader's path names it)
+                    px = simplejpeg.decode_jpeg(stream, colorspace="RGB", min_width=sw, min_height=sh, strict=True)
                     if px.shape != (sh, sw, 3):
                         return None
                     r, c = divmod(i, gx)

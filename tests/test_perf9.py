@@ -102,3 +102,28 @@ def test_a_store_made_before_the_dct_thumbnail_resumes_only_as_it_was_made(tmp_p
     assert code != 0 and '"decode": "resize"' in err, err
     code, _, err = cli("extract", old, "--slides", tmp_path / "slides", "--out", out, "--no-qa")
     assert code == 0, err
+
+
+def test_a_tile_header_claiming_another_size_is_not_decoded(tmp_path, monkeypatch):
+    """A JPEG tile whose SOF claims 60000 x 60000 px in a 256 px TIFF tile: the DCT path decoded it (1.07 s)
+    before giving up; now the header is checked first and the reader's path names the damage at once."""
+    import simplejpeg
+
+    src = make_slide(tmp_path / "a.svs", size=(4096, 3072), seed=2)
+    s = open_slide(src, mpp=0.25)
+    lw, lh = s.reader.level_dimensions[s.best_level(32)]
+    s.close()
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        page = next(p for p in tf.pages if (p.imagewidth, p.imagelength) == (lw, lh) and p.is_tiled)
+        o, c = page.dataoffsets[0], page.databytecounts[0]
+    sof = bytes(data[o:o + c]).find(b"\xff\xc0")
+    data[o + sof + 5:o + sof + 9] = (60000).to_bytes(2, "big") * 2
+    bad = tmp_path / "sof.svs"
+    bad.write_bytes(bytes(data))
+    calls = []
+    real = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda b, **k: calls.append(len(b)) or real(b, **k))
+    with pytest.raises(SlideError, match=r"sof.svs: corrupt JPEG tile 0 .* the JPEG header says 60000 x 60000 px"):
+        open_slide(bad, mpp=0.25).thumbnail(32)
+    assert calls == []
