@@ -215,7 +215,7 @@ class Slide:
             return None
         ow, oh = -(-lw // k), -(-lh // k)
         if (ow, oh) == (tw, th):
-            return out[:oh, :ow].copy()
+            return out if out.shape[:2] == (oh, ow) else out[:oh, :ow].copy()
         return np.asarray(Image.fromarray(out[:oh, :ow]).resize((tw, th), Image.BILINEAR, box=(0, 0, lw / k, lh / k)))
 
     def _shrink(self, level: int, top: int, h: int, tw: int, th: int) -> np.ndarray:
