@@ -401,6 +401,16 @@ def extraction_hash(pipeline: dict[str, Any]) -> str:
     return digest(sections)
 
 
+def made_before_dct_thumbnails(old_hash: Any, pipeline: dict[str, Any]) -> str:
+    """The refusal for a store whose extraction hash is this pipeline's with ``thumbnail.decode`` "resize": one
+    made before the DCT-scaled thumbnail became the default ('' when it is not that)."""
+    resize = {**pipeline, "thumbnail": {**(pipeline.get("thumbnail") or {}), "decode": "resize"}}
+    if old_hash != extraction_hash(pipeline) and old_hash == extraction_hash(resize):
+        return ("was made with thumbnails resized from the whole level, before the DCT-scaled decode became the "
+                "default; add \"decode\": \"resize\" to the pipeline's thumbnail section to resume it, or use a new --out")
+    return ""
+
+
 def refs(section: Any) -> list[dict[str, Any]]:
     """A plugin reference or list of them, as a list."""
     if section is None:

@@ -546,6 +546,9 @@ def extract_features_only(pipeline: dict[str, Any], cohort: list, out: str | Pat
             raise StoreError(f"{out} exists and is not a store of `extract --features-only`; choose a new --out")
         for k in ("encoder", "weights_sha256", "dim", "dtype", "params", "extraction_hash", *TRANSFORM):
             if info.get(k) != header[k] and (k in info or k not in TRANSFORM):
+                why = config.made_before_dct_thumbnails(info.get(k), pipeline) if k == "extraction_hash" else ""
+                if why:
+                    raise StoreError(f"feature store {out} {why}")
                 what = "pipeline (tiling, filters, patches)" if k == "extraction_hash" else k
                 raise StoreError(f"feature store {out} was made with another {what} ({info.get(k)!r} vs {header[k]!r}); "
                                  "use a new --out, or delete it to start over")

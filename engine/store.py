@@ -520,13 +520,11 @@ class PatchStore:
             st = cls.open(path, mode="r+")
             old, new = st.manifest.get("extraction_hash"), manifest.get("extraction_hash")
             if old != new and manifest.get("pipeline"):
-                from .config import extraction_hash
+                from .config import made_before_dct_thumbnails
 
-                pipe = manifest["pipeline"]
-                if old == extraction_hash({**pipe, "thumbnail": {**(pipe.get("thumbnail") or {}), "decode": "resize"}}):
-                    raise StoreError(f"store {path} was made with thumbnails resized from the whole level, before the "
-                                     "DCT-scaled decode became the default; add \"decode\": \"resize\" to the pipeline's "
-                                     "thumbnail section to resume it, or use a new --out")
+                why = made_before_dct_thumbnails(old, manifest["pipeline"])
+                if why:
+                    raise StoreError(f"store {path} {why}")
             if old != new:
                 raise StoreError(f"store {path} was made by a different extraction pipeline (hash {str(old)[:12]} vs "
                                  f"{str(new)[:12]}); use a new --out, or delete the store to start over")

@@ -127,3 +127,19 @@ def test_a_tile_header_claiming_another_size_is_not_decoded(tmp_path, monkeypatc
     with pytest.raises(SlideError, match=r"sof.svs: corrupt JPEG tile 0 .* the JPEG header says 60000 x 60000 px"):
         open_slide(bad, mpp=0.25).thumbnail(32)
     assert calls == []
+
+
+def test_a_features_only_store_made_before_the_dct_thumbnail_names_the_key(tmp_path, cli):
+    from test_features_only import _pipeline as fo_pipeline
+
+    make_slide(tmp_path / "slides" / "a.svs", size=(1536, 1024), seed=1, mpp=0.5)
+    doc = json.loads(fo_pipeline(tmp_path).read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({**doc, "thumbnail": {**doc["thumbnail"], "decode": "resize"}}))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(doc))
+    out = tmp_path / "f.zarr"
+    code, _, err = cli("extract", old, "--slides", tmp_path / "slides", "--out", out, "--features-only", "--unlabeled")
+    assert code == 0, err
+    code, _, err = cli("extract", new, "--slides", tmp_path / "slides", "--out", out, "--features-only", "--unlabeled")
+    assert code != 0 and '"decode": "resize"' in err and "f.zarr" in err, err
