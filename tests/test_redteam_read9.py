@@ -138,3 +138,20 @@ def test_dct_thumbnail_is_the_readers_or_within_the_bound(name, img, tmp_path):
         # the last column and row, where the edge tiles' black padding was decoded into the last reduced pixel
         assert np.abs(dct[:, -1].astype(int) - resize[:, -1]).mean() < 4
         assert np.abs(dct[-1].astype(int) - resize[-1]).mean() < 4
+
+
+def test_python_api_names_damage_without_the_clis_capture(tmp_path):
+    """One byte flipped in the entropy-coded data of the thumbnail level's first tile: cuCIM decodes it, printing
+    "Corrupt JPEG data: premature end of data segment" on the terminal. Without the CLI's capture on,
+    ``open_slide(p).thumbnail(32)`` returned those pixels silently; checked_read now turns capture on itself."""
+    src = make_slide(tmp_path / "a.svs", size=(2048, 1536), seed=2)
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        data[tf.pages[2].dataoffsets[0] + 1435] ^= 0x5A
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(bytes(data))
+    assert CAPTURE._depth == 0
+    for decode in ("dct", "resize"):
+        with pytest.raises(SlideError, match=r"bad.svs: corrupt image data in level 2 .*Corrupt JPEG data"):
+            open_slide(bad, mpp=0.25).thumbnail(32, decode)
+    assert CAPTURE._depth == 0  # off again
