@@ -155,3 +155,44 @@ def test_python_api_names_damage_without_the_clis_capture(tmp_path):
         with pytest.raises(SlideError, match=r"bad.svs: corrupt image data in level 2 .*Corrupt JPEG data"):
             open_slide(bad, mpp=0.25).thumbnail(32, decode)
     assert CAPTURE._depth == 0  # off again
+
+
+def _strip_app_markers(stream: bytes) -> bytes:
+    i, out = 2, b"\xff\xd8"
+    while stream[i + 1] != 0xDA:
+        n = 2 + int.from_bytes(stream[i + 2:i + 4], "big")
+        out += b"" if 0xE0 <= stream[i + 1] <= 0xEF else stream[i:i + n]
+        i += n
+    return out + stream[i:]
+
+
+@pytest.mark.parametrize("marked", ["adobe", "component-ids"])
+def test_rgb_coded_jpeg_tiles_marked_rgb_are_read_in_their_colours(marked, img, tmp_path):
+    """JPEG tiles whose stream says RGB (an Adobe marker, transform 0; without it, components named 'R', 'G', 'B')
+    in a TIFF tagged YCbCr, as tifffile tags pre-encoded RGB tiles: cuCIM and OpenSlide followed the tag and
+    converted them as YCbCr, 45 grey levels off the encoded pixels, without a word, in the thumbnail (resize) and
+    every patch; the DCT thumbnail followed the stream, so the two disagreed on 58 % of the mask. Both readers now
+    leave such a file to the tifffile reader, which follows the stream. (tifffile's own RGB JPEG, tagged RGB, is
+    cuCIM's as before.)"""
+    import imagecodecs
+
+    p = tmp_path / f"{marked}.tif"
+    tile, lv = 256, img[:1024, :1536]
+    streams = []
+    for y in range(0, lv.shape[0], tile):
+        for x in range(0, lv.shape[1], tile):
+            s = imagecodecs.jpeg8_encode(lv[y:y + tile, x:x + tile], level=90, colorspace="rgb", outcolorspace="rgb")
+            streams.append(s if marked == "adobe" else _strip_app_markers(s))
+    tifffile.imwrite(p, iter(streams), shape=lv.shape, dtype="uint8", tile=(tile, tile), compression=7,
+                     photometric="rgb", metadata=None)
+    with tifffile.TiffFile(p) as tf:
+        assert tf.pages[0].photometric == 6  # tifffile's tag for pre-encoded JPEG tiles
+    with CAPTURE.on():
+        s = open_slide(p, mpp=0.25)
+        px = s.reader.read_region((0, 0), 0, lv.shape[1::-1])
+        dct, resize = s.thumbnail(32), s.thumbnail(32, "resize")
+        name = s.reader_name
+        s.close()
+    assert name == "tifffile"
+    assert np.abs(px.astype(int) - lv).mean() < 3
+    assert np.abs(dct.astype(int) - resize).mean() < 4
