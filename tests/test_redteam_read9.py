@@ -196,3 +196,21 @@ def test_rgb_coded_jpeg_tiles_marked_rgb_are_read_in_their_colours(marked, img, 
     assert name == "tifffile"
     assert np.abs(px.astype(int) - lv).mean() < 3
     assert np.abs(dct.astype(int) - resize).mean() < 4
+
+
+@pytest.mark.parametrize("kind", ["planar-separate", "cmyk"])
+def test_dct_thumbnail_gives_way_on_planes_and_four_samples(kind, img, tmp_path):
+    """Separate colour planes (a grayscale JPEG per plane) and CMYK JPEG tiles: not decoded by the DCT path; the
+    thumbnail is the reader's, byte for byte."""
+    p = tmp_path / f"{kind}.tif"
+    if kind == "cmyk":
+        tifffile.imwrite(p, np.concatenate([255 - img[:768, :1024], np.zeros((768, 1024, 1), np.uint8)], 2),
+                         tile=(256, 256), photometric="separated", compression="jpeg")
+    else:
+        tifffile.imwrite(p, np.moveaxis(img[:768, :1024], 2, 0).copy(), tile=(256, 256), photometric="rgb",
+                         planarconfig="separate", compression="jpeg")
+    with CAPTURE.on():
+        s = open_slide(p, mpp=0.25)
+        assert s._dct_thumbnail(0, 1024 // 32, 768 // 32) is None
+        assert np.array_equal(s.thumbnail(32), s.thumbnail(32, "resize"))
+        s.close()
