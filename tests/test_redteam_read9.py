@@ -214,3 +214,20 @@ def test_dct_thumbnail_gives_way_on_planes_and_four_samples(kind, img, tmp_path)
         assert s._dct_thumbnail(0, 1024 // 32, 768 // 32) is None
         assert np.array_equal(s.thumbnail(32), s.thumbnail(32, "resize"))
         s.close()
+
+
+def test_a_12_bit_jpeg_tiff_is_read_not_called_damaged(img, tmp_path):
+    """12-bit JPEG tiles: cuCIM leaves them to the next reader; OpenSlide opened the file and then failed every
+    read ("can not handle images with 12-bit samples"), so the slide was refused as damaged on both thumbnail
+    paths. OpenSlide now leaves it to the tifffile reader; the DCT path gives way (not 8-bit)."""
+    p = tmp_path / "12bit.tif"
+    tifffile.imwrite(p, img[:768, :1024].astype(np.uint16) * 16, tile=(256, 256), photometric="rgb",
+                     compression="jpeg", bitspersample=12)
+    with CAPTURE.on():
+        s = open_slide(p, mpp=0.25)
+        dct, resize = s.thumbnail(32), s.thumbnail(32, "resize")
+        name = s.reader_name
+        s.close()
+    assert name == "tifffile" and np.array_equal(dct, resize)
+    ref = np.asarray(Image.fromarray(img[:768, :1024]).resize((32, 24), Image.BILINEAR))
+    assert np.abs(dct.astype(int) - ref).mean() < 4

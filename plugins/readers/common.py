@@ -703,6 +703,8 @@ def openslide_misread(path: str, tf=None) -> str:
         return ""
     if pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT:
         return "signed samples: OpenSlide would return their raw bytes as colours"
+    if pages[0].bitspersample == 12:  # libtiff's RGBA interface: "Sorry, can not handle images with 12-bit samples"
+        return "12-bit samples: OpenSlide cannot decode them (the tifffile reader scales them to 8 bits)"
     if tiff_rgb_marked_jpeg(path, tf):
         return "JPEG tiles tagged YCbCr whose stream says RGB: OpenSlide would convert them as YCbCr (false colours)"
     if pages[0].samplesperpixel == 2 and pages[0].photometric in (0, 1):
