@@ -638,6 +638,29 @@ def tiff_jfif_marked_rgb(path: str, tf=None) -> bool:
         return tf.filehandle.read(len(JFIF)) == JFIF
 
 
+def tiff_rgb_marked_jpeg(path: str, tf=None) -> bool:
+    """True when a JPEG TIFF tagged YCbCr has tiles whose stream says RGB: an Adobe APP14 marker with transform 0,
+    or frame components named 'R', 'G', 'B' (libjpeg-turbo's RGB output; tifffile tags pre-encoded RGB tiles
+    YCbCr). cuCIM and OpenSlide follow the tag and convert the samples as YCbCr: 45 grey levels off on average,
+    without a word (tests/test_redteam_read9.py); libjpeg via tifffile/imagecodecs follows the stream, as the DCT
+    thumbnail does, and gives the pixels that were encoded."""
+    with tiff_file(path, tf) as tf:
+        page = tf.pages[0]
+        if page.compression != 7 or page.photometric != 6 or not len(page.dataoffsets):
+            return False
+        tf.filehandle.seek(page.dataoffsets[0])
+        head = tf.filehandle.read(min(int(page.databytecounts[0]), 4096))
+    i = 2
+    while head[:2] == b"\xff\xd8" and i + 4 <= len(head) and head[i] == 0xFF and head[i + 1] != 0xDA:
+        m, n = head[i + 1], int.from_bytes(head[i + 2:i + 4], "big")
+        if m == 0xEE and head[i + 4:i + 9] == b"Adobe" and head[i + 15:i + 16] == b"\x00":
+            return True
+        if m in SOF and head[i + 9] == 3 and head[i + 10:i + 17:3] == b"RGB":
+            return True
+        i += 2 + n
+    return False
+
+
 def dicom_jfif_marked_rgb(path: str) -> bool:
     """True when a DICOM-WSI file says RGB but its JPEG frames are JFIF (YCbCr) streams."""
     with open(path, "rb") as f:
@@ -680,6 +703,10 @@ def openslide_misread(path: str, tf=None) -> str:
         return ""
     if pages[0].sampleformat == tifffile.SAMPLEFORMAT.INT:
         return "signed samples: OpenSlide would return their raw bytes as colours"
+    if pages[0].bitspersample == 12:  # libtiff's RGBA interface: "Sorry, can not handle images with 12-bit samples"
+        return "12-bit samples: OpenSlide cannot decode them (the tifffile reader scales them to 8 bits)"
+    if tiff_rgb_marked_jpeg(path, tf):
+        return "JPEG tiles tagged YCbCr whose stream says RGB: OpenSlide would convert them as YCbCr (false colours)"
     if pages[0].samplesperpixel == 2 and pages[0].photometric in (0, 1):
         return "gray + alpha: OpenSlide would return the gray multiplied by the alpha (too dark)"
     return ""

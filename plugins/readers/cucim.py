@@ -15,7 +15,7 @@ from slidestream.engine.device import without_cupy
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (TiffTileCheck, check_claims, positive_float, read_clipped, square_mpp, tiff_jfif_marked_rgb,
-                     tiff_level_count)
+                     tiff_level_count, tiff_rgb_marked_jpeg)
 
 
 _quiet_done = False
@@ -64,6 +64,8 @@ class CucimSlide:
         with tf if tf is not None else tifffile.TiffFile(path) as tf:
             if tiff_jfif_marked_rgb(path, tf):
                 raise ValueError("JFIF-coded JPEG tiles tagged RGB: cuCIM would return false colours")
+            if tiff_rgb_marked_jpeg(path, tf):
+                raise ValueError("JPEG tiles tagged YCbCr whose stream says RGB: cuCIM would convert them as YCbCr (false colours)")
             pages = list(tf.pages)  # before any tf.pages[i]: after one, a circular IFD chain is iterated forever
             if pages[0].photometric == 2 and {1, 2} & set(pages[0].extrasamples or ()):  # RGB + alpha:
                 raise ValueError("RGBA: left to the next reader (cuCIM multiplies unassociated colours by the alpha, "
