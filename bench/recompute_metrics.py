@@ -84,7 +84,8 @@ def gda_lr(y, age, img, C=1.0):
         k = np.isfinite(a)
         l1 = np.log(pri[1]) - 0.5 * np.log(2 * np.pi * v[1]) - (a[k] - m[1]) ** 2 / (2 * v[1])
         l0 = np.log(pri[0]) - 0.5 * np.log(2 * np.pi * v[0]) - (a[k] - m[0]) ** 2 / (2 * v[0])
-        out[k] = 1 / (1 + np.exp(l0 - l1))
+        with np.errstate(over="ignore"):  # exp overflow: probability 0, as the limit
+            out[k] = 1 / (1 + np.exp(l0 - l1))
         return out
 
     lr = LogisticRegression(C=C).fit(np.column_stack([img, page(age)]), y)
@@ -152,6 +153,10 @@ def expect(tab, threshold, fusion, fusion_split, B, seed, groups, fitted=None, v
             b["ci"] = {k: [pct(np.array(v), 2.5), pct(np.array(v), 97.5)] if v and need[k] else None
                        for k, v in boots.items()}
             b["n"], b["mutant"], b["wildtype"] = len(ys), int((ys == 1).sum()), int((ys == 0).sum())
+            held = [set(ys[r].tolist()) for r in idx]
+            b["kept"] = {"sensitivity": sum(1 in h for h in held), "specificity": sum(0 in h for h in held),
+                         "auc": sum(len(h) == 2 for h in held)}
+            b["need"] = need
             b["roc"] = roc_full(ys, ps) if 0 < ys.sum() < len(ys) else None
             out[split][name] = b
     g = np.isin(t["split"], groups)
@@ -202,6 +207,13 @@ def compare(case, want, got):
                 wc, gc = w["ci"][k], gb["ci"][k]
                 chk("ci", (wc is None) == (gc is None) and (wc is None or (close(wc[0], gc[0], 1e-9) and close(wc[1], gc[1], 1e-9))),
                     f"{split} {name} {k} CI {wc} vs {gc}")
+            if name == "image":  # the notes on intervals from fewer resamples than asked
+                B = got["meta"]["bootstrap"]
+                for k, what in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("auc", "AUC")):
+                    notes = [x for x in got["meta"]["notes"] if x.startswith(f"{split}: {what} intervals from the ")]
+                    expected = (B and w["kept"][k] < B and w["need"][k])
+                    ok = (f"{split}: {what} intervals from the {w['kept'][k]} of {B} resamples" in notes[0]) if expected and notes else not notes and not expected
+                    chk("resample-count notes", ok, f"{split} {k}: kept {w['kept'][k]} of {B}, notes {notes}")
             roc = got["meta"]["roc"][split][name]
             if w["roc"] is None:
                 chk("roc", roc is None, f"{split} {name} roc should be null")
@@ -261,7 +273,7 @@ def main(n_tables=300, cli=5):
     from slidestream.engine import evaluate as ev
     from slidestream.engine.errors import ConfigError
 
-    rng = np.random.default_rng(2026)
+    rng = np.random.default_rng(int(__import__("os").environ.get("SEED", 2026)))
     kinds = Counter()
     for i in range(n_tables):
         tab = random_table(rng)
@@ -347,12 +359,41 @@ def main(n_tables=300, cli=5):
         want = expect(held, "youden", False, "val", B, seed, ("test",), fitted=mine, val_thr=my_thr, given=given)
         compare(case, want, got)
         kinds["bundle"] += 1
+    check_aggregate(n_tables)
     print(f"tables evaluated: {dict(kinds)}")
     for fam, n in sorted(checked.items()):
         print(f"  {fam}: {n} numbers checked")
     print(f"mismatches: {len(bad)}")
     for b in bad[:60]:
         print("  " + b)
+
+
+
+def check_aggregate(n_tables=200):
+    """Patient probabilities from patch probabilities of several slides per patient: mean (the paper's), median,
+    top-k mean of ceil(k_frac * n) patches, by hand, against slidestream.engine.aggregate."""
+    from slidestream.engine.aggregate import aggregate
+
+    rng = np.random.default_rng(11)
+    for _ in range(n_tables):
+        pats = [f"P{i}" for i in range(int(rng.integers(1, 8)))]
+        ids, probs = [], []
+        for pid in pats:
+            for _slide in range(int(rng.integers(1, 4))):
+                k = int(rng.integers(1, 30))
+                ids += [pid] * k
+                probs += np.round(rng.random(k), int(rng.integers(1, 3))).tolist()
+        order = rng.permutation(len(ids))
+        ids, probs = np.array(ids)[order], np.array(probs)[order]
+        for method, kf in (("mean", 0.2), ("median", 0.2), ("topk", float(rng.choice([0.07, 0.2, 0.5, 1.0])))):
+            got_ids, got = aggregate(ids, probs, method, k_frac=kf)
+            for pid, g in zip(got_ids, got):
+                v = probs[ids == pid]
+                want = {"mean": np.mean(v), "median": np.median(v),
+                        "topk": np.mean(np.sort(v)[::-1][:max(1, math.ceil(round(kf * len(v), 9)))])}[method]
+                checked[f"aggregate {method}"] += 1
+                if abs(want - g) > 1e-12:
+                    bad.append(f"aggregate {method} k={kf} {pid}: {want} vs {g}")
 
 
 if __name__ == "__main__":
