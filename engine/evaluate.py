@@ -16,8 +16,9 @@ train/val/test; image_prob = the patient's aggregated image probability of mutan
   A patient is called mutant when its probability is >= the threshold: a fixed one (0.5), or ``youden``:
   per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1 (equal
   maxima: the highest threshold), then applied unchanged to test (0.5 where undefined: a note, ``meta.threshold_fallback`` and the report say so).
-* 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
-  of a split; the threshold stays fixed; a resample with one class only has no AUC (nor sensitivity or
+* 95% confidence intervals: percentile bootstrap over patients (2.5th and 97.5th percentiles, ``np.percentile``'s
+  linear interpolation; resamples of ``np.random.default_rng((seed, i))``, i = 0 val, 1 test, the same for every
+  predictor of a split; the threshold and the fitted fusion stay fixed; a resample with one class only has no AUC (nor sensitivity or
   specificity, for the class it lacks) and is skipped for it, and a note says from how many resamples those
   intervals come; drawn in blocks of ``BLOCK`` indices, the same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
   whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
@@ -646,7 +647,8 @@ def report_markdown(metrics: dict) -> str:
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
     if meta.get("bootstrap"):
-        lines.append(f"Brackets: 95% bootstrap confidence intervals ({meta['bootstrap']} patient resamples, seed {meta['seed']}).")
+        lines.append(f"Brackets: 95% percentile bootstrap confidence intervals (2.5th and 97.5th percentiles over "
+                     f"{meta['bootstrap']} patient resamples, seed {meta['seed']}; threshold and fusion held fixed).")
     lines += ["", "## Choices, and the patients that made them", ""] + _choices(meta)
     lines += ["", "## Classification performance by predictor (cf. Liu et al. 2020, Table 3)", "",
               "| Predictor | Sensitivity | Specificity | Accuracy | AUC |", "|---|---|---|---|---|"]
