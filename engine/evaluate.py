@@ -30,6 +30,9 @@ train/val/test; image_prob = the patient's aggregated image probability of mutan
   fusion fit) are named in ``meta.selection`` and the report, which labels their metrics as selection-set
   (optimistic) metrics; the test split makes no choice.
 
+``meta.roc``: per split and predictor the ROC points (``fpr``, ``tpr``: scikit-learn's ``roc_curve``, collinear
+points dropped, rounded to 6 decimals; none for a one-class split).
+
 ``evaluate()`` returns the dict written to ``metrics.json`` (plus ``patients``: patient_id, split, label, age and
 one ``<predictor>_prob`` column per predictor, e.g. ``age+image_prob``);
 ``write_report()`` writes it with ``patients.csv``, ROC figures and a Markdown report that names the best
