@@ -476,8 +476,10 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     val = t["split"] == "val"
     if threshold == "youden":
         if not val.any() and not val_thresholds:
-            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows; "
-                              "give --bundle (a bundle records its val-chosen thresholds) or a numeric --threshold")
+            k = int(np.sum(full["split"] == "val"))  # rows there, but all without a label: none can choose it
+            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no "
+                              + (f"labelled val rows (its {k} patient(s) have label -1/empty)" if k else "val rows")
+                              + "; give --bundle (a bundle records its val-chosen thresholds) or a numeric --threshold")
         thresholds, fallback = {}, []
         for name in order:
             thr = youden_threshold(t["label"][val], preds[name][val]) if val.any() else val_thresholds.get(name)

@@ -19,3 +19,15 @@ def test_youden_tie_is_broken_by_rule_not_by_float_rounding():
     assert m["meta"]["thresholds"]["image"] == 0.9
     assert (m["val"]["image"]["sensitivity"], m["val"]["image"]["specificity"]) == (8 / 14, 1.0)
     assert (m["test"]["image"]["sensitivity"], m["test"]["image"]["specificity"]) == (0.5, 1.0)
+
+
+def test_youden_without_labelled_val_rows_does_not_say_there_are_none():
+    """Val rows whose labels are all unknown (-1): the refusal said 'there are no val rows' of a table that has 3."""
+    import pytest
+
+    from slidestream.engine.errors import ConfigError
+
+    t = {"patient_id": ["v1", "v2", "v3", "s1", "s2"], "label": [-1, -1, -1, 1, 0], "age": [50.0] * 5,
+         "split": ["val"] * 3 + ["test"] * 2, "image_prob": [0.2, 0.6, 0.9, 0.7, 0.1]}
+    with pytest.raises(ConfigError, match=r"no labelled val rows \(its 3 patient\(s\) have label -1/empty\)"):
+        ev.evaluate(t, threshold="youden", bootstrap=0)
