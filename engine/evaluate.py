@@ -14,10 +14,11 @@ train/val/test; image_prob = the patient's aggregated image probability of mutan
   scikit-learn (``confusion_matrix``, ``accuracy_score``, ``roc_auc_score``, ``roc_curve``), on val and test
   (the bootstrap uses vectorized NumPy equivalents, tested against scikit-learn).
   A patient is called mutant when its probability is >= the threshold: a fixed one (0.5), or ``youden``:
-  per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1, then applied
-  unchanged to test (0.5 where undefined: a note, ``meta.threshold_fallback`` and the report say so).
-* 95% confidence intervals: percentile bootstrap over patients (the same seeded resamples for every predictor
-  of a split; the threshold stays fixed; a resample with one class only has no AUC (nor sensitivity or
+  per predictor, the ROC point of the validation split maximizing sensitivity + specificity - 1 (equal
+  maxima: the highest threshold), then applied unchanged to test (0.5 where undefined: a note, ``meta.threshold_fallback`` and the report say so).
+* 95% confidence intervals: percentile bootstrap over patients (2.5th and 97.5th percentiles, ``np.percentile``'s
+  linear interpolation; resamples of ``np.random.default_rng((seed, i))``, i = 0 val, 1 test, the same for every
+  predictor of a split; the threshold and the fitted fusion stay fixed; a resample with one class only has no AUC (nor sensitivity or
   specificity, for the class it lacks) and is skipped for it, and a note says from how many resamples those
   intervals come; drawn in blocks of ``BLOCK`` indices, the same resamples as one draw, in bounded memory). No interval (null, with a note) for a metric
   whose split holds fewer than 2 patients of a class it depends on (sensitivity: mutants; specificity:
@@ -28,6 +29,9 @@ train/val/test; image_prob = the patient's aggregated image probability of mutan
 * Selection set: the patients that made a choice (val: best epoch when a bundle is given, Youden threshold,
   fusion fit) are named in ``meta.selection`` and the report, which labels their metrics as selection-set
   (optimistic) metrics; the test split makes no choice.
+
+``meta.roc``: per split and predictor the ROC points (``fpr``, ``tpr``: scikit-learn's ``roc_curve``, collinear
+points dropped, rounded to 6 decimals; none for a one-class split).
 
 ``evaluate()`` returns the dict written to ``metrics.json`` (plus ``patients``: patient_id, split, label, age and
 one ``<predictor>_prob`` column per predictor, e.g. ``age+image_prob``);
@@ -220,13 +224,17 @@ def metrics_at(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]
 
 
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> float | None:
-    """Threshold maximizing Youden's J = sensitivity + specificity - 1 on (y, p); None when undefined."""
+    """Threshold maximizing Youden's J = sensitivity + specificity - 1 on (y, p); None when undefined. Equal J:
+    the highest such threshold (fewest mutant calls), compared exactly (in patient counts, J * n1 * n0): in
+    floats 9/14 - 1/14 > 8/14 - 0/14, and rounding picked between two equal maxima."""
     from sklearn.metrics import roc_curve
 
     if len(np.unique(y)) < 2:
         return None
     fpr, tpr, thr = roc_curve(y, p)
-    j = tpr - fpr
+    n1 = int(np.sum(np.asarray(y) == 1))
+    n0 = len(y) - n1
+    j = np.rint(tpr * n1).astype(np.int64) * n0 - np.rint(fpr * n0).astype(np.int64) * n1  # tp * n0 - fp * n1
     best = int(np.argmax(j))
     if j[best] <= 0 or not np.isfinite(thr[best]):
         return None
@@ -468,8 +476,10 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
     val = t["split"] == "val"
     if threshold == "youden":
         if not val.any() and not val_thresholds:
-            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no val rows; "
-                              "give --bundle (a bundle records its val-chosen thresholds) or a numeric --threshold")
+            k = int(np.sum(full["split"] == "val"))  # rows there, but all without a label: none can choose it
+            raise ConfigError("--threshold youden picks the threshold on the val split, but there are no "
+                              + (f"labelled val rows (its {k} patient(s) have label -1/empty)" if k else "val rows")
+                              + "; give --bundle (a bundle records its val-chosen thresholds) or a numeric --threshold")
         thresholds, fallback = {}, []
         for name in order:
             thr = youden_threshold(t["label"][val], preds[name][val]) if val.any() else val_thresholds.get(name)
@@ -642,7 +652,8 @@ def report_markdown(metrics: dict) -> str:
     elif thr is not None:
         lines.append(f"Threshold: probability of IDH-mutant >= {thr}.")
     if meta.get("bootstrap"):
-        lines.append(f"Brackets: 95% bootstrap confidence intervals ({meta['bootstrap']} patient resamples, seed {meta['seed']}).")
+        lines.append(f"Brackets: 95% percentile bootstrap confidence intervals (2.5th and 97.5th percentiles over "
+                     f"{meta['bootstrap']} patient resamples, seed {meta['seed']}; threshold and fusion held fixed).")
     lines += ["", "## Choices, and the patients that made them", ""] + _choices(meta)
     lines += ["", "## Classification performance by predictor (cf. Liu et al. 2020, Table 3)", "",
               "| Predictor | Sensitivity | Specificity | Accuracy | AUC |", "|---|---|---|---|---|"]

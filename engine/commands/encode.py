@@ -59,7 +59,7 @@ def mil_train_command(
     store: Optional[Path] = typer.Option(None, "--store", help="Patch store whose split column is used "
                                                                 "(default: the one the features were computed from)."),
     folds: Optional[int] = typer.Option(None, "--folds", min=3, help="Patient-level stratified k-fold CV instead of the "
-                                                                     "store's split; reports mean ± sd test AUC."),
+                                                                     "store's split; reports mean ± sd test AUC over folds (sample sd, ddof 1)."),
     aggregator: Optional[str] = typer.Option(None, help="Aggregator plugin instead of the pipeline's (abmil, clam_sb)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Override mil.epochs."),
     seed: Optional[int] = typer.Option(None, min=0, help="Override mil.seed."),
