@@ -57,19 +57,25 @@ def test_dct_thumbnail_falls_back_where_it_cannot():
     assert np.array_equal(s.thumbnail(32), s.thumbnail(32, "resize"))
 
 
-def test_damaged_thumbnail_level_fails_the_slide_either_way(tmp_path):
-    """Bytes flipped in the JPEG tiles of the level the thumbnail is made from: libjpeg's warnings are errors
-    on the DCT path too (it gives up and the reader's path names the damage), never a quiet thumbnail."""
+def _thumbnail_tiles(tmp_path):
+    """A synthetic slide's bytes and the (offset, count) of each JPEG tile of its 1/32 thumbnail's level."""
     src = make_slide(tmp_path / "a.svs", size=(4096, 3072), seed=2)
     s = open_slide(src, mpp=0.25)
     lw, lh = s.reader.level_dimensions[s.best_level(32)]
     s.close()
-    data = bytearray(src.read_bytes())
     with tifffile.TiffFile(src) as tf:
         page = next(p for p in tf.pages if (p.imagewidth, p.imagelength) == (lw, lh) and p.is_tiled)
-        for o, c in zip(page.dataoffsets, page.databytecounts):
-            for k in range(c // 3, c - 4, max(1, c // 40)):
-                data[o + k] ^= 0x5A
+        spans = list(zip(page.dataoffsets, page.databytecounts))
+    return bytearray(src.read_bytes()), spans
+
+
+def test_damaged_thumbnail_level_fails_the_slide_either_way(tmp_path):
+    """Bytes flipped in the JPEG tiles of the level the thumbnail is made from: libjpeg's warnings are errors
+    on the DCT path too (it gives up and the reader's path names the damage), never a quiet thumbnail."""
+    data, spans = _thumbnail_tiles(tmp_path)
+    for o, c in spans:
+        for k in range(c // 3, c - 4, max(1, c // 40)):
+            data[o + k] ^= 0x5A
     bad = tmp_path / "bad.svs"
     bad.write_bytes(bytes(data))
     errors = []
@@ -109,14 +115,8 @@ def test_a_tile_header_claiming_another_size_is_not_decoded(tmp_path, monkeypatc
     before giving up; now the header is checked first and the reader's path names the damage at once."""
     import simplejpeg
 
-    src = make_slide(tmp_path / "a.svs", size=(4096, 3072), seed=2)
-    s = open_slide(src, mpp=0.25)
-    lw, lh = s.reader.level_dimensions[s.best_level(32)]
-    s.close()
-    data = bytearray(src.read_bytes())
-    with tifffile.TiffFile(src) as tf:
-        page = next(p for p in tf.pages if (p.imagewidth, p.imagelength) == (lw, lh) and p.is_tiled)
-        o, c = page.dataoffsets[0], page.databytecounts[0]
+    data, spans = _thumbnail_tiles(tmp_path)
+    o, c = spans[0]
     sof = bytes(data[o:o + c]).find(b"\xff\xc0")
     data[o + sof + 5:o + sof + 9] = (60000).to_bytes(2, "big") * 2
     bad = tmp_path / "sof.svs"
