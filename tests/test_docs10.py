@@ -1,0 +1,127 @@
+"""README and --help true to the code: every `slidestream ...` command line in README's code blocks names an
+existing subcommand and existing options of it; every `--option` README's prose or a command's --help names
+exists, on the command named just before it where one is; what `slidestream plugins` says of the readers
+matches what they open."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OPT = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _tree():
+    import typer
+
+    from slidestream.engine.cli import app
+
+    return typer.main.get_command(app)
+
+
+def _options(cmd) -> set[str]:
+    return {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+
+
+def _commands(cmd, path=()):
+    """(path, command) of every leaf command."""
+    if hasattr(cmd, "commands"):  # typer runs its own copy of click: a group is what has subcommands
+        for name, sub in cmd.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield path, cmd
+
+
+def _walk(root, words):
+    """The command the leading words name, and the words after them (None when the first word names none)."""
+    cmd, i = root, 0
+    while hasattr(cmd, "commands") and i < len(words) and words[i] in cmd.commands:
+        cmd, i = cmd.commands[words[i]], i + 1
+    return (cmd, words[i:]) if i and not hasattr(cmd, "commands") else (None, words)
+
+
+def _check_line(root, line: str, everywhere: set[str]) -> list[str]:
+    """A command line (`slidestream SUB ... --opt ...`, README's `[--opt VALUE]` notation included): its
+    subcommand exists and every option is one of that subcommand's. Returns what is wrong."""
+    words = shlex.split(line.split(" > ")[0], comments=True)
+    if words and words[0] == "slidestream":
+        words = words[1:]
+    cmd, rest = _walk(root, words)
+    if cmd is None:
+        return [f"{line!r}: no such subcommand"]
+    opts = _options(cmd)
+    return [f"{line!r}: {cmd.name} has no option {o}" for w in rest for o in OPT.findall(w.strip("[]").split("=")[0])
+            if w.strip("[]").startswith("--") and o not in opts]
+
+
+def _check_prose(root, text: str, default, everywhere: set[str], where: str) -> list[str]:
+    """Every --option in prose: an option of the (sub)command named by the one or two words just before it
+    (`mil train --folds`, `with train --fusion-cv`), else of ``default`` (the command whose help it is), else
+    (README) of some command."""
+    bad = []
+    for m in OPT.finditer(text):
+        before = re.findall(r"[a-z][a-z-]*", text[max(0, m.start() - 40):m.start()].split("`")[-1].rsplit("(", 1)[-1])
+        cmd = None
+        if text[m.start() - 1:m.start()] in (" ", "`"):
+            for n in (2, 1):
+                if len(before) >= n and text[:m.start()].rstrip("` ").endswith(" ".join(before[-n:])):
+                    cmd, rest = _walk(root, before[-n:])
+                    if cmd is not None and not rest:
+                        break
+                    cmd = None
+        opts = _options(cmd) if cmd is not None else _options(default) if default is not None else everywhere
+        if m[0] not in opts:
+            bad.append(f"{where}: {m[0]} ({(cmd or default).name if (cmd or default) else 'no command'} has none): "
+                       f"...{text[max(0, m.start() - 50):m.end() + 10]}...")
+    return bad
+
+
+def _readme_parts(text: str):
+    """README's bash code blocks (continuation lines joined) and its prose (code blocks, python/shell lines
+    of other programs and its `python ...` spans taken out)."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    prose = re.sub(r"`(?:python |[\w/.]+\.(?:py|sh)\b)[^`]*`", "", prose)  # other programs' options
+    lines = [ln.strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
+    return [ln for ln in lines if ln.startswith("slidestream ")], prose
+
+
+def test_readme_command_lines_and_options_exist():
+    root = _tree()
+    everywhere = set().union(*(_options(c) for _, c in _commands(root)))
+    lines, prose = _readme_parts((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(lines) >= 35  # the parse found README's command lines
+    bad = [b for ln in lines for b in _check_line(root, ln, everywhere)]
+    bad += _check_prose(root, prose, None, everywhere, "README")
+    assert not bad
+
+
+def test_help_texts_name_existing_options():
+    """Each command's help and its options' help name options of that command, or of the command they name
+    (`slidestream mil train --features`, `evaluate --bundle`)."""
+    root = _tree()
+    everywhere = set().union(*(_options(c) for _, c in _commands(root)))
+    bad = []
+    for path, cmd in _commands(root):
+        texts = [cmd.help or ""] + [getattr(p, "help", None) or "" for p in cmd.params]
+        bad += [b for t in texts for b in _check_prose(root, t, cmd, everywhere, " ".join(path))]
+    assert not bad
+
+
+def test_the_checks_catch_a_misspelt_or_misplaced_option():
+    """The checks above fail on a broken README line or help text (they are not vacuous)."""
+    root = _tree()
+    everywhere = set().union(*(_options(c) for _, c in _commands(root)))
+    assert _check_line(root, "slidestream extract P --slides c.csv --out s.zarr", everywhere) == []
+    assert _check_line(root, "slidestream extract P --slide c.csv --out s.zarr", everywhere)
+    assert _check_line(root, "slidestream mil train P --feature f.zarr --out m", everywhere)
+    assert _check_line(root, "slidestream gan sampel g --n 3", everywhere)
+    assert _check_line(root, "slidestream bench decode [SLIDE] [--levels 1]", everywhere)
+    assert _check_prose(root, "use `split --folds 5`", None, everywhere, "x")  # a mil train option, not split's
+    assert _check_prose(root, "the `--no-qaa` option", None, everywhere, "x")
+    assert _check_prose(root, "use `mil train --folds 5` or `--no-qa`", None, everywhere, "x") == []
+    lines, _ = _readme_parts("```bash\nslidestream train P --store s \\\n    --arch resnet50 --epoch 3\n```\n")
+    assert lines and _check_line(root, lines[0], everywhere)
