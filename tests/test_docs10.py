@@ -125,3 +125,62 @@ def test_the_checks_catch_a_misspelt_or_misplaced_option():
     assert _check_prose(root, "use `mil train --folds 5` or `--no-qa`", None, everywhere, "x") == []
     lines, _ = _readme_parts("```bash\nslidestream train P --store s \\\n    --arch resnet50 --epoch 3\n```\n")
     assert lines and _check_line(root, lines[0], everywhere)
+
+
+def test_reader_summaries_say_which_reader_takes_dicom():
+    """`slidestream plugins` said OpenSlide reads DICOM-WSI and the dicom reader takes what OpenSlide cannot
+    open; the code is the other way round: OpenSlide opens the DICOM test slide, and the openslide reader
+    refuses it so the dicom reader takes it (README: 'It leaves DICOM-WSI to the dicom reader')."""
+    openslide = pytest.importorskip("openslide")
+    from slidestream.engine import registry
+    from slidestream.engine.errors import SlideError
+    from slidestream.engine.slide import open_slide
+
+    dicom = ROOT / "tests" / "data" / "wsi" / "dicom-cmu-1-small-region"
+    openslide.OpenSlide(str(next(dicom.glob("level-0-*.dcm")))).close()  # OpenSlide can open it
+    with pytest.raises(SlideError, match="openslide: DICOM slides are read by the dicom reader"):
+        open_slide(dicom, order=["openslide"])
+    readers = registry.plugins("reader")
+    assert "DICOM" not in readers["openslide"].summary.split("...")[0]  # not among the formats it reads
+    assert "OpenSlide cannot open" not in readers["dicom"].summary
+
+
+def test_extract_help_names_the_feature_store_meta_columns():
+    """`extract --help` listed the meta columns of a --features-only store without `synthetic`."""
+    import typer
+
+    from slidestream.engine.cli import app
+    from slidestream.engine.features import CARRIED
+
+    help_text = typer.main.get_command(app).commands["extract"].help
+    assert f"meta columns ({', '.join(CARRIED)})" in " ".join(help_text.split())
+
+
+def test_readme_names_where_the_split_settings_are_recorded(tmp_path, cli):
+    """README said `--patient-from` is 'recorded in the manifest's `split`'; a store has no manifest (that
+    layout is refused): `split --patient-from` writes it into the `split` of the store's `slidestream`
+    attribute, which README now names with its keys."""
+    import json
+
+    import numpy as np
+
+    from slidestream.engine import config
+    from slidestream.engine.store import PatchStore
+
+    pipe = config.with_defaults({"name": "t", "magnification": 10, "patches": {"size": 16}, "store": {"chunk": 8}})
+    st = PatchStore.create(tmp_path / "s.zarr", 16, pipe["store"], {"extraction_hash": config.extraction_hash(pipe),
+                                                                   "pipeline": pipe})
+    for i in range(8):
+        st.append(f"S{i}", np.zeros((2, 16, 16, 3), np.uint8), {"slide_id": f"S{i}", "patient_id": "",
+                  "label": i % 2, "age": 40.0 + i, "x": np.arange(2) * 64, "y": np.zeros(2), "size0": 64}, {"status": "done"})
+    (tmp_path / "p.json").write_text(json.dumps({"name": "t", "magnification": 10, "patches": {"size": 16}}))
+    code, _, err = cli("split", tmp_path / "p.json", "--store", tmp_path / "s.zarr", "--patient-from", "slide")
+    assert code == 0, err
+    attrs = json.loads((tmp_path / "s.zarr" / "zarr.json").read_text())["attributes"]
+    assert attrs["slidestream"]["split"]["patient_from"] == "slide"
+    assert not list((tmp_path / "s.zarr").glob("manifest*"))
+    text = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    said = re.search(r"`--patient-from slide` \(each slide its own patient, explicitly\)\. Both rewrite the store's "
+                     r"`patient_id` column; the choice is recorded (.*?)\. `split` warns", text)
+    assert said and "manifest" not in said[1]
+    assert all(f"`{k}`" in said[1] for k in ("patient_from", "split", "slidestream")), said[1]

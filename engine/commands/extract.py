@@ -124,7 +124,7 @@ def extract_cmd(
     changed, and extracts again a slide whose mpp changed or whose shard file changed since its commit.
 
     With --features-only no patch is kept: each slide's patches go through the pipeline's encoder and
-    only their features and meta columns (slide_id, patient_id, label, age, x, y, size0) are written
+    only their features and meta columns (slide_id, patient_id, label, age, x, y, size0, synthetic) are written
     to --out, the feature store `slidestream mil train --features` reads. A slide whose mpp changed
     needs a new --out there.
     """
