@@ -184,3 +184,28 @@ def test_readme_names_where_the_split_settings_are_recorded(tmp_path, cli):
                      r"`patient_id` column; the choice is recorded (.*?)\. `split` warns", text)
     assert said and "manifest" not in said[1]
     assert all(f"`{k}`" in said[1] for k in ("patient_from", "split", "slidestream")), said[1]
+
+
+def test_every_example_pipeline_validates_against_slidestream_schema_and_extracts_a_slide(cli, tmp_path):
+    """Each pipeline in schemas/examples/ validates against what `slidestream schema` prints, cuts patches
+    from one (synthetic 40x) slide with `extract`, and is named in README's Layout (uni_abmil.json was not)."""
+    import json
+
+    import jsonschema
+
+    from slidestream.engine.benchslide import make_slide
+
+    code, printed, _ = cli("schema")
+    assert code == 0
+    validator = jsonschema.Draft202012Validator(json.loads(printed))
+    make_slide(tmp_path / "s.svs", size=(4096, 4096))
+    examples = sorted((ROOT / "schemas" / "examples").glob("*.json"))
+    layout = re.search(r"^schemas/ +(.*)$", (ROOT / "README.md").read_text(encoding="utf-8"), re.M)[1]
+    assert len(examples) >= 2
+    for path in examples:
+        assert [e.message for e in validator.iter_errors(json.loads(path.read_text()))] == [], path.name
+        code, out, err = cli("extract", path, "--slides", tmp_path / "s.svs", "--out", tmp_path / f"{path.stem}.zarr",
+                             "--json", "--no-qa", "--quiet")
+        summary = json.loads(out[out.index("{"):])
+        assert code == 0 and summary["slides"][0]["status"] == "done" and summary["rows"] > 0, (path.name, err)
+        assert path.name in layout, f"README's Layout does not name schemas/examples/{path.name}"
