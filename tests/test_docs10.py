@@ -209,3 +209,10 @@ def test_every_example_pipeline_validates_against_slidestream_schema_and_extract
         summary = json.loads(out[out.index("{"):])
         assert code == 0 and summary["slides"][0]["status"] == "done" and summary["rows"] > 0, (path.name, err)
         assert path.name in layout, f"README's Layout does not name schemas/examples/{path.name}"
+
+
+def test_every_option_and_argument_has_help():
+    """`gan grid --seed`, `gan eval --seed` and `bench train --batch` showed no text in --help."""
+    bare = [f"{' '.join(path)} {p.name}" for path, cmd in _commands(_tree()) for p in cmd.params
+            if not (getattr(p, "help", None) or "").strip()]
+    assert not bare
