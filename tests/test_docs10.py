@@ -216,3 +216,21 @@ def test_every_option_and_argument_has_help():
     bare = [f"{' '.join(path)} {p.name}" for path, cmd in _commands(_tree()) for p in cmd.params
             if not (getattr(p, "help", None) or "").strip()]
     assert not bare
+
+
+def test_extract_slides_help_names_every_cohort_column_the_code_reads(tmp_path):
+    """`extract --help` gave the cohort columns as slide_path,patient_id,label,age[,mpp]; the code also takes
+    `slide_id` (README names it), and one slide file as --slides. Each column the help names is read."""
+    import typer
+
+    from slidestream.engine.cli import app
+    from slidestream.engine.cohort import read_cohort
+
+    param = next(p for p in typer.main.get_command(app).commands["extract"].params if p.name == "slides")
+    columns = re.search(r"\(([\w,\[\]]+)\)", param.help)[1].replace("[", "").replace("]", "").split(",")
+    slide = ROOT / "tests" / "data" / "wsi" / "CMU-1-Small-Region.svs"
+    values = {"slide_path": str(slide), "patient_id": "P1", "label": "mutant", "age": "50", "mpp": "0.25", "slide_id": "X7"}
+    (tmp_path / "c.csv").write_text(",".join(columns) + "\n" + ",".join(values[c] for c in columns) + "\n")
+    row = read_cohort(tmp_path / "c.csv")[0]
+    assert (row.slide_id, row.patient_id, row.label, row.age, row.mpp) == ("X7", "P1", 1, 50.0, 0.25)
+    assert "one slide" in param.help and read_cohort(slide)[0].slide_id == "CMU-1-Small-Region"
