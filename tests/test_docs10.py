@@ -95,6 +95,10 @@ def test_readme_command_lines_and_options_exist():
     lines, prose = _readme_parts((ROOT / "README.md").read_text(encoding="utf-8"))
     assert len(lines) >= 35  # the parse found README's command lines
     bad = [b for ln in lines for b in _check_line(root, ln, everywhere)]
+    for ln in lines:  # a comment's options (`# one row per patient (--batch-size, --workers: ...)`): its command's
+        if " #" in ln:
+            cmd, _ = _walk(root, shlex.split(ln.split(" #")[0])[1:])
+            bad += _check_prose(root, ln.split(" #", 1)[1], cmd, everywhere, f"README: {ln}")
     bad += _check_prose(root, prose, None, everywhere, "README")
     assert not bad
 
