@@ -114,7 +114,7 @@ def train_command(
     device: str = DEVICE,
     arch: Optional[List[str]] = typer.Option(None, "--arch", help="Classifier(s) (default: small_cnn, resnet18)."),
     patch: int = typer.Option(128, "--patch", min=32, help="Input side in pixels (the paper: 256)."),
-    batch: int = typer.Option(16, "--batch", min=1),
+    batch: int = typer.Option(16, "--batch", min=1, help="Training batch size (patches per step; inference is timed with batches of 64)."),
     steps: int = typer.Option(4, "--steps", min=1, help="Timed training steps per measurement."),
     as_json: bool = JSON,
 ):

@@ -90,7 +90,7 @@ def tissue_cmd(
 
 def extract_cmd(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON file (e.g. schemas/examples/liu2020.json)."),
-    slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp]) or a folder of slides."),
+    slides: Path = typer.Option(..., "--slides", help="Cohort CSV (slide_path,patient_id,label,age[,mpp][,slide_id]), a folder of slides or one slide."),
     out: Path = typer.Option(..., "--out", help="Patch store directory (created, or resumed if it exists); with --features-only the feature store."),
     workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel by worker processes on this machine (each compresses its own slides); at most 4 per CPU core."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of a dask.distributed scheduler to run on."),
@@ -124,7 +124,7 @@ def extract_cmd(
     changed, and extracts again a slide whose mpp changed or whose shard file changed since its commit.
 
     With --features-only no patch is kept: each slide's patches go through the pipeline's encoder and
-    only their features and meta columns (slide_id, patient_id, label, age, x, y, size0) are written
+    only their features and meta columns (slide_id, patient_id, label, age, x, y, size0, synthetic) are written
     to --out, the feature store `slidestream mil train --features` reads. A slide whose mpp changed
     needs a new --out there.
     """

@@ -56,7 +56,7 @@ def grid_command(
     gan: Path = typer.Argument(..., help="GAN directory."),
     out: Path = typer.Option(..., "--out", help="PNG sample sheet."),
     n: int = typer.Option(8, "--n", min=1, max=64, help="Samples per row (at most 64: the sheet is n x 7 patches)."),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(0, "--seed", min=0, help="Latent seed (same seed, same sheet)."),
 ):
     """Sample sheet from coarse to fine, one row per resolution (paper Fig. 1)."""
     from ..augment import sample_sheet
@@ -69,7 +69,7 @@ def eval_command(
     gan: Path = typer.Argument(..., help="GAN directory."),
     store: Path = typer.Option(..., "--store", help="Patch store the GAN was trained from."),
     n: int = typer.Option(2048, "--n", min=2, help="Images per set (Karras et al.: 8192)."),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the latent samples, the real patches drawn and the SWD projections (same seed, same numbers)."),
 ):
     """Multi-scale sliced Wasserstein distance of the generator vs real patches (written to the manifest)."""
     from ..augment import evaluate_gan, swd_table

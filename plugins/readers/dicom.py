@@ -1,4 +1,4 @@
-"""DICOM reader: VL Whole Slide Microscopy images that OpenSlide cannot open (pydicom + imagecodecs).
+"""DICOM reader: VL Whole Slide Microscopy images (pydicom + imagecodecs); OpenSlide leaves them to it.
 
 Give one ``.dcm`` file or a folder. The slide is the series (SeriesInstanceUID) of that file, or the
 one series with whole-slide images in the folder; its levels are the VOLUME instances (those without an
@@ -481,4 +481,4 @@ def _objective(ds) -> float | None:
 @hookimpl
 def slidestream_readers():
     return [ReaderPlugin(name="dicom", open=DicomSlide, priority=25, suffixes=(".dcm", ""),
-                         summary="pydicom: DICOM-WSI files and folders OpenSlide cannot open")]
+                         summary="pydicom: DICOM-WSI files and folders, every frame's decoder errors reported")]

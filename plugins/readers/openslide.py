@@ -1,7 +1,7 @@
-"""OpenSlide reader: SVS, NDPI, MRXS, SCN, BIF, DICOM-WSI and the other formats OpenSlide knows.
+"""OpenSlide reader: SVS, NDPI, MRXS, SCN, BIF and the other formats OpenSlide knows.
 
-A DICOM-WSI slide is a folder of ``.dcm`` files: give any one of them, or the folder. DICOM frames
-coded as JFIF (YCbCr) but tagged RGB, which OpenSlide returns unconverted, are converted here.
+DICOM-WSI is left to the dicom reader (OpenSlide decodes damaged DICOM frames without a word): a slide
+OpenSlide opens as vendor ``dicom`` is refused here, so the next reader takes it.
 """
 from __future__ import annotations
 
@@ -77,4 +77,4 @@ def slidestream_readers():
     return [ReaderPlugin(
         name="openslide", open=OpenSlideSlide, priority=20,
         suffixes=(".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm", ""),
-        summary="OpenSlide: SVS, NDPI, MRXS, SCN, BIF, DICOM-WSI, ...")]
+        summary="OpenSlide: SVS, NDPI, MRXS, SCN, BIF, ... (DICOM-WSI: the dicom reader)")]
