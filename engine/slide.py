@@ -35,7 +35,6 @@ BAND_PIXELS = 4_000_000  # level pixels a thumbnail holds at once within a strip
 MAX_THUMBNAIL_SOURCE = 2 ** 28  # level pixels a thumbnail may be built from (16384² without a pyramid: < 30 s)
 DCT_THUMBNAIL_BYTES = 2 ** 28  # the level decoded at 1/2..1/8 by DCT scaling for a thumbnail, at most
 FILE_MPP = (0.05, 20.0)  # a resolution a file may claim for a microscope slide, µm/px
-MAX_UPSAMPLE = 16  # a slide may be at most this much coarser than the magnification asked for
 MPP_POWER_SLACK = 3  # a file's mpp and objective power (10x = 1 µm/px) may disagree this much (scanners: <= 1.3x)
 
 
@@ -255,11 +254,17 @@ class Slide:
         return np.asarray(rows.resize((tw, th), Image.BILINEAR))
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:
+        """Level-0 size and scale at ``magnification``. A slide coarser than that (a 5x slide for a 10x pipeline) is
+        refused: its patches would be upsampled, blurred tissue passing as the magnification asked for. The
+        ``LEVEL_SLACK`` a level may have is allowed (an Aperio 20x slide at 0.504 µm/px for 20x: 1 %)."""
         w, h = self.dimensions
-        if self.factor(magnification) < 1 / MAX_UPSAMPLE:
-            raise SlideError(f"{self.path}: the slide is {self.mpp:g} µm/px ({self.mpp_source}), more than "
-                             f"{MAX_UPSAMPLE}x coarser than {magnification:g}x asks for; check its mpp")
-        return Geometry(width=w, height=h, thumb_scale=float(thumb_scale), factor=self.factor(magnification))
+        f = self.factor(magnification)
+        if f * LEVEL_SLACK < 1:
+            raise SlideError(f"{self.path}: the slide is {self.mpp:g} µm/px ({self.mpp_source}), "
+                             f"{REFERENCE_MPP_AT_10X * 10 / self.mpp:.3g}x, coarser than the {magnification:g}x the "
+                             f"pipeline asks for (its patches would be upsampled {1 / f:.3g}x); leave the slide out, "
+                             "lower the pipeline's magnification, or give its right mpp if the file's is wrong")
+        return Geometry(width=w, height=h, thumb_scale=float(thumb_scale), factor=f)
 
     def close(self) -> None:
         try:
