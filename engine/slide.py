@@ -404,6 +404,8 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
             level_mpp, source = _resolution(reader, mpp)
         except SlideError as e:  # another reader may find the resolution in metadata this one ignores
             reader.close()
+            if reader.mpp or reader.objective_power:  # but not a right one where the file says a wrong one
+                raise  # (non-square pixels in OME metadata, read as square from the TIFF tags by the image reader)
             unresolved = unresolved or e
             continue
         return Slide(path=path, reader=reader, reader_name=name, mpp=level_mpp, mpp_source=source)
@@ -511,6 +513,11 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
             raise SlideError(f"{reader.path}: mpp must be positive, got {override}")
         return float(override), "cohort"
     if reader.mpp:
+        x, y = float(reader.mpp), float(getattr(reader, "mpp_y", None) or reader.mpp)
+        if abs(x - y) > 0.05 * max(x, y):  # also where an objective power is given: patches would be stretched
+            raise SlideError(f"{reader.path}: the file says its pixels are {x:g} µm wide and {y:g} µm high, not square "
+                             "(patches would be stretched); resample the slide to square pixels, or give --mpp or an "
+                             "`mpp` column to take it as it is")
         if not FILE_MPP[0] <= float(reader.mpp) <= FILE_MPP[1]:
             raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px, not a microscope resolution "
                              f"({FILE_MPP[0]:g}..{FILE_MPP[1]:g}); give the right one with --mpp or an `mpp` column")

@@ -45,3 +45,84 @@ def test_slide_coarser_than_the_pipeline_magnification_is_refused(cli, tmp_path,
         assert "lower the pipeline's magnification" in rec["reason"]
     else:
         assert code == 0 and rec["status"] == "done" and rec["patches"] > 0, rec
+
+
+# ------------------------------------------------------------------------------------ non-square pixels, wrong units
+def _img(seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.full((512, 768, 3), 235, np.uint8)
+    img[100:400, 150:600] = rng.integers(60, 200, (300, 450, 3), dtype=np.uint8)
+    return img
+
+
+def _dicom(tmp_path, name, spacing_mm, power):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from conftest import WSI
+
+    ds = pydicom.dcmread(WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm")
+    pm, g, op = Dataset(), Dataset(), Dataset()
+    pm.PixelSpacing = spacing_mm
+    g.PixelMeasuresSequence = Sequence([pm])
+    ds.SharedFunctionalGroupsSequence = Sequence([g])
+    op.ObjectiveLensPower = power
+    ds.OpticalPathSequence = Sequence([op])
+    (tmp_path / name).mkdir()
+    ds.save_as(tmp_path / name / f"{name}.dcm", enforce_file_format=False)
+    return tmp_path / name / f"{name}.dcm"
+
+
+@pytest.mark.parametrize("spacing, match", [
+    ([0.00025, 0.0005], r"pixels are 0.5 µm wide and 0.25 µm high, not square \(patches would be stretched\)"),
+    ([0.5, 0.5], r"the file says 500 µm/px, not a microscope resolution"),  # PixelSpacing written in µm, not mm
+])
+def test_dicom_pixel_spacing_that_cannot_be_used_is_not_replaced_by_the_objective_power(tmp_path, spacing, match):
+    """A DICOM PixelSpacing the reader could not use (rows 0.25 µm, columns 0.5 µm; or 0.5 'mm' = 500 µm/px) was
+    dropped as if absent, and the ObjectiveLensPower (20x) gave 0.5 µm/px: non-square pixels stretched 2:1 into
+    square patches, or a file contradicting itself extracted, silently ('objective power')."""
+    p = _dicom(tmp_path, "s", spacing, 20)
+    with pytest.raises(SlideError, match=match) as e:
+        open_slide(p)
+    assert str(e.value).startswith(f"{p}: ") and "--mpp" in str(e.value)
+    s = open_slide(p, mpp=0.5)  # the user's word wins, as README says
+    assert (s.mpp, s.mpp_source) == (0.5, "cohort")
+    s.close()
+
+
+def test_tiff_resolution_tags_of_non_square_pixels_are_not_replaced_by_aperio_appmag(tmp_path):
+    """X/YResolution of 0.5 x 1 µm pixels with an Aperio AppMag (no MPP): the tags were dropped, AppMag = 20 gave
+    0.5 µm/px, and the slide was cut into squares 2x too tall."""
+    p = tmp_path / "s.svs"
+    tifffile.imwrite(p, _img(), tile=(128, 128), photometric="rgb", resolution=(2e4, 1e4), resolutionunit="CENTIMETER",
+                     description="Aperio Image Library v12.0.0\r\n768x512 [0,0 768x512] (128x128) RAW|AppMag = 20")
+    for order in (None, ["tifffile"], ["cucim"]):
+        with pytest.raises(SlideError, match=r"pixels are 0.5 µm wide and 1 µm high, not square"):
+            open_slide(p, order=order)
+
+
+def _ome(path, x, y, unit, tags_um):
+    tifffile.imwrite(path, _img(), tile=(128, 128), photometric="rgb", resolution=(1e4 / tags_um,) * 2,
+                     resolutionunit="CENTIMETER", metadata={"axes": "YXS", "PhysicalSizeX": x, "PhysicalSizeXUnit": unit,
+                                                            "PhysicalSizeY": y, "PhysicalSizeYUnit": unit})
+    return path
+
+
+def test_ome_physical_size_wins_over_tiff_tags_in_every_reader(tmp_path):
+    """An OME-TIFF saying 0.0005 mm (0.5 µm) per pixel, its TIFF resolution tags 0.25 µm: cuCIM and OpenSlide (tried
+    first) read the tags, tifffile the OME: the same file was extracted at 0.25 or 0.5 µm/px by the reader order."""
+    p = _ome(tmp_path / "s.ome.tif", 0.0005, 0.0005, "mm", 0.25)
+    for order in (None, ["cucim"], ["openslide"], ["tifffile"]):
+        s = open_slide(p, order=order)
+        assert (s.mpp, s.mpp_source) == (pytest.approx(0.5), "file mpp"), (order, s.reader_name)
+        s.close()
+
+
+def test_ome_non_square_pixels_are_refused_by_every_reader(tmp_path):
+    """OME PhysicalSizeX 0.5 µm, PhysicalSizeY 1 µm, TIFF tags square 0.5 µm: tifffile found no resolution, so the
+    next readers (OpenSlide, then Pillow's image reader) took the tags: patches stretched 2:1, silently."""
+    p = _ome(tmp_path / "s.ome.tif", 0.5, 1.0, "µm", 0.5)
+    for order in (None, ["openslide"], ["tifffile"], ["tifffile", "image"]):
+        with pytest.raises(SlideError, match=r"pixels are 0.5 µm wide and 1 µm high, not square"):
+            open_slide(p, order=order)

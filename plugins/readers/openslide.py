@@ -13,7 +13,7 @@ from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
-                     openslide_misread, square_mpp, ycbcr_to_rgb)
+                     openslide_misread, mpp_xy, ome_mpp, ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -30,6 +30,7 @@ class OpenSlideSlide:
         try:
             misread = openslide_misread(str(p), tf)
             tiff_levels = tiff_level_count(str(p), tf) if tf is not None else 0
+            ome = ome_mpp(tf) if tf is not None else None
         finally:
             if tf is not None:
                 tf.close()
@@ -45,7 +46,7 @@ class OpenSlideSlide:
             raise ValueError("DICOM slides are read by the dicom reader, which checks every frame it decodes")
         if props.get("openslide.vendor") == "generic-tiff" and tiff_levels > len(self.level_dimensions):
             raise ValueError("OpenSlide misses this TIFF's SubIFD pyramid levels")
-        self.mpp = square_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
+        self.mpp, self.mpp_y = ome or mpp_xy(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))  # OME first
         self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
         self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"
