@@ -126,3 +126,25 @@ def test_ome_non_square_pixels_are_refused_by_every_reader(tmp_path):
     for order in (None, ["openslide"], ["tifffile"], ["tifffile", "image"]):
         with pytest.raises(SlideError, match=r"pixels are 0.5 µm wide and 1 µm high, not square"):
             open_slide(p, order=order)
+
+
+# ------------------------------------------------------------------------------------ levels
+@pytest.mark.parametrize("aperio", [False, True])
+def test_first_image_smaller_than_a_later_level_keeps_its_own_resolution(tmp_path, aperio):
+    """A TIFF whose first image is 768 x 512 px at 1 µm/px (resolution tags, or Aperio MPP = 1), then the same
+    tissue at 1536 x 1024 px, 0.5 µm/px: OpenSlide (generic TIFF) and cuCIM (Aperio) sort the levels and gave the
+    1536 px level 0 the first image's 1 µm/px: the slide 1.5 mm wide instead of 0.77, 10x tiles cut at 20x.
+    Every reader now gives a level 0 whose width in µm is the file's (768 µm)."""
+    small = _img()  # 768 x 512
+    big = np.asarray(Image.fromarray(small).resize((1536, 1024)))
+    desc = "Aperio Image Library v12.0.0\r\n768x512 [0,0 768x512] (128x128) JPEG/RGB Q=85|AppMag = 10|MPP = 1"
+    p = tmp_path / ("s.svs" if aperio else "s.tif")
+    with tifffile.TiffWriter(p) as tw:
+        for i, (lv, um) in enumerate([(small, 1.0), (big, 0.5), (np.asarray(Image.fromarray(big).reduce(4)), 2.0)]):
+            tw.write(lv, tile=(128, 128), photometric="rgb", compression="jpeg", resolution=(1e4 / um,) * 2,
+                     resolutionunit="CENTIMETER", metadata=None, subfiletype=1 if i else 0,
+                     description=(desc if i == 0 else "Aperio Image Library v12.0.0\r\n768x512 -> x") if aperio else None)
+    for order in (None, ["cucim", "tifffile"], ["openslide", "tifffile"], ["tifffile"]):
+        s = open_slide(p, order=order)
+        assert s.mpp * s.dimensions[0] == pytest.approx(768), (order, s.reader_name, s.mpp, s.dimensions)
+        s.close()

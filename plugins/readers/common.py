@@ -624,6 +624,22 @@ def ome_mpp(tf) -> tuple[float | None, float | None] | None:
     return mpp_xy(*sizes) if sizes[0] else None
 
 
+def first_image(tf) -> tuple[int, int] | None:
+    """(width, height) of a TIFF's first image, for ``levels_out_of_order``; None for no TIFF."""
+    return None if tf is None else (int(tf.pages[0].imagewidth), int(tf.pages[0].imagelength))
+
+
+def levels_out_of_order(first, level0) -> str:
+    """Why a reader's level 0 (``(w, h)``) cannot take the resolution of the TIFF's first image ``first`` ('' when
+    it can): cuCIM (Aperio MPP) and OpenSlide (Aperio MPP, generic TIFF resolution tags) sort the levels by size
+    and take the resolution of the first image, so a first image smaller than the largest gave that level the small
+    image's µm/px (2x off for a half-size one)."""
+    if first is None or (first[0] >= level0[0] and first[1] >= level0[1]):
+        return ""
+    return (f"the TIFF's first image is {first[0]} x {first[1]} px, smaller than the level 0 of {level0[0]} x {level0[1]}: "
+            "levels out of order, its resolution is not level 0's; left to the tifffile reader")
+
+
 def mpp_from_tiff_tags(page) -> tuple[float | None, float | None]:
     """Level-0 ``mpp_xy`` from TIFF resolution tags, when the width is plausible for a slide (72-dpi photos are
     no resolution)."""

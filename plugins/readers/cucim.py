@@ -14,7 +14,7 @@ import numpy as np
 from slidestream.engine.device import without_cupy
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import (TiffTileCheck, check_claims, mpp_xy, ome_mpp, positive_float, read_clipped, tiff_jfif_marked_rgb,
+from .common import (TiffTileCheck, check_claims, first_image, levels_out_of_order, mpp_xy, ome_mpp, positive_float, read_clipped, tiff_jfif_marked_rgb,
                      tiff_level_count, tiff_rgb_marked_jpeg)
 
 
@@ -83,7 +83,7 @@ class CucimSlide:
                                      "left to the next reader (cuCIM opens such a TIFF, then fails every read)")
             self._tiles = TiffTileCheck(path, tf=tf)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
             self._file_levels = tiff_level_count(path, tf)
-            ome = ome_mpp(tf)
+            ome, first = ome_mpp(tf), first_image(tf)
         self.path = path
         self.device = device
         self.decode_device = "cpu"  # also with device="cuda": see the class docstring
@@ -94,6 +94,10 @@ class CucimSlide:
         self._check_levels()
         md = self._img.metadata
         aperio = md.get("aperio", {}) if isinstance(md, dict) else {}
+        reordered = aperio and levels_out_of_order(first, self.level_dimensions[0])  # (TIFF tags: level 0's own)
+        if reordered:
+            self.close()
+            raise ValueError(reordered)
         self.mpp = self.mpp_y = positive_float(aperio.get("MPP"))
         self.objective_power = positive_float(aperio.get("AppMag"))
         if self.mpp is None:
