@@ -148,3 +148,19 @@ def test_first_image_smaller_than_a_later_level_keeps_its_own_resolution(tmp_pat
         s = open_slide(p, order=order)
         assert s.mpp * s.dimensions[0] == pytest.approx(768), (order, s.reader_name, s.mpp, s.dimensions)
         s.close()
+
+
+# ------------------------------------------------------------------------------------ Aperio values
+@pytest.mark.parametrize("values", ["MPP = 0,25", "AppMag = 20|MPP = 0,25"])
+def test_aperio_mpp_with_a_decimal_comma_is_read_alike_by_every_reader(tmp_path, values):
+    """'MPP = 0,25' (a scanner set to a German locale): OpenSlide read 0.25 µm/px, cuCIM and tifffile no MPP, so
+    the same slide was 0.25 µm/px (OpenSlide), 0.5 (AppMag 20, cuCIM: the default reader) or refused (tifffile)."""
+    p = tmp_path / "s.svs"
+    head = "Aperio Image Library v12.0.0\r\n768x512 [0,0 768x512] (128x128) JPEG/RGB Q=85"
+    with tifffile.TiffWriter(p) as tw:  # two levels: OpenSlide reads a one-image file as a generic TIFF
+        for lv, desc in [(_img(), f"{head}|{values}"), (_img()[::4, ::4], f"{head} -> 192x128")]:
+            tw.write(lv, tile=(128, 128), photometric="rgb", compression="jpeg", description=desc, metadata=None)
+    for order in (None, ["cucim"], ["openslide"], ["tifffile"]):
+        s = open_slide(p, order=order)
+        assert (s.mpp, s.mpp_source) == (0.25, "file mpp"), (order, s.reader_name)
+        s.close()

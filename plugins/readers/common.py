@@ -14,7 +14,10 @@ from slidestream.engine.errors import BrokenFile
 
 
 def positive_float(v) -> float | None:
-    """``float(v)`` when it is a positive number, else None (metadata values are often missing or '')."""
+    """``float(v)`` when it is a positive number, else None (metadata values are often missing or ''). A decimal
+    comma ("0,2527", scanners set to a German locale) is a decimal point, as OpenSlide reads it."""
+    if isinstance(v, str) and v.count(",") == 1 and "." not in v:
+        v = v.replace(",", ".")
     try:
         f = float(v)
         return f if f > 0 else None
