@@ -1,8 +1,8 @@
 """Opening slides with reader fallback, and the geometry of levels, resolution and magnification.
 
 Magnification is resolution: ``mpp = 10 / magnification`` (40x = 0.25 µm/px, 10x = 1.0 µm/px). A slide's
-level-0 resolution comes, in this order, from the cohort's ``mpp`` column / ``--mpp``, the file's mpp,
-or its objective power; a slide with none of them is refused.
+level-0 resolution comes, in this order, from the cohort's ``mpp`` column, the file's mpp, its objective power,
+or ``--mpp`` (``default_mpp``: for slides that do not say); a slide with none of them is refused.
 
 Reads are bounded by what is asked for: a thumbnail is read in strips from the smallest level that is
 detailed enough, and refused when that level has more than ``MAX_THUMBNAIL_SOURCE`` px (a slide without a
@@ -46,7 +46,7 @@ class Slide:
     reader: SlideReader
     reader_name: str
     mpp: float  # level-0 µm/px used for all geometry
-    mpp_source: str  # "cohort", "file mpp", "objective power"
+    mpp_source: str  # "cohort", "file mpp", "objective power", "--mpp"
     allow_corrupt: bool = False  # a thumbnail the decoder complained about is kept (the complaint is logged)
     log: list = field(default_factory=list)  # what decoders said while this slide was read
 
@@ -368,17 +368,22 @@ def _special_file(folder: Path) -> Path | None:
 
 
 def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,
-               device: str = "cpu") -> Slide:
-    """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause.
+               device: str = "cpu", default_mpp: float | None = None) -> Slide:
+    """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause. ``mpp`` (the
+    cohort's column) overrides the file's resolution; ``default_mpp`` (``--mpp``) is used only where no reader finds
+    one, or where the one the file gives is refused (not square, out of range: the messages name --mpp).
 
     A reader raising ``BrokenFile`` (the file itself is broken) ends the search: no reader would do better."""
     path = str(path)
+    default_mpp = None if default_mpp is None or default_mpp != default_mpp else float(default_mpp)  # NaN: not given
+    if default_mpp is not None and default_mpp <= 0:
+        raise SlideError(f"{path}: mpp must be positive, got {default_mpp}")
     p = _check_path(path)
     table = registry.plugins("reader")
     names = list(order) if order else sorted(table, key=lambda n: (table[n].priority, n))
     suffix = "".join(s.lower() for s in p.suffixes[-1:]) if p.is_file() else ""
     failures = []
-    unresolved: SlideError | None = None  # first reader that opened the file but found no resolution
+    unresolved: tuple[str, SlideError] | None = None  # first reader that opened the file but found no resolution
     for name in names:
         plugin = registry.get("reader", name)
         if plugin.suffixes and suffix not in plugin.suffixes:
@@ -403,14 +408,21 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         try:
             level_mpp, source = _resolution(reader, mpp)
         except SlideError as e:  # another reader may find the resolution in metadata this one ignores
-            reader.close()
             if reader.mpp or reader.objective_power:  # but not a right one where the file says a wrong one
-                raise  # (non-square pixels in OME metadata, read as square from the TIFF tags by the image reader)
-            unresolved = unresolved or e
+                if default_mpp is not None:  # (non-square pixels in OME metadata, read as square from the TIFF
+                    return Slide(path=path, reader=reader, reader_name=name, mpp=default_mpp, mpp_source="--mpp")
+                reader.close()  # tags by the image reader)
+                raise
+            reader.close()
+            unresolved = unresolved or (name, e)
             continue
         return Slide(path=path, reader=reader, reader_name=name, mpp=level_mpp, mpp_source=source)
     if unresolved is not None:
-        raise unresolved
+        name, e = unresolved
+        if default_mpp is None:
+            raise e
+        return Slide(path=path, reader=registry.get("reader", name).open(path, device=device), reader_name=name,
+                     mpp=default_mpp, mpp_source="--mpp")
     if not failures:
         raise SlideError(f"{path}: no reader handles '{suffix or 'folder'}' files; readers: {', '.join(names)}")
     if len({f.split(": ", 1)[1] for f in failures}) == 1:  # every reader said the same

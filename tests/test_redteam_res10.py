@@ -164,3 +164,41 @@ def test_aperio_mpp_with_a_decimal_comma_is_read_alike_by_every_reader(tmp_path,
         s = open_slide(p, order=order)
         assert (s.mpp, s.mpp_source) == (0.25, "file mpp"), (order, s.reader_name)
         s.close()
+
+
+# ------------------------------------------------------------------------------------ --mpp
+def test_mpp_option_is_for_slides_that_do_not_say_not_over_the_files_own(cli, tmp_path):
+    """`extract --slides DIR --mpp 0.5` ('Level-0 µm/px for slides without resolution metadata'): a 40x slide whose
+    file says 0.25 µm/px was extracted at 0.5 too (source 'cohort'): its 10x tiles cut at 20x, silently. The
+    cohort's `mpp` column still overrides the file (it names the slide)."""
+    from slidestream.engine.store import PatchStore
+    from slidestream.engine.synthetic import render
+
+    d = tmp_path / "slides"
+    make_slide(d / "a40x.svs", size=(2048, 1536), mpp=0.25, levels=(1, 4))
+    tifffile.imwrite(d / "b.tif", render((1024, 768), 1, seed=2, mpp=0.5), tile=(256, 256), photometric="rgb",
+                     metadata=None)  # no resolution metadata at all
+    pipe = tmp_path / "p.json"
+    pipe.write_text(json.dumps(PIPE))
+    code, out, err = cli("extract", pipe, "--slides", d, "--out", tmp_path / "st", "--mpp", "0.5", "--json", "--quiet")
+    assert code == 0, err
+    recs = PatchStore.open(tmp_path / "st").records()
+    assert (recs["a40x"]["mpp"], recs["a40x"]["mpp_source"], recs["a40x"]["factor"]) == (0.25, "file mpp", 4.0)
+    assert (recs["b"]["mpp"], recs["b"]["mpp_source"]) == (0.5, "--mpp")
+    cohort = tmp_path / "c.csv"
+    cohort.write_text(f"slide_path,patient_id,label,age,mpp\n{d / 'a40x.svs'},P1,1,50,0.5\n{d / 'b.tif'},P2,0,60,\n")
+    code, out, err = cli("extract", pipe, "--slides", cohort, "--out", tmp_path / "st2", "--mpp", "1.0", "--json", "--quiet")
+    recs = PatchStore.open(tmp_path / "st2").records()
+    assert (recs["a40x"]["mpp"], recs["a40x"]["mpp_source"]) == (0.5, "cohort")  # the column, over the file
+    assert (recs["b"]["mpp"], recs["b"]["mpp_source"]) == (1.0, "--mpp")  # an empty cell: --mpp
+
+
+def test_mpp_option_still_covers_a_resolution_the_file_gives_wrong(tmp_path):
+    """The messages refusing a file's resolution (non-square, out of range) name --mpp as the way out: it still is."""
+    p = tmp_path / "s.tif"
+    tifffile.imwrite(p, _img(), tile=(128, 128), photometric="rgb", resolution=(2e4, 1e4), resolutionunit="CENTIMETER")
+    with pytest.raises(SlideError, match="not square.*give --mpp"):
+        open_slide(p)
+    s = open_slide(p, default_mpp=0.5)
+    assert (s.mpp, s.mpp_source) == (0.5, "--mpp")
+    s.close()
