@@ -524,6 +524,9 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
         if override <= 0:
             raise SlideError(f"{reader.path}: mpp must be positive, got {override}")
         return float(override), "cohort"
+    if getattr(reader, "mpp_problem", ""):  # the file's resolution metadata contradicts itself
+        raise SlideError(f"{reader.path}: {reader.mpp_problem}; give the right level-0 µm/px with --mpp or an `mpp` "
+                         "column")
     if reader.mpp:
         x, y = float(reader.mpp), float(getattr(reader, "mpp_y", None) or reader.mpp)
         if abs(x - y) > 0.05 * max(x, y):  # also where an objective power is given: patches would be stretched

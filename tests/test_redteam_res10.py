@@ -202,3 +202,40 @@ def test_mpp_option_still_covers_a_resolution_the_file_gives_wrong(tmp_path):
     s = open_slide(p, default_mpp=0.5)
     assert (s.mpp, s.mpp_source) == (0.5, "--mpp")
     s.close()
+
+
+def test_dicom_levels_that_disagree_on_the_pixel_spacing_are_refused(tmp_path):
+    """The CMU DICOM series with level 0's PixelSpacing set to its level 1's (0.998 µm where the 1110 px level also
+    says 0.998 and the 555 px level 1.996): only level 0's was read, so the 0.499 µm/px slide was extracted at 0.998
+    (20x tissue as 10x tiles), 'file mpp', silently. The levels as written (each its downsample times level 0's)
+    still open, and so do levels that all repeat level 0's spacing (a converter's habit: level 0's is right)."""
+    import shutil
+
+    import pydicom
+
+    from conftest import WSI
+
+    src = WSI / "dicom-cmu-1-small-region"
+    s = open_slide(src)
+    assert (s.mpp, s.mpp_source) == (0.499, "file mpp")
+    s.close()
+    d = tmp_path / "cmu"
+    shutil.copytree(src, d)
+    f = d / "level-0-frames-0-30.dcm"
+    ds = pydicom.dcmread(f)
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [0.000998, 0.000998]
+    ds.save_as(f)
+    with pytest.raises(SlideError, match=r"cmu: the DICOM levels disagree on the resolution: level 0 \(2220 px wide\) says "
+                                         r"PixelSpacing 0.998 µm, the level of 555 px \(level-2-frames-0-4.dcm\) 1.996 µm.*"
+                                         r"--mpp or an `mpp` column"):
+        open_slide(d)
+    s = open_slide(d, mpp=0.499)
+    assert (s.mpp, s.mpp_source) == (0.499, "cohort")
+    s.close()
+    for f in d.glob("*.dcm"):  # every level repeats level 0's 0.499 µm: level 0 is right
+        ds = pydicom.dcmread(f)
+        ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [0.000499, 0.000499]
+        ds.save_as(f)
+    s = open_slide(d)
+    assert (s.mpp, s.mpp_source) == (0.499, "file mpp")
+    s.close()

@@ -28,7 +28,8 @@ frame's); uncompressed frames are read as they are.
 Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm; column spacing = mpp, row
 spacing = mpp_y; the engine refuses pixels that are not square within 5 % and a width outside 0.05..20 µm/px, as a
 PixelSpacing written in µm, not mm, naming --mpp), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
-ImagedVolumeHeight/TotalPixelMatrixRows within 5 % and lies in 0.05..20 µm/px, otherwise mpp is None.
+ImagedVolumeHeight/TotalPixelMatrixRows within 5 % and lies in 0.05..20 µm/px, otherwise mpp is None. Levels whose
+PixelSpacing is not level 0's times their downsample (``_levels_disagree``) leave the scale in doubt: refused.
 Objective power: OpticalPathSequence ObjectiveLensPower. Not supported: concatenations (an instance
 split over several files), RLE and deflated transfer syntaxes.
 """
@@ -370,6 +371,7 @@ class DicomSlide:
         self.level_downsamples = [w0 / lv.width for lv in self._levels]
         self.mpp, self.mpp_y = _mpp(ds0)
         self.objective_power = _objective(ds0)
+        self.mpp_problem = _levels_disagree([(f, ds, lv.width) for (f, ds), lv in zip(by_width.values(), self._levels)])
 
     # -- frame order
     def seam_score(self, level: int, order: str) -> float:
@@ -466,6 +468,25 @@ def _mpp(ds) -> tuple[float | None, float | None]:
         return None, None
     mx, my = w * 1000 / int(ds.TotalPixelMatrixColumns), h * 1000 / int(ds.TotalPixelMatrixRows)
     return (mx, mx) if abs(mx - my) <= 0.05 * max(mx, my) and 0.05 <= mx <= 20 else (None, None)
+
+
+def _levels_disagree(levels) -> str:
+    """Why the levels' PixelSpacing cannot all be true ('' when they agree): each level's spacing is level 0's
+    times its downsample (up to the rounding of its width, and 5 %). Only level 0's is used: a level 0 that says
+    1 µm/px where its quarter-size level says 2 leaves the slide's scale in doubt (2x). A level that repeats
+    level 0's spacing is not judged (converters copy it to every level: level 0's is then right)."""
+    (_, ds0, w0), spacing = levels[0], []
+    for f, ds, w in levels:
+        try:
+            spacing.append(positive_float(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[1]))
+        except (AttributeError, IndexError, KeyError, TypeError):
+            spacing.append(None)
+    for (f, ds, w), sp in list(zip(levels, spacing))[1:]:
+        if spacing[0] and sp and sp != spacing[0] and not w0 / (w + 1) / 1.05 <= sp / spacing[0] <= w0 / max(w - 1, 0.5) * 1.05:
+            return (f"the DICOM levels disagree on the resolution: level 0 ({w0} px wide) says PixelSpacing "
+                    f"{spacing[0] * 1000:g} µm, the level of {w} px ({Path(f).name}) {sp * 1000:g} µm, where "
+                    f"{spacing[0] * 1000 * w0 / w:.4g} µm would fit")
+    return ""
 
 
 def _objective(ds) -> float | None:
