@@ -239,3 +239,22 @@ def test_dicom_levels_that_disagree_on_the_pixel_spacing_are_refused(tmp_path):
     s = open_slide(d)
     assert (s.mpp, s.mpp_source) == (0.499, "file mpp")
     s.close()
+
+
+def test_tiff_resolution_without_a_unit_tag_is_in_inches_as_the_tiff_default(tmp_path):
+    """X/YResolution 50800 px with no ResolutionUnit tag (the TIFF default is inch: 0.5 µm/px): OpenSlide read
+    0.5 µm/px, the tifffile reader (the one for SubIFD pyramids, which OpenSlide leaves) found no resolution."""
+    import struct
+
+    p = tmp_path / "s.tif"
+    tifffile.imwrite(p, _img(), tile=(128, 128), photometric="rgb", compression="jpeg", resolution=(50800, 50800),
+                     resolutionunit="INCH", metadata=None)
+    with tifffile.TiffFile(p) as tf:
+        off = tf.pages[0].tags["ResolutionUnit"].offset
+    data = bytearray(p.read_bytes())
+    data[off:off + 2] = struct.pack("<H", 297)  # the tag becomes PageNumber: no ResolutionUnit left
+    p.write_bytes(bytes(data))
+    for order in (None, ["openslide"], ["tifffile"]):
+        s = open_slide(p, order=order)
+        assert (s.mpp, s.mpp_source) == (0.5, "file mpp"), order
+        s.close()

@@ -645,12 +645,12 @@ def levels_out_of_order(first, level0) -> str:
 
 def mpp_from_tiff_tags(page) -> tuple[float | None, float | None]:
     """Level-0 ``mpp_xy`` from TIFF resolution tags, when the width is plausible for a slide (72-dpi photos are
-    no resolution)."""
+    no resolution). Without a ResolutionUnit tag the unit is the TIFF default, inch (as libtiff: OpenSlide)."""
     try:
         xres = page.tags["XResolution"].value
-        unit = int(page.tags["ResolutionUnit"].value)
     except KeyError:
         return None, None
+    unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2
     yres = page.tags["YResolution"].value if "YResolution" in page.tags else xres
     px_per_unit, py_per_unit = ((r[0] / r[1] if r[1] else 0.0) if isinstance(r, tuple) else float(r) for r in (xres, yres))
     um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
