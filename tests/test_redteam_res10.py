@@ -258,3 +258,19 @@ def test_tiff_resolution_without_a_unit_tag_is_in_inches_as_the_tiff_default(tmp
         s = open_slide(p, order=order)
         assert (s.mpp, s.mpp_source) == (0.5, "file mpp"), order
         s.close()
+
+
+def test_72_dpi_tags_do_not_hide_an_aperio_appmag(tmp_path):
+    """An Aperio slide with AppMag = 20 (no MPP) and 72-dpi TIFF tags (352.8 µm/px, a writer's default): cuCIM, the
+    default reader, took the tags as the slide's resolution and the slide was refused ('352.778 µm/px, not a
+    microscope resolution'), while OpenSlide and tifffile skip such tags and read 0.5 µm/px from AppMag."""
+    p = tmp_path / "s.svs"
+    head = "Aperio Image Library v12.0.0\r\n768x512 [0,0 768x512] (128x128) JPEG/RGB Q=85"
+    with tifffile.TiffWriter(p) as tw:
+        for lv, desc in [(_img(), f"{head}|AppMag = 20"), (_img()[::4, ::4], f"{head} -> 192x128")]:
+            tw.write(lv, tile=(128, 128), photometric="rgb", compression="jpeg", description=desc, metadata=None,
+                     resolution=(72, 72), resolutionunit="INCH")
+    for order in (None, ["cucim"], ["openslide"], ["tifffile"]):
+        s = open_slide(p, order=order)
+        assert (s.mpp, s.mpp_source) == (0.5, "objective power"), order
+        s.close()

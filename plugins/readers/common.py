@@ -643,6 +643,16 @@ def levels_out_of_order(first, level0) -> str:
             "levels out of order, its resolution is not level 0's; left to the tifffile reader")
 
 
+TAG_MPP = (0.05, 20.0)  # µm/px TIFF resolution tags may give: others are a photo's (72 dpi) or a default (1 px/mm)
+
+
+def tag_mpp_xy(x, y) -> tuple[float | None, float | None]:
+    """``mpp_xy`` of a width from TIFF resolution tags: (None, None) outside ``TAG_MPP`` (no resolution, so an
+    Aperio AppMag or --mpp is taken, as by every reader)."""
+    x = positive_float(x)
+    return mpp_xy(x, y) if x and TAG_MPP[0] <= x <= TAG_MPP[1] else (None, None)
+
+
 def mpp_from_tiff_tags(page) -> tuple[float | None, float | None]:
     """Level-0 ``mpp_xy`` from TIFF resolution tags, when the width is plausible for a slide (72-dpi photos are
     no resolution). Without a ResolutionUnit tag the unit is the TIFF default, inch (as libtiff: OpenSlide)."""
@@ -654,9 +664,9 @@ def mpp_from_tiff_tags(page) -> tuple[float | None, float | None]:
     yres = page.tags["YResolution"].value if "YResolution" in page.tags else xres
     px_per_unit, py_per_unit = ((r[0] / r[1] if r[1] else 0.0) if isinstance(r, tuple) else float(r) for r in (xres, yres))
     um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
-    if um is None or px_per_unit <= 0 or not 0.05 <= um / px_per_unit <= 20:  # 72-dpi photos etc.: no resolution
+    if um is None or px_per_unit <= 0:
         return None, None
-    return mpp_xy(um / px_per_unit, um / py_per_unit if py_per_unit > 0 else None)
+    return tag_mpp_xy(um / px_per_unit, um / py_per_unit if py_per_unit > 0 else None)
 
 
 JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"

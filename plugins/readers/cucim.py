@@ -14,8 +14,8 @@ import numpy as np
 from slidestream.engine.device import without_cupy
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import (TiffTileCheck, check_claims, first_image, levels_out_of_order, mpp_xy, ome_mpp, positive_float, read_clipped, tiff_jfif_marked_rgb,
-                     tiff_level_count, tiff_rgb_marked_jpeg)
+from .common import (TiffTileCheck, check_claims, first_image, levels_out_of_order, ome_mpp, positive_float, read_clipped,
+                     tag_mpp_xy, tiff_jfif_marked_rgb, tiff_level_count, tiff_rgb_marked_jpeg)
 
 
 _quiet_done = False
@@ -103,7 +103,7 @@ class CucimSlide:
         if self.mpp is None:
             dims, units, spacing = self._img.dims, self._img.spacing_units(), self._img.spacing()  # in dims' order
             if "X" in dims and "Y" in dims and units[dims.index("X")] in ("micrometer", "micron", "um", "µm"):
-                self.mpp, self.mpp_y = mpp_xy(spacing[dims.index("X")], spacing[dims.index("Y")])
+                self.mpp, self.mpp_y = tag_mpp_xy(spacing[dims.index("X")], spacing[dims.index("Y")])  # TIFF tags
         if ome:  # an OME-TIFF's resolution is its OME PhysicalSizeX/Y, not the TIFF tags cuCIM reads
             self.mpp, self.mpp_y = ome
 

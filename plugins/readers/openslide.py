@@ -13,7 +13,7 @@ from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (check_claims, dicom_jfif_marked_rgb, first_image, levels_out_of_order, mpp_xy, ome_mpp,
-                     openslide_misread, positive_float, read_clipped, tiff_level_count, ycbcr_to_rgb)
+                     openslide_misread, positive_float, read_clipped, tag_mpp_xy, tiff_level_count, ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -53,7 +53,8 @@ class OpenSlideSlide:
         if reordered:
             self._s.close()
             raise ValueError(reordered)
-        self.mpp, self.mpp_y = ome or mpp_xy(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))  # OME first
+        xy = tag_mpp_xy if props.get("openslide.vendor") == "generic-tiff" else mpp_xy  # generic: from the TIFF tags
+        self.mpp, self.mpp_y = ome or xy(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))  # OME first
         self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
         self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"
