@@ -274,3 +274,18 @@ def test_72_dpi_tags_do_not_hide_an_aperio_appmag(tmp_path):
         s = open_slide(p, order=order)
         assert (s.mpp, s.mpp_source) == (0.5, "objective power"), order
         s.close()
+
+
+def test_aperio_without_mpp_takes_the_tiff_tags_in_every_reader(tmp_path):
+    """An Aperio slide with AppMag = 20, no MPP, and resolution tags of 0.25 µm/px: cuCIM (the default) and tifffile
+    took the tags (0.25), OpenSlide the AppMag (0.5): the slide's scale was 2x apart by the reader order."""
+    p = tmp_path / "s.svs"
+    head = "Aperio Image Library v12.0.0\r\n768x512 [0,0 768x512] (128x128) JPEG/RGB Q=85"
+    with tifffile.TiffWriter(p) as tw:
+        for lv, desc, um in [(_img(), f"{head}|AppMag = 20", 0.25), (_img()[::4, ::4], f"{head} -> 192x128", 1.0)]:
+            tw.write(lv, tile=(128, 128), photometric="rgb", compression="jpeg", description=desc, metadata=None,
+                     resolution=(1e4 / um, 1e4 / um), resolutionunit="CENTIMETER")
+    for order in (None, ["cucim"], ["openslide"], ["tifffile"]):
+        s = open_slide(p, order=order)
+        assert (s.mpp, s.mpp_source) == (0.25, "file mpp"), (order, s.mpp)
+        s.close()
