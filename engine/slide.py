@@ -263,7 +263,8 @@ class Slide:
             raise SlideError(f"{self.path}: the slide is {self.mpp:g} µm/px ({self.mpp_source}), "
                              f"{REFERENCE_MPP_AT_10X * 10 / self.mpp:.3g}x, coarser than the {magnification:g}x the "
                              f"pipeline asks for (its patches would be upsampled {1 / f:.3g}x); leave the slide out, "
-                             "lower the pipeline's magnification, or give its right mpp if the file's is wrong")
+                             "lower the pipeline's magnification, or give its right mpp in an `mpp` column if the "
+                             "file's is wrong")
         return Geometry(width=w, height=h, thumb_scale=float(thumb_scale), factor=f)
 
     def close(self) -> None:
