@@ -409,11 +409,12 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         try:
             level_mpp, source = _resolution(reader, mpp)
         except SlideError as e:  # another reader may find the resolution in metadata this one ignores
-            if reader.mpp or reader.objective_power:  # but not a right one where the file says a wrong one
-                if default_mpp is not None:  # (non-square pixels in OME metadata, read as square from the TIFF
-                    return Slide(path=path, reader=reader, reader_name=name, mpp=default_mpp, mpp_source="--mpp")
-                reader.close()  # tags by the image reader)
-                raise
+            if reader.mpp or reader.objective_power:  # but the file gives one, refused: a reader that ignores it does
+                # not make it right (OME non-square pixels, read as square from the TIFF tags by the image reader)
+                if default_mpp is None:
+                    reader.close()
+                    raise
+                return Slide(path=path, reader=reader, reader_name=name, mpp=default_mpp, mpp_source="--mpp")
             reader.close()
             unresolved = unresolved or (name, e)
             continue
