@@ -289,3 +289,24 @@ def test_aperio_without_mpp_takes_the_tiff_tags_in_every_reader(tmp_path):
         s = open_slide(p, order=order)
         assert (s.mpp, s.mpp_source) == (0.25, "file mpp"), (order, s.mpp)
         s.close()
+
+
+def test_dicom_pixel_spacing_given_per_frame_is_read(tmp_path):
+    """PixelMeasuresSequence in the per-frame functional groups (not the shared ones), as some converters write it:
+    the slide was refused ('no resolution metadata') though its file says 0.5 µm/px."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from conftest import WSI
+
+    ds = pydicom.dcmread(WSI / "pathml_small_dicom_TCGA-XK-AAJU_pen.dcm")  # no resolution of its own
+    pm, frame = Dataset(), Dataset()
+    pm.PixelSpacing = [0.0005, 0.0005]
+    frame.PixelMeasuresSequence = Sequence([pm])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([frame])  # no positions: the frames stay a grid
+    (tmp_path / "d").mkdir()
+    ds.save_as(tmp_path / "d" / "s.dcm", enforce_file_format=False)
+    s = open_slide(tmp_path / "d" / "s.dcm")
+    assert (s.mpp, s.mpp_source) == (pytest.approx(0.5), "file mpp") and s.reader.frame_order == ["column"]
+    s.close()

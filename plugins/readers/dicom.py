@@ -25,9 +25,9 @@ decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, 
 through ``imagecodecs.imread`` (JPEG-LS and lossless JPEG frames after their header's size is checked against the
 frame's); uncompressed frames are read as they are.
 
-Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm; column spacing = mpp, row
-spacing = mpp_y; the engine refuses pixels that are not square within 5 % and a width outside 0.05..20 µm/px, as a
-PixelSpacing written in µm, not mm, naming --mpp), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
+Resolution: PixelSpacing of Shared- (else the first frame's PerFrame-) FunctionalGroupsSequence/PixelMeasuresSequence
+(mm -> µm; column spacing = mpp, row spacing = mpp_y; the engine refuses pixels that are not square within 5 % and a
+width outside 0.05..20 µm/px, as a PixelSpacing written in µm, not mm, naming --mpp), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
 ImagedVolumeHeight/TotalPixelMatrixRows within 5 % and lies in 0.05..20 µm/px, otherwise mpp is None. Levels whose
 PixelSpacing is not level 0's times their downsample (``_levels_disagree``) leave the scale in doubt: refused.
 Objective power: OpticalPathSequence ObjectiveLensPower. Not supported: concatenations (an instance
@@ -452,17 +452,25 @@ class DicomSlide:
             self._cache.clear()
 
 
+def _spacing(ds) -> tuple[float | None, float | None]:
+    """PixelSpacing (row, column) in mm: of the shared functional groups, else of the first frame's (converters
+    that write PixelMeasuresSequence per frame), else (None, None)."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            spacing = ds.get(groups)[0].PixelMeasuresSequence[0].PixelSpacing
+            return positive_float(spacing[0]), positive_float(spacing[1])
+        except (AttributeError, IndexError, KeyError, TypeError):
+            continue
+    return None, None
+
+
 def _mpp(ds) -> tuple[float | None, float | None]:
     """``(mpp, mpp_y)`` in µm: PixelSpacing (row, column) in mm, as it says; else the imaged volume (mm) over the
     matrix where that gives square pixels of 0.05..20 µm (converters write a square placeholder volume: the pathml
     file's 15 x 15 mm for 3236 x 2638 px), else none."""
-    try:
-        spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        row, col = positive_float(spacing[0]), positive_float(spacing[1])
-        if col:
-            return mpp_xy(col * 1000, row * 1000 if row else None)
-    except (AttributeError, IndexError, KeyError, TypeError):
-        pass
+    row, col = _spacing(ds)
+    if col:
+        return mpp_xy(col * 1000, row * 1000 if row else None)
     w, h = positive_float(ds.get("ImagedVolumeWidth")), positive_float(ds.get("ImagedVolumeHeight"))
     if not w or not h:
         return None, None
@@ -477,10 +485,7 @@ def _levels_disagree(levels) -> str:
     level 0's spacing is not judged (converters copy it to every level: level 0's is then right)."""
     (_, ds0, w0), spacing = levels[0], []
     for f, ds, w in levels:
-        try:
-            spacing.append(positive_float(ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[1]))
-        except (AttributeError, IndexError, KeyError, TypeError):
-            spacing.append(None)
+        spacing.append(_spacing(ds)[1])
     for (f, ds, w), sp in list(zip(levels, spacing))[1:]:
         if spacing[0] and sp and sp != spacing[0] and not w0 / (w + 1) / 1.05 <= sp / spacing[0] <= w0 / max(w - 1, 0.5) * 1.05:
             return (f"the DICOM levels disagree on the resolution: level 0 ({w0} px wide) says PixelSpacing "
