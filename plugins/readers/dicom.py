@@ -27,8 +27,9 @@ frame's); uncompressed frames are read as they are.
 
 Resolution: PixelSpacing of Shared- (else the first frame's PerFrame-) FunctionalGroupsSequence/PixelMeasuresSequence
 (mm -> µm; column spacing = mpp, row spacing = mpp_y; the engine refuses pixels that are not square within 5 % and a
-width outside 0.05..20 µm/px, as a PixelSpacing written in µm, not mm, naming --mpp), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
-ImagedVolumeHeight/TotalPixelMatrixRows within 5 % and lies in 0.05..20 µm/px, otherwise mpp is None. Levels whose
+width outside 0.05..20 µm/px, as a PixelSpacing written in µm, not mm, naming --mpp), else
+ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with ImagedVolumeHeight/TotalPixelMatrixRows within 5 % and
+lies in 0.05..20 µm/px, otherwise mpp is None. Levels whose
 PixelSpacing is not level 0's times their downsample (``_levels_disagree``) leave the scale in doubt: refused.
 Objective power: OpticalPathSequence ObjectiveLensPower. Not supported: concatenations (an instance
 split over several files), RLE and deflated transfer syntaxes.
@@ -487,7 +488,8 @@ def _levels_disagree(levels) -> str:
     for f, ds, w in levels:
         spacing.append(_spacing(ds)[1])
     for (f, ds, w), sp in list(zip(levels, spacing))[1:]:
-        if spacing[0] and sp and sp != spacing[0] and not w0 / (w + 1) / 1.05 <= sp / spacing[0] <= w0 / max(w - 1, 0.5) * 1.05:
+        lo, hi = w0 / (w + 1) / 1.05, w0 / max(w - 1, 0.5) * 1.05  # downsamples that round to this width, 5 % slack
+        if spacing[0] and sp and sp != spacing[0] and not lo <= sp / spacing[0] <= hi:
             return (f"the DICOM levels disagree on the resolution: level 0 ({w0} px wide) says PixelSpacing "
                     f"{spacing[0] * 1000:g} µm, the level of {w} px ({Path(f).name}) {sp * 1000:g} µm, where "
                     f"{spacing[0] * 1000 * w0 / w:.4g} µm would fit")

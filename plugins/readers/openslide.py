@@ -58,7 +58,7 @@ class OpenSlideSlide:
             raise ValueError(reordered)
         xy = tag_mpp_xy if props.get("openslide.vendor") == "generic-tiff" else mpp_xy  # generic: from the TIFF tags
         self.mpp, self.mpp_y = ome or xy(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))  # OME first
-        if self.mpp is None and props.get("openslide.vendor") == "aperio":  # no MPP: the TIFF tags, as cuCIM and tifffile
+        if self.mpp is None and props.get("openslide.vendor") == "aperio":  # no MPP: TIFF tags, as cuCIM, tifffile
             self.mpp, self.mpp_y = tags
         self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted

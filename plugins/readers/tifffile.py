@@ -40,7 +40,8 @@ class TiffSlide:
         aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([^|\r\n]*)", desc)) if desc.startswith("Aperio") else {}
         self.mpp, self.mpp_y = mpp_xy(aperio.get("MPP"), None)
         if self.mpp is None:  # OME's sizes, where they are lengths, else the TIFF tags (never one of each)
-            self.mpp, self.mpp_y = ome_mpp(self._tf) or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0])
+            page = series.pages[0] if series.pages else self._tf.pages[0]
+            self.mpp, self.mpp_y = ome_mpp(self._tf) or mpp_from_tiff_tags(page)
         self.objective_power = positive_float(aperio.get("AppMag"))
 
     def read_region(self, location, level, size):
