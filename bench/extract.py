@@ -52,7 +52,8 @@ def stage_times(pipeline: dict, path: str, mpp, threads: int, tmp: Path) -> dict
     row = read_cohort(path, default_mpp=mpp)[0]
     size = int(pipeline["patches"]["size"])
     store = clock("create", lambda: PatchStore.create(tmp / "stages", size, pipeline["store"], runner.manifest_base(pipeline)))
-    slide = clock("open", lambda: open_slide(row.slide_path, order=runner.readers_for(pipeline), mpp=row.mpp))
+    slide = clock("open", lambda: open_slide(row.slide_path, order=runner.readers_for(pipeline),
+                                                   **{"default_mpp" if row.mpp_is_default else "mpp": row.mpp}))
     thumb = clock("thumbnail", lambda: slide.thumbnail(float(pipeline["thumbnail"]["scale"]), pipeline["thumbnail"].get("decode", "dct")))
     mask = clock("filters", lambda: runner.tissue_mask(pipeline, thumb))
     real = runner.tissue_mask  # plan_slide without the thumbnail and filters timed above

@@ -55,6 +55,7 @@ class SlideRow:
     age: float = math.nan
     mpp: float | None = None
     patient_source: str = "table"
+    mpp_is_default: bool = False  # ``mpp`` is --mpp, for a slide whose file does not say (not the cohort's column)
 
 
 def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
@@ -64,7 +65,8 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
                           "(0.25 for 40x, 0.5 for 20x)")
     src = Path(source)
     if src.is_file() and src.suffix.lower() in SLIDE_SUFFIXES:  # a single slide
-        rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide")]
+        rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide",
+                         mpp_is_default=True)]
     elif src.is_dir():
         rows = scan_dir(src, default_mpp)
     elif src.is_file():
@@ -178,19 +180,21 @@ def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
             p = Path(root) / n
             if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith("."):
                 (files if p.is_file() else odd).append(p)
-    rows = [SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide") for p in odd]
+    rows = [SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide", mpp_is_default=True)
+            for p in odd]
     dicom: dict[Path, list[Path]] = {}
     for p in sorted(files):
         if p.suffix.lower() == ".dcm":
             dicom.setdefault(p.parent, []).append(p)
         else:
-            rows.append(SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide"))
+            rows.append(SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide",
+                                 mpp_is_default=True))
     for folder, dcms in dicom.items():  # a DICOM-WSI slide is a series; its levels are separate files
         series = _dicom_series(dcms)
         for first in series:
             whole_folder = len(series) == 1 and len(dcms) > 1
             path, sid = (folder, slide_id(folder)) if whole_folder else (first, slide_id(first))
-            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide"))
+            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide", mpp_is_default=True))
     return sorted(rows, key=lambda r: r.slide_path)
 
 
@@ -321,7 +325,7 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
                                 + ("; add a unique `slide_id` column" if kind == "id" else ""))
             lines[kind].setdefault(k, i)
         row = SlideRow(str(sp), sid, pid, label, math.nan if age is None else age,
-                       default_mpp if mpp is None else mpp, source)
+                       default_mpp if mpp is None else mpp, source, mpp_is_default=mpp is None)
         patients.setdefault(pid, []).append((i, row.label, row.age))
         out.append(row)
     for pid, rs in patients.items():

@@ -100,7 +100,9 @@ class SlideReader(Protocol):
     path: str
     level_dimensions: Sequence[tuple[int, int]]  # (width, height) per level
     level_downsamples: Sequence[float]
-    mpp: float | None  # micrometres per level-0 pixel, None when the file does not say
+    mpp: float | None  # micrometres per level-0 pixel (its width), None when the file does not say
+    # optional ``mpp_y``: its height, when the file says another (non-square pixels are refused: patches would be stretched)
+    # optional ``mpp_problem``: why the file's resolution metadata cannot be trusted ('' when it can; the slide is refused)
     objective_power: float | None  # scanner objective (e.g. 40), None when unknown
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:

@@ -179,7 +179,7 @@ def predict_slides(bundle: str | Path, paths: Sequence[str | Path], age: float |
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: file not found")
-        patches, table, thumb, _tiles, geometry = runner.extract_slide_patches(b.pipeline, str(path), mpp=mpp)
+        patches, table, thumb, _tiles, geometry = runner.extract_slide_patches(b.pipeline, str(path), default_mpp=mpp)
         if len(patches) == 0:
             results.append({"input": str(path), "patches": 0, "image_prob": None,
                             "note": "no tissue patches found (check the image, or --mpp)"})

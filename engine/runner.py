@@ -188,7 +188,8 @@ def prepare_slide(pipeline: dict[str, Any], row: SlideRow, reader_order=None, al
     with CAPTURE.on():
         p0 = CAPTURE.position()
         try:
-            slide = open_slide(row.slide_path, order=reader_order or readers_for(pipeline), mpp=row.mpp,
+            given = {"default_mpp" if row.mpp_is_default else "mpp": row.mpp}  # --mpp: only where the file has none
+            slide = open_slide(row.slide_path, order=reader_order or readers_for(pipeline), **given,
                                device=resolve_device(pipeline.get("device", "auto")))
         except Exception as e:
             e.log = CAPTURE.text(p0).strip()  # what the libraries said, for the slide's record
@@ -299,10 +300,13 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         slide.close()
 
 
-def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None = None, threads: int = 1):
-    """In-memory extraction of one slide (for prediction): (patches, table, thumbnail, tiles, geometry)."""
+def extract_slide_patches(pipeline: dict[str, Any], path: str, mpp: float | None = None, threads: int = 1,
+                          default_mpp: float | None = None):
+    """In-memory extraction of one slide (for prediction): (patches, table, thumbnail, tiles, geometry). ``mpp``
+    overrides the file's resolution, ``default_mpp`` (predict's --mpp) is used only where the file has none."""
     sid = _slide_id(Path(path))
-    slide, (thumb, mask, geometry, tiles, rows), _ = prepare_slide(pipeline, SlideRow(str(path), sid, sid, mpp=mpp))
+    row = SlideRow(str(path), sid, sid, mpp=default_mpp if mpp is None else mpp, mpp_is_default=mpp is None)
+    slide, (thumb, mask, geometry, tiles, rows), _ = prepare_slide(pipeline, row)
     try:
         s = int(pipeline["patches"]["size"])
         patches = np.empty((len(rows), s, s, 3), np.uint8)

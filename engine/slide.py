@@ -1,8 +1,8 @@
 """Opening slides with reader fallback, and the geometry of levels, resolution and magnification.
 
 Magnification is resolution: ``mpp = 10 / magnification`` (40x = 0.25 µm/px, 10x = 1.0 µm/px). A slide's
-level-0 resolution comes, in this order, from the cohort's ``mpp`` column / ``--mpp``, the file's mpp,
-or its objective power; a slide with none of them is refused.
+level-0 resolution comes, in this order, from the cohort's ``mpp`` column, the file's mpp, its objective power,
+or ``--mpp`` (``default_mpp``: for slides that do not say); a slide with none of them is refused.
 
 Reads are bounded by what is asked for: a thumbnail is read in strips from the smallest level that is
 detailed enough, and refused when that level has more than ``MAX_THUMBNAIL_SOURCE`` px (a slide without a
@@ -35,7 +35,6 @@ BAND_PIXELS = 4_000_000  # level pixels a thumbnail holds at once within a strip
 MAX_THUMBNAIL_SOURCE = 2 ** 28  # level pixels a thumbnail may be built from (16384² without a pyramid: < 30 s)
 DCT_THUMBNAIL_BYTES = 2 ** 28  # the level decoded at 1/2..1/8 by DCT scaling for a thumbnail, at most
 FILE_MPP = (0.05, 20.0)  # a resolution a file may claim for a microscope slide, µm/px
-MAX_UPSAMPLE = 16  # a slide may be at most this much coarser than the magnification asked for
 MPP_POWER_SLACK = 3  # a file's mpp and objective power (10x = 1 µm/px) may disagree this much (scanners: <= 1.3x)
 
 
@@ -47,7 +46,7 @@ class Slide:
     reader: SlideReader
     reader_name: str
     mpp: float  # level-0 µm/px used for all geometry
-    mpp_source: str  # "cohort", "file mpp", "objective power"
+    mpp_source: str  # "cohort", "file mpp", "objective power", "--mpp"
     allow_corrupt: bool = False  # a thumbnail the decoder complained about is kept (the complaint is logged)
     log: list = field(default_factory=list)  # what decoders said while this slide was read
 
@@ -255,11 +254,18 @@ class Slide:
         return np.asarray(rows.resize((tw, th), Image.BILINEAR))
 
     def geometry(self, thumb_scale: float, magnification: float) -> Geometry:
+        """Level-0 size and scale at ``magnification``. A slide coarser than that (a 5x slide for a 10x pipeline) is
+        refused: its patches would be upsampled, blurred tissue passing as the magnification asked for. The
+        ``LEVEL_SLACK`` a level may have is allowed (an Aperio 20x slide at 0.504 µm/px for 20x: 1 %)."""
         w, h = self.dimensions
-        if self.factor(magnification) < 1 / MAX_UPSAMPLE:
-            raise SlideError(f"{self.path}: the slide is {self.mpp:g} µm/px ({self.mpp_source}), more than "
-                             f"{MAX_UPSAMPLE}x coarser than {magnification:g}x asks for; check its mpp")
-        return Geometry(width=w, height=h, thumb_scale=float(thumb_scale), factor=self.factor(magnification))
+        f = self.factor(magnification)
+        if f * LEVEL_SLACK < 1:
+            raise SlideError(f"{self.path}: the slide is {self.mpp:g} µm/px ({self.mpp_source}), "
+                             f"{REFERENCE_MPP_AT_10X * 10 / self.mpp:.3g}x, coarser than the {magnification:g}x the "
+                             f"pipeline asks for (its patches would be upsampled {1 / f:.3g}x); leave the slide out, "
+                             "lower the pipeline's magnification, or give its right mpp in an `mpp` column if the "
+                             "file's is wrong")
+        return Geometry(width=w, height=h, thumb_scale=float(thumb_scale), factor=f)
 
     def close(self) -> None:
         try:
@@ -363,17 +369,22 @@ def _special_file(folder: Path) -> Path | None:
 
 
 def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp: float | None = None,
-               device: str = "cpu") -> Slide:
-    """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause.
+               device: str = "cpu", default_mpp: float | None = None) -> Slide:
+    """Open ``path`` with the first reader that can; raise SlideError naming the file and the cause. ``mpp`` (the
+    cohort's column) overrides the file's resolution; ``default_mpp`` (``--mpp``) is used only where no reader finds
+    one, or where the one the file gives is refused (not square, out of range: the messages name --mpp).
 
     A reader raising ``BrokenFile`` (the file itself is broken) ends the search: no reader would do better."""
     path = str(path)
+    default_mpp = None if default_mpp is None or default_mpp != default_mpp else float(default_mpp)  # NaN: not given
+    if default_mpp is not None and default_mpp <= 0:
+        raise SlideError(f"{path}: mpp must be positive, got {default_mpp}")
     p = _check_path(path)
     table = registry.plugins("reader")
     names = list(order) if order else sorted(table, key=lambda n: (table[n].priority, n))
     suffix = "".join(s.lower() for s in p.suffixes[-1:]) if p.is_file() else ""
     failures = []
-    unresolved: SlideError | None = None  # first reader that opened the file but found no resolution
+    unresolved: tuple[str, SlideError] | None = None  # first reader that opened the file but found no resolution
     for name in names:
         plugin = registry.get("reader", name)
         if plugin.suffixes and suffix not in plugin.suffixes:
@@ -398,12 +409,22 @@ def open_slide(path: str | os.PathLike, order: Sequence[str] | None = None, mpp:
         try:
             level_mpp, source = _resolution(reader, mpp)
         except SlideError as e:  # another reader may find the resolution in metadata this one ignores
+            if reader.mpp or reader.objective_power:  # but the file gives one, refused: a reader that ignores it does
+                # not make it right (OME non-square pixels, read as square from the TIFF tags by the image reader)
+                if default_mpp is None:
+                    reader.close()
+                    raise
+                return Slide(path=path, reader=reader, reader_name=name, mpp=default_mpp, mpp_source="--mpp")
             reader.close()
-            unresolved = unresolved or e
+            unresolved = unresolved or (name, e)
             continue
         return Slide(path=path, reader=reader, reader_name=name, mpp=level_mpp, mpp_source=source)
     if unresolved is not None:
-        raise unresolved
+        name, e = unresolved
+        if default_mpp is None:
+            raise e
+        return Slide(path=path, reader=registry.get("reader", name).open(path, device=device), reader_name=name,
+                     mpp=default_mpp, mpp_source="--mpp")
     if not failures:
         raise SlideError(f"{path}: no reader handles '{suffix or 'folder'}' files; readers: {', '.join(names)}")
     if len({f.split(": ", 1)[1] for f in failures}) == 1:  # every reader said the same
@@ -505,7 +526,15 @@ def _resolution(reader: SlideReader, override: float | None) -> tuple[float, str
         if override <= 0:
             raise SlideError(f"{reader.path}: mpp must be positive, got {override}")
         return float(override), "cohort"
+    if getattr(reader, "mpp_problem", ""):  # the file's resolution metadata contradicts itself
+        raise SlideError(f"{reader.path}: {reader.mpp_problem}; give the right level-0 µm/px with --mpp or an `mpp` "
+                         "column")
     if reader.mpp:
+        x, y = float(reader.mpp), float(getattr(reader, "mpp_y", None) or reader.mpp)
+        if abs(x - y) > 0.05 * max(x, y):  # also where an objective power is given: patches would be stretched
+            raise SlideError(f"{reader.path}: the file says its pixels are {x:g} µm wide and {y:g} µm high, not square "
+                             "(patches would be stretched); resample the slide to square pixels, or give --mpp or an "
+                             "`mpp` column to take it as it is")
         if not FILE_MPP[0] <= float(reader.mpp) <= FILE_MPP[1]:
             raise SlideError(f"{reader.path}: the file says {float(reader.mpp):g} µm/px, not a microscope resolution "
                              f"({FILE_MPP[0]:g}..{FILE_MPP[1]:g}); give the right one with --mpp or an `mpp` column")

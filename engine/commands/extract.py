@@ -76,7 +76,7 @@ def tissue_cmd(
         from ..chatter import CAPTURE
 
         with CAPTURE.on():  # decoders' chatter off the terminal; a damaged thumbnail level is an error
-            slide = open_slide(input, order=readers_for(p), mpp=mpp if mpp else float("nan"))
+            slide = open_slide(input, order=readers_for(p), default_mpp=mpp if mpp else None)
             try:
                 rgb = slide.thumbnail(float(p["thumbnail"]["scale"]), p["thumbnail"].get("decode", "dct"))
             finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 from contextlib import contextmanager
@@ -13,7 +14,10 @@ from slidestream.engine.errors import BrokenFile
 
 
 def positive_float(v) -> float | None:
-    """``float(v)`` when it is a positive number, else None (metadata values are often missing or '')."""
+    """``float(v)`` when it is a positive number, else None (metadata values are often missing or ''). A decimal
+    comma ("0,2527", scanners set to a German locale) is a decimal point, as OpenSlide reads it."""
+    if isinstance(v, str) and v.count(",") == 1 and "." not in v:
+        v = v.replace(",", ".")
     try:
         f = float(v)
         return f if f > 0 else None
@@ -596,29 +600,73 @@ def sized_tile_problem(data: bytes, codec: int, width: int, height: int) -> str:
     return ""
 
 
-def square_mpp(x, y) -> float | None:
-    """The x resolution (µm/px) when the pixels are square: x and y positive and within 5 %, else None (patches
-    of non-square pixels would be stretched; the engine then asks for --mpp). A missing y counts as square."""
+def mpp_xy(x, y) -> tuple[float | None, float | None]:
+    """A reader's ``(mpp, mpp_y)``: the width and height of a pixel in µm as the file says them, (None, None) without
+    a positive width; a missing height is the width. The engine refuses pixels that are not square (patches
+    would be stretched), also where the file gives an objective power."""
     x = positive_float(x)
-    y = positive_float(y) or x
-    return x if x and abs(x - y) <= 0.05 * max(x, y) else None
+    return (x, positive_float(y) or x) if x else (None, None)
 
 
-def mpp_from_tiff_tags(page) -> float | None:
-    """Level-0 micrometres per pixel from TIFF resolution tags, when they are plausible for a slide (and the
-    pixels square: X- and YResolution within 5 %)."""
+# µm per OME PhysicalSizeXUnit; other units (pixel, reference frame, ...) are no physical size
+OME_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6, "Å": 1e-4}
+
+
+def ome_mpp(tf) -> tuple[float | None, float | None] | None:
+    """``mpp_xy`` from an OME-TIFF's PhysicalSizeX/Y (in their units; µm when none is given), None when the file is
+    no OME-TIFF or its PhysicalSizeX is no length. It is the OME-TIFF's resolution: every reader takes it before
+    the TIFF resolution tags (which OME does not read, and converters may leave at another scale)."""
+    if not tf.is_ome:
+        return None
+    sizes = []
+    for a in "XY":
+        m = re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', tf.ome_metadata or "")
+        unit = re.search(rf'PhysicalSize{a}Unit="([^"]+)"', tf.ome_metadata or "")
+        scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
+        sizes.append(positive_float(m.group(1)) * scale if m and scale and positive_float(m.group(1)) else None)
+    return mpp_xy(*sizes) if sizes[0] else None
+
+
+def first_image(tf) -> tuple[int, int] | None:
+    """(width, height) of a TIFF's first image, for ``levels_out_of_order``; None for no TIFF."""
+    return None if tf is None else (int(tf.pages[0].imagewidth), int(tf.pages[0].imagelength))
+
+
+def levels_out_of_order(first, level0) -> str:
+    """Why a reader's level 0 (``(w, h)``) cannot take the resolution of the TIFF's first image ``first`` ('' when
+    it can): cuCIM (Aperio MPP) and OpenSlide (Aperio MPP, generic TIFF resolution tags) sort the levels by size
+    and take the resolution of the first image, so a first image smaller than the largest gave that level the small
+    image's µm/px (2x off for a half-size one)."""
+    if first is None or (first[0] >= level0[0] and first[1] >= level0[1]):
+        return ""
+    return (f"the TIFF's first image is {first[0]} x {first[1]} px, smaller than the level 0 of {level0[0]} x {level0[1]}: "
+            "levels out of order, its resolution is not level 0's; left to the tifffile reader")
+
+
+TAG_MPP = (0.05, 20.0)  # µm/px TIFF resolution tags may give: others are a photo's (72 dpi) or a default (1 px/mm)
+
+
+def tag_mpp_xy(x, y) -> tuple[float | None, float | None]:
+    """``mpp_xy`` of a width from TIFF resolution tags: (None, None) outside ``TAG_MPP`` (no resolution, so an
+    Aperio AppMag or --mpp is taken, as by every reader)."""
+    x = positive_float(x)
+    return mpp_xy(x, y) if x and TAG_MPP[0] <= x <= TAG_MPP[1] else (None, None)
+
+
+def mpp_from_tiff_tags(page) -> tuple[float | None, float | None]:
+    """Level-0 ``mpp_xy`` from TIFF resolution tags, when the width is plausible for a slide (72-dpi photos are
+    no resolution). Without a ResolutionUnit tag the unit is the TIFF default, inch (as libtiff: OpenSlide)."""
     try:
         xres = page.tags["XResolution"].value
-        unit = int(page.tags["ResolutionUnit"].value)
     except KeyError:
-        return None
+        return None, None
+    unit = int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2
     yres = page.tags["YResolution"].value if "YResolution" in page.tags else xres
     px_per_unit, py_per_unit = ((r[0] / r[1] if r[1] else 0.0) if isinstance(r, tuple) else float(r) for r in (xres, yres))
     um = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
     if um is None or px_per_unit <= 0:
-        return None
-    mpp = square_mpp(um / px_per_unit, um / py_per_unit if py_per_unit > 0 else None)
-    return mpp if mpp and 0.05 <= mpp <= 20 else None  # 72-dpi photos etc. are not a resolution
+        return None, None
+    return tag_mpp_xy(um / px_per_unit, um / py_per_unit if py_per_unit > 0 else None)
 
 
 JFIF = b"\xff\xd8\xff\xe0\x00\x10JFIF"

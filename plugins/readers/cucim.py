@@ -14,8 +14,8 @@ import numpy as np
 from slidestream.engine.device import without_cupy
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import (TiffTileCheck, check_claims, positive_float, read_clipped, square_mpp, tiff_jfif_marked_rgb,
-                     tiff_level_count, tiff_rgb_marked_jpeg)
+from .common import (TiffTileCheck, check_claims, first_image, levels_out_of_order, ome_mpp, positive_float, read_clipped,
+                     tag_mpp_xy, tiff_jfif_marked_rgb, tiff_level_count, tiff_rgb_marked_jpeg)
 
 
 _quiet_done = False
@@ -83,6 +83,7 @@ class CucimSlide:
                                      "left to the next reader (cuCIM opens such a TIFF, then fails every read)")
             self._tiles = TiffTileCheck(path, tf=tf)  # cuCIM crashes on some damaged JPEG tiles: look at each one first
             self._file_levels = tiff_level_count(path, tf)
+            ome, first = ome_mpp(tf), first_image(tf)
         self.path = path
         self.device = device
         self.decode_device = "cpu"  # also with device="cuda": see the class docstring
@@ -93,12 +94,18 @@ class CucimSlide:
         self._check_levels()
         md = self._img.metadata
         aperio = md.get("aperio", {}) if isinstance(md, dict) else {}
-        self.mpp = positive_float(aperio.get("MPP"))
+        reordered = aperio and levels_out_of_order(first, self.level_dimensions[0])  # (TIFF tags: level 0's own)
+        if reordered:
+            self.close()
+            raise ValueError(reordered)
+        self.mpp = self.mpp_y = positive_float(aperio.get("MPP"))
         self.objective_power = positive_float(aperio.get("AppMag"))
         if self.mpp is None:
             dims, units, spacing = self._img.dims, self._img.spacing_units(), self._img.spacing()  # in dims' order
             if "X" in dims and "Y" in dims and units[dims.index("X")] in ("micrometer", "micron", "um", "µm"):
-                self.mpp = square_mpp(spacing[dims.index("X")], spacing[dims.index("Y")])
+                self.mpp, self.mpp_y = tag_mpp_xy(spacing[dims.index("X")], spacing[dims.index("Y")])  # TIFF tags
+        if ome:  # an OME-TIFF's resolution is its OME PhysicalSizeX/Y, not the TIFF tags cuCIM reads
+            self.mpp, self.mpp_y = ome
 
     def _check_levels(self) -> None:
         levels = self._file_levels

@@ -25,9 +25,12 @@ decoded as untransformed RGB, as DICOM defines. Other codecs (JPEG 2000, HTJ2K, 
 through ``imagecodecs.imread`` (JPEG-LS and lossless JPEG frames after their header's size is checked against the
 frame's); uncompressed frames are read as they are.
 
-Resolution: PixelSpacing of SharedFunctionalGroupsSequence/PixelMeasuresSequence (mm -> µm; its row and column
-spacing within 5 %), else ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with
-ImagedVolumeHeight/TotalPixelMatrixRows within 5 %; either must lie in 0.05..20 µm/px, otherwise mpp is None (the engine asks for --mpp).
+Resolution: PixelSpacing of Shared- (else the first frame's PerFrame-) FunctionalGroupsSequence/PixelMeasuresSequence
+(mm -> µm; column spacing = mpp, row spacing = mpp_y; the engine refuses pixels that are not square within 5 % and a
+width outside 0.05..20 µm/px, as a PixelSpacing written in µm, not mm, naming --mpp), else
+ImagedVolumeWidth/TotalPixelMatrixColumns when it agrees with ImagedVolumeHeight/TotalPixelMatrixRows within 5 % and
+lies in 0.05..20 µm/px, otherwise mpp is None. Levels whose
+PixelSpacing is not level 0's times their downsample (``_levels_disagree``) leave the scale in doubt: refused.
 Objective power: OpticalPathSequence ObjectiveLensPower. Not supported: concatenations (an instance
 split over several files), RLE and deflated transfer syntaxes.
 """
@@ -48,7 +51,7 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 from slidestream.engine.errors import BrokenFile
 
 from .common import (MAX_COMPRESSED, MAX_LEVEL_PIXELS, MAX_TILE_BYTES, MAX_TILES, j2k_tile_problem, jpeg_frame_size,
-                     jpeg_tile_problem, positive_float, read_clipped, to_rgb, ycbcr_to_rgb)
+                     jpeg_tile_problem, mpp_xy, positive_float, read_clipped, to_rgb, ycbcr_to_rgb)
 
 SKIP_TYPES = {"LABEL", "OVERVIEW", "THUMBNAIL"}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
@@ -367,8 +370,9 @@ class DicomSlide:
         w0 = self._levels[0].width
         self.level_dimensions = [(lv.width, lv.height) for lv in self._levels]
         self.level_downsamples = [w0 / lv.width for lv in self._levels]
-        self.mpp = _mpp(ds0)
+        self.mpp, self.mpp_y = _mpp(ds0)
         self.objective_power = _objective(ds0)
+        self.mpp_problem = _levels_disagree([(f, ds, lv.width) for (f, ds), lv in zip(by_width.values(), self._levels)])
 
     # -- frame order
     def seam_score(self, level: int, order: str) -> float:
@@ -449,25 +453,47 @@ class DicomSlide:
             self._cache.clear()
 
 
-def _plausible(um: float | None) -> float | None:
-    return um if um is not None and 0.05 <= um <= 20 else None
+def _spacing(ds) -> tuple[float | None, float | None]:
+    """PixelSpacing (row, column) in mm: of the shared functional groups, else of the first frame's (converters
+    that write PixelMeasuresSequence per frame), else (None, None)."""
+    for groups in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            spacing = ds.get(groups)[0].PixelMeasuresSequence[0].PixelSpacing
+            return positive_float(spacing[0]), positive_float(spacing[1])
+        except (AttributeError, IndexError, KeyError, TypeError):
+            continue
+    return None, None
 
 
-def _mpp(ds) -> float | None:
-    try:
-        spacing = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
-        row, col = positive_float(spacing[0]), positive_float(spacing[1])  # PixelSpacing: (row, column) in mm
-        if row and col and abs(row - col) > 0.05 * max(row, col):  # non-square pixels: patches would be stretched
-            return None
-        if col and _plausible(col * 1000):
-            return col * 1000
-    except (AttributeError, IndexError, KeyError, TypeError):
-        pass
+def _mpp(ds) -> tuple[float | None, float | None]:
+    """``(mpp, mpp_y)`` in µm: PixelSpacing (row, column) in mm, as it says; else the imaged volume (mm) over the
+    matrix where that gives square pixels of 0.05..20 µm (converters write a square placeholder volume: the pathml
+    file's 15 x 15 mm for 3236 x 2638 px), else none."""
+    row, col = _spacing(ds)
+    if col:
+        return mpp_xy(col * 1000, row * 1000 if row else None)
     w, h = positive_float(ds.get("ImagedVolumeWidth")), positive_float(ds.get("ImagedVolumeHeight"))
     if not w or not h:
-        return None
+        return None, None
     mx, my = w * 1000 / int(ds.TotalPixelMatrixColumns), h * 1000 / int(ds.TotalPixelMatrixRows)
-    return _plausible(mx) if abs(mx - my) <= 0.05 * max(mx, my) else None
+    return (mx, mx) if abs(mx - my) <= 0.05 * max(mx, my) and 0.05 <= mx <= 20 else (None, None)
+
+
+def _levels_disagree(levels) -> str:
+    """Why the levels' PixelSpacing cannot all be true ('' when they agree): each level's spacing is level 0's
+    times its downsample (up to the rounding of its width, and 5 %). Only level 0's is used: a level 0 that says
+    1 µm/px where its quarter-size level says 2 leaves the slide's scale in doubt (2x). A level that repeats
+    level 0's spacing is not judged (converters copy it to every level: level 0's is then right)."""
+    (_, ds0, w0), spacing = levels[0], []
+    for f, ds, w in levels:
+        spacing.append(_spacing(ds)[1])
+    for (f, ds, w), sp in list(zip(levels, spacing))[1:]:
+        lo, hi = w0 / (w + 1) / 1.05, w0 / max(w - 1, 0.5) * 1.05  # downsamples that round to this width, 5 % slack
+        if spacing[0] and sp and sp != spacing[0] and not lo <= sp / spacing[0] <= hi:
+            return (f"the DICOM levels disagree on the resolution: level 0 ({w0} px wide) says PixelSpacing "
+                    f"{spacing[0] * 1000:g} µm, the level of {w} px ({Path(f).name}) {sp * 1000:g} µm, where "
+                    f"{spacing[0] * 1000 * w0 / w:.4g} µm would fit")
+    return ""
 
 
 def _objective(ds) -> float | None:

@@ -13,7 +13,7 @@ import numpy as np
 from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import check_claims, read_clipped, square_mpp, strict_jpeg_problem, to_rgb
+from .common import check_claims, mpp_xy, read_clipped, strict_jpeg_problem, to_rgb
 
 
 class ImageSlide:
@@ -51,9 +51,9 @@ class ImageSlide:
         h, w = self._rgb.shape[:2]
         self.level_dimensions = [(w, h)]
         self.level_downsamples = [1.0]
-        self.mpp = None
+        self.mpp = self.mpp_y = None
         if dpi and dpi[0] and 25400.0 / float(dpi[0]) <= 20:  # only a microscope-like resolution counts
-            self.mpp = square_mpp(25400.0 / float(dpi[0]), 25400.0 / float(dpi[1]) if len(dpi) > 1 and dpi[1] else None)
+            self.mpp, self.mpp_y = mpp_xy(25400.0 / float(dpi[0]), 25400.0 / float(dpi[1]) if len(dpi) > 1 and dpi[1] else None)
         self.objective_power = None
 
     def read_region(self, location, level, size):

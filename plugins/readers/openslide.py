@@ -12,8 +12,9 @@ import numpy as np
 from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import (check_claims, dicom_jfif_marked_rgb, positive_float, read_clipped, tiff_level_count,
-                     openslide_misread, square_mpp, ycbcr_to_rgb)
+from .common import (check_claims, dicom_jfif_marked_rgb, first_image, levels_out_of_order, mpp_from_tiff_tags,
+                     mpp_xy, ome_mpp, openslide_misread, positive_float, read_clipped, tag_mpp_xy, tiff_level_count,
+                     ycbcr_to_rgb)
 
 
 class OpenSlideSlide:
@@ -30,6 +31,10 @@ class OpenSlideSlide:
         try:
             misread = openslide_misread(str(p), tf)
             tiff_levels = tiff_level_count(str(p), tf) if tf is not None else 0
+            ome = ome_mpp(tf) if tf is not None else None
+            first = first_image(tf)
+            aperio = tf is not None and (tf.pages[0].description or "").startswith("Aperio")
+            tags = mpp_from_tiff_tags(tf.pages[0]) if aperio else (None, None)
         finally:
             if tf is not None:
                 tf.close()
@@ -44,8 +49,17 @@ class OpenSlideSlide:
             self._s.close()
             raise ValueError("DICOM slides are read by the dicom reader, which checks every frame it decodes")
         if props.get("openslide.vendor") == "generic-tiff" and tiff_levels > len(self.level_dimensions):
+            self._s.close()
             raise ValueError("OpenSlide misses this TIFF's SubIFD pyramid levels")
-        self.mpp = square_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
+        reordered = props.get("openslide.vendor") in ("generic-tiff", "aperio") and levels_out_of_order(
+            first, self.level_dimensions[0])  # (other formats' first image may be a label or overview)
+        if reordered:
+            self._s.close()
+            raise ValueError(reordered)
+        xy = tag_mpp_xy if props.get("openslide.vendor") == "generic-tiff" else mpp_xy  # generic: from the TIFF tags
+        self.mpp, self.mpp_y = ome or xy(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))  # OME first
+        if self.mpp is None and props.get("openslide.vendor") == "aperio":  # no MPP: TIFF tags, as cuCIM, tifffile
+            self.mpp, self.mpp_y = tags
         self.objective_power = positive_float(props.get("openslide.objective-power"))
         # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
         self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"

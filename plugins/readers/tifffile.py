@@ -11,12 +11,8 @@ import numpy as np
 
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import (TiffTileCheck, check_claims, mpp_from_tiff_tags, positive_float, premultiplied_over_white,
-                     read_clipped, square_mpp)
-
-# µm per OME PhysicalSizeXUnit; other units (pixel, reference frame, ...) are no physical size
-OME_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "pm": 1e-6, "Å": 1e-4}
-
+from .common import (TiffTileCheck, check_claims, mpp_from_tiff_tags, mpp_xy, ome_mpp, positive_float,
+                     premultiplied_over_white, read_clipped)
 
 class TiffSlide:
     def __init__(self, path: str, device: str = "cpu"):
@@ -42,20 +38,11 @@ class TiffSlide:
         desc = self._tf.pages[0].description or ""
         # the whole value ("1e9" is 1e9, not 1; "-0.5" and "nan" are no value): as cuCIM and OpenSlide read it
         aperio = dict(re.findall(r"\|\s*(MPP|AppMag)\s*=\s*([^|\r\n]*)", desc)) if desc.startswith("Aperio") else {}
-        self.mpp = (positive_float(aperio.get("MPP")) or self._ome_mpp()
-                    or mpp_from_tiff_tags(series.pages[0] if series.pages else self._tf.pages[0]))
+        self.mpp, self.mpp_y = mpp_xy(aperio.get("MPP"), None)
+        if self.mpp is None:  # OME's sizes, where they are lengths, else the TIFF tags (never one of each)
+            page = series.pages[0] if series.pages else self._tf.pages[0]
+            self.mpp, self.mpp_y = ome_mpp(self._tf) or mpp_from_tiff_tags(page)
         self.objective_power = positive_float(aperio.get("AppMag"))
-
-    def _ome_mpp(self) -> float | None:
-        if not self._tf.is_ome:
-            return None
-        sizes = []
-        for a in "XY":
-            m = re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', self._tf.ome_metadata or "")
-            unit = re.search(rf'PhysicalSize{a}Unit="([^"]+)"', self._tf.ome_metadata or "")
-            scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
-            sizes.append(float(m.group(1)) * scale if m and scale else None)
-        return square_mpp(*sizes) if sizes[0] else None
 
     def read_region(self, location, level, size):
         arr, axes = self._levels[level], self._axes
