@@ -247,7 +247,7 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the table as CSV UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
-    lines_ = text.splitlines()
+    lines_ = text.splitlines(keepends=True)  # a quoted cell's line break stays in the cell (it was dropped: joined names)
     head = lines_[0] if lines_ else ""
     # semicolons (spreadsheets in locales with a decimal comma) or tabs, when the header has no comma
     delimiter = next((d for d in (",", ";", "\t") if d in head), ",")
@@ -278,8 +278,9 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         except csv.Error as e:
             raise ConfigError(f"{path}: line {reader.line_num + 1}: {e}; check the quotes on that line") from None
         i = reader.line_num  # physical line of the row's end (the header is line 1)
-        if any("\n" in (v or "") for k, v in raw.items() if k is not None):
-            problems.append(f"line {i}: a quoted cell runs over several lines (a quote not closed?)")
+        if any("\n" in (v or "") or "\r" in (v or "") for k, v in raw.items() if k is not None):
+            problems.append(f"line {i}: a quoted cell runs over several lines (a quote not closed, or a line break "
+                            "in a file name: rename the file)")
             continue
         r = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(r.values()):

@@ -1,0 +1,49 @@
+"""Red team, round 10: the bad-input corpus of tests/badcorpus.py swept through the CLI; each test here is a case
+that went wrong before its fix (the sweep's other cases were fine or are covered by earlier rounds)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import badcorpus as C
+from slidestream.engine.cohort import read_cohort
+from slidestream.engine.errors import ConfigError
+
+
+def _cli(*args, cwd=None):
+    r = subprocess.run([sys.executable, "-m", "slidestream.engine", *map(str, args)], capture_output=True, text=True,
+                       timeout=120, cwd=cwd)
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("c10")
+    return d, C.small_pipeline(d), C.good_slide(d / "good.svs")
+
+
+# ------------------------------------------------------------------- 1. a quoted cohort cell over two lines
+def test_a_quoted_cell_over_two_lines_is_refused_with_its_line_not_joined_into_another_slide(small, tmp_path):
+    """The CSV was split into lines before the csv module saw it, so a quoted cell's line break was dropped: a slide
+    file named 'new<LF>line.svs' became 'newline.svs' (a different file, extracted in its place), and a quote closed
+    one line late joined two rows into one slide_path. The check for a cell over several lines never fired."""
+    d, pipe, good = small
+    (tmp_path / "new\nline.svs").write_bytes(good.read_bytes())
+    C.good_slide(tmp_path / "newline.svs", seed=5)  # the other file the joined name points at
+    csvp = C.cohort_csv(tmp_path / "c.csv", [(str(good), "p1", 1, 50), (str(tmp_path / "new\nline.svs"), "p2", 0, 60)])
+    rc, out, err = _cli("extract", pipe, "--slides", csvp, "--out", tmp_path / "s.zarr", "--json")
+    assert rc == 2, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "line 4: a quoted cell runs over several lines" in err and "rename the file" in err
+    assert not (tmp_path / "s.zarr").exists()  # refused before any work: newline.svs was not extracted
+
+    late = tmp_path / "late.csv"  # a quote opened on line 2 and closed on line 3
+    late.write_text(f'slide_path,patient_id,label,age\n"{good},p1,1,50\n{good}",p2,0,60\n')
+    with pytest.raises(ConfigError, match=r"late.csv: 1 problem: line 3: a quoted cell runs over several lines"):
+        read_cohort(late)
+    crlf = tmp_path / "crlf.csv"  # ordinary CRLF files and quoted cells on one line are unchanged
+    crlf.write_bytes(f'slide_path,patient_id,label,age\r\n"{good}",p1,1,50\r\n'.encode())
+    assert [r.slide_path for r in read_cohort(crlf)] == [str(good)]
