@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
 
+SEED_MAX = 2 ** 32 - 1  # torch refuses seeds over 2^64 - 1 (a traceback mid-run); MIL scales its seed per epoch
 MAX_CHUNK_BYTES = 2 ** 30  # one chunk of patches, uncompressed (a writer holds it in memory)
 
 # Sections of a pipeline used by extraction: their hash decides whether a store can be resumed.
@@ -75,7 +76,7 @@ def schema() -> dict[str, Any]:
             "$schema": {"type": "string"},
             "name": {"type": "string", "description": "a label for runs and manifests"},
             "description": {"type": "string"},
-            "seed": {"type": "integer", "minimum": 0, "description": "seed of every random choice"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX, "description": "seed of every random choice"},
             "device": {"enum": ["auto", "cpu", "cuda"], "description": "auto uses a GPU when present"},
             "magnification": {"type": "number", "exclusiveMinimum": 0, "maximum": 200,
                               "description": "objective magnification tiles and patches are cut at (paper: 10); 10x = 1 µm/px"},
@@ -156,11 +157,11 @@ def schema() -> dict[str, Any]:
                     "augment": {"type": "boolean", "description": "random 90-degree rotations and flips"},
                     "pool_blocks": {"type": "integer", "minimum": 1,
                                     "description": "random store blocks whose rows are shuffled together (global shuffle; 64)"},
-                    "seed": {"type": "integer", "minimum": 0, "description": "initialisation, batch order and dropout seed"},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX, "description": "initialisation, batch order and dropout seed"},
                     "split": {"type": "object", "additionalProperties": False, "properties": {
                         "ratios": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 3, "maxItems": 3,
                                    "description": "train:val:test patients (paper 6:1:1)"},
-                        "seed": {"type": "integer", "minimum": 0},
+                        "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
                         "kfold": {"type": ["integer", "null"], "minimum": 2, "description": "k-fold instead of ratios"},
                         "fold": {"type": "integer", "minimum": 0, "description": "test fold (val = next fold)"}}},
                     "aggregation": {"type": "object", "additionalProperties": False, "properties": {
@@ -201,7 +202,7 @@ def schema() -> dict[str, Any]:
                     "epochs": {"type": "integer", "minimum": 1},
                     "lr": {"type": "number", "exclusiveMinimum": 0, "description": "Adam learning rate (default 2e-4)"},
                     "weight_decay": {"type": "number", "minimum": 0},
-                    "seed": {"type": "integer", "minimum": 0},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
                     "max_patches": {"type": ["integer", "null"], "minimum": 1,
                                     "description": "random patches per training bag and epoch (null = all)"},
                     "patience": {"type": ["integer", "null"], "minimum": 1,

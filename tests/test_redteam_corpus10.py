@@ -47,3 +47,42 @@ def test_a_quoted_cell_over_two_lines_is_refused_with_its_line_not_joined_into_a
     crlf = tmp_path / "crlf.csv"  # ordinary CRLF files and quoted cells on one line are unchanged
     crlf.write_bytes(f'slide_path,patient_id,label,age\r\n"{good}",p1,1,50\r\n'.encode())
     assert [r.slide_path for r in read_cohort(crlf)] == [str(good)]
+
+
+# ------------------------------------------------------------------- 2. seeds past what torch takes
+BIG = 2 ** 64  # torch.manual_seed refuses it: 'Overflow when unpacking long long'
+
+
+@pytest.mark.parametrize("where", [("training", "seed"), ("mil", "seed"), ("seed",), ("training", "split", "seed")])
+def test_a_seed_over_2_to_the_32_is_refused_by_the_schema(tmp_path, where):
+    doc: dict = {"name": "s"}
+    node = doc
+    for k in where[:-1]:
+        node = node.setdefault(k, {})
+    node[where[-1]] = BIG
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(doc))
+    rc, out, err = _cli("validate", p)
+    assert rc == 2 and f"$.{'.'.join(where)}: {BIG} is greater than the maximum of 4294967295" in out + err
+
+
+def test_train_with_a_huge_seed_is_one_line_not_a_traceback(tmp_path):
+    """training.seed 2^64 (pipeline) or --seed 2^64 passed the schema and the CLI, then torch.manual_seed ended the
+    run in a ValueError traceback after the store was opened."""
+    from slidestream.engine import splits
+    from slidestream.engine.synthetic import make_store
+
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=2, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    doc = {"name": "s", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+           "training": {"epochs": 1, "batch_size": 8, "num_workers": 1}}
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(doc))
+    rc, out, err = _cli("train", p, "--store", st.path, "--out", tmp_path / "m", "--seed", BIG)
+    assert rc == 2 and "Traceback" not in err and err.strip().count("\n") == 0
+    assert "'--seed'" in err and "4294967295" in err
+    doc["training"]["seed"] = BIG
+    p.write_text(json.dumps(doc))
+    rc, out, err = _cli("train", p, "--store", st.path, "--out", tmp_path / "m")
+    assert rc == 2 and "Traceback" not in err and "$.training.seed" in err
+    assert not (tmp_path / "m" / "small_cnn").exists()
