@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
-                  ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
+                  ".png", ".jpg", ".jpeg", ".bmp", ".btf", ".qptiff")  # every suffix a reader takes (.bmp, .vmu were CSVs)
 LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
           "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
 _SEP = re.compile(r"[\s_-]+")
@@ -71,6 +71,8 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
         rows = read_csv(src, default_mpp, unlabeled)
     elif src.is_symlink():
         raise ConfigError(f"--slides {src}: broken symbolic link (or a link loop); point it at a cohort CSV or a folder")
+    elif os.path.lexists(src):  # a pipe, device or socket ("no such file" before)
+        raise ConfigError(f"--slides {src}: not a regular file (a pipe, device or socket); give a cohort CSV or a folder")
     else:
         raise ConfigError(f"--slides {src}: no such file or folder; give a cohort CSV or a folder of slides")
     if not rows:
@@ -244,7 +246,8 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         # a spreadsheet's "CSV UTF-8" starts with a BOM; its "Unicode text" is UTF-16 with a BOM
         text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the table as CSV UTF-8") from None
+        other = "" if path.suffix.lower() in (".csv", ".tsv", ".txt") else ", or give a slide (.svs, .tif, .ndpi, .dcm, ...)"
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}), so no cohort CSV; save the table as CSV UTF-8{other}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
     lines_ = text.splitlines(keepends=True)  # a quoted cell's line break stays in the cell (it was dropped: joined names)

@@ -396,6 +396,70 @@ def sweep_pipelines(d: Path, pipe: Path, good: Path) -> list[dict]:
     return rows
 
 
+def predictions_cases(d: Path, good_csv: Path) -> dict[str, Path]:
+    """Bad predictions CSVs for ``evaluate``, made from a good one."""
+    d.mkdir(parents=True, exist_ok=True)
+    text = good_csv.read_text()
+    head, *rows = text.splitlines()
+    cols = head.split(",")
+
+    def cell(col: str, value: str, row: int = 0) -> str:
+        r = [x.split(",") for x in rows]
+        r[row][cols.index(col)] = value
+        return "\n".join([head, *(",".join(x) for x in r)]) + "\n"
+
+    def drop(col: str) -> str:
+        i = cols.index(col)
+        return "\n".join(",".join(c for j, c in enumerate(x.split(",")) if j != i) for x in [head, *rows]) + "\n"
+
+    cases = {"empty": "", "header only": head + "\n", "BOM": "\ufeff" + text, "CRLF": text.replace("\n", "\r\n"),
+             "garbage": "\x00\x01binary\xff", "duplicate patient, other label":
+             text + rows[0].replace(",0,", ",1,").replace(",1,", ",0,", 1) + "\n",
+             "multi-line quoted id": cell("patient_id", '"P\n000"')}
+    for c in cols:
+        cases[f"no {c} column"] = drop(c)
+    for v in ("yes", "2", "-1", "", "0.5", "true"):
+        cases[f"label {v!r}"] = cell("label", v)
+    for v in ("", "-1", "200", "45y", "NaN", "inf"):
+        cases[f"age {v!r}"] = cell("age", v)
+    for v in ("NaN", "1.5", "-0.1", "", "50%"):
+        cases[f"image_prob {v!r}"] = cell("image_prob", v)
+    for v in ("Test", "validation", "", "TRAIN "):
+        cases[f"split {v!r}"] = cell("split", v)
+    out = {}
+    for i, (name, body) in enumerate(cases.items()):
+        f = d / f"pred{i}.csv"
+        f.write_bytes(body.encode("utf-8", "surrogateescape") if name != "garbage" else b"\x00\x01binary\xff")
+        out[name] = f
+    (d / "dir.csv").mkdir(exist_ok=True)
+    out["a folder"] = d / "dir.csv"
+    if not (d / "fifo.csv").exists():
+        os.mkfifo(d / "fifo.csv")
+    out["a FIFO"] = d / "fifo.csv"
+    return out
+
+
+def sweep_evaluate(d: Path, good_csv: Path) -> list[dict]:
+    rows = []
+    for name, f in predictions_cases(d / "preds", good_csv).items():
+        r = run(cmd("evaluate", f, "--out", d / "ev" / str(len(rows)), "--bootstrap", "10"))
+        ok = not r["traceback"] and r["wall"] < 60 and (r["rc"] == 0 or (r["rc"] == 2 and r["nlines"] == 1))
+        rows.append({"case": name, "rc": r["rc"], "wall": r["wall"], "tb": r["traceback"], "nlines": r["nlines"],
+                     "last": r["last"], "ok": ok})
+    return rows
+
+
+def sweep_predict(d: Path, bundle: Path, good: Path) -> list[dict]:
+    """The slide corpus through ``predict BUNDLE SLIDE`` (the per-slide path: no store)."""
+    rows = []
+    for name, path in slide_cases(d / "bad_p", good).items():
+        r = run(cmd("predict", bundle, path, "--out", d / "pred_out" / str(len(rows))))
+        ok = not r["traceback"] and r["wall"] < 60 and r["rc"] in (1, 2) and r["last"].startswith("error")
+        rows.append({"case": name, "rc": r["rc"], "wall": r["wall"], "tb": r["traceback"], "nlines": r["nlines"],
+                     "last": r["last"], "ok": ok or name.endswith("name")})
+    return rows
+
+
 def print_table(rows: list[dict]) -> None:
     keys = [k for k in rows[0] if k not in ("ok",)]
     print("| ok | " + " | ".join(keys) + " |")
@@ -418,6 +482,10 @@ def main() -> None:
         print_table(sweep_slides(d, pipe, good))
     if what in ("cohort", "all"):
         print_table(sweep_cohorts(d, pipe, good))
+    if what == "evaluate":  # needs a predictions CSV: python tests/badcorpus.py DIR evaluate PREDICTIONS.csv
+        print_table(sweep_evaluate(d, Path(sys.argv[3])))
+    if what == "predict":  # needs a bundle: python tests/badcorpus.py DIR predict BUNDLE
+        print_table(sweep_predict(d, Path(sys.argv[3]), good))
     if what in ("pipeline", "all"):
         print_table(sweep_pipelines(d, pipe, good))
 

@@ -86,3 +86,32 @@ def test_train_with_a_huge_seed_is_one_line_not_a_traceback(tmp_path):
     rc, out, err = _cli("train", p, "--store", st.path, "--out", tmp_path / "m")
     assert rc == 2 and "Traceback" not in err and "$.training.seed" in err
     assert not (tmp_path / "m" / "small_cnn").exists()
+
+
+# ------------------------------------------------------------------- 3. --slides given something that is no CSV
+def test_slides_option_names_a_pipe_a_bmp_photo_and_a_compressed_slide_for_what_they_are(small, tmp_path):
+    """`--slides fifo.svs` said 'no such file or folder' (it exists); `--slides photo.bmp` was read as a cohort CSV
+    ('not UTF-8 text; save the table as CSV UTF-8') although the image reader reads BMP in a CSV; `--slides x.svs.gz`
+    was told to save itself as CSV UTF-8."""
+    import os
+
+    from PIL import Image
+
+    d, pipe, good = small
+    os.mkfifo(tmp_path / "fifo.svs")
+    rc, out, err = _cli("extract", pipe, "--slides", tmp_path / "fifo.svs", "--out", tmp_path / "a.zarr")
+    assert rc == 2 and "fifo.svs: not a regular file (a pipe, device or socket)" in err, err
+
+    Image.open(good).convert("RGB").save(tmp_path / "photo.bmp")
+    rc, out, err = _cli("extract", pipe, "--slides", tmp_path / "photo.bmp", "--out", tmp_path / "b.zarr", "--json")
+    assert rc == 1 and "photo.bmp: no resolution metadata" in err and "--mpp" in err, err  # read as the slide it is
+    rc, out, err = _cli("extract", pipe, "--slides", tmp_path / "photo.bmp", "--out", tmp_path / "b.zarr", "--json",
+                        "--mpp", "0.5")
+    assert rc == 0 and json.loads(out)["slides"][0]["status"] in ("done", "empty"), err
+    assert str(tmp_path / "photo.bmp") in [r.slide_path for r in read_cohort(tmp_path)]  # a folder finds it too
+
+    import gzip
+
+    (tmp_path / "s.svs.gz").write_bytes(gzip.compress(good.read_bytes()))
+    rc, out, err = _cli("extract", pipe, "--slides", tmp_path / "s.svs.gz", "--out", tmp_path / "c.zarr")
+    assert rc == 2 and "s.svs.gz: not UTF-8 text" in err and "or give a slide" in err and err.count("\n") == 1, err
