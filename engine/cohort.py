@@ -250,6 +250,9 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}), so no cohort CSV; save the table as CSV UTF-8{other}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
+    if "\0" in text:  # a NUL in a slide_path ended in a ValueError traceback (embedded null byte)
+        raise ConfigError(f"{path}: line {text.count(chr(10), 0, text.index(chr(0))) + 1} holds a NUL byte, which no "
+                          "text table has (a damaged copy, or not a CSV); save the table as CSV UTF-8 again")
     lines_ = text.splitlines(keepends=True)  # a quoted cell's line break stays in the cell (it was dropped: joined names)
     head = lines_[0] if lines_ else ""
     # semicolons (spreadsheets in locales with a decimal comma) or tabs, when the header has no comma

@@ -115,3 +115,17 @@ def test_slides_option_names_a_pipe_a_bmp_photo_and_a_compressed_slide_for_what_
     (tmp_path / "s.svs.gz").write_bytes(gzip.compress(good.read_bytes()))
     rc, out, err = _cli("extract", pipe, "--slides", tmp_path / "s.svs.gz", "--out", tmp_path / "c.zarr")
     assert rc == 2 and "s.svs.gz: not UTF-8 text" in err and "or give a slide" in err and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------- 4. a NUL byte in the cohort CSV
+@pytest.mark.parametrize("row", ["{good},p1,1,50\n\0\n", "{good}\0,p1,1,50\n"])
+def test_a_nul_byte_in_the_cohort_is_one_line_naming_its_line(small, tmp_path, row):
+    """A NUL in a slide_path ended `extract` in a ValueError traceback (os.path.realpath: embedded null byte); the
+    csv module of Python 3.11 lets NUL through."""
+    d, pipe, good = small
+    c = tmp_path / "c.csv"
+    c.write_text("slide_path,patient_id,label,age\n" + row.format(good=good))
+    rc, out, err = _cli("extract", pipe, "--slides", c, "--out", tmp_path / "s.zarr")
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert f"c.csv: line {2 + row.startswith('{good},')} holds a NUL byte" in err
+    assert not (tmp_path / "s.zarr").exists()
