@@ -129,3 +129,35 @@ def test_a_nul_byte_in_the_cohort_is_one_line_naming_its_line(small, tmp_path, r
     assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
     assert f"c.csv: line {2 + row.startswith('{good},')} holds a NUL byte" in err
     assert not (tmp_path / "s.zarr").exists()
+
+
+# ------------------------------------------------------------------- 5. weights files that are no weights
+@pytest.mark.parametrize("body,why", [(b"", r"is empty \(0 bytes\)"), (b"hello\n", r"cannot read weights file .*w\.pth"),
+                                      (b"junk", r"cannot read weights file .*w\.safetensors \(SafetensorError")])
+def test_a_weights_file_that_holds_no_weights_is_one_line(tmp_path, body, why):
+    """training.weights (train) and features --weights given an empty, text or cut file: train ended in a KeyError,
+    UnpicklingError or SafetensorError traceback (torch.load was not guarded) or, for an empty file, in 'error:
+    aborted' (click turns the EOFError into Abort); features ended in an IndexError traceback (the empty message
+    of torch.load's EOFError had no first line)."""
+    import re
+
+    from slidestream.engine import splits
+    from slidestream.engine.synthetic import make_store
+
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=2, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    st.close()  # its lock: features refuses a store being written
+    w = tmp_path / ("w.safetensors" if body == b"junk" else "w.pth")
+    w.write_bytes(body)
+    doc = {"name": "s", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+           "training": {"epochs": 1, "batch_size": 8, "num_workers": 1, "weights": str(w)}}
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(doc))
+    rc, out, err = _cli("train", p, "--store", st.path, "--out", tmp_path / "m")
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and re.search(why, err), err
+    assert "training.weights" in err
+    if body != b"junk":
+        rc, out, err = _cli("features", p, "--store", st.path, "--out", tmp_path / "f.zarr", "--encoder",
+                            "resnet50_trunc", "--weights", w)
+        assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and re.search(why, err), err
+        assert "encoder 'resnet50_trunc'" in err
