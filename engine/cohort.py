@@ -300,6 +300,10 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
             continue
         sp = Path(os.path.expanduser(r["slide_path"]))
         if not sp.is_absolute():
+            if not os.path.lexists(path.parent / sp) and os.path.lexists(sp):  # was 'file not found' at extraction
+                problems.append(f"line {i}: slide_path {r['slide_path']!r} is not in the CSV's folder {path.parent} "
+                                "(relative paths are relative to the CSV) but in the current folder; give it relative "
+                                "to the CSV, or absolute")
             sp = path.parent / sp
         label = label_value(r.get("label", ""))
         if label is None:

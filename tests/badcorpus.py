@@ -293,8 +293,8 @@ def cohort_cases(d: Path, good: Path, good2: Path) -> dict[str, tuple[Path, int]
     shutil.copy(good, sub / "rel.svs")
     (sub / "rel_csv.csv").write_text(H + "rel.svs,p1,1,50\n")
     out["path relative to the CSV"] = (sub / "rel_csv.csv", 0)
-    (sub / "rel_cwd.csv").write_text(H + "sub/rel.svs,p1,1,50\n")  # run from d: relative to the cwd
-    out["path relative to the cwd"] = (sub / "rel_cwd.csv", 1)
+    (sub / "rel_cwd.csv").write_text(H + "cohorts/sub/rel.svs,p1,1,50\n")  # run from d: relative to the cwd
+    out["path relative to the cwd"] = (sub / "rel_cwd.csv", 2)
     return out
 
 

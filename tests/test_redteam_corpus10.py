@@ -161,3 +161,22 @@ def test_a_weights_file_that_holds_no_weights_is_one_line(tmp_path, body, why):
                             "resnet50_trunc", "--weights", w)
         assert rc == 2 and "Traceback" not in err and err.count("\n") == 1 and re.search(why, err), err
         assert "encoder 'resnet50_trunc'" in err
+
+
+# ------------------------------------------------------------------- 6. a path relative to the cwd, not to the CSV
+def test_a_slide_path_relative_to_the_cwd_instead_of_the_csv_is_named_before_any_work(small, tmp_path):
+    """Relative paths are relative to the CSV's folder; one written relative to the current folder (where it
+    exists) failed at extraction as 'file not found; check slide_path', leaving the user to guess why."""
+    import shutil
+
+    d, pipe, good = small
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "tables").mkdir()
+    shutil.copy(good, tmp_path / "slides" / "a.svs")
+    c = C.cohort_csv(tmp_path / "tables" / "c.csv", [("slides/a.svs", "p1", 1, 50)])
+    rc, out, err = _cli("extract", pipe, "--slides", c, "--out", tmp_path / "s.zarr", cwd=tmp_path)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "line 2: slide_path 'slides/a.svs' is not in the CSV's folder" in err and "or absolute" in err
+    assert not (tmp_path / "s.zarr").exists()
+    c.write_text("slide_path,patient_id,label,age\n../slides/a.svs,p1,1,50\n")  # relative to the CSV: fine
+    assert [r.slide_path for r in read_cohort(c)] == [str(tmp_path / "tables" / "../slides/a.svs")]
