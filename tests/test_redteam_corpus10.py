@@ -180,3 +180,23 @@ def test_a_slide_path_relative_to_the_cwd_instead_of_the_csv_is_named_before_any
     assert not (tmp_path / "s.zarr").exists()
     c.write_text("slide_path,patient_id,label,age\n../slides/a.svs,p1,1,50\n")  # relative to the CSV: fine
     assert [r.slide_path for r in read_cohort(c)] == [str(tmp_path / "tables" / "../slides/a.svs")]
+
+
+# ------------------------------------------------------------------- 7. file names that are rich markup or hold a newline
+def test_slide_names_with_markup_or_a_newline_print_as_they_are_on_one_line(small, tmp_path):
+    """extract's per-slide lines and summary table went through rich markup: a bad slide at 'x[/bold].svs' (a folder
+    named 'x[') ended the run in a MarkupError traceback, '[red]' vanished from a shown name, and a name with a line
+    break split its error line in two."""
+    d, pipe, good = small
+    f = tmp_path / "f"
+    (f / "x[").mkdir(parents=True)
+    cut = good.read_bytes()[:1000]
+    for name in ("x[/bold].svs", "y[red]z.svs", "new\nline.svs"):
+        (f / name).write_bytes(cut)
+    rc, out, err = _cli("extract", pipe, "--slides", f, "--out", tmp_path / "s.zarr", "--quiet")
+    assert rc == 1 and "Traceback" not in err, err
+    lines = [x for x in err.splitlines() if x.startswith("error ")]
+    assert sorted(lines) == sorted(f"error {f}/{n}: truncated file: TIFF directories point past the end of the file"
+                                   for n in ("x[/bold].svs", "y[red]z.svs", "new\\nline.svs")), err
+    assert "y[red]z" in out and "bold]" in out  # the summary table shows the ids as they are
+    assert all(x.startswith(("error ", "warning ")) for x in err.splitlines()), err  # the copies' warning too
