@@ -57,11 +57,16 @@ class SlideRow:
     patient_source: str = "table"
 
 
+def check_mpp_option(mpp: float | None) -> None:
+    """``--mpp`` of extract and predict: None or 0.001..1000 (predict ignored NaN and took 0 as the file's fault)."""
+    if mpp is not None and not 1e-3 <= mpp <= 1e3:  # NaN too
+        raise ConfigError(f"--mpp {mpp:g}: not a resolution; give level-0 µm per pixel in 0.001..1000 "
+                          "(0.25 for 40x, 0.5 for 20x)")
+
+
 def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
     """Slides from a cohort CSV, a folder of slides or a single slide; ConfigError listing every problem."""
-    if default_mpp is not None and not 1e-3 <= default_mpp <= 1e3:  # NaN too
-        raise ConfigError(f"--mpp {default_mpp:g}: not a resolution; give level-0 µm per pixel in 0.001..1000 "
-                          "(0.25 for 40x, 0.5 for 20x)")
+    check_mpp_option(default_mpp)
     src = Path(source)
     if src.is_file() and src.suffix.lower() in SLIDE_SUFFIXES:  # a single slide
         rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide")]

@@ -200,3 +200,22 @@ def test_slide_names_with_markup_or_a_newline_print_as_they_are_on_one_line(smal
                                    for n in ("x[/bold].svs", "y[red]z.svs", "new\\nline.svs")), err
     assert "y[red]z" in out and "bold]" in out  # the summary table shows the ids as they are
     assert all(x.startswith(("error ", "warning ")) for x in err.splitlines()), err  # the copies' warning too
+
+
+# ------------------------------------------------------------------- 8. predict --mpp as extract checks it
+def test_predict_refuses_an_mpp_that_is_no_resolution_as_extract_does(small, tmp_path):
+    """`predict BUNDLE SLIDE --mpp nan` ignored the value silently (NaN stands for 'not given' inside) and used the
+    file's own; --mpp 0 blamed the slide ('SLIDE: mpp must be positive'). extract refuses both before any work."""
+    from slidestream.engine import splits, train
+    from slidestream.engine.synthetic import make_store
+
+    d, pipe, good = small
+    st = make_store(tmp_path / "s", n_patients=8, per_patient=2, patch=32)
+    splits.split_store(st, (2, 1, 1), seed=0)
+    st.close()
+    doc = {"name": "s", "classifier": {"name": "small_cnn", "params": {"width": 8}},
+           "training": {"epochs": 1, "batch_size": 8, "num_workers": 1}}
+    train.train(doc, st.path, tmp_path / "m", log=None)
+    for bad in ("nan", "0", "inf", "-2"):
+        rc, out, err = _cli("predict", tmp_path / "m" / "small_cnn", good, f"--mpp={bad}", "--out", tmp_path / "h")
+        assert rc == 2 and err.startswith(f"error: --mpp {bad}: not a resolution") and err.count("\n") == 1, (bad, err)

@@ -132,6 +132,9 @@ def predict_command(
         return
     if not inputs:
         raise ConfigError("give slide/photo files to classify, or --store STORE")
+    from ..cohort import check_mpp_option
+
+    check_mpp_option(mpp)
     for r in predict.predict_slides(bundle, inputs, age, mpp, out or Path("."), device, batch_size):
         if r["image_prob"] is None:
             typer.echo(f"{r['input']}: {r['note']}")
