@@ -188,6 +188,13 @@ def slide_cases(d: Path, good: Path) -> dict[str, Path]:
         p = at(name)
         good_slide(p.with_name("tmp.svs"), seed=3).rename(p)  # not a copy of good.svs (no duplicate warning)
         out[label] = p
+    p = at("x[/bold].svs")  # rich markup in a path (a folder named 'x['), cut short
+    p.parent.mkdir(exist_ok=True)
+    p.write_bytes(good.read_bytes()[:1000])
+    out["markup name, cut"] = p
+    p = at("cut\nname.svs")
+    p.write_bytes(good.read_bytes()[:1000])
+    out["newline name, cut"] = p
     return out
 
 
@@ -247,7 +254,9 @@ def sweep_slides(d: Path, pipe: Path, good: Path) -> list[dict]:
         bad_rows = have.get(sid, 0) if status != "done" else 0
         ok = (r1["rc"] == 1 and status in ("error", "empty") and not r1["traceback"] and not r2["traceback"]
               and not r3["traceback"] and r1["wall"] < 60 and bad_rows == 0 and have.get("good") == ref
-              and resumed and r3["rc"] in (1, 2)) or (status == "done" and r1["rc"] == 0)
+              and resumed and r3["rc"] in (1, 2)) or (status == "done" and r1["rc"] == 0) or (
+              "\n" in str(path) and r1["rc"] == 2 and r1["nlines"] == 1 and not (store / "zarr.json").exists()
+              and not r3["traceback"] and r3["rc"] in (0, 1) and "\n" not in r3["last"])
         rows.append({"case": name, "rc": r1["rc"], "status": status, "wall": r1["wall"], "tb": r1["traceback"] or
                      r2["traceback"] or r3["traceback"], "bad_rows": bad_rows, "good_rows": have.get("good"),
                      "resumed": resumed, "rc_alone": r3["rc"], "last": r1["last"], "last_alone": r3["last"],
@@ -380,6 +389,9 @@ def pipeline_cases(d: Path, pipe: Path) -> dict[str, Path]:
     return out
 
 
+VALID_PIPELINES = ("max_tiles 1e12", "filters empty", "reader order empty")
+
+
 def sweep_pipelines(d: Path, pipe: Path, good: Path) -> list[dict]:
     rows = []
     csvp = cohort_csv(d / "pipe_cohort.csv", [(str(good), "p1", 1, 50)])
@@ -389,8 +401,9 @@ def sweep_pipelines(d: Path, pipe: Path, good: Path) -> list[dict]:
         r = run(cmd("extract", pj, "--slides", csvp, "--out", store, "--json"))
         v = run(cmd("validate", pj))
         made = (store / "zarr.json").exists()
+        valid = name in VALID_PIPELINES  # odd but meaningful: no cap, no filters, the default reader order
         ok = (r["rc"] == 2 and r["nlines"] == 1 and not r["traceback"] and not made and v["rc"] == 2
-              and not v["traceback"])
+              and not v["traceback"]) or (valid and r["rc"] == 0 and v["rc"] == 0)
         rows.append({"case": name, "rc": r["rc"], "validate_rc": v["rc"], "wall": r["wall"], "tb": r["traceback"]
                      or v["traceback"], "store_made": made, "nlines": r["nlines"], "last": r["last"], "ok": ok})
     return rows
