@@ -92,8 +92,9 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
 
 
 def fingerprint(path: str) -> str | None:
-    """``size:sha256(first 64 KiB + last 64 KiB)`` of a slide file (None for a folder, FIFO or missing file): equal
-    for byte-identical copies; recorded per slide so ``split`` can refuse a copy under another patient."""
+    """``size:sha256(first 64 KiB + last 64 KiB)`` of a slide file (None for a folder, FIFO or missing file, or one
+    whose first 64 KiB is one byte value: no slide, every format opens with a header): equal for byte-identical
+    copies; recorded per slide so ``split`` can refuse a copy under another patient."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -102,6 +103,8 @@ def fingerprint(path: str) -> str | None:
 
         with open(path, "rb") as f:
             head = f.read(1 << 16)
+            if head.count(head[:1]) == len(head):  # two zero-filled files of one size were read whole (16 GB: 40 s)
+                return None
             f.seek(max(st.st_size - (1 << 16), 0))
             return f"{st.st_size}:{hashlib.sha256(head + f.read()).hexdigest()[:32]}"
     except OSError:

@@ -219,3 +219,28 @@ def test_predict_refuses_an_mpp_that_is_no_resolution_as_extract_does(small, tmp
     for bad in ("nan", "0", "inf", "-2"):
         rc, out, err = _cli("predict", tmp_path / "m" / "small_cnn", good, f"--mpp={bad}", "--out", tmp_path / "h")
         assert rc == 2 and err.startswith(f"error: --mpp {bad}: not a resolution") and err.count("\n") == 1, (bad, err)
+
+
+# ------------------------------------------------------------------- 9. zero-filled files of one size
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("rchar"))
+
+
+def test_zero_filled_files_of_one_size_are_not_read_whole_as_possible_copies(tmp_path):
+    """Two zero-filled files of one size (preallocated downloads that never came) agree in size and in their first
+    and last 64 KiB, so the copy check read both to the end before any slide was opened: two 8 GB sparse files took
+    40 s of reading, silent. A file whose first 64 KiB is one byte value is no slide; it is not compared."""
+    from slidestream.engine.cohort import identical_copies
+
+    for n in ("z1.svs", "z2.svs"):
+        with open(tmp_path / n, "wb") as f:
+            f.truncate(256 << 20)
+    (tmp_path / "c.csv").write_text("slide_path,patient_id,label,age\nz1.svs,p1,1,50\nz2.svs,p2,0,40\n")
+    rows = read_cohort(tmp_path / "c.csv")
+    before = _rchar()
+    assert identical_copies(rows) == []
+    assert _rchar() - before < 1 << 20  # read: their first 64 KiB (was 512 MiB)
+    (tmp_path / "z2.svs").write_bytes(b"II*\0" + bytes(1 << 17))  # a real copy check is unchanged
+    (tmp_path / "z1.svs").write_bytes(b"II*\0" + bytes(1 << 17))
+    assert [(a.slide_path, b.slide_path) for a, b in identical_copies(rows)] == [(rows[0].slide_path, rows[1].slide_path)]
