@@ -247,20 +247,29 @@ def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, s
     return v, None
 
 
+def _nul(path: Path, line: int, other: str) -> str:
+    return (f"{path}: line {line} holds a NUL byte, which no text table has (a damaged copy, or a binary file: no "
+            f"cohort CSV); save the table as CSV UTF-8{other}")
+
+
 def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
     """Rows of a cohort CSV; one ConfigError naming every problem with its line number."""
+    other = "" if path.suffix.lower() in (".csv", ".tsv", ".txt") else ", or give a slide (.svs, .tif, .ndpi, .dcm, ...)"
     try:
-        data = path.read_bytes()
-        # a spreadsheet's "CSV UTF-8" starts with a BOM; its "Unicode text" is UTF-16 with a BOM
-        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+        with open(path, "rb") as f:  # a binary file is refused on its first 64 KiB (a 3 GB .czi was read whole: 6 GB RSS)
+            data = f.read(1 << 16)
+            utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a spreadsheet's "Unicode text" (its NULs are text)
+            if b"\0" in data and not utf16:
+                raise ConfigError(_nul(path, data.count(b"\n", 0, data.index(0)) + 1, other))
+            data += f.read()
+        # a spreadsheet's "CSV UTF-8" starts with a BOM
+        text = data.decode("utf-16") if utf16 else data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        other = "" if path.suffix.lower() in (".csv", ".tsv", ".txt") else ", or give a slide (.svs, .tif, .ndpi, .dcm, ...)"
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}), so no cohort CSV; save the table as CSV UTF-8{other}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
     if "\0" in text:  # a NUL in a slide_path ended in a ValueError traceback (embedded null byte)
-        raise ConfigError(f"{path}: line {text.count(chr(10), 0, text.index(chr(0))) + 1} holds a NUL byte, which no "
-                          "text table has (a damaged copy, or not a CSV); save the table as CSV UTF-8 again")
+        raise ConfigError(_nul(path, text.count("\n", 0, text.index("\0")) + 1, other))
     lines_ = text.splitlines(keepends=True)  # a quoted cell's line break stays in the cell (it was dropped: joined names)
     head = lines_[0] if lines_ else ""
     # semicolons (spreadsheets in locales with a decimal comma) or tabs, when the header has no comma
