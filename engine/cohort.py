@@ -261,6 +261,8 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
             utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a spreadsheet's "Unicode text" (its NULs are text)
             if b"\0" in data and not utf16:
                 raise ConfigError(_nul(path, data.count(b"\n", 0, data.index(0)) + 1, other))
+            if not utf16:
+                data[:-3].decode("utf-8-sig")  # UnicodeDecodeError here too (the last 3 bytes may be a cut character)
             data += f.read()
         # a spreadsheet's "CSV UTF-8" starts with a BOM
         text = data.decode("utf-16") if utf16 else data.decode("utf-8-sig")

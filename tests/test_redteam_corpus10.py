@@ -248,17 +248,19 @@ def test_zero_filled_files_of_one_size_are_not_read_whole_as_possible_copies(tmp
 
 
 # ------------------------------------------------------------------- 10. a big binary file given as --slides
-def test_a_big_binary_file_given_as_slides_is_refused_on_its_first_bytes(small, tmp_path):
+@pytest.mark.parametrize("head,why", [(b"ZISRAWFILE" + bytes(100), "line 1 holds a NUL byte"),
+                                      (b"\xff" * 70000, "not UTF-8 text (byte 0)")])
+def test_a_big_binary_file_given_as_slides_is_refused_on_its_first_bytes(small, tmp_path, head, why):
     """`--slides x.czi` (a format no reader takes) was read whole into memory as a would-be CSV and decoded: a 3 GB
     file took 20 s and 6.3 GB of RSS before 'not UTF-8 text'. It is refused on its first 64 KiB."""
     d, pipe, good = small
     with open(tmp_path / "x.czi", "wb") as f:
-        f.write(b"ZISRAWFILE" + bytes(100))
+        f.write(head)
         f.truncate(512 << 20)
     r = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "slidestream.engine", "extract", pipe,
                         "--slides", tmp_path / "x.czi", "--out", tmp_path / "s.zarr"], capture_output=True, text=True,
                        timeout=120)
     err, rss_kb = r.stderr.strip().split("\n")[0], r.stderr.strip().rsplit("\n", 1)[1]
     assert int(rss_kb) < 400_000  # KiB: was > 1 GB (the file, then its text)
-    assert r.returncode == 2 and err.startswith(f"error: {tmp_path}/x.czi: line 1 holds a NUL byte"), r.stderr
+    assert r.returncode == 2 and err.startswith(f"error: {tmp_path}/x.czi: {why}"), r.stderr
     assert "or give a slide" in err
