@@ -20,6 +20,7 @@ from .errors import ConfigError
 SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
 
 SEED_MAX = 2 ** 32 - 1  # torch refuses seeds over 2^64 - 1 (a traceback mid-run); MIL scales its seed per epoch
+MAX_PIPELINE_BYTES = 16 << 20  # a pipeline file is a few KiB
 MAX_CHUNK_BYTES = 2 ** 30  # one chunk of patches, uncompressed (a writer holds it in memory)
 
 # Sections of a pipeline used by extraction: their hash decides whether a store can be resumed.
@@ -326,7 +327,12 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} {not_a_file(p)}; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
+        with open(p, "rb") as f:  # a slide given as the pipeline was read whole (a 1 GB file: 2.1 GB RSS, 6 s)
+            raw = f.read(MAX_PIPELINE_BYTES + 1)
+        if len(raw) > MAX_PIPELINE_BYTES:
+            raise ConfigError(f"pipeline file {p} is over {MAX_PIPELINE_BYTES >> 20} MiB, no pipeline (a few KiB of "
+                              "JSON); give a JSON pipeline such as schemas/examples/liu2020.json")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
         return json.loads(text, object_pairs_hook=_no_duplicates(p))
     except UnicodeDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None

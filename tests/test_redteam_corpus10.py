@@ -264,3 +264,16 @@ def test_a_big_binary_file_given_as_slides_is_refused_on_its_first_bytes(small, 
     assert int(rss_kb) < 400_000  # KiB: was > 1 GB (the file, then its text)
     assert r.returncode == 2 and err.startswith(f"error: {tmp_path}/x.czi: {why}"), r.stderr
     assert "or give a slide" in err
+
+
+def test_a_big_file_given_as_the_pipeline_is_refused_without_reading_it_whole(tmp_path):
+    """A slide (or any big file) given as the pipeline was read whole and decoded before 'not UTF-8 text': a 1 GB
+    file took 6 s and 2.1 GB RSS. A pipeline is a few KiB: a file over 16 MiB is refused on its size."""
+    with open(tmp_path / "p.json", "wb") as f:
+        f.write(b"\xff" * 70000)
+        f.truncate(512 << 20)
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "slidestream.engine", "validate",
+                        tmp_path / "p.json"], capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert int(lines[-1]) < 400_000, r.stderr  # KiB: was > 1 GB
+    assert r.returncode == 2 and f"pipeline file {tmp_path}/p.json is over 16 MiB" in r.stdout + r.stderr
