@@ -277,7 +277,10 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
     # semicolons (spreadsheets in locales with a decimal comma) or tabs, when the header has no comma
     delimiter = next((d for d in (",", ";", "\t") if d in head), ",")
     reader = csv.DictReader(lines_, delimiter=delimiter, strict=True)
-    cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    try:
+        cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    except csv.Error as e:  # a header cell over csv's 128 KiB field limit (a quote opened and never closed): a traceback
+        raise ConfigError(f"{path}: line 1: {e}; check the quotes on that line") from None
     twice = sorted({c for c in cols if c and cols.count(c) > 1})
     if twice:  # csv.DictReader keeps the last of two same-named columns, silently
         raise ConfigError(f"{path}: column {', '.join(f'`{c}`' for c in twice)} appears more than once in the header "

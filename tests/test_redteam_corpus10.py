@@ -277,3 +277,30 @@ def test_a_big_file_given_as_the_pipeline_is_refused_without_reading_it_whole(tm
     lines = r.stderr.strip().splitlines()
     assert int(lines[-1]) < 400_000, r.stderr  # KiB: was > 1 GB
     assert r.returncode == 2 and f"pipeline file {tmp_path}/p.json is over 16 MiB" in r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------- 11. a CSV cell over csv's field limit
+def test_a_quote_opened_in_a_big_cohorts_header_is_one_line(small, tmp_path):
+    """A cohort whose header opens a quote that never closes reads the whole file as one header cell: over 128 KiB
+    (some 6,000 rows) csv raised 'field larger than field limit' outside the guarded row loop: a traceback."""
+    d, pipe, good = small
+    c = tmp_path / "c.csv"
+    c.write_text('"slide_path,patient_id,label,age\n' + "".join(f"/d/s{i}.svs,p{i},1,50\n" for i in range(6000)))
+    rc, out, err = _cli("extract", pipe, "--slides", c, "--out", tmp_path / "s.zarr")
+    assert rc == 2 and err == f"error: {c}: line 1: field larger than field limit (131072); check the quotes on that line\n"
+
+
+@pytest.mark.parametrize("kind", ["slide", "big cell"])
+def test_evaluate_given_a_slide_or_a_huge_cell_is_one_line(small, tmp_path, kind):
+    """evaluate SLIDE (a slide given as the predictions CSV: NUL bytes, no line end for a MB) and a CSV with a cell
+    over 128 KiB ended in a _csv.Error traceback ('field larger than field limit'); a 1 GB file took 2.1 GB RSS."""
+    d, pipe, good = small
+    if kind == "slide":
+        f = good
+        want = f"error: {good}: a binary file (a NUL byte at byte 3), no predictions CSV"
+    else:
+        f = tmp_path / "p.csv"
+        f.write_text("patient_id,label,age,split,image_prob\n" + "x" * 200_000 + ",1,50,test,0.5\n")
+        want = f"error: {f} line 2: field larger than field limit (131072); is it the predictions CSV?"
+    rc, out, err = _cli("evaluate", f, "--out", tmp_path / "ev")
+    assert rc == 2 and err.startswith(want) and err.count("\n") == 1, err
