@@ -304,3 +304,19 @@ def test_evaluate_given_a_slide_or_a_huge_cell_is_one_line(small, tmp_path, kind
         want = f"error: {f} line 2: field larger than field limit (131072); is it the predictions CSV?"
     rc, out, err = _cli("evaluate", f, "--out", tmp_path / "ev")
     assert rc == 2 and err.startswith(want) and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------- 12. a damaged GAN manifest
+@pytest.mark.parametrize("body,why", [(b"", "JSONDecodeError"), (b"[1]", "a JSON list, not an object"),
+                                      (b"{}", "no generator, generator_id"), (b"\xff\xfe", "UnicodeDecodeError")])
+def test_a_damaged_gan_manifest_is_one_line_in_sample_grid_and_eval(tmp_path, body, why):
+    """gan sample/grid/eval read manifest.json unguarded: empty or cut (JSONDecodeError), a list (AttributeError),
+    keys missing (KeyError 'generator'/'normalization'), not UTF-8 (UnicodeDecodeError): tracebacks."""
+    g = tmp_path / "g"
+    g.mkdir()
+    (g / "manifest.json").write_bytes(body)
+    for args in (("grid", g, "--out", tmp_path / "x.png"), ("eval", g, "--store", tmp_path / "s"),
+                 ("sample", g, "--n", 2, "--into", tmp_path / "s")):
+        rc, out, err = _cli("gan", *args)
+        assert rc == 2 and err.startswith(f"error: GAN directory {g}: manifest.json is damaged ({why}") \
+            and err.count("\n") == 1, (args, err)
