@@ -241,7 +241,9 @@ def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, s
     try:
         v = float(text)
     except ValueError:
-        return None, f"{what} {text!r} is not a number"
+        comma = "," in text and text.replace(",", ".", 1).replace(".", "", 1).isdigit()  # 45,5 from a spreadsheet
+        return None, f"{what} {text!r} is not a number" + (f" (write {text.replace(',', '.')}: a decimal point, not a "
+                                                           "comma)" if comma else "")
     if not (lo <= v <= hi):
         return None, f"{what} {text!r} is outside {lo:g}..{hi:g}"
     return v, None

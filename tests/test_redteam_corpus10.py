@@ -320,3 +320,17 @@ def test_a_damaged_gan_manifest_is_one_line_in_sample_grid_and_eval(tmp_path, bo
         rc, out, err = _cli("gan", *args)
         assert rc == 2 and err.startswith(f"error: GAN directory {g}: manifest.json is damaged ({why}") \
             and err.count("\n") == 1, (args, err)
+
+
+# ------------------------------------------------------------------- 13. decimal commas
+def test_a_decimal_comma_in_a_semicolon_cohort_is_named_with_its_fix(tmp_path):
+    """A spreadsheet saved with ';' in a decimal-comma locale writes ages and mpp as '45,5' and '0,5': refused as
+    'not a number' with no word of why; the message now names the decimal point."""
+    c = tmp_path / "de.csv"
+    c.write_text("slide_path;patient_id;label;age;mpp\na.svs;p1;1;45,5;0,5\nb.svs;p2;0;1,2,3;\n")
+    with pytest.raises(ConfigError) as e:
+        read_cohort(c)
+    msg = str(e.value)
+    assert "line 2: age '45,5' is not a number (write 45.5: a decimal point, not a comma)" in msg
+    assert "line 2: mpp '0,5' is not a number (write 0.5: a decimal point" in msg
+    assert "line 3: age '1,2,3' is not a number;" in msg + ";"  # no hint where it is no decimal comma
