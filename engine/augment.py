@@ -43,7 +43,17 @@ def read_manifest(gan_dir: str | Path) -> dict[str, Any]:
     p = _manifest_path(Path(gan_dir))
     if not p.is_file():
         raise ConfigError(f"{gan_dir} is not a GAN directory (no manifest.json); make one with `slidestream gan train`")
-    return json.loads(p.read_text())
+    try:  # a damaged manifest was a JSONDecodeError, AttributeError or KeyError traceback in gan sample/grid/eval
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSON or UTF-8
+        m = e
+    need = ("generator", "generator_id", "label", "label_value", "normalization", "status")
+    if not isinstance(m, dict) or any(k not in m for k in need):
+        why = type(m).__name__ if isinstance(m, Exception) else f"no {', '.join(k for k in need if k not in m)}" \
+            if isinstance(m, dict) else f"a JSON {type(m).__name__}, not an object"
+        raise ConfigError(f"GAN directory {gan_dir}: manifest.json is damaged ({why}); copy the folder again, or train "
+                          "the generator again into a new --out")
+    return m
 
 
 def write_manifest(gan_dir: str | Path, manifest: dict[str, Any]) -> None:

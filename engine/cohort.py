@@ -23,8 +23,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".svslide", ".dcm",
-                  ".png", ".jpg", ".jpeg", ".btf", ".qptiff")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm",
+                  ".png", ".jpg", ".jpeg", ".bmp", ".btf", ".qptiff")  # every suffix a reader takes (.bmp, .vmu were CSVs)
 LABELS = {"1": 1, "mutant": 1, "idh-mutant": 1, "mut": 1, "idhmut": 1,
           "0": 0, "wildtype": 0, "idh-wildtype": 0, "wt": 0, "idhwt": 0, "": -1, "unknown": -1, "-1": -1}
 _SEP = re.compile(r"[\s_-]+")
@@ -58,11 +58,16 @@ class SlideRow:
     mpp_is_default: bool = False  # ``mpp`` is --mpp, for a slide whose file does not say (not the cohort's column)
 
 
+def check_mpp_option(mpp: float | None) -> None:
+    """``--mpp`` of extract and predict: None or 0.001..1000 (predict ignored NaN and took 0 as the file's fault)."""
+    if mpp is not None and not 1e-3 <= mpp <= 1e3:  # NaN too
+        raise ConfigError(f"--mpp {mpp:g}: not a resolution; give level-0 µm per pixel in 0.001..1000 "
+                          "(0.25 for 40x, 0.5 for 20x)")
+
+
 def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
     """Slides from a cohort CSV, a folder of slides or a single slide; ConfigError listing every problem."""
-    if default_mpp is not None and not 1e-3 <= default_mpp <= 1e3:  # NaN too
-        raise ConfigError(f"--mpp {default_mpp:g}: not a resolution; give level-0 µm per pixel in 0.001..1000 "
-                          "(0.25 for 40x, 0.5 for 20x)")
+    check_mpp_option(default_mpp)
     src = Path(source)
     if src.is_file() and src.suffix.lower() in SLIDE_SUFFIXES:  # a single slide
         rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide",
@@ -73,6 +78,8 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
         rows = read_csv(src, default_mpp, unlabeled)
     elif src.is_symlink():
         raise ConfigError(f"--slides {src}: broken symbolic link (or a link loop); point it at a cohort CSV or a folder")
+    elif os.path.lexists(src):  # a pipe, device or socket ("no such file" before)
+        raise ConfigError(f"--slides {src}: not a regular file (a pipe, device or socket); give a cohort CSV or a folder")
     else:
         raise ConfigError(f"--slides {src}: no such file or folder; give a cohort CSV or a folder of slides")
     if not rows:
@@ -87,8 +94,9 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
 
 
 def fingerprint(path: str) -> str | None:
-    """``size:sha256(first 64 KiB + last 64 KiB)`` of a slide file (None for a folder, FIFO or missing file): equal
-    for byte-identical copies; recorded per slide so ``split`` can refuse a copy under another patient."""
+    """``size:sha256(first 64 KiB + last 64 KiB)`` of a slide file (None for a folder, FIFO or missing file, or one
+    whose first 64 KiB is one byte value: no slide, every format opens with a header): equal for byte-identical
+    copies; recorded per slide so ``split`` can refuse a copy under another patient."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -97,6 +105,8 @@ def fingerprint(path: str) -> str | None:
 
         with open(path, "rb") as f:
             head = f.read(1 << 16)
+            if head.count(head[:1]) == len(head):  # two zero-filled files of one size were read whole (16 GB: 40 s)
+                return None
             f.seek(max(st.st_size - (1 << 16), 0))
             return f"{st.st_size}:{hashlib.sha256(head + f.read()).hexdigest()[:32]}"
     except OSError:
@@ -235,28 +245,48 @@ def _number(text: str, what: str, lo: float, hi: float) -> tuple[float | None, s
     try:
         v = float(text)
     except ValueError:
-        return None, f"{what} {text!r} is not a number"
+        comma = "," in text and text.replace(",", ".", 1).replace(".", "", 1).isdigit()  # 45,5 from a spreadsheet
+        return None, f"{what} {text!r} is not a number" + (f" (write {text.replace(',', '.')}: a decimal point, not a "
+                                                           "comma)" if comma else "")
     if not (lo <= v <= hi):
         return None, f"{what} {text!r} is outside {lo:g}..{hi:g}"
     return v, None
 
 
+def _nul(path: Path, line: int, other: str) -> str:
+    return (f"{path}: line {line} holds a NUL byte, which no text table has (a damaged copy, or a binary file: no "
+            f"cohort CSV); save the table as CSV UTF-8{other}")
+
+
 def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = False) -> list[SlideRow]:
     """Rows of a cohort CSV; one ConfigError naming every problem with its line number."""
+    other = "" if path.suffix.lower() in (".csv", ".tsv", ".txt") else ", or give a slide (.svs, .tif, .ndpi, .dcm, ...)"
     try:
-        data = path.read_bytes()
-        # a spreadsheet's "CSV UTF-8" starts with a BOM; its "Unicode text" is UTF-16 with a BOM
-        text = data.decode("utf-16") if data[:2] in (b"\xff\xfe", b"\xfe\xff") else data.decode("utf-8-sig")
+        with open(path, "rb") as f:  # a binary file is refused on its first 64 KiB (a 3 GB .czi was read whole: 6 GB RSS)
+            data = f.read(1 << 16)
+            utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a spreadsheet's "Unicode text" (its NULs are text)
+            if b"\0" in data and not utf16:
+                raise ConfigError(_nul(path, data.count(b"\n", 0, data.index(0)) + 1, other))
+            if not utf16:
+                data[:-3].decode("utf-8-sig")  # UnicodeDecodeError here too (the last 3 bytes may be a cut character)
+            data += f.read()
+        # a spreadsheet's "CSV UTF-8" starts with a BOM
+        text = data.decode("utf-16") if utf16 else data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the table as CSV UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}), so no cohort CSV; save the table as CSV UTF-8{other}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the cohort table: {e.strerror or e}") from None
-    lines_ = text.splitlines()
+    if "\0" in text:  # a NUL in a slide_path ended in a ValueError traceback (embedded null byte)
+        raise ConfigError(_nul(path, text.count("\n", 0, text.index("\0")) + 1, other))
+    lines_ = text.splitlines(keepends=True)  # a quoted cell's line break stays in the cell (it was dropped: joined names)
     head = lines_[0] if lines_ else ""
     # semicolons (spreadsheets in locales with a decimal comma) or tabs, when the header has no comma
     delimiter = next((d for d in (",", ";", "\t") if d in head), ",")
     reader = csv.DictReader(lines_, delimiter=delimiter, strict=True)
-    cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    try:
+        cols = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    except csv.Error as e:  # a header cell over csv's 128 KiB field limit (a quote opened and never closed): a traceback
+        raise ConfigError(f"{path}: line 1: {e}; check the quotes on that line") from None
     twice = sorted({c for c in cols if c and cols.count(c) > 1})
     if twice:  # csv.DictReader keeps the last of two same-named columns, silently
         raise ConfigError(f"{path}: column {', '.join(f'`{c}`' for c in twice)} appears more than once in the header "
@@ -282,8 +312,9 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
         except csv.Error as e:
             raise ConfigError(f"{path}: line {reader.line_num + 1}: {e}; check the quotes on that line") from None
         i = reader.line_num  # physical line of the row's end (the header is line 1)
-        if any("\n" in (v or "") for k, v in raw.items() if k is not None):
-            problems.append(f"line {i}: a quoted cell runs over several lines (a quote not closed?)")
+        if any("\n" in (v or "") or "\r" in (v or "") for k, v in raw.items() if k is not None):
+            problems.append(f"line {i}: a quoted cell runs over several lines (a quote not closed, or a line break "
+                            "in a file name: rename the file)")
             continue
         r = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
         if not any(r.values()):
@@ -297,6 +328,10 @@ def read_csv(path: Path, default_mpp: float | None = None, unlabeled: bool = Fal
             continue
         sp = Path(os.path.expanduser(r["slide_path"]))
         if not sp.is_absolute():
+            if not os.path.lexists(path.parent / sp) and os.path.lexists(sp):  # was 'file not found' at extraction
+                problems.append(f"line {i}: slide_path {r['slide_path']!r} is not in the CSV's folder {path.parent} "
+                                "(relative paths are relative to the CSV) but in the current folder; give it relative "
+                                "to the CSV, or absolute")
             sp = path.parent / sp
         label = label_value(r.get("label", ""))
         if label is None:

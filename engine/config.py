@@ -19,6 +19,8 @@ from .errors import ConfigError
 
 SCHEMA_ID = "https://slidestream.dev/schemas/pipeline.json"
 
+SEED_MAX = 2 ** 32 - 1  # torch refuses seeds over 2^64 - 1 (a traceback mid-run); MIL scales its seed per epoch
+MAX_PIPELINE_BYTES = 16 << 20  # a pipeline file is a few KiB
 MAX_CHUNK_BYTES = 2 ** 30  # one chunk of patches, uncompressed (a writer holds it in memory)
 
 # Sections of a pipeline used by extraction: their hash decides whether a store can be resumed.
@@ -75,7 +77,7 @@ def schema() -> dict[str, Any]:
             "$schema": {"type": "string"},
             "name": {"type": "string", "description": "a label for runs and manifests"},
             "description": {"type": "string"},
-            "seed": {"type": "integer", "minimum": 0, "description": "seed of every random choice"},
+            "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX, "description": "seed of every random choice"},
             "device": {"enum": ["auto", "cpu", "cuda"], "description": "auto uses a GPU when present"},
             "magnification": {"type": "number", "exclusiveMinimum": 0, "maximum": 200,
                               "description": "objective magnification tiles and patches are cut at (paper: 10); 10x = 1 µm/px"},
@@ -156,11 +158,11 @@ def schema() -> dict[str, Any]:
                     "augment": {"type": "boolean", "description": "random 90-degree rotations and flips"},
                     "pool_blocks": {"type": "integer", "minimum": 1,
                                     "description": "random store blocks whose rows are shuffled together (global shuffle; 64)"},
-                    "seed": {"type": "integer", "minimum": 0, "description": "initialisation, batch order and dropout seed"},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX, "description": "initialisation, batch order and dropout seed"},
                     "split": {"type": "object", "additionalProperties": False, "properties": {
                         "ratios": {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 3, "maxItems": 3,
                                    "description": "train:val:test patients (paper 6:1:1)"},
-                        "seed": {"type": "integer", "minimum": 0},
+                        "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
                         "kfold": {"type": ["integer", "null"], "minimum": 2, "description": "k-fold instead of ratios"},
                         "fold": {"type": "integer", "minimum": 0, "description": "test fold (val = next fold)"}}},
                     "aggregation": {"type": "object", "additionalProperties": False, "properties": {
@@ -201,7 +203,7 @@ def schema() -> dict[str, Any]:
                     "epochs": {"type": "integer", "minimum": 1},
                     "lr": {"type": "number", "exclusiveMinimum": 0, "description": "Adam learning rate (default 2e-4)"},
                     "weight_decay": {"type": "number", "minimum": 0},
-                    "seed": {"type": "integer", "minimum": 0},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
                     "max_patches": {"type": ["integer", "null"], "minimum": 1,
                                     "description": "random patches per training bag and epoch (null = all)"},
                     "patience": {"type": ["integer", "null"], "minimum": 1,
@@ -325,7 +327,12 @@ def read_json(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"pipeline file {p} {not_a_file(p)}; give a JSON pipeline such as schemas/examples/liu2020.json")
     try:
-        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
+        with open(p, "rb") as f:  # a slide given as the pipeline was read whole (a 1 GB file: 2.1 GB RSS, 6 s)
+            raw = f.read(MAX_PIPELINE_BYTES + 1)
+        if len(raw) > MAX_PIPELINE_BYTES:
+            raise ConfigError(f"pipeline file {p} is over {MAX_PIPELINE_BYTES >> 20} MiB, no pipeline (a few KiB of "
+                              "JSON); give a JSON pipeline such as schemas/examples/liu2020.json")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is fine
         return json.loads(text, object_pairs_hook=_no_duplicates(p))
     except UnicodeDecodeError as e:
         raise ConfigError(f"pipeline file {p} is not UTF-8 text (byte {e.start}); give a JSON pipeline") from None

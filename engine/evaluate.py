@@ -74,6 +74,11 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
         from .config import not_a_file
 
         raise ConfigError(f"predictions file {p} {not_a_file(p)}; give the CSV of `slidestream predict --store` or `train`")
+    with p.open("rb") as f:  # a slide given here was read as one 1 GB line: a csv.Error traceback, 2.1 GB RSS
+        head = f.read(1 << 16)
+    if b"\0" in head:
+        raise ConfigError(f"{p}: a binary file (a NUL byte at byte {head.index(0)}), no predictions CSV; give the CSV "
+                          "of `slidestream predict --store` or `train`")
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate an Excel BOM
             reader = csv.DictReader(f)
@@ -92,6 +97,8 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
                 rows.append({k.strip(): (v or "").strip() for k, v in r.items()})
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p} is not UTF-8 text (byte {e.start}); save it as a UTF-8 CSV") from None
+    except csv.Error as e:  # a cell over 128 KiB (csv's field limit): a traceback
+        raise ConfigError(f"{p} line {reader.line_num + 1}: {e}; is it the predictions CSV?") from None
     if not rows:
         raise ConfigError(f"{p}: no rows")
     cols: dict[str, list] = {c: [] for c in fields}

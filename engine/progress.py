@@ -2,6 +2,19 @@
 from __future__ import annotations
 
 
+def one_line(text) -> str:
+    """A path or reason with its line breaks shown as \\n: a file name with a newline split its error line."""
+    return str(text).replace("\n", "\\n").replace("\r", "\\r")
+
+
+def plain(text) -> str:
+    """User text (a path, a slide id, a reason) for a rich line: one line, markup escaped, so a file name never
+    styles, breaks or crashes the line ('x[/b].svs' was a MarkupError traceback)."""
+    from rich.markup import escape
+
+    return escape(one_line(text))
+
+
 class ExtractProgress:
     """With ``enabled=False`` (``--quiet``, ``--json``) there is no bar, and rich is imported only to print a
     slide's error or warning line (start-up of a one-slide job: ~30 ms CPU less)."""
@@ -41,7 +54,7 @@ class ExtractProgress:
     def slide_started(self, slide_id: str):
         if self.progress is None:
             return lambda done, total: None
-        task = self.progress.add_task(f"  {slide_id}", total=None)
+        task = self.progress.add_task(f"  {plain(slide_id)}", total=None)
         self.tasks[slide_id] = task
 
         def update(done: int, total: int) -> None:
@@ -55,10 +68,10 @@ class ExtractProgress:
             self.progress.remove_task(task)
         status = rec.get("status")
         if status == "error":
-            self.console().print(f"[red]error[/red] {rec.get('reason')}", soft_wrap=True, markup=True,
+            self.console().print(f"[red]error[/red] {plain(rec.get('reason'))}", soft_wrap=True, markup=True,
                                  highlight=False)
         elif status == "empty" or rec.get("corrupt_tiles"):
-            self.console().print(f"[yellow]{status}[/yellow] {slide_id}: {rec.get('reason')}", soft_wrap=True,
+            self.console().print(f"[yellow]{status}[/yellow] {plain(slide_id)}: {plain(rec.get('reason'))}", soft_wrap=True,
                                  highlight=False)
         if self.progress is not None:
             self.progress.advance(self.overall)

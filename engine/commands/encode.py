@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from . import SEED_MAX
+
 
 mil_app = typer.Typer(help="Attention-MIL on a feature store: one bag of patch features per patient.",
                       no_args_is_help=True)
@@ -62,7 +64,7 @@ def mil_train_command(
                                                                      "store's split; reports mean ± sd test AUC over folds (sample sd, ddof 1)."),
     aggregator: Optional[str] = typer.Option(None, help="Aggregator plugin instead of the pipeline's (abmil, clam_sb)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Override mil.epochs."),
-    seed: Optional[int] = typer.Option(None, min=0, help="Override mil.seed."),
+    seed: Optional[int] = typer.Option(None, min=0, max=SEED_MAX, help="Override mil.seed."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: mil.device)."),
 ):
     """Train an attention-MIL aggregator on patient bags; rerun the same command to resume after an interruption."""
@@ -103,7 +105,7 @@ def mil_demo_command(
     patients: int = typer.Option(160, min=16, help="Synthetic patients (one slide each; at least 16: the age fusion needs 2 val patients of each class); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
     epochs: int = typer.Option(20, min=1, help="ABMIL's most epochs (early stopping after 5 without a better val AUC; weight decay 0.1)."),
-    seed: int = typer.Option(0, min=0, help="Cohort, split and training seed."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Cohort, split and training seed."),
 ):
     """The encoder path on the synthetic demo cohort (CPU, a few minutes; the same as `slidestream demo --mil`):
     extract -> features -> ABMIL -> evaluate with age fusion -> report + attention heatmaps. The encoder is the

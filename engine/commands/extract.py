@@ -148,9 +148,11 @@ def extract_cmd(
         raise ConfigError("--batch-size and --device are for --features-only")
     cohort = read_cohort(slides, default_mpp=mpp, unlabeled=unlabeled)
     for a, b in identical_copies(cohort):  # `split` refuses such copies under different patients
-        typer.echo(f"warning {b.slide_path}: a byte-identical copy of {a.slide_path} (patients {a.patient_id!r}, "
-                   f"{b.patient_id!r}); keep one: a copy under another patient puts the same pixels in train and test",
-                   err=True)
+        from ..progress import one_line
+
+        typer.echo(f"warning {one_line(b.slide_path)}: a byte-identical copy of {one_line(a.slide_path)} (patients "
+                   f"{a.patient_id!r}, {b.patient_id!r}); keep one: a copy under another patient puts the same pixels "
+                   "in train and test", err=True)
     if features_only:
         from ..features import extract_features_only
 
@@ -164,12 +166,14 @@ def extract_cmd(
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
+        from ..progress import plain
+
         what = f"{summary['dim']}-d {summary['encoder']} feature rows" if features_only else "patches"
         rows = []
         for s in summary["slides"]:
             color = {"done": "green", "skipped": "dim", "updated": "cyan", "empty": "yellow", "error": "red"}.get(s["status"], "")
-            rows.append((s["slide_id"], f"[{color}]{s['status']}[/{color}]" if color else s["status"], str(s["tiles"]),
-                         str(s["patches"]), f"{s['seconds']:.1f}", s["reason"][:80]))
+            rows.append((plain(s["slide_id"]), f"[{color}]{s['status']}[/{color}]" if color else s["status"],
+                         str(s["tiles"]), str(s["patches"]), f"{s['seconds']:.1f}", plain(s["reason"][:80])))
         _print_table("slide", "status", "tiles", "patches", "seconds", "note", rows=rows,
                      title=f"{out}: {summary['rows']} {what}")
     if summary["failed"]:

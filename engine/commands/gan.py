@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from . import SEED_MAX
 from ..errors import ConfigError
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -42,7 +43,7 @@ def sample_command(
                                                    "counts (3,000 helped most) are totals; `training.synthetic` and "
                                                    "gan-sweep take them half per class, so sample count/2 per class."),
     into: Path = typer.Option(..., "--into", help="Patch store to append the synthetic patches to."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Latent seed (same seed, same patches)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Latent seed (same seed, same patches)."),
 ):
     """Append synthetic patches to a store (synthetic=True, split=train, the GAN's label and generator id)."""
     from ..augment import sample_into_store
@@ -56,7 +57,7 @@ def grid_command(
     gan: Path = typer.Argument(..., help="GAN directory."),
     out: Path = typer.Option(..., "--out", help="PNG sample sheet."),
     n: int = typer.Option(8, "--n", min=1, max=64, help="Samples per row (at most 64: the sheet is n x 7 patches)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Latent seed (same seed, same sheet)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Latent seed (same seed, same sheet)."),
 ):
     """Sample sheet from coarse to fine, one row per resolution (paper Fig. 1)."""
     from ..augment import sample_sheet
@@ -69,7 +70,7 @@ def eval_command(
     gan: Path = typer.Argument(..., help="GAN directory."),
     store: Path = typer.Option(..., "--store", help="Patch store the GAN was trained from."),
     n: int = typer.Option(2048, "--n", min=2, help="Images per set (Karras et al.: 8192)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the latent samples, the real patches drawn and the SWD projections (same seed, same numbers)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the latent samples, the real patches drawn and the SWD projections (same seed, same numbers)."),
 ):
     """Multi-scale sliced Wasserstein distance of the generator vs real patches (written to the manifest)."""
     from ..augment import evaluate_gan, swd_table

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from . import SEED_MAX
 from ..errors import ConfigError
 
 
@@ -13,7 +14,7 @@ def split_command(
     pipeline: Path = typer.Argument(..., help="Pipeline JSON; its training.split gives ratios, seed and k-fold."),
     store: Path = typer.Option(..., "--store", help="Patch store whose `split` column is (re)written."),
     ratios: Optional[str] = typer.Option(None, help="train:val:test patient ratios, e.g. 6:1:1 (default: the pipeline's)."),
-    seed: Optional[int] = typer.Option(None, min=0, help="Split seed (default: the pipeline's training.split.seed)."),
+    seed: Optional[int] = typer.Option(None, min=0, max=SEED_MAX, help="Split seed (default: the pipeline's training.split.seed)."),
     kfold: Optional[int] = typer.Option(None, min=2, help="Stratified k-fold instead of ratios: fold --fold is test, the next val."),
     fold: Optional[int] = typer.Option(None, min=0, help="The test fold (0-based) of a k-fold split (--kfold, or the "
                                        "pipeline's training.split.kfold); default 0 with --kfold, else the pipeline's fold."),
@@ -56,7 +57,7 @@ def train_command(
                                              "default: the pipeline's classifier."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Override training.epochs."),
     synthetic: Optional[int] = typer.Option(None, min=0, help="Add this many synthetic (GAN) patches of the store to training."),
-    seed: Optional[int] = typer.Option(None, min=0, help="Override training.seed (initialisation, batch order, dropout)."),
+    seed: Optional[int] = typer.Option(None, min=0, max=SEED_MAX, help="Override training.seed (initialisation, batch order, dropout)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda (default: training.device)."),
     split: bool = typer.Option(False, "--split", help="Split the store first when it has no split yet."),
     patient_from: Optional[str] = typer.Option(None, "--patient-from", help="Where patients come from when the cohort "
@@ -131,6 +132,9 @@ def predict_command(
         return
     if not inputs:
         raise ConfigError("give slide/photo files to classify, or --store STORE")
+    from ..cohort import check_mpp_option
+
+    check_mpp_option(mpp)
     for r in predict.predict_slides(bundle, inputs, age, mpp, out or Path("."), device, batch_size):
         if r["image_prob"] is None:
             typer.echo(f"{r['input']}: {r['note']}")
@@ -147,7 +151,7 @@ def demo_command(
     patients: int = typer.Option(160, min=16, help="Synthetic patients (one slide each; at least 16: the age fusion needs 2 val patients of each class); split 2:1:1, so 160 gives 40 "
                                  "test patients."),
     epochs: int = typer.Option(3, min=1, help="Training epochs of the small CNN (not with --mil)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the cohort, split and training."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Seed of the cohort, split and training."),
     gan: bool = typer.Option(False, "--gan", help="Also train a tiny PG-GAN per class and run a small GAN-count sweep (adds ~7 min on 2 shared cores)."),
     mil: bool = typer.Option(False, "--mil", help="The encoder path instead of the patch CNN: weight-free morphometry "
                              "features -> attention-MIL (ABMIL) -> evaluate, on the same cohort (same as `mil demo`)."),

@@ -63,7 +63,7 @@ PARAMS: dict[str, Any] = {
     "gp_target": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
     "drift": {"type": "number", "minimum": 0, "default": 0.001},
     "mirror": {"type": "boolean", "default": True, "description": "random horizontal flips of the reals"},
-    "seed": {"type": "integer", "minimum": 0, "default": 0},
+    "seed": {"type": "integer", "minimum": 0, "maximum": 2 ** 32 - 1, "default": 0},  # config.SEED_MAX
     "n_train": {**_int, "default": 12000, "description": "real patches per class (paper: 12,000)"},
     "device": {"enum": ["auto", "cpu", "cuda"], "default": "auto"},
     "amp": {"type": "boolean", "default": True, "description": "bf16 autocast on CUDA (ignored on CPU)"},

@@ -78,13 +78,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     from slidestream.engine.errors import ConfigError
 
     p = Path(path)
+    fix = "give a local torchvision state_dict (.pth or .safetensors) in training.weights, or leave it out to train from scratch"
     if not p.is_file():
-        raise ConfigError(f"weights file {p} not found; give a local torchvision state_dict (.pth or .safetensors) "
-                          "in training.weights, or leave it out to train from scratch")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(p))
-    sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        raise ConfigError(f"weights file {p} {'is a folder' if p.is_dir() else 'not found'}; {fix}")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"weights file {p} is empty (0 bytes); {fix}")
+    try:  # a text file, a slide or a cut copy was a traceback (an empty one 'error: aborted': click's EOFError)
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(p))
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
+        raise ConfigError(f"cannot read weights file {p} ({type(e).__name__}: {next(iter(str(e).splitlines()), '')[:120]}); "
+                          f"{fix}") from None
     return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 

@@ -85,8 +85,9 @@ def read_weights(path: str | Path, preset: str) -> dict:
     from slidestream.engine.errors import ConfigError
 
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"encoder {preset!r}: weights file {p} not found; download the model's weights yourself "
+    if not p.is_file() or not p.stat().st_size:
+        why = "is empty (0 bytes)" if p.is_file() else "is a folder" if p.is_dir() else "not found"
+        raise ConfigError(f"encoder {preset!r}: weights file {p} {why}; download the model's weights yourself "
                           "and give their local path in encoder.params.weights (nothing is downloaded)")
     try:
         if p.suffix == ".safetensors":
@@ -95,7 +96,7 @@ def read_weights(path: str | Path, preset: str) -> dict:
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
-        raise ConfigError(f"encoder {preset!r}: cannot read weights file {p} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+        raise ConfigError(f"encoder {preset!r}: cannot read weights file {p} ({type(e).__name__}: {next(iter(str(e).splitlines()), '')[:120]}); "
                           "give a .safetensors file or a torch state dict") from None
     for key in ("state_dict", "model", "teacher"):  # common checkpoint wrappers
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
