@@ -709,14 +709,6 @@ def tiff_rgb_marked_jpeg(path: str, tf=None) -> bool:
     return False
 
 
-def dicom_jfif_marked_rgb(path: str) -> bool:
-    """True when a DICOM-WSI file says RGB but its JPEG frames are JFIF (YCbCr) streams."""
-    with open(path, "rb") as f:
-        head = f.read(1 << 20)
-    i = head.find(b"\xff\xd8\xff")
-    return i >= 0 and head[i:i + len(JFIF)] == JFIF
-
-
 def ycbcr_to_rgb(a: np.ndarray) -> np.ndarray:
     """JPEG (JFIF, full-range BT.601) YCbCr to RGB, uint8."""
     f = a.astype(np.float32)

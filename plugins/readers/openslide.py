@@ -12,9 +12,8 @@ import numpy as np
 from slidestream.engine.errors import BrokenFile
 from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
-from .common import (check_claims, dicom_jfif_marked_rgb, first_image, levels_out_of_order, mpp_from_tiff_tags,
-                     mpp_xy, ome_mpp, openslide_misread, positive_float, read_clipped, tag_mpp_xy, tiff_level_count,
-                     ycbcr_to_rgb)
+from .common import (check_claims, first_image, levels_out_of_order, mpp_from_tiff_tags, mpp_xy, ome_mpp,
+                     openslide_misread, positive_float, read_clipped, tag_mpp_xy, tiff_level_count)
 
 
 class OpenSlideSlide:
@@ -61,9 +60,6 @@ class OpenSlideSlide:
         if self.mpp is None and props.get("openslide.vendor") == "aperio":  # no MPP: TIFF tags, as cuCIM, tifffile
             self.mpp, self.mpp_y = tags
         self.objective_power = positive_float(props.get("openslide.objective-power"))
-        # DICOM frames coded as JFIF (YCbCr) but tagged RGB come back from OpenSlide unconverted
-        self._ycbcr = (props.get("openslide.vendor") == "dicom" and props.get("dicom.PhotometricInterpretation") == "RGB"
-                       and dicom_jfif_marked_rgb(str(p)))
 
     def read_region(self, location, level, size):
         import openslide
@@ -75,8 +71,6 @@ class OpenSlideSlide:
                 rgba = np.asarray(self._s.read_region((int(round(x * ds)), int(round(y * ds))), level, (w, h)))
             except openslide.OpenSlideError as e:  # libtiff/libjpeg refused the data ("Using code not yet in table")
                 raise BrokenFile(f"OpenSlide cannot decode level {level} at ({x}, {y}): {e}") from None
-            if self._ycbcr:
-                rgba = np.concatenate([ycbcr_to_rgb(rgba[..., :3]), rgba[..., 3:]], axis=-1)
             return rgba
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], ds)
