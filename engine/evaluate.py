@@ -273,7 +273,7 @@ def bootstrap_metrics(y: np.ndarray, p: np.ndarray, threshold: float, idx: np.nd
 
 
 MAX_BOOTSTRAP = 100_000  # resamples: beyond this, time without a narrower interval
-MIN_CI = 2  # patients of each class a metric depends on, below which its bootstrap interval is left out
+MIN_CI = 2  # patients of each class a metric depends on, below which its interval is left out
 
 
 def _ci_support(y: np.ndarray) -> dict[str, bool]:
@@ -598,7 +598,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             short = [m for m, ok in _ci_support(y).items() if not ok and m not in undefined]  # said above
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
-                             "it depends on: a bootstrap of one patient has zero width)")
+                             "it depends on: not enough patients for an interval)")
             kept = int(np.isfinite(boot[order[0]]["auc"]).sum())  # resamples with both classes: the same for all
             if "auc" not in short + undefined and kept < bootstrap:
                 notes.append(f"{split}: AUC intervals from the {kept} of {bootstrap} resamples that hold both classes")
