@@ -7,7 +7,7 @@ known: AUC = Phi(d / sqrt(2)), sensitivity = 1 - Phi(c - d), specificity = Phi(c
 scale), accuracy = prev * sens + (1 - prev) * spec. Every set goes through ``evaluate.evaluate`` itself (its
 ``ci`` of the image predictor); the table counts how often each interval holds the true value.
 
-Usage: python bench/ci_coverage.py [--reps 2000] [--bootstrap 1000] [--before REV]
+Usage: python bench/ci_coverage.py [--reps 2000] [--bootstrap 1000] [--before REV] [--d 1.466] [--sizes 20,40,100,400]
   --before REV: also run evaluate.py as it was at git revision REV on the same sets (coverage before/after).
 The binomial standard error of a coverage near 95 % over R sets is sqrt(.95 * .05 / R): 0.5 points at R = 2000.
 """
@@ -86,10 +86,12 @@ def main() -> None:
     a.add_argument("--before", default=None, help="git revision of evaluate.py to compare with")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--sizes", default="20,40,100,400")
+    a.add_argument("--d", type=float, default=1.466, help="mutant score mean (true AUC Phi(d / sqrt 2): 1.466 -> 0.85, "
+                   "2.326 -> 0.95)")
     args = a.parse_args()
     mods = [("now", ev)] + ([(args.before, load_before(args.before))] if args.before else [])
-    # d: true AUC 0.85; c = 0.8 on the score scale: true sensitivity 0.74, specificity 0.79
-    d, c = 1.466, 0.8
+    # d: true AUC 0.85 by default; c = 0.8 on the score scale: true specificity 0.79 (sensitivity 0.75 at AUC 0.85)
+    d, c = args.d, 0.8
     print(f"reps {args.reps} per row, bootstrap {args.bootstrap}; true AUC {truth(d, c, .5)['auc']:.3f}, sensitivity "
           f"{truth(d, c, .5)['sensitivity']:.3f}, specificity {truth(d, c, .5)['specificity']:.3f} (threshold fixed)")
     print("coverage % of the 95% intervals (mean width); binomial SE of a row's coverage near 95%: "
