@@ -39,8 +39,9 @@ def evaluate_command(
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
                                                 "(the paper's Table 4 counts validation and test patients)."),
 ) -> None:
-    """Evaluate patient-level IDH predictions: sensitivity, specificity, accuracy, AUC with bootstrap CIs; the fusion
-    is fitted on val (or the bundle's is used); val metrics of choices made on val are labelled selection-set."""
+    """Evaluate patient-level IDH predictions: sensitivity, specificity, accuracy, AUC with 95% intervals
+    (Wilson; BCa bootstrap for the AUC); the fusion is fitted on val (or the bundle's is used); val metrics of
+    choices made on val are labelled selection-set."""
     from rich.console import Console
     from rich.table import Table
 
