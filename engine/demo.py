@@ -78,7 +78,7 @@ def _same_demo(out: Path, settings: dict[str, Any]) -> None:
 
 
 def run(out: str | Path = "slidestream-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
-        epochs: int = 3, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 200, heatmap: bool = True,
+        epochs: int = 3, seed: int = 0, shuffle_labels: bool = False, bootstrap: int = 1000, heatmap: bool = True,
         mpp: float = 0.25, gan: bool = False, mil: bool = False,
         log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"report", "metrics", "seconds", ...}``.

@@ -544,7 +544,7 @@ DEMO_MIL = {"epochs": 20, "patience": 5, "weight_decay": 0.1}
 
 
 def demo(out: str | Path = "slidestream-mil-demo", n_patients: int = 160, size: tuple[int, int] = (2048, 1536),
-         epochs: int = 20, seed: int = 0, bootstrap: int = 200, fusion_split: str = "val",
+         epochs: int = 20, seed: int = 0, bootstrap: int = 1000, fusion_split: str = "val",
          log=print) -> dict[str, Any]:
     """The encoder path on the demo's synthetic cohort, on a CPU (``slidestream demo --mil`` and ``slidestream mil
     demo``): slides -> extract (the demo pipeline) -> split -> features (the weight-free ``morphometry`` encoder)

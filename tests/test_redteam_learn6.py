@@ -237,11 +237,19 @@ def test_evaluate_youden_from_val_on_test_age_groups_and_ci_match_sklearn_by_han
     again, other = ev.evaluate(t, threshold="youden", bootstrap=300, seed=7), ev.evaluate(t, threshold="youden",
                                                                                            bootstrap=300, seed=8)
     assert again["test"]["image"]["ci"] == m["test"]["image"]["ci"] != other["test"]["image"]["ci"]
-    # the percentile bootstrap by hand: the same seeded resamples of the test patients
+    # the BCa bootstrap by hand: the same seeded resamples of the test patients
+    from scipy.stats import norm
+
     idx = np.random.default_rng([7, 1]).integers(0, te.sum(), (300, te.sum()))
     yt, pt = y[te], p[te]
-    aucs = [roc_auc_score(yt[i], pt[i]) for i in idx if len(set(yt[i])) == 2]
-    np.testing.assert_allclose(m["test"]["image"]["ci"]["auc"], np.percentile(aucs, [2.5, 97.5]), atol=1e-12)
+    aucs = np.array([roc_auc_score(yt[i], pt[i]) for i in idx if len(set(yt[i])) == 2])
+    est = roc_auc_score(yt, pt)
+    z0 = norm.ppf((np.sum(aucs < est - 1e-12) + 0.5 * np.sum(np.abs(aucs - est) <= 1e-12)) / len(aucs))
+    jack = np.array([roc_auc_score(np.delete(yt, i), np.delete(pt, i)) for i in range(len(yt))])
+    d = jack.mean() - jack
+    a = np.sum(d ** 3) / (6 * np.sum(d ** 2) ** 1.5)
+    q = norm.cdf(z0 + (z0 + norm.ppf([0.025, 0.975])) / (1 - a * (z0 + norm.ppf([0.025, 0.975]))))
+    np.testing.assert_allclose(m["test"]["image"]["ci"]["auc"], np.percentile(aucs, 100 * q), atol=1e-12)
 
 
 def test_predict_normalizes_to_the_training_stain_target_after_the_file_changed_or_moved(trained, tmp_path):

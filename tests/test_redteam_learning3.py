@@ -18,15 +18,16 @@ def _table(n, seed=0, split="test"):
 
 # ---------------------------------------------------------------------------------------------- bootstrap memory
 def test_bootstrap_in_blocks_gives_the_intervals_of_one_draw():
-    """3000 resamples x 100 patients = 2 blocks of ``BLOCK`` indices: the intervals are those of the single
-    (resamples x patients) draw evaluate made before, to the last bit."""
+    """3000 resamples x 100 patients = 2 blocks of ``BLOCK`` indices: the AUC interval is that of the single
+    (resamples x patients) draw evaluate made before, to the last bit (the others are Wilson's, no resamples)."""
+    from sklearn.metrics import roc_auc_score
+
     t = _table(100)
     y, p = np.asarray(t["label"]), np.asarray(t["image_prob"])
     idx = np.random.default_rng([7, 1]).integers(0, 100, size=(3000, 100))  # split index 1: test
-    want = {m: [float(np.percentile(v[np.isfinite(v)], q)) for q in (2.5, 97.5)]
-            for m, v in ev.bootstrap_metrics(y, p, 0.5, idx).items()}
+    want = ev.bca(ev.bootstrap_metrics(y, p, 0.5, idx)["auc"], roc_auc_score(y, p), ev.jackknife_auc(y, p))
     assert 3000 * 100 > ev.BLOCK
-    assert ev.evaluate(t, bootstrap=3000, seed=7)["test"]["image"]["ci"] == want
+    assert ev.evaluate(t, bootstrap=3000, seed=7)["test"]["image"]["ci"]["auc"] == want
 
 
 def _peak(bootstrap):
@@ -333,17 +334,17 @@ def test_bench_mil_goal_with_an_undefined_test_auc_is_none():
 
 
 def test_sensitivity_intervals_say_how_many_resamples_held_a_mutant():
-    """2 mutants in 60 patients: 13% of resamples hold no mutant and have no sensitivity; they were skipped for its
-    interval as for the AUC's, but only the AUC note said so."""
+    """2 mutants in 60 patients: 13% of resamples hold no mutant and have no AUC; the AUC note says so. (The
+    sensitivity interval came from the resamples too, with a note of its own: now it is the Wilson interval of 2
+    mutants, from no resample, and has no such note.)"""
     y = np.zeros(60, int)
     y[:2] = 1
     t = {"patient_id": [f"p{i}" for i in range(60)], "label": y, "age": np.full(60, 50.0), "split": ["test"] * 60,
          "image_prob": np.linspace(0, 1, 60)}
     notes = ev.evaluate(t, bootstrap=1000)["meta"]["notes"]
     auc = next(n for n in notes if n.startswith("test: AUC intervals from the "))
-    sens = next(n for n in notes if n.startswith("test: sensitivity intervals from the "))
-    assert sens.endswith("of 1000 resamples that hold a mutant") and sens.split()[5] == auc.split()[5]
-    assert 800 < int(sens.split()[5]) < 940 and not any(n.startswith("test: specificity intervals") for n in notes)
+    assert auc.endswith("of 1000 resamples that hold both classes") and 800 < int(auc.split()[5]) < 940
+    assert not any(n.startswith(("test: sensitivity intervals", "test: specificity intervals")) for n in notes)
 
 
 def test_cohort_csv_unknown_age_written_as_na_or_nan_is_unknown(tmp_path):

@@ -34,13 +34,14 @@ def evaluate_command(
                                                        "val, applied to test; a table without val rows takes the --bundle's, chosen on "
                                                        "its val patients); default: the --bundle's or --pipeline's "
                                                        "training threshold (mil.threshold for a MIL bundle), else 0.5."),
-    bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the 95% percentile bootstrap intervals (2.5th-97.5th percentile; 0: none; at most 100,000; drawn in blocks, memory stays flat)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling."),
+    bootstrap: int = typer.Option(1000, min=0, max=100_000, help="Patient resamples for the AUC's 95% BCa bootstrap interval (sensitivity, specificity, accuracy: Wilson score intervals; 0: no intervals; at most 100,000; drawn in blocks, memory stays flat)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap resampling (AUC intervals)."),
     age_groups: str = typer.Option("test", help="Split(s) the age-group table uses: 'test', 'val' or 'val+test' "
                                                 "(the paper's Table 4 counts validation and test patients)."),
 ) -> None:
-    """Evaluate patient-level IDH predictions: sensitivity, specificity, accuracy, AUC with bootstrap CIs; the fusion
-    is fitted on val (or the bundle's is used); val metrics of choices made on val are labelled selection-set."""
+    """Evaluate patient-level IDH predictions: sensitivity, specificity, accuracy, AUC with 95% intervals
+    (Wilson; BCa bootstrap for the AUC); the fusion is fitted on val (or the bundle's is used); val metrics of
+    choices made on val are labelled selection-set."""
     from rich.console import Console
     from rich.table import Table
 
