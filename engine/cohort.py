@@ -58,6 +58,12 @@ class SlideRow:
     mpp_is_default: bool = False  # ``mpp`` is --mpp, for a slide whose file does not say (not the cohort's column)
 
 
+def _own_row(path: Path, sid: str, default_mpp: float | None) -> SlideRow:
+    """A slide given without a table (a folder's, or one slide): its own patient, ``--mpp`` only where the file
+    does not say."""
+    return SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide", mpp_is_default=True)
+
+
 def check_mpp_option(mpp: float | None) -> None:
     """``--mpp`` of extract and predict: None or 0.001..1000 (predict ignored NaN and took 0 as the file's fault)."""
     if mpp is not None and not 1e-3 <= mpp <= 1e3:  # NaN too
@@ -70,8 +76,7 @@ def read_cohort(source: str | Path, default_mpp: float | None = None, unlabeled:
     check_mpp_option(default_mpp)
     src = Path(source)
     if src.is_file() and src.suffix.lower() in SLIDE_SUFFIXES:  # a single slide
-        rows = [SlideRow(str(src), slide_id(src), slide_id(src), mpp=default_mpp, patient_source="slide",
-                         mpp_is_default=True)]
+        rows = [_own_row(src, slide_id(src), default_mpp)]
     elif src.is_dir():
         rows = scan_dir(src, default_mpp)
     elif src.is_file():
@@ -190,21 +195,19 @@ def scan_dir(d: Path, default_mpp: float | None) -> list[SlideRow]:
             p = Path(root) / n
             if p.suffix.lower() in SLIDE_SUFFIXES and not n.startswith("."):
                 (files if p.is_file() else odd).append(p)
-    rows = [SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide", mpp_is_default=True)
-            for p in odd]
+    rows = [_own_row(p, slide_id(p), default_mpp) for p in odd]
     dicom: dict[Path, list[Path]] = {}
     for p in sorted(files):
         if p.suffix.lower() == ".dcm":
             dicom.setdefault(p.parent, []).append(p)
         else:
-            rows.append(SlideRow(str(p), slide_id(p), slide_id(p), mpp=default_mpp, patient_source="slide",
-                                 mpp_is_default=True))
+            rows.append(_own_row(p, slide_id(p), default_mpp))
     for folder, dcms in dicom.items():  # a DICOM-WSI slide is a series; its levels are separate files
         series = _dicom_series(dcms)
         for first in series:
             whole_folder = len(series) == 1 and len(dcms) > 1
             path, sid = (folder, slide_id(folder)) if whole_folder else (first, slide_id(first))
-            rows.append(SlideRow(str(path), sid, sid, mpp=default_mpp, patient_source="slide", mpp_is_default=True))
+            rows.append(_own_row(path, sid, default_mpp))
     return sorted(rows, key=lambda r: r.slide_path)
 
 

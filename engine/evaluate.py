@@ -296,15 +296,15 @@ def resamples(seed: Sequence[int], n: int, count: int):
         yield rng.integers(0, n, size=(min(rows, count - start), n))
 
 
-def _bootstrap(y: np.ndarray, preds: dict[str, np.ndarray], thresholds: dict[str, float], draw) -> dict[str, dict]:
-    """Every predictor's metrics (``bootstrap_metrics``) on the same resamples, ``resamples(*draw)``, drawn once
-    for all of them: per predictor, per metric, one value per resample (NaN where undefined)."""
+def _bootstrap(y: np.ndarray, preds: dict[str, np.ndarray], thresholds: dict[str, float], draw) -> dict[str, np.ndarray]:
+    """Every predictor's AUC (``bootstrap_metrics``) on the same resamples, ``resamples(*draw)``, drawn once for all
+    of them: per predictor, one value per resample (NaN where undefined). Only the AUC's interval is a bootstrap's
+    (``_intervals``: the others are Wilson intervals of the counts)."""
     parts: dict[str, list] = {name: [] for name in preds}
     for idx in resamples(*draw):
         for name, p in preds.items():
-            parts[name].append(bootstrap_metrics(y, p, thresholds[name], idx))
-    return {name: {m: np.concatenate([b[m] for b in blocks]) if blocks else np.empty(0) for m in METRICS}
-            for name, blocks in parts.items()}
+            parts[name].append(bootstrap_metrics(y, p, thresholds[name], idx)["auc"])
+    return {name: np.concatenate(blocks) if blocks else np.empty(0) for name, blocks in parts.items()}
 
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
@@ -599,7 +599,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
             if short:
                 notes.append(f"{split}: no 95% interval for {', '.join(short)} (fewer than {MIN_CI} patients of a class "
                              "it depends on: not enough patients for an interval)")
-            kept = int(np.isfinite(boot[order[0]]["auc"]).sum())  # resamples with both classes: the same for all
+            kept = int(np.isfinite(boot[order[0]]).sum())  # resamples with both classes: the same for all
             if "auc" not in short + undefined and kept < bootstrap:
                 notes.append(f"{split}: AUC intervals from the {kept} of {bootstrap} resamples that hold both classes")
         result[split], roc[split] = {}, {}
@@ -609,7 +609,7 @@ def evaluate(table: dict[str, Any], fusion: str | None = None, threshold: float 
                 notes.append(f"{split}: {name} gives every patient the same probability ({p[0]:.6g}); it ranks no one"
                              + ("" if undefined else ", its AUC of 0.5 is ties, not chance-level ranking"))
             block: dict[str, Any] = metrics_at(y, p, thresholds[name])
-            block["ci"] = (_intervals(y, p, thresholds[name], boot[name]["auc"], block["auc"]) if bootstrap
+            block["ci"] = (_intervals(y, p, thresholds[name], boot[name], block["auc"]) if bootstrap
                            else dict.fromkeys(METRICS))
             if bootstrap and block["ci"]["auc"] is None and _ci_support(y)["auc"]:  # [x, x] claimed certainty
                 notes.append(f"{split}: no 95% interval for {name} AUC: every resample gives {block['auc']:.3f} (perfect "

@@ -623,7 +623,8 @@ def ome_mpp(tf) -> tuple[float | None, float | None] | None:
         m = re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', tf.ome_metadata or "")
         unit = re.search(rf'PhysicalSize{a}Unit="([^"]+)"', tf.ome_metadata or "")
         scale = OME_UM.get(unit.group(1) if unit else "µm")  # "pixel", "reference frame": no resolution
-        sizes.append(positive_float(m.group(1)) * scale if m and scale and positive_float(m.group(1)) else None)
+        size = positive_float(m.group(1)) if m else None
+        sizes.append(size * scale if size and scale else None)
     return mpp_xy(*sizes) if sizes[0] else None
 
 

@@ -484,9 +484,7 @@ def _levels_disagree(levels) -> str:
     times its downsample (up to the rounding of its width, and 5 %). Only level 0's is used: a level 0 that says
     1 µm/px where its quarter-size level says 2 leaves the slide's scale in doubt (2x). A level that repeats
     level 0's spacing is not judged (converters copy it to every level: level 0's is then right)."""
-    (_, ds0, w0), spacing = levels[0], []
-    for f, ds, w in levels:
-        spacing.append(_spacing(ds)[1])
+    w0, spacing = levels[0][2], [_spacing(ds)[1] for _, ds, _ in levels]
     for (f, ds, w), sp in list(zip(levels, spacing))[1:]:
         lo, hi = w0 / (w + 1) / 1.05, w0 / max(w - 1, 0.5) * 1.05  # downsamples that round to this width, 5 % slack
         if spacing[0] and sp and sp != spacing[0] and not lo <= sp / spacing[0] <= hi:
