@@ -95,7 +95,13 @@ def main() -> None:
                     help="override reader.decoder (dali: batches of tiles decoded by DALI; the bare decode stays cuCIM)")
     ap.add_argument("--thumbnail-decode", choices=["dct", "resize"], default=None,
                     help="override thumbnail.decode (resize: the level decoded whole and resized, as DPW)")
+    ap.add_argument("--cucim-only", action="store_true",
+                    help="cuCIM decodes every tile (no libjpeg-turbo path, no patch-only decode: plugins/readers/libjpeg.py)")
     a = ap.parse_args()
+    if a.cucim_only:
+        from slidestream.plugins.readers.cucim import CucimSlide
+
+        CucimSlide.direct_jpeg = False
 
     pipeline = config.load(a.pipeline)
     if a.codec:
@@ -141,7 +147,7 @@ def main() -> None:
         mp = len(tiles) * len(cohort) * out_px * out_px / 1e6
         print(json.dumps({
             "slide": os.path.basename(a.slide), "dimensions": rec.get("dimensions"), "reader": rec.get("reader"),
-            "decoder": pipeline["reader"].get("decoder", "cucim"),
+            "decoder": pipeline["reader"].get("decoder", "cucim"), "cucim_only": a.cucim_only,
             "thumbnail_decode": pipeline["thumbnail"].get("decode", "dct"), "slides": len(cohort), "workers": a.workers, "slides_per_s": round(len(cohort) / engine_s, 2),
             "tiles": len(tiles) * len(cohort), "patches": n, "threads": a.threads, "codec": pipeline["store"]["codec"],
             "level": pipeline["store"]["level"], "repeat": a.repeat, "engine_s": round(engine_s, 3),

@@ -86,7 +86,8 @@ def schema() -> dict[str, Any]:
                 "properties": {"order": {"type": ["array", "null"], "items": {"enum": sorted(registry.plugins("reader"))},
                                          "description": "readers to try, in order (default: by priority)"},
                                "decoder": {"enum": ["cucim", "dali"],
-                                           "description": "tile decoding: cucim (default) one region per call, or "
+                                           "description": "tile decoding: cucim (default): cuCIM's reader, one tile per call, its JPEG tiles "
+                                                          "decoded by libjpeg-turbo (only those patches touch), or "
                                                           "dali: the JPEG tiles of a batch of regions decoded together "
                                                           "by DALI (nvJPEG on a GPU; other codecs fall back to cuCIM)"}},
             },

@@ -131,9 +131,11 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
             f = pool.submit(slide.read_batch_checked, [box(ti) for ti in chunk])
             return [_Item(f, j) for j in range(len(chunk))]
         workers = 1  # the reader uses every core itself
-    else:  # one tile per call, ``threads`` at a time
+    else:  # one tile per call, ``threads`` at a time; only its patches are cut (cuCIM's reader: only the
+        # JPEG tiles they touch are decoded, ~18 % fewer on the benchmark slide; Slide.read_patches_checked)
         def submit(pool, chunk):
-            return [pool.submit(slide.read_checked, *box(ti)) for ti in chunk]
+            return [pool.submit(slide.read_patches_checked, *box(ti), [rows[i][1:3] for i in by_tile[ti]], s)
+                    for ti in chunk]
         workers = max(1, threads)
     with ThreadPoolExecutor(workers) as pool:
         ahead = submit(pool, chunks[0]) if chunks else []
@@ -149,6 +151,9 @@ def iter_patch_batches(pipeline: dict[str, Any], slide: Slide, tiles, rows, geom
                     problems[ti] = said
                     continue
                 idx = by_tile[ti]
+                if rgb.ndim == 4:  # the patches already (read_patches_checked)
+                    yield idx, rgb
+                    continue
                 out = np.empty((len(idx), s, s, 3), np.uint8)
                 for j, i in enumerate(idx):
                     _, px, py = rows[i][:3]

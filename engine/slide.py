@@ -96,6 +96,31 @@ class Slide:
             self.log.append(said)
         return rgb, complaint(said)
 
+    def read_patches_checked(self, x: int, y: int, size0: float, out_size: int, offsets, s: int) -> tuple[np.ndarray, str]:
+        """The ``s``² patches at ``offsets`` ((x, y) in the square's ``out_size`` pixels) of the square
+        ``read_checked`` reads, and the decoder's complaint ('' when none; the patches are None with one).
+        A reader with ``read_patches`` (cuCIM's: only the JPEG tiles the patches touch are decoded) cuts them
+        where no resize is needed; where it cannot, or anything goes wrong, the square is read whole."""
+        level = self.best_level(size0 / out_size)
+        n = int(round(size0 / self.reader.level_downsamples[level]))
+        cut = getattr(self.reader, "read_patches", None)
+        if cut is not None and n == out_size:
+            try:
+                got, said = checked_read(lambda: cut((int(x), int(y)), level, (n, n), offsets, s))
+            except (RuntimeError, ValueError, OSError):  # BrokenFile, the decoder gave up: read_checked names it
+                got, said = None, ""
+            if got is not None and not complaint(said):
+                if said:
+                    self.log.append(said)
+                return got, ""
+        rgb, said = self.read_checked(x, y, size0, out_size)
+        if rgb is None:
+            return None, said
+        out = np.empty((len(offsets), s, s, 3), np.uint8)
+        for j, (px, py) in enumerate(offsets):
+            out[j] = rgb[py:py + s, px:px + s]
+        return out, said
+
     def read_batch_checked(self, boxes) -> list[tuple[np.ndarray, str]]:
         """``read_checked`` of several squares ``(x, y, size0, out_size)``: in one call when the reader
         decodes batches (``read_regions``, the DALI reader) and no resize is needed, else one by one. A batch

@@ -40,6 +40,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -182,11 +183,17 @@ def _inner_codecs(meta: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
     return (comps[:-1] if checksum else comps), checksum
 
 
-def _crc32c(data: bytes) -> bytes:
+def _crc32c(data) -> bytes:
     """The CRC32C of ``data``, little-endian, as zarr's ``crc32c`` codec and the shard index append it."""
     import google_crc32c
 
-    return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
+    if isinstance(data, bytes):
+        crc = google_crc32c.value(data)
+    else:  # a buffer (google_crc32c takes bytes only): in 64 KiB copies, small enough to reuse the same memory
+        crc, view = 0, memoryview(data).cast("B")
+        for i in range(0, len(view), 65536):
+            crc = google_crc32c.extend(crc, bytes(view[i:i + 65536]))
+    return np.uint32(crc).astype("<u4").tobytes()
 
 
 def _new_arrays(patch_size: int, store_cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -296,6 +303,30 @@ atexit.register(_release_all)
 
 
 # ---------------------------------------------------------------------------------------------- staging
+class _BufferPool:
+    """Chunk arrays handed back after compression and reused by the next chunk of any writer in the process:
+    a fresh 6 MiB array costs ~1,500 page faults (``np.zeros``), ~20-50 ms of system time per slide
+    (bench/README.md, round 11). At most ``keep`` arrays are kept."""
+
+    def __init__(self, keep: int = 16):
+        self.keep, self._free, self._lock = keep, [], threading.Lock()
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            for i, a in enumerate(self._free):
+                if a.shape == shape:
+                    return self._free.pop(i)
+        return np.empty(shape, np.uint8)
+
+    def give(self, a: np.ndarray) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(a)
+
+
+_BUFFERS = _BufferPool()
+
+
 class RowWriter:
     """Writes one slide's (or batch's) ``n`` patches into a staging array (``STORE.partial/<name>``),
     compressing chunk by chunk in background threads as rows arrive, so decoding and compression overlap.
@@ -321,6 +352,10 @@ class RowWriter:
         self.chunk, self.row_shape = int(store_cfg.get("chunk", 32)), (size, size, 3)
         comps, self._crc = _inner_codecs(self.meta)
         self._encode = zarr3.compressor(comps[0]) if comps else None  # None: raw bytes
+        # plain zstd (the default): imagecodecs' encoder into pooled output arrays (numcodecs' bytes, identical,
+        # allocate ~3 MB of fresh pages per chunk); other codecs through numcodecs
+        cfg = comps[0].get("configuration", {}) if comps else {}
+        self._zstd = cfg["level"] if comps and comps[0]["name"] == "zstd" and not cfg.get("checksum") else None
         self._cur: np.ndarray | None = None  # rows of the chunk being filled
         self._cur_index = -1
         self._chunks: dict[int, Any] = {}  # chunk index -> future of its compressed bytes
@@ -337,9 +372,11 @@ class RowWriter:
             ci = row // c
             if ci != self._cur_index:
                 self._finish_chunk()
-                self._cur_index, self._cur = ci, np.zeros((c, *self.row_shape), np.uint8)
+                self._cur_index, self._cur = ci, _BUFFERS.take((c, *self.row_shape))
+                self._written = np.zeros(c, bool)
             k = min(len(patches) - i, (ci + 1) * c - row)
             self._cur[row - ci * c: row - ci * c + k] = patches[i:i + k]
+            self._written[row - ci * c: row - ci * c + k] = True
             i += k
             if row + k == min((ci + 1) * c, self.n):  # the chunk is complete
                 self._finish_chunk()
@@ -349,17 +386,34 @@ class RowWriter:
     def _finish_chunk(self) -> None:
         if self._cur is not None:
             data, self._cur = self._cur, None
+            data[~self._written] = 0  # rows never written (past the end, a dropped tile's) are zarr's fill value
             self._chunks[self._cur_index] = self._pool.submit(self._compress, data)
             self._cur_index = -1
             while sum(not f.done() for f in self._chunks.values()) > 4:  # bound memory: a few raw chunks queued
                 next(f for f in self._chunks.values() if not f.done()).result()
 
-    def _compress(self, data: np.ndarray):
-        b = memoryview(data).cast("B") if self._encode is None else self._encode.encode(data)
-        if self._crc:  # zarr's crc32c codec: the CRC32C of the compressed bytes appended
-            b = bytes(b)
-            b += _crc32c(b)
-        return b
+    def _compress(self, data: np.ndarray) -> tuple[list, np.ndarray | None]:
+        """The chunk's bytes as parts written one after the other (no concatenation copy), and the pooled
+        array they lie in (handed back once the shard is written), if any."""
+        out = None
+        if self._encode is None:  # raw: the array's own bytes (not handed back)
+            b = memoryview(data).cast("B").toreadonly()
+        else:
+            b = None
+            if self._zstd is not None:
+                import imagecodecs
+
+                out = _BUFFERS.take((data.nbytes + (data.nbytes >> 7) + 65536,))
+                try:
+                    b = memoryview(imagecodecs.zstd_encode(data, level=self._zstd, out=out)).toreadonly()
+                except Exception:  # noqa: BLE001 - numcodecs encodes it below, as before
+                    _BUFFERS.give(out)
+                    out = None
+            if b is None:
+                b = self._encode.encode(data)
+            _BUFFERS.give(data)  # reused for a later chunk: no fresh pages to fault in and zero
+        # zarr's crc32c codec: the CRC32C of the compressed bytes appended
+        return ([b, _crc32c(b)] if self._crc else [b]), out
 
     def _write_shards(self, final: bool) -> None:
         """Write every shard whose chunks are all compressed (all of them when ``final``)."""
@@ -370,15 +424,17 @@ class RowWriter:
             ids = range(j * per, min((j + 1) * per, n_chunks))
             if not final and (self._cur_index in ids or any(i not in self._chunks or not self._chunks[i].done() for i in ids)):
                 return
-            parts, index, pos = [], np.full((per, 2), 2 ** 64 - 1, "<u8"), 0
+            parts, pooled, index, pos = [], [], np.full((per, 2), 2 ** 64 - 1, "<u8"), 0
             for k, i in enumerate(ids):
                 f = self._chunks.pop(i, None)
                 if f is None:  # never written: absent, as zarr leaves it
                     continue
-                b = f.result()
-                parts.append(b)
-                index[k] = (pos, len(b))
-                pos += len(b)
+                b, out = f.result()
+                parts += b
+                pooled.append(out)
+                size = sum(len(x) for x in b)
+                index[k] = (pos, size)
+                pos += size
             self._shards_done += 1
             if not parts:
                 continue
@@ -387,6 +443,10 @@ class RowWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as fh:
                 fh.writelines([*parts, idx, _crc32c(idx)])
+            parts = []
+            for out in pooled:  # the encoder's output arrays, back to the pool
+                if out is not None:
+                    _BUFFERS.give(out)
 
     def close(self) -> str:
         """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""

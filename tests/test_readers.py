@@ -183,3 +183,4 @@ def test_damaged_jpeg_tile_header_is_refused_before_decoding(tmp_path, reader):
         s.reader.read_region((300, 300), 0, (64, 64))
     rgb, said = s.read_checked(256, 256, 512, 256)
     assert rgb is None and "corrupt JPEG tile 5" in said
+    s.close()  # the reader's open TIFF, not left to the garbage collector (a ResourceWarning in a later test)

@@ -465,10 +465,14 @@ class TiffTileCheck:
         self.decode = decode  # also decode each JPEG tile once with libjpeg warnings as errors (strict_jpeg_problem)
         self.tables: dict[tuple[int, int], bytes] = {}
         self.pages: dict[tuple[int, int], tuple] = {}
+        self.photometric: dict[tuple[int, int], int] = {}  # of the page each entry of ``pages`` is (libjpeg.py)
+        self.bits: dict[tuple[int, int], int] = {}
         with tiff_file(path, tf) as tf:
             for page in tiff_pages(tf):
                 if page.compression in (7,) + J2K_CODECS + tuple(SIZED_CODECS):
                     w, h = int(page.imagewidth), int(page.imagelength)
+                    if (w, h) not in self.pages:
+                        self.photometric[(w, h)], self.bits[(w, h)] = int(page.photometric), int(page.bitspersample)
                     tw, th = ((int(page.tilewidth), int(page.tilelength)) if page.is_tiled
                               else (w, min(int(page.rowsperstrip or h), h) or h))  # a strip: a tile of whole rows
                     planes = int(page.samplesperpixel) if page.planarconfig == 2 else 1  # one tile per colour plane

@@ -7,7 +7,9 @@ OME/SubIFD pyramids whose levels it does not see, and JPEG tiles coded as JFIF/Y
 """
 from __future__ import annotations
 
+import math
 import os
+import threading
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from slidestream.engine.hookspecs import ReaderPlugin, hookimpl
 
 from .common import (TiffTileCheck, check_claims, first_image, levels_out_of_order, ome_mpp, positive_float, read_clipped,
                      tag_mpp_xy, tiff_jfif_marked_rgb, tiff_level_count, tiff_rgb_marked_jpeg)
+from .libjpeg import jpeg_level
 
 
 _quiet_done = False
@@ -55,7 +58,13 @@ class CucimSlide:
     on an H200 (bench/gpu_check.sh, 2026-12-04) and is not used: RGB-coded JPEG tiles came back in wrong
     colours without an error (mean |GPU - CPU| 54 grey levels on CMU-1-Small-Region.svs), YCbCr tiles 160x
     slower than the CPU decode (10.8 vs 1709 MP/s, 16 threads), each read printing a cuFile error where
-    GPUDirect Storage is absent. GPU decoding is DALI's (``reader.decoder: dali``, plugins/readers/dali.py)."""
+    GPUDirect Storage is absent. GPU decoding is DALI's (``reader.decoder: dali``, plugins/readers/dali.py).
+
+    JPEG tiles are decoded by libjpeg-turbo directly (libjpeg.py: cuCIM's pixels at ~40 % less CPU) once a probe
+    tile per level came out the same both ways; other codecs, and any tile libjpeg does not decode cleanly, by
+    cuCIM. ``direct_jpeg = False`` (the class attribute) leaves every tile to cuCIM (bench/extract.py --cucim-only)."""
+
+    direct_jpeg = True
 
     def __init__(self, path: str, device: str = "cpu"):
         import tifffile
@@ -87,6 +96,8 @@ class CucimSlide:
         self.path = path
         self.device = device
         self.decode_device = "cpu"  # also with device="cuda": see the class docstring
+        self._direct: dict = {}  # level -> libjpeg.JpegLevel or None (_libjpeg)
+        self._direct_lock = threading.Lock()
         self._img = _cuimage(path)
         res = self._img.resolutions
         self.level_dimensions = [tuple(int(v) for v in d) for d in res["level_dimensions"]]
@@ -115,15 +126,68 @@ class CucimSlide:
     def read_region(self, location, level, size):
         def read(x, y, w, h):
             self._tiles.check(self.level_dimensions[level], x, y, w, h)
-            ds = self.level_downsamples[level]
-            loc = (int(round(x * ds)), int(round(y * ds)))
-            return np.asarray(self._img.read_region(location=loc, size=(w, h), level=level))
+            direct = self._libjpeg(level)
+            px = direct.read(x, y, w, h) if direct is not None else None
+            return px if px is not None else self._cucim(level, x, y, w, h)
 
         return read_clipped(read, location, level, size, self.level_dimensions[level], self.level_downsamples[level])
+
+    def read_patches(self, location, level, size, offsets, s: int) -> np.ndarray | None:
+        """The ``s``² patches at ``offsets`` ((x, y) in the region's pixels) of the region ``read_region`` reads,
+        decoding only the JPEG tiles they touch (libjpeg.py), each once; None where that cannot be done (a region
+        not inside the level, another codec, a tile libjpeg does not decode cleanly): the caller reads the
+        region. The whole region's tiles are checked first (``TiffTileCheck``), as ``read_region`` does."""
+        dims, ds = self.level_dimensions[level], self.level_downsamples[level]
+        x, y = int(round(location[0] / ds)), int(round(location[1] / ds))  # as read_clipped
+        w, h = size
+        if x < 0 or y < 0 or x + w > dims[0] or y + h > dims[1] or not len(offsets):
+            return None
+        direct = self._libjpeg(level)
+        if direct is None:
+            return None
+        self._tiles.check(dims, x, y, w, h)
+        out, tiles = np.empty((len(offsets), s, s, 3), np.uint8), {}
+        for j, (px, py) in enumerate(offsets):
+            if not (0 <= px <= w - s and 0 <= py <= h - s) or direct.read(x + px, y + py, s, s, tiles, out[j]) is None:
+                return None
+        return out
+
+    def _cucim(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """cuCIM's decode of a box in the level's pixels. cuCIM takes level 0's location and reads from level pixel
+        floor(location / downsample): ceil(x * downsample) is the location that gives x (round() gave x - 1 for about
+        half the boxes of a level whose downsample is not a whole number, a 1 px shift; tests/test_perf11.py)."""
+        ds = self.level_downsamples[level]
+        loc = (math.ceil(x * ds), math.ceil(y * ds))
+        return np.asarray(self._img.read_region(location=loc, size=(w, h), level=level))
+
+    def _libjpeg(self, level: int):
+        """The level's JPEG tiles decoded by libjpeg-turbo directly (libjpeg.py: the same pixels as cuCIM's, less
+        CPU), or None: another codec, or its probe tile came out other than cuCIM's (or damaged)."""
+        if level in self._direct:
+            return self._direct[level]
+        with self._direct_lock:
+            if level not in self._direct:
+                dims = self.level_dimensions[level]
+                lv = jpeg_level(self.path, self._tiles, dims) if self.direct_jpeg else None
+                if lv is not None:
+                    x, y, w, h = lv.probe()
+                    try:
+                        self._tiles.check(dims, x, y, w, h)
+                        same = np.array_equal(lv.read(x, y, w, h), self._cucim(level, x, y, w, h)[..., :3])
+                    except (RuntimeError, ValueError, OSError):  # a damaged probe tile: cuCIM's path names it later
+                        same = False
+                    if not same:
+                        lv.close()
+                        lv = None
+                self._direct[level] = lv
+        return self._direct[level]
 
     def close(self) -> None:
         self._img.close() if hasattr(self._img, "close") else None
         self._tiles.close()
+        for lv in self._direct.values():
+            lv.close() if lv is not None else None
+        self._direct = {}
 
 
 
