@@ -73,13 +73,11 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray, tiles: Iterable = (), scale
 
 
 # ------------------------------------------------------------------------------------ one slide
-def release_plan_memory() -> None:
-    """Before a slide's tiles are decoded: drop the tissue-area table of its mask (``MaskArea.of``'s cache, 4 bytes
-    a thumbnail pixel: 25 MB on a TCGA-size slide) and give the C heap's free pages back to the system (glibc's
-    ``malloc_trim``, 0.5 ms; nothing where there is none). glibc keeps what the thumbnail, the mask and the QA
-    picture freed (its mmap threshold rises to the largest array freed), so each MB of them stayed resident
-    under the decode's own buffers: a TCGA-size slide's peak was 60 MB above bench40x's from that alone."""
-    MaskArea._last = (None, None)
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``, 0.5 ms; nothing where there is
+    none). glibc keeps what a slide's planning freed (its mmap threshold rises to the largest array freed, so
+    later arrays of the thumbnail's size come from the heap and stay there): without it each MB of them stayed
+    resident under the QA picture and the tile decoding (bench/README.md, round 11)."""
     if not _TRIM:
         try:
             import ctypes
@@ -115,6 +113,14 @@ def plan_slide(pipeline: dict[str, Any], slide: Slide, slide_id: str):
     thumb = slide.thumbnail(scale, pipeline["thumbnail"].get("decode", "dct"))
     mask = tissue_mask(pipeline, thumb)
     geometry = slide.geometry(scale, float(pipeline.get("magnification", 10)))
+    try:
+        return _plan_patches(pipeline, slide_id, thumb, mask, geometry, scale)
+    finally:  # the mask's area table (4 bytes a thumbnail pixel: 25 MB on a TCGA-size slide) is not kept
+        MaskArea._last = (None, None)
+
+
+def _plan_patches(pipeline: dict[str, Any], slide_id: str, thumb, mask, geometry, scale: float):
+    """``plan_slide``'s tiles and patch rows, from the thumbnail and its mask."""
     tiling = pipeline["tiling"]
     tiles = registry.get("tiling", tiling["name"]).select(mask, thumb, geometry, **tiling.get("params", {}))
     if not tiles:
@@ -272,6 +278,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
         return {**rec, "status": "error", "reason": reason, **_log_field(getattr(e, "log", ""))}
     t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
+    trim_heap()  # what the planning freed, before the QA picture
     try:
         rec.update(reader=slide.reader_name, mpp=slide.mpp, mpp_source=slide.mpp_source,
                    dimensions=list(slide.dimensions), factor=geometry.factor,
@@ -291,7 +298,7 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         s = int(pipeline["patches"]["size"])
         corrupt: dict[int, str] = {}
         thumb = mask = None  # not needed for the tiles (``prepared`` let go of them: ``_once``)
-        release_plan_memory()
+        trim_heap()
         for attempt in range(2):  # a second pass only to leave out corrupt tiles (--allow-corrupt-tiles)
             writer = (sink(len(rows)) if sink else
                       RowWriter(Path(stage_dir) / stage_name("slides", row.slide_id), len(rows), s, store_cfg))
