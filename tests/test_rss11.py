@@ -6,10 +6,14 @@ tissue-area table (4 bytes a thumbnail pixel) stayed alive under the tile decodi
 """
 import gc
 import json
+import platform
+import subprocess
+import sys
 import tracemalloc
 import weakref
 
 import numpy as np
+import pytest
 
 from conftest import EXAMPLE
 from slidestream.engine import config, runner
@@ -89,3 +93,22 @@ def test_thumbnail_mask_and_area_table_freed_before_the_tiles_decode(tmp_path, m
     assert summary["slides"][0]["status"] == "done", summary
     assert len(alive) == 1 and len(alive[0]) >= 3, alive
     assert not any(alive[0]), "thumbnail, mask or area table still held while the tiles decode"
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's heap")
+def test_trim_heap_gives_freed_heap_back():
+    """Arrays freed after glibc raised its mmap threshold stay resident until ``trim_heap`` (in a fresh process:
+    the heap's state is its own)."""
+    code = """if True:
+        import numpy as np
+        from slidestream.engine.runner import trim_heap
+        def rss():
+            return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+        big = np.ones(30 << 20, np.uint8); del big  # glibc's mmap threshold rises to 30 MB
+        arrays = [np.ones(5 << 20, np.uint8) for _ in range(10)]  # so these 50 MB come from the heap
+        pin = np.ones(200 << 10, np.uint8)  # above them: their space is not the heap's top
+        del arrays
+        before = rss(); trim_heap(); print(before, rss())"""
+    before, after = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                              check=True).stdout.split())
+    assert before - after > 30, f"RSS {before:.0f} -> {after:.0f} MB"
