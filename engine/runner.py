@@ -45,20 +45,53 @@ def tissue_mask(pipeline: dict[str, Any], rgb: np.ndarray) -> np.ndarray:
 
 def overlay(rgb: np.ndarray, mask: np.ndarray, tiles: Iterable = (), scale: float = 1.0) -> np.ndarray:
     """QA picture: non-tissue tinted blue and dimmed, kept tiles outlined in green with their rank."""
+    return np.asarray(overlay_image(rgb, mask, tiles, scale))
+
+
+def overlay_image(rgb: np.ndarray, mask: np.ndarray, tiles: Iterable = (), scale: float = 1.0):
+    """``overlay`` as a Pillow image, built in bands of rows: besides the image, memory holds one band. Each
+    channel of a non-tissue pixel goes through a 256-entry table of the float32 blend (the same bytes as
+    blending the whole thumbnail in float32, whose 4 copies added 86 MB on a TCGA-size slide)."""
     from PIL import Image, ImageDraw
 
-    out = rgb.astype(np.float32)
-    out[~mask] = out[~mask] * 0.45 + np.array([40, 80, 200], np.float32) * 0.55
-    im = Image.fromarray(out.astype(np.uint8))
+    tint = (np.arange(256, dtype=np.float32)[:, None] * 0.45 + np.array([40, 80, 200], np.float32) * 0.55).astype(np.uint8)
+    h, w = rgb.shape[:2]
+    im = Image.new("RGB", (w, h))
+    rows = max(1, (1 << 18) // max(1, w))
+    for y in range(0, h, rows):
+        blk, off = np.array(rgb[y:y + rows, :, :3], np.uint8), ~mask[y:y + rows]
+        for c in range(3):
+            ch = blk[..., c]
+            ch[off] = tint[ch[off], c]
+        im.paste(Image.fromarray(blk), (0, y))
     draw = ImageDraw.Draw(im)
     for i, t in enumerate(tiles):
         box = (t.x / scale, t.y / scale, (t.x + t.w) / scale - 1, (t.y + t.h) / scale - 1)
         draw.rectangle(box, outline=(0, 200, 0), width=max(1, int(min(im.size) / 300)))
         draw.text((box[0] + 2, box[1] + 1), str(i), fill=(0, 120, 0))
-    return np.asarray(im)
+    return im
 
 
 # ------------------------------------------------------------------------------------ one slide
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``, 0.5 ms; nothing where there is
+    none). glibc keeps what a slide's planning freed (its mmap threshold rises to the largest array freed, so
+    later arrays of the thumbnail's size come from the heap and stay there): without it each MB of them stayed
+    resident under the QA picture and the tile decoding (bench/README.md, round 11)."""
+    if not _TRIM:
+        try:
+            import ctypes
+
+            _TRIM.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):  # not glibc
+            _TRIM.append(None)
+    if _TRIM[0] is not None:
+        _TRIM[0](0)
+
+
+_TRIM: list = []  # glibc's malloc_trim, or None
+
+
 def _patch_offsets(pipeline: dict[str, Any], tile_px: int, key: str) -> np.ndarray:
     """(n, 2) patch offsets (x, y) in a tile: a grid, or ``per_tile`` random ones seeded by the tile's key."""
     p = pipeline["patches"]
@@ -80,6 +113,14 @@ def plan_slide(pipeline: dict[str, Any], slide: Slide, slide_id: str):
     thumb = slide.thumbnail(scale, pipeline["thumbnail"].get("decode", "dct"))
     mask = tissue_mask(pipeline, thumb)
     geometry = slide.geometry(scale, float(pipeline.get("magnification", 10)))
+    try:
+        return _plan_patches(pipeline, slide_id, thumb, mask, geometry, scale)
+    finally:  # the mask's area table (4 bytes a thumbnail pixel: 25 MB on a TCGA-size slide) is not kept
+        MaskArea._last = (None, None)
+
+
+def _plan_patches(pipeline: dict[str, Any], slide_id: str, thumb, mask, geometry, scale: float):
+    """``plan_slide``'s tiles and patch rows, from the thumbnail and its mask."""
     tiling = pipeline["tiling"]
     tiles = registry.get("tiling", tiling["name"]).select(mask, thumb, geometry, **tiling.get("params", {}))
     if not tiles:
@@ -242,16 +283,15 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
         reason = str(e) if isinstance(e, SlidestreamError) else f"{row.slide_path}: {_plain(e)}"
         return {**rec, "status": "error", "reason": reason, **_log_field(getattr(e, "log", ""))}
     t0 = time.perf_counter() - plan_s  # seconds reported per slide include its (possibly earlier) planning
+    trim_heap()  # what the planning freed, before the QA picture
     try:
         rec.update(reader=slide.reader_name, mpp=slide.mpp, mpp_source=slide.mpp_source,
                    dimensions=list(slide.dimensions), factor=geometry.factor,
                    tissue_fraction=float(mask.mean()) if mask.size else 0.0, n_tiles=len(tiles))
         if qa_dir:
-            from PIL import Image
-
             qa = Path(qa_dir) / f"{file_name(row.slide_id)}.png"  # an id like '../x' or 'a/b' stays in STORE.qa/
             with writing(qa):
-                Image.fromarray(overlay(thumb, mask, tiles, geometry.thumb_scale)).save(qa)
+                overlay_image(thumb, mask, tiles, geometry.thumb_scale).save(qa)
         if not rows:
             gray = (thumb.size and int(thumb.max()) - int(thumb.min()) > 32  # a picture, not blank glass or black
                     and (thumb[..., 0] == thumb[..., 1]).all() and (thumb[..., 1] == thumb[..., 2]).all())
@@ -262,6 +302,8 @@ def process_slide(pipeline: dict[str, Any], row: SlideRow, stage_dir: str, store
             return rec
         s = int(pipeline["patches"]["size"])
         corrupt: dict[int, str] = {}
+        thumb = mask = None  # not needed for the tiles (``prepared`` let go of them: ``_once``)
+        trim_heap()
         for attempt in range(2):  # a second pass only to leave out corrupt tiles (--allow-corrupt-tiles)
             writer = (sink(len(rows)) if sink else
                       RowWriter(Path(stage_dir) / stage_name("slides", row.slide_id), len(rows), s, store_cfg))
@@ -375,8 +417,8 @@ def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt:
     try:
         ahead = plan(todo[0]) if todo else None
         for k, row in enumerate(todo):
-            current, ahead = ahead, (plan(todo[k + 1]) if k + 1 < len(todo) else None)
-            yield row, current.result
+            current, ahead = _once(ahead), (plan(todo[k + 1]) if k + 1 < len(todo) else None)
+            yield row, current
     except BaseException:  # Ctrl-C, SIGTERM: do not wait for a slide that hangs (cli.exit_now leaves it)
         planner.shutdown(wait=False, cancel_futures=True)
         raise
@@ -622,6 +664,13 @@ def _run_dask(pipeline, todo, stage_dir, store_cfg, qa_dir, workers, scheduler, 
         close()
 
 
+def _once(future) -> Callable[[], Any]:
+    """``future.result`` for one call, after which nothing here holds the future: its result (a slide's plan, with
+    the thumbnail and mask) is freed when ``process_slide`` lets go of it, not kept while the tiles decode."""
+    box = [future]
+    return lambda: box.pop().result()
+
+
 _AHEAD: dict[str, Any] = {}  # in a local worker process: futures of slides opened and planned ahead
 _PLANNER: list = []  # the worker's planning thread
 
@@ -630,11 +679,12 @@ def _worker_slide(pipeline, row, ahead, **kw):
     """``process_slide`` in a local worker process, with the slide's planning if this worker did it ahead;
     the slides in ``ahead`` (a serial run's next one: this worker's next task) are planned meanwhile."""
     prepared = _AHEAD.pop(row.slide_id, None)
+    prepared = _once(prepared) if prepared else None
     for nxt in ahead:
         if not _PLANNER:
             _PLANNER.append(ThreadPoolExecutor(1))
         _AHEAD[nxt.slide_id] = _PLANNER[0].submit(prepare_slide, pipeline, nxt, None, kw["allow_corrupt"])
-    return process_slide(pipeline, row, prepared=prepared.result if prepared else None, **kw)
+    return process_slide(pipeline, row, prepared=prepared, **kw)
 
 
 class _FileProgress:
