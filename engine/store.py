@@ -360,7 +360,11 @@ class RowWriter:
         self._cur_index = -1
         self._chunks: dict[int, Any] = {}  # chunk index -> future of its compressed bytes
         self._pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)), thread_name_prefix="compress")
-        self._shards_done = 0  # shard files written so far
+        self._next = 0  # the next chunk to append to its shard file (_write_shards)
+        self._last_started = 0  # one past the highest chunk index rows were written to
+        self._fh = None  # the shard file being appended to
+        self._pos = 0
+        self._index = np.full((SHARD_CHUNKS, 2), 2 ** 64 - 1, "<u8")
 
     def write(self, offset: int, patches: np.ndarray) -> None:
         """Write rows ``offset .. offset+len(patches)`` (offsets must arrive in increasing order)."""
@@ -373,6 +377,7 @@ class RowWriter:
             if ci != self._cur_index:
                 self._finish_chunk()
                 self._cur_index, self._cur = ci, _BUFFERS.take((c, *self.row_shape))
+                self._last_started = max(self._last_started, ci + 1)
                 self._written = np.zeros(c, bool)
             k = min(len(patches) - i, (ci + 1) * c - row)
             self._cur[row - ci * c: row - ci * c + k] = patches[i:i + k]
@@ -416,37 +421,48 @@ class RowWriter:
         return ([b, _crc32c(b)] if self._crc else [b]), out
 
     def _write_shards(self, final: bool) -> None:
-        """Write every shard whose chunks are all compressed (all of them when ``final``)."""
+        """Append each chunk to its shard file as soon as it and every chunk before it are compressed (all of them
+        when ``final``), so the file is written while later tiles decode, not all at the end (24 MB, ~25 ms, on
+        the benchmark slide); a shard's index and its CRC32C close it. A chunk no row was written to is absent,
+        as zarr leaves it; a shard with no chunk is no file."""
+        try:
+            self._append(final)
+        except BaseException:  # a failed write (disk full, ...): the staging file is left incomplete, never committed
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            raise
+
+    def _append(self, final: bool) -> None:
         per = SHARD_CHUNKS
         n_chunks = -(-self.n // self.chunk)
-        while self._shards_done * per < n_chunks:
-            j = self._shards_done
-            ids = range(j * per, min((j + 1) * per, n_chunks))
-            if not final and (self._cur_index in ids or any(i not in self._chunks or not self._chunks[i].done() for i in ids)):
+        while self._next < n_chunks:
+            i = self._next
+            f = self._chunks.get(i)
+            if f is None and not final and (i >= self._cur_index >= 0 or i >= self._last_started):
+                return  # being filled, or not started yet
+            if f is not None and not final and not f.done():
                 return
-            parts, pooled, index, pos = [], [], np.full((per, 2), 2 ** 64 - 1, "<u8"), 0
-            for k, i in enumerate(ids):
-                f = self._chunks.pop(i, None)
-                if f is None:  # never written: absent, as zarr leaves it
-                    continue
-                b, out = f.result()
-                parts += b
-                pooled.append(out)
+            if f is not None:
+                b, out = self._chunks.pop(i).result()
+                if self._fh is None:
+                    path = self.stage / zarr3.chunk_key(self.meta, (i // per, 0, 0, 0))
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fh = open(path, "wb")
+                self._fh.writelines(b)
                 size = sum(len(x) for x in b)
-                index[k] = (pos, size)
-                pos += size
-            self._shards_done += 1
-            if not parts:
-                continue
-            idx = index.tobytes()
-            path = self.stage / zarr3.chunk_key(self.meta, (j, 0, 0, 0))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as fh:
-                fh.writelines([*parts, idx, _crc32c(idx)])
-            parts = []
-            for out in pooled:  # the encoder's output arrays, back to the pool
-                if out is not None:
+                self._index[i % per] = (self._pos, size)
+                self._pos += size
+                if out is not None:  # the encoder's output array, back to the pool
                     _BUFFERS.give(out)
+            self._next += 1
+            if self._next % per == 0 or self._next == n_chunks:  # the shard is complete
+                if self._fh is not None:
+                    idx = self._index.tobytes()
+                    self._fh.writelines([idx, _crc32c(idx)])
+                    self._fh.close()
+                self._fh, self._pos = None, 0
+                self._index = np.full((per, 2), 2 ** 64 - 1, "<u8")
 
     def close(self) -> str:
         """Finish writing; returns the staging path to hand to :meth:`PatchStore.commit_staged`."""
