@@ -104,11 +104,14 @@ def test_trim_heap_gives_freed_heap_back():
         from slidestream.engine.runner import trim_heap
         def rss():
             return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
+        base = rss()
         big = np.ones(30 << 20, np.uint8); del big  # glibc's mmap threshold rises to 30 MB
         arrays = [np.ones(5 << 20, np.uint8) for _ in range(10)]  # so these 50 MB come from the heap
         pin = np.ones(200 << 10, np.uint8)  # above them: their space is not the heap's top
         del arrays
-        before = rss(); trim_heap(); print(before, rss())"""
-    before, after = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                              check=True).stdout.split())
+        before = rss(); trim_heap(); print(base, before, rss())"""
+    base, before, after = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                    check=True).stdout.split())
+    if before - base < 40:  # seen once in the full suite (44 MB over a 42 MB base): nothing to give back
+        pytest.skip(f"the freed arrays did not stay resident here (RSS {base:.0f} -> {before:.0f} MB)")
     assert before - after > 30, f"RSS {before:.0f} -> {after:.0f} MB"
