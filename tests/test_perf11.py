@@ -180,3 +180,30 @@ def test_chunks_reach_the_shard_file_while_later_rows_are_still_coming(tmp_path)
     got = np.asarray(zarr.open_array(staged, mode="r")[:])
     assert np.array_equal(got[:10], rows[:10]) and np.array_equal(got[16:], rows[16:])
     assert (got[10:16] == 0).all()
+
+
+def test_a_tile_claiming_another_size_is_not_decoded(ycc, tmp_path, monkeypatch):
+    """The JPEG header of a damaged tile may claim any size (60000² px: 10 GB of output): libjpeg.py reads the header
+    first and leaves such a tile to cuCIM's path (whose tile check names it), without decoding it."""
+    import simplejpeg
+    import tifffile
+
+    data = bytearray(ycc.read_bytes())
+    with tifffile.TiffFile(ycc) as tf:
+        off, n = int(tf.pages[0].dataoffsets[40]), int(tf.pages[0].databytecounts[40])
+    sof = data.index(b"\xff\xc0", off, off + n)
+    data[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2  # frame height and width
+    bad = tmp_path / "claim.svs"
+    bad.write_bytes(bytes(data))
+    decoded = []
+    real = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda d, **k: decoded.append(simplejpeg.decode_jpeg_header(d)) or real(d, **k))
+    fast = CucimSlide(str(bad))
+    try:
+        lv = libjpeg.jpeg_level(fast.path, fast._tiles, fast.level_dimensions[0])
+        assert lv.tile(40) is None
+        assert lv.tile(41) is not None
+    finally:
+        fast.close()
+        lv.close()
+    assert all(h[:2] == (240, 240) for h in decoded), decoded  # the 60000² tile never reached the decoder

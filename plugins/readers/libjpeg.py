@@ -44,8 +44,12 @@ class JpegLevel:
         raw = os.pread(self._fd, int(self.counts[k]), int(self.offsets[k]))
         if raw[:2] != b"\xff\xd8":
             return None
-        try:  # libjpeg's warnings (corrupt data, premature end) are errors here
-            px = simplejpeg.decode_jpeg(raw[:2] + self.prefix + raw[2:], colorspace="RGB", strict=True)
+        stream = raw[:2] + self.prefix + raw[2:]
+        try:  # a header claiming another size is not decoded (a damaged one may claim 60000² px); libjpeg's
+            # warnings (corrupt data, premature end) are errors here
+            if simplejpeg.decode_jpeg_header(stream)[:2] != (self.tile_h, self.tile_w):
+                return None
+            px = simplejpeg.decode_jpeg(stream, colorspace="RGB", strict=True)
         except Exception:  # noqa: BLE001 - any problem: cuCIM reads the region and says what is wrong
             return None
         return px if px.shape == (self.tile_h, self.tile_w, 3) else None
