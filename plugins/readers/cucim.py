@@ -150,7 +150,7 @@ class CucimSlide:
         for j, (px, py) in enumerate(offsets):
             if not (0 <= px <= w - s and 0 <= py <= h - s) or direct.read(x + px, y + py, s, s, tiles, out[j]) is None:
                 return None
-        return out
+        return out if direct.intact(x, y, w, h, tiles) else None  # a damaged tile no patch touches: cuCIM names it
 
     def _cucim(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """cuCIM's decode of a box in the level's pixels. cuCIM takes level 0's location and reads from level pixel
