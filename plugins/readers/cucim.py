@@ -136,7 +136,8 @@ class CucimSlide:
         """The ``s``² patches at ``offsets`` ((x, y) in the region's pixels) of the region ``read_region`` reads,
         decoding only the JPEG tiles they touch (libjpeg.py), each once; None where that cannot be done (a region
         not inside the level, another codec, a tile libjpeg does not decode cleanly): the caller reads the
-        region. The whole region's tiles are checked first (``TiffTileCheck``), as ``read_region`` does."""
+        region. The whole region's tiles are checked first (``TiffTileCheck``), as ``read_region`` does, and those no
+        patch touches are decoded at 1/8 scale (``JpegLevel.intact``): damage there is named as cuCIM's read names it."""
         dims, ds = self.level_dimensions[level], self.level_downsamples[level]
         x, y = int(round(location[0] / ds)), int(round(location[1] / ds))  # as read_clipped
         w, h = size
