@@ -149,3 +149,74 @@ def test_a_writer_left_behind_holds_no_shard_file_open(tmp_path):
 
     got = np.asarray(zarr.open_array(staged, mode="r")[:])
     assert np.array_equal(got[:10], rows) and np.array_equal(got[10:12], rows[8:10]) and not got[12:].any()
+
+
+LOSSLESS_CHILD = r"""
+import shutil, sys
+from pathlib import Path
+import numpy as np
+from slidestream.engine import config
+from slidestream.engine.cohort import read_cohort
+from slidestream.engine.runner import extract
+from slidestream.engine.slide import open_slide
+from slidestream.engine.store import PatchStore
+from slidestream.plugins.readers.cucim import CucimSlide
+
+path, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+try:
+    open_slide(path).thumbnail(32, "dct")  # the DCT thumbnail: 1/8 scale
+except Exception:  # cuCIM calls the tile damaged
+    pass
+s = CucimSlide(str(path))
+s.read_patches((0, 0), 0, (1024, 1024), [(0, 300), (0, 700)], 256)  # tile 3 in the square, under no patch
+s.close()
+got = []
+for direct in (True, False):
+    for allow in (False, True):
+        CucimSlide.direct_jpeg = direct
+        p = config.load(config.example("liu2020"))
+        p["magnification"] = 20  # the slide's own
+        p["tiling"]["params"].update(size=512, min_tissue=0.05)
+        p["patches"]["size"] = 128
+        out = tmp / f"st-{direct}-{allow}"
+        shutil.rmtree(out, ignore_errors=True)
+        extract(p, read_cohort(str(path)), out, threads=2, qa=False, progress=False, allow_corrupt_tiles=allow)
+        st = PatchStore.open(out)
+        recs = {k: {f: v.get(f) for f in ("status", "reason", "n_patches", "corrupt_tiles")}
+                for k, v in {**st.records(), **st.records("errors")}.items()}
+        got.append((recs, np.asarray(st.patches[:]) if len(st) else None))
+for a, b in zip(got[:2], got[2:]):
+    assert a[0] == b[0], (a[0], b[0])
+    assert (a[1] is None and b[1] is None) or np.array_equal(a[1], b[1])
+print("OK")
+"""
+
+
+def test_a_lossless_jpeg_tile_is_left_to_cucim_without_a_crash(tmp_path):
+    """CMU-1-Small-Region with tile 3 replaced by a lossless JPEG (SOF3, libjpeg-turbo 3 decodes it, cuCIM's says
+    'Unsupported JPEG process'). Decoded at 1/8 scale by simplejpeg it crashed the process (segmentation fault):
+    in the DCT thumbnail and in read_patches' check of the tiles no patch touches. At full size the libjpeg path
+    read it where cuCIM's refuses it (done vs error). Run in a child process: a crash fails the test, not pytest."""
+    import struct
+    import subprocess
+    import sys
+
+    import imagecodecs
+    import tifffile
+
+    from conftest import WSI
+
+    src = WSI / "CMU-1-Small-Region.svs"
+    data = bytearray(src.read_bytes())
+    with tifffile.TiffFile(src) as tf:
+        page, k = tf.pages[0], 3
+        new = imagecodecs.jpeg8_encode(np.ascontiguousarray(page.asarray()[0:240, 720:960]), lossless=True)
+        for tag, value in (("TileOffsets", len(data)), ("TileByteCounts", len(new))):
+            at = page.tags[tag].valueoffset + 4 * k
+            data[at:at + 4] = struct.pack("<I", value)
+    data += new
+    path = tmp_path / "lossless.svs"
+    path.write_bytes(bytes(data))
+    run = subprocess.run([sys.executable, "-c", LOSSLESS_CHILD, str(path), str(tmp_path)], capture_output=True,
+                         text=True, timeout=240)
+    assert run.returncode == 0 and "OK" in run.stdout, (run.returncode, run.stderr[-2000:])

@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from slidestream.engine.dali_decode import dct_frame
+
 SMALLEST = {"min_width": 1, "min_height": 1}  # simplejpeg's smallest DCT scale, 1/8
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: the samples are RGB
 
@@ -53,8 +55,8 @@ class JpegLevel:
             # warnings (corrupt data, premature end) are errors here
             head = simplejpeg.decode_jpeg_header(stream)
             self.space = self.space or head[2]
-            if head[:3] != (self.tile_h, self.tile_w, self.space):
-                return None
+            if head[:3] != (self.tile_h, self.tile_w, self.space) or not dct_frame(stream):
+                return None  # lossless or arithmetic-coded: cuCIM's libjpeg refuses it (and 1/8 scale crashed)
             px = simplejpeg.decode_jpeg(stream, colorspace="RGB", strict=True, **({} if full else SMALLEST))
         except Exception:  # noqa: BLE001 - any problem: cuCIM reads the region and says what is wrong
             return None
