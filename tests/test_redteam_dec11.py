@@ -75,8 +75,9 @@ def _pil(blk, **kw) -> bytes:
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: "the samples are RGB"
 
 
-def _mixed_slide(path, other, photometric="ycbcr", t=256):
-    """Self-contained JPEG tiles (no JPEGTables) from Pillow; tiles 1, 3 and the last but one encoded by ``other``."""
+def _mixed_slide(path, other, photometric="ycbcr", t=256, base=lambda r: r):
+    """Self-contained JPEG tiles (no JPEGTables) from Pillow (JFIF) through ``base``, tiles 1, 3 and the last but one
+    through ``other``."""
     import tifffile
 
     img = render((1500, 1100), 0, 1, 0.25)
@@ -88,12 +89,17 @@ def _mixed_slide(path, other, photometric="ycbcr", t=256):
             part = img[r:r + t, c:c + t]
             blk[:part.shape[0], :part.shape[1]] = part
             raws.append(_pil(blk))
-    for k in (1, 3, len(raws) - 2):
-        raws[k] = other(raws[k])
+    raws = [other(r) if k in (1, 3, len(raws) - 2) else base(r) for k, r in enumerate(raws)]
     desc = f"Aperio Image Library v12.0.0\r\n{w}x{h} [0,0 {w}x{h}] ({t}x{t}) JPEG/RGB Q=85|AppMag = 40|MPP = 0.25"
     with tifffile.TiffWriter(path) as tw:
         tw.write(iter(raws), shape=(h, w, 3), dtype=np.uint8, tile=(t, t), compression=7, photometric=photometric,
                  description=desc, resolution=(4e4, 4e4), resolutionunit="CENTIMETER", metadata=None, software=False)
+    if photometric == "rgb":  # tifffile tags pre-encoded JPEG tiles YCbCr: Aperio's JPEG/RGB says RGB (2)
+        data = bytearray(path.read_bytes())
+        with tifffile.TiffFile(path) as tf:
+            at = tf.pages[0].tags["PhotometricInterpretation"].valueoffset
+        data[at:at + 2] = (2).to_bytes(2, "little")
+        path.write_bytes(bytes(data))
     return path
 
 
@@ -104,9 +110,15 @@ def _strip_app0(r: bytes) -> bytes:
 
 @pytest.mark.parametrize("photometric", ["ycbcr", "rgb"])
 def test_a_tile_whose_markers_say_another_colour_space_gets_cucims_pixels(photometric, tmp_path):
-    """A level whose (centre) probe tile decodes alike both ways, but three tiles carry an Adobe APP14 marker
-    saying RGB: libjpeg read them as RGB, cuCIM as YCbCr, a mean 6-8 grey levels apart, without an error."""
-    path = _mixed_slide(tmp_path / "adobe.svs", lambda r: r[:2] + ADOBE_RGB + _strip_app0(r)[2:], photometric)
+    """A level whose (centre) probe tile decodes alike both ways, but three tiles' markers say another colour space:
+    YCbCr-tagged tiles with an Adobe APP14 marker saying RGB (libjpeg read them as RGB, cuCIM as YCbCr: a mean 6-8
+    grey levels apart, no error); RGB-tagged (Aperio JPEG/RGB) tiles without markers but three with a JFIF APP0
+    (the reader refuses such a file only when its first tile has one): libjpeg and cuCIM read those differently
+    too. Both fail without the colour-space check (tried)."""
+    if photometric == "ycbcr":
+        path = _mixed_slide(tmp_path / "m.svs", lambda r: r[:2] + ADOBE_RGB + _strip_app0(r)[2:])
+    else:
+        path = _mixed_slide(tmp_path / "m.svs", lambda r: r, "rgb", base=_strip_app0)
     fast, ref = CucimSlide(str(path)), CucimSlide(str(path))
     ref.direct_jpeg = False
     try:
