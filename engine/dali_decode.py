@@ -26,6 +26,24 @@ import numpy as np
 ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"  # APP14, transform 0: samples are RGB
 
 
+def dct_frame(stream: bytes) -> bool:
+    """Whether the JPEG stream's frame (its first SOF marker) is DCT-coded with Huffman tables (SOF0-2), the
+    frames libjpeg may decode scaled: a lossless frame (SOF3) decoded at 1/8 scale crashed the process (simplejpeg
+    1.9, segmentation fault)."""
+    i = 2
+    while i + 4 <= len(stream) and stream[i] == 0xFF:
+        m = stream[i + 1]
+        if m == 0xFF:
+            i += 1
+        elif 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
+            return m in (0xC0, 0xC1, 0xC2)
+        elif m == 0xDA:
+            return False
+        else:
+            i += 2 + int.from_bytes(stream[i + 2:i + 4], "big")
+    return False
+
+
 class NotJpegTiled(ValueError):
     """DALI cannot decode the slide (on this device): a level that is not JPEG-tiled (e.g. JPEG 2000), or
     RGB-coded JPEG tiles on the GPU. Decode it with cuCIM."""

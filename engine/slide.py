@@ -202,7 +202,7 @@ class Slide:
         try:
             import simplejpeg
 
-            from .dali_decode import jpeg_level
+            from .dali_decode import dct_frame, jpeg_level
 
             lv = jpeg_level(self.path, lw, lh)
             if lv is None or lv.tile_w % k or lv.tile_h % k:
@@ -218,7 +218,8 @@ class Slide:
                 for i in tiles:
                     raw = os.pread(fd, int(lv.counts[i]), int(lv.offsets[i]))
                     stream = raw[:2] + lv.prefix + raw[2:]
-                    if raw[:2] != b"\xff\xd8" or simplejpeg.decode_jpeg_header(stream)[:2] != (lv.tile_h, lv.tile_w):
+                    if (raw[:2] != b"\xff\xd8" or not dct_frame(stream)  # a lossless frame is not decoded scaled (a crash)
+                            or simplejpeg.decode_jpeg_header(stream)[:2] != (lv.tile_h, lv.tile_w)):
                         return False  # a header claiming another size is not decoded (the reader's path names it)
                     px = simplejpeg.decode_jpeg(stream, colorspace="RGB", min_width=sw, min_height=sh, strict=True)
                     if px.shape != (sh, sw, 3):

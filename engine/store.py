@@ -427,11 +427,11 @@ class RowWriter:
         as zarr leaves it; a shard with no chunk is no file."""
         try:
             self._append(final)
-        except BaseException:  # a failed write (disk full, ...): the staging file is left incomplete, never committed
+        finally:  # closed between calls (reopened to append): a writer left behind by a slide that failed holds no
+            # file open; a failed write (disk full, ...) leaves the staging file incomplete, never committed
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
-            raise
 
     def _append(self, final: bool) -> None:
         per = SHARD_CHUNKS
@@ -443,12 +443,12 @@ class RowWriter:
                 return  # being filled, or not started yet
             if f is not None and not final and not f.done():
                 return
+            path = self.stage / zarr3.chunk_key(self.meta, (i // per, 0, 0, 0))
             if f is not None:
                 b, out = self._chunks.pop(i).result()
                 if self._fh is None:
-                    path = self.stage / zarr3.chunk_key(self.meta, (i // per, 0, 0, 0))
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fh = open(path, "wb")
+                    self._fh = open(path, "ab" if self._pos else "wb")  # "ab": the shard begun in an earlier call
                 self._fh.writelines(b)
                 size = sum(len(x) for x in b)
                 self._index[i % per] = (self._pos, size)
@@ -457,7 +457,8 @@ class RowWriter:
                     _BUFFERS.give(out)
             self._next += 1
             if self._next % per == 0 or self._next == n_chunks:  # the shard is complete
-                if self._fh is not None:
+                if self._pos:  # a chunk was written (in this call or an earlier one)
+                    self._fh = self._fh or open(path, "ab")
                     idx = self._index.tobytes()
                     self._fh.writelines([idx, _crc32c(idx)])
                     self._fh.close()

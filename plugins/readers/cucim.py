@@ -136,7 +136,8 @@ class CucimSlide:
         """The ``s``² patches at ``offsets`` ((x, y) in the region's pixels) of the region ``read_region`` reads,
         decoding only the JPEG tiles they touch (libjpeg.py), each once; None where that cannot be done (a region
         not inside the level, another codec, a tile libjpeg does not decode cleanly): the caller reads the
-        region. The whole region's tiles are checked first (``TiffTileCheck``), as ``read_region`` does."""
+        region. The whole region's tiles are checked first (``TiffTileCheck``), as ``read_region`` does, and those no
+        patch touches are decoded at 1/8 scale (``JpegLevel.intact``): damage there is named as cuCIM's read names it."""
         dims, ds = self.level_dimensions[level], self.level_downsamples[level]
         x, y = int(round(location[0] / ds)), int(round(location[1] / ds))  # as read_clipped
         w, h = size
@@ -150,7 +151,7 @@ class CucimSlide:
         for j, (px, py) in enumerate(offsets):
             if not (0 <= px <= w - s and 0 <= py <= h - s) or direct.read(x + px, y + py, s, s, tiles, out[j]) is None:
                 return None
-        return out
+        return out if direct.intact(x, y, w, h, tiles) else None  # a damaged tile no patch touches: cuCIM names it
 
     def _cucim(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """cuCIM's decode of a box in the level's pixels. cuCIM takes level 0's location and reads from level pixel
