@@ -237,3 +237,39 @@ def slides(d: Path, good: Path) -> dict[str, tuple[Path, str, str]]:
     (d / "text.svs").write_text("this is not a slide\n")
     out["text"] = (d / "text.svs", "error", r"not a readable slide")
     return out
+
+
+def extract_outcome(path: Path, tmp: Path, direct: bool, allow: bool, monkeypatch):
+    """``extract`` of ``path`` at the slide's own 40x level (tiles read without a resize, patches cut by cuCIM's
+    ``read_patches``), with the libjpeg-turbo path (``direct``) or cuCIM decoding every tile: each slide's status,
+    reason, patch count and corrupt tiles, and the store's patches (None when empty)."""
+    import shutil
+
+    from slidestream.engine import config
+    from slidestream.engine.cohort import read_cohort
+    from slidestream.engine.runner import extract
+    from slidestream.engine.store import PatchStore
+    from slidestream.plugins.readers.cucim import CucimSlide
+
+    monkeypatch.setattr(CucimSlide, "direct_jpeg", direct)
+    p = config.load(config.example("liu2020"))
+    p["magnification"] = 40
+    p["tiling"]["params"]["min_tissue"] = 0.05
+    out = tmp / f"store-{direct}-{allow}"
+    shutil.rmtree(out, ignore_errors=True)
+    extract(p, read_cohort(str(path)), out, threads=2, qa=False, progress=False, allow_corrupt_tiles=allow)
+    st = PatchStore.open(out)
+    recs = {k: {f: v.get(f) for f in ("status", "reason", "n_patches", "corrupt_tiles")}
+            for k, v in {**st.records(), **st.records("errors")}.items()}
+    return recs, (np.asarray(st.patches[:]) if len(st) else None)
+
+
+def same_as_cucim(path: Path, tmp: Path, monkeypatch, allows=(False, True)) -> dict:
+    """Assert the libjpeg path gives cuCIM's records (reasons included) and byte-identical patches, with and
+    without ``--allow-corrupt-tiles``; returns the records of the last run."""
+    for allow in allows:
+        fast = extract_outcome(path, tmp, True, allow, monkeypatch)
+        ref = extract_outcome(path, tmp, False, allow, monkeypatch)
+        assert fast[0] == ref[0], (path.name, allow)
+        assert (fast[1] is None and ref[1] is None) or np.array_equal(fast[1], ref[1]), (path.name, allow)
+    return fast[0]

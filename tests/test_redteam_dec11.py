@@ -5,44 +5,20 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 
 import numpy as np
 import pytest
 
-from slidestream.engine import config
-from slidestream.engine.cohort import read_cohort
-from slidestream.engine.runner import extract
-from slidestream.engine.store import PatchStore
 from slidestream.engine.synthetic import make_slide, render
 from slidestream.plugins.readers.cucim import CucimSlide
+
+from badinputs import same_as_cucim
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """YCbCr JPEG tiles of 240 px; liu2020 at 40x keeps two 1024 px tiles, 8 random patches each (glass between)."""
     return make_slide(tmp_path_factory.mktemp("dec11") / "s.svs", size=(2048, 1536), tile=240, levels=(1, 4), seed=3)
-
-
-def _extract(path, tmp, direct: bool, allow: bool, monkeypatch):
-    monkeypatch.setattr(CucimSlide, "direct_jpeg", direct)
-    p = config.load(config.example("liu2020"))
-    p["magnification"] = 40  # the slide's own: no resize, patches cut by read_patches
-    p["tiling"]["params"]["min_tissue"] = 0.05
-    out = tmp / f"store-{direct}-{allow}"
-    shutil.rmtree(out, ignore_errors=True)
-    extract(p, read_cohort(str(path)), out, threads=2, qa=False, progress=False, allow_corrupt_tiles=allow)
-    st = PatchStore.open(out)
-    recs = {k: {f: v.get(f) for f in ("status", "reason", "n_patches", "corrupt_tiles")}
-            for k, v in {**st.records(), **st.records("errors")}.items()}
-    return recs, (np.asarray(st.patches[:]) if len(st) else None)
-
-
-def _same(path, tmp, monkeypatch, allows=(False, True)):
-    for allow in allows:
-        fast, ref = _extract(path, tmp, True, allow, monkeypatch), _extract(path, tmp, False, allow, monkeypatch)
-        assert fast[0] == ref[0], (path.name, allow)
-        assert (fast[1] is None and ref[1] is None) or np.array_equal(fast[1], ref[1]), (path.name, allow)
 
 
 def test_damage_in_a_tile_no_patch_touches_is_named_as_cucim_names_it(small, tmp_path, monkeypatch):
@@ -60,7 +36,7 @@ def test_damage_in_a_tile_no_patch_touches_is_named_as_cucim_names_it(small, tmp
             data[off + n // 2 + 7 * j] ^= 0x5A
         bad = tmp_path / f"k{k}.svs"
         bad.write_bytes(bytes(data))
-        _same(bad, tmp_path, monkeypatch)
+        same_as_cucim(bad, tmp_path, monkeypatch)
         bad.unlink()
 
 
@@ -173,6 +149,7 @@ from slidestream.engine.runner import extract
 from slidestream.engine.slide import open_slide
 from slidestream.engine.store import PatchStore
 from slidestream.plugins.readers.cucim import CucimSlide
+
 
 path, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 try:
