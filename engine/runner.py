@@ -17,7 +17,7 @@ import shutil
 import signal
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -404,6 +404,38 @@ def _cohort_changes(rec: dict[str, Any], row: SlideRow) -> tuple[bool, dict[str,
     return False, changed, notes
 
 
+class InOrder:
+    """``submit(*args)`` runs ``fn(*args)`` in one background thread, in order, at most one call waiting: the
+    driver commits slide k (renames, zarr.json and column files: ~12 ms on the benchmark slide, 7 % of a
+    cohort's time per slide) while slide k+1 decodes. The previous call's exception (a WriteError: disk full)
+    is raised by the next ``submit`` or on leaving the ``with`` block, which waits for the last call also
+    when the block is left by an exception (Ctrl-C): a commit is never cut off by the store's closing."""
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn, self.pool, self.pending = fn, ThreadPoolExecutor(1, thread_name_prefix="commit"), None
+
+    def submit(self, *args) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.fn, *args)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> "InOrder":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is None:
+                self.wait()
+            elif self.pending is not None:  # already failing: finish the commit under way, keep the first error
+                futures_wait([self.pending])
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 def planned_ahead(pipeline: dict[str, Any], todo: list[SlideRow], allow_corrupt: bool = False):
     """Yield ``(row, prepared)`` per slide of ``todo`` (``prepared()``: its ``prepare_slide`` result, for
     ``process_slide``), opening and planning slide k+1 in ONE thread while the caller processes slide k.
@@ -509,11 +541,13 @@ def extract(pipeline: dict[str, Any], cohort: list[SlideRow], out: str | Path, w
                     on_slide(row, rec)
 
             if workers <= 1 and not scheduler and not timeout:
-                for row, prepared in planned_ahead(pipeline, todo, allow_corrupt_tiles):
-                    cb = bar.slide_started(row.slide_id)
-                    finish(row, process_slide(pipeline, row, str(stage_dir), cfg, str(qa_dir) if qa_dir else None,
-                                              threads=threads, progress=cb, prepared=prepared,
-                                              allow_corrupt=allow_corrupt_tiles))
+                with InOrder(finish) as committer:  # slide k commits while slide k+1 decodes
+                    for row, prepared in planned_ahead(pipeline, todo, allow_corrupt_tiles):
+                        cb = bar.slide_started(row.slide_id)
+                        committer.submit(row, process_slide(pipeline, row, str(stage_dir), cfg,
+                                                            str(qa_dir) if qa_dir else None, threads=threads,
+                                                            progress=cb, prepared=prepared,
+                                                            allow_corrupt=allow_corrupt_tiles))
             else:
                 _run_dask(pipeline, todo, stage_dir, cfg, qa_dir, workers, scheduler, threads, bar, finish,
                           allow_corrupt_tiles, timeout)
